@@ -1,0 +1,37 @@
+# ledgerline — the two commands of the README, and their parts.
+#
+#   make demo   install what is missing, build, run the demo
+#   make test   install what is missing, then format check, clippy, all tests
+#
+# Pinned external tools (nats-server, bean-check, an SMTP sink) live in
+# .tools/ (git-ignored), installed by scripts/install-tools.sh.
+
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+# Property tests run this many cases each (CI: 1,000).
+export PROPTEST_CASES ?= 1000
+
+.PHONY: demo test tools build lint bench clean-tools
+
+tools:
+	@scripts/install-tools.sh
+
+build:
+	cargo build --release --locked
+
+lint:
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+test: tools lint
+	cargo test --locked
+
+demo: tools build
+	./target/release/ledgerline postings --pretty \
+		--config config/ledgerline.toml --events fixtures/sample/events.ndjson
+
+bench: tools
+	cargo bench --locked
+
+clean-tools:
+	rm -rf .tools
