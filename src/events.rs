@@ -1,0 +1,1041 @@
+//! The input event model (SPEC 1): parse producer messages into typed events.
+//!
+//! "Parse, don't validate": a message becomes an [`Event`] once, here, or it is
+//! refused with a [`Rejection`] that names the reason (a stable slug used in
+//! `ledger.rejected.<reason>`), the field (a JSON path such as
+//! `order.line_items[1].unit_price`) and why. Everything downstream works on
+//! values that cannot be invalid: money is a [`Decimal`] on the currency's
+//! minor-unit grid, quantities are non-negative, ids match their patterns.
+//!
+//! Rules that need the order's history (stale versions, duplicate event ids,
+//! a payment in another currency than the order) live in [`crate::order`].
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::money::{Currency, DecimalError, decimal_from_json};
+
+/// Largest message accepted, in bytes (SPEC 1). Bigger ones are rejected
+/// before parsing so a hostile producer cannot make us allocate without bound.
+pub const MESSAGE_MAX_BYTES: usize = 1024 * 1024;
+/// Most line items in one snapshot (SPEC 1).
+pub const LINE_ITEMS_MAX: usize = 1_000;
+/// Most fees or snapshot payments in one snapshot: the same bound as lines.
+pub const FEES_MAX: usize = 1_000;
+/// Largest quantity of one line. Far above any real booking; a bound so that
+/// quantity × unit_price can never overflow a Decimal.
+pub const QUANTITY_MAX: u64 = 1_000_000_000;
+/// Longest id (event, line, payment, product…) in characters.
+pub const ID_MAX_CHARS: usize = 128;
+/// Longest free text (descriptions, methods, channels) in characters.
+pub const TEXT_MAX_CHARS: usize = 1_024;
+/// Largest absolute money amount accepted: 10^15 in major units keeps every
+/// sum and product of an order well inside Decimal's 28 digits.
+pub const AMOUNT_MAX_ABS: Decimal = Decimal::from_parts(0xa4c6_8000, 0x0003_8d7e, 0, false, 0);
+
+/// The seven input event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "order.confirmed")]
+    OrderConfirmed,
+    #[serde(rename = "order.updated")]
+    OrderUpdated,
+    #[serde(rename = "order.cancelled")]
+    OrderCancelled,
+    #[serde(rename = "payment.created")]
+    PaymentCreated,
+    #[serde(rename = "payment.updated")]
+    PaymentUpdated,
+    #[serde(rename = "payment.deleted")]
+    PaymentDeleted,
+    #[serde(rename = "payment.written_off")]
+    PaymentWrittenOff,
+}
+
+impl EventType {
+    /// Every type, in a stable order.
+    pub const ALL: [EventType; 7] = [
+        EventType::OrderConfirmed,
+        EventType::OrderUpdated,
+        EventType::OrderCancelled,
+        EventType::PaymentCreated,
+        EventType::PaymentUpdated,
+        EventType::PaymentDeleted,
+        EventType::PaymentWrittenOff,
+    ];
+
+    /// The wire name, e.g. `order.confirmed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::OrderConfirmed => "order.confirmed",
+            EventType::OrderUpdated => "order.updated",
+            EventType::OrderCancelled => "order.cancelled",
+            EventType::PaymentCreated => "payment.created",
+            EventType::PaymentUpdated => "payment.updated",
+            EventType::PaymentDeleted => "payment.deleted",
+            EventType::PaymentWrittenOff => "payment.written_off",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An order id: `[A-Za-z0-9_-]{1,128}`, so it is always a safe subject token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct OrderId(String);
+
+impl OrderId {
+    /// Checks the pattern `[A-Za-z0-9_-]{1,128}`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        OrderId::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid order id {s:?}")))
+    }
+}
+
+/// A parsed, valid input event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub event_type: EventType,
+    pub order_id: OrderId,
+    pub occurred_at: OffsetDateTime,
+    pub body: EventBody,
+}
+
+/// What an event carries, by type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    /// `order.confirmed` / `order.updated`: a full snapshot.
+    Snapshot(OrderSnapshot),
+    /// `order.cancelled`, with an optional final snapshot.
+    Cancel(Option<OrderSnapshot>),
+    /// `payment.created` / `payment.updated` / `payment.written_off`.
+    Payment(Payment),
+    /// `payment.deleted`: only the id matters, the rest is kept for audit.
+    PaymentDeleted(Payment),
+}
+
+/// A full order snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderSnapshot {
+    pub version: u64,
+    pub currency: Currency,
+    pub channel: Option<String>,
+    pub prices_include_tax: bool,
+    pub line_items: Vec<LineItem>,
+    pub fees: Vec<Fee>,
+    pub payments: Vec<Payment>,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineItem {
+    pub id: String,
+    pub product_id: Option<String>,
+    pub option_id: Option<String>,
+    pub unit_type: Option<String>,
+    pub description: String,
+    pub quantity: u64,
+    pub unit_price: Decimal,
+    pub discount: Decimal,
+    pub tax_rate: Decimal,
+}
+
+/// A fee (e.g. shipping), taxed like a line of quantity 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fee {
+    pub kind: String,
+    pub description: String,
+    pub amount: Decimal,
+    pub tax_rate: Decimal,
+}
+
+/// A payment (a negative amount is a refund paid out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub payment_id: String,
+    pub method: String,
+    pub amount: Decimal,
+    pub currency: Currency,
+    pub date: Option<String>,
+}
+
+/// Why a message was refused: the stable slug of `ledger.rejected.<reason>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The message is larger than [`MESSAGE_MAX_BYTES`].
+    TooLarge,
+    /// Not JSON, or not a JSON object.
+    MalformedJson,
+    /// `type` is not one of the seven event types.
+    UnknownType,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong JSON type or an invalid value.
+    InvalidField,
+    /// Money sent as a JSON number instead of a decimal string.
+    MoneyNotString,
+    /// Money with more decimals than the currency's minor units.
+    TooManyDecimals,
+    /// A negative quantity, price, discount or fee.
+    NegativeValue,
+    /// A discount larger than quantity × unit_price.
+    DiscountExceedsLine,
+    /// A tax rate outside [0, 1).
+    TaxRateOutOfRange,
+    /// Not an active ISO 4217 currency.
+    UnknownCurrency,
+    /// A payment or snapshot in another currency than the order's.
+    CurrencyMismatch,
+    /// `order_id` does not match `[A-Za-z0-9_-]{1,128}`.
+    InvalidOrderId,
+    /// `order_id` differs from the subject it was published on.
+    OrderIdMismatch,
+    /// More than [`LINE_ITEMS_MAX`] line items.
+    TooManyLineItems,
+    /// A snapshot version at or below the one already applied.
+    Stale,
+    /// An event id already applied to the order.
+    Duplicate,
+}
+
+impl RejectReason {
+    /// The slug used in subjects and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::TooLarge => "too_large",
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::InvalidField => "invalid_field",
+            RejectReason::MoneyNotString => "money_not_string",
+            RejectReason::TooManyDecimals => "too_many_decimals",
+            RejectReason::NegativeValue => "negative_value",
+            RejectReason::DiscountExceedsLine => "discount_exceeds_line",
+            RejectReason::TaxRateOutOfRange => "tax_rate_out_of_range",
+            RejectReason::UnknownCurrency => "unknown_currency",
+            RejectReason::CurrencyMismatch => "currency_mismatch",
+            RejectReason::InvalidOrderId => "invalid_order_id",
+            RejectReason::OrderIdMismatch => "order_id_mismatch",
+            RejectReason::TooManyLineItems => "too_many_line_items",
+            RejectReason::Stale => "stale",
+            RejectReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message: what, where and why, in words a producer can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{}", self.describe())]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// The event id, when the message got far enough to have one.
+    pub event_id: Option<String>,
+    /// JSON path of the offending field (`""` for the whole message).
+    pub field: String,
+    /// Why, in plain words.
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            event_id: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(id) = &self.event_id {
+            s.push_str(&format!("event {id}: "));
+        }
+        if !self.field.is_empty() {
+            s.push_str(&format!("{}: ", self.field));
+        }
+        s.push_str(&format!("{} ({})", self.message, self.reason));
+        s
+    }
+}
+
+/// Parses one message. `subject_order_id` is the `<order_id>` token of the
+/// subject it arrived on, when it arrived on one; the body must agree.
+pub fn parse_event(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event, Rejection> {
+    if bytes.len() > MESSAGE_MAX_BYTES {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            "",
+            format!(
+                "message is {} bytes, over the {} byte limit",
+                bytes.len(),
+                MESSAGE_MAX_BYTES
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Rejection::new(
+            RejectReason::MalformedJson,
+            "",
+            format!("not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(map) = &value else {
+        return Err(Rejection::new(
+            RejectReason::MalformedJson,
+            "",
+            "the message must be a JSON object",
+        ));
+    };
+    // The event id comes first so every later rejection can name it.
+    let root = Obj::root(map);
+    let event_id = root.id("event_id");
+    let mut ev = parse_envelope(&root, subject_order_id);
+    if let (Err(r), Ok(id)) = (&mut ev, &event_id) {
+        r.event_id = Some(id.clone());
+    }
+    ev
+}
+
+fn parse_envelope(root: &Obj<'_>, subject_order_id: Option<&str>) -> Result<Event, Rejection> {
+    let event_id = root.id("event_id")?;
+    let type_text = root.str("type")?;
+    let event_type = EventType::parse(type_text).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::UnknownType,
+            "type",
+            format!(
+                "unknown event type {:?}; expected one of {}",
+                clip(type_text),
+                EventType::ALL.map(EventType::as_str).join(", ")
+            ),
+        )
+    })?;
+    let order_id_text = root.str("order_id")?;
+    let order_id = OrderId::parse(order_id_text).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::InvalidOrderId,
+            "order_id",
+            format!(
+                "{:?} does not match [A-Za-z0-9_-]{{1,128}}",
+                clip(order_id_text)
+            ),
+        )
+    })?;
+    if let Some(subject_id) = subject_order_id
+        && subject_id != order_id.as_str()
+    {
+        return Err(Rejection::new(
+            RejectReason::OrderIdMismatch,
+            "order_id",
+            format!(
+                "{:?} differs from the subject's order id {:?}",
+                order_id.as_str(),
+                clip(subject_id)
+            ),
+        ));
+    }
+    let occurred_text = root.str("occurred_at")?;
+    let occurred_at = OffsetDateTime::parse(occurred_text, &Rfc3339).map_err(|e| {
+        Rejection::new(
+            RejectReason::InvalidField,
+            "occurred_at",
+            format!(
+                "{:?} is not an RFC 3339 timestamp: {e}",
+                clip(occurred_text)
+            ),
+        )
+    })?;
+
+    let body = match event_type {
+        EventType::OrderConfirmed | EventType::OrderUpdated => {
+            EventBody::Snapshot(parse_snapshot(&root.obj("order")?)?)
+        }
+        EventType::OrderCancelled => match root.opt_obj("order")? {
+            Some(o) => EventBody::Cancel(Some(parse_snapshot(&o)?)),
+            None => EventBody::Cancel(None),
+        },
+        EventType::PaymentDeleted => {
+            EventBody::PaymentDeleted(parse_payment(&root.obj("payment")?)?)
+        }
+        EventType::PaymentCreated | EventType::PaymentUpdated | EventType::PaymentWrittenOff => {
+            EventBody::Payment(parse_payment(&root.obj("payment")?)?)
+        }
+    };
+    Ok(Event {
+        event_id,
+        event_type,
+        order_id,
+        occurred_at,
+        body,
+    })
+}
+
+fn parse_snapshot(o: &Obj<'_>) -> Result<OrderSnapshot, Rejection> {
+    let version = o.u64("version")?;
+    let currency = o.currency("currency")?;
+    let channel = o.opt_text("channel")?;
+    let prices_include_tax = o.bool("prices_include_tax")?;
+
+    let lines = o.array("line_items")?;
+    if lines.len() > LINE_ITEMS_MAX {
+        return Err(Rejection::new(
+            RejectReason::TooManyLineItems,
+            o.path("line_items"),
+            format!(
+                "{} line items, over the limit of {LINE_ITEMS_MAX}",
+                lines.len()
+            ),
+        ));
+    }
+    let line_items = lines
+        .iter()
+        .map(|item| parse_line(&item.as_obj()?, currency))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let fees = match o.opt_array("fees")? {
+        Some(a) => {
+            a.check_len(FEES_MAX)?;
+            a.iter()
+                .map(|f| parse_fee(&f.as_obj()?, currency))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => Vec::new(),
+    };
+    let payments = match o.opt_array("payments")? {
+        Some(a) => {
+            a.check_len(FEES_MAX)?;
+            a.iter()
+                .map(|p| parse_payment(&p.as_obj()?))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => Vec::new(),
+    };
+    for (i, p) in payments.iter().enumerate() {
+        if p.currency != currency {
+            return Err(Rejection::new(
+                RejectReason::CurrencyMismatch,
+                format!("{}[{i}].currency", o.path("payments")),
+                format!("payment in {} on an order in {}", p.currency, currency),
+            ));
+        }
+    }
+    Ok(OrderSnapshot {
+        version,
+        currency,
+        channel,
+        prices_include_tax,
+        line_items,
+        fees,
+        payments,
+    })
+}
+
+fn parse_line(o: &Obj<'_>, currency: Currency) -> Result<LineItem, Rejection> {
+    let id = o.id("id")?;
+    let product_id = o.opt_id("product_id")?;
+    let option_id = o.opt_id("option_id")?;
+    let unit_type = o.opt_id("unit_type")?;
+    let description = o.text("description")?;
+    let quantity = o.quantity("quantity")?;
+    let unit_price = o.money("unit_price", currency, false)?;
+    let discount = match o.opt("discount") {
+        Some(_) => o.money("discount", currency, false)?,
+        None => Decimal::ZERO,
+    };
+    let tax_rate = o.rate("tax_rate")?;
+    let gross = Decimal::from(quantity) * unit_price;
+    if discount > gross {
+        return Err(Rejection::new(
+            RejectReason::DiscountExceedsLine,
+            o.path("discount"),
+            format!(
+                "discount {} is larger than quantity × unit_price = {}",
+                currency.format(discount),
+                currency.format(gross)
+            ),
+        ));
+    }
+    Ok(LineItem {
+        id,
+        product_id,
+        option_id,
+        unit_type,
+        description,
+        quantity,
+        unit_price,
+        discount,
+        tax_rate,
+    })
+}
+
+fn parse_fee(o: &Obj<'_>, currency: Currency) -> Result<Fee, Rejection> {
+    Ok(Fee {
+        kind: o.id("kind")?,
+        description: o.text("description")?,
+        amount: o.money("amount", currency, false)?,
+        tax_rate: o.rate("tax_rate")?,
+    })
+}
+
+fn parse_payment(o: &Obj<'_>) -> Result<Payment, Rejection> {
+    let payment_id = o.id("payment_id")?;
+    let method = o.id("method")?;
+    let currency = o.currency("currency")?;
+    let amount = o.money("amount", currency, true)?;
+    let date = o.opt_text("date")?;
+    Ok(Payment {
+        payment_id,
+        method,
+        amount,
+        currency,
+        date,
+    })
+}
+
+fn clip(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.chars().count() <= SHOWN {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(SHOWN).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A JSON object being read, with its path for error messages.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+/// A JSON array being read, with its path.
+struct Arr<'a> {
+    items: &'a [Value],
+    path: String,
+}
+
+/// One element of an array, with its path.
+struct Item<'a> {
+    value: &'a Value,
+    path: String,
+}
+
+impl<'a> Obj<'a> {
+    fn root(map: &'a Map<String, Value>) -> Self {
+        Self {
+            map,
+            prefix: String::new(),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    /// A present, non-null value.
+    fn opt(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn req(&self, key: &str) -> Result<&'a Value, Rejection> {
+        self.opt(key).ok_or_else(|| {
+            Rejection::new(RejectReason::MissingField, self.path(key), "is required")
+        })
+    }
+
+    fn wrong_type(&self, key: &str, want: &str, got: &Value) -> Rejection {
+        Rejection::new(
+            RejectReason::InvalidField,
+            self.path(key),
+            format!("must be {want}, not a JSON {}", json_kind(got)),
+        )
+    }
+
+    fn str(&self, key: &str) -> Result<&'a str, Rejection> {
+        let v = self.req(key)?;
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, "a string", v))
+    }
+
+    fn bounded(&self, key: &str, s: &str, max: usize) -> Result<String, Rejection> {
+        if s.chars().count() > max {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                format!("is longer than {max} characters"),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                "contains control characters",
+            ));
+        }
+        Ok(s.to_owned())
+    }
+
+    /// A non-empty identifier of at most [`ID_MAX_CHARS`].
+    fn id(&self, key: &str) -> Result<String, Rejection> {
+        let s = self.str(key)?;
+        if s.trim().is_empty() {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                "must not be empty",
+            ));
+        }
+        self.bounded(key, s, ID_MAX_CHARS)
+    }
+
+    fn opt_id(&self, key: &str) -> Result<Option<String>, Rejection> {
+        match self.opt(key) {
+            Some(_) => self.id(key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Free text of at most [`TEXT_MAX_CHARS`] (may be empty).
+    fn text(&self, key: &str) -> Result<String, Rejection> {
+        let s = self.str(key)?;
+        self.bounded(key, s, TEXT_MAX_CHARS)
+    }
+
+    fn opt_text(&self, key: &str) -> Result<Option<String>, Rejection> {
+        match self.opt(key) {
+            Some(_) => self.text(key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, Rejection> {
+        let v = self.req(key)?;
+        v.as_bool()
+            .ok_or_else(|| self.wrong_type(key, "true or false", v))
+    }
+
+    fn u64(&self, key: &str) -> Result<u64, Rejection> {
+        let v = self.req(key)?;
+        if let Some(n) = v.as_i64()
+            && n < 0
+        {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                format!("must not be negative (got {n})"),
+            ));
+        }
+        v.as_u64()
+            .ok_or_else(|| self.wrong_type(key, "a whole number", v))
+    }
+
+    fn quantity(&self, key: &str) -> Result<u64, Rejection> {
+        let v = self.req(key)?;
+        if let Some(n) = v.as_i64()
+            && n < 0
+        {
+            return Err(Rejection::new(
+                RejectReason::NegativeValue,
+                self.path(key),
+                format!("must not be negative (got {n})"),
+            ));
+        }
+        let q = v
+            .as_u64()
+            .ok_or_else(|| self.wrong_type(key, "a whole number", v))?;
+        if q > QUANTITY_MAX {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                format!("{q} is over the limit of {QUANTITY_MAX}"),
+            ));
+        }
+        Ok(q)
+    }
+
+    fn currency(&self, key: &str) -> Result<Currency, Rejection> {
+        let s = self.str(key)?;
+        Currency::parse(s).map_err(|e| {
+            Rejection::new(RejectReason::UnknownCurrency, self.path(key), e.to_string())
+        })
+    }
+
+    fn decimal(&self, key: &str) -> Result<Decimal, Rejection> {
+        let v = self.req(key)?;
+        decimal_from_json(v).map_err(|e| {
+            let reason = match e {
+                DecimalError::NotAString(_) => RejectReason::MoneyNotString,
+                _ => RejectReason::InvalidField,
+            };
+            Rejection::new(reason, self.path(key), e.to_string())
+        })
+    }
+
+    /// Money in `currency`: a decimal string on the minor-unit grid, within
+    /// [`AMOUNT_MAX_ABS`], non-negative unless `signed`.
+    fn money(&self, key: &str, currency: Currency, signed: bool) -> Result<Decimal, Rejection> {
+        let d = self.decimal(key)?;
+        if !currency.fits(d) {
+            return Err(Rejection::new(
+                RejectReason::TooManyDecimals,
+                self.path(key),
+                format!(
+                    "{d} has more decimals than {currency} allows ({})",
+                    currency.minor_units()
+                ),
+            ));
+        }
+        if !signed && d.is_sign_negative() && !d.is_zero() {
+            return Err(Rejection::new(
+                RejectReason::NegativeValue,
+                self.path(key),
+                format!("must not be negative (got {d})"),
+            ));
+        }
+        if d.abs() > AMOUNT_MAX_ABS {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                format!("{d} is over the limit of {AMOUNT_MAX_ABS}"),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A tax rate in [0, 1), as a decimal string.
+    fn rate(&self, key: &str) -> Result<Decimal, Rejection> {
+        let r = self.decimal(key)?;
+        if r.is_sign_negative() && !r.is_zero() || r >= Decimal::ONE {
+            return Err(Rejection::new(
+                RejectReason::TaxRateOutOfRange,
+                self.path(key),
+                format!("{r} is outside [0, 1) (16% is \"0.16\")"),
+            ));
+        }
+        if r.normalize().scale() > 6 {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path(key),
+                format!("{r} has more than 6 decimals"),
+            ));
+        }
+        Ok(r.normalize())
+    }
+
+    fn obj(&self, key: &str) -> Result<Obj<'a>, Rejection> {
+        let v = self.req(key)?;
+        match v {
+            Value::Object(map) => Ok(Obj {
+                map,
+                prefix: self.path(key),
+            }),
+            other => Err(self.wrong_type(key, "an object", other)),
+        }
+    }
+
+    fn opt_obj(&self, key: &str) -> Result<Option<Obj<'a>>, Rejection> {
+        match self.opt(key) {
+            Some(_) => self.obj(key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn array(&self, key: &str) -> Result<Arr<'a>, Rejection> {
+        let v = self.req(key)?;
+        match v {
+            Value::Array(items) => Ok(Arr {
+                items,
+                path: self.path(key),
+            }),
+            other => Err(self.wrong_type(key, "an array", other)),
+        }
+    }
+
+    fn opt_array(&self, key: &str) -> Result<Option<Arr<'a>>, Rejection> {
+        match self.opt(key) {
+            Some(_) => self.array(key).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<'a> Arr<'a> {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn check_len(&self, max: usize) -> Result<(), Rejection> {
+        if self.items.len() > max {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path.clone(),
+                format!("{} elements, over the limit of {max}", self.items.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Item<'a>> + '_ {
+        self.items.iter().enumerate().map(|(i, value)| Item {
+            value,
+            path: format!("{}[{i}]", self.path),
+        })
+    }
+}
+
+impl<'a> Item<'a> {
+    fn as_obj(&self) -> Result<Obj<'a>, Rejection> {
+        match self.value {
+            Value::Object(map) => Ok(Obj {
+                map,
+                prefix: self.path.clone(),
+            }),
+            other => Err(Rejection::new(
+                RejectReason::InvalidField,
+                self.path.clone(),
+                format!("must be an object, not a JSON {}", json_kind(other)),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reference_event() -> Value {
+        json!({
+            "event_id": "7d0c6f0e-7a4e-4f7b-9d2a-0b8f3d1c2e11",
+            "type": "order.confirmed",
+            "order_id": "2e7f2d6f-0473-4935-8cfb-c11b2caa6dab",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "order": {
+                "version": 1, "currency": "EUR", "channel": "direct", "prices_include_tax": true,
+                "line_items": [
+                    {"id": "li-1", "product_id": "museum", "option_id": "standard", "unit_type": "adult",
+                     "description": "Museum General Admission", "quantity": 2,
+                     "unit_price": "11.00", "discount": "0.00", "tax_rate": "0"}
+                ],
+                "fees": []
+            }
+        })
+    }
+
+    fn reject(v: &Value) -> Rejection {
+        parse_event(v.to_string().as_bytes(), None).unwrap_err()
+    }
+
+    #[test]
+    fn the_reference_event_parses() {
+        let ev = parse_event(reference_event().to_string().as_bytes(), None).unwrap();
+        assert_eq!(ev.event_type, EventType::OrderConfirmed);
+        let EventBody::Snapshot(s) = ev.body else {
+            panic!("not a snapshot")
+        };
+        assert_eq!(s.line_items[0].quantity, 2);
+        assert_eq!(s.currency.code(), "EUR");
+    }
+
+    #[test]
+    fn money_as_a_json_number_is_refused_naming_the_field() {
+        let mut v = reference_event();
+        v["order"]["line_items"][0]["unit_price"] = json!(11.0);
+        let r = reject(&v);
+        assert_eq!(r.reason, RejectReason::MoneyNotString);
+        assert_eq!(r.field, "order.line_items[0].unit_price");
+        assert_eq!(
+            r.event_id.as_deref(),
+            Some("7d0c6f0e-7a4e-4f7b-9d2a-0b8f3d1c2e11")
+        );
+    }
+
+    #[test]
+    fn each_rule_has_its_reason() {
+        type Case = (fn(&mut Value), RejectReason, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                |v| v["type"] = json!("order.shipped"),
+                RejectReason::UnknownType,
+                "type",
+            ),
+            (
+                |v| {
+                    v.as_object_mut().unwrap().remove("occurred_at");
+                },
+                RejectReason::MissingField,
+                "occurred_at",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["unit_price"] = json!("11.001"),
+                RejectReason::TooManyDecimals,
+                "order.line_items[0].unit_price",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["quantity"] = json!(-1),
+                RejectReason::NegativeValue,
+                "order.line_items[0].quantity",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["unit_price"] = json!("-1.00"),
+                RejectReason::NegativeValue,
+                "order.line_items[0].unit_price",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["discount"] = json!("-1.00"),
+                RejectReason::NegativeValue,
+                "order.line_items[0].discount",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["discount"] = json!("22.01"),
+                RejectReason::DiscountExceedsLine,
+                "order.line_items[0].discount",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["tax_rate"] = json!("1"),
+                RejectReason::TaxRateOutOfRange,
+                "order.line_items[0].tax_rate",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["tax_rate"] = json!("-0.1"),
+                RejectReason::TaxRateOutOfRange,
+                "order.line_items[0].tax_rate",
+            ),
+            (
+                |v| v["order"]["currency"] = json!("EUX"),
+                RejectReason::UnknownCurrency,
+                "order.currency",
+            ),
+            (
+                |v| v["order_id"] = json!("has space"),
+                RejectReason::InvalidOrderId,
+                "order_id",
+            ),
+            (
+                |v| v["order"]["payments"] = json!([{"payment_id": "p", "method": "card", "amount": "1.00", "currency": "USD"}]),
+                RejectReason::CurrencyMismatch,
+                "order.payments[0].currency",
+            ),
+            (
+                |v| v["order"]["line_items"] = json!(vec![json!({"id": "x"}); 1001]),
+                RejectReason::TooManyLineItems,
+                "order.line_items",
+            ),
+            (
+                |v| v["order"]["line_items"][0]["quantity"] = json!(1.5),
+                RejectReason::InvalidField,
+                "order.line_items[0].quantity",
+            ),
+        ];
+        for (mutate, reason, field) in cases {
+            let mut v = reference_event();
+            mutate(&mut v);
+            let r = reject(&v);
+            assert_eq!((r.reason, r.field.as_str()), (reason, field), "{r}");
+        }
+    }
+
+    #[test]
+    fn the_subject_order_id_must_match() {
+        let bytes = reference_event().to_string();
+        let r = parse_event(bytes.as_bytes(), Some("other")).unwrap_err();
+        assert_eq!(r.reason, RejectReason::OrderIdMismatch);
+    }
+
+    #[test]
+    fn non_json_and_oversized_messages_are_refused() {
+        assert_eq!(
+            parse_event(b"{not json", None).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+        assert_eq!(
+            parse_event(b"[1,2]", None).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+        let big = vec![b' '; MESSAGE_MAX_BYTES + 1];
+        assert_eq!(
+            parse_event(&big, None).unwrap_err().reason,
+            RejectReason::TooLarge
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let mut v = reference_event();
+        v["producer_extra"] = json!({"anything": [1, 2]});
+        v["order"]["line_items"][0]["sku"] = json!("X-1");
+        assert!(parse_event(v.to_string().as_bytes(), None).is_ok());
+    }
+
+    #[test]
+    fn rejections_read_as_one_line_naming_event_field_and_why() {
+        let mut v = reference_event();
+        v["order"]["line_items"][0]["unit_price"] = json!(11.0);
+        assert_eq!(
+            reject(&v).to_string(),
+            "event 7d0c6f0e-7a4e-4f7b-9d2a-0b8f3d1c2e11: order.line_items[0].unit_price: \
+             must be a decimal string like \"11.00\", not a JSON number (money_not_string)"
+        );
+    }
+}

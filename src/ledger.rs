@@ -1,0 +1,590 @@
+//! The ledger of an order (SPEC 2): exact decimal math, pure.
+//!
+//! [`derive`] turns an [`OrderState`] into its ledger: a list of entries, each
+//! a debit or a credit with every dimension a registry may group by. Entries
+//! are ordered by entry type (the table of SPEC 2), then by where they come
+//! from (line items, fees, payments; tax by rate ascending). The ledger always
+//! balances: Σdebit = Σcredit per currency, checked before it is returned.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Currency, Rounding, rate_percent_text};
+use crate::order::{OrderState, PaymentKind};
+
+/// The kinds of ledger entry, in the order of SPEC 2's table (which is also
+/// the order of entries in a posting body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryType {
+    Cashflow,
+    Receivable,
+    RefundDue,
+    Revenue,
+    Discount,
+    Tax,
+    Fee,
+    WriteOff,
+}
+
+impl EntryType {
+    pub const ALL: [EntryType; 8] = [
+        EntryType::Cashflow,
+        EntryType::Receivable,
+        EntryType::RefundDue,
+        EntryType::Revenue,
+        EntryType::Discount,
+        EntryType::Tax,
+        EntryType::Fee,
+        EntryType::WriteOff,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryType::Cashflow => "cashflow",
+            EntryType::Receivable => "receivable",
+            EntryType::RefundDue => "refund_due",
+            EntryType::Revenue => "revenue",
+            EntryType::Discount => "discount",
+            EntryType::Tax => "tax",
+            EntryType::Fee => "fee",
+            EntryType::WriteOff => "write_off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EntryType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How tax is rounded (SPEC 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaxRounding {
+    /// Each line's tax is rounded on its own.
+    #[default]
+    PerLine,
+    /// Tax is computed once per rate on the summed base, then allocated back
+    /// to lines by largest remainder.
+    PerRate,
+}
+
+/// The ledger math options of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub struct LedgerOptions {
+    #[serde(default)]
+    pub rounding: Rounding,
+    #[serde(default)]
+    pub tax_rounding: TaxRounding,
+}
+
+/// Every attribute of an entry a registry may group by or match a ledger
+/// code on. `None` where the attribute does not apply to the entry type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Dims {
+    pub currency: Option<Currency>,
+    pub channel: Option<String>,
+    pub product_id: Option<String>,
+    pub option_id: Option<String>,
+    pub unit_type: Option<String>,
+    pub tax_rate: Option<Decimal>,
+    pub payment_method: Option<String>,
+    pub fee_kind: Option<String>,
+}
+
+/// One ledger entry before grouping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub entry_type: EntryType,
+    pub description: String,
+    /// Revenue: the line's quantity; everything else 0.
+    pub quantity: i64,
+    /// Signed: a debit is positive, a credit negative.
+    pub amount: Decimal,
+    pub dims: Dims,
+}
+
+impl Entry {
+    pub fn debit(&self) -> Decimal {
+        self.amount.max(Decimal::ZERO)
+    }
+
+    pub fn credit(&self) -> Decimal {
+        (-self.amount).max(Decimal::ZERO)
+    }
+}
+
+/// The ledger of an order at one point in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    pub currency: Option<Currency>,
+    pub entries: Vec<Entry>,
+    pub totals: Totals,
+}
+
+/// The order totals of SPEC 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    pub revenue: Decimal,
+    pub discount: Decimal,
+    pub tax: Decimal,
+    /// Fees ex tax (their tax is in `tax`).
+    pub fees: Decimal,
+    /// revenue − discount + tax + fees.
+    pub total: Decimal,
+    pub paid: Decimal,
+    pub written_off: Decimal,
+    /// total − paid − written_off.
+    pub outstanding: Decimal,
+}
+
+/// The ledger failed its invariant: a bug, never a user error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ledger of order {order_id} does not balance: debits {debit} ≠ credits {credit}")]
+pub struct Unbalanced {
+    pub order_id: String,
+    pub debit: Decimal,
+    pub credit: Decimal,
+}
+
+/// A taxable item (a line, or a fee as a line of quantity 1) on its way to
+/// entries.
+struct Taxable {
+    /// Amount the tax is computed on, before rounding: exclusive prices
+    /// (gross − discount) × r; inclusive prices net_incl × r / (1 + r).
+    exact_tax: Decimal,
+    rate: Decimal,
+    tax: Decimal,
+}
+
+/// Derives the ledger of `state`. Balanced by construction; checked anyway.
+pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbalanced> {
+    let Some(currency) = state.currency else {
+        return Ok(Ledger {
+            currency: None,
+            entries: Vec::new(),
+            totals: Totals::default(),
+        });
+    };
+    let round = |d: Decimal| currency.round(d, opts.rounding);
+    let base = Dims {
+        currency: Some(currency),
+        channel: state.channel.clone(),
+        ..Dims::default()
+    };
+    let incl = state.prices_include_tax;
+
+    // Taxables: the lines first, then the fees, each with its exact tax.
+    let mut taxables: Vec<Taxable> = Vec::new();
+    for l in &state.line_items {
+        let gross = Decimal::from(l.quantity) * l.unit_price;
+        let exact = if incl {
+            (gross - l.discount) * l.tax_rate / (Decimal::ONE + l.tax_rate)
+        } else {
+            (gross - l.discount) * l.tax_rate
+        };
+        taxables.push(Taxable {
+            exact_tax: exact,
+            rate: l.tax_rate,
+            tax: round(exact),
+        });
+    }
+    for f in &state.fees {
+        let exact = if incl {
+            f.amount * f.tax_rate / (Decimal::ONE + f.tax_rate)
+        } else {
+            f.amount * f.tax_rate
+        };
+        taxables.push(Taxable {
+            exact_tax: exact,
+            rate: f.tax_rate,
+            tax: round(exact),
+        });
+    }
+    if opts.tax_rounding == TaxRounding::PerRate {
+        allocate_per_rate(&mut taxables, currency, opts.rounding);
+    }
+
+    let mut totals = Totals::default();
+    let mut revenue = Vec::new();
+    let mut discount = Vec::new();
+    let mut tax_by_item: Vec<(Decimal, Entry)> = Vec::new();
+    let mut fees = Vec::new();
+
+    for (l, t) in state.line_items.iter().zip(&taxables) {
+        let gross = Decimal::from(l.quantity) * l.unit_price;
+        let (rev, disc) = if incl {
+            let net_incl = gross - l.discount;
+            let disc_ex = round(l.discount / (Decimal::ONE + l.tax_rate));
+            (net_incl - t.tax + disc_ex, disc_ex)
+        } else {
+            (gross, l.discount)
+        };
+        let dims = Dims {
+            product_id: l.product_id.clone(),
+            option_id: l.option_id.clone(),
+            unit_type: l.unit_type.clone(),
+            tax_rate: Some(l.tax_rate),
+            ..base.clone()
+        };
+        totals.revenue += rev;
+        totals.discount += disc;
+        totals.tax += t.tax;
+        revenue.push(Entry {
+            entry_type: EntryType::Revenue,
+            description: l.description.clone(),
+            // Bounded by QUANTITY_MAX at parse time, far below i64::MAX.
+            quantity: i64::try_from(l.quantity).unwrap_or(i64::MAX),
+            amount: -rev,
+            dims: dims.clone(),
+        });
+        discount.push(Entry {
+            entry_type: EntryType::Discount,
+            description: format!("Discount: {}", l.description),
+            quantity: 0,
+            amount: disc,
+            dims: dims.clone(),
+        });
+        tax_by_item.push((
+            t.rate,
+            Entry {
+                entry_type: EntryType::Tax,
+                description: tax_description(t.rate),
+                quantity: 0,
+                amount: -t.tax,
+                dims,
+            },
+        ));
+    }
+    for (f, t) in state.fees.iter().zip(&taxables[state.line_items.len()..]) {
+        let fee_ex = if incl { f.amount - t.tax } else { f.amount };
+        let dims = Dims {
+            tax_rate: Some(f.tax_rate),
+            fee_kind: Some(f.kind.clone()),
+            ..base.clone()
+        };
+        totals.fees += fee_ex;
+        totals.tax += t.tax;
+        fees.push(Entry {
+            entry_type: EntryType::Fee,
+            description: f.description.clone(),
+            quantity: 0,
+            amount: -fee_ex,
+            dims: dims.clone(),
+        });
+        tax_by_item.push((
+            t.rate,
+            Entry {
+                entry_type: EntryType::Tax,
+                description: tax_description(t.rate),
+                quantity: 0,
+                amount: -t.tax,
+                dims,
+            },
+        ));
+    }
+    // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
+    tax_by_item.sort_by_key(|(rate, _)| *rate);
+
+    let mut cashflow = Vec::new();
+    let mut write_off = Vec::new();
+    for p in &state.payments {
+        let dims = Dims {
+            payment_method: Some(p.method.clone()),
+            ..base.clone()
+        };
+        match p.kind {
+            PaymentKind::Paid => {
+                totals.paid += p.amount;
+                cashflow.push(Entry {
+                    entry_type: EntryType::Cashflow,
+                    description: "Cashflow".to_owned(),
+                    quantity: 0,
+                    amount: p.amount,
+                    dims,
+                });
+            }
+            PaymentKind::WrittenOff => {
+                totals.written_off += p.amount;
+                write_off.push(Entry {
+                    entry_type: EntryType::WriteOff,
+                    description: "Write-off".to_owned(),
+                    quantity: 0,
+                    amount: p.amount,
+                    dims,
+                });
+            }
+        }
+    }
+
+    // total = Σrevenue − Σdiscount + Σtax + Σfees, with fees ex tax: their
+    // tax is already in Σtax.
+    totals.total = totals.revenue - totals.discount + totals.tax + totals.fees;
+    totals.outstanding = totals.total - totals.paid - totals.written_off;
+
+    let mut entries = cashflow;
+    if totals.outstanding > Decimal::ZERO {
+        entries.push(Entry {
+            entry_type: EntryType::Receivable,
+            description: "Accounts Receivable".to_owned(),
+            quantity: 0,
+            amount: totals.outstanding,
+            dims: base.clone(),
+        });
+    } else if totals.outstanding < Decimal::ZERO {
+        entries.push(Entry {
+            entry_type: EntryType::RefundDue,
+            description: "Refund Due".to_owned(),
+            quantity: 0,
+            amount: totals.outstanding,
+            dims: base.clone(),
+        });
+    }
+    entries.extend(revenue);
+    entries.extend(discount);
+    entries.extend(tax_by_item.into_iter().map(|(_, e)| e));
+    entries.extend(fees);
+    entries.extend(write_off);
+    // An entry with no amount and no quantity says nothing.
+    entries.retain(|e| !e.amount.is_zero() || e.quantity != 0);
+
+    let ledger = Ledger {
+        currency: Some(currency),
+        entries,
+        totals,
+    };
+    ledger.check_balanced(state.order_id.as_str())?;
+    Ok(ledger)
+}
+
+impl Ledger {
+    /// Σdebit and Σcredit.
+    pub fn sums(&self) -> (Decimal, Decimal) {
+        self.entries
+            .iter()
+            .fold((Decimal::ZERO, Decimal::ZERO), |(d, c), e| {
+                (d + e.debit(), c + e.credit())
+            })
+    }
+
+    /// The invariant: Σdebit = Σcredit (an order has one currency).
+    pub fn check_balanced(&self, order_id: &str) -> Result<(), Unbalanced> {
+        let (debit, credit) = self.sums();
+        if debit == credit {
+            Ok(())
+        } else {
+            Err(Unbalanced {
+                order_id: order_id.to_owned(),
+                debit,
+                credit,
+            })
+        }
+    }
+}
+
+/// `Tax 16%`, `Tax 7.5%`, `Tax 0%`.
+pub fn tax_description(rate: Decimal) -> String {
+    format!("Tax {}%", rate_percent_text(rate))
+}
+
+/// Replaces each taxable's tax by its share of the per-rate total: the total
+/// is rounded once per rate, each item gets its exact share rounded toward
+/// zero, and the units left over go one each to the largest remainders (ties
+/// to the earlier item), so the shares add up to the rounded total exactly.
+fn allocate_per_rate(items: &mut [Taxable], currency: Currency, rounding: Rounding) {
+    let unit = Decimal::new(1, currency.minor_units());
+    let mut rates: Vec<Decimal> = items.iter().map(|t| t.rate).collect();
+    rates.sort();
+    rates.dedup();
+    for rate in rates {
+        let idx: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].rate == rate)
+            .collect();
+        let exact_sum: Decimal = idx.iter().map(|&i| items[i].exact_tax).sum();
+        let total = currency.round(exact_sum, rounding);
+        let mut shares: Vec<(usize, Decimal, Decimal)> = idx
+            .iter()
+            .map(|&i| {
+                let floor = items[i].exact_tax.trunc_with_scale(currency.minor_units());
+                (i, floor, items[i].exact_tax - floor)
+            })
+            .collect();
+        let floors: Decimal = shares.iter().map(|s| s.1).sum();
+        // Whole minor units still to hand out; 0 ≤ left < number of items.
+        let mut left = ((total - floors) / unit).round();
+        let mut order: Vec<usize> = (0..shares.len()).collect();
+        order.sort_by(|&a, &b| shares[b].2.cmp(&shares[a].2).then(a.cmp(&b)));
+        for k in order {
+            if left <= Decimal::ZERO {
+                break;
+            }
+            shares[k].1 += unit;
+            left -= Decimal::ONE;
+        }
+        for (i, share, _) in shares {
+            items[i].tax = share;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{OrderId, parse_event};
+    use serde_json::json;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn order(
+        incl: bool,
+        currency: &str,
+        lines: serde_json::Value,
+        payments: serde_json::Value,
+    ) -> OrderState {
+        let ev = parse_event(
+            json!({"event_id": "e", "type": "order.confirmed", "order_id": "o",
+                "occurred_at": "2026-11-22T10:00:00Z",
+                "order": {"version": 1, "currency": currency, "prices_include_tax": incl,
+                          "line_items": lines, "payments": payments}})
+            .to_string()
+            .as_bytes(),
+            None,
+        )
+        .unwrap();
+        let mut s = OrderState::new(OrderId::parse("o").unwrap());
+        s.apply(&ev).unwrap();
+        s
+    }
+
+    fn line(desc: &str, qty: u64, price: &str, disc: &str, rate: &str) -> serde_json::Value {
+        json!({"id": desc, "description": desc, "quantity": qty, "unit_price": price,
+               "discount": disc, "tax_rate": rate})
+    }
+
+    fn amounts(l: &Ledger, t: EntryType) -> Vec<Decimal> {
+        l.entries
+            .iter()
+            .filter(|e| e.entry_type == t)
+            .map(|e| e.amount)
+            .collect()
+    }
+
+    #[test]
+    fn inclusive_prices_split_out_tax_exactly() {
+        // 1 × 11.60 incl. 16%: tax = 11.60 × 0.16 / 1.16 = 1.60, revenue 10.00.
+        let s = order(
+            true,
+            "EUR",
+            json!([line("A", 1, "11.60", "0", "0.16")]),
+            json!([]),
+        );
+        let l = derive(&s, &LedgerOptions::default()).unwrap();
+        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-10.00")]);
+        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.60")]);
+        assert_eq!(amounts(&l, EntryType::Receivable), vec![dec("11.60")]);
+    }
+
+    #[test]
+    fn inclusive_discounts_are_booked_ex_tax() {
+        // 2 × 10.00 − 2.00 incl. 7.5%: net 18.00, tax round(18 × .075/1.075) = 1.26,
+        // discount_ex round(2/1.075) = 1.86, revenue 18 − 1.26 + 1.86 = 18.60.
+        let s = order(
+            true,
+            "EUR",
+            json!([line("A", 2, "10.00", "2.00", "0.075")]),
+            json!([]),
+        );
+        let l = derive(&s, &LedgerOptions::default()).unwrap();
+        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-18.60")]);
+        assert_eq!(amounts(&l, EntryType::Discount), vec![dec("1.86")]);
+        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.26")]);
+        assert_eq!(l.totals.total, dec("18.00"));
+    }
+
+    #[test]
+    fn exclusive_prices_add_tax_on_the_discounted_base() {
+        let s = order(
+            false,
+            "EUR",
+            json!([line("A", 3, "9.99", "1.00", "0.16")]),
+            json!([]),
+        );
+        let l = derive(&s, &LedgerOptions::default()).unwrap();
+        // (29.97 − 1.00) × 0.16 = 4.6352 → 4.64
+        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-4.64")]);
+        assert_eq!(l.totals.total, dec("33.61"));
+    }
+
+    #[test]
+    fn per_rate_allocation_sums_to_the_rounded_rate_total() {
+        // Three lines of 0.10 at 5%: per line 0.005 → 0.01 each = 0.03;
+        // per rate round(0.015) = 0.02, allocated 0.01, 0.01, 0.00.
+        let lines = json!([
+            line("A", 1, "0.10", "0", "0.05"),
+            line("B", 1, "0.10", "0", "0.05"),
+            line("C", 1, "0.10", "0", "0.05")
+        ]);
+        let s = order(false, "EUR", lines, json!([]));
+        let per_line = derive(&s, &LedgerOptions::default()).unwrap();
+        assert_eq!(per_line.totals.tax, dec("0.03"));
+        let opts = LedgerOptions {
+            tax_rounding: TaxRounding::PerRate,
+            ..Default::default()
+        };
+        let per_rate = derive(&s, &opts).unwrap();
+        assert_eq!(per_rate.totals.tax, dec("0.02"));
+        assert_eq!(
+            amounts(&per_rate, EntryType::Tax),
+            vec![dec("-0.01"), dec("-0.01")]
+        );
+    }
+
+    #[test]
+    fn half_even_rounding_is_applied_on_request() {
+        // 0.125 of tax: half_up 0.13, half_even 0.12.
+        let s = order(
+            false,
+            "EUR",
+            json!([line("A", 1, "2.50", "0", "0.05")]),
+            json!([]),
+        );
+        let up = derive(&s, &LedgerOptions::default()).unwrap();
+        let even = derive(
+            &s,
+            &LedgerOptions {
+                rounding: Rounding::HalfEven,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(up.totals.tax, dec("0.13"));
+        assert_eq!(even.totals.tax, dec("0.12"));
+    }
+
+    #[test]
+    fn overpayment_becomes_refund_due() {
+        let pay =
+            json!([{"payment_id": "p", "method": "card", "amount": "30.00", "currency": "EUR"}]);
+        let s = order(true, "EUR", json!([line("A", 2, "10.00", "0", "0")]), pay);
+        let l = derive(&s, &LedgerOptions::default()).unwrap();
+        assert_eq!(amounts(&l, EntryType::RefundDue), vec![dec("-10.00")]);
+        assert!(amounts(&l, EntryType::Receivable).is_empty());
+    }
+
+    #[test]
+    fn tax_descriptions_show_the_percent_without_trailing_zeros() {
+        assert_eq!(tax_description(dec("0.16")), "Tax 16%");
+        assert_eq!(tax_description(dec("0.075")), "Tax 7.5%");
+    }
+}

@@ -1,0 +1,281 @@
+//! Money at the edges: ISO 4217 currencies, decimal strings, rounding.
+//!
+//! Every amount in ledgerline is a [`Decimal`]. This module owns the three
+//! places where decimals meet the outside world:
+//! - parsing a JSON string into a decimal (never a float, never more decimals
+//!   than the currency has minor units),
+//! - rounding to a currency's minor units (half away from zero or half even),
+//! - formatting an amount with exactly the currency's scale (`"38.00"`, JPY `"500"`).
+
+use std::fmt;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+/// An active ISO 4217 currency with its number of minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency {
+    code: [u8; 3],
+    minor_units: u8,
+}
+
+/// Why a currency code was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CurrencyError {
+    #[error("{0:?} is not an ISO 4217 currency code (three upper-case letters, e.g. \"EUR\")")]
+    Malformed(String),
+    #[error("{0:?} is not an active ISO 4217 currency")]
+    Unknown(String),
+}
+
+impl Currency {
+    /// Parses an active ISO 4217 alphabetic code. Funds, precious metals and
+    /// superseded codes (which have no minor units or are no longer legal
+    /// tender) are refused, so every currency here has a definite scale.
+    pub fn parse(code: &str) -> Result<Self, CurrencyError> {
+        let bytes = code.as_bytes();
+        if bytes.len() != 3 || !bytes.iter().all(u8::is_ascii_uppercase) {
+            return Err(CurrencyError::Malformed(code.to_owned()));
+        }
+        let iso = iso_currency::Currency::from_code(code)
+            .ok_or_else(|| CurrencyError::Unknown(code.to_owned()))?;
+        if iso.is_superseded().is_some() || iso.is_fund() {
+            return Err(CurrencyError::Unknown(code.to_owned()));
+        }
+        let minor_units = iso
+            .exponent()
+            .and_then(|e| u8::try_from(e).ok())
+            .ok_or_else(|| CurrencyError::Unknown(code.to_owned()))?;
+        Ok(Self {
+            code: [bytes[0], bytes[1], bytes[2]],
+            minor_units,
+        })
+    }
+
+    /// The three-letter code.
+    pub fn code(&self) -> &str {
+        // The bytes were checked to be ASCII upper-case letters in `parse`,
+        // so they are always valid UTF-8.
+        std::str::from_utf8(&self.code).unwrap_or("XXX")
+    }
+
+    /// Number of decimal places of the minor unit (EUR 2, JPY 0, BHD 3).
+    pub fn minor_units(&self) -> u32 {
+        u32::from(self.minor_units)
+    }
+
+    /// Rounds `amount` to this currency's minor units.
+    pub fn round(&self, amount: Decimal, rounding: Rounding) -> Decimal {
+        amount.round_dp_with_strategy(self.minor_units(), rounding.strategy())
+    }
+
+    /// Formats `amount` with exactly this currency's scale: `38` → `"38.00"`.
+    ///
+    /// The amount must already be on the minor-unit grid; every amount the
+    /// ledger produces is (inputs are checked, derived amounts rounded).
+    pub fn format(&self, amount: Decimal) -> String {
+        let mut a = amount;
+        a.rescale(self.minor_units());
+        if a.is_zero() {
+            // Avoid "-0.00".
+            a.set_sign_positive(true);
+        }
+        a.to_string()
+    }
+
+    /// True when `amount` has no more decimals than the minor unit allows.
+    pub fn fits(&self, amount: Decimal) -> bool {
+        amount.normalize().scale() <= self.minor_units()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Currency::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a derived amount is rounded to minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Half away from zero (commercial rounding): 0.125 → 0.13, −0.125 → −0.13.
+    #[default]
+    HalfUp,
+    /// Half to even (banker's rounding): 0.125 → 0.12, 0.135 → 0.14.
+    HalfEven,
+}
+
+impl Rounding {
+    fn strategy(self) -> RoundingStrategy {
+        match self {
+            Rounding::HalfUp => RoundingStrategy::MidpointAwayFromZero,
+            Rounding::HalfEven => RoundingStrategy::MidpointNearestEven,
+        }
+    }
+}
+
+/// Why a decimal string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("must be a decimal string like \"11.00\", not a JSON {0}")]
+    NotAString(&'static str),
+    #[error("{0:?} is not a plain decimal (digits, an optional leading '-', one optional '.')")]
+    Malformed(String),
+    #[error("{0:?} is out of range")]
+    OutOfRange(String),
+}
+
+/// Longest decimal string accepted, in characters. Far beyond any real amount
+/// (Decimal holds 28 significant digits); a bound so hostile input stays cheap.
+pub const DECIMAL_STRING_MAX_CHARS: usize = 40;
+
+/// Parses a strict decimal string: `-?[0-9]+(\.[0-9]+)?`. No exponent, no
+/// `+`, no spaces, no thousands separators: what a producer sends is exactly
+/// the number it means.
+pub fn parse_decimal_str(s: &str) -> Result<Decimal, DecimalError> {
+    if s.len() > DECIMAL_STRING_MAX_CHARS {
+        return Err(DecimalError::OutOfRange(truncate(s)));
+    }
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int) || frac.is_some_and(|f| !all_digits(f)) {
+        return Err(DecimalError::Malformed(truncate(s)));
+    }
+    Decimal::from_str_exact(s).map_err(|_| DecimalError::OutOfRange(truncate(s)))
+}
+
+/// Parses a JSON value that must be a decimal string.
+pub fn decimal_from_json(v: &serde_json::Value) -> Result<Decimal, DecimalError> {
+    match v {
+        serde_json::Value::String(s) => parse_decimal_str(s),
+        serde_json::Value::Number(_) => Err(DecimalError::NotAString("number")),
+        serde_json::Value::Bool(_) => Err(DecimalError::NotAString("boolean")),
+        serde_json::Value::Null => Err(DecimalError::NotAString("null")),
+        serde_json::Value::Array(_) => Err(DecimalError::NotAString("array")),
+        serde_json::Value::Object(_) => Err(DecimalError::NotAString("object")),
+    }
+}
+
+/// A tax rate as text without trailing zeros: `0.160` → `"0.16"`, `0` → `"0"`.
+pub fn rate_text(rate: Decimal) -> String {
+    rate.normalize().to_string()
+}
+
+/// A tax rate as a percent without trailing zeros: `0.075` → `"7.5"`.
+pub fn rate_percent_text(rate: Decimal) -> String {
+    (rate * Decimal::ONE_HUNDRED).normalize().to_string()
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(DECIMAL_STRING_MAX_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn currencies_know_their_minor_units() {
+        assert_eq!(Currency::parse("EUR").unwrap().minor_units(), 2);
+        assert_eq!(Currency::parse("JPY").unwrap().minor_units(), 0);
+        assert_eq!(Currency::parse("BHD").unwrap().minor_units(), 3);
+        assert_eq!(Currency::parse("CLF").map(|c| c.minor_units()).ok(), None);
+    }
+
+    #[test]
+    fn unknown_or_malformed_currencies_are_refused() {
+        assert!(matches!(
+            Currency::parse("EURO"),
+            Err(CurrencyError::Malformed(_))
+        ));
+        assert!(matches!(
+            Currency::parse("eur"),
+            Err(CurrencyError::Malformed(_))
+        ));
+        assert!(matches!(
+            Currency::parse("ABC"),
+            Err(CurrencyError::Unknown(_))
+        ));
+        assert!(matches!(
+            Currency::parse("XAU"),
+            Err(CurrencyError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn amounts_are_formatted_with_the_currency_scale() {
+        let eur = Currency::parse("EUR").unwrap();
+        let jpy = Currency::parse("JPY").unwrap();
+        let bhd = Currency::parse("BHD").unwrap();
+        assert_eq!(eur.format(dec("38")), "38.00");
+        assert_eq!(eur.format(dec("-0.00")), "0.00");
+        assert_eq!(jpy.format(dec("500")), "500");
+        assert_eq!(bhd.format(dec("1.5")), "1.500");
+    }
+
+    #[test]
+    fn rounding_modes_differ_only_on_midpoints() {
+        let eur = Currency::parse("EUR").unwrap();
+        assert_eq!(eur.round(dec("0.125"), Rounding::HalfUp), dec("0.13"));
+        assert_eq!(eur.round(dec("0.125"), Rounding::HalfEven), dec("0.12"));
+        assert_eq!(eur.round(dec("-0.125"), Rounding::HalfUp), dec("-0.13"));
+        assert_eq!(eur.round(dec("0.1251"), Rounding::HalfEven), dec("0.13"));
+    }
+
+    #[test]
+    fn decimal_strings_are_strict() {
+        assert_eq!(parse_decimal_str("11.00").unwrap(), dec("11.00"));
+        assert_eq!(parse_decimal_str("-3.5").unwrap(), dec("-3.5"));
+        for bad in [
+            "", "1e3", "+1", " 1", "1.", ".5", "1,00", "NaN", "--1", "1.2.3",
+        ] {
+            assert!(parse_decimal_str(bad).is_err(), "{bad:?} accepted");
+        }
+        let huge = "9".repeat(39);
+        assert!(matches!(
+            parse_decimal_str(&huge),
+            Err(DecimalError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn json_numbers_are_not_money() {
+        let v = serde_json::json!(11.0);
+        assert_eq!(
+            decimal_from_json(&v),
+            Err(DecimalError::NotAString("number"))
+        );
+    }
+
+    #[test]
+    fn rates_print_without_trailing_zeros() {
+        assert_eq!(rate_text(dec("0.160")), "0.16");
+        assert_eq!(rate_text(dec("0")), "0");
+        assert_eq!(rate_percent_text(dec("0.075")), "7.5");
+        assert_eq!(rate_percent_text(dec("0.16")), "16");
+        assert_eq!(rate_percent_text(dec("0")), "0");
+    }
+}

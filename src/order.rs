@@ -1,0 +1,369 @@
+//! Order state: the fold of an order's events (SPEC 1).
+//!
+//! [`OrderState::apply`] is the only way state changes. It either applies an
+//! event completely or refuses it and leaves the state exactly as it was
+//! (stale snapshots, duplicate event ids, a currency that differs from the
+//! order's). Pure: no I/O, no clock.
+
+use std::collections::BTreeSet;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{
+    Event, EventBody, Fee, LineItem, OrderId, OrderSnapshot, Payment, RejectReason, Rejection,
+};
+use crate::money::Currency;
+
+/// Most events remembered per order for duplicate detection. An order with
+/// more events than this is far outside any real lifecycle; past it the
+/// oldest ids are forgotten (JetStream's own duplicate window still applies).
+pub const APPLIED_EVENT_IDS_MAX: usize = 10_000;
+
+/// What a payment record stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentKind {
+    /// Money received (or, negative, refunded).
+    Paid,
+    /// Outstanding balance written off as bad debt.
+    WrittenOff,
+}
+
+/// A payment kept by `payment_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub payment_id: String,
+    pub method: String,
+    pub amount: Decimal,
+    pub kind: PaymentKind,
+}
+
+/// The current state of one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
+    pub order_id: OrderId,
+    /// Fixed by the first event that names one.
+    pub currency: Option<Currency>,
+    pub channel: Option<String>,
+    pub prices_include_tax: bool,
+    /// Version of the last applied snapshot.
+    pub version: Option<u64>,
+    pub cancelled: bool,
+    #[serde(default)]
+    pub line_items: Vec<LineItemState>,
+    #[serde(default)]
+    pub fees: Vec<FeeState>,
+    /// In order of first appearance; updates keep the position.
+    #[serde(default)]
+    pub payments: Vec<PaymentRecord>,
+    /// Event ids applied, oldest first (bounded by [`APPLIED_EVENT_IDS_MAX`]).
+    #[serde(default)]
+    pub applied_event_ids: Vec<String>,
+}
+
+/// A line item as kept in state (the parsed line, serialisable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItemState {
+    pub id: String,
+    pub product_id: Option<String>,
+    pub option_id: Option<String>,
+    pub unit_type: Option<String>,
+    pub description: String,
+    pub quantity: u64,
+    pub unit_price: Decimal,
+    pub discount: Decimal,
+    pub tax_rate: Decimal,
+}
+
+/// A fee as kept in state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeState {
+    pub kind: String,
+    pub description: String,
+    pub amount: Decimal,
+    pub tax_rate: Decimal,
+}
+
+impl From<&LineItem> for LineItemState {
+    fn from(l: &LineItem) -> Self {
+        Self {
+            id: l.id.clone(),
+            product_id: l.product_id.clone(),
+            option_id: l.option_id.clone(),
+            unit_type: l.unit_type.clone(),
+            description: l.description.clone(),
+            quantity: l.quantity,
+            unit_price: l.unit_price,
+            discount: l.discount,
+            tax_rate: l.tax_rate,
+        }
+    }
+}
+
+impl From<&Fee> for FeeState {
+    fn from(f: &Fee) -> Self {
+        Self {
+            kind: f.kind.clone(),
+            description: f.description.clone(),
+            amount: f.amount,
+            tax_rate: f.tax_rate,
+        }
+    }
+}
+
+impl OrderState {
+    /// An order nothing has happened to yet.
+    pub fn new(order_id: OrderId) -> Self {
+        Self {
+            order_id,
+            currency: None,
+            channel: None,
+            prices_include_tax: false,
+            version: None,
+            cancelled: false,
+            line_items: Vec::new(),
+            fees: Vec::new(),
+            payments: Vec::new(),
+            applied_event_ids: Vec::new(),
+        }
+    }
+
+    /// True once `event_id` has been applied to this order.
+    pub fn has_applied(&self, event_id: &str) -> bool {
+        self.applied_event_ids.iter().any(|e| e == event_id)
+    }
+
+    /// Applies `event`, or refuses it and changes nothing.
+    pub fn apply(&mut self, event: &Event) -> Result<(), Rejection> {
+        let refuse = |reason, field: &str, message: String| {
+            let mut r = Rejection::new(reason, field, message);
+            r.event_id = Some(event.event_id.clone());
+            r
+        };
+        if event.order_id != self.order_id {
+            return Err(refuse(
+                RejectReason::OrderIdMismatch,
+                "order_id",
+                format!(
+                    "event for order {} applied to order {}",
+                    event.order_id, self.order_id
+                ),
+            ));
+        }
+        if self.has_applied(&event.event_id) {
+            return Err(refuse(
+                RejectReason::Duplicate,
+                "event_id",
+                "this event was already applied to the order".to_owned(),
+            ));
+        }
+        // Every check happens before the first change, so a refusal leaves the
+        // state untouched.
+        match &event.body {
+            EventBody::Snapshot(s) | EventBody::Cancel(Some(s)) => {
+                self.check_currency(s.currency)
+                    .map_err(|m| refuse(RejectReason::CurrencyMismatch, "order.currency", m))?;
+                if let Some(v) = self.version
+                    && s.version <= v
+                {
+                    return Err(refuse(
+                        RejectReason::Stale,
+                        "order.version",
+                        format!("version {} is not above the applied version {v}", s.version),
+                    ));
+                }
+            }
+            EventBody::Payment(p) | EventBody::PaymentDeleted(p) => {
+                self.check_currency(p.currency)
+                    .map_err(|m| refuse(RejectReason::CurrencyMismatch, "payment.currency", m))?;
+            }
+            EventBody::Cancel(None) => {}
+        }
+
+        match &event.body {
+            EventBody::Snapshot(s) => {
+                self.apply_snapshot(s);
+                self.cancelled = false;
+            }
+            EventBody::Cancel(Some(s)) => {
+                self.apply_snapshot(s);
+                self.cancelled = true;
+            }
+            EventBody::Cancel(None) => {
+                self.line_items.clear();
+                self.fees.clear();
+                self.cancelled = true;
+            }
+            EventBody::Payment(p) => {
+                let kind = match event.event_type {
+                    crate::events::EventType::PaymentWrittenOff => PaymentKind::WrittenOff,
+                    _ => PaymentKind::Paid,
+                };
+                self.currency.get_or_insert(p.currency);
+                self.set_payment(p, kind);
+            }
+            EventBody::PaymentDeleted(p) => {
+                self.payments.retain(|r| r.payment_id != p.payment_id);
+            }
+        }
+        self.applied_event_ids.push(event.event_id.clone());
+        if self.applied_event_ids.len() > APPLIED_EVENT_IDS_MAX {
+            self.applied_event_ids.remove(0);
+        }
+        Ok(())
+    }
+
+    fn check_currency(&self, c: Currency) -> Result<(), String> {
+        match self.currency {
+            Some(have) if have != c => Err(format!("{c} on an order in {have}")),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_snapshot(&mut self, s: &OrderSnapshot) {
+        self.currency = Some(s.currency);
+        self.channel = s.channel.clone();
+        self.prices_include_tax = s.prices_include_tax;
+        self.version = Some(s.version);
+        self.line_items = s.line_items.iter().map(LineItemState::from).collect();
+        self.fees = s.fees.iter().map(FeeState::from).collect();
+        for p in &s.payments {
+            self.set_payment(p, PaymentKind::Paid);
+        }
+    }
+
+    fn set_payment(&mut self, p: &Payment, kind: PaymentKind) {
+        let record = PaymentRecord {
+            payment_id: p.payment_id.clone(),
+            method: p.method.clone(),
+            amount: p.amount,
+            kind,
+        };
+        match self
+            .payments
+            .iter_mut()
+            .find(|r| r.payment_id == p.payment_id)
+        {
+            Some(existing) => *existing = record,
+            None => self.payments.push(record),
+        }
+    }
+
+    /// Distinct tax rates in use, ascending.
+    pub fn tax_rates(&self) -> BTreeSet<Decimal> {
+        self.line_items
+            .iter()
+            .map(|l| l.tax_rate)
+            .chain(self.fees.iter().map(|f| f.tax_rate))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::parse_event;
+    use serde_json::json;
+
+    fn ev(v: serde_json::Value) -> Event {
+        parse_event(v.to_string().as_bytes(), None).unwrap()
+    }
+
+    fn snapshot(id: &str, version: u64, qty: u64) -> Event {
+        ev(json!({
+            "event_id": id, "type": "order.updated", "order_id": "o1",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "order": {"version": version, "currency": "EUR", "prices_include_tax": true,
+                "line_items": [{"id": "l1", "description": "T", "quantity": qty,
+                                "unit_price": "10.00", "tax_rate": "0"}]}
+        }))
+    }
+
+    fn payment(id: &str, ty: &str, pid: &str, amount: &str, currency: &str) -> Event {
+        ev(json!({
+            "event_id": id, "type": ty, "order_id": "o1", "occurred_at": "2026-11-22T10:00:00Z",
+            "payment": {"payment_id": pid, "method": "card", "amount": amount, "currency": currency}
+        }))
+    }
+
+    fn state() -> OrderState {
+        OrderState::new(OrderId::parse("o1").unwrap())
+    }
+
+    #[test]
+    fn stale_snapshots_are_refused_and_change_nothing() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 2, 1)).unwrap();
+        let before = s.clone();
+        for v in [1, 2] {
+            let r = s.apply(&snapshot(&format!("old{v}"), v, 5)).unwrap_err();
+            assert_eq!(r.reason, RejectReason::Stale);
+        }
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn duplicate_event_ids_are_refused() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 1, 1)).unwrap();
+        let r = s.apply(&snapshot("e1", 2, 3)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Duplicate);
+        assert_eq!(s.line_items[0].quantity, 1);
+    }
+
+    #[test]
+    fn payments_are_kept_by_id_and_deleted_by_id() {
+        let mut s = state();
+        s.apply(&payment("p1", "payment.created", "pay-1", "10.00", "EUR"))
+            .unwrap();
+        s.apply(&payment("p2", "payment.created", "pay-2", "5.00", "EUR"))
+            .unwrap();
+        s.apply(&payment("p3", "payment.updated", "pay-1", "12.00", "EUR"))
+            .unwrap();
+        assert_eq!(s.payments.len(), 2);
+        assert_eq!(s.payments[0].amount.to_string(), "12.00");
+        s.apply(&payment("p4", "payment.deleted", "pay-2", "5.00", "EUR"))
+            .unwrap();
+        s.apply(&payment("p5", "payment.deleted", "unknown", "5.00", "EUR"))
+            .unwrap();
+        assert_eq!(s.payments.len(), 1);
+        s.apply(&payment(
+            "p6",
+            "payment.written_off",
+            "pay-1",
+            "12.00",
+            "EUR",
+        ))
+        .unwrap();
+        assert_eq!(s.payments[0].kind, PaymentKind::WrittenOff);
+    }
+
+    #[test]
+    fn a_payment_in_another_currency_is_refused() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 1, 1)).unwrap();
+        let r = s
+            .apply(&payment("p1", "payment.created", "pay-1", "10.00", "USD"))
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::CurrencyMismatch);
+        assert!(s.payments.is_empty());
+    }
+
+    #[test]
+    fn cancellation_without_snapshot_clears_lines_and_keeps_the_version() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 3, 2)).unwrap();
+        s.apply(&ev(
+            json!({"event_id": "c", "type": "order.cancelled", "order_id": "o1",
+            "occurred_at": "2026-11-22T10:00:00Z"}),
+        ))
+        .unwrap();
+        assert!(s.cancelled && s.line_items.is_empty());
+        assert_eq!(s.version, Some(3));
+        // A later snapshot reinstates the order.
+        s.apply(&snapshot("e2", 4, 1)).unwrap();
+        assert!(!s.cancelled);
+        assert_eq!(s.line_items.len(), 1);
+    }
+}
