@@ -1,0 +1,471 @@
+//! Configuration (SPEC 7): defaults → TOML file → `LEDGERLINE_<KEY>`
+//! environment → CLI flags, then validated as a whole.
+//!
+//! Unknown keys are refused, in the file and in the environment, so a typo
+//! never silently falls back to a default. Every error names the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{LedgerOptions, TaxRounding};
+use crate::money::Rounding;
+use crate::registry::{FieldError, Registry, RegistryConfig, TargetPolicy};
+use crate::secret::Secret;
+
+/// Environment variables with the `LEDGERLINE_` prefix that are not config
+/// keys (they steer logging and the CLI).
+pub const NON_CONFIG_ENV: [&str; 3] = [
+    "LEDGERLINE_LOG",
+    "LEDGERLINE_LOG_FORMAT",
+    "LEDGERLINE_CONFIG",
+];
+
+/// Largest config file read, in bytes: a registry list, not a data set.
+pub const CONFIG_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// SMTP settings for failure emails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// `none` (plain, for local sinks), `starttls` or `tls`.
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+    /// Most emails per registry per hour, so a failing receiver cannot flood
+    /// an inbox.
+    #[serde(default = "default_emails_per_hour")]
+    pub max_emails_per_hour: u32,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+fn default_smtp_tls() -> String {
+    "none".to_owned()
+}
+fn default_emails_per_hour() -> u32 {
+    10
+}
+
+/// Delivery tuning shared by every registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Delay before each retry, in order; the last repeats. Jitter of up to
+    /// ±20% is added to each.
+    #[serde(default = "default_retry_schedule")]
+    pub retry_schedule: Vec<String>,
+    /// Most (registry, order) deliveries in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Consecutive failures that open a registry's circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before a probe.
+    #[serde(default = "default_breaker_cool_down")]
+    pub breaker_cool_down: String,
+}
+
+fn default_retry_schedule() -> Vec<String> {
+    ["5s", "30s", "2m", "10m", "30m", "1h", "2h", "4h"]
+        .map(str::to_owned)
+        .to_vec()
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_breaker_failures() -> u32 {
+    10
+}
+fn default_breaker_cool_down() -> String {
+    "30s".to_owned()
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule: default_retry_schedule(),
+            max_in_flight: default_max_in_flight(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cool_down: default_breaker_cool_down(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    /// A NATS credentials file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_creds: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_token: Option<Secret>,
+    /// A CA certificate for a NATS server with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Prefix of input subjects: `<prefix>.<order_id>`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    #[serde(default)]
+    pub rounding: Rounding,
+    #[serde(default)]
+    pub tax_rounding: TaxRounding,
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    #[serde(default)]
+    pub allow_private_targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpConfig>,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub registry: Vec<RegistryConfig>,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+fn default_subject_prefix() -> String {
+    "orders".to_owned()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:8088".to_owned()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document takes every serde default.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("every field has a default"))
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is larger than {CONFIG_MAX_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{env}: unknown environment setting; config keys are {keys}")]
+    UnknownEnv { env: String, keys: String },
+    #[error("{env}: {message}")]
+    BadEnv { env: String, message: String },
+    #[error("config {0}")]
+    Invalid(#[from] FieldError),
+}
+
+/// The configuration, validated: what the rest of ledgerline runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub ledger: LedgerOptions,
+    pub policy: TargetPolicy,
+    pub registries: Vec<Registry>,
+}
+
+/// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
+const ENV_KEYS: [&str; 11] = [
+    "nats_url",
+    "nats_creds",
+    "nats_token",
+    "nats_tls_ca",
+    "subject_prefix",
+    "admin_listen",
+    "admin_token",
+    "rounding",
+    "tax_rounding",
+    "allow_insecure_http",
+    "allow_private_targets",
+];
+
+impl Config {
+    /// Reads `path` (or only defaults when `None`), overlays the
+    /// `LEDGERLINE_*` variables of `env`, and parses the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, shown) = match path {
+            Some(p) => {
+                let meta = std::fs::metadata(p).map_err(|source| ConfigError::Io {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                if meta.len() > CONFIG_MAX_BYTES {
+                    return Err(ConfigError::TooLarge { path: p.to_owned() });
+                }
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                (text, p.display().to_string())
+            }
+            None => (String::new(), "(defaults)".to_owned()),
+        };
+        Self::from_toml_with_env(&text, &shown, env)
+    }
+
+    /// Parses TOML text and overlays environment settings.
+    pub fn from_toml_with_env(
+        text: &str,
+        shown: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: shown.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LEDGERLINE_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+            .collect();
+        for (env_key, raw) in overrides {
+            let key = env_key["LEDGERLINE_".len()..].to_ascii_lowercase();
+            if !ENV_KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownEnv {
+                    env: env_key,
+                    keys: ENV_KEYS
+                        .map(|k| format!("LEDGERLINE_{}", k.to_ascii_uppercase()))
+                        .join(", "),
+                });
+            }
+            let value = match key.as_str() {
+                "allow_insecure_http" => match raw.as_str() {
+                    "true" | "1" => toml::Value::Boolean(true),
+                    "false" | "0" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::BadEnv {
+                            env: env_key,
+                            message: format!("{raw:?} is not true or false"),
+                        });
+                    }
+                },
+                "allow_private_targets" => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
+                _ => toml::Value::String(raw),
+            };
+            table.insert(key, value);
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: shown.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Validates everything, naming the first bad key.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let mut nets = Vec::new();
+        for (i, s) in self.allow_private_targets.iter().enumerate() {
+            let net: IpNet = s
+                .parse()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    FieldError::new(
+                        format!("allow_private_targets[{i}]"),
+                        format!("{s:?} is not a CIDR like \"127.0.0.0/8\""),
+                    )
+                })?;
+            nets.push(net);
+        }
+        if let Some((scheme, _)) = self.nats_url.split_once("://")
+            && !["nats", "tls", "ws", "wss"].contains(&scheme)
+        {
+            return Err(FieldError::new(
+                "nats_url",
+                format!(
+                    "{:?} must start with nats://, tls://, ws:// or wss://",
+                    self.nats_url
+                ),
+            )
+            .into());
+        }
+        if self.subject_prefix.is_empty()
+            || !self.subject_prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+        {
+            return Err(FieldError::new(
+                "subject_prefix",
+                "must be dot-separated tokens of [A-Za-z0-9_-]",
+            )
+            .into());
+        }
+        if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(FieldError::new(
+                "admin_listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:8088\"",
+                    self.admin_listen
+                ),
+            )
+            .into());
+        }
+        for (i, d) in self.delivery.retry_schedule.iter().enumerate() {
+            humantime::parse_duration(d).map_err(|e| {
+                FieldError::new(
+                    format!("delivery.retry_schedule[{i}]"),
+                    format!("{d:?} is not a duration: {e}"),
+                )
+            })?;
+        }
+        if self.delivery.retry_schedule.is_empty() {
+            return Err(
+                FieldError::new("delivery.retry_schedule", "must list at least one delay").into(),
+            );
+        }
+        humantime::parse_duration(&self.delivery.breaker_cool_down).map_err(|e| {
+            FieldError::new("delivery.breaker_cool_down", format!("not a duration: {e}"))
+        })?;
+        if self.delivery.max_in_flight == 0 || self.delivery.max_in_flight > 100_000 {
+            return Err(
+                FieldError::new("delivery.max_in_flight", "must be between 1 and 100000").into(),
+            );
+        }
+        if let Some(smtp) = &self.smtp {
+            smtp.from.parse::<lettre::Address>().map_err(|e| {
+                FieldError::new(
+                    "smtp.from",
+                    format!("{:?} is not an email address: {e}", smtp.from),
+                )
+            })?;
+            if !["none", "starttls", "tls"].contains(&smtp.tls.as_str()) {
+                return Err(FieldError::new("smtp.tls", "must be none, starttls or tls").into());
+            }
+        }
+        let policy = TargetPolicy {
+            allow_insecure_http: self.allow_insecure_http,
+            allow_private_targets: nets,
+        };
+        let mut registries: Vec<Registry> = Vec::new();
+        for (i, r) in self.registry.iter().enumerate() {
+            let at = format!("registry[{i}]");
+            let reg = r.validate(&policy).map_err(|e| e.within(&at))?;
+            if registries.iter().any(|o| o.id() == reg.id()) {
+                return Err(FieldError::new(
+                    format!("{at}.id"),
+                    format!("{:?} is used by another registry", reg.id()),
+                )
+                .into());
+            }
+            registries.push(reg);
+        }
+        Ok(Settings {
+            ledger: LedgerOptions {
+                rounding: self.rounding,
+                tax_rounding: self.tax_rounding,
+            },
+            policy,
+            registries,
+            config: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Config::from_toml_with_env(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?
+        .validate()
+    }
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(s.config.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(s.ledger, LedgerOptions::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let e = load("roundng = \"half_even\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("roundng"), "{e}");
+        let e = load(
+            "[[registry]]\nid = \"a\"\nurl = \"https://x.example\"\ngroup = []\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("group"), "{e}");
+    }
+
+    #[test]
+    fn registry_errors_name_the_registry_and_field() {
+        let e = load(
+            "[[registry]]\nid = \"a\"\nurl = \"http://x.example\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("config registry[0].url:"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_variables_are_refused() {
+        let s = load(
+            "rounding = \"half_up\"\n",
+            &[
+                ("LEDGERLINE_ROUNDING", "half_even"),
+                ("LEDGERLINE_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.ledger.rounding, Rounding::HalfEven);
+        let e = load("", &[("LEDGERLINE_ROUNDNG", "half_even")]).unwrap_err();
+        assert!(e.to_string().starts_with("LEDGERLINE_ROUNDNG"), "{e}");
+        let s = load(
+            "",
+            &[("LEDGERLINE_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8, ::1/128")],
+        )
+        .unwrap();
+        assert_eq!(s.policy.allow_private_targets.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_registry_ids_are_refused() {
+        let t = "[[registry]]\nid = \"a\"\nurl = \"https://x.example\"\n[[registry]]\nid = \"a\"\nurl = \"https://y.example\"\n";
+        assert!(
+            load(t, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("registry[1].id")
+        );
+    }
+}
