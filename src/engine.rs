@@ -1,0 +1,106 @@
+//! The engine: one event in, the postings of every subscribed registry out.
+//!
+//! [`OrderBook`] is everything ledgerline keeps per order: its state and, per
+//! registry, what was posted so far. [`OrderBook::apply`] is all-or-nothing:
+//! a refused event, or (a bug) an unbalanced ledger, leaves the book as it
+//! was. [`Engine`] keeps books for many orders in memory, for the offline
+//! `postings` command, `verify` and tests; the aggregator keeps the same
+//! books but recovers them from JetStream.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::events::{Event, OrderId, Rejection};
+use crate::ledger::{LedgerOptions, Unbalanced, derive};
+use crate::order::OrderState;
+use crate::posting::{Cursor, Posting, UnbalancedPosting, build};
+use crate::registry::Registry;
+
+/// Why an event produced no postings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The event was refused (stale, duplicate, currency mismatch…).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The ledger broke its invariant: a bug, reported, never posted.
+    #[error(transparent)]
+    Unbalanced(#[from] Unbalanced),
+    #[error(transparent)]
+    UnbalancedPosting(#[from] UnbalancedPosting),
+}
+
+/// One order's state and, per registry id, what was posted to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderBook {
+    pub state: OrderState,
+    pub cursors: BTreeMap<String, Cursor>,
+}
+
+impl OrderBook {
+    pub fn new(order_id: OrderId) -> Self {
+        Self {
+            state: OrderState::new(order_id),
+            cursors: BTreeMap::new(),
+        }
+    }
+
+    /// Applies `event` and returns one posting per subscribed registry, in
+    /// the order of `registries`. All or nothing.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        registries: &[Registry],
+        opts: &LedgerOptions,
+    ) -> Result<Vec<Posting>, ApplyError> {
+        let mut state = self.state.clone();
+        state.apply(event)?;
+        let ledger = derive(&state, opts)?;
+        let mut postings = Vec::new();
+        let mut cursors = Vec::new();
+        for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
+            let cursor = self.cursors.get(r.id()).cloned().unwrap_or_default();
+            let (posting, next) = build(r, event, &ledger, &cursor)?;
+            postings.push(posting);
+            cursors.push((r.id().to_owned(), next));
+        }
+        self.state = state;
+        self.cursors.extend(cursors);
+        Ok(postings)
+    }
+}
+
+/// Order books for many orders, in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub options: LedgerOptions,
+    pub registries: Vec<Registry>,
+    books: HashMap<OrderId, OrderBook>,
+}
+
+impl Engine {
+    pub fn new(options: LedgerOptions, registries: Vec<Registry>) -> Self {
+        Self {
+            options,
+            registries,
+            books: HashMap::new(),
+        }
+    }
+
+    /// Applies one event to its order.
+    pub fn process(&mut self, event: &Event) -> Result<Vec<Posting>, ApplyError> {
+        let book = self
+            .books
+            .entry(event.order_id.clone())
+            .or_insert_with(|| OrderBook::new(event.order_id.clone()));
+        book.apply(event, &self.registries, &self.options)
+    }
+
+    /// The book of an order, if any event reached it.
+    pub fn book(&self, order_id: &OrderId) -> Option<&OrderBook> {
+        self.books.get(order_id)
+    }
+
+    /// Every order seen.
+    pub fn books(&self) -> impl Iterator<Item = &OrderBook> {
+        self.books.values()
+    }
+}

@@ -1,0 +1,36 @@
+//! ledgerline turns order lifecycle events into exact double-entry ledger
+//! postings and delivers them to accounting systems over webhooks,
+//! event-sourced on NATS JetStream.
+//!
+//! # Layout
+//!
+//! The pure core (no I/O, no async), in the order an event flows through it:
+//! - [`money`]: currencies, decimal strings, rounding.
+//! - [`events`]: producer messages parsed into typed events, or rejections
+//!   naming the field.
+//! - [`order`]: the fold of an order's events into its state.
+//! - [`ledger`]: an order state's ledger, balanced (SPEC 2).
+//! - [`registry`]: registry configuration and validation (SPEC 3).
+//! - [`posting`]: a registry's view of the ledger: grouping, ledger codes,
+//!   delta or full postings, idempotency keys (SPEC 4).
+//! - [`engine`]: one event in, every subscribed registry's posting out.
+//!
+//! Around it:
+//! - [`config`]: the TOML file, environment overrides, validation (SPEC 7).
+//! - [`secret`]: values that never print.
+//! - [`signing`]: Standard Webhooks signatures.
+//! - [`offline`]: `ledgerline postings`, the engine over a file.
+//! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
+
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod ledger;
+pub mod money;
+pub mod natsd;
+pub mod offline;
+pub mod order;
+pub mod posting;
+pub mod registry;
+pub mod secret;
+pub mod signing;

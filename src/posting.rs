@@ -1,0 +1,412 @@
+//! Postings (SPEC 3 and 4): what one registry receives for one event.
+//!
+//! A registry sees the order's ledger through its own lens: entry types
+//! filtered, a ledger code per entry (first matching rule), entries grouped by
+//! (entry type, ledger code, description) plus its columns, amounts and
+//! quantities netted within a group. [`build`] turns that into posting `n` of
+//! (registry, order): the whole grouped ledger (`full`) or its difference from
+//! everything posted before (`delta`), with the idempotency key that stays the
+//! same across retries, restarts and replays. Pure: no I/O.
+
+use std::collections::{HashMap, HashSet};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::events::{Event, EventType, OrderId};
+use crate::ledger::{EntryType, Ledger};
+use crate::money::Currency;
+use crate::registry::{Column, PostingMode, Registry};
+
+/// The key entries are grouped and netted by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupKey {
+    pub entry_type: EntryType,
+    pub ledger_code: Option<String>,
+    pub description: String,
+    /// The registry's group columns, in its `group_by` order, with values.
+    pub columns: Vec<(Column, Option<String>)>,
+}
+
+/// A grouped, netted entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupedEntry {
+    #[serde(flatten)]
+    pub key: GroupKey,
+    pub quantity: i64,
+    /// Signed: debit positive, credit negative.
+    pub amount: Decimal,
+}
+
+impl GroupedEntry {
+    fn is_zero(&self) -> bool {
+        self.amount.is_zero() && self.quantity == 0
+    }
+}
+
+/// A group key borrowed from an entry, so grouping allocates only once per
+/// group rather than once per entry.
+#[derive(PartialEq, Eq, Hash)]
+struct KeyRef<'a> {
+    entry_type: EntryType,
+    ledger_code: Option<&'a str>,
+    description: &'a str,
+    columns: [Option<ColumnRef<'a>>; Column::ALL.len()],
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum ColumnRef<'a> {
+    Text(&'a str),
+    Currency(Currency),
+    Rate(Decimal),
+}
+
+fn column_ref(c: Column, d: &crate::ledger::Dims) -> Option<ColumnRef<'_>> {
+    match c {
+        Column::Currency => d.currency.map(ColumnRef::Currency),
+        // Rates are normalised when parsed, so equal rates compare equal.
+        Column::TaxRate => d.tax_rate.map(ColumnRef::Rate),
+        _ => match c {
+            Column::Channel => d.channel.as_deref(),
+            Column::ProductId => d.product_id.as_deref(),
+            Column::OptionId => d.option_id.as_deref(),
+            Column::UnitType => d.unit_type.as_deref(),
+            Column::PaymentMethod => d.payment_method.as_deref(),
+            _ => d.fee_kind.as_deref(),
+        }
+        .map(ColumnRef::Text),
+    }
+}
+
+/// Groups a ledger as `registry` sees it. Groups keep the order in which
+/// they first appear, which follows the ledger's order (type, then source).
+pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
+    let mut out: Vec<GroupedEntry> = Vec::new();
+    let mut index: HashMap<KeyRef<'_>, usize> = HashMap::with_capacity(ledger.entries.len());
+    for e in &ledger.entries {
+        if !registry.includes(e.entry_type) {
+            continue;
+        }
+        let code = registry.ledger_code(e.entry_type, &e.dims);
+        let mut columns = [const { None }; Column::ALL.len()];
+        for (slot, c) in columns.iter_mut().zip(&registry.group_by) {
+            *slot = column_ref(*c, &e.dims);
+        }
+        let key = KeyRef {
+            entry_type: e.entry_type,
+            ledger_code: code,
+            description: &e.description,
+            columns,
+        };
+        match index.get(&key) {
+            Some(&i) => {
+                out[i].amount += e.amount;
+                out[i].quantity += e.quantity;
+            }
+            None => {
+                index.insert(key, out.len());
+                out.push(GroupedEntry {
+                    key: GroupKey {
+                        entry_type: e.entry_type,
+                        ledger_code: code.map(str::to_owned),
+                        description: e.description.clone(),
+                        columns: registry
+                            .group_by
+                            .iter()
+                            .map(|c| (*c, c.value(&e.dims)))
+                            .collect(),
+                    },
+                    quantity: e.quantity,
+                    amount: e.amount,
+                });
+            }
+        }
+    }
+    out.retain(|g| !g.is_zero());
+    out
+}
+
+/// `current − posted` per group key: current groups in their order, then
+/// groups only posted before (reversals), each entry type in table order.
+/// Zero differences are dropped.
+pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Vec<GroupedEntry> {
+    let posted_index: HashMap<&GroupKey, &GroupedEntry> =
+        posted.iter().map(|g| (&g.key, g)).collect();
+    let mut out: Vec<GroupedEntry> = current
+        .iter()
+        .filter_map(|c| {
+            let (quantity, amount) = match posted_index.get(&c.key) {
+                Some(p) => (c.quantity - p.quantity, c.amount - p.amount),
+                None => (c.quantity, c.amount),
+            };
+            // Unchanged groups are dropped before their key is copied.
+            (quantity != 0 || !amount.is_zero()).then(|| GroupedEntry {
+                key: c.key.clone(),
+                quantity,
+                amount,
+            })
+        })
+        .collect();
+    let current_keys: HashSet<&GroupKey> = current.iter().map(|c| &c.key).collect();
+    out.extend(
+        posted
+            .iter()
+            .filter(|p| !current_keys.contains(&p.key))
+            .map(|p| GroupedEntry {
+                key: p.key.clone(),
+                quantity: -p.quantity,
+                amount: -p.amount,
+            }),
+    );
+    out.retain(|g| !g.is_zero());
+    // Stable: within a type, first appearance order is kept.
+    out.sort_by_key(|g| g.key.entry_type);
+    out
+}
+
+/// The idempotency key of posting `seq` of (registry, order): UUIDv5 in the
+/// URL namespace of `ledgerline:<R>:<O>:<n>` (SPEC 4).
+pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("ledgerline:{registry_id}:{order_id}:{seq}").as_bytes(),
+    )
+}
+
+/// What a registry has been sent for an order so far.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The last posting's number (0: none yet).
+    pub seq: u64,
+    /// Σ of every posting sent: in `full` mode the last ledger sent, in
+    /// `delta` mode the running sum (equal by construction).
+    pub posted: Vec<GroupedEntry>,
+}
+
+/// One posting: a stored record in LEDGER and, with registry_data, the
+/// request body the dispatcher sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub registry_id: String,
+    pub order_id: OrderId,
+    pub seq: u64,
+    pub idempotency_key: Uuid,
+    pub event_id: String,
+    pub event_type: EventType,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub mode: PostingMode,
+    pub currency: Option<Currency>,
+    /// The entry types were filtered: the posting may legitimately not balance.
+    pub filtered: bool,
+    /// The entries this posting sends.
+    pub entries: Vec<GroupedEntry>,
+    /// Everything posted to this registry for this order, including this
+    /// posting: enough to build the next one without replaying history.
+    pub cumulative: Vec<GroupedEntry>,
+}
+
+/// A posting of an unfiltered registry that does not balance: a bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("posting {seq} of registry {registry_id} for order {order_id} does not balance: Σ = {sum}")]
+pub struct UnbalancedPosting {
+    pub registry_id: String,
+    pub order_id: String,
+    pub seq: u64,
+    pub sum: Decimal,
+}
+
+/// Builds the next posting for `registry` after `event`, from the order's
+/// current `ledger` and what was posted before (`cursor`). Returns the posting
+/// and the cursor to keep.
+pub fn build(
+    registry: &Registry,
+    event: &Event,
+    ledger: &Ledger,
+    cursor: &Cursor,
+) -> Result<(Posting, Cursor), UnbalancedPosting> {
+    let current = group(ledger, registry);
+    let entries = match registry.config.posting_mode {
+        PostingMode::Full => current.clone(),
+        PostingMode::Delta => difference(&current, &cursor.posted),
+    };
+    // The cursor and the posting's `cumulative` are the same list; the
+    // engine keeps the cursor, the posting carries a copy to the stream.
+    let seq = cursor.seq + 1;
+    let posting = Posting {
+        registry_id: registry.id().to_owned(),
+        order_id: event.order_id.clone(),
+        seq,
+        idempotency_key: idempotency_key(registry.id(), event.order_id.as_str(), seq),
+        event_id: event.event_id.clone(),
+        event_type: event.event_type,
+        occurred_at: event.occurred_at,
+        mode: registry.config.posting_mode,
+        currency: ledger.currency,
+        filtered: !registry.includes_all_entry_types(),
+        entries,
+        cumulative: current.clone(),
+    };
+    if !posting.filtered {
+        let sum = posting.sum();
+        if !sum.is_zero() {
+            return Err(UnbalancedPosting {
+                registry_id: posting.registry_id.clone(),
+                order_id: posting.order_id.to_string(),
+                seq,
+                sum,
+            });
+        }
+    }
+    Ok((
+        posting,
+        Cursor {
+            seq,
+            posted: current,
+        },
+    ))
+}
+
+impl Posting {
+    /// Σ of signed amounts: zero when Σdebit = Σcredit.
+    pub fn sum(&self) -> Decimal {
+        self.entries.iter().map(|e| e.amount).sum()
+    }
+
+    /// (Σdebit, Σcredit).
+    pub fn debit_credit(&self) -> (Decimal, Decimal) {
+        self.entries
+            .iter()
+            .fold((Decimal::ZERO, Decimal::ZERO), |(d, c), e| {
+                (
+                    d + e.amount.max(Decimal::ZERO),
+                    c + (-e.amount).max(Decimal::ZERO),
+                )
+            })
+    }
+
+    /// The cursor this posting leaves behind.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            seq: self.seq,
+            posted: self.cumulative.clone(),
+        }
+    }
+
+    /// The request body (SPEC 4), with the registry_data the previous
+    /// posting's response returned (`{}` for the first). Serialise it with
+    /// `serde_json::to_vec` for the exact bytes sent.
+    pub fn body<'a>(&'a self, registry_data: &'a Value) -> Body<'a> {
+        Body {
+            order_id: &self.order_id,
+            registry_data,
+            idempotency_key: self.idempotency_key,
+            ledger_entries: WireEntries(self),
+        }
+    }
+
+    /// An amount with the currency's scale (entries exist only with one).
+    pub fn format(&self, amount: Decimal) -> String {
+        match self.currency {
+            Some(c) => c.format(amount),
+            None => amount.to_string(),
+        }
+    }
+}
+
+/// The wire body of a posting, serialised in the contract's key order:
+/// `order_id`, `registry_data`, `idempotency_key`, `ledger_entries`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Body<'a> {
+    pub order_id: &'a OrderId,
+    pub registry_data: &'a Value,
+    pub idempotency_key: Uuid,
+    pub ledger_entries: WireEntries<'a>,
+}
+
+/// A posting's entries as the wire shows them: `ledger_code`, the group
+/// columns in `group_by` order, `quantity`, `debit`, `credit`, `description`.
+#[derive(Debug, Clone, Copy)]
+pub struct WireEntries<'a>(&'a Posting);
+
+impl Serialize for WireEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let p = self.0;
+        let mut seq = s.serialize_seq(Some(p.entries.len()))?;
+        for e in &p.entries {
+            seq.serialize_element(&WireEntry {
+                posting: p,
+                entry: e,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+struct WireEntry<'a> {
+    posting: &'a Posting,
+    entry: &'a GroupedEntry,
+}
+
+impl Serialize for WireEntry<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.entry;
+        let mut m = s.serialize_map(Some(5 + e.key.columns.len()))?;
+        m.serialize_entry("ledger_code", &e.key.ledger_code)?;
+        for (col, v) in &e.key.columns {
+            m.serialize_entry(col.as_str(), v)?;
+        }
+        m.serialize_entry("quantity", &e.quantity)?;
+        let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
+        m.serialize_entry("debit", &self.posting.format(debit))?;
+        m.serialize_entry("credit", &self.posting.format(credit))?;
+        m.serialize_entry("description", &e.key.description)?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_uuid_v5_of_the_documented_name() {
+        let k = idempotency_key("xero-eu", "o-1", 3);
+        assert_eq!(k.get_version_num(), 5);
+        assert_eq!(
+            k,
+            Uuid::new_v5(&Uuid::NAMESPACE_URL, b"ledgerline:xero-eu:o-1:3")
+        );
+        assert_ne!(k, idempotency_key("xero-eu", "o-1", 4));
+        assert_eq!(
+            Uuid::NAMESPACE_URL.to_string(),
+            "6ba7b811-9dad-11d1-80b4-00c04fd430c8"
+        );
+    }
+
+    fn g(desc: &str, q: i64, a: i64) -> GroupedEntry {
+        GroupedEntry {
+            key: GroupKey {
+                entry_type: EntryType::Revenue,
+                ledger_code: None,
+                description: desc.into(),
+                columns: vec![],
+            },
+            quantity: q,
+            amount: Decimal::new(a, 2),
+        }
+    }
+
+    #[test]
+    fn differences_reverse_what_is_gone_and_drop_what_did_not_change() {
+        let posted = vec![g("A", 2, -2200), g("B", 2, -1600)];
+        let current = vec![g("A", 2, -2200), g("C", 1, -500)];
+        let d = difference(&current, &posted);
+        assert_eq!(d, vec![g("C", 1, -500), g("B", -2, 1600)]);
+    }
+}
