@@ -1,0 +1,9 @@
+//! Integration tests, all in one test binary (`cargo test --test it`) so
+//! they link once. They run a real `nats-server` via `ledgerline::natsd`;
+//! install it first with `make tools` (or `scripts/install-tools.sh`).
+//!
+//! Add further test modules here (`mod engine;`, ...) as they are written.
+
+mod golden;
+mod natsd;
+mod properties;

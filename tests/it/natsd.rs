@@ -1,0 +1,248 @@
+//! The `nats-server` harness itself: start, publish, stop/kill, restart.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use ledgerline::natsd::NatsServer;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Upper bound for any single test, so a wedged server fails instead of hanging.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(test: impl Future<Output = Result<T>>) -> Result<T> {
+    timeout(TEST_TIMEOUT, test)
+        .await
+        .context("test timed out")?
+}
+
+async fn connect(server: &NatsServer) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(server.url())
+        .await
+        .with_context(|| format!("connecting to {}", server.url()))
+}
+
+/// Creates stream `ORDERS` on `orders.>` and publishes `bodies` with acks,
+/// checking the acked sequence numbers are 1..=n.
+async fn create_stream_and_publish(js: &jetstream::Context, bodies: &[&str]) -> Result<()> {
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    for (i, body) in bodies.iter().enumerate() {
+        let ack = js
+            .publish(format!("orders.{i}"), Bytes::from(body.to_string()))
+            .await?
+            .await?;
+        ensure!(ack.stream == "ORDERS", "ack from stream {}", ack.stream);
+        ensure!(
+            ack.sequence == i as u64 + 1,
+            "ack sequence {}",
+            ack.sequence
+        );
+    }
+    Ok(())
+}
+
+/// Reads stream `ORDERS` back and checks it holds exactly `bodies`.
+async fn assert_stream_holds(js: &jetstream::Context, bodies: &[&str]) -> Result<()> {
+    let mut orders = js.get_stream("ORDERS").await?;
+    let messages = orders.info().await?.state.messages;
+    ensure!(
+        messages == bodies.len() as u64,
+        "stream holds {messages} messages"
+    );
+    for (i, body) in bodies.iter().enumerate() {
+        let msg = orders.get_raw_message(i as u64 + 1).await?;
+        ensure!(
+            msg.subject.as_str() == format!("orders.{i}"),
+            "subject {}",
+            msg.subject
+        );
+        ensure!(msg.payload == body.as_bytes(), "payload {:?}", msg.payload);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_started_server_accepts_jetstream_publishes() -> Result<()> {
+    bounded(async {
+        let server = NatsServer::start().await?;
+        ensure!(server.url() == format!("nats://127.0.0.1:{}", server.port()));
+        let js = jetstream::new(connect(&server).await?);
+
+        create_stream_and_publish(&js, &["one", "two", "three"]).await?;
+        assert_stream_holds(&js, &["one", "two", "three"]).await?;
+
+        let log = std::fs::read_to_string(server.log_path())?;
+        ensure!(log.contains("Server is ready"), "log:\n{log}");
+        ensure!(
+            server.store_dir().join("jetstream").is_dir(),
+            "no jetstream dir in {}",
+            server.store_dir().display()
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restarted_server_keeps_its_stream_data_on_the_same_port() -> Result<()> {
+    bounded(async {
+        let mut server = NatsServer::start().await?;
+        let (url, port) = (server.url(), server.port());
+        {
+            let client = connect(&server).await?;
+            create_stream_and_publish(&jetstream::new(client.clone()), &["a", "b"]).await?;
+            client.drain().await?;
+        }
+
+        server.stop().await;
+        ensure!(!server.is_running());
+        server.restart().await?;
+
+        ensure!(server.url() == url && server.port() == port);
+        let js = jetstream::new(connect(&server).await?);
+        assert_stream_holds(&js, &["a", "b"]).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_killed_server_refuses_connections_until_restarted() -> Result<()> {
+    bounded(async {
+        let mut server = NatsServer::start().await?;
+        {
+            let js = jetstream::new(connect(&server).await?);
+            create_stream_and_publish(&js, &["acked before the crash"]).await?;
+        }
+
+        server.kill().await;
+        ensure!(!server.is_running() && server.pid().is_none());
+        ensure!(
+            TcpStream::connect(("127.0.0.1", server.port()))
+                .await
+                .is_err(),
+            "port {} still accepts connections after kill",
+            server.port()
+        );
+        ensure!(connect(&server).await.is_err());
+
+        server.restart().await?;
+        let js = jetstream::new(connect(&server).await?);
+        // Acked writes survive SIGKILL: they are in the store files already.
+        assert_stream_holds(&js, &["acked before the crash"]).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_connected_client_reconnects_after_the_server_restarts() -> Result<()> {
+    bounded(async {
+        let mut server = NatsServer::start().await?;
+        let client = async_nats::ConnectOptions::new()
+            .reconnect_delay_callback(|_attempts| Duration::from_millis(100))
+            .connect(server.url())
+            .await?;
+        let js = jetstream::new(client.clone());
+        create_stream_and_publish(&js, &["before"]).await?;
+
+        server.kill().await;
+        server.restart().await?;
+
+        // The same client object works again once it has reconnected.
+        let ack = timeout(Duration::from_secs(20), async {
+            loop {
+                match js.publish("orders.1", Bytes::from("after")).await {
+                    Ok(pending) => match pending.await {
+                        Ok(ack) => break ack,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    },
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+        .await
+        .context("client did not reconnect")?;
+        ensure!(ack.sequence >= 2, "ack sequence {}", ack.sequence);
+        ensure!(client.connection_state() == async_nats::connection::State::Connected);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_server_started_with_a_given_store_dir_leaves_its_data_there() -> Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let store = dir.path().join("store");
+        {
+            let server = NatsServer::start_with(Some(store.clone())).await?;
+            ensure!(server.store_dir() == store);
+            let js = jetstream::new(connect(&server).await?);
+            create_stream_and_publish(&js, &["kept"]).await?;
+            // Dropping the server SIGKILLs it but leaves a given store alone.
+        }
+        ensure!(store.join("jetstream").is_dir(), "store dir was removed");
+
+        // A new server (on new ports) over the same store finds the stream.
+        let server = NatsServer::start_with(Some(store)).await?;
+        let js = jetstream::new(connect(&server).await?);
+        assert_stream_holds(&js, &["kept"]).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restart_waits_for_its_port_to_be_freed() -> Result<()> {
+    bounded(async {
+        let mut server = NatsServer::start().await?;
+        server.kill().await;
+
+        // Someone else holds the port for a moment; restart retries until free.
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", server.port()))?;
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(squatter);
+        });
+        server.restart().await?;
+        release.await?;
+
+        let log = std::fs::read_to_string(server.log_path())?;
+        ensure!(log.contains("address already in use"), "log:\n{log}");
+        connect(&server).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restart_fails_with_the_log_tail_when_its_port_stays_taken() -> Result<()> {
+    bounded(async {
+        let mut server = NatsServer::start().await?;
+        server.kill().await;
+        let _squatter = std::net::TcpListener::bind(("127.0.0.1", server.port()))?;
+
+        let err = server
+            .restart()
+            .await
+            .err()
+            .context("restart succeeded on a taken port")?;
+        let msg = err.to_string();
+        ensure!(msg.contains("exited during startup"), "{msg}");
+        ensure!(msg.contains("address already in use"), "{msg}");
+        ensure!(!server.is_running());
+        Ok(())
+    })
+    .await
+}
