@@ -1,0 +1,78 @@
+//! Engine throughput: one `order.updated` event → postings for 3 registries,
+//! for an order of 5 lines, 2 tax rates and 2 payments (the README figure).
+//! Pure CPU: parse, fold, ledger, group, delta, body rendering.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+
+use ledgerline::engine::OrderBook;
+use ledgerline::events::{OrderId, parse_event};
+use ledgerline::ledger::LedgerOptions;
+use ledgerline::registry::{RegistryConfig, TargetPolicy};
+
+fn snapshot(version: u64, event_id: &str) -> Vec<u8> {
+    let lines: Vec<_> = (0..5)
+        .map(|i| {
+            json!({"id": format!("l{i}"), "product_id": format!("p{}", i % 3), "option_id": "std",
+                   "unit_type": if i % 2 == 0 { "adult" } else { "child" },
+                   "description": format!("Ticket {i}"), "quantity": 1 + i + version as usize % 3,
+                   "unit_price": "12.99", "discount": if i == 0 { "1.00" } else { "0.00" },
+                   "tax_rate": if i % 2 == 0 { "0.16" } else { "0.075" }})
+        })
+        .collect();
+    json!({"event_id": event_id, "type": "order.updated", "order_id": "bench-order",
+           "occurred_at": "2026-11-22T10:00:00Z",
+           "order": {"version": version, "currency": "EUR", "channel": "web", "prices_include_tax": true,
+                     "line_items": lines,
+                     "payments": [{"payment_id": "p1", "method": "card", "amount": "40.00", "currency": "EUR"},
+                                  {"payment_id": "p2", "method": "gift_card", "amount": "10.00", "currency": "EUR"}]}})
+    .to_string()
+    .into_bytes()
+}
+
+fn bench(c: &mut Criterion) {
+    let policy = TargetPolicy::default();
+    let registries: Vec<_> = [
+        "id = \"a\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n",
+        "id = \"b\"\nurl = \"https://b.example\"\nevent_types = [\"*\"]\ngroup_by = [\"currency\", \"product_id\", \"payment_method\", \"tax_rate\"]\nledger_codes = [{ entry_type = \"revenue\", code = \"200\" }, { entry_type = \"tax\", code = \"820\" }]\n",
+        "id = \"c\"\nurl = \"https://c.example\"\nevent_types = [\"*\"]\nposting_mode = \"full\"\n",
+    ]
+    .iter()
+    .map(|t| toml::from_str::<RegistryConfig>(t).unwrap().validate(&policy).unwrap())
+    .collect();
+    let opts = LedgerOptions::default();
+
+    // A book that has seen a confirmation, so the event is a real delta.
+    let mut book = OrderBook::new(OrderId::parse("bench-order").unwrap());
+    book.apply(
+        &parse_event(&snapshot(1, "e1"), None).unwrap(),
+        &registries,
+        &opts,
+    )
+    .unwrap();
+    let update = snapshot(2, "e2");
+
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("event_to_3_postings_with_bodies", |b| {
+        b.iter_batched(
+            || book.clone(),
+            |mut book| {
+                let ev = parse_event(black_box(&update), Some("bench-order")).unwrap();
+                let postings = book.apply(&ev, &registries, &opts).unwrap();
+                let bodies: Vec<Vec<u8>> = postings
+                    .iter()
+                    .map(|p| serde_json::to_vec(&p.body(&serde_json::Value::Null)).unwrap())
+                    .collect();
+                black_box(bodies)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
