@@ -20,6 +20,9 @@
 //! - [`secret`]: values that never print.
 //! - [`signing`]: Standard Webhooks signatures.
 //! - [`offline`]: `ledgerline postings`, the engine over a file.
+//! - [`streams`]: JetStream connection, the ORDERS and LEDGER streams,
+//!   subjects and headers.
+//! - [`records`]: what is stored on each LEDGER subject.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
 
 pub mod config;
@@ -31,6 +34,8 @@ pub mod natsd;
 pub mod offline;
 pub mod order;
 pub mod posting;
+pub mod records;
 pub mod registry;
 pub mod secret;
 pub mod signing;
+pub mod streams;

@@ -930,3 +930,37 @@ mod tests {
         assert_eq!(r.ledger_code(EntryType::Cashflow, &museum), None);
     }
 }
+
+/// The registries in force, shared by aggregator and dispatcher. Replaced
+/// whole when a registry changes, so readers see a consistent set.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySet {
+    registries: Vec<Registry>,
+}
+
+impl RegistrySet {
+    pub fn new(registries: Vec<Registry>) -> Self {
+        Self { registries }
+    }
+
+    /// In the order they were configured.
+    pub fn all(&self) -> &[Registry] {
+        &self.registries
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Registry> {
+        self.registries.iter().find(|r| r.id() == id)
+    }
+}
+
+/// A live view of the registries: `borrow()` for the current set,
+/// `changed().await` to wait for the next.
+pub type RegistryWatch = tokio::sync::watch::Receiver<std::sync::Arc<RegistrySet>>;
+
+/// A watch that never changes, for fixed registries (config file, tests).
+pub fn fixed_registries(registries: Vec<Registry>) -> RegistryWatch {
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(RegistrySet::new(registries)));
+    // The receiver keeps the last value after the sender is gone.
+    drop(tx);
+    rx
+}

@@ -1,0 +1,117 @@
+//! What is stored on each LEDGER subject, as JSON (the event-sourced record).
+//!
+//! Every record is self-describing (registry, order, posting seq and
+//! idempotency key), so the stream alone answers an auditor: what was posted,
+//! what the receiver answered, every attempt and why it failed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::posting::Posting;
+
+/// `ledger.postings.<R>.<O>`: a posting, and the ORDERS stream sequence of
+/// the event that produced it (so a restarted aggregator knows whether an
+/// event was already posted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPosting {
+    /// ORDERS stream sequence of the event.
+    pub source_seq: u64,
+    #[serde(flatten)]
+    pub posting: Posting,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// 2xx (and the accept rule, if any): the posting is delivered.
+    Delivered,
+    /// A retryable failure; another attempt is scheduled.
+    Retrying,
+    /// A permanent failure, or attempts/age exhausted: dead-lettered.
+    Dead,
+}
+
+/// `ledger.deliveries.<R>.<O>`: one delivery attempt of one posting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub registry_id: String,
+    pub order_id: String,
+    /// The posting's seq (n).
+    pub seq: u64,
+    pub idempotency_key: Uuid,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// HTTP status, when a response arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    pub duration_ms: u64,
+    /// Why it failed (connection error, timeout, status, refused reply…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The start of the response body (at most [`RESPONSE_EXCERPT_MAX_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_excerpt: Option<String>,
+    /// When the next attempt is due, for `retrying`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Longest response excerpt kept in a delivery record.
+pub const RESPONSE_EXCERPT_MAX_BYTES: usize = 1024;
+
+/// `ledger.registry_data.<R>.<O>`: the receiver's answer to posting `seq`,
+/// sent back as registry_data with posting `seq + 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryDataRecord {
+    pub registry_id: String,
+    pub order_id: String,
+    /// The posting this answers.
+    pub seq: u64,
+    pub idempotency_key: Uuid,
+    pub registry_data: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// `ledger.alerts.<R>`: a posting was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub registry_id: String,
+    pub order_id: String,
+    pub seq: u64,
+    pub idempotency_key: Uuid,
+    /// Why it was dead-lettered, in words.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The receiver's own message, when its reply carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_message: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// `ledger.control.<R>.<O>`: an operator action on a (registry, order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ControlRecord {
+    /// Retry the dead-lettered posting `seq` with its same key, then release
+    /// what it held.
+    Redeliver {
+        registry_id: String,
+        order_id: String,
+        seq: u64,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+}

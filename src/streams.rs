@@ -1,0 +1,335 @@
+//! JetStream layout: connection, streams, subjects and headers.
+//!
+//! Two streams hold everything (SPEC diagram):
+//!
+//! | stream | subjects | written by |
+//! |---|---|---|
+//! | `ORDERS` | `<prefix>.<order_id>` | producers, `ledgerline publish` |
+//! | `LEDGER` | `ledger.postings.<R>.<O>` | aggregator |
+//! |          | `ledger.registry_data.<R>.<O>` | dispatcher (each success) |
+//! | | `ledger.deliveries.<R>.<O>` | dispatcher (each attempt) |
+//! | | `ledger.rejected.<reason>` | aggregator, `publish` |
+//! | | `ledger.alerts.<R>` | dispatcher (dead letters) |
+//! | | `ledger.control.<R>.<O>` | `redeliver` (operator actions) |
+//!
+//! Both are file-backed with `limits` retention and **no age or size limit**:
+//! they are the system of record (every input, posting, response and failure),
+//! so nothing is dropped behind an auditor's back; archiving is an operator's
+//! decision (see README, Operations). Duplicate windows are 10 minutes, well
+//! above the 2-minute minimum, to cover a producer retrying through a short
+//! outage. `allow_direct` is on so the last message of a subject (the last
+//! posting of an order) is one cheap request.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+
+use crate::config::Config;
+
+/// Name of the input stream.
+pub const ORDERS_STREAM: &str = "ORDERS";
+/// Name of the ledger stream.
+pub const LEDGER_STREAM: &str = "LEDGER";
+/// JetStream duplicate window of both streams.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Largest message the streams accept, in bytes. Inputs over 1 MiB are
+/// rejected by the aggregator (SPEC 1) but must reach it to be rejected with
+/// a reason; the server's own `max_payload` (1 MB by default) still applies,
+/// and bigger rejected messages are stored truncated (see [`rejected_body`]).
+pub const STREAM_MAX_MSG_BYTES: i32 = 8 * 1024 * 1024;
+
+/// Header: the reason slug of a rejected message.
+pub const H_REASON: &str = "Ledgerline-Reason";
+/// Header: the field a rejection names (JSON path).
+pub const H_FIELD: &str = "Ledgerline-Field";
+/// Header: the human-readable reason.
+pub const H_MESSAGE: &str = "Ledgerline-Message";
+/// Header: the event id, when known.
+pub const H_EVENT_ID: &str = "Ledgerline-Event-Id";
+/// Header: where a rejected message came from (`orders.<id>#<seq>` or
+/// `publish:<file>:<line>`).
+pub const H_SOURCE: &str = "Ledgerline-Source";
+/// Header: size in bytes of the original message.
+pub const H_ORIGINAL_SIZE: &str = "Ledgerline-Original-Size";
+/// Header: `true` when the stored body is a prefix of the original.
+pub const H_TRUNCATED: &str = "Ledgerline-Truncated";
+/// Header: SHA-256 (hex) of the original message.
+pub const H_ORIGINAL_SHA256: &str = "Ledgerline-Original-Sha256";
+/// Header: the record kind on LEDGER subjects (`posting`, `delivery`, …).
+pub const H_KIND: &str = "Ledgerline-Kind";
+
+/// Subjects of the LEDGER stream.
+pub mod subjects {
+    /// Every subject of the LEDGER stream.
+    pub const LEDGER_ALL: &str = "ledger.>";
+    /// Every posting.
+    pub const POSTINGS_ALL: &str = "ledger.postings.>";
+    /// Every delivery attempt record.
+    pub const DELIVERIES_ALL: &str = "ledger.deliveries.>";
+    /// Every registry_data record.
+    pub const REGISTRY_DATA_ALL: &str = "ledger.registry_data.>";
+    /// Every rejected input.
+    pub const REJECTED_ALL: &str = "ledger.rejected.>";
+
+    pub fn postings(registry: &str, order: &str) -> String {
+        format!("ledger.postings.{registry}.{order}")
+    }
+    pub fn registry_data(registry: &str, order: &str) -> String {
+        format!("ledger.registry_data.{registry}.{order}")
+    }
+    pub fn deliveries(registry: &str, order: &str) -> String {
+        format!("ledger.deliveries.{registry}.{order}")
+    }
+    pub fn control(registry: &str, order: &str) -> String {
+        format!("ledger.control.{registry}.{order}")
+    }
+    pub fn rejected(reason: &str) -> String {
+        format!("ledger.rejected.{reason}")
+    }
+    pub fn alerts(registry: &str) -> String {
+        format!("ledger.alerts.{registry}")
+    }
+    /// `(kind, registry, order)` of a `ledger.<kind>.<R>.<O>` subject.
+    pub fn parse_order_subject(subject: &str) -> Option<(&str, &str, &str)> {
+        let mut it = subject.split('.');
+        match (it.next(), it.next(), it.next(), it.next(), it.next()) {
+            (Some("ledger"), Some(kind), Some(r), Some(o), None) => Some((kind, r, o)),
+            _ => None,
+        }
+    }
+}
+
+/// Why talking to NATS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot read NATS credentials {path}: {source}")]
+    Creds {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create or update stream {stream}: {source}")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    #[error("cannot read stream {stream}: {source}")]
+    GetStream {
+        stream: &'static str,
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+}
+
+/// Connects with the credentials, token and TLS settings of `config`.
+pub async fn connect(config: &Config) -> Result<async_nats::Client, NatsError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(concat!("ledgerline/", env!("CARGO_PKG_VERSION")))
+        // Keep trying through a server restart instead of giving up.
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let Some(path) = &config.nats_creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| NatsError::Creds {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let Some(token) = &config.nats_token {
+        opts = opts.token(token.expose().to_owned());
+    }
+    if let Some(ca) = &config.nats_tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    // With retry_on_initial_connect this returns at once and the client
+    // keeps connecting in the background: a long-running service outlives a
+    // NATS restart or a late start. One-shot commands use `connect_once`.
+    let client = opts
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    Ok(client)
+}
+
+/// Connects without retrying the first connection: for one-shot commands
+/// (publish, export, verify) where an unreachable server is an error now.
+pub async fn connect_once(config: &Config) -> Result<async_nats::Client, NatsError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(concat!("ledgerline/", env!("CARGO_PKG_VERSION")))
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(path) = &config.nats_creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| NatsError::Creds {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let Some(token) = &config.nats_token {
+        opts = opts.token(token.expose().to_owned());
+    }
+    if let Some(ca) = &config.nats_tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    opts.connect(&config.nats_url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })
+}
+
+/// The ORDERS stream configuration for a subject prefix.
+pub fn orders_stream_config(prefix: &str) -> stream::Config {
+    stream::Config {
+        name: ORDERS_STREAM.to_owned(),
+        description: Some("ledgerline input events, one subject per order".to_owned()),
+        subjects: vec![format!("{prefix}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: STREAM_MAX_MSG_BYTES,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The LEDGER stream configuration.
+pub fn ledger_stream_config() -> stream::Config {
+    stream::Config {
+        name: LEDGER_STREAM.to_owned(),
+        description: Some(
+            "ledgerline postings, responses, delivery attempts, rejections, alerts".to_owned(),
+        ),
+        subjects: vec![subjects::LEDGER_ALL.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: STREAM_MAX_MSG_BYTES,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Creates both streams, or updates them to this configuration: idempotent,
+/// safe to run at every start-up.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    prefix: &str,
+) -> Result<(stream::Stream, stream::Stream), NatsError> {
+    js.create_or_update_stream(orders_stream_config(prefix))
+        .await
+        .map_err(|source| NatsError::Stream {
+            stream: ORDERS_STREAM,
+            source,
+        })?;
+    js.create_or_update_stream(ledger_stream_config())
+        .await
+        .map_err(|source| NatsError::Stream {
+            stream: LEDGER_STREAM,
+            source,
+        })?;
+    let orders = js
+        .get_stream(ORDERS_STREAM)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: ORDERS_STREAM,
+            source,
+        })?;
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: LEDGER_STREAM,
+            source,
+        })?;
+    Ok((orders, ledger))
+}
+
+/// A header value made safe: no CR/LF, at most 1,000 characters.
+pub fn header_value(s: &str) -> String {
+    const MAX: usize = 1_000;
+    s.chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .take(MAX)
+        .collect()
+}
+
+/// The body and headers to store for a rejected message: the original bytes
+/// when they fit under `max_bytes`, else a prefix, marked truncated, with the
+/// original size and SHA-256 so it can still be matched to its source.
+pub fn rejected_body(original: &[u8], max_bytes: usize) -> (bytes::Bytes, HeaderMap) {
+    use sha2::{Digest, Sha256};
+    let mut h = HeaderMap::new();
+    h.insert(H_ORIGINAL_SIZE, original.len().to_string().as_str());
+    let hex: String = Sha256::digest(original)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    h.insert(H_ORIGINAL_SHA256, hex.as_str());
+    if original.len() <= max_bytes {
+        (bytes::Bytes::copy_from_slice(original), h)
+    } else {
+        h.insert(H_TRUNCATED, "true");
+        (bytes::Bytes::copy_from_slice(&original[..max_bytes]), h)
+    }
+}
+
+/// Room left for headers when storing a rejected message under the server's
+/// `max_payload`.
+pub const REJECTED_HEADER_ROOM_BYTES: usize = 8 * 1024;
+
+/// Largest rejected body to store given the server's `max_payload`.
+pub fn rejected_max_bytes(client: &async_nats::Client) -> usize {
+    let max_payload = client.server_info().max_payload;
+    max_payload
+        .saturating_sub(REJECTED_HEADER_ROOM_BYTES)
+        .clamp(1024, STREAM_MAX_MSG_BYTES as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_subjects_round_trip() {
+        let s = subjects::postings("xero-eu", "o-1");
+        assert_eq!(s, "ledger.postings.xero-eu.o-1");
+        assert_eq!(
+            subjects::parse_order_subject(&s),
+            Some(("postings", "xero-eu", "o-1"))
+        );
+        assert_eq!(subjects::parse_order_subject("ledger.alerts.x"), None);
+    }
+
+    #[test]
+    fn oversized_rejections_are_stored_truncated_with_their_hash() {
+        let big = vec![b'x'; 5000];
+        let (body, h) = rejected_body(&big, 1000);
+        assert_eq!(body.len(), 1000);
+        assert_eq!(h.get(H_TRUNCATED).map(|v| v.as_str()), Some("true"));
+        assert_eq!(h.get(H_ORIGINAL_SIZE).map(|v| v.as_str()), Some("5000"));
+        let (body, h) = rejected_body(b"{}", 1000);
+        assert_eq!(&body[..], b"{}");
+        assert!(h.get(H_TRUNCATED).is_none());
+    }
+
+    #[test]
+    fn header_values_never_break_lines() {
+        assert_eq!(header_value("a\r\nb"), "a  b");
+    }
+}
