@@ -234,6 +234,9 @@ pub enum RejectReason {
     Stale,
     /// An event id already applied to the order.
     Duplicate,
+    /// Not the producer's fault: a ledger invariant failed (a bug). The
+    /// event is kept and nothing is posted for it.
+    Internal,
 }
 
 impl RejectReason {
@@ -257,6 +260,7 @@ impl RejectReason {
             RejectReason::TooManyLineItems => "too_many_line_items",
             RejectReason::Stale => "stale",
             RejectReason::Duplicate => "duplicate",
+            RejectReason::Internal => "internal",
         }
     }
 }

@@ -16,6 +16,10 @@
 //! - [`engine`]: one event in, every subscribed registry's posting out.
 //!
 //! Around it:
+//! - [`service`]: `ledgerline run`, the components in one process.
+//! - [`publish`]: `ledgerline publish`, NDJSON → ORDERS with bulk acks.
+//! - [`verify`]: `ledgerline verify`, replay ORDERS and compare with LEDGER.
+//! - [`aggregator`]: ORDERS → postings on LEDGER, crash-safe, per-order order.
 //! - [`config`]: the TOML file, environment overrides, validation (SPEC 7).
 //! - [`secret`]: values that never print.
 //! - [`signing`]: Standard Webhooks signatures.
@@ -25,6 +29,7 @@
 //! - [`records`]: what is stored on each LEDGER subject.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
 
+pub mod aggregator;
 pub mod config;
 pub mod engine;
 pub mod events;
@@ -34,8 +39,11 @@ pub mod natsd;
 pub mod offline;
 pub mod order;
 pub mod posting;
+pub mod publish;
 pub mod records;
 pub mod registry;
 pub mod secret;
+pub mod service;
 pub mod signing;
 pub mod streams;
+pub mod verify;

@@ -243,6 +243,9 @@ fn free_ports() -> Result<(u16, u16), NatsdError> {
     Ok((port(&a)?, port(&b)?))
 }
 
+/// `max_payload` of servers started here: 8 MiB (the server default is 1 MB).
+pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+
 /// A running (or stopped, restartable) `nats-server` child with JetStream.
 ///
 /// Dropping it SIGKILLs the server and deletes its temp dir (log file and,
@@ -461,7 +464,16 @@ impl NatsServer {
             .try_clone()
             .map_err(NatsdError::io("duplicating the log file handle"))?;
 
+        // max_payload is the one setting without a command-line flag. Above
+        // the 1 MB default so an oversized input (SPEC 1: over 1 MiB) reaches
+        // the stream and is rejected with a reason instead of being refused
+        // at the connection.
+        let conf = self.temp.path().join("nats-server.conf");
+        std::fs::write(&conf, format!("max_payload: {MAX_PAYLOAD_BYTES}\n"))
+            .map_err(NatsdError::io("writing the server config"))?;
         let mut child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&conf)
             .args(["-a", &HOST.to_string()])
             .args(["-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])

@@ -18,6 +18,11 @@ use crate::posting::Posting;
 pub struct StoredPosting {
     /// ORDERS stream sequence of the event.
     pub source_seq: u64,
+    /// LEDGER stream sequence of the previous posting on the same subject
+    /// (0 for the first): lets a restarted aggregator find the cursor from
+    /// before an event whose posting it had already published.
+    #[serde(default)]
+    pub previous_subject_seq: u64,
     #[serde(flatten)]
     pub posting: Posting,
 }

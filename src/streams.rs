@@ -260,6 +260,27 @@ pub async fn ensure_streams(
     Ok((orders, ledger))
 }
 
+/// A JetStream publish with our own headers plus a `Nats-Msg-Id` (and,
+/// optionally, `Nats-Expected-Last-Subject-Sequence`).
+///
+/// Always build publishes through this: async-nats' `PublishMessage::headers`
+/// *replaces* the header map, so calling it after `message_id` silently drops
+/// the deduplication and concurrency guards.
+pub fn guarded_message(
+    headers: HeaderMap,
+    msg_id: &str,
+    expected_last_subject_seq: Option<u64>,
+    payload: bytes::Bytes,
+) -> async_nats::jetstream::message::PublishMessage {
+    let mut m = async_nats::jetstream::message::PublishMessage::build()
+        .headers(headers)
+        .message_id(msg_id);
+    if let Some(seq) = expected_last_subject_seq {
+        m = m.expected_last_subject_sequence(seq);
+    }
+    m.payload(payload)
+}
+
 /// A header value made safe: no CR/LF, at most 1,000 characters.
 pub fn header_value(s: &str) -> String {
     const MAX: usize = 1_000;

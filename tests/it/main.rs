@@ -6,4 +6,6 @@
 
 mod golden;
 mod natsd;
+mod pipeline;
 mod properties;
+mod support;

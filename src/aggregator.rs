@@ -1,0 +1,669 @@
+//! The aggregator: ORDERS in, postings out (the first half of the SPEC
+//! diagram).
+//!
+//! A durable pull consumer reads `<prefix>.>` in stream order. Messages are
+//! routed to a fixed number of lanes by a hash of the order id, so the events
+//! of one order are applied in stream order while other orders proceed in the
+//! other lanes. For each event a lane:
+//!
+//! 1. parses it; a bad message is published to `ledger.rejected.<reason>`
+//!    with its original bytes and a readable reason (message id
+//!    `rejected:<seq>`, so a retry never doubles it);
+//! 2. loads the order's book from its bounded cache, or rebuilds it from
+//!    JetStream: the per-registry cursor from the last posting on
+//!    `ledger.postings.<R>.<O>` (which carries everything posted so far and
+//!    the ORDERS sequence of its event), the state by replaying this order's
+//!    own subject up to the event. Replayed events above the consumer's ack
+//!    floor that a registry has not posted yet are processed now, in stream
+//!    order: after a crash JetStream hands out new events at once but the
+//!    dead process's unacknowledged ones only after the ack wait, and an
+//!    order's events must still each get their posting, in order;
+//! 3. applies the event and, for each subscribed registry, publishes the
+//!    posting with `Nats-Msg-Id` = idempotency key and
+//!    `Nats-Expected-Last-Subject-Sequence` = the previous posting's sequence;
+//! 4. only then acknowledges the event.
+//!
+//! A crash anywhere in between is harmless: the event is redelivered, the
+//! book rebuilt, the same postings computed (the engine is deterministic);
+//! one that was already stored is recognised by its source sequence and not
+//! published again, and `Nats-Expected-Last-Subject-Sequence` refuses any
+//! second posting on a subject that moved on, so there is never a second
+//! posting with a different key or body. Transient failures (NATS down, timeouts) are
+//! retried in place, with the event kept alive by progress acks, so later
+//! events of the same order cannot overtake it.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::{self, Message};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::events::{Event, OrderId, RejectReason, Rejection, parse_event};
+use crate::ledger::{LedgerOptions, derive};
+use crate::order::OrderState;
+use crate::posting::{Cursor, Posting, build};
+use crate::records::StoredPosting;
+use crate::registry::{Registry, RegistryWatch};
+use crate::streams::{self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
+
+/// Durable consumer name on ORDERS.
+pub const CONSUMER: &str = "aggregator";
+/// Lanes (concurrent orders). Each lane applies its orders' events one at a
+/// time, in stream order.
+pub const LANES: usize = 16;
+/// Events queued per lane before the reader waits: backpressure, not memory.
+pub const LANE_QUEUE: usize = 64;
+/// Unacknowledged events the server lets us hold at once.
+pub const MAX_ACK_PENDING: i64 = 1_024;
+/// How long the server waits for an ack before redelivering. Lanes send
+/// progress acks while retrying, so only a dead process hits this.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Order books kept in memory (all lanes together); a miss rebuilds from
+/// JetStream, so this bounds memory, not correctness.
+pub const CACHE_ORDERS: usize = 10_000;
+/// Backoff between attempts at a transiently failing event: first, cap.
+pub const RETRY_FIRST: Duration = Duration::from_millis(200);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Settings of one aggregator.
+#[derive(Debug, Clone)]
+pub struct AggregatorOptions {
+    pub subject_prefix: String,
+    pub ledger: LedgerOptions,
+    pub cache_orders: usize,
+}
+
+impl AggregatorOptions {
+    pub fn new(subject_prefix: impl Into<String>, ledger: LedgerOptions) -> Self {
+        Self {
+            subject_prefix: subject_prefix.into(),
+            ledger,
+            cache_orders: CACHE_ORDERS,
+        }
+    }
+}
+
+/// Why the aggregator stopped (transient trouble is retried, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    #[error(transparent)]
+    Streams(#[from] streams::NatsError),
+    #[error("cannot create the {CONSUMER} consumer on ORDERS: {0}")]
+    Consumer(String),
+}
+
+/// A failure worth retrying (NATS unreachable, a timeout, a race).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Transient(String);
+
+fn transient(what: &str, e: impl std::fmt::Display) -> Transient {
+    Transient(format!("{what}: {e}"))
+}
+
+/// Runs until `shutdown` fires; then stops reading, finishes the event each
+/// lane is applying, hands queued ones back (nak) and returns.
+pub async fn run_aggregator(
+    client: async_nats::Client,
+    options: AggregatorOptions,
+    registries: RegistryWatch,
+    shutdown: CancellationToken,
+) -> Result<(), AggregatorError> {
+    let js = jetstream::new(client.clone());
+    let (orders, ledger) = streams::ensure_streams(&js, &options.subject_prefix).await?;
+    let consumer = orders
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                description: Some("ledgerline aggregator: events → postings".to_owned()),
+                filter_subject: format!("{}.>", options.subject_prefix),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: MAX_ACK_PENDING,
+                // Never give up on an event: a poison message is rejected
+                // (and acked) by the lane, never dropped by the server.
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| AggregatorError::Consumer(e.to_string()))?;
+
+    let shared = Arc::new(Shared {
+        js: js.clone(),
+        consumer: consumer.clone(),
+        orders,
+        ledger,
+        options: options.clone(),
+        rejected_max_bytes: streams::rejected_max_bytes(&client),
+        registries,
+        shutdown: shutdown.clone(),
+    });
+    let mut senders = Vec::with_capacity(LANES);
+    let mut lanes = tokio::task::JoinSet::new();
+    for i in 0..LANES {
+        let (tx, rx) = mpsc::channel::<Message>(LANE_QUEUE);
+        senders.push(tx);
+        let lane = Lane {
+            shared: shared.clone(),
+            cache: BookCache::new((options.cache_orders / LANES).max(1)),
+        };
+        lanes.spawn(lane.run(rx, i));
+    }
+    info!(lanes = LANES, prefix = %options.subject_prefix, "aggregator started");
+
+    // The reader: fetch in stream order, route by order id.
+    'read: while !shutdown.is_cancelled() {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "cannot pull from ORDERS; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'read,
+                    _ = tokio::time::sleep(RETRY_MAX) => continue 'read,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'read,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let lane = lane_of(order_token(&msg.subject, &options.subject_prefix));
+                    if senders[lane].send(msg).await.is_err() {
+                        error!(lane, "aggregator lane stopped unexpectedly");
+                        break 'read;
+                    }
+                }
+                Some(Err(e)) => {
+                    // Heartbeat loss or a server restart: the stream says so
+                    // and the client reconnects; log and keep pulling.
+                    debug!(error = %e, "ORDERS pull interrupted");
+                    if matches!(e.kind(), pull::MessagesErrorKind::ConsumerDeleted) {
+                        warn!("aggregator consumer was deleted; recreating it on restart");
+                        break 'read;
+                    }
+                }
+                None => continue 'read,
+            }
+        }
+    }
+    drop(senders);
+    while let Some(r) = lanes.join_next().await {
+        if let Err(e) = r {
+            error!(error = %e, "aggregator lane panicked");
+        }
+    }
+    info!("aggregator stopped");
+    Ok(())
+}
+
+fn order_token<'a>(subject: &'a str, prefix: &str) -> &'a str {
+    subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix('.'))
+        .unwrap_or(subject)
+}
+
+fn lane_of(order: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    order.hash(&mut h);
+    // LANES is small; the modulo result always fits usize.
+    (h.finish() % LANES as u64) as usize
+}
+
+struct Shared {
+    js: jetstream::Context,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    orders: Stream,
+    ledger: Stream,
+    options: AggregatorOptions,
+    rejected_max_bytes: usize,
+    registries: RegistryWatch,
+    shutdown: CancellationToken,
+}
+
+/// What the aggregator knows of one registry for one order.
+#[derive(Debug, Clone, Default)]
+struct RegState {
+    /// What was posted so far (the last posting's cumulative) and its seq.
+    cursor: Cursor,
+    /// LEDGER sequence of the last posting on `ledger.postings.<R>.<O>`.
+    subject_seq: u64,
+    /// ORDERS sequence of the event of that posting (0: none yet).
+    last_src: u64,
+}
+
+/// An order's state plus, per registry, what was posted.
+#[derive(Debug, Clone)]
+struct LaneBook {
+    state: OrderState,
+    /// ORDERS sequence of the last event handled (applied or rejected).
+    last_seq: u64,
+    regs: HashMap<String, RegState>,
+}
+
+/// A bounded map of books; the oldest-inserted is evicted first.
+struct BookCache {
+    max: usize,
+    books: HashMap<OrderId, LaneBook>,
+    order: VecDeque<OrderId>,
+}
+
+impl BookCache {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            books: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn take(&mut self, id: &OrderId) -> Option<LaneBook> {
+        self.books.remove(id)
+    }
+
+    fn put(&mut self, id: OrderId, book: LaneBook) {
+        if self.books.insert(id.clone(), book).is_none() {
+            self.order.push_back(id);
+        }
+        while self.books.len() > self.max {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.books.remove(&old);
+                }
+                None => break,
+            }
+        }
+        // Drop ids of books taken and not put back, so `order` stays bounded.
+        if self.order.len() > 2 * self.max {
+            let books = &self.books;
+            self.order.retain(|id| books.contains_key(id));
+        }
+    }
+}
+
+struct Lane {
+    shared: Arc<Shared>,
+    cache: BookCache,
+}
+
+impl Lane {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>, lane: usize) {
+        while let Some(msg) = rx.recv().await {
+            if self.shared.shutdown.is_cancelled() {
+                // Hand back what was queued but not started.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            self.handle(msg, lane).await;
+        }
+    }
+
+    /// Applies one event until it succeeds, then acks it. Retrying in place
+    /// (not nak) keeps later events of the same order behind it.
+    async fn handle(&mut self, msg: Message, lane: usize) {
+        let mut delay = RETRY_FIRST;
+        loop {
+            match self.process(&msg).await {
+                Ok(()) => {
+                    if let Err(e) = msg.ack().await {
+                        // The work is stored; a lost ack means a redelivery,
+                        // which is recognised and skipped.
+                        warn!(error = %e, subject = %msg.subject, "ack failed; the event will be redelivered and skipped");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(lane, subject = %msg.subject, error = %e, retry_in_ms = delay.as_millis() as u64, "event not applied yet; retrying");
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => {
+                            let _ = msg.ack_with(AckKind::Nak(None)).await;
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn process(&mut self, msg: &Message) -> Result<(), Transient> {
+        let info = msg
+            .info()
+            .map_err(|e| transient("reading message info", e))?;
+        let seq = info.stream_sequence;
+        let token = order_token(&msg.subject, &self.shared.options.subject_prefix);
+        let event = match parse_event(&msg.payload, Some(token)) {
+            Ok(ev) => ev,
+            Err(rejection) => {
+                return self
+                    .reject(&msg.subject, &msg.payload, seq, &rejection)
+                    .await;
+            }
+        };
+        let order_id = event.order_id.clone();
+        let mut lb = match self.cache.take(&order_id) {
+            Some(lb) => lb,
+            None => self.rebuild(&order_id, seq).await?,
+        };
+        if lb.last_seq >= seq {
+            debug!(order_id = %order_id, seq, "event already handled; skipping");
+            self.cache.put(order_id, lb);
+            return Ok(());
+        }
+        // On failure the book may hold half a step: it is dropped and
+        // rebuilt from the streams on the retry.
+        self.handle_event(&mut lb, &event, seq, &msg.subject, &msg.payload)
+            .await?;
+        if lb.regs.values().any(|r| r.last_src > seq) {
+            // A redelivery of an event older than what was already posted:
+            // this book lacks the later events, so do not keep it.
+            return Ok(());
+        }
+        self.cache.put(order_id, lb);
+        Ok(())
+    }
+
+    /// Applies `event` (ORDERS sequence `seq`) to `lb` and publishes a posting
+    /// for each subscribed registry that has not posted it yet. On success
+    /// `lb` is the book after the event; on error it is unusable.
+    async fn handle_event(
+        &self,
+        lb: &mut LaneBook,
+        event: &Event,
+        seq: u64,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<(), Transient> {
+        let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
+        let mut state = lb.state.clone();
+        if let Err(rejection) = state.apply(event) {
+            self.reject(subject, payload, seq, &rejection).await?;
+            lb.last_seq = seq;
+            return Ok(());
+        }
+        let ledger = match derive(&state, &self.shared.options.ledger) {
+            Ok(l) => l,
+            Err(bug) => {
+                return self
+                    .internal(subject, payload, seq, event, &bug.to_string(), lb)
+                    .await;
+            }
+        };
+        let mut staged = Vec::new();
+        for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
+            let reg = match lb.regs.get(r.id()) {
+                Some(reg) => reg.clone(),
+                // A registry added since the book was built.
+                None => self.load_last(r.id(), &event.order_id).await?,
+            };
+            if reg.last_src >= seq {
+                // Posted before a crash (or this is a redelivery).
+                staged.push((r.id().to_owned(), reg));
+                continue;
+            }
+            let (posting, next) = match build(r, event, &ledger, &reg.cursor) {
+                Ok(x) => x,
+                Err(bug) => {
+                    return self
+                        .internal(subject, payload, seq, event, &bug.to_string(), lb)
+                        .await;
+                }
+            };
+            let subject_seq = self.publish_posting(&posting, seq, reg.subject_seq).await?;
+            metrics::counter!("ledgerline_postings_total", "registry" => r.id().to_owned())
+                .increment(1);
+            staged.push((
+                r.id().to_owned(),
+                RegState {
+                    cursor: next,
+                    subject_seq,
+                    last_src: seq,
+                },
+            ));
+        }
+        lb.state = state;
+        lb.regs.extend(staged);
+        lb.last_seq = seq;
+        metrics::counter!("ledgerline_events_applied_total").increment(1);
+        Ok(())
+    }
+
+    /// Rebuilds an order's book from JetStream as it should be just before
+    /// the event at ORDERS sequence `before`: each registry's last posting,
+    /// then the order's own subject replayed in stream order (not the
+    /// world). Events the consumer has acknowledged are only folded into
+    /// the state; later ones (unacknowledged, so maybe never handled) go
+    /// through [`Lane::handle_event`], which posts what is missing.
+    async fn rebuild(&self, order_id: &OrderId, before: u64) -> Result<LaneBook, Transient> {
+        let ack_floor = self
+            .shared
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| transient("reading the consumer's ack floor", e))?
+            .ack_floor
+            .stream_sequence;
+        let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
+        let mut regs = HashMap::new();
+        for r in &registries {
+            regs.insert(r.id().to_owned(), self.load_last(r.id(), order_id).await?);
+        }
+        let mut lb = LaneBook {
+            state: OrderState::new(order_id.clone()),
+            last_seq: 0,
+            regs,
+        };
+        let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
+        let (mut next, mut folded, mut caught_up) = (1, 0u64, 0u64);
+        loop {
+            let m = match self
+                .shared
+                .orders
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(transient("replaying the order's events", e)),
+            };
+            if m.sequence >= before {
+                break;
+            }
+            next = m.sequence + 1;
+            match parse_event(&m.payload, Some(order_id.as_str())) {
+                Ok(ev) if m.sequence > ack_floor => {
+                    self.handle_event(&mut lb, &ev, m.sequence, &subject, &m.payload)
+                        .await?;
+                    caught_up += 1;
+                }
+                // Handled long ago: refused events change nothing, exactly
+                // as when they arrived.
+                Ok(ev) => {
+                    let _ = lb.state.apply(&ev);
+                    folded += 1;
+                }
+                Err(rejection) if m.sequence > ack_floor => {
+                    self.reject(&subject, &m.payload, m.sequence, &rejection)
+                        .await?;
+                }
+                Err(_) => {}
+            }
+            lb.last_seq = m.sequence;
+        }
+        debug!(order_id = %order_id, folded, caught_up, "rebuilt order book from its subject");
+        Ok(lb)
+    }
+
+    /// What registry `r` was last sent for `order`, from the last posting on
+    /// its subject.
+    async fn load_last(&self, r: &str, order: &OrderId) -> Result<RegState, Transient> {
+        let subject = subjects::postings(r, order.as_str());
+        match self
+            .shared
+            .ledger
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(m) => {
+                let stored = parse_stored(&m.payload, &subject)?;
+                Ok(RegState {
+                    cursor: stored.posting.cursor(),
+                    subject_seq: m.sequence,
+                    last_src: stored.source_seq,
+                })
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                Ok(RegState::default())
+            }
+            Err(e) => Err(transient("reading the last posting", e)),
+        }
+    }
+
+    /// Publishes a posting exactly once; returns its LEDGER sequence.
+    async fn publish_posting(
+        &self,
+        posting: &Posting,
+        source_seq: u64,
+        previous: u64,
+    ) -> Result<u64, Transient> {
+        let subject = subjects::postings(&posting.registry_id, posting.order_id.as_str());
+        let stored = StoredPosting {
+            source_seq,
+            previous_subject_seq: previous,
+            posting: posting.clone(),
+        };
+        let payload =
+            serde_json::to_vec(&stored).map_err(|e| transient("encoding a posting", e))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(H_KIND, "posting");
+        let msg = streams::guarded_message(
+            headers,
+            &posting.idempotency_key.to_string(),
+            Some(previous),
+            payload.into(),
+        );
+        let ack = match self.shared.js.send_publish(subject.clone(), msg).await {
+            Ok(fut) => fut.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => {
+                debug!(subject = %subject, seq = posting.seq, stream_seq = ack.sequence, duplicate = ack.duplicate, "posting stored");
+                Ok(ack.sequence)
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // The subject moved on: our publish went through before an
+                // ack was lost, or another instance owns this order. If the
+                // last posting is this one, we are done; else rebuild.
+                let last = self
+                    .shared
+                    .ledger
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(|e| transient("checking the last posting", e))?;
+                let found = parse_stored(&last.payload, &subject)?;
+                if found.source_seq == source_seq
+                    && found.posting.idempotency_key == posting.idempotency_key
+                {
+                    if found.posting != *posting {
+                        error!(subject = %subject, seq = posting.seq, "stored posting differs from the recomputed one; keeping the stored one (run `ledgerline verify`)");
+                    }
+                    Ok(last.sequence)
+                } else {
+                    Err(Transient(format!(
+                        "{subject} moved on (last posting seq {} from event #{}); rebuilding",
+                        found.posting.seq, found.source_seq
+                    )))
+                }
+            }
+            Err(e) => Err(transient("storing a posting", e)),
+        }
+    }
+
+    /// Publishes a rejection (before the event is acked); its message id
+    /// `rejected:<seq>` makes a retry harmless.
+    async fn reject(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        seq: u64,
+        r: &Rejection,
+    ) -> Result<(), Transient> {
+        let (body, mut headers) = streams::rejected_body(payload, self.shared.rejected_max_bytes);
+        headers.insert(H_REASON, r.reason.as_str());
+        headers.insert(H_FIELD, streams::header_value(&r.field).as_str());
+        headers.insert(H_MESSAGE, streams::header_value(&r.to_string()).as_str());
+        if let Some(id) = &r.event_id {
+            headers.insert(H_EVENT_ID, streams::header_value(id).as_str());
+        }
+        headers.insert(
+            H_SOURCE,
+            streams::header_value(&format!("{subject}#{seq}")).as_str(),
+        );
+        headers.insert(H_KIND, "rejected");
+        let publish = streams::guarded_message(headers, &format!("rejected:{seq}"), None, body);
+        self.shared
+            .js
+            .send_publish(subjects::rejected(r.reason.as_str()), publish)
+            .await
+            .map_err(|e| transient("storing a rejection", e))?
+            .await
+            .map_err(|e| transient("storing a rejection", e))?;
+        metrics::counter!("ledgerline_events_rejected_total", "reason" => r.reason.as_str())
+            .increment(1);
+        info!(reason = %r.reason, seq, rejection = %r, "event rejected");
+        Ok(())
+    }
+
+    /// A broken invariant: never posted; recorded on
+    /// `ledger.rejected.internal` with the details and logged as an error.
+    /// The event stays in ORDERS for a replay after the fix.
+    async fn internal(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        seq: u64,
+        event: &Event,
+        what: &str,
+        lb: &mut LaneBook,
+    ) -> Result<(), Transient> {
+        error!(order_id = %event.order_id, event_id = %event.event_id, error = what, "ledger invariant broken; event not posted");
+        let r = Rejection {
+            reason: RejectReason::Internal,
+            event_id: Some(event.event_id.clone()),
+            field: String::new(),
+            message: format!("not posted, a ledger invariant failed: {what}"),
+        };
+        self.reject(subject, payload, seq, &r).await?;
+        lb.last_seq = seq;
+        Ok(())
+    }
+}
+
+fn parse_stored(payload: &[u8], subject: &str) -> Result<StoredPosting, Transient> {
+    serde_json::from_slice(payload).map_err(|e| {
+        // A posting we cannot read is not transient, but retrying (and
+        // logging loudly) is the only safe move: skipping would lose or
+        // double a posting.
+        error!(subject, error = %e, "unreadable posting in LEDGER");
+        Transient(format!("unreadable posting on {subject}: {e}"))
+    })
+}

@@ -1,0 +1,663 @@
+//! The event-sourced core against a real nats-server: publish → aggregator
+//! → LEDGER, compared with the offline engine; duplicates, poison messages,
+//! crashes of the aggregator and restarts of NATS; `verify`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use ledgerline::aggregator::{AggregatorOptions, run_aggregator};
+use ledgerline::config::Settings;
+use ledgerline::offline::{Layout, run_postings};
+use ledgerline::records::StoredPosting;
+use ledgerline::streams::{self, LEDGER_STREAM, subjects};
+
+use crate::support::{self, Nats};
+
+const CONFIG: &str = r#"
+[[registry]]
+id = "books"
+url = "https://accounting.example/hooks"
+event_types = ["*"]
+
+[[registry]]
+id = "detail"
+url = "https://bi.example/ingest"
+event_types = ["order.*", "payment.created"]
+group_by = ["currency", "product_id", "payment_method"]
+ledger_codes = [{ entry_type = "revenue", product_id = "museum", code = "200" }]
+
+[[registry]]
+id = "snapshot"
+url = "https://erp.example/revenue"
+posting_mode = "full"
+entry_types = ["revenue", "tax"]
+"#;
+
+fn fixture_events() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample/events.ndjson");
+    std::fs::read_to_string(root).unwrap()
+}
+
+/// (registry, order, seq) → body text, as the offline command computes it.
+fn offline(settings: &Settings, events: &str) -> BTreeMap<(String, String, u64), String> {
+    let mut out = Vec::new();
+    run_postings(
+        settings.ledger,
+        settings.registries.clone(),
+        events.as_bytes(),
+        &mut out,
+        Vec::new(),
+        Layout::Ndjson,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let key = (
+                v["registry_id"].as_str().unwrap().to_owned(),
+                v["body"]["order_id"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            );
+            (key, v["body"].to_string())
+        })
+        .collect()
+}
+
+/// Every stored posting: (registry, order, seq) → body text with `{}`.
+async fn stored(ledger: &Stream) -> BTreeMap<(String, String, u64), String> {
+    let mut out = BTreeMap::new();
+    for (_, payload) in read(ledger, subjects::POSTINGS_ALL).await {
+        let sp: StoredPosting = serde_json::from_slice(&payload).unwrap();
+        let p = sp.posting;
+        let key = (p.registry_id.clone(), p.order_id.to_string(), p.seq);
+        let body = serde_json::to_string(&p.body(&json!({}))).unwrap();
+        assert!(
+            out.insert(key.clone(), body).is_none(),
+            "posting {key:?} stored twice"
+        );
+    }
+    out
+}
+
+/// Every message of `filter`: (subject, payload).
+async fn read(stream: &Stream, filter: &str) -> Vec<(String, bytes::Bytes)> {
+    read_with_headers(stream, filter)
+        .await
+        .into_iter()
+        .map(|(s, _, p)| (s, p))
+        .collect()
+}
+
+async fn read_with_headers(
+    stream: &Stream,
+    filter: &str,
+) -> Vec<(String, Option<async_nats::HeaderMap>, bytes::Bytes)> {
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let n = consumer.info().await.unwrap().num_pending;
+    let mut out = Vec::new();
+    if n == 0 {
+        return out;
+    }
+    let mut msgs = consumer.messages().await.unwrap();
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let left = m.info().unwrap().pending;
+        out.push((m.subject.to_string(), m.headers.clone(), m.payload.clone()));
+        if left == 0 {
+            break;
+        }
+    }
+    out
+}
+
+async fn count(stream: &Stream, filter: &str) -> u64 {
+    match stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(mut c) => c.info().await.map(|i| i.num_pending).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until `filter` holds `want` messages (or fails after `limit`).
+async fn wait_for(stream: &Stream, filter: &str, want: u64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let n = count(stream, filter).await;
+        if n >= want {
+            assert_eq!(n, want, "more messages than expected on {filter}");
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {n} of {want} messages on {filter} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn publish_text(nats: &Nats, text: &str) -> ledgerline::publish::PublishSummary {
+    ledgerline::publish::publish(
+        &nats.client,
+        "orders",
+        "test",
+        text.as_bytes(),
+        |_| {},
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
+fn spawn_aggregator(
+    nats: &Nats,
+    settings: &Settings,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let task = tokio::spawn(run_aggregator(
+        nats.client.clone(),
+        AggregatorOptions::new("orders", settings.ledger),
+        support::watch(settings),
+        token.clone(),
+    ));
+    let handle = tokio::spawn(async move {
+        task.await.unwrap().unwrap();
+    });
+    (token, handle)
+}
+
+async fn ledger_stream(nats: &Nats) -> Stream {
+    nats.js.get_stream(LEDGER_STREAM).await.unwrap()
+}
+
+#[tokio::test]
+async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let events = fixture_events();
+    let want = offline(&settings, &events);
+    let (token, handle) = spawn_aggregator(&nats, &settings);
+
+    let first = publish_text(&nats, &events).await;
+    // The fixture repeats one event id on purpose; JetStream drops it.
+    assert_eq!(
+        (first.published, first.duplicates),
+        (events.lines().count() as u64 - 1, 1)
+    );
+    let ledger = ledger_stream(&nats).await;
+    wait_for(
+        &ledger,
+        subjects::POSTINGS_ALL,
+        want.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(stored(&ledger).await, want);
+
+    // The same file again: every line is a duplicate, no posting is added.
+    let again = publish_text(&nats, &events).await;
+    assert_eq!(
+        (again.published, again.duplicates),
+        (0, first.published + 1)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&ledger, subjects::POSTINGS_ALL).await,
+        want.len() as u64
+    );
+
+    // The stale snapshot of the fixture is recorded as rejected.
+    assert_eq!(count(&ledger, "ledger.rejected.stale").await, 1);
+    assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 1);
+
+    token.cancel();
+    handle.await.unwrap();
+
+    let report = ledgerline::verify::verify(
+        &nats.client,
+        "orders",
+        settings.ledger,
+        settings.registries.clone(),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{report}: {:?}", report.mismatches);
+    assert_eq!(report.matched, want.len() as u64);
+}
+
+fn good_event(order: &str, id: &str) -> Value {
+    json!({"event_id": id, "type": "order.confirmed", "order_id": order, "occurred_at": "2026-11-22T10:00:00Z",
+           "order": {"version": 1, "currency": "EUR", "prices_include_tax": true,
+                     "line_items": [{"id": "l", "description": "Ticket", "quantity": 1, "unit_price": "10.00", "tax_rate": "0"}]}})
+}
+
+#[tokio::test]
+async fn poison_messages_land_in_rejected_with_reasons_while_good_ones_flow() {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let (token, handle) = spawn_aggregator(&nats, &settings);
+
+    let mutate = |f: fn(&mut Value)| {
+        let mut v = good_event("poison", "p");
+        f(&mut v);
+        v.to_string().into_bytes()
+    };
+    let big = {
+        let mut v = good_event("poison", "big");
+        v["padding"] = json!("x".repeat(2 * 1024 * 1024));
+        v.to_string().into_bytes()
+    };
+    // (subject token, bytes, expected reason)
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("poison", b"this is not json".to_vec(), "malformed_json"),
+        (
+            "poison",
+            mutate(|v| v["type"] = json!("order.shipped")),
+            "unknown_type",
+        ),
+        (
+            "poison",
+            mutate(|v| {
+                v.as_object_mut().unwrap().remove("occurred_at");
+            }),
+            "missing_field",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order"]["line_items"][0]["unit_price"] = json!(10.0)),
+            "money_not_string",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order"]["line_items"][0]["unit_price"] = json!("10.001")),
+            "too_many_decimals",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order"]["line_items"][0]["quantity"] = json!(-2)),
+            "negative_value",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order"]["line_items"][0]["discount"] = json!("10.01")),
+            "discount_exceeds_line",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order"]["line_items"][0]["tax_rate"] = json!("1.2")),
+            "tax_rate_out_of_range",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order"]["currency"] = json!("EUX")),
+            "unknown_currency",
+        ),
+        (
+            "poison",
+            mutate(
+                |v| v["order"]["payments"] = json!([{"payment_id": "x", "method": "card", "amount": "1.00", "currency": "USD"}]),
+            ),
+            "currency_mismatch",
+        ),
+        (
+            "poison",
+            mutate(|v| v["order_id"] = json!("has space")),
+            "invalid_order_id",
+        ),
+        ("other", mutate(|_| {}), "order_id_mismatch"),
+        (
+            "poison",
+            mutate(|v| {
+                v["order"]["line_items"] = json!(vec![v["order"]["line_items"][0].clone(); 1001])
+            }),
+            "too_many_line_items",
+        ),
+        ("poison", big, "too_large"),
+    ];
+    for (i, (token_, bytes, _)) in cases.iter().enumerate() {
+        let subject = format!("orders.{token_}");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("poison-{i}").as_str());
+        nats.js
+            .publish_with_headers(subject, headers, bytes.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // A good event between every poison one.
+        let good = good_event(&format!("good-{i}"), &format!("g{i}")).to_string();
+        publish_text(&nats, &good).await;
+    }
+    let ledger = ledger_stream(&nats).await;
+    wait_for(
+        &ledger,
+        subjects::REJECTED_ALL,
+        cases.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Good ones flow: 3 registries subscribe order.confirmed.
+    wait_for(
+        &ledger,
+        subjects::POSTINGS_ALL,
+        3 * cases.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Lanes run in parallel, so match rejections by reason (unique per case).
+    let rejected: BTreeMap<String, (Option<async_nats::HeaderMap>, bytes::Bytes)> =
+        read_with_headers(&ledger, subjects::REJECTED_ALL)
+            .await
+            .into_iter()
+            .map(|(s, h, p)| (s, (h, p)))
+            .collect();
+    assert_eq!(rejected.len(), cases.len());
+    for (i, (_, original, reason)) in cases.iter().enumerate() {
+        let (headers, payload) = &rejected[&format!("ledger.rejected.{reason}")];
+        let h = headers.as_ref().unwrap();
+        assert_eq!(h.get(streams::H_REASON).unwrap().as_str(), *reason);
+        assert!(!h.get(streams::H_MESSAGE).unwrap().as_str().is_empty());
+        assert!(
+            h.get(streams::H_SOURCE)
+                .unwrap()
+                .as_str()
+                .starts_with("orders.")
+        );
+        assert_eq!(
+            &payload[..],
+            &original[..],
+            "original bytes of case {i} are kept"
+        );
+    }
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn unroutable_lines_are_refused_by_publish_with_their_line_numbers() {
+    let nats = support::nats().await;
+    let text = format!(
+        "{}\nnot json\n{{\"event_id\":\"e\",\"order_id\":\"bad id\"}}\n\n{}\n",
+        good_event("a", "e1"),
+        good_event("b", "e2")
+    );
+    let mut refused = Vec::new();
+    let s = ledgerline::publish::publish(
+        &nats.client,
+        "orders",
+        "t.ndjson",
+        text.as_bytes(),
+        |r| refused.push((r.line, r.reason)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.lines, s.published, s.refused_total()), (4, 2, 2));
+    use ledgerline::events::RejectReason::*;
+    assert_eq!(refused, vec![(2, MalformedJson), (3, InvalidOrderId)]);
+    let ledger = ledger_stream(&nats).await;
+    assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 2);
+}
+
+/// Orders × events, deterministic, with updates, payments and cancellations.
+fn many_events(orders: usize) -> String {
+    let mut out = String::new();
+    for o in 0..orders {
+        let id = format!("ord-{o:04}");
+        for v in 1..=3u64 {
+            let mut e = good_event(&id, &format!("{id}-v{v}"));
+            e["type"] = json!(if v == 1 {
+                "order.confirmed"
+            } else {
+                "order.updated"
+            });
+            e["order"]["version"] = json!(v);
+            e["order"]["line_items"][0]["quantity"] = json!(v + (o as u64 % 3));
+            out.push_str(&e.to_string());
+            out.push('\n');
+        }
+        let pay = json!({"event_id": format!("{id}-pay"), "type": "payment.created", "order_id": id,
+            "occurred_at": "2026-11-22T11:00:00Z",
+            "payment": {"payment_id": "p1", "method": "card", "amount": "10.00", "currency": "EUR"}});
+        out.push_str(&pay.to_string());
+        out.push('\n');
+        if o % 4 == 0 {
+            let c = json!({"event_id": format!("{id}-cancel"), "type": "order.cancelled", "order_id": id,
+                "occurred_at": "2026-11-22T12:00:00Z"});
+            out.push_str(&c.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn aggregator_process(settings_path: &Path, url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["run", "--only", "aggregator", "--config"])
+        .arg(settings_path)
+        .args(["--nats-url", url])
+        .env("LEDGERLINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
+    let mut nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("ledgerline.toml");
+    std::fs::write(&config_path, CONFIG).unwrap();
+    let events = many_events(150);
+    let want = offline(&settings, &events);
+    let url = nats.server.url();
+
+    let mut agg = aggregator_process(&config_path, &url);
+    let publisher = {
+        let client = nats.client.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            // Publish in slices so the aggregator is mid-stream when killed.
+            let lines: Vec<&str> = events.lines().collect();
+            for chunk in lines.chunks(40) {
+                let text = chunk.join("\n");
+                loop {
+                    match ledgerline::publish::publish(
+                        &client,
+                        "orders",
+                        "test",
+                        text.as_bytes(),
+                        |_| {},
+                        |_| {},
+                    )
+                    .await
+                    {
+                        Ok(_) => break,
+                        // NATS is being restarted: try the slice again (the
+                        // msg ids make it idempotent).
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    let ledger = ledger_stream(&nats).await;
+    // Kill the aggregator three times while it works.
+    for round in 0..3 {
+        let target = (want.len() as u64) * (round + 1) / 5;
+        let started = Instant::now();
+        while count(&ledger, subjects::POSTINGS_ALL).await < target
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if round == 1 {
+            // Restart NATS itself under the running aggregator, same port
+            // and store; it reconnects and carries on.
+            nats.server.stop().await;
+            nats.server.restart().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        agg.start_kill().unwrap();
+        agg.wait().await.unwrap();
+        agg = aggregator_process(&config_path, &url);
+    }
+    publisher.await.unwrap();
+    let ledger = ledger_stream(&nats).await;
+    let started = Instant::now();
+    while count(&ledger, subjects::POSTINGS_ALL).await < want.len() as u64
+        && started.elapsed() < Duration::from_secs(90)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Anything extra would arrive now; give it the chance to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `stored` fails on any (registry, order, seq) stored twice.
+    let got = stored(&ledger).await;
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    assert_eq!(got, want, "same postings, but a body differs");
+    agg.start_kill().unwrap();
+    let _ = agg.wait().await;
+
+    let report = ledgerline::verify::verify(
+        &nats.client,
+        "orders",
+        settings.ledger,
+        settings.registries.clone(),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{report}");
+}
+
+#[tokio::test]
+async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let events = fixture_events();
+    let want = offline(&settings, &events);
+    let (token, handle) = spawn_aggregator(&nats, &settings);
+    publish_text(&nats, &events).await;
+    let ledger = ledger_stream(&nats).await;
+    wait_for(
+        &ledger,
+        subjects::POSTINGS_ALL,
+        want.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    token.cancel();
+    handle.await.unwrap();
+
+    let verify = || {
+        ledgerline::verify::verify(
+            &nats.client,
+            "orders",
+            settings.ledger,
+            settings.registries.clone(),
+            |_, _| {},
+        )
+    };
+    assert!(verify().await.unwrap().ok());
+
+    // Tamper: rewrite the reference order's first posting with 1 cent more
+    // revenue, as a new message on its subject, and delete the original.
+    let subject = subjects::postings("books", "2e7f2d6f-0473-4935-8cfb-c11b2caa6dab");
+    let original = ledger
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let mut sp: StoredPosting = serde_json::from_slice(&original.payload).unwrap();
+    sp.posting.entries[1].amount -= rust_decimal::Decimal::new(1, 2);
+    nats.js
+        .publish(subject, serde_json::to_vec(&sp).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    ledger.delete_message(original.sequence).await.unwrap();
+
+    // And delete another posting outright.
+    let other = subjects::postings("snapshot", "ord-incl");
+    let gone = ledger
+        .get_last_raw_message_by_subject(&other)
+        .await
+        .unwrap();
+    ledger.delete_message(gone.sequence).await.unwrap();
+
+    let report = verify().await.unwrap();
+    assert!(!report.ok());
+    let lines: Vec<String> = report.mismatches.iter().map(|m| m.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("books/2e7f2d6f-0473-4935-8cfb-c11b2caa6dab #1: differs")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("snapshot/ord-incl #1: missing")),
+        "{lines:?}"
+    );
+
+    // The CLI says the same and exits 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["verify", "--nats-url", &nats.server.url()])
+        .env("LEDGERLINE_CONFIG", {
+            let p = std::env::temp_dir().join(format!("ll-verify-{}.toml", std::process::id()));
+            std::fs::write(&p, CONFIG).unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("books/2e7f2d6f-0473-4935-8cfb-c11b2caa6dab #1"),
+        "{stdout}"
+    );
+}
