@@ -27,10 +27,12 @@
 //! - [`streams`]: JetStream connection, the ORDERS and LEDGER streams,
 //!   subjects and headers.
 //! - [`records`]: what is stored on each LEDGER subject.
+//! - [`demo`]: `ledgerline demo` and its deterministic dataset.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
 
 pub mod aggregator;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod ledger;

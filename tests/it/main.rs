@@ -4,6 +4,7 @@
 //!
 //! Add further test modules here (`mod engine;`, ...) as they are written.
 
+mod demo;
 mod golden;
 mod natsd;
 mod pipeline;
