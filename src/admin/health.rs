@@ -1,0 +1,199 @@
+//! `/healthz` and `/readyz`.
+//!
+//! - `/healthz`: the process is up and serving (no I/O).
+//! - `/readyz`: ready for work: NATS connected, the ORDERS and LEDGER
+//!   streams present, the registry bucket followed, every component of this
+//!   process running, and their durable consumers present (the aggregator's
+//!   on ORDERS; a dispatcher consumer per enabled registry on LEDGER).
+//!   503 with the failing checks otherwise, including while shutting down.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AdminState;
+use crate::streams::{LEDGER_STREAM, ORDERS_STREAM};
+
+/// Longest a readiness probe waits for NATS per check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a component of the process stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentState {
+    Starting,
+    Running,
+    Stopped,
+    Failed,
+}
+
+/// What the service tells readiness about itself. Shared by the service
+/// (writer) and the admin API (reader).
+#[derive(Debug, Default)]
+pub struct Health {
+    components: Mutex<BTreeMap<&'static str, ComponentState>>,
+    registry_watch: Mutex<Option<Arc<AtomicBool>>>,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the state of a component (`aggregator`, `dispatcher`, `admin`).
+    pub fn set(&self, component: &'static str, state: ComponentState) {
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(component, state);
+    }
+
+    /// Where each component stands.
+    pub fn components(&self) -> BTreeMap<&'static str, ComponentState> {
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The flag the registry watcher keeps (false while it cannot follow
+    /// the bucket).
+    pub fn set_registry_watch(&self, flag: Arc<AtomicBool>) {
+        *self
+            .registry_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(flag);
+    }
+
+    fn registry_watch_ok(&self) -> Option<bool> {
+        self.registry_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+/// `GET /readyz`.
+pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
+    let mut checks = Vec::new();
+    let state = st.client().connection_state();
+    let connected = state == async_nats::connection::State::Connected;
+    checks.push(Check {
+        name: "nats".into(),
+        ok: connected,
+        detail: format!("{state:?}").to_lowercase(),
+    });
+    let js = st.js();
+    let mut streams = BTreeMap::new();
+    for name in [ORDERS_STREAM, LEDGER_STREAM] {
+        let (ok, detail) = if !connected {
+            (false, "NATS not connected".to_owned())
+        } else {
+            match tokio::time::timeout(CHECK_TIMEOUT, js.get_stream(name)).await {
+                Ok(Ok(s)) => {
+                    streams.insert(name, s);
+                    (true, "present".to_owned())
+                }
+                Ok(Err(e)) => (false, e.to_string()),
+                Err(_) => (false, "timed out".to_owned()),
+            }
+        };
+        checks.push(Check {
+            name: format!("stream {name}"),
+            ok,
+            detail,
+        });
+    }
+    match st.health().registry_watch_ok() {
+        Some(ok) => checks.push(Check {
+            name: "registries".into(),
+            ok,
+            detail: if ok {
+                "followed"
+            } else {
+                "not followed (NATS?)"
+            }
+            .into(),
+        }),
+        None => checks.push(Check {
+            name: "registries".into(),
+            ok: false,
+            detail: "not loaded yet".into(),
+        }),
+    }
+    let components = st.health().components();
+    for (name, state) in &components {
+        checks.push(Check {
+            name: format!("component {name}"),
+            ok: *state == ComponentState::Running,
+            detail: format!("{state:?}").to_lowercase(),
+        });
+    }
+    // The durable consumers of the running components.
+    let mut consumers: Vec<(&'static str, String)> = Vec::new();
+    if components.get("aggregator") == Some(&ComponentState::Running) {
+        consumers.push((ORDERS_STREAM, crate::aggregator::CONSUMER.to_owned()));
+    }
+    if components.get("dispatcher") == Some(&ComponentState::Running) {
+        let set = st.registries().borrow().clone();
+        for r in set.all().iter().filter(|r| r.config.enabled) {
+            consumers.push((
+                LEDGER_STREAM,
+                format!("{}{}", crate::dispatcher::CONSUMER_PREFIX, r.id()),
+            ));
+        }
+    }
+    for (stream, consumer) in consumers {
+        let (ok, detail) = match streams.get(stream) {
+            None => (false, "stream missing".to_owned()),
+            Some(s) => {
+                match tokio::time::timeout(CHECK_TIMEOUT, s.consumer_info(&consumer)).await {
+                    Ok(Ok(info)) => (
+                        true,
+                        format!(
+                            "{} pending, {} unacknowledged",
+                            info.num_pending, info.num_ack_pending
+                        ),
+                    ),
+                    Ok(Err(e)) => (false, e.to_string()),
+                    Err(_) => (false, "timed out".to_owned()),
+                }
+            }
+        };
+        checks.push(Check {
+            name: format!("consumer {stream}/{consumer}"),
+            ok,
+            detail,
+        });
+    }
+    let ready = checks.iter().all(|c| c.ok);
+    let body = json!({
+        "ready": ready,
+        "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

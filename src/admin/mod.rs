@@ -1,0 +1,255 @@
+//! The admin HTTP API (SPEC 6), served by `ledgerline run` on
+//! `admin_listen`. Described in `openapi/admin.json` (kept true by a test
+//! that walks [`routes`]).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET/POST /v1/registries` | list, create ([`registries`]) |
+//! | `GET/PUT/DELETE /v1/registries/{id}` | read, create or replace, delete |
+//! | `GET /v1/registries/{id}/history` | every kept revision (the audit trail) |
+//! | `GET /v1/registries/{id}/deliveries?status=` | delivery state per order ([`orders`]) |
+//! | `POST /v1/registries/{id}/orders/{order_id}/redeliver` | retry a dead letter |
+//! | `GET /v1/orders/{order_id}/ledger` | the order's ledger, postings and their delivery |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`health`]) |
+//! | `GET /metrics` | Prometheus ([`metrics`]) |
+//!
+//! Every `/v1` route needs `Authorization: Bearer <admin_token>` ([`auth`]);
+//! the probes and metrics do not. Every error is JSON naming the field at
+//! fault ([`ApiError`]). Bodies are limited to [`BODY_MAX_BYTES`], requests
+//! to [`REQUEST_TIMEOUT`]. Secrets are never in a response: registries are
+//! serialised with `***` in place of every secret.
+
+pub mod auth;
+mod error;
+pub mod health;
+pub mod metrics;
+mod orders;
+mod registries;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::ledger::LedgerOptions;
+use crate::registry::RegistryWatch;
+use crate::registry_store::RegistryStore;
+use crate::secret::Secret;
+
+pub use error::ApiError;
+pub use health::{ComponentState, Health};
+
+/// Largest request body: a registry with a large chart of accounts is
+/// ~150 KiB; anything bigger is a mistake or an attack.
+pub const BODY_MAX_BYTES: usize = 256 * 1024;
+/// Longest a request may take before it is answered 503; bounds the work
+/// a slow NATS can pile up (the ledger view of a very long order is the
+/// slowest route).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    store: RegistryStore,
+    registries: RegistryWatch,
+    token: Secret,
+    subject_prefix: String,
+    ledger: LedgerOptions,
+    health: Arc<Health>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// Everything the admin API needs from the service.
+pub struct AdminConfig {
+    pub client: async_nats::Client,
+    pub store: RegistryStore,
+    pub registries: RegistryWatch,
+    /// The bearer token (`admin_token`).
+    pub token: Secret,
+    pub subject_prefix: String,
+    pub ledger: LedgerOptions,
+    pub health: Arc<Health>,
+}
+
+impl AdminState {
+    pub fn new(c: AdminConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                js: jetstream::new(c.client.clone()),
+                client: c.client,
+                store: c.store,
+                registries: c.registries,
+                token: c.token,
+                subject_prefix: c.subject_prefix,
+                ledger: c.ledger,
+                health: c.health,
+                metrics: metrics::install(),
+            }),
+        }
+    }
+
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+    pub(crate) fn store(&self) -> &RegistryStore {
+        &self.inner.store
+    }
+    pub(crate) fn registries(&self) -> &RegistryWatch {
+        &self.inner.registries
+    }
+    pub(crate) fn token(&self) -> &Secret {
+        &self.inner.token
+    }
+    pub(crate) fn subject_prefix(&self) -> &str {
+        &self.inner.subject_prefix
+    }
+    pub(crate) fn ledger_options(&self) -> &LedgerOptions {
+        &self.inner.ledger
+    }
+    pub(crate) fn health(&self) -> &Health {
+        &self.inner.health
+    }
+}
+
+/// Every route of the API: the router is built from this list, and the
+/// OpenAPI test walks it, so the description cannot miss a route.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
+    vec![
+        (
+            "/v1/registries",
+            get(registries::list).post(registries::create),
+        ),
+        (
+            "/v1/registries/{id}",
+            get(registries::show)
+                .put(registries::replace)
+                .delete(registries::delete),
+        ),
+        ("/v1/registries/{id}/history", get(registries::history)),
+        ("/v1/registries/{id}/deliveries", get(orders::deliveries)),
+        (
+            "/v1/registries/{id}/orders/{order_id}/redeliver",
+            post(orders::redeliver),
+        ),
+        ("/v1/orders/{order_id}/ledger", get(orders::ledger)),
+        ("/healthz", get(health::healthz)),
+        ("/readyz", get(health::readyz)),
+        ("/metrics", get(render_metrics)),
+    ]
+}
+
+/// True for routes that need the bearer token.
+pub fn is_protected(path: &str) -> bool {
+    path.starts_with("/v1/")
+}
+
+/// The API as an axum router.
+pub fn router(state: AdminState) -> Router {
+    let mut protected = Router::new();
+    let mut open = Router::new();
+    for (path, route) in routes() {
+        if is_protected(path) {
+            protected = protected.route(path, route);
+        } else {
+            open = open.route(path, route);
+        }
+    }
+    // `route_layer`: only matched routes ask for the token, so an unknown
+    // path is a 404 and a wrong method a 405, token or not.
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    Router::new()
+        .merge(protected)
+        .merge(open)
+        .fallback(|| async { ApiError::not_found("no such route; see openapi/admin.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route; see openapi/admin.json",
+            )
+        })
+        .layer(middleware::from_fn(timeout))
+        .layer(middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(BODY_MAX_BYTES))
+        .with_state(state)
+}
+
+/// Middleware: answers 503 when a request outlives [`REQUEST_TIMEOUT`].
+async fn timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::unavailable(format!(
+            "the request took longer than {}s; try again",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+/// `GET /metrics`.
+async fn render_metrics(axum::extract::State(st): axum::extract::State<AdminState>) -> Response {
+    // Fresh gauges for this scrape (the sampler keeps them current between
+    // scrapes too); a slow NATS leaves the last values.
+    let _ = tokio::time::timeout(
+        metrics::SCRAPE_SAMPLE_TIMEOUT,
+        metrics::sample_once(st.js(), st.registries()),
+    )
+    .await;
+    match &st.inner.metrics {
+        Some(h) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::unavailable("the metrics recorder is not installed").into_response(),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown`, then stops accepting and
+/// finishes the requests in flight. Also samples consumer lag for
+/// `/metrics` while it runs.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    info!(addr = %addr, "admin API listening");
+    let stop_sampler = shutdown.child_token();
+    let sampler = tokio::spawn(metrics::sample_lag(
+        state.js().clone(),
+        state.registries().clone(),
+        state.inner.metrics.clone(),
+        stop_sampler.clone(),
+    ));
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    stop_sampler.cancel();
+    let _ = sampler.await;
+    info!("admin API stopped");
+    result
+}

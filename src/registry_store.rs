@@ -1,0 +1,982 @@
+//! Registries in a JetStream KV bucket (SPEC 3 and 7): the one place the
+//! registries of a running instance live, read by the aggregator and the
+//! dispatcher through a [`RegistryWatch`], written by the admin API, the
+//! `registry` CLI and the `[[registry]]` entries of the configuration file
+//! (applied at start-up).
+//!
+//! # Layout
+//!
+//! Bucket [`BUCKET`], file storage, [`HISTORY`] revisions per key: key =
+//! registry id, value = a [`StoredRegistry`] as JSON, the registry with its
+//! real secrets (written inside [`reveal_secrets`]: the bucket is
+//! ledgerline's own storage, and a dispatcher needs them to sign and
+//! authenticate), when it was created and what made the change (`config`,
+//! `api`, `cli`). Every change is a new revision; a deletion is a delete
+//! marker, so the history of a deleted registry stays readable
+//! ([`RegistryStore::history`]).
+//!
+//! # Rules
+//!
+//! - Every write is validated against the instance's [`TargetPolicy`] first.
+//! - Writes use optimistic concurrency (the expected revision), so two
+//!   writers never silently overwrite each other.
+//! - Writing what is already stored is a no-op: no new revision
+//!   ([`PutOutcome::Unchanged`]), so applying the config at every start-up
+//!   is idempotent.
+//! - A client that sends back the redaction marker `***` for a secret (what
+//!   it read) means "keep the stored secret"; a marker with nothing stored
+//!   is refused, naming the field.
+//! - A stored registry that fails validation when read back (say the policy
+//!   became stricter) is logged and left out of the live set; it never
+//!   stops the service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::registry::{
+    AuthConfig, FieldError, Registry, RegistryConfig, RegistrySet, RegistryWatch, TargetPolicy,
+};
+use crate::secret::{Secret, reveal_secrets};
+
+/// The KV bucket of the registries.
+pub const BUCKET: &str = "ledgerline_registries";
+/// Revisions kept per registry: the most a KV bucket allows. Older
+/// revisions of a registry changed more often than this are dropped.
+pub const HISTORY: i64 = 64;
+/// Largest stored registry, in bytes. A registry with the maximum of 1,000
+/// ledger code rules is about 150 KiB.
+pub const VALUE_MAX_BYTES: i32 = 1024 * 1024;
+/// Attempts at a write that raced another writer before giving up.
+pub const WRITE_RACE_RETRIES: usize = 5;
+/// Backoff while the bucket cannot be watched (NATS down): first, cap.
+pub const WATCH_RETRY_MIN: Duration = Duration::from_millis(250);
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What made a change, kept with each revision for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangedBy {
+    /// The `[[registry]]` entries of the config file, at start-up.
+    Config,
+    /// The admin HTTP API.
+    Api,
+    /// `ledgerline registry apply|delete`.
+    Cli,
+}
+
+impl ChangedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangedBy::Config => "config",
+            ChangedBy::Api => "api",
+            ChangedBy::Cli => "cli",
+        }
+    }
+}
+
+/// The value stored under a registry's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRegistry {
+    pub registry: RegistryConfig,
+    /// When the registry was first created (kept across updates).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub changed_by: ChangedBy,
+}
+
+/// A registry as stored, with its revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryEntry {
+    pub config: RegistryConfig,
+    /// The KV revision of this value (a stream sequence: increases with
+    /// every change to any registry).
+    pub revision: u64,
+    pub created_at: OffsetDateTime,
+    /// When this revision was written.
+    pub updated_at: OffsetDateTime,
+    pub changed_by: ChangedBy,
+}
+
+impl RegistryEntry {
+    /// Why the registry is not in force under `policy`, if it is not.
+    pub fn problem(&self, policy: &TargetPolicy) -> Option<FieldError> {
+        self.config.validate(policy).err()
+    }
+}
+
+/// One revision of a registry, for the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub revision: u64,
+    pub at: OffsetDateTime,
+    /// `put` or `delete`.
+    pub operation: &'static str,
+    /// The value written (none for a deletion, or when unreadable).
+    pub stored: Option<StoredRegistry>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    Created,
+    Updated,
+    /// Identical to what was stored: nothing written.
+    Unchanged,
+}
+
+impl PutOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PutOutcome::Created => "created",
+            PutOutcome::Updated => "updated",
+            PutOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Why a registry operation failed. The first four are the caller's
+/// mistakes (4xx over HTTP, exit 2 or 1 in the CLI); the rest are NATS
+/// trouble worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+    #[error("registry {id:?} already exists")]
+    Exists { id: String },
+    #[error("registry {id:?} does not exist")]
+    NotFound { id: String },
+    #[error("registry {id:?} was changed meanwhile: its revision is {actual}, not {expected}")]
+    Conflict {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("cannot open the registry bucket {BUCKET}: {0}")]
+    Bucket(String),
+    #[error("cannot read the registry bucket: {0}")]
+    Read(String),
+    #[error("cannot write registry {id:?}: {message}")]
+    Write { id: String, message: String },
+    #[error("registry {key:?} revision {revision} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        revision: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// True for the caller's mistakes (as opposed to storage trouble).
+    pub fn is_caller_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Invalid(_)
+                | StoreError::Exists { .. }
+                | StoreError::NotFound { .. }
+                | StoreError::Conflict { .. }
+        )
+    }
+}
+
+fn read_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+/// The bucket configuration.
+pub fn bucket_config() -> kv::Config {
+    kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "ledgerline registries: key = registry id; every revision is kept for audit"
+            .to_owned(),
+        history: HISTORY,
+        max_value_size: VALUE_MAX_BYTES,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The registries of an instance: reads, validated writes, the live watch.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryStore {
+    kv: kv::Store,
+    policy: Arc<TargetPolicy>,
+}
+
+/// The last state of a key: a value (`Some`) or a deletion (`None`).
+struct Current {
+    revision: u64,
+    entry: Option<RegistryEntry>,
+}
+
+impl RegistryStore {
+    /// Opens the bucket, creating it when missing.
+    pub async fn open(js: &jetstream::Context, policy: TargetPolicy) -> Result<Self, StoreError> {
+        let kv = match js.get_key_value(BUCKET).await {
+            Ok(kv) => kv,
+            Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => js
+                .create_key_value(bucket_config())
+                .await
+                .map_err(|e| StoreError::Bucket(e.to_string()))?,
+            Err(e) => return Err(StoreError::Bucket(e.to_string())),
+        };
+        Ok(Self {
+            kv,
+            policy: Arc::new(policy),
+        })
+    }
+
+    /// The rules registries are validated against.
+    pub fn policy(&self) -> &TargetPolicy {
+        &self.policy
+    }
+
+    /// The registry `id`, if it exists.
+    pub async fn get(&self, id: &str) -> Result<Option<RegistryEntry>, StoreError> {
+        if !valid_key(id) {
+            return Ok(None);
+        }
+        Ok(self.current(id).await?.and_then(|c| c.entry))
+    }
+
+    /// Every registry, ordered by creation (then id). Unreadable values are
+    /// logged and left out.
+    pub async fn list(&self) -> Result<Vec<RegistryEntry>, StoreError> {
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(k) => k.try_collect().await.map_err(read_err)?,
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.current(&key).await {
+                Ok(Some(Current { entry: Some(e), .. })) => out.push(e),
+                Ok(_) => {}
+                Err(StoreError::Corrupt {
+                    key,
+                    revision,
+                    source,
+                }) => {
+                    error!(registry_id = %key, revision, error = %source, "stored registry is unreadable; left out");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        sort_entries(&mut out);
+        Ok(out)
+    }
+
+    /// Creates a registry; refused when one with the same id exists.
+    pub async fn create(
+        &self,
+        config: RegistryConfig,
+        by: ChangedBy,
+    ) -> Result<RegistryEntry, StoreError> {
+        let id = config.id.clone();
+        let current = self.current_for_write(&id).await?;
+        if current.as_ref().is_some_and(|c| c.entry.is_some()) {
+            return Err(StoreError::Exists { id });
+        }
+        let mut config = config;
+        keep_stored_secrets(&mut config, None)?;
+        config.validate(&self.policy)?;
+        let revision = current.map_or(0, |c| c.revision);
+        match self.write(config, None, revision, by).await {
+            Ok((entry, _)) => Ok(entry),
+            // Created by someone else in between.
+            Err(StoreError::Conflict { .. }) => Err(StoreError::Exists { id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates or replaces a registry. With `expected_revision`, refused
+    /// (conflict) unless that is the stored revision (0: must not exist).
+    /// Writing what is stored already writes nothing.
+    pub async fn put(
+        &self,
+        config: RegistryConfig,
+        expected_revision: Option<u64>,
+        by: ChangedBy,
+    ) -> Result<(RegistryEntry, PutOutcome), StoreError> {
+        let id = config.id.clone();
+        let mut attempt = 0;
+        loop {
+            let current = self.current_for_write(&id).await?;
+            let stored = current.as_ref().and_then(|c| c.entry.clone());
+            if let Some(expected) = expected_revision {
+                let actual = stored.as_ref().map_or(0, |e| e.revision);
+                if actual != expected {
+                    return Err(StoreError::Conflict {
+                        id,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            let mut config = config.clone();
+            keep_stored_secrets(&mut config, stored.as_ref().map(|e| &e.config))?;
+            config.validate(&self.policy)?;
+            if let Some(s) = &stored
+                && s.config == config
+            {
+                return Ok((s.clone(), PutOutcome::Unchanged));
+            }
+            let revision = current.as_ref().map_or(0, |c| c.revision);
+            match self.write(config, stored.as_ref(), revision, by).await {
+                Ok(done) => return Ok(done),
+                // Someone else wrote in between: read again and retry,
+                // unless the caller pinned a revision.
+                Err(StoreError::Conflict { .. })
+                    if expected_revision.is_none() && attempt < WRITE_RACE_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes `config` over the key's `revision` (0: none).
+    async fn write(
+        &self,
+        config: RegistryConfig,
+        stored: Option<&RegistryEntry>,
+        revision: u64,
+        by: ChangedBy,
+    ) -> Result<(RegistryEntry, PutOutcome), StoreError> {
+        let id = config.id.clone();
+        let now = OffsetDateTime::now_utc();
+        let value = StoredRegistry {
+            registry: config,
+            created_at: stored.map_or(now, |s| s.created_at),
+            changed_by: by,
+        };
+        // The one place secrets are serialised with their values: our own
+        // bucket. Synchronous, so the reveal cannot leak across an await.
+        let bytes =
+            reveal_secrets(|| serde_json::to_vec(&value)).map_err(|e| StoreError::Write {
+                id: id.clone(),
+                message: e.to_string(),
+            })?;
+        let new_revision = match self.kv.update(&id, bytes.into(), revision).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let actual = self.current(&id).await?.map_or(0, |c| c.revision);
+                return Err(StoreError::Conflict {
+                    id,
+                    expected: revision,
+                    actual,
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Write {
+                    id,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let outcome = if stored.is_some() {
+            PutOutcome::Updated
+        } else {
+            PutOutcome::Created
+        };
+        info!(registry_id = %id, revision = new_revision, changed_by = by.as_str(), outcome = outcome.as_str(), "registry stored");
+        Ok((
+            RegistryEntry {
+                config: value.registry,
+                revision: new_revision,
+                created_at: value.created_at,
+                updated_at: now,
+                changed_by: by,
+            },
+            outcome,
+        ))
+    }
+
+    /// Deletes a registry (a delete marker: its history stays). With
+    /// `expected_revision`, refused unless that is the stored revision.
+    /// Returns what was deleted.
+    pub async fn delete(
+        &self,
+        id: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<RegistryEntry, StoreError> {
+        let not_found = || StoreError::NotFound { id: id.to_owned() };
+        if !valid_key(id) {
+            return Err(not_found());
+        }
+        let current = self.current(id).await?.ok_or_else(not_found)?;
+        let entry = current.entry.ok_or_else(not_found)?;
+        if let Some(expected) = expected_revision
+            && expected != entry.revision
+        {
+            return Err(StoreError::Conflict {
+                id: id.to_owned(),
+                expected,
+                actual: entry.revision,
+            });
+        }
+        self.kv
+            .delete_expect_revision(id, Some(entry.revision))
+            .await
+            .map_err(|e| match e.kind() {
+                kv::DeleteErrorKind::WrongLastRevision => StoreError::Conflict {
+                    id: id.to_owned(),
+                    expected: entry.revision,
+                    // Changed by someone else in between; re-read to see.
+                    actual: 0,
+                },
+                _ => StoreError::Write {
+                    id: id.to_owned(),
+                    message: e.to_string(),
+                },
+            })?;
+        info!(registry_id = %id, revision = entry.revision, "registry deleted");
+        Ok(entry)
+    }
+
+    /// Every kept revision of a registry, oldest first (empty when it never
+    /// existed).
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        if !valid_key(id) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut entries = self.kv.history(id).await.map_err(read_err)?;
+        while let Some(e) = entries.next().await {
+            let e = e.map_err(read_err)?;
+            let (operation, stored) = match e.operation {
+                kv::Operation::Put => (
+                    "put",
+                    serde_json::from_slice::<StoredRegistry>(&e.value).ok(),
+                ),
+                kv::Operation::Delete | kv::Operation::Purge => ("delete", None),
+            };
+            out.push(HistoryEntry {
+                revision: e.revision,
+                at: e.created,
+                operation,
+                stored,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies registries (the config file's, or a `registry apply` file):
+    /// each written only when it differs from what is stored. Every one is
+    /// checked (markers resolved against what is stored, then validated,
+    /// no id twice) before any is written; errors name `registry[i]`.
+    pub async fn apply(
+        &self,
+        configs: &[RegistryConfig],
+        by: ChangedBy,
+    ) -> Result<Vec<(RegistryEntry, PutOutcome)>, StoreError> {
+        let mut resolved = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            let at = format!("registry[{i}]");
+            let mut c = c.clone();
+            let stored = match self.current_for_write(&c.id).await {
+                Ok(cur) => cur.and_then(|cur| cur.entry),
+                Err(StoreError::Invalid(e)) => return Err(e.within(&at).into()),
+                Err(e) => return Err(e),
+            };
+            keep_stored_secrets(&mut c, stored.as_ref().map(|e| &e.config))
+                .map_err(|e| e.within(&at))?;
+            resolved.push(c);
+        }
+        check_batch(&resolved, &self.policy)?;
+        let mut out = Vec::with_capacity(configs.len());
+        for c in configs {
+            out.push(self.put(c.clone(), None, by).await?);
+        }
+        Ok(out)
+    }
+
+    /// The last state of a key, from the stream (a value, a deletion, or
+    /// nothing ever).
+    async fn current(&self, key: &str) -> Result<Option<Current>, StoreError> {
+        let Some(e) = self.kv.entry(key).await.map_err(read_err)? else {
+            return Ok(None);
+        };
+        Ok(Some(parse_current(&e)?))
+    }
+
+    /// Like [`Self::current`] for a key about to be written: an invalid id
+    /// is the caller's mistake.
+    async fn current_for_write(&self, id: &str) -> Result<Option<Current>, StoreError> {
+        if !valid_key(id) {
+            return Err(
+                FieldError::new("id", format!("{id:?} must match [a-z0-9_-]{{1,64}}")).into(),
+            );
+        }
+        self.current(id).await
+    }
+
+    /// Starts following the bucket: returns the live [`RegistryWatch`]
+    /// (already holding the current set) and the task that keeps it up to
+    /// date until `shutdown`. The task survives NATS restarts (it
+    /// resubscribes and re-reads the bucket).
+    pub async fn watch(&self, shutdown: CancellationToken) -> Result<RegistryWatcher, StoreError> {
+        let updates = self.kv.watch_all().await.map_err(read_err)?;
+        let known = self.snapshot().await?;
+        let (tx, rx) = watch::channel(Arc::new(self.build_set(&known)));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(follow(
+            self.clone(),
+            updates,
+            known,
+            tx,
+            healthy.clone(),
+            shutdown,
+        ));
+        Ok(RegistryWatcher {
+            registries: rx,
+            healthy,
+            task,
+        })
+    }
+
+    /// Every key's last state.
+    async fn snapshot(&self) -> Result<BTreeMap<String, Current>, StoreError> {
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(k) => k.try_collect().await.map_err(read_err)?,
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = BTreeMap::new();
+        for key in keys {
+            match self.current(&key).await {
+                Ok(Some(c)) => {
+                    out.insert(key, c);
+                }
+                Ok(None) => {}
+                Err(StoreError::Corrupt {
+                    key,
+                    revision,
+                    source,
+                }) => {
+                    error!(registry_id = %key, revision, error = %source, "stored registry is unreadable; left out");
+                    out.insert(
+                        key,
+                        Current {
+                            revision,
+                            entry: None,
+                        },
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The registries in force: every stored one that validates, by
+    /// creation. One that does not is logged and left out.
+    fn build_set(&self, known: &BTreeMap<String, Current>) -> RegistrySet {
+        let mut entries: Vec<RegistryEntry> =
+            known.values().filter_map(|c| c.entry.clone()).collect();
+        sort_entries(&mut entries);
+        let mut registries: Vec<Registry> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.config.validate(&self.policy) {
+                Ok(r) => registries.push(r),
+                Err(err) => {
+                    error!(registry_id = %e.config.id, revision = e.revision, field = %err.field, error = %err,
+                           "stored registry is not valid under this instance's policy; it is not in force until fixed");
+                }
+            }
+        }
+        RegistrySet::new(registries)
+    }
+}
+
+/// What every long-running command does at start-up: opens the bucket,
+/// applies the config file's `[[registry]]` entries (idempotently: only
+/// what changed is written), and follows the bucket until `shutdown`.
+pub async fn start(
+    js: &jetstream::Context,
+    settings: &crate::config::Settings,
+    shutdown: CancellationToken,
+) -> Result<(RegistryStore, RegistryWatcher), StoreError> {
+    let store = RegistryStore::open(js, settings.policy.clone()).await?;
+    for (entry, outcome) in store
+        .apply(&settings.config.registry, ChangedBy::Config)
+        .await?
+    {
+        info!(registry_id = %entry.config.id, revision = entry.revision,
+              outcome = outcome.as_str(), "config registry applied");
+    }
+    let watcher = store.watch(shutdown).await?;
+    Ok((store, watcher))
+}
+
+/// The live registries and the task that follows the bucket.
+pub struct RegistryWatcher {
+    pub registries: RegistryWatch,
+    /// False while the bucket cannot be followed (NATS unreachable): the
+    /// set in force is then the last one read.
+    pub healthy: Arc<AtomicBool>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Keeps `tx` up to date with the bucket until `shutdown`.
+async fn follow(
+    store: RegistryStore,
+    mut updates: kv::Watch,
+    mut known: BTreeMap<String, Current>,
+    tx: watch::Sender<Arc<RegistrySet>>,
+    healthy: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut dirty = false;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = updates.next() => next,
+        };
+        match next {
+            Some(Ok(e)) => {
+                let stale = known.get(&e.key).is_some_and(|c| c.revision >= e.revision);
+                if !stale {
+                    match parse_current(&e) {
+                        Ok(c) => {
+                            debug!(registry_id = %e.key, revision = e.revision, "registry changed");
+                            known.insert(e.key.clone(), c);
+                        }
+                        Err(err) => {
+                            error!(registry_id = %e.key, revision = e.revision, error = %err, "stored registry is unreadable; left out");
+                            known.insert(
+                                e.key.clone(),
+                                Current {
+                                    revision: e.revision,
+                                    entry: None,
+                                },
+                            );
+                        }
+                    }
+                    dirty = true;
+                }
+                // Publish once a burst of changes has been read.
+                if dirty && e.delta == 0 {
+                    publish(&store, &known, &tx);
+                    dirty = false;
+                }
+                continue;
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "registry watch interrupted; re-reading the bucket");
+            }
+            None => {
+                warn!("registry watch ended; re-reading the bucket");
+            }
+        }
+        // Resubscribe, then re-read everything: nothing missed in between.
+        healthy.store(false, Ordering::Relaxed);
+        let mut backoff = WATCH_RETRY_MIN;
+        loop {
+            let attempt = async {
+                let u = store.kv.watch_all().await.map_err(read_err)?;
+                let k = store.snapshot().await?;
+                Ok::<_, StoreError>((u, k))
+            };
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = attempt => r,
+            };
+            match result {
+                Ok((u, k)) => {
+                    updates = u;
+                    known = k;
+                    publish(&store, &known, &tx);
+                    dirty = false;
+                    healthy.store(true, Ordering::Relaxed);
+                    info!("registry watch resumed");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot follow the registry bucket yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Sends the set built from `known` when it differs from the one in force.
+fn publish(
+    store: &RegistryStore,
+    known: &BTreeMap<String, Current>,
+    tx: &watch::Sender<Arc<RegistrySet>>,
+) {
+    let set = store.build_set(known);
+    tx.send_if_modified(|current| {
+        if current.all() == set.all() {
+            false
+        } else {
+            info!(
+                registries = set.all().len(),
+                ids = ?set.all().iter().map(|r| r.id()).collect::<Vec<_>>(),
+                "registries in force changed"
+            );
+            *current = Arc::new(set);
+            true
+        }
+    });
+}
+
+fn parse_current(e: &kv::Entry) -> Result<Current, StoreError> {
+    match e.operation {
+        kv::Operation::Delete | kv::Operation::Purge => Ok(Current {
+            revision: e.revision,
+            entry: None,
+        }),
+        kv::Operation::Put => {
+            let stored: StoredRegistry =
+                serde_json::from_slice(&e.value).map_err(|source| StoreError::Corrupt {
+                    key: e.key.clone(),
+                    revision: e.revision,
+                    source,
+                })?;
+            Ok(Current {
+                revision: e.revision,
+                entry: Some(RegistryEntry {
+                    config: stored.registry,
+                    revision: e.revision,
+                    created_at: stored.created_at,
+                    updated_at: e.created,
+                    changed_by: stored.changed_by,
+                }),
+            })
+        }
+    }
+}
+
+fn sort_entries(entries: &mut [RegistryEntry]) {
+    entries.sort_by(|a, b| (a.created_at, &a.config.id).cmp(&(b.created_at, &b.config.id)));
+}
+
+/// A registry id is a valid KV key (and subject token) when it has the
+/// registry id shape; anything else cannot be stored.
+fn valid_key(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Validates a batch before any of it is written: every registry, and no
+/// id twice. Errors name `registry[i].<field>`. Redaction markers must be
+/// resolved first ([`keep_stored_secrets`]).
+pub fn check_batch(configs: &[RegistryConfig], policy: &TargetPolicy) -> Result<(), FieldError> {
+    for (i, c) in configs.iter().enumerate() {
+        let at = format!("registry[{i}]");
+        c.validate(policy).map_err(|e| e.within(&at))?;
+        if configs[..i].iter().any(|o| o.id == c.id) {
+            return Err(FieldError::new(
+                format!("{at}.id"),
+                format!("{:?} is used by another registry in the same file", c.id),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn marker_error(field: String) -> FieldError {
+    FieldError::new(
+        field,
+        "\"***\" is the redaction marker, not a secret: send the secret itself \
+         (the marker only means \"keep the stored one\" when one is stored)",
+    )
+}
+
+/// Replaces each redaction marker in `new` by the secret stored at the same
+/// place in `old`; a marker with nothing to keep is refused.
+pub fn keep_stored_secrets(
+    new: &mut RegistryConfig,
+    old: Option<&RegistryConfig>,
+) -> Result<(), FieldError> {
+    fn keep(
+        slot: &mut Secret,
+        stored: Option<&Secret>,
+        field: impl FnOnce() -> String,
+    ) -> Result<(), FieldError> {
+        if slot.is_redacted_marker() {
+            match stored {
+                Some(s) if !s.is_redacted_marker() => *slot = s.clone(),
+                _ => return Err(marker_error(field())),
+            }
+        }
+        Ok(())
+    }
+    fn keep_map(
+        map: &mut BTreeMap<String, Secret>,
+        stored: Option<&BTreeMap<String, Secret>>,
+        prefix: &str,
+    ) -> Result<(), FieldError> {
+        for (k, v) in map.iter_mut() {
+            keep(v, stored.and_then(|m| m.get(k)), || format!("{prefix}.{k}"))?;
+        }
+        Ok(())
+    }
+    if let Some(s) = new.signing_secret.as_mut() {
+        keep(s, old.and_then(|o| o.signing_secret.as_ref()), || {
+            "signing_secret".to_owned()
+        })?;
+    }
+    if let Some(s) = new.signing_secret_previous.as_mut() {
+        keep(
+            s,
+            old.and_then(|o| o.signing_secret_previous.as_ref()),
+            || "signing_secret_previous".to_owned(),
+        )?;
+    }
+    keep_map(&mut new.headers, old.map(|o| &o.headers), "headers")?;
+    let old_auth = old.map(|o| &o.auth);
+    match &mut new.auth {
+        AuthConfig::None => {}
+        AuthConfig::Basic { password, .. } => {
+            let stored = match old_auth {
+                Some(AuthConfig::Basic { password, .. }) => Some(password),
+                _ => None,
+            };
+            keep(password, stored, || "auth.password".to_owned())?;
+        }
+        AuthConfig::Bearer { token } => {
+            let stored = match old_auth {
+                Some(AuthConfig::Bearer { token }) => Some(token),
+                _ => None,
+            };
+            keep(token, stored, || "auth.token".to_owned())?;
+        }
+        AuthConfig::Oauth2ClientCredentials {
+            client_secret,
+            extra_body,
+            headers,
+            ..
+        } => {
+            let stored = match old_auth {
+                Some(AuthConfig::Oauth2ClientCredentials {
+                    client_secret,
+                    extra_body,
+                    headers,
+                    ..
+                }) => Some((client_secret, extra_body, headers)),
+                _ => None,
+            };
+            keep(client_secret, stored.map(|s| s.0), || {
+                "auth.client_secret".to_owned()
+            })?;
+            keep_map(extra_body, stored.map(|s| s.1), "auth.extra_body")?;
+            keep_map(headers, stored.map(|s| s.2), "auth.headers")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> RegistryConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn markers_keep_the_stored_secret_and_are_refused_without_one() {
+        let old = config(
+            r#"
+            id = "a"
+            url = "https://x.example"
+            signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            headers = { "api-key" = "k1" }
+            [auth]
+            type = "basic"
+            username = "u"
+            password = "p1"
+            "#,
+        );
+        let mut new = config(
+            r#"
+            id = "a"
+            url = "https://x.example/v2"
+            signing_secret = "***"
+            headers = { "api-key" = "***", "other" = "k2" }
+            [auth]
+            type = "basic"
+            username = "u"
+            password = "***"
+            "#,
+        );
+        keep_stored_secrets(&mut new, Some(&old)).unwrap();
+        assert_eq!(new.signing_secret, old.signing_secret);
+        assert_eq!(new.headers["api-key"].expose(), "k1");
+        assert_eq!(new.headers["other"].expose(), "k2");
+        assert!(
+            matches!(&new.auth, AuthConfig::Basic { password, .. } if password.expose() == "p1")
+        );
+
+        let mut fresh =
+            config("id = \"a\"\nurl = \"https://x.example\"\nheaders = { \"x\" = \"***\" }\n");
+        assert_eq!(
+            keep_stored_secrets(&mut fresh, None).unwrap_err().field,
+            "headers.x"
+        );
+        // A marker for a secret of another auth type has nothing to keep.
+        let mut switched = config(
+            "id = \"a\"\nurl = \"https://x.example\"\n[auth]\ntype = \"bearer\"\ntoken = \"***\"\n",
+        );
+        assert_eq!(
+            keep_stored_secrets(&mut switched, Some(&old))
+                .unwrap_err()
+                .field,
+            "auth.token"
+        );
+    }
+
+    #[test]
+    fn a_batch_names_the_entry_and_refuses_duplicates() {
+        let policy = TargetPolicy::default();
+        let a = config("id = \"a\"\nurl = \"https://x.example\"\n");
+        let bad = config("id = \"b\"\nurl = \"http://x.example\"\n");
+        assert_eq!(
+            check_batch(&[a.clone(), bad], &policy).unwrap_err().field,
+            "registry[1].url"
+        );
+        assert_eq!(
+            check_batch(&[a.clone(), a], &policy).unwrap_err().field,
+            "registry[1].id"
+        );
+    }
+
+    #[test]
+    fn stored_values_carry_secrets_only_inside_the_bucket() {
+        let c = config(
+            "id = \"a\"\nurl = \"https://x.example\"\nheaders = { \"api-key\" = \"real-key\" }\n",
+        );
+        let v = StoredRegistry {
+            registry: c,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            changed_by: ChangedBy::Api,
+        };
+        let stored = reveal_secrets(|| serde_json::to_string(&v).unwrap());
+        assert!(stored.contains("real-key"));
+        let back: StoredRegistry = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, v);
+        assert!(!serde_json::to_string(&v).unwrap().contains("real-key"));
+    }
+}

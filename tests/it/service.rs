@@ -1,0 +1,1088 @@
+//! The whole `ledgerline run` against a real nats-server and real
+//! receivers: every posting of the fixtures delivered and shown by the
+//! API; registry changes over the API taking effect without a restart
+//! (new, disabled, re-enabled, deleted); a dead letter redelivered over the
+//! API; SIGTERM under load then a restart losing nothing; no secret in any
+//! log line, CLI output, API response or LEDGER record; the `registry` CLI.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
+use ledgerline::service::Component;
+use ledgerline::streams::subjects;
+
+use crate::support::{self, ADMIN_TOKEN, Service, eventually};
+
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const HEADER_SECRET: &str = "hdr-secret-7f3a9c";
+const PASSWORD_SECRET: &str = "basic-pass-91be22";
+
+fn fixture_events() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample/events.ndjson"),
+    )
+    .unwrap()
+}
+
+/// Two registries, each with its own receiver: `books` signed and with
+/// custom-header and basic-auth secrets, `detail` grouped finer.
+fn two_registries(books_url: &str, detail_url: &str) -> String {
+    format!(
+        r#"
+[[registry]]
+id = "books"
+url = "{books_url}"
+event_types = ["*"]
+signing_secret = "{SIGNING_SECRET}"
+headers = {{ "authenticationToken" = "{HEADER_SECRET}" }}
+[registry.auth]
+type = "basic"
+username = "ledger"
+password = "{PASSWORD_SECRET}"
+
+[[registry]]
+id = "detail"
+url = "{detail_url}"
+event_types = ["order.*", "payment.created"]
+group_by = ["currency", "product_id", "payment_method"]
+"#
+    )
+}
+
+/// What a receiver accepted: idempotency key → bodies (more than one if
+/// delivered more than once, which is allowed; they must be identical).
+fn accepted(rx: &Receiver) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in rx.received() {
+        if (200..300).contains(&r.status) {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            out.entry(r.idempotency_key.clone().unwrap())
+                .or_default()
+                .push(body);
+        }
+    }
+    out
+}
+
+/// Checks `rx` accepted exactly the postings of `registry` in `want`, each
+/// body as computed offline (registry_data aside: that is the receiver's
+/// own answer, checked by its chain check), in order per order.
+fn assert_delivered(
+    rx: &Receiver,
+    registry: &str,
+    want: &BTreeMap<(String, String, u64), Value>,
+    signed: bool,
+) {
+    let mut expected: BTreeMap<String, Value> = BTreeMap::new();
+    for ((r, _, _), body) in want {
+        if r == registry {
+            expected.insert(
+                body["idempotency_key"].as_str().unwrap().to_owned(),
+                body.clone(),
+            );
+        }
+    }
+    let got = accepted(rx);
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{registry}: missing {missing:?}, extra {extra:?}"
+    );
+    for (key, bodies) in &got {
+        let mut want_body = expected[key].clone();
+        want_body["registry_data"] = Value::Null;
+        for b in bodies {
+            let mut b = b.clone();
+            b["registry_data"] = Value::Null;
+            assert_eq!(b, want_body, "{registry}: body of {key}");
+        }
+    }
+    for r in rx.received() {
+        if (200..300).contains(&r.status) {
+            assert_eq!(
+                r.chain_ok,
+                Some(true),
+                "{registry}: registry_data chain broken at {:?}",
+                r.idempotency_key
+            );
+            if signed {
+                assert_eq!(r.signature, SignatureCheck::Valid);
+                assert_eq!(r.header("authenticationToken"), Some(HEADER_SECRET));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger() {
+    let nats = support::nats().await;
+    let (books, books_url) = support::receiver(Some(SIGNING_SECRET)).await;
+    let (detail, detail_url) = support::receiver(None).await;
+    let settings = support::settings(&nats.server, &two_registries(&books_url, &detail_url));
+    let events = fixture_events();
+    let want = support::offline_postings(&settings, &events);
+    let svc = Service::start(settings, &Component::ALL).await;
+
+    ledgerline::publish::publish(
+        &nats.client,
+        "orders",
+        "test",
+        events.as_bytes(),
+        |_| {},
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let per = |r: &str| want.keys().filter(|(x, _, _)| x == r).count();
+    let (n_books, n_detail) = (per("books"), per("detail"));
+    eventually("every posting delivered", Duration::from_secs(30), || {
+        let (a, b) = (accepted(&books).len(), accepted(&detail).len());
+        async move { a >= n_books && b >= n_detail }
+    })
+    .await;
+    assert_delivered(&books, "books", &want, true);
+    assert_delivered(&detail, "detail", &want, false);
+
+    // The ledger view of the reference order: its ledger balances, and
+    // every posting of each registry shows delivered.
+    let order = "2e7f2d6f-0473-4935-8cfb-c11b2caa6dab";
+    let started = Instant::now();
+    let (status, view) = svc
+        .call(Method::GET, &format!("/v1/orders/{order}/ledger"), None)
+        .await;
+    let view_ms = started.elapsed().as_millis();
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["ledger"]["debit"], view["ledger"]["credit"]);
+    assert_eq!(view["ledger"]["currency"], "EUR");
+    let regs = view["registries"].as_array().unwrap();
+    assert_eq!(
+        regs.iter()
+            .map(|r| r["registry_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["books", "detail"]
+    );
+    for r in regs {
+        assert_eq!(r["delivery"]["status"], "delivered", "{r}");
+        for p in r["postings"].as_array().unwrap() {
+            assert_eq!(p["delivery"]["status"], "delivered", "{p}");
+            assert_eq!(p["delivery"]["attempts"], 1);
+            let key = (
+                r["registry_id"].as_str().unwrap().to_owned(),
+                order.to_owned(),
+                p["seq"].as_u64().unwrap(),
+            );
+            assert_eq!(p["ledger_entries"], want[&key]["ledger_entries"], "{key:?}");
+        }
+    }
+    let (status, _) = svc
+        .call(Method::GET, "/v1/orders/no-such-order/ledger", None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = svc
+        .call(Method::GET, "/v1/orders/bad%20id/ledger", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("order_id"))
+    );
+
+    // Deliveries per registry, by status, paged.
+    let orders_of = |r: &str| {
+        want.keys()
+            .filter(|(x, _, _)| x == r)
+            .map(|(_, o, _)| o.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let (status, page) = svc
+        .call(
+            Method::GET,
+            "/v1/registries/books/deliveries?status=delivered",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["deliveries"].as_array().unwrap().len(),
+        orders_of("books").len()
+    );
+    let (_, pending) = svc
+        .call(
+            Method::GET,
+            "/v1/registries/books/deliveries?status=pending",
+            None,
+        )
+        .await;
+    assert_eq!(pending["deliveries"], json!([]));
+    let (_, first) = svc
+        .call(
+            Method::GET,
+            "/v1/registries/detail/deliveries?limit=2",
+            None,
+        )
+        .await;
+    assert_eq!(first["deliveries"].as_array().unwrap().len(), 2);
+    let after = first["next_after"].as_str().unwrap();
+    let (_, rest) = svc
+        .call(
+            Method::GET,
+            &format!("/v1/registries/detail/deliveries?after={after}&limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(rest["next_after"], Value::Null);
+    assert_eq!(
+        2 + rest["deliveries"].as_array().unwrap().len(),
+        orders_of("detail").len()
+    );
+    let (status, body) = svc
+        .call(
+            Method::GET,
+            "/v1/registries/books/deliveries?status=lost",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("status"))
+    );
+    let (status, _) = svc
+        .call(Method::GET, "/v1/registries/nobody/deliveries", None)
+        .await;
+    assert_eq!(status, 404);
+
+    // Ready, and the metrics say what happened.
+    eventually("ready", Duration::from_secs(10), || {
+        let r = svc.http.get(svc.url("/readyz")).send();
+        async move { r.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (_, ready) = svc.call(Method::GET, "/readyz", None).await;
+    let checks: Vec<&str> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for c in [
+        "nats",
+        "stream ORDERS",
+        "consumer ORDERS/aggregator",
+        "consumer LEDGER/dispatcher-books",
+        "component dispatcher",
+    ] {
+        assert!(checks.contains(&c), "{c} not checked: {checks:?}");
+    }
+    // The recorder is per process and other tests run services in it too,
+    // so check what is reported, not the values.
+    let metrics = svc
+        .http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "ledgerline_events_applied_total ",
+        "ledgerline_postings_total{registry=\"books\"} ",
+        "ledgerline_deliveries_total{registry=\"books\",outcome=\"delivered\"} ",
+        "ledgerline_delivery_attempt_duration_seconds_bucket{registry=\"books\",le=\"0.005\"} ",
+        "ledgerline_admin_request_duration_seconds_bucket{route=\"/v1/orders/{order_id}/ledger\",method=\"GET\",le=\"0.1\"} ",
+        "ledgerline_consumer_pending_messages{stream=\"ORDERS\",consumer=\"aggregator\"} ",
+        "ledgerline_consumer_pending_messages{stream=\"LEDGER\",consumer=\"dispatcher-books\"} ",
+        "ledgerline_consumer_ack_pending_messages{stream=\"LEDGER\",consumer=\"dispatcher-detail\"} ",
+        "ledgerline_stream_messages{stream=\"LEDGER\"} ",
+        "ledgerline_registries{state=\"enabled\"} ",
+        "# TYPE ledgerline_delivery_attempt_duration_seconds histogram",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from /metrics:\n{metrics}"
+        );
+    }
+    eprintln!("ledger view of the reference order: {view_ms} ms");
+    svc.stop().await;
+}
+
+/// An order event with `adults` tickets at `version`.
+fn order_event(order: &str, version: u64, adults: u32) -> String {
+    json!({
+        "event_id": format!("{order}-v{version}"),
+        "type": if version == 1 { "order.confirmed" } else { "order.updated" },
+        "order_id": order, "occurred_at": "2026-11-22T10:00:00Z",
+        "order": {"version": version, "currency": "EUR", "channel": "direct", "prices_include_tax": true,
+                  "line_items": [{"id": "li-1", "product_id": "museum", "description": "Museum",
+                                  "quantity": adults, "unit_price": "11.00", "discount": "0.00", "tax_rate": "0"}],
+                  "fees": []}
+    })
+    .to_string()
+}
+
+async fn publish(nats: &support::Nats, lines: &str) {
+    let s = ledgerline::publish::publish(
+        &nats.client,
+        "orders",
+        "test",
+        lines.as_bytes(),
+        |_| {},
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(s.refused.is_empty(), "{:?}", s.refused);
+}
+
+#[tokio::test]
+async fn registry_changes_over_the_api_take_effect_without_a_restart() {
+    let nats = support::nats().await;
+    let (books, books_url) = support::receiver(None).await;
+    let (late, late_url) = support::receiver(None).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}\"\n"),
+    );
+    let svc = Service::start(settings, &Component::ALL).await;
+    let postings = |r: &str| format!("ledger.postings.{r}.o-1");
+    let js = nats.js.clone();
+    let count = |f: String| {
+        let js = js.clone();
+        async move { support::count_ledger(&js, &f).await }
+    };
+
+    publish(&nats, &order_event("o-1", 1, 1)).await;
+    eventually("books gets posting 1", Duration::from_secs(15), || {
+        let n = accepted(&books).len();
+        async move { n == 1 }
+    })
+    .await;
+
+    // A registry created over the API gets the next event's posting.
+    let (status, body) = svc
+        .call(
+            Method::POST,
+            "/v1/registries",
+            Some(&json!({"id": "late", "url": late_url})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    in_force(&svc, "late", true).await;
+    publish(&nats, &order_event("o-1", 2, 2)).await;
+    eventually(
+        "late gets its first posting",
+        Duration::from_secs(15),
+        || {
+            let n = accepted(&late).len();
+            async move { n == 1 }
+        },
+    )
+    .await;
+    let first_late: Value = serde_json::from_str(&late.received()[0].body).unwrap();
+    assert_eq!(
+        first_late["ledger_entries"].as_array().unwrap().len(),
+        2,
+        "its first posting carries the whole ledger: {first_late}"
+    );
+
+    // Disabled: postings are still made, and wait.
+    let (_, current) = svc.call(Method::GET, "/v1/registries/books", None).await;
+    let mut off = current["registry"].clone();
+    off["enabled"] = json!(false);
+    let (status, body) = svc
+        .call(Method::PUT, "/v1/registries/books", Some(&off))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    in_force(&svc, "books", false).await;
+    publish(&nats, &order_event("o-1", 3, 3)).await;
+    eventually("books posting 3 stored", Duration::from_secs(15), || {
+        count(postings("books")).map_eq(3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        accepted(&books).len(),
+        2,
+        "a disabled registry receives nothing"
+    );
+    let (_, view) = svc.call(Method::GET, "/v1/orders/o-1/ledger", None).await;
+    let books_view = view["registries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["registry_id"] == "books")
+        .unwrap()
+        .clone();
+    assert_eq!(books_view["registry"]["enabled"], false);
+    assert_eq!(
+        books_view["postings"][2]["delivery"]["status"], "pending",
+        "{books_view}"
+    );
+
+    // Enabled again: what waited is delivered, in order.
+    off["enabled"] = json!(true);
+    off.as_object_mut().unwrap().remove("revision");
+    let (status, _) = svc
+        .call(Method::PUT, "/v1/registries/books", Some(&off))
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        "books gets posting 3 after re-enabling",
+        Duration::from_secs(15),
+        || {
+            let n = accepted(&books).len();
+            async move { n == 3 }
+        },
+    )
+    .await;
+
+    // Deleted: no new postings; what was posted stays, shown and listed.
+    let (status, _) = svc.call(Method::DELETE, "/v1/registries/late", None).await;
+    assert_eq!(status, 200);
+    in_force(&svc, "late", false).await;
+    publish(&nats, &order_event("o-1", 4, 4)).await;
+    eventually("books posting 4", Duration::from_secs(15), || {
+        count(postings("books")).map_eq(4)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(postings("late")).await,
+        2,
+        "no posting for a deleted registry"
+    );
+    let (_, view) = svc.call(Method::GET, "/v1/orders/o-1/ledger", None).await;
+    let late_view = view["registries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["registry_id"] == "late")
+        .unwrap()
+        .clone();
+    assert_eq!(late_view["registry"]["exists"], false);
+    assert_eq!(late_view["postings"].as_array().unwrap().len(), 2);
+    let (status, page) = svc
+        .call(Method::GET, "/v1/registries/late/deliveries", None)
+        .await;
+    assert_eq!(status, 200, "a deleted registry's deliveries stay listed");
+    assert_eq!(page["deliveries"][0]["order_id"], "o-1");
+
+    // A dead letter, then redelivered over the API.
+    let (strict, strict_url) = support::receiver(None).await;
+    strict
+        .set_failure(FailureMode {
+            status: Some(422),
+            ..FailureMode::default()
+        })
+        .unwrap();
+    let (status, _) = svc
+        .call(
+            Method::POST,
+            "/v1/registries",
+            Some(&json!({"id": "strict", "url": strict_url})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    in_force(&svc, "strict", true).await;
+    publish(
+        &nats,
+        &format!("{}\n{}", order_event("o-2", 1, 1), order_event("o-2", 2, 5)),
+    )
+    .await;
+    eventually(
+        "o-2 dead-lettered at strict",
+        Duration::from_secs(15),
+        || {
+            let r = svc
+                .req(Method::GET, "/v1/registries/strict/deliveries?status=dead")
+                .send();
+            async move {
+                let v: Value = r.await.unwrap().json().await.unwrap();
+                v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+            }
+        },
+    )
+    .await;
+    let (_, dead) = svc
+        .call(
+            Method::GET,
+            "/v1/registries/strict/deliveries?status=dead",
+            None,
+        )
+        .await;
+    assert_eq!(dead["deliveries"][0]["held"], 1, "{dead}");
+    assert_eq!(dead["deliveries"][0]["http_status"], 422);
+    let (_, view) = svc.call(Method::GET, "/v1/orders/o-2/ledger", None).await;
+    let sv = view["registries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["registry_id"] == "strict")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sv["postings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["delivery"]["status"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["dead", "held"]
+    );
+    strict.set_failure(FailureMode::default()).unwrap();
+    let (status, body) = svc
+        .call(
+            Method::POST,
+            "/v1/registries/strict/orders/o-2/redeliver",
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["seq"], 1);
+    eventually(
+        "o-2 delivered after redeliver",
+        Duration::from_secs(15),
+        || {
+            let n = accepted(&strict).len();
+            async move { n == 2 }
+        },
+    )
+    .await;
+    eventually("strict shows delivered", Duration::from_secs(5), || {
+        let r = svc
+            .req(
+                Method::GET,
+                "/v1/registries/strict/deliveries?status=delivered",
+            )
+            .send();
+        async move {
+            let v: Value = r.await.unwrap().json().await.unwrap();
+            v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        }
+    })
+    .await;
+    let (status, _) = svc
+        .call(
+            Method::POST,
+            "/v1/registries/strict/orders/o-2/redeliver",
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "nothing dead to redeliver any more");
+    let (status, _) = svc
+        .call(
+            Method::POST,
+            "/v1/registries/strict/orders/o-9/redeliver",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    svc.stop().await;
+}
+
+/// Waits until the running service delivers to `registry` (`true`: its
+/// consumer is among the readiness checks, so the dispatcher and the
+/// aggregator, which share the registry set, have it), or no longer does
+/// (`false`: deleted or disabled).
+async fn in_force(svc: &Service, registry: &str, wanted: bool) {
+    let name = format!("consumer LEDGER/dispatcher-{registry}");
+    eventually(
+        &format!("{registry} in force: {wanted}"),
+        Duration::from_secs(10),
+        || {
+            let r = svc.http.get(svc.url("/readyz")).send();
+            let name = name.clone();
+            async move {
+                let v: Value = r.await.unwrap().json().await.unwrap();
+                let check = v["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == name.as_str())
+                    .cloned();
+                match check {
+                    Some(c) => wanted && c["ok"] == true,
+                    None => !wanted,
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Small helper so polling closures read as `count(...).map_eq(n)`.
+trait MapEq {
+    fn map_eq(self, n: u64) -> impl std::future::Future<Output = bool>;
+}
+impl<F: std::future::Future<Output = u64>> MapEq for F {
+    async fn map_eq(self, n: u64) -> bool {
+        self.await == n
+    }
+}
+
+// ---------------------------------------------------------------- child processes
+
+/// Orders × events: confirmations, updates, payments, some cancellations.
+fn many_events(orders: usize) -> String {
+    let mut out = String::new();
+    for o in 0..orders {
+        let id = format!("ord-{o:04}");
+        for v in 1..=3u64 {
+            out.push_str(&order_event(&id, v, v as u32 + (o % 3) as u32));
+            out.push('\n');
+        }
+        out.push_str(&json!({"event_id": format!("{id}-pay"), "type": "payment.created", "order_id": id,
+            "occurred_at": "2026-11-22T11:00:00Z",
+            "payment": {"payment_id": "p1", "method": "card", "amount": "10.00", "currency": "EUR"}}).to_string());
+        out.push('\n');
+        if o % 4 == 0 {
+            out.push_str(&json!({"event_id": format!("{id}-cancel"), "type": "order.cancelled", "order_id": id,
+                "occurred_at": "2026-11-22T12:00:00Z"}).to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `ledgerline run` as a child process, logging JSON at debug level to
+/// `log` (appended).
+fn spawn_run(config: &Path, log: &Path) -> tokio::process::Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("LEDGERLINE_LOG", "debug")
+        .env("LEDGERLINE_LOG_FORMAT", "json")
+        .env_remove("LEDGERLINE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The admin address the `run` logging to `log` printed, the `nth` time (0:
+/// first start).
+async fn admin_addr(log: &Path, nth: usize) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let addrs: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "admin API listening")
+            .filter_map(|v| v["addr"].as_str().map(str::to_owned))
+            .collect();
+        if let Some(a) = addrs.get(nth) {
+            return a.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no admin address logged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
+
+async fn exit_code(child: &mut tokio::process::Child, log: &Path) -> Option<i32> {
+    match tokio::time::timeout(Duration::from_secs(45), child.wait()).await {
+        Ok(s) => s.unwrap().code(),
+        Err(_) => panic!(
+            "ledgerline did not stop within 45 s of SIGTERM; log tail:\n{}",
+            tail(log, 30)
+        ),
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn cli(args: &[&str], config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("LEDGERLINE_CONFIG")
+        .env("LEDGERLINE_LOG", "debug")
+        .output()
+        .unwrap()
+}
+
+fn service_config(dir: &Path, nats_url: &str, registries: &str) -> PathBuf {
+    let path = dir.join("ledgerline.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "nats_url = \"{nats_url}\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+             allow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{registries}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A secret as it could appear: itself, or inside base64 (a logged
+/// payload) at any of the three byte alignments.
+fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = vec![secret.to_owned()];
+    for k in 0..3 {
+        let mut bytes = vec![b'"'; k];
+        bytes.extend_from_slice(secret.as_bytes());
+        let enc = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        // Drop the groups that hold the prefix or the ragged end.
+        let start = if k == 0 { 0 } else { 4 };
+        out.push(enc[start..enc.len() - 4].to_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
+    let nats = support::nats().await;
+    let (books, books_url) = support::receiver(Some(SIGNING_SECRET)).await;
+    let (detail, detail_url) = support::receiver(None).await;
+    let registries = two_registries(&books_url, &detail_url);
+    let dir = tempfile::tempdir().unwrap();
+    let config = service_config(dir.path(), &nats.server.url(), &registries);
+    let log = dir.path().join("run.log");
+    let settings = support::settings(&nats.server, &registries);
+    let events = many_events(80);
+    let want = support::offline_postings(&settings, &events);
+    let mut seen = String::new();
+
+    let mut run = spawn_run(&config, &log);
+    let base = format!("http://{}", admin_addr(&log, 0).await);
+    let http = reqwest::Client::new();
+    // Publish in slices, so the service is under load when stopped.
+    let publisher = {
+        let client = nats.client.clone();
+        let lines: Vec<String> = events.lines().map(str::to_owned).collect();
+        tokio::spawn(async move {
+            for chunk in lines.chunks(25) {
+                ledgerline::publish::publish(
+                    &client,
+                    "orders",
+                    "test",
+                    chunk.join("\n").as_bytes(),
+                    |_| {},
+                    |_| {},
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let total = want.len() as u64;
+    eventually(
+        "a third of the postings stored",
+        Duration::from_secs(30),
+        || {
+            let js = nats.js.clone();
+            async move { support::count_ledger(&js, subjects::POSTINGS_ALL).await >= total / 3 }
+        },
+    )
+    .await;
+    // The API answers while under load (and shows no secret).
+    for path in [
+        "/v1/registries",
+        "/v1/registries/books",
+        "/v1/registries/books/history",
+    ] {
+        let text = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("books"), "{path}: {text}");
+        seen.push_str(&text);
+    }
+    sigterm(&run);
+    assert_eq!(
+        exit_code(&mut run, &log).await,
+        Some(0),
+        "{}",
+        tail(&log, 20)
+    );
+    let stored_at_stop = support::count_ledger(&nats.js, subjects::POSTINGS_ALL).await;
+    assert!(
+        stored_at_stop < total,
+        "stopped mid-way ({stored_at_stop} of {total})"
+    );
+    eprintln!(
+        "SIGTERM after {stored_at_stop} of {total} postings stored, {} delivered",
+        accepted(&books).len() + accepted(&detail).len()
+    );
+    publisher.await.unwrap();
+
+    // Restart: everything arrives, once per posting, in order per order.
+    let mut run = spawn_run(&config, &log);
+    let base = format!("http://{}", admin_addr(&log, 1).await);
+    let per = |r: &str| want.keys().filter(|(x, _, _)| x == r).count();
+    eventually(
+        "every posting stored and delivered after the restart",
+        Duration::from_secs(90),
+        || {
+            let js = nats.js.clone();
+            let (a, b) = (accepted(&books).len(), accepted(&detail).len());
+            let (na, nb) = (per("books"), per("detail"));
+            async move {
+                a >= na
+                    && b >= nb
+                    && support::count_ledger(&js, subjects::POSTINGS_ALL).await >= total
+            }
+        },
+    )
+    .await;
+    eprintln!("restart: all {total} postings stored and delivered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        support::count_ledger(&nats.js, subjects::POSTINGS_ALL).await,
+        total,
+        "no posting twice"
+    );
+    assert_delivered(&books, "books", &want, true);
+    assert_delivered(&detail, "detail", &want, false);
+    let text = http
+        .get(format!("{base}/v1/orders/ord-0000/ledger"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    seen.push_str(&text);
+    sigterm(&run);
+    assert_eq!(
+        exit_code(&mut run, &log).await,
+        Some(0),
+        "{}",
+        tail(&log, 20)
+    );
+
+    // The CLI shows registries without their secrets.
+    for args in [
+        &["registry", "list"][..],
+        &["registry", "list", "--json"],
+        &["registry", "show", "books"],
+        &["registry", "show", "books", "--format", "toml"],
+    ] {
+        let out = cli(args, &config);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen.push_str(&String::from_utf8_lossy(&out.stdout));
+        seen.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(seen.contains("***"));
+    // No secret in any API response, CLI output, log line or LEDGER record.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.lines().count() > 100, "debug logs were written");
+    assert!(logs.contains("\"level\":\"DEBUG\""));
+    let records: String = support::read_ledger(&nats.js, "ledger.>")
+        .await
+        .into_iter()
+        .map(|(s, p)| format!("{s} {}\n", String::from_utf8_lossy(&p)))
+        .collect();
+    assert!(records.contains("ledger.deliveries.books."));
+    let secret_key = SIGNING_SECRET.trim_start_matches("whsec_");
+    for secret in [
+        SIGNING_SECRET,
+        secret_key,
+        HEADER_SECRET,
+        PASSWORD_SECRET,
+        ADMIN_TOKEN,
+    ] {
+        for form in secret_forms(secret) {
+            for (what, text) in [
+                ("API/CLI output", &seen),
+                ("logs", &logs),
+                ("LEDGER", &records),
+            ] {
+                assert!(
+                    !text.contains(&form),
+                    "{secret} found in {what} (as {form:?})"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
+    let nats = support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = service_config(dir.path(), &nats.server.url(), "");
+    let file = dir.path().join("registries.toml");
+    std::fs::write(
+        &file,
+        two_registries(
+            "https://books.example/hooks",
+            "https://detail.example/hooks",
+        ),
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let mut seen = String::new();
+    let mut run = |args: &[&str]| {
+        let out = cli(args, &config);
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        seen.push_str(&o);
+        seen.push_str(&e);
+        (out.status.code(), o, e)
+    };
+
+    let (code, out, err) = run(&["registry", "apply", "-f", file_arg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("created books (revision "), "{out}");
+    assert!(out.contains("created detail"), "{out}");
+    let (code, out, _) = run(&["registry", "apply", "-f", file_arg]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("unchanged ")).count(),
+        2,
+        "{out}"
+    );
+
+    let (code, out, _) = run(&["registry", "list"]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("REVISION") && lines[0].contains("UPDATED"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("books ")
+            && lines[1].contains("https://books.example/hooks")
+            && lines[1].contains("true"),
+        "{out}"
+    );
+    assert!(lines[2].starts_with("detail "), "{out}");
+    let (_, out, _) = run(&["registry", "list", "--json"]);
+    assert_eq!(out.lines().count(), 2);
+
+    // show → edit → apply: the "***" markers keep the stored secrets.
+    let (code, toml_text, _) = run(&["registry", "show", "books", "--format", "toml"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        toml_text.contains("signing_secret = \"***\""),
+        "{toml_text}"
+    );
+    let edited = dir.path().join("edited.toml");
+    std::fs::write(
+        &edited,
+        toml_text.replace(
+            "url = \"https://books.example/hooks\"",
+            "url = \"https://books.example/v2\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["registry", "apply", "-f", edited.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("updated books"), "{out}");
+    let store = ledgerline::registry_store::RegistryStore::open(
+        &nats.js,
+        ledgerline::registry::TargetPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let books = store.get("books").await.unwrap().unwrap();
+    assert_eq!(books.config.url, "https://books.example/v2");
+    assert_eq!(books.changed_by, ledgerline::registry_store::ChangedBy::Cli);
+    assert_eq!(
+        books.config.signing_secret.unwrap().expose(),
+        SIGNING_SECRET
+    );
+
+    // Invalid files: exit 2, naming the entry and the field; nothing written.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[registry]]\nid = \"ok\"\nurl = \"https://ok.example\"\n[[registry]]\nid = \"private\"\nurl = \"https://10.0.0.8/hook\"\n").unwrap();
+    let (code, _, err) = run(&["registry", "apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("registry[1].url"), "{err}");
+    assert!(store.get("ok").await.unwrap().is_none());
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(
+        &bad_json,
+        r#"[{"id": "j", "url": "https://j.example", "entry_types": ["revenue", "bogus"]}]"#,
+    )
+    .unwrap();
+    let (code, _, err) = run(&["registry", "apply", "-f", bad_json.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("registry[0].entry_types[1]"), "{err}");
+    std::fs::write(
+        &bad_json,
+        r#"{"registry": [{"id": "j", "url": "https://j.example", "colour": 1}]}"#,
+    )
+    .unwrap();
+    let (code, _, err) = run(&["registry", "apply", "-f", bad_json.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("registry[0].colour"), "{err}");
+
+    let (code, out, _) = run(&["registry", "delete", "detail"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("deleted detail"), "{out}");
+    let (code, _, err) = run(&["registry", "delete", "detail"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, _, _) = run(&["registry", "show", "detail"]);
+    assert_eq!(code, Some(1));
+
+    for s in [SIGNING_SECRET, HEADER_SECRET, PASSWORD_SECRET] {
+        assert!(!seen.contains(s), "{s} shown by the CLI");
+    }
+
+    // `run` with the admin API and no token refuses to start (exit 2).
+    let no_token = dir.path().join("no-token.toml");
+    std::fs::write(&no_token, format!("nats_url = \"{}\"\n", nats.server.url())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["run", "--config"])
+        .arg(&no_token)
+        .env_remove("LEDGERLINE_CONFIG")
+        .env_remove("LEDGERLINE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token"));
+}
