@@ -178,7 +178,10 @@ pub async fn run_aggregator(
         };
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'read,
+                _ = shutdown.cancelled() => {
+                    hand_back_buffered(&mut messages).await;
+                    break 'read;
+                }
                 next = messages.next() => next,
             };
             match next {
@@ -210,6 +213,33 @@ pub async fn run_aggregator(
     }
     info!("aggregator stopped");
     Ok(())
+}
+
+/// How long shutdown spends handing back messages already pulled from the
+/// server but not yet given to a lane.
+pub const HAND_BACK_WINDOW: Duration = Duration::from_secs(2);
+
+/// Naks the messages the client has already pulled but nobody has taken,
+/// so the next instance gets them at once instead of after the ack wait.
+async fn hand_back_buffered(messages: &mut pull::Stream) {
+    let deadline = tokio::time::Instant::now() + HAND_BACK_WINDOW;
+    let mut handed = 0u64;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, async {
+        // A message already buffered arrives at once; waiting longer only
+        // means the buffer is empty.
+        tokio::time::timeout(Duration::from_millis(50), messages.next())
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+    {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        handed += 1;
+    }
+    if handed > 0 {
+        info!(handed, "handed back events pulled but not started");
+    }
 }
 
 fn order_token<'a>(subject: &'a str, prefix: &str) -> &'a str {
