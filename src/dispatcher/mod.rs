@@ -1,0 +1,453 @@
+//! The dispatcher: postings on `ledger.postings.<R>.<O>` delivered to their
+//! registry's webhook (SPEC 4), strictly in order per (registry, order),
+//! many orders at once.
+//!
+//! # How it is driven
+//!
+//! One durable pull consumer per registry (`dispatcher-<R>`) reads
+//! `ledger.postings.<R>.>` and `ledger.control.<R>.>`. Its messages are
+//! **wake-ups**, not work items: a message for order O wakes O's worker,
+//! which reads the truth from LEDGER ([`state::Progress`]: what was
+//! delivered, the registry_data to send, the attempts so far) and fetches
+//! the next posting by subject. So redelivered or out-of-order messages can
+//! never reorder postings, and a restart rebuilds everything from the
+//! stream.
+//!
+//! A worker owns one (R, O) at a time ([`worker`]): it sends posting n, and
+//! only after the reply's registry_data event is stored does it go on to
+//! n + 1. The messages it holds are answered in one place, by how the order
+//! stands:
+//! - caught up (every posting delivered): ack them all;
+//! - a retry is due later: one message is nak'd **with the delay** until the
+//!   next attempt (the durable schedule: the server hands it back then, to
+//!   this process or the next), the others acked;
+//! - dead-lettered: ack them all; the postings stay held until a
+//!   `ControlRecord::Redeliver` on `ledger.control.<R>.<O>` wakes the worker;
+//! - while it works, at least one stays un-acked (and progress-acked), so a
+//!   crash at any point leaves a message that brings the order back.
+//!
+//! # Bounds
+//! - [`DispatcherOptions::max_in_flight`] workers at once (all registries);
+//!   a worker waiting for a retry is not in flight.
+//! - [`MAX_ACK_PENDING_PER_REGISTRY`] messages held per registry, so memory
+//!   is bounded whatever the backlog; one registry's backlog never blocks
+//!   another's consumer.
+//! - [`ORDER_QUEUE_MAX`] wake-ups queued for one busy order.
+//! - Per registry: `rate_limit_per_s`, a circuit breaker, `timeout_ms`,
+//!   256 KiB replies ([`http`]).
+
+pub mod attempt;
+pub mod auth;
+pub mod breaker;
+pub mod http;
+pub mod schedule;
+pub mod state;
+pub mod status;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream::Stream};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Settings, SmtpConfig};
+use crate::notify::{Notifier, NotifyError};
+use crate::registry::{Registry, RegistryWatch, TargetPolicy};
+use crate::streams::LEDGER_STREAM;
+
+use self::attempt::Target;
+use self::breaker::Breaker;
+use self::schedule::{RetrySchedule, ScheduleError};
+use self::worker::{Slots, Token, Worker};
+
+/// How long the server waits for an ack before handing a message to
+/// another pull. Held messages are progress-acked at a third of it, so it
+/// only matters after a crash: that is how long a crashed worker's orders
+/// wait before they are picked up again.
+pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// Messages fetched per pull request: enough to keep `max_in_flight`
+/// workers fed, small enough to bound what a crash hands back.
+pub const PULL_BATCH: usize = 256;
+/// Messages a registry's consumer may have un-acked: the wake-ups of
+/// orders in progress plus one per order waiting for a retry. At the limit
+/// the server stops sending that registry new postings (backpressure), so
+/// memory stays bounded however large the backlog.
+pub const MAX_ACK_PENDING_PER_REGISTRY: i64 = 20_000;
+/// Wake-ups queued for one busy order; more are handed back for
+/// [`QUEUE_FULL_DELAY`] (the worker reads postings from the stream anyway).
+pub const ORDER_QUEUE_MAX: usize = 256;
+/// Delay of a wake-up handed back because its order's queue is full.
+pub const QUEUE_FULL_DELAY: Duration = Duration::from_secs(2);
+/// Backoff while a registry's consumer cannot be created or read.
+pub const CONSUMER_RETRY_MIN: Duration = Duration::from_millis(500);
+pub const CONSUMER_RETRY_MAX: Duration = Duration::from_secs(10);
+/// Prefix of the durable consumer names.
+pub const CONSUMER_PREFIX: &str = "dispatcher-";
+
+/// What the dispatcher runs with.
+#[derive(Debug, Clone)]
+pub struct DispatcherOptions {
+    pub retry_schedule: RetrySchedule,
+    pub max_in_flight: usize,
+    pub breaker_failures: u32,
+    pub breaker_cool_down: Duration,
+    /// The SSRF guard and https rule, applied when connecting.
+    pub policy: TargetPolicy,
+    /// Failure emails; none without `[smtp]`.
+    pub smtp: Option<SmtpConfig>,
+    /// See [`ACK_WAIT_DEFAULT`].
+    pub ack_wait: Duration,
+}
+
+impl DispatcherOptions {
+    /// The options of a validated configuration.
+    pub fn from_settings(settings: &Settings) -> Result<Self, DispatchError> {
+        let d = &settings.config.delivery;
+        let breaker_cool_down = humantime::parse_duration(&d.breaker_cool_down)
+            .map_err(|_| DispatchError::CoolDown(d.breaker_cool_down.clone()))?;
+        Ok(Self {
+            retry_schedule: RetrySchedule::parse(&d.retry_schedule)?,
+            max_in_flight: d.max_in_flight.max(1),
+            breaker_failures: d.breaker_failures,
+            breaker_cool_down,
+            policy: settings.policy.clone(),
+            smtp: settings.config.smtp.clone(),
+            ack_wait: ACK_WAIT_DEFAULT,
+        })
+    }
+}
+
+/// Why the dispatcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("delivery.breaker_cool_down: {0:?} is not a duration like \"30s\"")]
+    CoolDown(String),
+    #[error("cannot open the {LEDGER_STREAM} stream (run `ledgerline run` once to create it): {0}")]
+    Stream(#[source] async_nats::jetstream::context::GetStreamError),
+    #[error(transparent)]
+    Client(#[from] http::ClientError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+}
+
+/// What every worker shares.
+pub(crate) struct Shared {
+    pub js: jetstream::Context,
+    pub ledger: Stream,
+    pub http: reqwest::Client,
+    pub permits: Arc<Semaphore>,
+    pub schedule: RetrySchedule,
+    pub notifier: Option<Notifier>,
+    pub ack_wait: Duration,
+}
+
+impl Shared {
+    /// How often held messages are progress-acked.
+    pub fn progress_every(&self) -> Duration {
+        (self.ack_wait / 3).max(Duration::from_millis(100))
+    }
+}
+
+struct Running {
+    registry: Registry,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the dispatcher until `shutdown` fires, then stops taking work,
+/// lets attempts in flight finish (each bounded by its registry's timeout)
+/// and records them, hands back every message it holds, and returns.
+///
+/// The LEDGER stream must exist (`streams::ensure_streams`). Registries are
+/// followed live: a changed registry's consumer is restarted with the new
+/// settings, a removed or disabled one is stopped (its postings wait).
+pub async fn run_dispatcher(
+    client: async_nats::Client,
+    options: DispatcherOptions,
+    mut registries: RegistryWatch,
+    shutdown: CancellationToken,
+) -> Result<(), DispatchError> {
+    let js = jetstream::new(client);
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(DispatchError::Stream)?;
+    let http = http::build_client(&options.policy)?;
+    let (notifier, notifier_task) = match &options.smtp {
+        Some(smtp) => {
+            let (n, task) = Notifier::start(smtp, shutdown.clone())?;
+            (Some(n), Some(task))
+        }
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared {
+        js,
+        ledger,
+        http,
+        permits: Arc::new(Semaphore::new(options.max_in_flight)),
+        schedule: options.retry_schedule.clone(),
+        notifier,
+        ack_wait: options.ack_wait,
+    });
+    let policy = Arc::new(options.policy.clone());
+    let mut running: HashMap<String, Running> = HashMap::new();
+    info!(max_in_flight = options.max_in_flight, "dispatcher started");
+    loop {
+        let set = registries.borrow_and_update().clone();
+        // Stop what is gone, disabled or changed…
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(id, r)| {
+                set.get(id)
+                    .is_none_or(|now| !now.config.enabled || *now != r.registry)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(r) = running.remove(&id) {
+                info!(registry_id = %id, "registry changed or removed; stopping its deliveries");
+                r.cancel.cancel();
+                let _ = r.task.await;
+            }
+        }
+        // …and start what is new.
+        for registry in set.all() {
+            if !registry.config.enabled || running.contains_key(registry.id()) {
+                continue;
+            }
+            let breaker = Breaker::new(options.breaker_failures, options.breaker_cool_down);
+            let target = match Target::new(registry, policy.clone(), breaker) {
+                Ok(t) => Arc::new(t),
+                Err(e) => {
+                    error!(error = %e, "registry cannot be delivered to; its postings wait");
+                    continue;
+                }
+            };
+            let cancel = shutdown.child_token();
+            let task = tokio::spawn(run_registry(shared.clone(), target, cancel.clone()));
+            running.insert(
+                registry.id().to_owned(),
+                Running {
+                    registry: registry.clone(),
+                    cancel,
+                    task,
+                },
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = registries.changed() => {
+                if changed.is_err() {
+                    // Fixed registries: nothing more will change.
+                    shutdown.cancelled().await;
+                    break;
+                }
+            }
+        }
+    }
+    for (_, r) in running.drain() {
+        r.cancel.cancel();
+        let _ = r.task.await;
+    }
+    if let Some(task) = notifier_task {
+        let _ = task.await;
+    }
+    info!("dispatcher stopped");
+    Ok(())
+}
+
+/// The consumer configuration of a registry.
+pub fn consumer_config(registry_id: &str, ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("{CONSUMER_PREFIX}{registry_id}")),
+        description: Some(format!(
+            "ledgerline dispatcher: postings and control of registry {registry_id}"
+        )),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        // Naks with delay are the retry schedule; they must never run out.
+        max_deliver: -1,
+        filter_subjects: vec![
+            format!("ledger.postings.{registry_id}.>"),
+            format!("ledger.control.{registry_id}.>"),
+        ],
+        max_ack_pending: MAX_ACK_PENDING_PER_REGISTRY,
+        ..Default::default()
+    }
+}
+
+async fn open_messages(
+    shared: &Shared,
+    registry_id: &str,
+) -> Result<consumer::pull::Stream, String> {
+    let consumer: consumer::PullConsumer = shared
+        .ledger
+        .create_consumer(consumer_config(registry_id, shared.ack_wait))
+        .await
+        .map_err(|e| format!("cannot create consumer: {e}"))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| format!("cannot pull: {e}"))
+}
+
+/// One registry: its consumer, and a worker per order with work.
+async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: CancellationToken) {
+    let registry_id = target.id().to_owned();
+    let slots: Slots = Arc::new(Mutex::new(HashMap::new()));
+    let mut workers: JoinSet<()> = JoinSet::new();
+    let mut worker_orders: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut backoff = CONSUMER_RETRY_MIN;
+    info!(registry_id = %registry_id, "delivering");
+    'consumer: while !cancel.is_cancelled() {
+        let mut messages = match open_messages(&shared, &registry_id).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(registry_id = %registry_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                      "consumer unavailable");
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'consumer,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(CONSUMER_RETRY_MAX);
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break 'consumer,
+                Some(done) = workers.join_next_with_id(), if !workers.is_empty() => {
+                    reap(done, &slots, &mut worker_orders, &registry_id).await;
+                }
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => {
+                        backoff = CONSUMER_RETRY_MIN;
+                        let Some(token) = Token::from_message(msg, &registry_id).await else { continue };
+                        route(&shared, &target, &slots, &mut workers, &mut worker_orders, &cancel, token).await;
+                    }
+                    Some(Err(e)) => {
+                        use consumer::pull::MessagesErrorKind as K;
+                        match e.kind() {
+                            K::MissingHeartbeat => {
+                                warn!(registry_id = %registry_id, "no heartbeat from NATS; still pulling");
+                            }
+                            _ => {
+                                warn!(registry_id = %registry_id, error = %e, "pull failed; reopening the consumer");
+                                break;
+                            }
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break 'consumer,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(CONSUMER_RETRY_MAX);
+    }
+    // Workers see the cancellation, finish the attempt in flight and hand
+    // back what they hold.
+    while let Some(done) = workers.join_next_with_id().await {
+        reap(done, &slots, &mut worker_orders, &registry_id).await;
+    }
+    info!(registry_id = %registry_id, "stopped delivering");
+}
+
+/// Hands `token` to its order's worker, starting one (when a slot in
+/// `max_in_flight` is free) if there is none.
+async fn route(
+    shared: &Arc<Shared>,
+    target: &Arc<Target>,
+    slots: &Slots,
+    workers: &mut JoinSet<()>,
+    worker_orders: &mut HashMap<tokio::task::Id, String>,
+    cancel: &CancellationToken,
+    token: Token,
+) {
+    let order_id = token.order_id.clone();
+    let token = {
+        let mut map = slots.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&order_id) {
+            Some(queue) if queue.len() < ORDER_QUEUE_MAX => {
+                queue.push(token);
+                return;
+            }
+            Some(_) => Err(token),
+            None => Ok(token),
+        }
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(t) => {
+            t.nak(Some(QUEUE_FULL_DELAY)).await;
+            return;
+        }
+    };
+    let permit = tokio::select! {
+        p = shared.permits.clone().acquire_owned() => p.ok(),
+        _ = cancel.cancelled() => None,
+    };
+    let Some(permit) = permit else {
+        token.nak(None).await;
+        return;
+    };
+    slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(order_id.clone(), vec![token]);
+    let worker = Worker::new(
+        shared.clone(),
+        target.clone(),
+        slots.clone(),
+        order_id.clone(),
+        cancel.clone(),
+        permit,
+    );
+    let handle = workers.spawn(worker.run());
+    worker_orders.insert(handle.id(), order_id);
+}
+
+/// Forgets a finished worker; a panicked one's queued wake-ups are handed
+/// back so its order is picked up again.
+async fn reap(
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    slots: &Slots,
+    worker_orders: &mut HashMap<tokio::task::Id, String>,
+    registry_id: &str,
+) {
+    match done {
+        Ok((id, ())) => {
+            worker_orders.remove(&id);
+        }
+        Err(e) => {
+            let order = worker_orders.remove(&e.id());
+            error!(registry_id = %registry_id, order_id = ?order, error = %e, "delivery worker failed");
+            if let Some(order) = order {
+                let queued = slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&order)
+                    .unwrap_or_default();
+                for t in queued {
+                    t.nak(Some(QUEUE_FULL_DELAY)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Operator views and actions over deliveries, for the CLI (`deliveries
+//! list`, `redeliver`) and the admin API: read from LEDGER, act by
+//! publishing a control record that the dispatcher consumes.
+
+use async_nats::jetstream::{self, stream::Stream};
+use futures::TryStreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::state::{Current, OrderDeliveries, Progress, StateError, Status};
+use crate::records::{ControlRecord, StoredPosting};
+use crate::streams::{H_KIND, LEDGER_STREAM, subjects};
+
+/// Reading or writing LEDGER failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot open the {LEDGER_STREAM} stream: {0}")]
+    Stream(#[source] async_nats::jetstream::context::GetStreamError),
+    #[error("cannot list the postings subjects: {0}")]
+    Subjects(#[source] async_nats::jetstream::stream::InfoError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot publish the redeliver request: {0}")]
+    Publish(String),
+    #[error("{0:?} is not a valid registry or order id")]
+    BadId(String),
+}
+
+/// Which (registry, order) pairs to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub registry: Option<String>,
+    pub status: Option<Status>,
+}
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Every (registry, order) with postings, with its delivery status, in
+/// registry then order order. `on_progress(done, total)` is called as
+/// orders are read (for a progress bar).
+pub async fn list_deliveries(
+    js: &jetstream::Context,
+    filter: &ListFilter,
+    mut on_progress: impl FnMut(u64, u64),
+) -> Result<Vec<OrderDeliveries>, StatusError> {
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(StatusError::Stream)?;
+    let subject_filter = match &filter.registry {
+        Some(r) if !valid_token(r) => return Err(StatusError::BadId(r.clone())),
+        Some(r) => format!("ledger.postings.{r}.*"),
+        None => subjects::POSTINGS_ALL.to_owned(),
+    };
+    let mut pairs: Vec<(String, String, u64)> = ledger
+        .info_with_subjects(&subject_filter)
+        .await
+        .map_err(StatusError::Subjects)?
+        .map_ok(|(subject, count)| (subject, count as u64))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(StatusError::Subjects)?
+        .into_iter()
+        .filter_map(|(subject, count)| {
+            let (_, r, o) = subjects::parse_order_subject(&subject)?;
+            Some((r.to_owned(), o.to_owned(), count))
+        })
+        .collect();
+    pairs.sort();
+    let total = pairs.len() as u64;
+    let mut out = Vec::new();
+    for (i, (r, o, count)) in pairs.into_iter().enumerate() {
+        let progress = Progress::load(&ledger, &r, &o).await?;
+        // One posting per seq (the aggregator publishes each once), so the
+        // count is the last seq.
+        let row = OrderDeliveries::new(&progress, count);
+        if filter.status.is_none_or(|s| s == row.status) {
+            out.push(row);
+        }
+        on_progress(i as u64 + 1, total);
+    }
+    Ok(out)
+}
+
+/// What a redeliver request came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RedeliverOutcome {
+    /// The dispatcher will send posting `seq` again (same key, same body),
+    /// then the `held` ones after it.
+    Requested {
+        seq: u64,
+        idempotency_key: Uuid,
+        held: u64,
+    },
+    /// Nothing is dead-lettered for this (registry, order).
+    NotDead { status: Status },
+    /// No postings for this (registry, order).
+    Unknown,
+}
+
+async fn posting_count(ledger: &Stream, registry: &str, order: &str) -> Result<u64, StatusError> {
+    let subject = subjects::postings(registry, order);
+    match ledger.direct_get_last_for_subject(subject.as_str()).await {
+        Ok(m) => Ok(serde_json::from_slice::<StoredPosting>(&m.payload)
+            .map(|sp| sp.posting.seq)
+            .unwrap_or(0)),
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(0),
+        Err(source) => Err(StateError::Read { subject, source }.into()),
+    }
+}
+
+/// Asks the dispatcher to redeliver the dead-lettered posting of
+/// (registry, order): publishes `ControlRecord::Redeliver` on
+/// `ledger.control.<R>.<O>`. Idempotent: asking twice for the same dead
+/// letter publishes once (message id).
+pub async fn request_redeliver(
+    js: &jetstream::Context,
+    registry: &str,
+    order: &str,
+) -> Result<RedeliverOutcome, StatusError> {
+    for id in [registry, order] {
+        if !valid_token(id) {
+            return Err(StatusError::BadId(id.to_owned()));
+        }
+    }
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(StatusError::Stream)?;
+    let postings = posting_count(&ledger, registry, order).await?;
+    if postings == 0 {
+        return Ok(RedeliverOutcome::Unknown);
+    }
+    let progress = Progress::load(&ledger, registry, order).await?;
+    let Current::Dead { attempt, .. } = progress.current() else {
+        return Ok(RedeliverOutcome::NotDead {
+            status: OrderDeliveries::new(&progress, postings).status,
+        });
+    };
+    let seq = progress.next_seq();
+    let record = ControlRecord::Redeliver {
+        registry_id: registry.to_owned(),
+        order_id: order.to_owned(),
+        seq,
+        at: OffsetDateTime::now_utc(),
+    };
+    let payload = serde_json::to_vec(&record).map_err(|e| StatusError::Publish(e.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(H_KIND, "control");
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("redeliver:{registry}:{order}:{seq}:{attempt}").as_str(),
+    );
+    js.publish_with_headers(subjects::control(registry, order), headers, payload.into())
+        .await
+        .map_err(|e| StatusError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| StatusError::Publish(e.to_string()))?;
+    Ok(RedeliverOutcome::Requested {
+        seq,
+        idempotency_key: crate::posting::idempotency_key(registry, order, seq),
+        held: postings.saturating_sub(seq),
+    })
+}

@@ -1,0 +1,847 @@
+//! The worker of one (registry, order): delivers its postings one after
+//! the other, each only once the previous one's registry_data is stored.
+//!
+//! It is driven by the stream, not by its wake-ups: at each step it looks at
+//! where the order stands ([`Progress`]) and at the posting after the last
+//! delivered one, and decides (the one place where messages are acked,
+//! nak'd or kept):
+//!
+//! | the order | the posting | attempt? | wake-ups held |
+//! |---|---|---|---|
+//! | caught up | none | – | all acked; the worker ends |
+//! | retrying | next attempt later | – | one nak'd with the delay, the rest acked; ends |
+//! | dead | held | – | all acked; ends (until a redeliver) |
+//! | dead + redeliver request | same key, same body | yes, new round | kept |
+//! | fresh / retry due | – | yes | kept (progress-acked), at least one |
+//!
+//! After an attempt: delivered → registry_data record, then delivery record,
+//! then the wake-ups of delivered postings are acked (one is kept while more
+//! may follow); retryable → a `retrying` record naming the next attempt
+//! (schedule, jitter, `Retry-After`; dead when `max_attempts`/`max_age` end
+//! the round); permanent → alert, `dead` record, email.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::attempt::{AttemptReport, Outcome, Target};
+use super::breaker::Admission;
+use super::schedule::{NextStep, RoundLimits, next_step};
+use super::state::{
+    Current, H_POSTING_STREAM_SEQ, H_ROUND_ATTEMPT, H_ROUND_STARTED, LastDelivery, Progress,
+};
+use crate::notify::Notice;
+use crate::posting::{Posting, idempotency_key};
+use crate::records::{
+    AlertRecord, AttemptOutcome, ControlRecord, DeliveryRecord, RegistryDataRecord, StoredPosting,
+};
+use crate::streams::{H_KIND, subjects};
+
+/// After a NATS failure (a read or a record that could not be stored), the
+/// order's wake-ups are handed back for this long: the attempt is redone
+/// then, with the same key and body.
+pub const NATS_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// A wake-up for a posting the stream does not show yet (a lagging
+/// replica) is looked at again after this long.
+pub const NOT_VISIBLE_DELAY: Duration = Duration::from_secs(1);
+/// Extra wait after an open breaker's cool-down, spread at random so the
+/// held orders do not all come back in the same instant.
+pub const BREAKER_SPREAD_MAX: Duration = Duration::from_millis(500);
+
+/// The wake-ups waiting for each busy order of a registry.
+pub(crate) type Slots = Arc<Mutex<HashMap<String, Vec<Token>>>>;
+
+/// What a wake-up says.
+pub(crate) enum TokenKind {
+    /// A posting (parsed, or `None` if unreadable).
+    Posting(Option<Box<StoredPosting>>),
+    /// An operator asked to redeliver posting `seq`.
+    Redeliver { seq: u64 },
+}
+
+/// A consumer message: a wake-up for one order, answered exactly once.
+pub(crate) struct Token {
+    msg: async_nats::jetstream::Message,
+    pub order_id: String,
+    pub stream_seq: u64,
+    pub kind: TokenKind,
+}
+
+impl Token {
+    /// A wake-up from a consumer message, or `None` (and the message
+    /// terminated) when it is not on a subject of `registry_id`.
+    pub async fn from_message(
+        msg: async_nats::jetstream::Message,
+        registry_id: &str,
+    ) -> Option<Token> {
+        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let parsed = subjects::parse_order_subject(msg.subject.as_str())
+            .filter(|(_, r, _)| *r == registry_id)
+            .map(|(kind, _, o)| (kind.to_owned(), o.to_owned()));
+        let Some((kind, order_id)) = parsed else {
+            warn!(subject = %msg.subject, "message on an unexpected subject; terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return None;
+        };
+        let kind = match kind.as_str() {
+            "postings" => TokenKind::Posting(
+                serde_json::from_slice::<StoredPosting>(&msg.payload)
+                    .ok()
+                    .map(Box::new),
+            ),
+            "control" => match serde_json::from_slice::<ControlRecord>(&msg.payload) {
+                Ok(ControlRecord::Redeliver { seq, .. }) => TokenKind::Redeliver { seq },
+                Err(e) => {
+                    warn!(subject = %msg.subject, error = %e, "unreadable control record; ignored");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    return None;
+                }
+            },
+            _ => {
+                let _ = msg.ack_with(AckKind::Term).await;
+                return None;
+            }
+        };
+        Some(Token {
+            msg,
+            order_id,
+            stream_seq,
+            kind,
+        })
+    }
+
+    fn posting_seq(&self) -> Option<u64> {
+        match &self.kind {
+            TokenKind::Posting(Some(p)) => Some(p.posting.seq),
+            _ => None,
+        }
+    }
+
+    async fn answer(self, kind: AckKind) {
+        // A lost answer only means the server redelivers: harmless, the
+        // worker reads the truth from the stream.
+        if let Err(e) = self.msg.ack_with(kind).await {
+            debug!(error = %e, "could not answer a consumer message; it will be redelivered");
+        }
+    }
+
+    pub async fn ack(self) {
+        self.answer(AckKind::Ack).await
+    }
+
+    pub async fn nak(self, delay: Option<Duration>) {
+        self.answer(AckKind::Nak(delay)).await
+    }
+
+    async fn progress(&self) {
+        if let Err(e) = self.msg.ack_with(AckKind::Progress).await {
+            debug!(error = %e, "progress ack failed");
+        }
+    }
+}
+
+/// Posting `delivered_seq + 1`, with the exact bytes it is sent as.
+struct CurrentPosting {
+    stream_seq: u64,
+    posting: Posting,
+    body: Bytes,
+}
+
+/// Why the next posting could not be read.
+enum FindError {
+    /// Reading LEDGER failed: try again later.
+    Nats(String),
+    /// The posting is missing or unreadable: it can never be sent.
+    Unsendable(String),
+}
+
+/// A record could not be stored.
+enum StoreError {
+    /// Another writer stored the order's registry_data first.
+    Conflict,
+    Nats(String),
+}
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    slots: Slots,
+    order_id: String,
+    cancel: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+    held: Vec<Token>,
+    /// A wake-up was nak'd with the current wait's delay and is pending on
+    /// the server: more wake-ups during the wait can be acked.
+    parked: bool,
+}
+
+impl Worker {
+    pub fn new(
+        shared: Arc<Shared>,
+        target: Arc<Target>,
+        slots: Slots,
+        order_id: String,
+        cancel: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            shared,
+            target,
+            slots,
+            order_id,
+            cancel,
+            _permit: permit,
+            held: Vec::new(),
+            parked: false,
+        }
+    }
+
+    fn registry_id(&self) -> &str {
+        self.target.id()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Token>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the wake-ups queued for this order into `held`.
+    fn take_queue(&mut self) {
+        let mut queued = match self.slots().get_mut(&self.order_id) {
+            Some(q) => std::mem::take(q),
+            None => return,
+        };
+        self.held.append(&mut queued);
+    }
+
+    /// Ends the worker if no wake-up arrived meanwhile (atomically with the
+    /// router, so none is stranded); otherwise takes them and goes on.
+    fn try_exit(&mut self) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get_mut(&self.order_id) {
+            Some(q) if !q.is_empty() => {
+                let mut queued = std::mem::take(q);
+                drop(slots);
+                self.held.append(&mut queued);
+                false
+            }
+            _ => {
+                slots.remove(&self.order_id);
+                true
+            }
+        }
+    }
+
+    /// Hands every wake-up back (after `delay`) and ends.
+    async fn hand_back(mut self, delay: Option<Duration>) {
+        let queued = self.slots().remove(&self.order_id).unwrap_or_default();
+        for t in self.held.drain(..).chain(queued) {
+            t.nak(delay).await;
+        }
+    }
+
+    async fn ack_all(&mut self) {
+        for t in self.held.drain(..) {
+            t.ack().await;
+        }
+    }
+
+    /// Acks every held wake-up but the newest, which keeps the order
+    /// covered while more postings may follow.
+    async fn ack_all_but_one(&mut self) {
+        if self.held.len() <= 1 {
+            return;
+        }
+        self.held.sort_by_key(|t| t.stream_seq);
+        let keep = self.held.pop();
+        self.ack_all().await;
+        self.held.extend(keep);
+    }
+
+    /// Waits `delay` durably: one wake-up nak'd with the delay, the others
+    /// acked.
+    async fn park(&mut self, delay: Duration) {
+        if !self.parked
+            && let Some(t) = self.held.pop()
+        {
+            t.nak(Some(delay)).await;
+            self.parked = true;
+        }
+        if self.parked {
+            self.ack_all().await;
+        }
+    }
+
+    /// Runs `fut`, progress-acking the held wake-ups (and those that
+    /// arrive) so the server does not hand them to anyone else meanwhile.
+    async fn with_progress<F: std::future::Future>(&mut self, fut: F) -> F::Output {
+        let every = self.shared.progress_every();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tick.tick() => {
+                    self.take_queue();
+                    for t in &self.held {
+                        t.progress().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker's life: until the order is caught up, waiting, dead, or
+    /// the dispatcher stops.
+    pub async fn run(mut self) {
+        let mut progress: Option<Progress> = None;
+        let mut current: Option<CurrentPosting> = None;
+        loop {
+            self.take_queue();
+            if self.cancel.is_cancelled() {
+                return self.hand_back(None).await;
+            }
+            let mut p = match progress.take() {
+                Some(p) => p,
+                None => {
+                    match Progress::load(&self.shared.ledger, self.registry_id(), &self.order_id)
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                                  error = %e, "cannot read the order's delivery state");
+                            return self.hand_back(Some(NATS_RETRY_DELAY)).await;
+                        }
+                    }
+                }
+            };
+            let n = p.next_seq();
+            if current.as_ref().is_none_or(|c| c.posting.seq != n) {
+                current = match self.find_posting(&p).await {
+                    Ok(found) => found,
+                    Err(FindError::Nats(e)) => {
+                        warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                              error = %e, "cannot read the next posting");
+                        return self.hand_back(Some(NATS_RETRY_DELAY)).await;
+                    }
+                    Err(FindError::Unsendable(why)) => {
+                        if matches!(p.current(), Current::Dead { .. }) {
+                            self.ack_all().await;
+                            if self.try_exit() {
+                                return;
+                            }
+                        } else if let Err(e) = self.dead_letter_unsendable(&mut p, &why).await {
+                            warn!(error = %e, "cannot record an unsendable posting");
+                            return self.hand_back(Some(NATS_RETRY_DELAY)).await;
+                        }
+                        progress = Some(p);
+                        continue;
+                    }
+                };
+            }
+            let Some(cur) = current.as_ref() else {
+                // Caught up, unless a wake-up names a posting the stream
+                // does not show yet.
+                if self
+                    .held
+                    .iter()
+                    .any(|t| t.posting_seq().is_some_and(|s| s > p.delivered_seq))
+                {
+                    self.park(NOT_VISIBLE_DELAY).await;
+                } else {
+                    self.ack_all().await;
+                }
+                if self.try_exit() {
+                    return;
+                }
+                progress = Some(p);
+                continue;
+            };
+            let now = OffsetDateTime::now_utc();
+            let (attempt, round_attempt, round_started_at) = match p.current() {
+                Current::Dead {
+                    stream_seq,
+                    attempt,
+                } => {
+                    let asked = self.held.iter().any(|t| {
+                        matches!(t.kind, TokenKind::Redeliver { seq } if seq == n)
+                            && t.stream_seq > stream_seq
+                    });
+                    if !asked {
+                        // Held until someone redelivers it.
+                        self.ack_all().await;
+                        if self.try_exit() {
+                            return;
+                        }
+                        progress = Some(p);
+                        continue;
+                    }
+                    info!(registry_id = %self.registry_id(), order_id = %self.order_id, seq = n,
+                          "redelivering a dead-lettered posting");
+                    (attempt + 1, 1, now)
+                }
+                Current::Retrying {
+                    next_attempt_at,
+                    attempt,
+                    round_attempt,
+                    round_started_at,
+                } => {
+                    if next_attempt_at > now {
+                        let wait = (next_attempt_at - now).unsigned_abs();
+                        self.park(wait).await;
+                        if self.try_exit() {
+                            return;
+                        }
+                        progress = Some(p);
+                        continue;
+                    }
+                    (attempt + 1, round_attempt + 1, round_started_at)
+                }
+                Current::Fresh => (1, 1, now),
+            };
+            // The circuit breaker may hold the attempt back (not recorded).
+            if let Admission::NotBefore(at) = self.target.breaker.admit(Instant::now()) {
+                let spread = BREAKER_SPREAD_MAX.mul_f64(rand::random::<f64>());
+                self.park(at.saturating_duration_since(Instant::now()) + spread)
+                    .await;
+                if self.try_exit() {
+                    return;
+                }
+                progress = Some(p);
+                continue;
+            }
+            self.parked = false;
+            let target = self.target.clone();
+            let cancel = self.cancel.clone();
+            let ready = self
+                .with_progress(async {
+                    tokio::select! {
+                        _ = target.limiter.until_ready() => true,
+                        _ = cancel.cancelled() => false,
+                    }
+                })
+                .await;
+            if !ready {
+                return self.hand_back(None).await;
+            }
+            let shared = self.shared.clone();
+            let report = self
+                .with_progress(target.attempt(&shared.http, &cur.posting, &cur.body))
+                .await;
+            if target.breaker.report(Instant::now(), report.health) {
+                warn!(registry_id = %self.registry_id(), "circuit breaker open: deliveries to this registry pause");
+            }
+            let round = Round {
+                attempt,
+                round_attempt,
+                round_started_at,
+            };
+            let stored = self.settle(&mut p, cur, round, report).await;
+            match stored {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => {
+                    info!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                          "registry_data written by another dispatcher; re-reading");
+                    current = None;
+                    continue;
+                }
+                Err(StoreError::Nats(e)) => {
+                    warn!(registry_id = %self.registry_id(), order_id = %self.order_id, error = %e,
+                          "cannot store the attempt's outcome; it will be attempted again");
+                    return self.hand_back(Some(NATS_RETRY_DELAY)).await;
+                }
+            }
+            progress = Some(p);
+        }
+    }
+
+    /// Finds posting `p.next_seq()`: in a held wake-up, else on the stream
+    /// after the last delivered one.
+    async fn find_posting(&self, p: &Progress) -> Result<Option<CurrentPosting>, FindError> {
+        let n = p.next_seq();
+        let held = self.held.iter().find_map(|t| match &t.kind {
+            TokenKind::Posting(Some(sp)) if sp.posting.seq == n => Some((sp, t.stream_seq)),
+            _ => None,
+        });
+        if let Some((sp, stream_seq)) = held {
+            return self.prepare(sp.posting.clone(), stream_seq, p).map(Some);
+        }
+        let subject = subjects::postings(self.registry_id(), &self.order_id);
+        let mut from = p.delivered_posting_stream_seq + 1;
+        loop {
+            let m = match self
+                .shared
+                .ledger
+                .direct_get_next_for_subject(subject.as_str(), Some(from))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(FindError::Nats(e.to_string())),
+            };
+            let sp: StoredPosting = serde_json::from_slice(&m.payload).map_err(|e| {
+                FindError::Unsendable(format!(
+                    "the posting at {subject} #{} is unreadable: {e}",
+                    m.sequence
+                ))
+            })?;
+            match sp.posting.seq.cmp(&n) {
+                std::cmp::Ordering::Less => from = m.sequence + 1,
+                std::cmp::Ordering::Equal => {
+                    return self.prepare(sp.posting, m.sequence, p).map(Some);
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(FindError::Unsendable(format!(
+                        "posting {n} is missing from {subject} (the next one there is {})",
+                        sp.posting.seq
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The exact request body of `posting`: it carries the registry_data
+    /// stored for the posting before it, so it is the same at every attempt.
+    fn prepare(
+        &self,
+        posting: Posting,
+        stream_seq: u64,
+        p: &Progress,
+    ) -> Result<CurrentPosting, FindError> {
+        if posting.registry_id != self.registry_id() || posting.order_id.as_str() != self.order_id {
+            return Err(FindError::Unsendable(format!(
+                "posting {} on this order's subject belongs to {}/{}",
+                posting.seq,
+                posting.registry_id,
+                posting.order_id.as_str()
+            )));
+        }
+        let body = serde_json::to_vec(&posting.body(&p.registry_data))
+            .map_err(|e| FindError::Unsendable(format!("cannot serialise the body: {e}")))?;
+        Ok(CurrentPosting {
+            stream_seq,
+            posting,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// Records what an attempt came to and updates `p` to match.
+    async fn settle(
+        &mut self,
+        p: &mut Progress,
+        cur: &CurrentPosting,
+        round: Round,
+        report: AttemptReport,
+    ) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let posting = &cur.posting;
+        let registry = &self.target.registry;
+        let mut record = DeliveryRecord {
+            registry_id: posting.registry_id.clone(),
+            order_id: posting.order_id.as_str().to_owned(),
+            seq: posting.seq,
+            idempotency_key: posting.idempotency_key,
+            attempt: round.attempt,
+            outcome: AttemptOutcome::Delivered,
+            http_status: report.http_status,
+            duration_ms: report.duration.as_millis() as u64,
+            error: report.error.clone(),
+            response_excerpt: report.response_excerpt.clone(),
+            next_attempt_at: None,
+            at: now,
+        };
+        metrics::histogram!("ledgerline_delivery_attempt_duration_seconds",
+            "registry" => posting.registry_id.clone())
+        .record(report.duration.as_secs_f64());
+        let dead_reason = match report.outcome {
+            Outcome::Delivered { registry_data } => {
+                let rd_seq = self
+                    .store_registry_data(p, cur, &registry_data, now)
+                    .await?;
+                let dl_seq = self.store_delivery(&record, round).await?;
+                metrics::counter!("ledgerline_deliveries_total",
+                    "registry" => posting.registry_id.clone(), "outcome" => "delivered")
+                .increment(1);
+                debug!(registry_id = %posting.registry_id, order_id = %self.order_id,
+                       seq = posting.seq, attempt = round.attempt, "delivered");
+                p.delivered_seq = posting.seq;
+                p.registry_data = registry_data;
+                p.registry_data_stream_seq = rd_seq;
+                p.delivered_posting_stream_seq = cur.stream_seq;
+                p.last_delivery = Some(LastDelivery {
+                    record,
+                    stream_seq: dl_seq,
+                    round_attempt: round.round_attempt,
+                    round_started_at: round.round_started_at,
+                });
+                // Postings up to this one are done; keep one wake-up while
+                // the next ones are worked on.
+                self.ack_all_but_one().await;
+                return Ok(());
+            }
+            Outcome::Retry { retry_after } => {
+                let limits = RoundLimits {
+                    max_attempts: registry.config.max_attempts,
+                    max_age: registry.max_age,
+                };
+                let jitter = rand::random::<f64>() * 2.0 - 1.0;
+                match next_step(
+                    &self.shared.schedule,
+                    limits,
+                    round.round_attempt,
+                    round.round_started_at,
+                    now,
+                    retry_after,
+                    jitter,
+                ) {
+                    NextStep::RetryAt(at) => {
+                        record.outcome = AttemptOutcome::Retrying;
+                        record.next_attempt_at = Some(at);
+                        let dl_seq = self.store_delivery(&record, round).await?;
+                        metrics::counter!("ledgerline_deliveries_total",
+                            "registry" => posting.registry_id.clone(), "outcome" => "retrying")
+                        .increment(1);
+                        info!(registry_id = %posting.registry_id, order_id = %self.order_id,
+                              seq = posting.seq, attempt = round.attempt,
+                              error = record.error.as_deref().unwrap_or(""),
+                              "attempt failed; will retry");
+                        p.last_delivery = Some(LastDelivery {
+                            record,
+                            stream_seq: dl_seq,
+                            round_attempt: round.round_attempt,
+                            round_started_at: round.round_started_at,
+                        });
+                        return Ok(());
+                    }
+                    NextStep::GiveUp(why) => {
+                        record.error = Some(match record.error.take() {
+                            Some(e) => format!("{e}; {why}"),
+                            None => why,
+                        });
+                        None
+                    }
+                }
+            }
+            Outcome::DeadLetter { receiver_message } => receiver_message,
+        };
+        record.outcome = AttemptOutcome::Dead;
+        let held = self.held_postings_after(posting.seq).await;
+        self.dead_letter(p, record, round, dead_reason, held).await
+    }
+
+    /// Postings stored after `seq` (held by a dead letter).
+    async fn held_postings_after(&self, seq: u64) -> u64 {
+        let subject = subjects::postings(self.registry_id(), &self.order_id);
+        match self
+            .shared
+            .ledger
+            .direct_get_last_for_subject(subject.as_str())
+            .await
+        {
+            Ok(m) => serde_json::from_slice::<StoredPosting>(&m.payload)
+                .map(|sp| sp.posting.seq.saturating_sub(seq))
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Alert, `dead` record, email.
+    async fn dead_letter(
+        &mut self,
+        p: &mut Progress,
+        record: DeliveryRecord,
+        round: Round,
+        receiver_message: Option<String>,
+        held: u64,
+    ) -> Result<(), StoreError> {
+        let reason = record
+            .error
+            .clone()
+            .unwrap_or_else(|| "dead-lettered".to_owned());
+        let alert = AlertRecord {
+            registry_id: record.registry_id.clone(),
+            order_id: record.order_id.clone(),
+            seq: record.seq,
+            idempotency_key: record.idempotency_key,
+            reason: reason.clone(),
+            http_status: record.http_status,
+            receiver_message: receiver_message.clone(),
+            at: record.at,
+        };
+        self.publish(
+            subjects::alerts(&record.registry_id),
+            "alert",
+            format!("alert:{}:{}", record.idempotency_key, record.attempt),
+            HeaderMap::new(),
+            &alert,
+            None,
+        )
+        .await?;
+        let dl_seq = self.store_delivery(&record, round).await?;
+        metrics::counter!("ledgerline_deliveries_total",
+            "registry" => record.registry_id.clone(), "outcome" => "dead")
+        .increment(1);
+        warn!(registry_id = %record.registry_id, order_id = %record.order_id, seq = record.seq,
+              attempt = record.attempt, held, reason = %reason, "posting dead-lettered");
+        if let Some(notifier) = &self.shared.notifier {
+            let registry = &self.target.registry.config;
+            notifier.notify(Notice {
+                registry_id: registry.id.clone(),
+                registry_name: registry.name.clone(),
+                to: registry.notify_emails.clone(),
+                order_id: record.order_id.clone(),
+                seq: record.seq,
+                idempotency_key: record.idempotency_key.to_string(),
+                reason,
+                http_status: record.http_status,
+                receiver_message,
+                held,
+                at: record.at,
+            });
+        }
+        p.last_delivery = Some(LastDelivery {
+            record,
+            stream_seq: dl_seq,
+            round_attempt: round.round_attempt,
+            round_started_at: round.round_started_at,
+        });
+        Ok(())
+    }
+
+    /// Dead-letters posting `p.next_seq()` without sending it: it is
+    /// missing or unreadable on the stream (a bug upstream).
+    async fn dead_letter_unsendable(&mut self, p: &mut Progress, why: &str) -> Result<(), String> {
+        let n = p.next_seq();
+        let (attempt, _) = p.next_attempt_numbers();
+        let now = OffsetDateTime::now_utc();
+        let record = DeliveryRecord {
+            registry_id: self.registry_id().to_owned(),
+            order_id: self.order_id.clone(),
+            seq: n,
+            idempotency_key: idempotency_key(self.registry_id(), &self.order_id, n),
+            attempt,
+            outcome: AttemptOutcome::Dead,
+            http_status: None,
+            duration_ms: 0,
+            error: Some(format!("not sent: {why}")),
+            response_excerpt: None,
+            next_attempt_at: None,
+            at: now,
+        };
+        let round = Round {
+            attempt,
+            round_attempt: 1,
+            round_started_at: now,
+        };
+        self.dead_letter(p, record, round, None, 0)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => "conflict".to_owned(),
+                StoreError::Nats(e) => e,
+            })
+    }
+
+    async fn store_registry_data(
+        &self,
+        p: &Progress,
+        cur: &CurrentPosting,
+        registry_data: &serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let posting = &cur.posting;
+        let record = RegistryDataRecord {
+            registry_id: posting.registry_id.clone(),
+            order_id: posting.order_id.as_str().to_owned(),
+            seq: posting.seq,
+            idempotency_key: posting.idempotency_key,
+            registry_data: registry_data.clone(),
+            received_at: now,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(H_POSTING_STREAM_SEQ, cur.stream_seq.to_string().as_str());
+        self.publish(
+            subjects::registry_data(&posting.registry_id, posting.order_id.as_str()),
+            "registry_data",
+            format!("registry_data:{}", posting.idempotency_key),
+            headers,
+            &record,
+            Some(p.registry_data_stream_seq),
+        )
+        .await
+    }
+
+    async fn store_delivery(
+        &self,
+        record: &DeliveryRecord,
+        round: Round,
+    ) -> Result<u64, StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(H_ROUND_ATTEMPT, round.round_attempt.to_string().as_str());
+        let started = round
+            .round_started_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        headers.insert(H_ROUND_STARTED, started.as_str());
+        self.publish(
+            subjects::deliveries(&record.registry_id, &record.order_id),
+            "delivery",
+            format!("delivery:{}:{}", record.idempotency_key, record.attempt),
+            headers,
+            record,
+            None,
+        )
+        .await
+    }
+
+    /// Publishes a LEDGER record and waits for the stream to store it.
+    async fn publish<T: serde::Serialize>(
+        &self,
+        subject: String,
+        kind: &str,
+        msg_id: String,
+        mut headers: HeaderMap,
+        record: &T,
+        expected_last_subject_seq: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let payload = serde_json::to_vec(record).map_err(|e| StoreError::Nats(e.to_string()))?;
+        headers.insert(H_KIND, kind);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        if let Some(seq) = expected_last_subject_seq {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                seq.to_string().as_str(),
+            );
+        }
+        let ack = self
+            .shared
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| StoreError::Nats(e.to_string()))?
+            .await;
+        match ack {
+            Ok(a) => Ok(a.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Conflict),
+            Err(e) => Err(StoreError::Nats(e.to_string())),
+        }
+    }
+}
+
+/// An attempt's numbers: global, within its round, and when the round began.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    attempt: u32,
+    round_attempt: u32,
+    round_started_at: OffsetDateTime,
+}

@@ -1,0 +1,1622 @@
+//! The dispatcher against a real nats-server and real HTTP receivers on
+//! loopback: the sample receiver (`ledgerline::receiver`), and a scripted
+//! HTTP/1.1 server written here that can answer anything, hang, or reset
+//! the connection. Postings are built with the engine from event JSON and
+//! published to `ledger.postings.<R>.<O>` directly, so these tests do not
+//! depend on the aggregator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use ledgerline::config::Settings;
+use ledgerline::dispatcher::state::Status;
+use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
+use ledgerline::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
+use ledgerline::engine::Engine;
+use ledgerline::events::parse_event;
+use ledgerline::posting::Posting;
+use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
+use ledgerline::records::{
+    AlertRecord, AttemptOutcome, DeliveryRecord, RegistryDataRecord, StoredPosting,
+};
+use ledgerline::registry::TargetPolicy;
+use ledgerline::secret::Secret;
+use ledgerline::streams::subjects;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, Nats};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const PREVIOUS_SECRET: &str = "whsec_c2VjcmV0LW9mLXRoZS1wcmV2aW91cy1rZXk=";
+
+// ---------------------------------------------------------------- helpers
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An event for `order` at `version` with `adults` museum tickets.
+fn event(order: &str, version: u64, adults: u32) -> String {
+    json!({
+        "event_id": format!("{order}-v{version}"),
+        "type": if version == 1 { "order.confirmed" } else { "order.updated" },
+        "order_id": order,
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "order": {
+            "version": version, "currency": "EUR", "channel": "direct",
+            "prices_include_tax": true,
+            "line_items": [{
+                "id": "li-1", "product_id": "museum", "option_id": "standard",
+                "unit_type": "adult", "description": "Museum General Admission",
+                "quantity": adults, "unit_price": "11.00", "discount": "0.00", "tax_rate": "0"
+            }],
+            "fees": []
+        }
+    })
+    .to_string()
+}
+
+/// The postings the engine makes of `events`, in order.
+fn postings_of(settings: &Settings, events: &[String]) -> Vec<Posting> {
+    let mut engine = Engine::new(settings.ledger, settings.registries.clone());
+    let mut out = Vec::new();
+    for e in events {
+        let ev = parse_event(e.as_bytes(), None).expect("test events are valid");
+        out.extend(engine.process(&ev).expect("test events apply"));
+    }
+    out
+}
+
+/// Publishes postings as the aggregator stores them.
+struct Publisher {
+    js: jetstream::Context,
+    last: HashMap<String, u64>,
+}
+
+impl Publisher {
+    fn new(nats: &Nats) -> Self {
+        Self {
+            js: nats.js.clone(),
+            last: HashMap::new(),
+        }
+    }
+
+    async fn publish(&mut self, postings: &[Posting]) {
+        for p in postings {
+            let subject = subjects::postings(&p.registry_id, p.order_id.as_str());
+            let previous = self.last.get(&subject).copied().unwrap_or(0);
+            let stored = StoredPosting {
+                source_seq: 0,
+                previous_subject_seq: previous,
+                posting: p.clone(),
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                p.idempotency_key.to_string().as_str(),
+            );
+            let ack = self
+                .js
+                .publish_with_headers(
+                    subject.clone(),
+                    headers,
+                    serde_json::to_vec(&stored).unwrap().into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            self.last.insert(subject, ack.sequence);
+        }
+    }
+}
+
+/// Every record on `subject` (wildcards allowed), oldest first.
+async fn stored<T: DeserializeOwned>(nats: &Nats, subject: &str) -> Vec<T> {
+    stored_raw(nats, subject)
+        .await
+        .into_iter()
+        .map(|(_, payload)| serde_json::from_slice(&payload).unwrap())
+        .collect()
+}
+
+async fn stored_raw(nats: &Nats, subject: &str) -> Vec<(String, Vec<u8>)> {
+    let stream = nats.js.get_stream("LEDGER").await.unwrap();
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        match stream
+            .direct_get_next_for_subject(subject, Some(from))
+            .await
+        {
+            Ok(m) => {
+                from = m.sequence + 1;
+                let headers = format!("{:?}", m.headers);
+                out.push((headers, m.payload.to_vec()));
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return out,
+            Err(e) => panic!("reading {subject}: {e}"),
+        }
+    }
+}
+
+/// Waits until `check` is true, polling.
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A dispatcher running in this process.
+struct Dispatcher {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), DispatchError>>,
+}
+
+fn start(
+    nats: &Nats,
+    settings: &Settings,
+    tweak: impl FnOnce(&mut DispatcherOptions),
+) -> Dispatcher {
+    let mut options = DispatcherOptions::from_settings(settings).unwrap();
+    options.ack_wait = Duration::from_secs(5);
+    tweak(&mut options);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_dispatcher(
+        nats.client.clone(),
+        options,
+        support::watch(settings),
+        shutdown.clone(),
+    ));
+    Dispatcher { shutdown, task }
+}
+
+impl Dispatcher {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the dispatcher stops when asked")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The sample receiver on a free loopback port: it and its base URL.
+async fn sample_receiver(secret: Option<&str>, failure: FailureMode) -> (Receiver, String) {
+    let rx = Receiver::new(secret.map(Secret::new).as_ref(), failure).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(rx.clone().serve(listener, std::future::pending()));
+    (rx, url)
+}
+
+/// A request as the scripted server read it.
+#[derive(Debug, Clone)]
+struct Req {
+    at: Instant,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn order(&self) -> String {
+        self.json()["order_id"].as_str().unwrap_or("").to_owned()
+    }
+    fn key(&self) -> String {
+        self.header("idempotency-key").unwrap_or("").to_owned()
+    }
+}
+
+/// What the scripted server does with a request.
+enum Reply {
+    Respond {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+        delay: Duration,
+    },
+    /// Close the connection with a TCP reset, answering nothing.
+    Reset,
+}
+
+fn reply(status: u16, body: Value) -> Reply {
+    Reply::Respond {
+        status,
+        headers: vec![],
+        body: body.to_string().into_bytes(),
+        delay: Duration::ZERO,
+    }
+}
+
+type Handler = dyn Fn(&Req, &[Req]) -> Reply + Send + Sync;
+
+/// A hand-written HTTP/1.1 server (keep-alive, Content-Length bodies) that
+/// lets a test decide every reply, including resets and hangs.
+struct Scripted {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Req>>>,
+}
+
+impl Scripted {
+    async fn start(handler: impl Fn(&Req, &[Req]) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let l = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(serve_conn(sock, l.clone(), handler.clone()));
+            }
+        });
+        Self { addr, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn requests_for(&self, order: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.order() == order)
+            .collect()
+    }
+}
+
+async fn serve_conn(mut sock: TcpStream, log: Arc<Mutex<Vec<Req>>>, handler: Arc<Handler>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let target = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("/")
+            .to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        buf.drain(..head_end + 4);
+        while buf.len() < len {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..len).collect();
+        let req = Req {
+            at: Instant::now(),
+            path: target,
+            headers,
+            body,
+        };
+        let action = {
+            let mut log = log.lock().unwrap();
+            let a = handler(&req, &log);
+            log.push(req);
+            a
+        };
+        match action {
+            Reply::Reset => {
+                let _ = sock.set_zero_linger();
+                return;
+            }
+            Reply::Respond {
+                status,
+                headers,
+                body,
+                delay,
+            } => {
+                tokio::time::sleep(delay).await;
+                let mut out = format!(
+                    "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                    axum::http::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("Whatever"),
+                    body.len()
+                );
+                for (n, v) in headers {
+                    out.push_str(&format!("{n}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                let mut bytes = out.into_bytes();
+                bytes.extend_from_slice(&body);
+                if sock.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A local SMTP sink (`aiosmtpd`, installed by `make tools`) writing a
+/// Maildir.
+struct SmtpSink {
+    _child: tokio::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl SmtpSink {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new(repo().join(".tools/bin/aiosmtpd"))
+            .args(["-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("mail"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("aiosmtpd runs (run `make tools`)");
+        eventually(
+            "the SMTP sink to listen",
+            Duration::from_secs(15),
+            || async { TcpStream::connect(("127.0.0.1", port)).await.is_ok() },
+        )
+        .await;
+        Self {
+            _child: child,
+            dir,
+            port,
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail/new")) else {
+            return vec![];
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    }
+}
+
+/// Every message of LEDGER (headers and payload) as text.
+async fn ledger_text(nats: &Nats) -> String {
+    stored_raw(nats, "ledger.>")
+        .await
+        .into_iter()
+        .map(|(h, p)| format!("{h}\n{}\n", String::from_utf8_lossy(&p)))
+        .collect()
+}
+
+fn assert_no_secret(haystack: &str, secrets: &[&str], where_: &str) {
+    for s in secrets {
+        assert!(
+            !haystack.contains(s),
+            "secret {s:?} found in {where_}:\n{}",
+            &haystack[haystack.find(s).unwrap().saturating_sub(200)..]
+                .chars()
+                .take(400)
+                .collect::<String>()
+        );
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_example_reaches_the_receiver_byte_exact_with_every_header() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(Some(SECRET), FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[[registry]]
+id = "reference"
+url = "{url}/hooks/orders"
+signing_secret = "{SECRET}"
+headers = {{ "authenticationToken" = "api-key-7f3a9c" }}
+query = {{ "tenant" = "eu" }}
+"#
+        ),
+    );
+    let dir = repo().join("fixtures/golden/reference");
+    let events: Vec<String> = std::fs::read_to_string(dir.join("events.ndjson"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let postings = postings_of(&settings, &events);
+    assert_eq!(postings.len(), 1);
+    Publisher::new(&nats).publish(&postings).await;
+    let d = start(&nats, &settings, |_| {});
+    eventually("the posting", Duration::from_secs(10), || async {
+        !rx.received().is_empty()
+    })
+    .await;
+
+    // The body: exactly the hand-written expected bytes of the contract.
+    let line = std::fs::read_to_string(dir.join("expected.ndjson")).unwrap();
+    let line = line.trim_end();
+    let start_at = line.find(r#""body":"#).unwrap() + r#""body":"#.len();
+    let want_body = &line[start_at..line.len() - 1];
+    let got = &rx.received()[0];
+    assert_eq!(got.body, want_body);
+
+    let key = "15fc94bd-8742-5f9f-9164-322f921a9d18";
+    assert_eq!(got.path, "/hooks/orders");
+    assert_eq!(got.query.as_deref(), Some("tenant=eu"));
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("idempotency-key"), Some(key));
+    assert_eq!(
+        got.header("user-agent"),
+        Some(concat!("ledgerline/", env!("CARGO_PKG_VERSION")))
+    );
+    assert_eq!(got.header("x-ledger-event-type"), Some("order.confirmed"));
+    assert_eq!(got.header("authenticationtoken"), Some("api-key-7f3a9c"));
+    assert_eq!(got.header("authorization"), None);
+    assert_eq!(got.header("webhook-id"), Some(key));
+    let ts: i64 = got.header("webhook-timestamp").unwrap().parse().unwrap();
+    assert!((time::OffsetDateTime::now_utc().unix_timestamp() - ts).abs() < 60);
+    let sig = got.header("webhook-signature").unwrap();
+    assert!(sig.starts_with("v1,") && !sig.contains(' '), "{sig}");
+    let k = ledgerline::signing::decode_secret(&Secret::new(SECRET)).unwrap();
+    assert!(ledgerline::signing::verify(
+        &k,
+        key,
+        ts,
+        got.body.as_bytes(),
+        sig
+    ));
+    assert_eq!(got.signature, SignatureCheck::Valid);
+
+    // What LEDGER keeps: the attempt and the reply as registry_data.
+    let deliveries: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.reference.>").await;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].outcome, AttemptOutcome::Delivered);
+    assert_eq!(
+        (deliveries[0].attempt, deliveries[0].http_status),
+        (1, Some(200))
+    );
+    let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.reference.>").await;
+    assert_eq!(
+        rd[0].registry_data,
+        json!({"journal_id": "J-000123", "revision": 1})
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_posting_carries_the_registry_data_the_previous_reply_returned() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
+    );
+    let events = vec![
+        event("o-chain", 1, 2),
+        event("o-chain", 2, 3),
+        event("o-chain", 3, 1),
+    ];
+    let postings = postings_of(&settings, &events);
+    assert_eq!(postings.len(), 3);
+    Publisher::new(&nats).publish(&postings).await;
+    let d = start(&nats, &settings, |_| {});
+    eventually("3 postings", Duration::from_secs(10), || async {
+        rx.received().len() == 3
+    })
+    .await;
+    let got = rx.received();
+    let mut registry_data = json!({});
+    for (i, (req, posting)) in got.iter().zip(&postings).enumerate() {
+        let want = serde_json::to_string(&posting.body(&registry_data)).unwrap();
+        assert_eq!(req.body, want, "posting {}", i + 1);
+        assert_eq!(req.chain_ok, Some(true));
+        registry_data = json!({"journal_id": "J-000123", "revision": i + 1});
+    }
+    let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.books.o-chain").await;
+    let seqs: Vec<u64> = rd.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(rd[2].registry_data["revision"], 3);
+    let rows = list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].status, rows[0].postings, rows[0].delivered),
+        (Status::Delivered, 3, 3)
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_orders_in_flight_stay_in_order_while_replies_come_back_shuffled() {
+    const ORDERS: usize = 200;
+    const PER_ORDER: u64 = 3;
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(
+        None,
+        FailureMode {
+            jitter_ms: 25,
+            ..FailureMode::default()
+        },
+    )
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\nrate_limit_per_s = 10000\n"),
+    );
+    // Interleaved: posting 1 of every order, then every 2, then every 3.
+    let mut events = Vec::new();
+    for v in 1..=PER_ORDER {
+        for o in 0..ORDERS {
+            events.push(event(&format!("o-{o:03}"), v, v as u32 + 1));
+        }
+    }
+    let postings = postings_of(&settings, &events);
+    let seq_of: HashMap<String, (String, u64)> = postings
+        .iter()
+        .map(|p| {
+            (
+                p.idempotency_key.to_string(),
+                (p.order_id.as_str().to_owned(), p.seq),
+            )
+        })
+        .collect();
+    let d = start(&nats, &settings, |o| o.max_in_flight = 256);
+    let started = Instant::now();
+    Publisher::new(&nats).publish(&postings).await;
+    let total = ORDERS * PER_ORDER as usize;
+    eventually("every posting", Duration::from_secs(60), || async {
+        rx.stats().accepted as usize >= total
+    })
+    .await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{total} postings of {ORDERS} orders delivered in {elapsed:?} ({:.0}/s, replies delayed 0-25 ms)",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    let got = rx.received();
+    assert_eq!(got.len(), total, "each posting sent exactly once");
+    let mut per_order: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &got {
+        let (order, seq) = &seq_of[r.idempotency_key.as_deref().unwrap()];
+        per_order.entry(order.clone()).or_default().push(*seq);
+        assert_eq!(r.chain_ok, Some(true), "registry_data chain of {order}");
+    }
+    assert_eq!(per_order.len(), ORDERS);
+    for (order, seqs) in per_order {
+        assert_eq!(seqs, vec![1, 2, 3], "FIFO for {order}");
+    }
+    // Many orders really were in flight at once: replies interleave.
+    let first_orders: std::collections::HashSet<_> =
+        got.iter().take(50).map(|r| r.order_id.clone()).collect();
+    assert!(
+        first_orders.len() > 20,
+        "orders were delivered concurrently"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_a_timeout_a_reset_and_a_429_are_retried_with_the_same_key_and_body() {
+    let nats = support::nats().await;
+    let server = Scripted::start(|req, history| {
+        let earlier = history.iter().filter(|r| r.key() == req.key()).count();
+        if earlier > 0 {
+            return reply(200, json!({"ok": true, "attempts": earlier + 1}));
+        }
+        match req.order().as_str() {
+            "o-500" => reply(500, json!({"message": "database is down"})),
+            "o-timeout" => Reply::Respond {
+                status: 200,
+                headers: vec![],
+                body: b"{}".to_vec(),
+                delay: Duration::from_secs(3),
+            },
+            "o-reset" => Reply::Reset,
+            "o-429" => Reply::Respond {
+                status: 429,
+                headers: vec![("Retry-After", "1".into())],
+                body: b"{}".to_vec(),
+                delay: Duration::ZERO,
+            },
+            _ => reply(200, json!({})),
+        }
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[delivery]
+retry_schedule = ["100ms", "200ms"]
+[[registry]]
+id = "books"
+url = "{}"
+timeout_ms = 500
+"#,
+            server.url("/hook")
+        ),
+    );
+    let orders = ["o-500", "o-timeout", "o-reset", "o-429"];
+    let events: Vec<String> = orders.iter().map(|o| event(o, 1, 2)).collect();
+    let postings = postings_of(&settings, &events);
+    Publisher::new(&nats).publish(&postings).await;
+    let d = start(&nats, &settings, |_| {});
+    eventually("every order delivered", Duration::from_secs(15), || async {
+        let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.books.>").await;
+        rd.len() == orders.len()
+    })
+    .await;
+    for (order, want_error) in [
+        ("o-500", "HTTP 500"),
+        ("o-timeout", "timed out"),
+        ("o-reset", "connection failed"),
+        ("o-429", "HTTP 429"),
+    ] {
+        let reqs = server.requests_for(order);
+        assert_eq!(reqs.len(), 2, "{order}: one failure, one success");
+        assert_eq!(reqs[0].key(), reqs[1].key(), "{order}: same key");
+        assert_eq!(reqs[0].body, reqs[1].body, "{order}: same body");
+        let records: Vec<DeliveryRecord> =
+            stored(&nats, &subjects::deliveries("books", order)).await;
+        let outcomes: Vec<(u32, AttemptOutcome)> =
+            records.iter().map(|r| (r.attempt, r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (1, AttemptOutcome::Retrying),
+                (2, AttemptOutcome::Delivered)
+            ],
+            "{order}"
+        );
+        let error = records[0].error.as_deref().unwrap_or("");
+        assert!(error.contains(want_error), "{order}: {error}");
+        assert!(records[0].next_attempt_at.is_some());
+    }
+    // Retry-After: 1 beats the 100 ms schedule.
+    let r429 = server.requests_for("o-429");
+    let gap = r429[1].at - r429[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After honoured: {gap:?}"
+    );
+    let r500 = server.requests_for("o-500");
+    let gap = r500[1].at - r500[0].at;
+    assert!(
+        gap >= Duration::from_millis(75) && gap < Duration::from_millis(900),
+        "the schedule's 100 ms ± 20 %: {gap:?}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_dead_letters_holds_later_postings_alerts_emails_and_redeliver_releases_them() {
+    let nats = support::nats().await;
+    let smtp = SmtpSink::start().await;
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_fixed = fixed.clone();
+    let server = Scripted::start(move |req, history| {
+        let is_second = req.order() == "o-dead"
+            && history
+                .iter()
+                .filter(|r| r.order() == "o-dead" && r.key() != req.key())
+                .count()
+                == 1;
+        if is_second && !is_fixed.load(std::sync::atomic::Ordering::SeqCst) {
+            // Echoes what it was sent, secrets included, as some do.
+            let echo: Vec<String> = req
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            return reply(
+                422,
+                json!({"status": "0", "message": "Unknown ledger account 4000", "echo": echo}),
+            );
+        }
+        reply(200, json!({"journal": req.order(), "n": history.len()}))
+    })
+    .await;
+    let toml = format!(
+        r#"
+[smtp]
+host = "127.0.0.1"
+port = {port}
+from = "ledgerline@example.com"
+[delivery]
+retry_schedule = ["100ms"]
+[[registry]]
+id = "books"
+name = "Books EU"
+url = "{url}"
+notify_emails = ["ops@example.com", "accounting@example.com"]
+signing_secret = "{SECRET}"
+headers = {{ "authenticationToken" = "tok-header-secret-1" }}
+[registry.auth]
+type = "basic"
+username = "shop"
+password = "basic-password-secret-2"
+"#,
+        port = smtp.port,
+        url = server.url("/hook")
+    );
+    let settings = support::settings(&nats.server, &toml);
+    let events = vec![
+        event("o-dead", 1, 1),
+        event("o-dead", 2, 2),
+        event("o-dead", 3, 3),
+        event("o-ok", 1, 1),
+        event("o-ok", 2, 2),
+    ];
+    let postings = postings_of(&settings, &events);
+    Publisher::new(&nats).publish(&postings).await;
+    let d = start(&nats, &settings, |_| {});
+
+    // o-dead: 1 delivered, 2 dead at once, 3 held; o-ok goes on.
+    eventually(
+        "the dead letter and the other order",
+        Duration::from_secs(10),
+        || async {
+            let rows = list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
+                .await
+                .unwrap();
+            rows.iter()
+                .any(|r| r.order_id == "o-dead" && r.status == Status::Dead)
+                && rows
+                    .iter()
+                    .any(|r| r.order_id == "o-ok" && r.status == Status::Delivered)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = server.requests_for("o-dead");
+    assert_eq!(sent.len(), 2, "posting 2 tried once, posting 3 held");
+    let rows = list_deliveries(
+        &nats.js,
+        &ListFilter {
+            registry: Some("books".into()),
+            status: Some(Status::Dead),
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].held, rows[0].failing_seq, rows[0].http_status),
+        (1, Some(2), Some(422))
+    );
+
+    let alerts: Vec<AlertRecord> = stored(&nats, "ledger.alerts.books").await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!((alerts[0].seq, alerts[0].http_status), (2, Some(422)));
+    assert_eq!(
+        alerts[0].receiver_message.as_deref(),
+        Some("Unknown ledger account 4000")
+    );
+    eventually("the failure email", Duration::from_secs(10), || async {
+        !smtp.messages().is_empty()
+    })
+    .await;
+    let mail = smtp.messages().remove(0);
+    for want in [
+        "ops@example.com",
+        "accounting@example.com",
+        "Books EU (books): order o-dead not delivered",
+        "Unknown ledger account 4000",
+        "ledgerline redeliver --registry books --order o-dead",
+    ] {
+        assert!(
+            mail.contains(want),
+            "{want} missing from the email:\n{mail}"
+        );
+    }
+
+    // The CLI: list, then redeliver once the receiver is fixed.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "nats_url = \"{}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{toml}",
+            nats.server.url()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+            .args(args)
+            .arg("--config")
+            .arg(config.path())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["deliveries", "list", "--status", "dead", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["order_id"], "o-dead");
+    assert_eq!(listed["held"], 1);
+    let out = cli(&["redeliver", "--registry", "books", "--order", "o-ok"]);
+    assert_eq!(out.status.code(), Some(1), "nothing dead for o-ok");
+
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = cli(&["redeliver", "--registry", "books", "--order", "o-dead"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("redelivery of posting 2"));
+    eventually("o-dead released", Duration::from_secs(10), || async {
+        let rd: Vec<RegistryDataRecord> =
+            stored(&nats, &subjects::registry_data("books", "o-dead")).await;
+        rd.len() == 3
+    })
+    .await;
+    let sent = server.requests_for("o-dead");
+    assert_eq!(sent.len(), 4);
+    assert_eq!(
+        sent[1].key(),
+        sent[2].key(),
+        "redelivered with the same key"
+    );
+    assert_eq!(sent[1].body, sent[2].body, "and the same body");
+    assert_eq!(sent[3].key(), postings[2].idempotency_key.to_string());
+    let records: Vec<DeliveryRecord> =
+        stored(&nats, &subjects::deliveries("books", "o-dead")).await;
+    let outcomes: Vec<(u64, u32, AttemptOutcome)> = records
+        .iter()
+        .map(|r| (r.seq, r.attempt, r.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, 1, AttemptOutcome::Delivered),
+            (2, 1, AttemptOutcome::Dead),
+            (2, 2, AttemptOutcome::Delivered),
+            (3, 1, AttemptOutcome::Delivered),
+        ]
+    );
+    // The receiver echoed the credentials; LEDGER must not have kept them.
+    let echoed = String::from_utf8_lossy(&sent[1].body).into_owned();
+    assert!(!echoed.is_empty());
+    assert!(
+        records[1]
+            .response_excerpt
+            .as_deref()
+            .unwrap_or("")
+            .contains("***")
+    );
+    assert_no_secret(
+        &ledger_text(&nats).await,
+        &[
+            "tok-header-secret-1",
+            "basic-password-secret-2",
+            "c2hvcDpiYXNpYy1wYXNzd29yZC1zZWNyZXQtMg",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ],
+        "LEDGER",
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth2_token_serves_100_deliveries_and_is_refreshed_after_a_401_and_on_expiry() {
+    #[derive(Default)]
+    struct Tokens {
+        issued: Vec<String>,
+        forms: Vec<String>,
+        revoked: Vec<String>,
+        next_expires_in: u64,
+        unauthorized: usize,
+    }
+    let nats = support::nats().await;
+    let state = Arc::new(Mutex::new(Tokens {
+        next_expires_in: 3600,
+        ..Tokens::default()
+    }));
+    let s = state.clone();
+    let server = Scripted::start(move |req, _| {
+        let mut s = s.lock().unwrap();
+        if req.path.starts_with("/oauth/token") {
+            let token = format!("tok-{}", s.issued.len() + 1);
+            s.issued.push(token.clone());
+            s.forms.push(format!(
+                "{} {} x-tenant={}",
+                req.path,
+                String::from_utf8_lossy(&req.body),
+                req.header("x-tenant").unwrap_or("")
+            ));
+            return reply(
+                200,
+                json!({"auth_token": token, "expires_in": s.next_expires_in}),
+            );
+        }
+        let valid = req
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .filter(|t| s.issued.iter().any(|i| i == t) && !s.revoked.iter().any(|r| r == t));
+        if valid.is_none() {
+            s.unauthorized += 1;
+            return reply(401, json!({"message": "bad token"}));
+        }
+        reply(200, json!({}))
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[[registry]]
+id = "bi"
+url = "{url}"
+rate_limit_per_s = 10000
+[registry.auth]
+type = "oauth2_client_credentials"
+token_url = "{token_url}"
+client_id = "ledgerline"
+client_secret = "client-secret-value-3"
+scope = "ledger"
+token_field = "auth_token"
+expires_field = "expires_in"
+token_type = "Bearer"
+extra_body = {{ audience = "books" }}
+headers = {{ "X-Tenant" = "eu" }}
+params = {{ region = "west" }}
+"#,
+            url = server.url("/hook"),
+            token_url = server.url("/oauth/token")
+        ),
+    );
+    let d = start(&nats, &settings, |_| {});
+    let mut publisher = Publisher::new(&nats);
+    let events: Vec<String> = (0..100)
+        .map(|i| event(&format!("o-{i:03}"), 1, 1))
+        .collect();
+    let postings = postings_of(&settings, &events);
+    publisher.publish(&postings).await;
+    let delivered = |n: usize| {
+        let nats = &nats;
+        async move {
+            let rd: Vec<RegistryDataRecord> = stored(nats, "ledger.registry_data.bi.>").await;
+            rd.len() >= n
+        }
+    };
+    eventually("100 deliveries", Duration::from_secs(20), || delivered(100)).await;
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.issued, vec!["tok-1"], "one token for 100 deliveries");
+        assert_eq!(s.unauthorized, 0);
+        let form = &s.forms[0];
+        for want in [
+            "/oauth/token?region=west",
+            "grant_type=client_credentials",
+            "client_id=ledgerline",
+            "client_secret=client-secret-value-3",
+            "scope=ledger",
+            "audience=books",
+            "x-tenant=eu",
+        ] {
+            assert!(
+                form.contains(want),
+                "{want} missing from the token request {form}"
+            );
+        }
+    }
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/hook")
+            .all(|r| r.header("authorization") == Some("Bearer tok-1"))
+    );
+
+    // Revoked: the next delivery gets a 401, refreshes once, succeeds.
+    {
+        let mut s = state.lock().unwrap();
+        s.revoked.push("tok-1".into());
+        s.next_expires_in = 1;
+    }
+    let more: Vec<String> = (100..102)
+        .map(|i| event(&format!("o-{i:03}"), 1, 1))
+        .collect();
+    let all: Vec<String> = events.iter().chain(&more).cloned().collect();
+    let postings = postings_of(&settings, &all);
+    publisher.publish(&postings[100..101]).await;
+    eventually(
+        "the delivery after the 401",
+        Duration::from_secs(10),
+        || delivered(101),
+    )
+    .await;
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.issued, vec!["tok-1", "tok-2"]);
+        assert_eq!(s.unauthorized, 1, "one 401, one refresh");
+    }
+    // tok-2 lives 1 s: after it, a new token is fetched without a 401.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    publisher.publish(&postings[101..102]).await;
+    eventually("the delivery after expiry", Duration::from_secs(10), || {
+        delivered(102)
+    })
+    .await;
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.issued, vec!["tok-1", "tok-2", "tok-3"]);
+        assert_eq!(
+            s.unauthorized, 1,
+            "refreshed before expiry, not after a 401"
+        );
+    }
+    assert_no_secret(
+        &ledger_text(&nats).await,
+        &["client-secret-value-3", "tok-1", "tok-2", "tok-3"],
+        "LEDGER",
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_pass_the_standardwebhooks_package_with_both_keys_during_a_rotation() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let future = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let past = (time::OffsetDateTime::now_utc() - Duration::from_secs(60))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[[registry]]
+id = "rotating"
+url = "{url}/rotating"
+signing_secret = "{SECRET}"
+signing_secret_previous = "{PREVIOUS_SECRET}"
+signing_secret_previous_until = "{future}"
+[[registry]]
+id = "rotated"
+url = "{url}/rotated"
+signing_secret = "{SECRET}"
+signing_secret_previous = "{PREVIOUS_SECRET}"
+signing_secret_previous_until = "{past}"
+"#
+        ),
+    );
+    let events: Vec<String> = (1..=3).map(|v| event("o-sig", v, v as u32)).collect();
+    Publisher::new(&nats)
+        .publish(&postings_of(&settings, &events))
+        .await;
+    let d = start(&nats, &settings, |_| {});
+    eventually("6 postings", Duration::from_secs(10), || async {
+        rx.received().len() == 6
+    })
+    .await;
+    d.stop().await;
+    let requests: Vec<Value> = rx
+        .received()
+        .iter()
+        .map(|r| {
+            json!({
+                "path": r.path,
+                "body": r.body,
+                "headers": {
+                    "webhook-id": r.header("webhook-id"),
+                    "webhook-timestamp": r.header("webhook-timestamp"),
+                    "webhook-signature": r.header("webhook-signature"),
+                }
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("requests.json");
+    std::fs::write(&file, serde_json::to_vec(&requests).unwrap()).unwrap();
+    // An independent verifier: the Standard Webhooks reference package.
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+current, previous = sys.argv[2], sys.argv[3]
+for r in json.load(open(sys.argv[1])):
+    def ok(secret):
+        try:
+            Webhook(secret).verify(r["body"], r["headers"])
+            return True
+        except WebhookVerificationError:
+            return False
+    n = len(r["headers"]["webhook-signature"].split(" "))
+    print(r["path"], n, ok(current), ok(previous))
+"#;
+    let out = std::process::Command::new(repo().join(".tools/bin/python"))
+        .args(["-c", script])
+        .arg(&file)
+        .args([SECRET, PREVIOUS_SECRET])
+        .output()
+        .expect(".tools/bin/python runs (run `make tools`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    for l in lines {
+        match l.split(' ').next() {
+            // Both keys sign during the window; each verifies alone.
+            Some("/rotating") => assert_eq!(l, "/rotating 2 True True"),
+            // After it, only the current key.
+            Some("/rotated") => assert_eq!(l, "/rotated 1 True False"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_0_reply_is_refused_by_the_accept_rule_and_its_message_kept() {
+    let nats = support::nats().await;
+    let server = Scripted::start(|req, _| match req.order().as_str() {
+        "o-refused" => reply(
+            200,
+            json!({"status": "0", "message": "Customer 42 is blocked"}),
+        ),
+        _ => reply(200, json!({"status": "1", "message": "Order synchronised"})),
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[delivery]
+retry_schedule = ["100ms"]
+[[registry]]
+id = "komet"
+url = "{}"
+[registry.accept]
+json_pointer = "/status"
+success_values = ["1", 1, true, "success"]
+"#,
+            server.url("/webhook")
+        ),
+    );
+    let events = vec![event("o-refused", 1, 1), event("o-fine", 1, 1)];
+    Publisher::new(&nats)
+        .publish(&postings_of(&settings, &events))
+        .await;
+    let d = start(&nats, &settings, |_| {});
+    eventually("both settled", Duration::from_secs(10), || async {
+        let r: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.komet.>").await;
+        r.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.komet.>").await;
+    assert_eq!(records.len(), 2, "a refusal is not retried");
+    let refused = records.iter().find(|r| r.order_id == "o-refused").unwrap();
+    assert_eq!(refused.outcome, AttemptOutcome::Dead);
+    let error = refused.error.as_deref().unwrap();
+    assert!(error.contains("refused by the receiver"), "{error}");
+    assert!(error.contains("Customer 42 is blocked"), "{error}");
+    let fine = records.iter().find(|r| r.order_id == "o-fine").unwrap();
+    assert_eq!(fine.outcome, AttemptOutcome::Delivered);
+    let alerts: Vec<AlertRecord> = stored(&nats, "ledger.alerts.komet").await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        alerts[0].receiver_message.as_deref(),
+        Some("Customer 42 is blocked")
+    );
+    assert_eq!(server.requests_for("o-refused").len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_foreign_redirects_and_oversized_replies_are_failures() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let server = Scripted::start(|req, _| match req.order().as_str() {
+        "o-redirect" => Reply::Respond {
+            status: 307,
+            headers: vec![("Location", "http://127.0.0.2:9/elsewhere".into())],
+            body: vec![],
+            delay: Duration::ZERO,
+        },
+        "o-huge" => Reply::Respond {
+            status: 200,
+            headers: vec![],
+            body: vec![b' '; 300 * 1024],
+            delay: Duration::ZERO,
+        },
+        _ => reply(200, json!({})),
+    })
+    .await;
+    // Validated with loopback allowed, dispatched with it refused: the
+    // guard acts when connecting, on the resolved address.
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[delivery]
+retry_schedule = ["10s"]
+[[registry]]
+id = "by-name"
+url = "http://localhost:{port}/hook"
+[[registry]]
+id = "by-ip"
+url = "{url}/hook"
+[[registry]]
+id = "scripted"
+url = "{scripted}"
+"#,
+            scripted = server.url("/hook")
+        ),
+    );
+    let strict = TargetPolicy {
+        allow_insecure_http: true,
+        allow_private_targets: vec![],
+    };
+    let d = start(&nats, &settings, |o| o.policy = strict);
+    let mut by_registry = postings_of(&settings, &[event("o-guard", 1, 1)]);
+    by_registry.retain(|p| p.registry_id != "scripted");
+    let mut publisher = Publisher::new(&nats);
+    publisher.publish(&by_registry).await;
+    eventually("both refused", Duration::from_secs(10), || async {
+        let a: Vec<AlertRecord> = stored(&nats, "ledger.alerts.by-name").await;
+        let b: Vec<AlertRecord> = stored(&nats, "ledger.alerts.by-ip").await;
+        !a.is_empty() && !b.is_empty()
+    })
+    .await;
+    assert!(
+        rx.received().is_empty(),
+        "nothing reached a private address"
+    );
+    for r in ["by-name", "by-ip"] {
+        let alerts: Vec<AlertRecord> = stored(&nats, &format!("ledger.alerts.{r}")).await;
+        assert!(
+            alerts[0].reason.contains("private or loopback"),
+            "{r}: {}",
+            alerts[0].reason
+        );
+    }
+    d.stop().await;
+
+    // Loopback allowed: a redirect to another host is not followed, an
+    // oversized reply is a failed (retried) attempt.
+    let d = start(&nats, &settings, |_| {});
+    let postings = postings_of(
+        &settings,
+        &[event("o-redirect", 1, 1), event("o-huge", 1, 1)],
+    );
+    let scripted: Vec<Posting> = postings
+        .into_iter()
+        .filter(|p| p.registry_id == "scripted")
+        .collect();
+    publisher.publish(&scripted).await;
+    eventually("both attempted", Duration::from_secs(10), || async {
+        let r: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.scripted.>").await;
+        r.len() == 2
+    })
+    .await;
+    let records: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.scripted.>").await;
+    let redirect = records.iter().find(|r| r.order_id == "o-redirect").unwrap();
+    assert_eq!(redirect.outcome, AttemptOutcome::Dead);
+    assert!(
+        redirect.error.as_deref().unwrap().contains("another host"),
+        "{:?}",
+        redirect.error
+    );
+    let huge = records.iter().find(|r| r.order_id == "o-huge").unwrap();
+    assert_eq!(huge.outcome, AttemptOutcome::Retrying);
+    assert!(
+        huge.error.as_deref().unwrap().contains("over 256 KiB"),
+        "{:?}",
+        huge.error
+    );
+    assert!(huge.response_excerpt.as_deref().unwrap().len() <= 1024);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_registry_trips_its_breaker_and_is_probed_not_hammered() {
+    let nats = support::nats().await;
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = healthy.clone();
+    let server = Scripted::start(move |_, _| {
+        if h.load(std::sync::atomic::Ordering::SeqCst) {
+            reply(200, json!({}))
+        } else {
+            reply(503, json!({"message": "maintenance"}))
+        }
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            r#"
+[delivery]
+retry_schedule = ["100ms"]
+breaker_failures = 3
+breaker_cool_down = "1s"
+[[registry]]
+id = "flaky"
+url = "{}"
+max_attempts = 100
+"#,
+            server.url("/hook")
+        ),
+    );
+    let events: Vec<String> = (0..10).map(|i| event(&format!("o-{i}"), 1, 1)).collect();
+    Publisher::new(&nats)
+        .publish(&postings_of(&settings, &events))
+        .await;
+    let d = start(&nats, &settings, |_| {});
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = server.requests().len();
+    // Without the breaker: 10 orders retrying every ~100 ms ≈ 250 requests.
+    // With it: the first wave, then about one probe per cool-down.
+    assert!(
+        during <= 20,
+        "{during} requests while the registry was down"
+    );
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("recovery", Duration::from_secs(10), || async {
+        let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.flaky.>").await;
+        rd.len() == 10
+    })
+    .await;
+    d.stop().await;
+}
+
+/// `ledgerline run --only dispatcher` as a child process, its logs in a
+/// file.
+struct Child {
+    child: std::process::Child,
+}
+
+fn spawn_dispatch(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["run", "--only", "dispatcher", "--config"])
+        .arg(config)
+        .env("LEDGERLINE_LOG", "debug,async_nats=info")
+        .env("LEDGERLINE_LOG_FORMAT", "text")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Child { child }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_killed_mid_retry_loses_nothing_and_never_resends_early_or_differently() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(Some(SECRET), FailureMode::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ledgerline.toml");
+    let log = dir.path().join("dispatch.log");
+    let registry_toml = format!(
+        r#"
+[delivery]
+retry_schedule = ["2s"]
+[[registry]]
+id = "erp"
+url = "{url}/hook"
+max_attempts = 20
+signing_secret = "{SECRET}"
+headers = {{ "authenticationToken" = "header-secret-value-4" }}
+[registry.auth]
+type = "bearer"
+token = "bearer-secret-value-5"
+"#
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "nats_url = \"{}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{registry_toml}",
+            nats.server.url()
+        ),
+    )
+    .unwrap();
+    let settings = support::settings(&nats.server, &registry_toml);
+    let orders: Vec<String> = (0..5).map(|i| format!("o-kill-{i}")).collect();
+    let mut events = Vec::new();
+    for v in 1..=3 {
+        for o in &orders {
+            events.push(event(o, v, v as u32));
+        }
+    }
+    let postings = postings_of(&settings, &events);
+    let (first, rest) = postings.split_at(orders.len());
+    let mut publisher = Publisher::new(&nats);
+
+    let child = spawn_dispatch(&config, &log);
+    publisher.publish(first).await;
+    eventually(
+        "posting 1 of each order",
+        Duration::from_secs(15),
+        || async { rx.stats().accepted == orders.len() as u64 },
+    )
+    .await;
+
+    // The receiver goes down; postings 2 and 3 arrive; 2 is retried.
+    rx.set_failure(FailureMode {
+        status: Some(500),
+        ..FailureMode::default()
+    })
+    .unwrap();
+    publisher.publish(rest).await;
+    let retrying = || async {
+        let mut due = Vec::new();
+        for o in &orders {
+            let r: Vec<DeliveryRecord> = stored(&nats, &subjects::deliveries("erp", o)).await;
+            match r.last() {
+                Some(last) if last.seq == 2 && last.outcome == AttemptOutcome::Retrying => {
+                    due.push(last.next_attempt_at.unwrap());
+                }
+                _ => return None,
+            }
+        }
+        Some(due)
+    };
+    eventually(
+        "every order retrying posting 2",
+        Duration::from_secs(15),
+        || async { retrying().await.is_some() },
+    )
+    .await;
+    let due = retrying().await.unwrap();
+    let earliest_due = due.iter().min().copied().unwrap();
+
+    // SIGKILL mid-retry, and start again at once.
+    drop(child);
+    let killed_at = time::OffsetDateTime::now_utc();
+    assert!(
+        killed_at < earliest_due,
+        "killed before the retries were due"
+    );
+    let failed_before = rx.received().len();
+    let _child = spawn_dispatch(&config, &log);
+    rx.set_failure(FailureMode::default()).unwrap();
+
+    let total = postings.len() as u64;
+    eventually(
+        "every posting delivered",
+        Duration::from_secs(20),
+        || async { rx.stats().distinct_keys == total },
+    )
+    .await;
+    let got = rx.received();
+    // Nothing resent before its scheduled time (a restart is no reason).
+    for (o, due) in orders.iter().zip(&due) {
+        let key2 = postings
+            .iter()
+            .find(|p| p.order_id.as_str() == o && p.seq == 2)
+            .unwrap()
+            .idempotency_key
+            .to_string();
+        let resent: Vec<_> = got[failed_before..]
+            .iter()
+            .filter(|r| r.idempotency_key.as_deref() == Some(key2.as_str()))
+            .collect();
+        assert!(!resent.is_empty());
+        for r in resent {
+            assert!(
+                r.at >= *due - Duration::from_millis(50),
+                "{o}: resent at {} before its retry was due at {due}",
+                r.at
+            );
+        }
+    }
+    // Every key always with one body, in order per order, the chain intact.
+    let mut bodies: HashMap<String, &str> = HashMap::new();
+    for r in &got {
+        assert_eq!(r.signature, SignatureCheck::Valid);
+        let key = r.idempotency_key.clone().unwrap();
+        let body = bodies.entry(key.clone()).or_insert(r.body.as_str());
+        assert_eq!(*body, r.body.as_str(), "one body per key");
+    }
+    for p in &postings {
+        assert!(
+            bodies.contains_key(&p.idempotency_key.to_string()),
+            "posting delivered"
+        );
+    }
+    for o in &orders {
+        let accepted: Vec<u64> = got
+            .iter()
+            .filter(|r| r.order_id.as_deref() == Some(o.as_str()) && r.status == 200)
+            .map(|r| {
+                postings
+                    .iter()
+                    .find(|p| p.idempotency_key.to_string() == r.idempotency_key.clone().unwrap())
+                    .unwrap()
+                    .seq
+            })
+            .collect();
+        assert_eq!(accepted, vec![1, 2, 3], "{o}");
+    }
+    assert!(got.iter().all(|r| r.chain_ok != Some(false)));
+
+    // No secret in LEDGER or in the dispatcher's debug logs.
+    drop(_child);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("dispatcher started"), "{logs}");
+    let secrets = [
+        "header-secret-value-4",
+        "bearer-secret-value-5",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ];
+    assert_no_secret(&logs, &secrets, "the dispatcher's logs");
+    assert_no_secret(&ledger_text(&nats).await, &secrets, "LEDGER");
+}
