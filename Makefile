@@ -1,6 +1,7 @@
 # ledgerline — the two commands of the README, and their parts.
 #
-#   make demo   install what is missing, build, run the demo
+#   make demo   install what is missing, build (release), run the demo:
+#               nats-server, receivers, the pipeline, out/ledger.csv
 #   make test   install what is missing, then format check, clippy, all tests
 #
 # Pinned external tools (nats-server, bean-check, an SMTP sink) live in
@@ -27,8 +28,7 @@ test: tools lint
 	cargo test --locked
 
 demo: tools build
-	./target/release/ledgerline postings --pretty \
-		--config config/ledgerline.toml --events fixtures/sample/events.ndjson
+	./target/release/ledgerline demo --out out
 
 bench: tools
 	cargo bench --locked

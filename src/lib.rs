@@ -17,9 +17,18 @@
 //!
 //! Around it:
 //! - [`service`]: `ledgerline run`, the components in one process.
+//! - [`admin`]: the admin HTTP API: registries, deliveries, redeliver,
+//!   order ledgers, health, readiness, Prometheus metrics.
+//! - [`registry_store`]: the registries in a JetStream KV bucket (with
+//!   history), validated writes, the live set read by every component;
+//!   [`registry_cli`] reads registry files and renders them for the CLI.
 //! - [`publish`]: `ledgerline publish`, NDJSON → ORDERS with bulk acks.
 //! - [`verify`]: `ledgerline verify`, replay ORDERS and compare with LEDGER.
 //! - [`aggregator`]: ORDERS → postings on LEDGER, crash-safe, per-order order.
+//! - [`dispatcher`]: postings → accounting webhooks, FIFO per (registry,
+//!   order): auth, signatures, retries, dead letters, redeliver.
+//! - [`notify`]: failure emails over SMTP, rate-limited per registry.
+//! - [`receiver`]: `ledgerline receiver`, a sample accounting webhook.
 //! - [`config`]: the TOML file, environment overrides, validation (SPEC 7).
 //! - [`secret`]: values that never print.
 //! - [`signing`]: Standard Webhooks signatures.
@@ -27,23 +36,32 @@
 //! - [`streams`]: JetStream connection, the ORDERS and LEDGER streams,
 //!   subjects and headers.
 //! - [`records`]: what is stored on each LEDGER subject.
+//! - [`export`]: `ledgerline export`, LEDGER as an audit CSV or a beancount
+//!   ledger joined with delivery state, with a reconciling summary.
 //! - [`demo`]: `ledgerline demo` and its deterministic dataset.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
 
+pub mod admin;
 pub mod aggregator;
 pub mod config;
 pub mod demo;
+pub mod dispatcher;
 pub mod engine;
 pub mod events;
+pub mod export;
 pub mod ledger;
 pub mod money;
 pub mod natsd;
+pub mod notify;
 pub mod offline;
 pub mod order;
 pub mod posting;
 pub mod publish;
+pub mod receiver;
 pub mod records;
 pub mod registry;
+pub mod registry_cli;
+pub mod registry_store;
 pub mod secret;
 pub mod service;
 pub mod signing;

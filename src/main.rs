@@ -45,10 +45,16 @@ struct NatsArgs {
 impl NatsArgs {
     /// defaults → file → LEDGERLINE_* → flags, then validated.
     fn settings(&self) -> Result<Settings, ConfigError> {
+        self.settings_with(|_| {})
+    }
+
+    /// Like [`NatsArgs::settings`], with a command's own flags applied last.
+    fn settings_with(&self, flags: impl FnOnce(&mut Config)) -> Result<Settings, ConfigError> {
         let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
         if let Some(url) = &self.nats_url {
             config.nats_url = url.clone();
         }
+        flags(&mut config);
         config.validate()
     }
 }
@@ -63,6 +69,16 @@ enum Command {
         /// Run only these components (comma-separated).
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<Component>,
+        /// Address of the admin API, overriding the file and
+        /// LEDGERLINE_ADMIN_LISTEN (port 0: any free port, logged).
+        #[arg(long)]
+        admin_listen: Option<String>,
+    },
+    /// Registries in the registry bucket: apply a file, list, show, delete.
+    /// Changes reach a running service at once.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
     },
     /// Publish an NDJSON events file (or - for stdin) to ORDERS.
     Publish {
@@ -86,11 +102,168 @@ enum Command {
         #[arg(long)]
         pretty: bool,
     },
+    /// The whole pipeline on one machine: nats-server, sample receivers
+    /// behind three registries, the dataset, retries, a dead letter and its
+    /// redelivery, the audit CSV and beancount files, a summary.
+    Demo {
+        /// Orders in the dataset (default: the full demo, 1,300 orders).
+        #[arg(long)]
+        orders: Option<usize>,
+        /// Use this NATS server instead of starting one.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Where ledger.csv and ledger.beancount go.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
     /// Replay ORDERS and check every stored posting is reproduced exactly.
     Verify {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Export LEDGER for audit (CSV or beancount) with delivery state, and
+    /// report totals per registry and currency (exit 1 when unbalanced).
+    Export(ExportArgs),
+
+    /// Resend a dead-lettered posting with its same idempotency key and body,
+    /// then the postings of the order it held.
+    Redeliver {
+        /// The registry id.
+        #[arg(long)]
+        registry: String,
+        /// The order id.
+        #[arg(long)]
+        order: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Delivery state per (registry, order).
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// A sample accounting receiver: verifies signatures, answers
+    /// registry_data, keeps what it received, fails on demand.
+    Receiver(ReceiverArgs),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Create or update the registries of a file: TOML `[[registry]]`
+    /// entries (a whole config file works) or JSON. All are validated
+    /// before any is written; unchanged ones are not rewritten. `"***"` for
+    /// a secret keeps the stored one.
+    Apply {
+        /// The registry file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// A table of the registries: id, name, url, enabled, revision, updated.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// One registry, secrets shown as "***".
+    Show {
+        /// The registry id.
+        id: String,
+        /// JSON (with revision and times) or a TOML entry to edit and apply.
+        #[arg(long, value_enum, default_value = "json")]
+        format: ledgerline::registry_cli::ShowFormat,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Delete a registry: no new postings for it; its postings stay in
+    /// LEDGER and its history in the bucket.
+    Delete {
+        /// The registry id.
+        id: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// One line per (registry, order): postings, delivered, status, attempts,
+    /// last error, next attempt.
+    List {
+        /// Only this registry.
+        #[arg(long)]
+        registry: Option<String>,
+        /// Only this status.
+        #[arg(long, value_enum)]
+        status: Option<ledgerline::dispatcher::state::Status>,
+        /// NDJSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+/// `ledgerline receiver` flags.
+#[derive(Args)]
+struct ReceiverArgs {
+    /// Address to listen on, e.g. 127.0.0.1:9000.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Verify Standard Webhooks signatures with this `whsec_…` secret.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Answer this HTTP status instead of accepting…
+    #[arg(long)]
+    fail_status: Option<u16>,
+    /// …to this share of requests (0 to 1).
+    #[arg(long, default_value_t = 1.0)]
+    fail_share: f64,
+    /// Wait this long before answering.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Plus a random extra wait up to this long (answers in random order).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+}
+
+/// `ledgerline export` flags.
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Output file, or - for standard output.
+    #[arg(long, default_value = "-")]
+    out: PathBuf,
+    /// Only these registries (repeatable or comma-separated); all by default.
+    #[arg(long = "registry", value_delimiter = ',')]
+    registries: Vec<String>,
+    /// Only postings posted at or after this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339)]
+    from: Option<time::OffsetDateTime>,
+    /// Only postings posted before this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339)]
+    to: Option<time::OffsetDateTime>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: ExportFormat,
+    /// Write the summary to this file instead of standard error.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Beancount,
+}
+
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-22T10:00:00Z: {e}"))
 }
 
 /// Logs to stderr: readable on a terminal, JSON lines otherwise (or as
@@ -137,13 +310,29 @@ fn main() -> ExitCode {
             events,
             pretty,
         } => return postings(config, events, pretty),
-        Command::Run { nats, only } => {
+        Command::Run {
+            nats,
+            only,
+            admin_listen,
+        } => {
             init_logging("info");
-            let settings = match settings_or_exit(&nats) {
+            let settings = nats.settings_with(|c| {
+                if let Some(a) = admin_listen {
+                    c.admin_listen = a;
+                }
+            });
+            let settings = match settings {
                 Ok(s) => s,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("ledgerline: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
             };
             run(settings, only)
+        }
+        Command::Registry { command } => {
+            init_logging("warn");
+            registry(command)
         }
         Command::Publish { file, nats, strict } => {
             init_logging("warn");
@@ -153,6 +342,16 @@ fn main() -> ExitCode {
             };
             publish(settings, file, strict)
         }
+        Command::Demo {
+            orders,
+            nats_url,
+            out,
+        } => {
+            // The demo fails on purpose (retries, a dead letter); its
+            // summary says what happened, so only errors are logged.
+            init_logging("error");
+            demo(orders, nats_url, out)
+        }
         Command::Verify { nats } => {
             init_logging("warn");
             let settings = match settings_or_exit(&nats) {
@@ -160,6 +359,46 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             verify(settings)
+        }
+        Command::Export(args) => {
+            init_logging("warn");
+            let settings = match settings_or_exit(&args.nats) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            export(settings, args)
+        }
+        Command::Redeliver {
+            registry,
+            order,
+            nats,
+        } => {
+            init_logging("warn");
+            let settings = match settings_or_exit(&nats) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            redeliver(settings, &registry, &order)
+        }
+        Command::Deliveries {
+            command:
+                DeliveriesCommand::List {
+                    registry,
+                    status,
+                    json,
+                    nats,
+                },
+        } => {
+            init_logging("warn");
+            let settings = match settings_or_exit(&nats) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            deliveries_list(settings, registry, status, json)
+        }
+        Command::Receiver(args) => {
+            init_logging("info");
+            receiver(args)
         }
     };
     match result {
@@ -228,8 +467,7 @@ fn postings(config: PathBuf, events: PathBuf, pretty: bool) -> ExitCode {
 
 fn run(settings: Settings, only: Vec<Component>) -> anyhow::Result<ExitCode> {
     let components: BTreeSet<Component> = if only.is_empty() {
-        // Everything this build has.
-        [Component::Aggregator].into_iter().collect()
+        Component::ALL.into_iter().collect()
     } else {
         only.into_iter().collect()
     };
@@ -242,8 +480,125 @@ fn run(settings: Settings, only: Vec<Component>) -> anyhow::Result<ExitCode> {
             tracing::info!("shutdown requested; finishing in-flight work");
             signals.cancel();
         });
-        ledgerline::service::run(settings, components, shutdown).await?;
-        Ok(ExitCode::SUCCESS)
+        match ledgerline::service::run(settings, components, shutdown).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) if e.is_config_error() => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("ledgerline: {e}");
+                Ok(ExitCode::from(EXIT_USAGE))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+/// `ledgerline registry …`: exit 0 done, 1 NATS trouble or no such
+/// registry, 2 an invalid file or registry (the message names the field).
+fn registry(command: RegistryCommand) -> anyhow::Result<ExitCode> {
+    use ledgerline::registry_cli::{
+        read_registry_file, render_json_line, render_show, render_table,
+    };
+    use ledgerline::registry_store::{ChangedBy, RegistryStore, StoreError};
+    let nats = match &command {
+        RegistryCommand::Apply { nats, .. }
+        | RegistryCommand::List { nats, .. }
+        | RegistryCommand::Show { nats, .. }
+        | RegistryCommand::Delete { nats, .. } => nats.clone(),
+    };
+    let settings = match settings_or_exit(&nats) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    // Read the file before connecting: a bad file is exit 2 either way.
+    let file = match &command {
+        RegistryCommand::Apply { file, .. } => match read_registry_file(file) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("ledgerline: {e}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        },
+        _ => None,
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let client = ledgerline::streams::connect_once(&settings.config).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let store = RegistryStore::open(&js, settings.policy.clone()).await?;
+        let mut out = std::io::stdout().lock();
+        let code = match command {
+            RegistryCommand::Apply { .. } => {
+                let configs = file.unwrap_or_default();
+                match store.apply(&configs, ChangedBy::Cli).await {
+                    Ok(done) => {
+                        for (e, outcome) in done {
+                            writeln!(
+                                out,
+                                "{} {} (revision {})",
+                                outcome.as_str(),
+                                e.config.id,
+                                e.revision
+                            )?;
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e @ StoreError::Invalid(_)) => {
+                        eprintln!("ledgerline: {e}");
+                        ExitCode::from(EXIT_USAGE)
+                    }
+                    Err(e) if e.is_caller_error() => {
+                        eprintln!("ledgerline: {e}");
+                        ExitCode::FAILURE
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            RegistryCommand::List { json, .. } => {
+                let entries = store.list().await?;
+                if json {
+                    for e in &entries {
+                        writeln!(out, "{}", render_json_line(e))?;
+                    }
+                } else {
+                    write!(out, "{}", render_table(&entries))?;
+                }
+                ExitCode::SUCCESS
+            }
+            RegistryCommand::Show { id, format, .. } => match store.get(&id).await? {
+                Some(e) => match render_show(&e, format) {
+                    Ok(text) => {
+                        write!(out, "{text}")?;
+                        ExitCode::SUCCESS
+                    }
+                    Err(msg) => {
+                        eprintln!("ledgerline: {msg}");
+                        ExitCode::FAILURE
+                    }
+                },
+                None => {
+                    eprintln!("ledgerline: registry {id:?} does not exist");
+                    ExitCode::FAILURE
+                }
+            },
+            RegistryCommand::Delete { id, .. } => match store.delete(&id, None).await {
+                Ok(e) => {
+                    writeln!(
+                        out,
+                        "deleted {} (was revision {}); its postings stay in LEDGER",
+                        e.config.id, e.revision
+                    )?;
+                    ExitCode::SUCCESS
+                }
+                Err(e) if e.is_caller_error() => {
+                    eprintln!("ledgerline: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        out.flush()?;
+        client.flush().await.context("flushing to NATS")?;
+        Ok(code)
     })
 }
 
@@ -354,6 +709,249 @@ fn verify(settings: Settings) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{report}");
     Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn export(settings: Settings, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    use ledgerline::export::{ExportOptions, Format, Output};
+    let opts = ExportOptions {
+        registries: args.registries,
+        from: args.from,
+        to: args.to,
+        format: match args.format {
+            ExportFormat::Csv => Format::Csv,
+            ExportFormat::Beancount => Format::Beancount,
+        },
+        progress: std::io::stderr().is_terminal(),
+    };
+    if let Err(e) = opts.validate() {
+        eprintln!("ledgerline: {e}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let output =
+        Output::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let writer = output.writer().context("opening the output")?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let client = ledgerline::streams::connect_once(&settings.config).await?;
+        let report = ledgerline::export::export(&client, &opts, writer).await?;
+        anyhow::Ok(report)
+    })?;
+    output
+        .commit()
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let text = report.render();
+    match &args.summary {
+        Some(path) => std::fs::write(path, &text)
+            .with_context(|| format!("writing the summary to {}", path.display()))?,
+        None => eprint!("{text}"),
+    }
+    Ok(if report.summary.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `ledgerline redeliver`: exit 0 when requested, 1 when nothing is
+/// dead-lettered for the order.
+fn redeliver(settings: Settings, registry: &str, order: &str) -> anyhow::Result<ExitCode> {
+    use ledgerline::dispatcher::status::{RedeliverOutcome, request_redeliver};
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = ledgerline::streams::connect_once(&settings.config).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let outcome = request_redeliver(&js, registry, order).await?;
+        client.flush().await.context("flushing to NATS")?;
+        Ok(match outcome {
+            RedeliverOutcome::Requested {
+                seq,
+                idempotency_key,
+                held,
+            } => {
+                println!(
+                    "redelivery of posting {seq} of order {order} to {registry} requested \
+                     (idempotency key {idempotency_key}); {held} held posting(s) follow it"
+                );
+                ExitCode::SUCCESS
+            }
+            RedeliverOutcome::NotDead { status } => {
+                eprintln!(
+                    "ledgerline: order {order} is not dead-lettered at {registry} (status: {}); nothing to redeliver",
+                    status.as_str()
+                );
+                ExitCode::FAILURE
+            }
+            RedeliverOutcome::Unknown => {
+                eprintln!("ledgerline: registry {registry} has no postings for order {order}");
+                ExitCode::FAILURE
+            }
+        })
+    })
+}
+
+/// `ledgerline deliveries list`.
+fn deliveries_list(
+    settings: Settings,
+    registry: Option<String>,
+    status: Option<ledgerline::dispatcher::state::Status>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use ledgerline::dispatcher::state::Status;
+    use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
+    let bar = progress_bar(None, "reading deliveries");
+    let rt = runtime()?;
+    let rows = rt.block_on(async {
+        let client = ledgerline::streams::connect_once(&settings.config).await?;
+        let js = async_nats::jetstream::new(client);
+        let filter = ListFilter { registry, status };
+        let rows = list_deliveries(&js, &filter, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
+        anyhow::Ok(rows)
+    })?;
+    bar.finish_and_clear();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<20} {:<38} {:<9} {:>8} {:>9} {:>5} {:>8} {:<25} LAST ERROR",
+            "REGISTRY",
+            "ORDER",
+            "STATUS",
+            "POSTINGS",
+            "DELIVERED",
+            "HELD",
+            "ATTEMPTS",
+            "NEXT ATTEMPT"
+        )?;
+        for r in &rows {
+            let next = r
+                .next_attempt_at
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{:<20} {:<38} {:<9} {:>8} {:>9} {:>5} {:>8} {:<25} {}",
+                r.registry_id,
+                r.order_id,
+                r.status.as_str(),
+                r.postings,
+                r.delivered,
+                r.held,
+                r.attempts,
+                next,
+                r.last_error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    out.flush()?;
+    let count = |s: Status| rows.iter().filter(|r| r.status == s).count();
+    eprintln!(
+        "deliveries: {} (registry, order) pairs: {} delivered, {} pending, {} retrying, {} dead",
+        rows.len(),
+        count(Status::Delivered),
+        count(Status::Pending),
+        count(Status::Retrying),
+        count(Status::Dead)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ledgerline receiver`: serves until Ctrl-C, then prints what it saw.
+fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
+    use ledgerline::receiver::{FailureMode, Receiver};
+    let secret = args.secret.map(ledgerline::secret::Secret::new);
+    let failure = FailureMode {
+        status: args.fail_status,
+        share: args.fail_share,
+        delay_ms: args.delay_ms,
+        jitter_ms: args.jitter_ms,
+    };
+    let rx = match Receiver::new(secret.as_ref(), failure) {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("ledgerline: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "receiver listening on http://{addr} (signatures {}); control API under /_receiver/",
+            if secret.is_some() {
+                "verified"
+            } else {
+                "not checked"
+            }
+        );
+        rx.clone().serve(listener, wait_for_signal()).await?;
+        let s = rx.stats();
+        eprintln!(
+            "receiver: {} requests, {} accepted, {} failures injected, {} bad signatures, \
+             {} registry_data chain breaks, {} postings, {} orders",
+            s.requests,
+            s.accepted,
+            s.failures_injected,
+            s.signature_failures,
+            s.chain_breaks,
+            s.distinct_keys,
+            s.orders
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn demo(orders: Option<usize>, nats_url: Option<String>, out: PathBuf) -> anyhow::Result<ExitCode> {
+    use ledgerline::demo::{DemoOptions, dataset};
+    let opts = DemoOptions {
+        orders: orders.unwrap_or(dataset::ORDERS),
+        nats_url,
+        out_dir: out,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let bar = progress_bar(None, "starting");
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+    let mut last_stage = String::new();
+    let rt = runtime()?;
+    let summary = rt.block_on(ledgerline::demo::run_demo(opts, |p| {
+        let line = format!(
+            "{}: published {}/{} · postings {} · delivered {} · rejected {}",
+            p.stage, p.published, p.events, p.postings, p.delivered, p.rejected
+        );
+        if tty {
+            bar.set_message(line);
+        } else if p.stage != last_stage {
+            eprintln!("demo: {}", p.stage);
+            last_stage = p.stage.clone();
+        }
+    }))?;
+    bar.finish_and_clear();
+    println!("{summary}");
+    let ok = summary.balanced && summary.bean_check != Some(false);
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -2,24 +2,50 @@
 //! chosen (aggregator, dispatcher, admin API), stopped by a cancellation
 //! token (SIGTERM / Ctrl-C in `main`).
 //!
-//! Start-up reads top to bottom: connect (retrying until NATS is up), make
-//! sure the streams exist, start each component with the same registries and
-//! shutdown token, then wait. On shutdown every component stops taking work,
-//! finishes or hands back what is in flight, and returns; `run` returns when
-//! all have.
+//! Start-up reads top to bottom:
+//! 1. connect (retrying until NATS is up);
+//! 2. make sure the ORDERS and LEDGER streams and the registry bucket exist;
+//! 3. apply the config file's `[[registry]]` entries to the bucket, each
+//!    written only if it differs from what is stored (so every start-up is
+//!    idempotent; the file wins over API edits of the same registry);
+//! 4. follow the bucket: the live registry set every component reads, so a
+//!    registry created, changed, disabled or deleted (API or CLI) is picked
+//!    up without a restart;
+//! 5. start each component with that set and the shutdown token;
+//! 6. wait.
+//!
+//! Steps 2–4 are retried while NATS is unreachable. On shutdown every
+//! component stops taking work, finishes or hands back what is in flight
+//! (the aggregator finishes the event each lane is applying and naks the
+//! queued ones; the dispatcher finishes and records the attempts in flight
+//! and hands back its messages; the admin API finishes the requests in
+//! flight), and `run` returns once all have. A component that fails, or
+//! stops while it should not, stops the others, and `run` returns its error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
+use async_nats::jetstream;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminConfig, AdminState, ComponentState, Health};
 use crate::aggregator::{AggregatorOptions, run_aggregator};
 use crate::config::Settings;
-use crate::registry::fixed_registries;
+use crate::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
+use crate::registry_store::{self, RegistryStore, RegistryWatcher, StoreError};
 use crate::streams;
 
+/// Backoff between start-up attempts while NATS is unreachable: first, cap.
+pub const START_RETRY_MIN: Duration = Duration::from_millis(250);
+pub const START_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest the last flush to NATS may take at shutdown.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A part of the service `run` can start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Component {
     /// ORDERS → postings.
     Aggregator,
@@ -29,15 +55,47 @@ pub enum Component {
     Admin,
 }
 
+impl Component {
+    /// Every component: what `run` starts by default.
+    pub const ALL: [Component; 3] = [
+        Component::Aggregator,
+        Component::Dispatcher,
+        Component::Admin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Aggregator => "aggregator",
+            Component::Dispatcher => "dispatcher",
+            Component::Admin => "admin",
+        }
+    }
+}
+
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Nats(#[from] streams::NatsError),
+    #[error("registries: {0}")]
+    Registries(#[from] StoreError),
     #[error("aggregator: {0}")]
     Aggregator(#[from] crate::aggregator::AggregatorError),
-    #[error("component {0:?} is not available in this build yet")]
-    Unavailable(Component),
+    #[error("dispatcher: {0}")]
+    Dispatcher(#[from] DispatchError),
+    #[error(
+        "admin_token must be set to serve the admin API (in the config file or \
+         LEDGERLINE_ADMIN_TOKEN), or leave the API out: --only aggregator,dispatcher"
+    )]
+    MissingAdminToken,
+    #[error("cannot listen on {addr} for the admin API: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin API: {0}")]
+    Admin(#[source] std::io::Error),
     #[error("component {component:?} stopped: {message}")]
     Stopped {
         component: Component,
@@ -45,56 +103,235 @@ pub enum ServiceError {
     },
 }
 
-/// Runs `components` until `shutdown` fires.
+impl ServiceError {
+    /// True when the configuration is at fault (exit 2), not the run.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::MissingAdminToken
+                | ServiceError::Listen { .. }
+                | ServiceError::Registries(StoreError::Invalid(_))
+        )
+    }
+}
+
+/// Runs `components` until `shutdown` fires, the admin API (when chosen)
+/// on `admin_listen`.
 pub async fn run(
     settings: Settings,
     components: BTreeSet<Component>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    let listener = if components.contains(&Component::Admin) {
+        admin_token(&settings)?;
+        let addr = settings.config.admin_listen.clone();
+        Some(
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|source| ServiceError::Listen { addr, source })?,
+        )
+    } else {
+        None
+    };
+    run_with_listener(settings, components, listener, shutdown).await
+}
+
+fn admin_token(settings: &Settings) -> Result<crate::secret::Secret, ServiceError> {
+    match &settings.config.admin_token {
+        Some(t) if !t.expose().trim().is_empty() => Ok(t.clone()),
+        _ => Err(ServiceError::MissingAdminToken),
+    }
+}
+
+/// [`run`] with the admin API on an already bound listener (tests bind
+/// `127.0.0.1:0`). The listener is required when `components` has the
+/// admin API, and ignored otherwise.
+pub async fn run_with_listener(
+    settings: Settings,
+    components: BTreeSet<Component>,
+    admin_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    // Everything that can be refused is checked before anything starts.
+    let mut admin_parts = if components.contains(&Component::Admin) {
+        let token = admin_token(&settings)?;
+        let listener = match admin_listener {
+            Some(l) => l,
+            None => {
+                let addr = settings.config.admin_listen.clone();
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServiceError::Listen { addr, source })?
+            }
+        };
+        Some((listener, token))
+    } else {
+        None
+    };
+    let dispatcher_options = if components.contains(&Component::Dispatcher) {
+        Some(DispatcherOptions::from_settings(&settings)?)
+    } else {
+        None
+    };
+    let health = Arc::new(Health::new());
+    for c in &components {
+        health.set(c.name(), ComponentState::Starting);
+    }
     let client = streams::connect(&settings.config).await?;
-    let registries = fixed_registries(settings.registries.clone());
     info!(
         nats_url = %settings.config.nats_url,
-        registries = settings.registries.len(),
+        config_registries = settings.config.registry.len(),
         components = ?components,
         "ledgerline starting"
     );
+    let js = jetstream::new(client.clone());
+    let Some((store, watcher)) = prepare(&js, &settings, &shutdown).await? else {
+        info!("shutdown requested during start-up; ledgerline stopped");
+        return Ok(());
+    };
+    health.set_registry_watch(watcher.healthy.clone());
+    let registries = watcher.registries.clone();
+
     let mut tasks = tokio::task::JoinSet::new();
-    for c in &components {
-        match c {
+    let mut names = HashMap::new();
+    for &c in &components {
+        let shutdown = shutdown.clone();
+        let handle = match c {
             Component::Aggregator => {
                 let options =
                     AggregatorOptions::new(&settings.config.subject_prefix, settings.ledger);
-                let (client, registries, shutdown) =
-                    (client.clone(), registries.clone(), shutdown.clone());
+                let (client, registries) = (client.clone(), registries.clone());
                 tasks.spawn(async move {
                     run_aggregator(client, options, registries, shutdown)
                         .await
                         .map_err(ServiceError::from)
-                });
+                })
             }
-            other => return Err(ServiceError::Unavailable(*other)),
-        }
+            Component::Dispatcher => {
+                let Some(options) = dispatcher_options.clone() else {
+                    continue;
+                };
+                let (client, registries) = (client.clone(), registries.clone());
+                tasks.spawn(async move {
+                    run_dispatcher(client, options, registries, shutdown)
+                        .await
+                        .map_err(ServiceError::from)
+                })
+            }
+            Component::Admin => {
+                let Some((listener, token)) = admin_parts.take() else {
+                    continue;
+                };
+                let state = AdminState::new(AdminConfig {
+                    client: client.clone(),
+                    store: store.clone(),
+                    registries: registries.clone(),
+                    token,
+                    subject_prefix: settings.config.subject_prefix.clone(),
+                    ledger: settings.ledger,
+                    health: health.clone(),
+                });
+                tasks.spawn(async move {
+                    admin::serve(listener, state, shutdown)
+                        .await
+                        .map_err(ServiceError::Admin)
+                })
+            }
+        };
+        names.insert(handle.id(), c);
+        health.set(c.name(), ComponentState::Running);
     }
+
     let mut first_error = None;
-    while let Some(done) = tasks.join_next().await {
-        let result = done.unwrap_or_else(|e| {
+    while let Some(done) = tasks.join_next_with_id().await {
+        let (id, result) = match done {
+            Ok((id, r)) => (id, Ok(r)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        // Every task was spawned above and named.
+        let Some(&component) = names.get(&id) else {
+            continue;
+        };
+        let result = match result.unwrap_or_else(|panic| {
             Err(ServiceError::Stopped {
-                component: Component::Aggregator,
-                message: e.to_string(),
+                component,
+                message: panic.to_string(),
             })
-        });
-        if let Err(e) = result {
-            error!(error = %e, "component failed; stopping the others");
-            shutdown.cancel();
-            first_error.get_or_insert(e);
+        }) {
+            Ok(()) if !shutdown.is_cancelled() => Err(ServiceError::Stopped {
+                component,
+                message: "stopped without being asked to".to_owned(),
+            }),
+            other => other,
+        };
+        match result {
+            Ok(()) => health.set(component.name(), ComponentState::Stopped),
+            Err(e) => {
+                health.set(component.name(), ComponentState::Failed);
+                error!(component = component.name(), error = %e, "component failed; stopping the others");
+                shutdown.cancel();
+                first_error.get_or_insert(e);
+            }
         }
     }
-    // Let buffered publishes and acks reach the server before exiting.
-    let _ = client.flush().await;
+    // The watcher follows the same token; wait for it to let go.
+    shutdown.cancel();
+    let _ = watcher.task.await;
+    // Let buffered publishes and acks reach the server before exiting, but
+    // do not hang on a server that is gone: what was not acknowledged is
+    // redelivered after a restart.
+    if tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
+        .await
+        .is_err()
+    {
+        warn!(
+            "NATS did not confirm the last writes in time; unacknowledged work will be redelivered"
+        );
+    }
     info!("ledgerline stopped");
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Start-up steps 2–4, retried while NATS is unreachable. `None` when
+/// shutdown was requested meanwhile.
+async fn prepare(
+    js: &jetstream::Context,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<Option<(RegistryStore, RegistryWatcher)>, ServiceError> {
+    let mut backoff = START_RETRY_MIN;
+    loop {
+        let attempt = async {
+            streams::ensure_streams(js, &settings.config.subject_prefix).await?;
+            let ready = registry_store::start(js, settings, shutdown.clone()).await?;
+            Ok::<_, ServiceError>(ready)
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = attempt => r,
+        };
+        match result {
+            Ok(ready) => {
+                info!(
+                    registries = ready.1.registries.borrow().all().len(),
+                    "registries loaded"
+                );
+                return Ok(Some(ready));
+            }
+            Err(ServiceError::Registries(s)) if s.is_caller_error() => {
+                return Err(ServiceError::Registries(s));
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "start-up step failed (NATS unreachable?); retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(START_RETRY_MAX);
+            }
+        }
     }
 }

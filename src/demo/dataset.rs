@@ -405,6 +405,58 @@ pub fn generate(orders: usize, seed: u64) -> Vec<String> {
     lines
 }
 
+/// One more `order.updated` for an order of `lines` that was confirmed and
+/// never cancelled: one more ticket on its first line, at the next version.
+/// Returns the order id and the event line.
+pub fn one_more_update(lines: &[String]) -> (String, String) {
+    let events: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let cancelled: std::collections::HashSet<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "order.cancelled")
+        .filter_map(|e| e["order_id"].as_str())
+        .collect();
+    let latest = |id: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["order_id"] == id
+                    && e.get("order").is_some()
+                    && !e["event_id"].as_str().unwrap_or("").starts_with("poison")
+            })
+            .max_by_key(|e| e["order"]["version"].as_u64().unwrap_or(0))
+            .cloned()
+    };
+    for e in events.iter().rev() {
+        let Some(id) = e["order_id"].as_str() else {
+            continue;
+        };
+        if e["type"] != "order.confirmed"
+            || cancelled.contains(id)
+            || crate::events::OrderId::parse(id).is_none()
+        {
+            continue;
+        }
+        let Some(mut last) = latest(id) else { continue };
+        let version = last["order"]["version"].as_u64().unwrap_or(0) + 1;
+        last["event_id"] = json!("demo-extra-update");
+        last["type"] = json!("order.updated");
+        last["order"]["version"] = json!(version);
+        if let Some(obj) = last["order"].as_object_mut() {
+            obj.remove("payments");
+        }
+        let q = last["order"]["line_items"][0]["quantity"]
+            .as_u64()
+            .unwrap_or(1);
+        last["order"]["line_items"][0]["quantity"] = json!(q + 1);
+        last["order"]["line_items"][0]["discount"] = json!("0");
+        return (id.to_owned(), last.to_string());
+    }
+    (String::new(), String::new())
+}
+
 fn p_clone(g: &OrderGen<'_>, id: &str) -> Value {
     g.payment(id, "card", 100)
 }

@@ -1,5 +1,621 @@
-//! `ledgerline demo`: the whole pipeline on one machine.
+//! `ledgerline demo`: the whole pipeline on one machine, in about a minute.
 //!
-//! - [`dataset`]: the deterministic sample data (`fixtures/demo/`).
+//! 1. starts the project-installed nats-server on free ports with a temp
+//!    store (unless `--nats-url` is given);
+//! 2. starts the sample receiver three times, behind three registries: one
+//!    signed with a `whsec_` secret, one with OAuth2 against a token
+//!    endpoint served beside it, one with an accept rule (`/status` = "1");
+//! 3. runs aggregator, dispatcher and admin API in this process;
+//! 4. publishes the dataset ([`dataset`]) with live progress, and injects a
+//!    burst of receiver failures (503 for half the requests) so retries show;
+//! 5. once everything is delivered, sends one more update while the
+//!    accept-rule receiver refuses it (`{"status":"0"}`): a dead letter and
+//!    its alert; then redelivers it with the same key;
+//! 6. writes `out/ledger.csv` and `out/ledger.beancount` (checked with
+//!    `bean-check` when the project's tools are installed) and returns a
+//!    summary; everything it started is stopped.
 
 pub mod dataset;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::{self, stream::Stream};
+use axum::routing::post;
+use axum::{Json, Router};
+use rust_decimal::Decimal;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Settings};
+use crate::natsd::NatsServer;
+use crate::receiver::{FailureMode, Receiver};
+use crate::secret::Secret;
+use crate::service::Component;
+use crate::streams::{self, LEDGER_STREAM, subjects};
+
+/// The signing secret of the demo's signed registry (not a real secret).
+pub const DEMO_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWxlZGdlcmxpbmU=";
+/// Longest the demo waits for the pipeline to settle.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(180);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Orders in the dataset (the full demo: [`dataset::ORDERS`]).
+    pub orders: usize,
+    /// An existing NATS server instead of starting one.
+    pub nats_url: Option<String>,
+    /// Where the CSV and beancount files go.
+    pub out_dir: PathBuf,
+}
+
+/// Live counters, for a progress line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DemoProgress {
+    pub stage: String,
+    pub events: u64,
+    pub published: u64,
+    pub postings: u64,
+    pub delivered: u64,
+    pub retrying: u64,
+    pub rejected: u64,
+}
+
+/// Per currency: Σdebit, Σcredit of every posting to the general journal
+/// (the unfiltered `journal-signed` registry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrencyTotal {
+    pub currency: String,
+    pub debit: Decimal,
+    pub credit: Decimal,
+}
+
+/// What the demo did.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    pub orders: usize,
+    pub events: u64,
+    pub published: u64,
+    pub refused_by_publish: u64,
+    pub rejected: u64,
+    pub postings: u64,
+    pub delivered: u64,
+    pub attempts: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
+    pub redelivered: u64,
+    pub totals: Vec<CurrencyTotal>,
+    /// Every posting of an unfiltered registry balanced.
+    pub balanced: bool,
+    pub csv: PathBuf,
+    pub beancount: PathBuf,
+    /// `Some(true)` when bean-check accepted the file, `None` if not run.
+    pub bean_check: Option<bool>,
+    pub elapsed: Duration,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("starting nats-server: {0}")]
+    Nats(#[from] crate::natsd::NatsdError),
+    #[error("{0}")]
+    Streams(#[from] streams::NatsError),
+    #[error("demo configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{what}: {message}")]
+    Step { what: &'static str, message: String },
+}
+
+fn step(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> DemoError {
+    move |e| DemoError::Step {
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// A started sample receiver.
+struct Endpoint {
+    receiver: Receiver,
+    addr: std::net::SocketAddr,
+}
+
+async fn start_receiver(
+    secret: Option<&Secret>,
+    with_token_endpoint: bool,
+    status_reply: bool,
+    shutdown: CancellationToken,
+) -> Result<Endpoint, DemoError> {
+    let receiver = Receiver::new(secret, FailureMode::default())
+        .map_err(|e| step("starting the receiver")(&e))?
+        .with_status_reply(status_reply);
+    let mut router: Router = receiver.router();
+    if with_token_endpoint {
+        let issued = Arc::new(AtomicU64::new(0));
+        router = router.route(
+            "/oauth/token",
+            post(move || {
+                let issued = issued.clone();
+                async move {
+                    let n = issued.fetch_add(1, Ordering::Relaxed) + 1;
+                    Json(json!({"access_token": format!("demo-token-{n}"), "expires_in": 3600, "token_type": "Bearer"}))
+                }
+            }),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| step("binding a receiver port")(&e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| step("binding a receiver port")(&e))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok(Endpoint { receiver, addr })
+}
+
+fn free_port() -> Result<u16, DemoError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| step("finding a free port")(&e))
+}
+
+/// The demo's configuration: three registries on loopback.
+fn demo_settings(
+    nats_url: &str,
+    signed: &Endpoint,
+    oauth: &Endpoint,
+    accept: &Endpoint,
+    admin_port: u16,
+) -> Result<Settings, DemoError> {
+    let text = format!(
+        r#"
+nats_url = "{nats_url}"
+admin_listen = "127.0.0.1:{admin_port}"
+admin_token = "demo-admin-token"
+allow_insecure_http = true
+allow_private_targets = ["127.0.0.0/8"]
+
+[delivery]
+retry_schedule = ["200ms", "500ms", "1s", "2s", "3s"]
+max_in_flight = 256
+breaker_failures = 1000
+breaker_cool_down = "1s"
+
+[[registry]]
+id = "journal-signed"
+name = "General journal (signed)"
+url = "http://{signed}/journal"
+event_types = ["*"]
+group_by = ["currency"]
+ledger_codes = [
+  {{ entry_type = "cashflow", code = "1000" }},
+  {{ entry_type = "receivable", code = "1200" }},
+  {{ entry_type = "refund_due", code = "2100" }},
+  {{ entry_type = "revenue", code = "4000" }},
+  {{ entry_type = "discount", code = "4900" }},
+  {{ entry_type = "tax", code = "2200" }},
+  {{ entry_type = "fee", code = "4100" }},
+  {{ entry_type = "write_off", code = "6900" }},
+]
+signing_secret = "{DEMO_SECRET}"
+query = {{ tenant = "demo" }}
+
+[[registry]]
+id = "bi-oauth"
+name = "BI feed (OAuth2)"
+url = "http://{oauth}/bi"
+event_types = ["*"]
+group_by = ["currency", "product_id", "payment_method"]
+[registry.auth]
+type = "oauth2_client_credentials"
+token_url = "http://{oauth}/oauth/token"
+client_id = "ledgerline-demo"
+client_secret = "demo-client-secret"
+scope = "ledger"
+
+[[registry]]
+id = "erp-accept"
+name = "ERP revenue (accept rule)"
+url = "http://{accept}/erp"
+event_types = ["order.confirmed", "order.updated", "order.cancelled"]
+entry_types = ["revenue", "tax"]
+posting_mode = "full"
+group_by = ["currency", "tax_rate"]
+headers = {{ authenticationToken = "demo-api-key" }}
+[registry.accept]
+json_pointer = "/status"
+success_values = ["1"]
+"#,
+        signed = signed.addr,
+        oauth = oauth.addr,
+        accept = accept.addr,
+    );
+    Ok(Config::from_toml_with_env(&text, "demo", std::iter::empty())?.validate()?)
+}
+
+/// Messages on `filter` in `stream`.
+pub async fn count(stream: &Stream, filter: &str) -> u64 {
+    match stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(mut c) => c.info().await.map(|i| i.num_pending).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Delivery attempt records by outcome.
+async fn attempt_outcomes(stream: &Stream) -> BTreeMap<String, u64> {
+    use futures::StreamExt;
+    let mut out = BTreeMap::new();
+    let Ok(mut c) = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subjects::DELIVERIES_ALL.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+    else {
+        return out;
+    };
+    let pending = c.info().await.map(|i| i.num_pending).unwrap_or(0);
+    if pending == 0 {
+        return out;
+    }
+    let Ok(mut msgs) = c.messages().await else {
+        return out;
+    };
+    while let Some(Ok(m)) = msgs.next().await {
+        if let Ok(r) = serde_json::from_slice::<crate::records::DeliveryRecord>(&m.payload) {
+            let k = serde_json::to_value(r.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *out.entry(k).or_default() += 1;
+        }
+        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Waits until every posting has its registry_data (delivered) and nothing
+/// is retrying; reports progress meanwhile.
+async fn settle(
+    ledger: &Stream,
+    progress: &mut impl FnMut(&DemoProgress),
+    p: &mut DemoProgress,
+) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let mut stable = 0;
+    loop {
+        p.postings = count(ledger, subjects::POSTINGS_ALL).await;
+        p.delivered = count(ledger, subjects::REGISTRY_DATA_ALL).await;
+        p.rejected = count(ledger, subjects::REJECTED_ALL).await;
+        progress(p);
+        if p.postings > 0 && p.delivered >= p.postings {
+            stable += 1;
+            if stable >= 3 {
+                return Ok(());
+            }
+        } else {
+            stable = 0;
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            return Err(DemoError::Step {
+                what: "waiting for deliveries",
+                message: format!(
+                    "{} of {} postings delivered after {SETTLE_LIMIT:?}",
+                    p.delivered, p.postings
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Finds `bean-check` in the project's tools, or on PATH.
+fn bean_check() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().map(|a| a.join(".tools/bin")));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.extend(cwd.ancestors().map(|a| a.join(".tools/bin")));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin"));
+    dirs.into_iter()
+        .map(|d| d.join("bean-check"))
+        .find(|p| p.is_file())
+}
+
+/// Runs the demo. `progress` is called often with live counters.
+pub async fn run_demo(
+    opts: DemoOptions,
+    mut progress: impl FnMut(&DemoProgress),
+) -> Result<DemoSummary, DemoError> {
+    let started = Instant::now();
+    let mut p = DemoProgress {
+        stage: "starting nats-server".to_owned(),
+        ..Default::default()
+    };
+    progress(&p);
+    let server = match &opts.nats_url {
+        Some(_) => None,
+        None => Some(NatsServer::start().await?),
+    };
+    let nats_url = opts
+        .nats_url
+        .clone()
+        .or_else(|| server.as_ref().map(NatsServer::url))
+        .unwrap_or_default();
+
+    let stop_receivers = CancellationToken::new();
+    let secret = Secret::new(DEMO_SECRET);
+    let signed = start_receiver(Some(&secret), false, false, stop_receivers.clone()).await?;
+    let oauth = start_receiver(None, true, false, stop_receivers.clone()).await?;
+    let accept = start_receiver(None, false, true, stop_receivers.clone()).await?;
+    let settings = demo_settings(&nats_url, &signed, &oauth, &accept, free_port()?)?;
+
+    p.stage = "starting the pipeline".to_owned();
+    progress(&p);
+    let client = streams::connect_once(&settings.config).await?;
+    let js = jetstream::new(client.clone());
+    streams::ensure_streams(&js, &settings.config.subject_prefix).await?;
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(|e| step("reading LEDGER")(&e))?;
+    let stop_service = CancellationToken::new();
+    let service = tokio::spawn(crate::service::run(
+        settings.clone(),
+        [
+            Component::Aggregator,
+            Component::Dispatcher,
+            Component::Admin,
+        ]
+        .into_iter()
+        .collect(),
+        stop_service.clone(),
+    ));
+
+    // Publish, with a burst of failures at the signed receiver a third in.
+    let lines = dataset::generate(opts.orders, dataset::SEED);
+    p.events = lines.len() as u64;
+    p.stage = "publishing".to_owned();
+    let third = lines.len() / 3;
+    let (first, rest) = lines.split_at(third);
+    let first_text: String = first.iter().map(|l| format!("{l}\n")).collect();
+    let rest_text: String = rest.iter().map(|l| format!("{l}\n")).collect();
+    let prefix = settings.config.subject_prefix.clone();
+    let s1 = crate::publish::publish(
+        &client,
+        &prefix,
+        "demo",
+        first_text.as_bytes(),
+        |_| {},
+        |s| {
+            p.published = s.lines;
+            progress(&p);
+        },
+    )
+    .await
+    .map_err(|e| step("publishing the dataset")(&e))?;
+    signed
+        .receiver
+        .set_failure(FailureMode {
+            status: Some(503),
+            share: 0.5,
+            ..FailureMode::default()
+        })
+        .map_err(|e| step("injecting failures")(&e))?;
+    p.stage = "publishing (receiver failing half the requests)".to_owned();
+    let s2 = crate::publish::publish(
+        &client,
+        &prefix,
+        "demo",
+        rest_text.as_bytes(),
+        |_| {},
+        |s| {
+            p.published = first.len() as u64 + s.lines;
+            progress(&p);
+        },
+    )
+    .await
+    .map_err(|e| step("publishing the dataset")(&e))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signed
+        .receiver
+        .set_failure(FailureMode::default())
+        .map_err(|e| step("ending the failure burst")(&e))?;
+
+    p.stage = "delivering".to_owned();
+    settle(&ledger, &mut progress, &mut p).await?;
+
+    // One dead letter, deterministically: one more update while the
+    // accept-rule receiver refuses everything, then redeliver it.
+    p.stage = "dead letter and redelivery".to_owned();
+    progress(&p);
+    let alerts_before = count(&ledger, "ledger.alerts.>").await;
+    accept
+        .receiver
+        .set_failure(FailureMode {
+            status: Some(200),
+            share: 1.0,
+            ..FailureMode::default()
+        })
+        .map_err(|e| step("refusing at the accept receiver")(&e))?;
+    let (order_id, extra) = dataset::one_more_update(&lines);
+    crate::publish::publish(
+        &client,
+        &prefix,
+        "demo",
+        format!("{extra}\n").as_bytes(),
+        |_| {},
+        |_| {},
+    )
+    .await
+    .map_err(|e| step("publishing the extra update")(&e))?;
+    let waited = Instant::now();
+    while count(&ledger, "ledger.alerts.>").await <= alerts_before {
+        if waited.elapsed() > Duration::from_secs(30) {
+            return Err(DemoError::Step {
+                what: "waiting for the dead letter",
+                message: "no alert after 30 s".to_owned(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    accept
+        .receiver
+        .set_failure(FailureMode::default())
+        .map_err(|e| step("restoring the accept receiver")(&e))?;
+    crate::dispatcher::status::request_redeliver(&js, "erp-accept", &order_id)
+        .await
+        .map_err(|e| step("redelivering")(&e))?;
+    p.stage = "delivering the redelivered posting".to_owned();
+    settle(&ledger, &mut progress, &mut p).await?;
+
+    // Export.
+    p.stage = "exporting".to_owned();
+    progress(&p);
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| step("creating the output folder")(&e))?;
+    let csv = opts.out_dir.join("ledger.csv");
+    let beancount = opts.out_dir.join("ledger.beancount");
+    let mut export_opts = crate::export::ExportOptions::default();
+    let file = std::fs::File::create(&csv).map_err(|e| step("writing ledger.csv")(&e))?;
+    let report = crate::export::export(&client, &export_opts, std::io::BufWriter::new(file))
+        .await
+        .map_err(|e| step("exporting CSV")(&e))?;
+    export_opts.format = crate::export::Format::Beancount;
+    let file =
+        std::fs::File::create(&beancount).map_err(|e| step("writing ledger.beancount")(&e))?;
+    crate::export::export(&client, &export_opts, std::io::BufWriter::new(file))
+        .await
+        .map_err(|e| step("exporting beancount")(&e))?;
+    let bean_check = match bean_check() {
+        Some(bin) => Some(
+            tokio::process::Command::new(bin)
+                .arg(&beancount)
+                .output()
+                .await
+                .map(|o| o.status.success())
+                .unwrap_or(false),
+        ),
+        None => None,
+    };
+
+    // Count what happened, from the streams.
+    let outcomes = attempt_outcomes(&ledger).await;
+    let summary = DemoSummary {
+        orders: opts.orders,
+        events: p.events,
+        published: s1.published + s2.published,
+        refused_by_publish: s1.refused_total() + s2.refused_total(),
+        rejected: count(&ledger, subjects::REJECTED_ALL).await,
+        postings: count(&ledger, subjects::POSTINGS_ALL).await,
+        delivered: count(&ledger, subjects::REGISTRY_DATA_ALL).await,
+        attempts: outcomes.values().sum(),
+        retries: outcomes.get("retrying").copied().unwrap_or(0),
+        dead_letters: count(&ledger, "ledger.alerts.>").await,
+        redelivered: count(&ledger, "ledger.control.>").await,
+        totals: report
+            .summary
+            .totals
+            .iter()
+            .filter(|((r, c), _)| r == "journal-signed" && c.is_some())
+            .map(|((_, c), t)| CurrencyTotal {
+                currency: c.map(|c| c.code().to_owned()).unwrap_or_default(),
+                debit: t.debit,
+                credit: t.credit,
+            })
+            .collect(),
+        balanced: report.summary.is_ok(),
+        csv,
+        beancount,
+        bean_check,
+        elapsed: started.elapsed(),
+    };
+
+    // Stop everything we started.
+    stop_service.cancel();
+    if let Ok(Err(e)) = service.await {
+        tracing::warn!(error = %e, "the service stopped with an error");
+    }
+    stop_receivers.cancel();
+    let _ = client.flush().await;
+    drop(client);
+    if let Some(mut s) = server {
+        s.stop().await;
+    }
+    Ok(summary)
+}
+
+impl std::fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "ledgerline demo: done in {:.1}s",
+            self.elapsed.as_secs_f64()
+        )?;
+        let rows: [(&str, String); 10] = [
+            ("orders", self.orders.to_string()),
+            (
+                "events published",
+                format!(
+                    "{} ({} refused by publish)",
+                    self.published, self.refused_by_publish
+                ),
+            ),
+            ("rejected", self.rejected.to_string()),
+            ("postings", self.postings.to_string()),
+            ("delivered", self.delivered.to_string()),
+            ("delivery attempts", self.attempts.to_string()),
+            ("retries", self.retries.to_string()),
+            ("dead letters", self.dead_letters.to_string()),
+            ("redelivered", self.redelivered.to_string()),
+            (
+                "balanced",
+                if self.balanced {
+                    "yes, every unfiltered posting".to_owned()
+                } else {
+                    "NO".to_owned()
+                },
+            ),
+        ];
+        for (k, v) in rows {
+            writeln!(f, "  {k:<20} {v}")?;
+        }
+        writeln!(f, "  {:<20} {:>16} {:>16}", "currency", "debit", "credit")?;
+        for t in &self.totals {
+            writeln!(f, "  {:<20} {:>16} {:>16}", t.currency, t.debit, t.credit)?;
+        }
+        writeln!(f, "  {:<20} {}", "audit CSV", self.csv.display())?;
+        let check = match self.bean_check {
+            Some(true) => " (bean-check: OK)",
+            Some(false) => " (bean-check: FAILED)",
+            None => "",
+        };
+        write!(
+            f,
+            "  {:<20} {}{check}",
+            "beancount",
+            self.beancount.display()
+        )
+    }
+}

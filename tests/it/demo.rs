@@ -21,3 +21,53 @@ fn the_committed_demo_dataset_is_what_the_generator_makes() {
     );
     assert!(made.lines().count() > 2_000, "a few thousand events");
 }
+
+#[test]
+fn a_reduced_demo_runs_end_to_end_and_leaves_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["demo", "--orders", "60", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let value = |label: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} in the summary:\n{stdout}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(value("orders"), "60");
+    assert_eq!(value("dead letters"), "1", "{stdout}");
+    assert_eq!(value("redelivered"), "1", "{stdout}");
+    assert!(value("balanced").starts_with("yes"), "{stdout}");
+    let postings: u64 = value("postings").parse().unwrap();
+    let delivered: u64 = value("delivered").parse().unwrap();
+    assert!(postings > 100 && delivered == postings, "{stdout}");
+    assert!(
+        value("retries").parse::<u64>().unwrap() > 0,
+        "the failure burst shows retries:\n{stdout}"
+    );
+    assert!(
+        value("rejected").parse::<u64>().unwrap() > 0,
+        "the poison messages are rejected:\n{stdout}"
+    );
+    assert!(stdout.contains("(bean-check: OK)"), "{stdout}");
+
+    // The files: a CSV with the SPEC 5 header and one row per entry, and a
+    // beancount ledger.
+    let csv = std::fs::read_to_string(dir.path().join("ledger.csv")).unwrap();
+    assert!(csv.starts_with(
+        "posting_id,posted_at,registry_id,order_id,seq,event_id,event_type,entry_type,"
+    ));
+    assert!(
+        csv.lines().count() > postings as usize,
+        "fewer rows than postings"
+    );
+    let beancount = std::fs::read_to_string(dir.path().join("ledger.beancount")).unwrap();
+    assert!(beancount.contains("open "), "no accounts opened");
+}

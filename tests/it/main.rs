@@ -4,9 +4,14 @@
 //!
 //! Add further test modules here (`mod engine;`, ...) as they are written.
 
+mod admin;
 mod demo;
+mod dispatcher;
+mod export;
 mod golden;
 mod natsd;
 mod pipeline;
 mod properties;
+mod registry_store;
+mod service;
 mod support;

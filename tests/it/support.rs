@@ -51,3 +51,216 @@ pub fn watch(settings: &Settings) -> RegistryWatch {
 pub fn set(settings: &Settings) -> Arc<RegistrySet> {
     Arc::new(RegistrySet::new(settings.registries.clone()))
 }
+
+/// Settings from TOML text with only `nats_url` added: the instance's own
+/// policy is whatever the text says (strict by default).
+#[allow(dead_code)]
+pub fn settings_strict(server: &NatsServer, toml_text: &str) -> Settings {
+    let text = format!("nats_url = \"{}\"\n{toml_text}", server.url());
+    Config::from_toml_with_env(&text, "test.toml", std::iter::empty())
+        .expect("test config parses")
+        .validate()
+        .expect("test config is valid")
+}
+
+/// The admin token of test services.
+#[allow(dead_code)]
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// `ledgerline run` in this process, the admin API (when chosen) on a
+/// free loopback port.
+#[allow(dead_code)]
+pub struct Service {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), ledgerline::service::ServiceError>>,
+    pub http: reqwest::Client,
+}
+
+#[allow(dead_code)]
+impl Service {
+    /// Starts `components` with `settings` (its `admin_token` is set to
+    /// [`ADMIN_TOKEN`]).
+    pub async fn start(
+        mut settings: Settings,
+        components: &[ledgerline::service::Component],
+    ) -> Service {
+        settings.config.admin_token = Some(ledgerline::secret::Secret::new(ADMIN_TOKEN));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(ledgerline::service::run_with_listener(
+            settings,
+            components.iter().copied().collect(),
+            Some(listener),
+            shutdown.clone(),
+        ));
+        let svc = Service {
+            base,
+            shutdown,
+            task,
+            http: reqwest::Client::new(),
+        };
+        // Ready to answer once /healthz does.
+        let started = std::time::Instant::now();
+        while svc.http.get(svc.url("/healthz")).send().await.is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the service did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        svc
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the admin token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Sends and returns (status, body as JSON, or as a string when not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self.req(method, path);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+
+    /// Stops it (as SIGTERM would) and expects a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.task)
+            .await
+            .expect("the service stops within 30 s")
+            .unwrap()
+            .expect("the service stops cleanly");
+    }
+}
+
+/// (registry, order, seq) → request body (registry_data `{}`), as the
+/// offline engine computes them for `events` (NDJSON).
+#[allow(dead_code)]
+pub fn offline_postings(
+    settings: &Settings,
+    events: &str,
+) -> std::collections::BTreeMap<(String, String, u64), serde_json::Value> {
+    let mut out = Vec::new();
+    ledgerline::offline::run_postings(
+        settings.ledger,
+        settings.registries.clone(),
+        events.as_bytes(),
+        &mut out,
+        Vec::new(),
+        ledgerline::offline::Layout::Ndjson,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let key = (
+                v["registry_id"].as_str().unwrap().to_owned(),
+                v["body"]["order_id"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            );
+            (key, v["body"].clone())
+        })
+        .collect()
+}
+
+/// Every message of a LEDGER subject filter: (subject, payload).
+#[allow(dead_code)]
+pub async fn read_ledger(js: &jetstream::Context, filter: &str) -> Vec<(String, bytes::Bytes)> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt;
+    let stream = js
+        .get_stream(ledgerline::streams::LEDGER_STREAM)
+        .await
+        .unwrap();
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let n = consumer.info().await.unwrap().num_pending;
+    let mut out = Vec::new();
+    if n == 0 {
+        return out;
+    }
+    let mut msgs = consumer.messages().await.unwrap();
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let left = m.info().unwrap().pending;
+        out.push((m.subject.to_string(), m.payload.clone()));
+        if left == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// How many messages a LEDGER subject filter holds.
+#[allow(dead_code)]
+pub async fn count_ledger(js: &jetstream::Context, filter: &str) -> u64 {
+    let Ok(stream) = js.get_stream(ledgerline::streams::LEDGER_STREAM).await else {
+        return 0;
+    };
+    let Ok(subjects) = stream.info_with_subjects(filter).await else {
+        return 0;
+    };
+    use futures::TryStreamExt;
+    subjects
+        .try_fold(0u64, |n, (_, c)| async move { Ok(n + c as u64) })
+        .await
+        .unwrap_or(0)
+}
+
+/// A sample receiver (`ledgerline::receiver`) on a free loopback port,
+/// verifying signatures with `secret` when given; returns it and its URL.
+#[allow(dead_code)]
+pub async fn receiver(secret: Option<&str>) -> (ledgerline::receiver::Receiver, String) {
+    let rx = ledgerline::receiver::Receiver::new(
+        secret.map(ledgerline::secret::Secret::new).as_ref(),
+        ledgerline::receiver::FailureMode::default(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(rx.clone().serve(listener, std::future::pending()));
+    (rx, url)
+}
+
+/// Polls `f` every 100 ms until it is true; fails with `what` after `limit`.
+#[allow(dead_code)]
+pub async fn eventually<F, Fut>(what: &str, limit: std::time::Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !f().await {
+        assert!(started.elapsed() < limit, "{what} (after {limit:?})");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
