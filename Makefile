@@ -11,6 +11,8 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 # Property tests run this many cases each (CI: 1,000).
 export PROPTEST_CASES ?= 1000
+# The release binary, wherever cargo puts it.
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
 .PHONY: demo test tools build lint bench clean-tools
 
@@ -28,7 +30,7 @@ test: tools lint
 	cargo test --locked
 
 demo: tools build
-	./target/release/ledgerline demo --out out
+	$(BIN) demo --out out
 
 bench: tools
 	cargo bench --locked
