@@ -32,6 +32,7 @@
 //! - [`config`]: the TOML file, environment overrides, validation (SPEC 7).
 //! - [`secret`]: values that never print.
 //! - [`signing`]: Standard Webhooks signatures.
+//! - [`tls`]: the one TLS crypto provider (ring) of the binary.
 //! - [`offline`]: `ledgerline postings`, the engine over a file.
 //! - [`streams`]: JetStream connection, the ORDERS and LEDGER streams,
 //!   subjects and headers.
@@ -66,4 +67,5 @@ pub mod secret;
 pub mod service;
 pub mod signing;
 pub mod streams;
+pub mod tls;
 pub mod verify;

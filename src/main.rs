@@ -304,6 +304,7 @@ fn settings_or_exit(nats: &NatsArgs) -> Result<Settings, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ledgerline::tls::install_crypto_provider();
     let result = match cli.command {
         Command::Postings {
             config,

@@ -179,7 +179,7 @@ pub async fn run_with_listener(
     }
     let client = streams::connect(&settings.config).await?;
     info!(
-        nats_url = %settings.config.nats_url,
+        nats_url = %crate::streams::redact_url(&settings.config.nats_url),
         config_registries = settings.config.registry.len(),
         components = ?components,
         "ledgerline starting"

@@ -130,46 +130,32 @@ pub enum NatsError {
 }
 
 /// Connects with the credentials, token and TLS settings of `config`.
+///
+/// With retry_on_initial_connect this returns at once and the client keeps
+/// connecting in the background: a long-running service outlives a NATS
+/// restart or a late start. One-shot commands use [`connect_once`].
 pub async fn connect(config: &Config) -> Result<async_nats::Client, NatsError> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(concat!("ledgerline/", env!("CARGO_PKG_VERSION")))
-        // Keep trying through a server restart instead of giving up.
+    let opts = connect_options(config)
+        .await?
         .retry_on_initial_connect()
         .max_reconnects(None);
-    if let Some(path) = &config.nats_creds {
-        opts = opts
-            .credentials_file(path)
-            .await
-            .map_err(|source| NatsError::Creds {
-                path: path.display().to_string(),
-                source,
-            })?;
-    }
-    if let Some(token) = &config.nats_token {
-        opts = opts.token(token.expose().to_owned());
-    }
-    if let Some(ca) = &config.nats_tls_ca {
-        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    // With retry_on_initial_connect this returns at once and the client
-    // keeps connecting in the background: a long-running service outlives a
-    // NATS restart or a late start. One-shot commands use `connect_once`.
-    let client = opts
-        .connect(&config.nats_url)
-        .await
-        .map_err(|source| NatsError::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
-    Ok(client)
+    open(config, opts).await
 }
 
 /// Connects without retrying the first connection: for one-shot commands
 /// (publish, export, verify) where an unreachable server is an error now.
 pub async fn connect_once(config: &Config) -> Result<async_nats::Client, NatsError> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(concat!("ledgerline/", env!("CARGO_PKG_VERSION")))
+    let opts = connect_options(config)
+        .await?
         .connection_timeout(Duration::from_secs(5));
+    open(config, opts).await
+}
+
+/// Name, credentials, token and TLS roots: what both connection kinds share.
+async fn connect_options(config: &Config) -> Result<async_nats::ConnectOptions, NatsError> {
+    crate::tls::install_crypto_provider();
+    let mut opts =
+        async_nats::ConnectOptions::new().name(concat!("ledgerline/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &config.nats_creds {
         opts = opts
             .credentials_file(path)
@@ -185,12 +171,36 @@ pub async fn connect_once(config: &Config) -> Result<async_nats::Client, NatsErr
     if let Some(ca) = &config.nats_tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
+    Ok(opts)
+}
+
+async fn open(
+    config: &Config,
+    opts: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
     opts.connect(&config.nats_url)
         .await
         .map_err(|source| NatsError::Connect {
-            url: config.nats_url.clone(),
+            url: redact_url(&config.nats_url),
             source,
         })
+}
+
+/// `url` with any user name and password replaced by `***`, for errors and
+/// logs (`nats://user:pass@host` must never be printed).
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match url::Url::parse(one.trim()) {
+            Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+                let _ = u.set_username("***");
+                let _ = u.set_password(None);
+                u.to_string()
+            }
+            Ok(_) => one.trim().to_owned(),
+            Err(_) => "<unparseable url>".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The ORDERS stream configuration for a subject prefix.

@@ -144,6 +144,7 @@ fn redirect_policy() -> reqwest::redirect::Policy {
 
 /// The dispatcher's client under `policy`.
 pub fn build_client(policy: &TargetPolicy) -> Result<reqwest::Client, ClientError> {
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .dns_resolver(GuardedResolver {
             policy: Arc::new(policy.clone()),

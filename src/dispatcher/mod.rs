@@ -87,6 +87,9 @@ pub const QUEUE_FULL_DELAY: Duration = Duration::from_secs(2);
 /// Backoff while a registry's consumer cannot be created or read.
 pub const CONSUMER_RETRY_MIN: Duration = Duration::from_millis(500);
 pub const CONSUMER_RETRY_MAX: Duration = Duration::from_secs(10);
+/// At shutdown, how long to wait for more already-pulled messages to hand
+/// back before giving up (they are then redelivered after the ack wait).
+pub const DRAIN_WAIT: Duration = Duration::from_millis(50);
 /// Prefix of the durable consumer names.
 pub const CONSUMER_PREFIX: &str = "dispatcher-";
 
@@ -329,7 +332,10 @@ async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: Cancella
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break 'consumer,
+                _ = cancel.cancelled() => {
+                    hand_back_buffered(&mut messages).await;
+                    break 'consumer;
+                }
                 Some(done) = workers.join_next_with_id(), if !workers.is_empty() => {
                     reap(done, &slots, &mut worker_orders, &registry_id).await;
                 }
@@ -367,6 +373,22 @@ async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: Cancella
         reap(done, &slots, &mut worker_orders, &registry_id).await;
     }
     info!(registry_id = %registry_id, "stopped delivering");
+}
+
+/// Naks (without delay) what the pull stream has already received but not
+/// routed, so the next instance gets it at once rather than after the ack
+/// wait. Bounded: at most two batches, each wait [`DRAIN_WAIT`].
+async fn hand_back_buffered(messages: &mut consumer::pull::Stream) {
+    for _ in 0..2 * PULL_BATCH {
+        match tokio::time::timeout(DRAIN_WAIT, messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                let _ = m
+                    .ack_with(async_nats::jetstream::message::AckKind::Nak(None))
+                    .await;
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Hands `token` to its order's worker, starting one (when a slot in

@@ -12,8 +12,14 @@
 //!   round of attempts `max_attempts` and `max_age` bound;
 //! - the last `ledger.postings.<R>.<O>`: how many postings there are.
 //!
-//! State is read from the stream leader (`get_last_raw_message_by_subject`),
-//! never from a replica that might lag behind a write just made.
+//! State is read with Direct Get (`allow_direct` is on): cheap, and on one
+//! server always current. In a cluster a replica may answer a little behind;
+//! that is safe because every write that moves an order forward (the next
+//! registry_data record) is guarded by `Nats-Expected-Last-Subject-Sequence`
+//! on the leader, and the body of posting n depends only on the stored
+//! registry_data of n − 1: a stale read can at worst send a posting again
+//! (or try a dead-lettered one once more) with its same key and body, never
+//! another body, never skip one.
 
 use async_nats::jetstream::stream::Stream;
 use serde::Serialize;
@@ -101,25 +107,15 @@ async fn last_message(
     stream: &Stream,
     subject: &str,
 ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, StateError> {
-    match stream.get_last_raw_message_by_subject(subject).await {
+    match stream.direct_get_last_for_subject(subject).await {
         Ok(m) => Ok(Some(m)),
-        Err(e)
-            if e.kind()
-                == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-        {
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
             Ok(None)
         }
-        Err(_) if true => panic!("TEMP"),
-        Err(_) => {
-            let source = stream
-                .direct_get_last_for_subject(subject)
-                .await
-                .unwrap_err();
-            Err(StateError::Read {
-                subject: subject.to_owned(),
-                source,
-            })
-        }
+        Err(source) => Err(StateError::Read {
+            subject: subject.to_owned(),
+            source,
+        }),
     }
 }
 

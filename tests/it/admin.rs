@@ -241,7 +241,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
 async fn requests_without_the_admin_token_are_refused() {
     let nats = support::nats().await;
     let svc = strict_admin(&nats).await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     for (what, auth) in [
         ("no token", None),
         ("a wrong token", Some("Bearer not-the-token".to_owned())),
@@ -417,7 +417,7 @@ async fn the_openapi_description_matches_the_router() {
 
     let nats = support::nats().await;
     let svc = strict_admin(&nats).await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let mut served: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut served_open: BTreeSet<(String, String)> = BTreeSet::new();
     for (path, _) in ledgerline::admin::routes() {

@@ -12,6 +12,7 @@ mod golden;
 mod natsd;
 mod pipeline;
 mod properties;
+mod receiver;
 mod registry_store;
 mod service;
 mod support;

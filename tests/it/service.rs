@@ -784,7 +784,7 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
 
     let mut run = spawn_run(&config, &log);
     let base = format!("http://{}", admin_addr(&log, 0).await);
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     // Publish in slices, so the service is under load when stopped.
     let publisher = {
         let client = nats.client.clone();

@@ -100,7 +100,7 @@ impl Service {
             base,
             shutdown,
             task,
-            http: reqwest::Client::new(),
+            http: crate::support::http_client(),
         };
         // Ready to answer once /healthz does.
         let started = std::time::Instant::now();
@@ -263,4 +263,12 @@ where
         assert!(started.elapsed() < limit, "{what} (after {limit:?})");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// A plain reqwest client for talking to test services (the binary's one
+/// crypto provider installed first, as the binary itself does).
+#[allow(dead_code)]
+pub fn http_client() -> reqwest::Client {
+    ledgerline::tls::install_crypto_provider();
+    reqwest::Client::new()
 }
