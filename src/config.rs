@@ -65,7 +65,7 @@ pub struct DeliveryConfig {
     /// ±20% is added to each.
     #[serde(default = "default_retry_schedule")]
     pub retry_schedule: Vec<String>,
-    /// Most (registry, order) deliveries in flight at once.
+    /// Most (registry, order) deliveries in flight at once, per registry.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Consecutive failures that open a registry's circuit breaker.

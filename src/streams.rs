@@ -332,6 +332,18 @@ pub fn rejected_max_bytes(client: &async_nats::Client) -> usize {
         .clamp(1024, STREAM_MAX_MSG_BYTES as usize)
 }
 
+/// Largest LEDGER record the dispatcher stores, given the server's
+/// `max_payload` (1 MiB assumed before the first connection).
+pub fn record_max_bytes(client: &async_nats::Client) -> usize {
+    let max_payload = match client.server_info().max_payload {
+        0 => 1024 * 1024,
+        n => n,
+    };
+    max_payload
+        .saturating_sub(REJECTED_HEADER_ROOM_BYTES)
+        .min(STREAM_MAX_MSG_BYTES as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
