@@ -243,9 +243,10 @@ pub struct RegistryConfig {
     /// Custom headers (api-key style); values are treated as secrets.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
-    /// Custom URL parameters.
+    /// Custom URL parameters; values are treated as secrets (they often
+    /// carry an API key).
     #[serde(default)]
-    pub query: BTreeMap<String, String>,
+    pub query: BTreeMap<String, Secret>,
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
