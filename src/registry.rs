@@ -646,6 +646,26 @@ fn check_header_name(field: &str, name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A header value must be what an HTTP request can carry: visible ASCII,
+/// spaces and tabs. A line break would otherwise make every delivery of the
+/// registry fail. The value is a secret: the error does not show it.
+fn check_header_value(field: &str, value: &Secret) -> Result<(), FieldError> {
+    match value
+        .expose()
+        .bytes()
+        .position(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+    {
+        None => Ok(()),
+        Some(at) => Err(FieldError::new(
+            field,
+            format!(
+                "is not a valid header value: byte {at} is a line break, a control or a \
+                 non-ASCII character (only visible ASCII, spaces and tabs are allowed)"
+            ),
+        )),
+    }
+}
+
 impl RegistryConfig {
     /// Validates every field (SPEC 3); the error names the first bad one.
     pub fn validate(&self, policy: &TargetPolicy) -> Result<Registry, FieldError> {
@@ -741,8 +761,10 @@ impl RegistryConfig {
                 format!("at most {CUSTOM_PARAMS_MAX} entries"),
             ));
         }
-        for name in self.headers.keys() {
-            check_header_name(&format!("headers.{name}"), name)?;
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            check_header_name(&field, name)?;
+            check_header_value(&field, value)?;
         }
         match &self.auth {
             AuthConfig::None | AuthConfig::Basic { .. } | AuthConfig::Bearer { .. } => {}
@@ -750,8 +772,10 @@ impl RegistryConfig {
                 token_url, headers, ..
             } => {
                 check_url("auth.token_url", token_url, policy)?;
-                for name in headers.keys() {
-                    check_header_name(&format!("auth.headers.{name}"), name)?;
+                for (name, value) in headers {
+                    let field = format!("auth.headers.{name}");
+                    check_header_name(&field, name)?;
+                    check_header_value(&field, value)?;
                 }
             }
         }
@@ -850,6 +874,42 @@ mod tests {
                     r.headers.insert("Idempotency-Key".into(), Secret::new("x"));
                 },
                 "headers.Idempotency-Key",
+            ),
+            (
+                |r| {
+                    r.headers
+                        .insert("X-Api-Key".into(), Secret::new("k1\nX-Injected: 1"));
+                },
+                "headers.X-Api-Key",
+            ),
+            (
+                |r| {
+                    r.headers.insert("X-Zero".into(), Secret::new("a\0b"));
+                },
+                "headers.X-Zero",
+            ),
+            (
+                |r| {
+                    r.headers.insert("X Api Key".into(), Secret::new("k1"));
+                },
+                "headers.X Api Key",
+            ),
+            (
+                |r| {
+                    r.auth = AuthConfig::Oauth2ClientCredentials {
+                        token_url: "https://login.example/token".into(),
+                        client_id: "c".into(),
+                        client_secret: Secret::new("s"),
+                        scope: None,
+                        token_field: default_token_field(),
+                        expires_field: default_expires_field(),
+                        token_type: default_token_type(),
+                        extra_body: BTreeMap::new(),
+                        headers: [("X-Token-Key".to_owned(), Secret::new("v\r\n"))].into(),
+                        params: BTreeMap::new(),
+                    }
+                },
+                "auth.headers.X-Token-Key",
             ),
             (
                 |r| {
