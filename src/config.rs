@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::dispatcher::schedule::RETRY_DELAY_MAX;
 use crate::ledger::{LedgerOptions, TaxRounding};
 use crate::money::Rounding;
 use crate::registry::{FieldError, Registry, RegistryConfig, TargetPolicy};
@@ -332,12 +333,19 @@ impl Config {
             .into());
         }
         for (i, d) in self.delivery.retry_schedule.iter().enumerate() {
-            humantime::parse_duration(d).map_err(|e| {
-                FieldError::new(
-                    format!("delivery.retry_schedule[{i}]"),
-                    format!("{d:?} is not a duration: {e}"),
+            let field = || format!("delivery.retry_schedule[{i}]");
+            let delay = humantime::parse_duration(d)
+                .map_err(|e| FieldError::new(field(), format!("{d:?} is not a duration: {e}")))?;
+            if delay > RETRY_DELAY_MAX {
+                return Err(FieldError::new(
+                    field(),
+                    format!(
+                        "{d:?} is longer than {} (no retry can wait longer than the longest max_age)",
+                        humantime::format_duration(RETRY_DELAY_MAX)
+                    ),
                 )
-            })?;
+                .into());
+            }
         }
         if self.delivery.retry_schedule.is_empty() {
             return Err(
@@ -456,6 +464,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.policy.allow_private_targets.len(), 2);
+    }
+
+    #[test]
+    fn a_retry_delay_over_thirty_days_is_refused() {
+        let e = load("[delivery]\nretry_schedule = [\"5s\", \"31days\"]\n", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config delivery.retry_schedule[1]:"),
+            "{e}"
+        );
+        let e = load(
+            "[delivery]\nretry_schedule = [\"500000000000years\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config delivery.retry_schedule[0]:"),
+            "{e}"
+        );
+        load("[delivery]\nretry_schedule = [\"30days\"]\n", &[]).unwrap();
     }
 
     #[test]
