@@ -499,3 +499,69 @@ async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again(
     assert_eq!(b["registry"]["url"], "https://evil.example/collect");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
+    let nats = support::nats().await;
+    let svc = strict_admin(&nats).await;
+    let http = support::http_client();
+    for (method, path) in [
+        ("FOOBAR", "/v1/registries"),
+        ("BREWCOFFEE", "/healthz"),
+        ("GET", "/random/path/one"),
+        ("POST", "/another/unknown/7"),
+    ] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        http.request(m, svc.url(path)).send().await.unwrap();
+    }
+    let metrics = http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("ledgerline_admin_"))
+    {
+        let labels = line.split('{').nth(1).unwrap_or_default();
+        for (name, allowed) in [
+            (
+                "method=\"",
+                &[
+                    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other",
+                ][..],
+            ),
+            (
+                "route=\"",
+                &[
+                    "unmatched",
+                    "/healthz",
+                    "/readyz",
+                    "/metrics",
+                    "/v1/registries",
+                    "/v1/registries/{id}",
+                ][..],
+            ),
+        ] {
+            if let Some(v) = labels.split(name).nth(1) {
+                let value = v.split('"').next().unwrap_or_default();
+                assert!(
+                    allowed.contains(&value) || value.starts_with("/v1/"),
+                    "{line}"
+                );
+            }
+        }
+        assert!(
+            !line.contains("random") && !line.contains("another"),
+            "{line}"
+        );
+    }
+    assert!(
+        metrics.contains("method=\"other\""),
+        "an unknown method is counted as other:\n{metrics}"
+    );
+    svc.stop().await;
+}
