@@ -202,6 +202,59 @@ const ENV_KEYS: [&str; 11] = [
     "allow_private_targets",
 ];
 
+/// Shortest `admin_token` accepted, in characters: 16 random characters
+/// are beyond guessing; a word or a name is not.
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 16;
+
+/// Placeholders seen in examples and tutorials (compared in lower case,
+/// letters and digits only): a token that contains one is refused whatever
+/// its length.
+const ADMIN_TOKEN_PLACEHOLDERS: [&str; 8] = [
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "yourtoken",
+    "yoursecret",
+    "tokenhere",
+    "secrethere",
+    "example",
+];
+
+/// Refuses an admin token that can be guessed: too short, a known
+/// placeholder, or one character repeated. The token is never shown.
+fn check_admin_token(token: &Secret) -> Result<(), FieldError> {
+    let t = token.expose();
+    let n = t.chars().count();
+    let advice = "use at least 16 random characters, e.g. `openssl rand -hex 32`";
+    if n < ADMIN_TOKEN_MIN_CHARS {
+        return Err(FieldError::new(
+            "admin_token",
+            format!("is {n} characters long, too short to be safe; {advice}"),
+        ));
+    }
+    let letters: String = t
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if ADMIN_TOKEN_PLACEHOLDERS.iter().any(|p| letters.contains(p)) {
+        return Err(FieldError::new(
+            "admin_token",
+            format!("is a placeholder from an example, not a secret; {advice}"),
+        ));
+    }
+    let mut chars = t.chars();
+    if let Some(first) = chars.next()
+        && chars.all(|c| c == first)
+    {
+        return Err(FieldError::new(
+            "admin_token",
+            format!("is one character repeated; {advice}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads `path` (or only defaults when `None`), overlays the
     /// `LEDGERLINE_*` variables of `env`, and parses the result.
@@ -321,6 +374,9 @@ impl Config {
                 "must be dot-separated tokens of [A-Za-z0-9_-]",
             )
             .into());
+        }
+        if let Some(token) = &self.admin_token {
+            check_admin_token(token)?;
         }
         if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(FieldError::new(
@@ -464,6 +520,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.policy.allow_private_targets.len(), 2);
+    }
+
+    #[test]
+    fn weak_admin_tokens_are_refused_naming_the_key() {
+        for weak in [
+            "change-me",
+            "CHANGE-ME",
+            "changeme",
+            "short",
+            "123456789012345",
+            "admin",
+            "password",
+            "secret",
+            "token",
+            "aaaaaaaaaaaaaaaaaaaa",
+            "please-change-me-before-production",
+            "your-admin-token-here",
+        ] {
+            let e = load(&format!("admin_token = \"{weak}\"\n"), &[]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("config admin_token:"), "{weak}: {text}");
+            assert!(
+                !text.contains("123456789012345"),
+                "the token is not shown: {text}"
+            );
+            let e = load("", &[("LEDGERLINE_ADMIN_TOKEN", weak)]).unwrap_err();
+            assert!(e.to_string().starts_with("config admin_token:"), "{e}");
+        }
+        let s = load("admin_token = \"hT3q9-xV2kLw8pZr4mNb\"\n", &[]).unwrap();
+        assert!(s.config.admin_token.is_some());
+        // The documented example works.
+        let example = include_str!("../config/ledgerline.toml");
+        Config::from_toml_with_env(example, "config/ledgerline.toml", [])
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]
