@@ -357,7 +357,7 @@ impl Config {
                 "nats_url",
                 format!(
                     "{:?} must start with nats://, tls://, ws:// or wss://",
-                    self.nats_url
+                    crate::streams::redact_url(&self.nats_url)
                 ),
             )
             .into());

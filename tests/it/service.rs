@@ -1086,3 +1086,35 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token"));
 }
+
+/// `nats://user:password@host` credentials never reach the terminal: not
+/// in an error, not in a debug log line, not when the URL is refused.
+#[test]
+fn nats_url_credentials_never_reach_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, "{}\n").unwrap();
+    for url in [
+        "nats://ledger:pw-in-url-1@127.0.0.1:1",
+        "nats://127.0.0.1:1,nats://ledger:pw-in-url-1@127.0.0.1:2",
+        "http://ledger:pw-in-url-1@127.0.0.1:1",
+        "nats://token-in-url-1@127.0.0.1:1",
+    ] {
+        for log in ["info", "trace"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+                .args(["publish", "--nats-url", url])
+                .arg(&events)
+                .env_remove("LEDGERLINE_CONFIG")
+                .env("LEDGERLINE_LOG", log)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{url}: {stderr}");
+            assert!(stderr.contains("127.0.0.1"), "{url}: says where: {stderr}");
+            assert!(
+                !stderr.contains("pw-in-url-1") && !stderr.contains("token-in-url-1"),
+                "{url} ({log}): {stderr}"
+            );
+        }
+    }
+}
