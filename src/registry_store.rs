@@ -223,6 +223,9 @@ pub fn bucket_config() -> kv::Config {
 pub struct RegistryStore {
     kv: kv::Store,
     policy: Arc<TargetPolicy>,
+    /// Whether this instance can send failure emails (`[smtp]`), for the
+    /// warnings of [`registry_warnings`].
+    smtp_configured: bool,
 }
 
 /// The last state of a key: a value (`Some`) or a deletion (`None`).
@@ -245,12 +248,25 @@ impl RegistryStore {
         Ok(Self {
             kv,
             policy: Arc::new(policy),
+            smtp_configured: false,
         })
+    }
+
+    /// The same store, knowing whether the instance has `[smtp]`.
+    pub fn with_smtp_configured(mut self, configured: bool) -> Self {
+        self.smtp_configured = configured;
+        self
     }
 
     /// The rules registries are validated against.
     pub fn policy(&self) -> &TargetPolicy {
         &self.policy
+    }
+
+    /// What the owner of a stored registry should know although it is in
+    /// force ([`registry_warnings`] for this instance).
+    pub fn warnings(&self, config: &RegistryConfig) -> Vec<FieldError> {
+        registry_warnings(config, self.smtp_configured)
     }
 
     /// The registry `id`, if it exists.
@@ -618,7 +634,9 @@ pub async fn start(
     settings: &crate::config::Settings,
     shutdown: CancellationToken,
 ) -> Result<(RegistryStore, RegistryWatcher), StoreError> {
-    let store = RegistryStore::open(js, settings.policy.clone()).await?;
+    let store = RegistryStore::open(js, settings.policy.clone())
+        .await?
+        .with_smtp_configured(settings.config.smtp.is_some());
     for (entry, outcome) in store
         .apply(&settings.config.registry, ChangedBy::Config)
         .await?
@@ -628,6 +646,49 @@ pub async fn start(
     }
     let watcher = store.watch(shutdown).await?;
     Ok((store, watcher))
+}
+
+/// What the owner of a registry should know although it is valid: today,
+/// `notify_emails` on an instance without `[smtp]` (no email will be sent).
+/// Each names the field.
+pub fn registry_warnings(config: &RegistryConfig, smtp_configured: bool) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    if !config.notify_emails.is_empty() && !smtp_configured {
+        out.push(FieldError::new(
+            "notify_emails",
+            format!(
+                "no [smtp] section is configured on this instance, so no failure email \
+                 will be sent to the {} address(es) listed",
+                config.notify_emails.len()
+            ),
+        ));
+    }
+    out
+}
+
+/// The warnings of every registry in force, with its id: what `ledgerline
+/// run` logs at start-up.
+pub fn startup_warnings(
+    settings: &crate::config::Settings,
+    registries: &RegistrySet,
+) -> Vec<(String, FieldError)> {
+    let smtp = settings.config.smtp.is_some();
+    registries
+        .all()
+        .iter()
+        .flat_map(|r| {
+            registry_warnings(&r.config, smtp)
+                .into_iter()
+                .map(|w| (r.id().to_owned(), w))
+        })
+        .collect()
+}
+
+/// Logs [`startup_warnings`] (tracing `warn`), one line each.
+pub fn log_startup_warnings(settings: &crate::config::Settings, registries: &RegistrySet) {
+    for (registry_id, w) in startup_warnings(settings, registries) {
+        warn!(registry_id = %registry_id, field = %w.field, "{}", w.message);
+    }
 }
 
 /// The live registries and the task that follows the bucket.
@@ -1022,6 +1083,30 @@ mod tests {
                 .field,
             "auth.token"
         );
+    }
+
+    #[test]
+    fn notify_emails_without_smtp_is_warned_about_naming_the_registry() {
+        let text = "[[registry]]\nid = \"mailed\"\nurl = \"https://x.example\"\n\
+                    notify_emails = [\"ops@example.com\"]\n\
+                    [[registry]]\nid = \"quiet\"\nurl = \"https://y.example\"\n";
+        let settings = crate::config::Config::from_toml_with_env(text, "t", [])
+            .unwrap()
+            .validate()
+            .unwrap();
+        let set = RegistrySet::new(settings.registries.clone());
+        let w = startup_warnings(&settings, &set);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].0, "mailed");
+        assert_eq!(w[0].1.field, "notify_emails");
+        assert!(w[0].1.message.contains("[smtp]"), "{}", w[0].1);
+        let with_smtp =
+            format!("[smtp]\nhost = \"127.0.0.1\"\nfrom = \"ledger@example.com\"\n{text}");
+        let settings = crate::config::Config::from_toml_with_env(&with_smtp, "t", [])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(startup_warnings(&settings, &set).is_empty());
     }
 
     #[test]

@@ -565,3 +565,29 @@ async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
     );
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_registry_with_notify_emails_and_no_smtp_shows_a_warning() {
+    let nats = support::nats().await;
+    let svc = strict_admin(&nats).await;
+    let body = json!({"id": "mailed", "url": "https://a.example/hooks",
+        "notify_emails": ["ops@example.com"]});
+    let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&body)).await;
+    assert_eq!(status, 201, "{b}");
+    let (_, read) = svc.call(Method::GET, "/v1/registries/mailed", None).await;
+    let warnings = read["registry"]["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{read}");
+    assert_eq!(warnings[0]["field"], "notify_emails", "{read}");
+    assert!(
+        warnings[0]["message"].as_str().unwrap().contains("[smtp]"),
+        "{read}"
+    );
+    // Without notify_emails: no warnings.
+    let quiet = json!({"id": "quiet", "url": "https://a.example/hooks"});
+    let (_, b) = svc.call(Method::POST, "/v1/registries", Some(&quiet)).await;
+    assert!(b["registry"].get("warnings").is_none(), "{b}");
+    svc.stop().await;
+}

@@ -1036,6 +1036,30 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         SIGNING_SECRET
     );
 
+    // notify_emails without [smtp]: `registry show` warns that no email
+    // will be sent.
+    let mailed = dir.path().join("mailed.toml");
+    std::fs::write(
+        &mailed,
+        "[[registry]]\nid = \"mailed\"\nurl = \"https://mailed.example/hooks\"\nnotify_emails = [\"ops@example.com\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["registry", "apply", "-f", mailed.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    for format in ["json", "toml"] {
+        let (code, out, err) = run(&["registry", "show", "mailed", "--format", format]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            err.contains("warning") && err.contains("notify_emails") && err.contains("[smtp]"),
+            "{format}: {err}"
+        );
+        if format == "json" {
+            serde_json::from_str::<serde_json::Value>(&out).expect("stdout stays JSON");
+        }
+    }
+    let (_, _, err) = run(&["registry", "show", "books"]);
+    assert!(!err.contains("warning"), "{err}");
+
     // Invalid files: exit 2, naming the entry and the field; nothing written.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[registry]]\nid = \"ok\"\nurl = \"https://ok.example\"\n[[registry]]\nid = \"private\"\nurl = \"https://10.0.0.8/hook\"\n").unwrap();
