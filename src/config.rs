@@ -187,6 +187,19 @@ pub struct Settings {
     pub registries: Vec<Registry>,
 }
 
+/// A TOML syntax error as "line L, column C: what". Never the error's own
+/// text: it quotes the offending line, which may hold a secret (a password
+/// in `nats_url`, a token, a registry's credentials).
+fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', " ");
+    let Some(before) = e.span().and_then(|s| text.get(..s.start)) else {
+        return message;
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 /// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
 const ENV_KEYS: [&str; 11] = [
     "nats_url",
@@ -290,7 +303,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error| ConfigError::Parse {
             path: shown.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: toml_error_message(text, &e),
         };
         let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
         let overrides: BTreeMap<String, String> = env
@@ -577,6 +590,21 @@ mod tests {
             "{e}"
         );
         load("[delivery]\nretry_schedule = [\"30days\"]\n", &[]).unwrap();
+    }
+
+    #[test]
+    fn a_syntax_error_says_where_without_quoting_the_line() {
+        let e = load(
+            "rounding = \"half_up\"\nnats_url = \"nats://u:pw-in-file@127.0.0.1:4222\" x\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file test.toml: line 2, column "),
+            "{e}"
+        );
+        assert!(!e.contains("pw-in-file"), "{e}");
     }
 
     #[test]

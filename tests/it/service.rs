@@ -1141,4 +1141,22 @@ fn nats_url_credentials_never_reach_stderr() {
             );
         }
     }
+    // A config file that does not parse: where, not the line itself.
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "nats_url = \"nats://ledger:pw-in-file-2@127.0.0.1:1\" oops\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["publish", "--config"])
+        .arg(&config)
+        .arg(&events)
+        .env_remove("LEDGERLINE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 1, column"), "{stderr}");
+    assert!(!stderr.contains("pw-in-file-2"), "{stderr}");
 }
