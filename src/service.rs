@@ -191,6 +191,7 @@ pub async fn run_with_listener(
     };
     health.set_registry_watch(watcher.healthy.clone());
     let registries = watcher.registries.clone();
+    crate::registry_store::log_startup_warnings(&settings, &registries.borrow());
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = HashMap::new();

@@ -106,7 +106,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("registry", &self.registry.id())
-            .field("url", &self.url.as_str())
+            .field("url", &self.registry.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -126,7 +126,7 @@ impl Target {
         if !cfg.query.is_empty() {
             let mut q = url.query_pairs_mut();
             for (k, v) in &cfg.query {
-                q.append_pair(k, v);
+                q.append_pair(k, v.expose());
             }
         }
         let mut headers = HeaderMap::new();
