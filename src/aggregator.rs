@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::events::{Event, OrderId, RejectReason, Rejection, parse_event};
+use crate::lease::Fence;
 use crate::ledger::{LedgerOptions, derive};
 use crate::order::OrderState;
 use crate::posting::{Cursor, Posting, build};
@@ -81,6 +82,9 @@ pub struct AggregatorOptions {
     pub subject_prefix: String,
     pub ledger: LedgerOptions,
     pub cache_orders: usize,
+    /// Checked before every write: only the instance holding the lease
+    /// writes ([`crate::lease`]). Open (never fenced) by default.
+    pub fence: Fence,
 }
 
 impl AggregatorOptions {
@@ -89,6 +93,7 @@ impl AggregatorOptions {
             subject_prefix: subject_prefix.into(),
             ledger,
             cache_orders: CACHE_ORDERS,
+            fence: Fence::open(),
         }
     }
 }
@@ -620,6 +625,11 @@ impl Lane {
         previous: u64,
     ) -> Result<u64, LaneError> {
         let subject = subjects::postings(&posting.registry_id, posting.order_id.as_str());
+        self.shared
+            .options
+            .fence
+            .check()
+            .map_err(|e| transient("storing a posting", e))?;
         let stored = StoredPosting {
             source_seq,
             previous_subject_seq: previous,
@@ -703,6 +713,11 @@ impl Lane {
         seq: u64,
         r: &Rejection,
     ) -> Result<(), Transient> {
+        self.shared
+            .options
+            .fence
+            .check()
+            .map_err(|e| transient("storing a rejection", e))?;
         let (body, mut headers) = streams::rejected_body(payload, self.shared.rejected_max_bytes);
         headers.insert(H_REASON, r.reason.as_str());
         headers.insert(H_FIELD, streams::header_value(&r.field).as_str());

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,11 @@ pub struct Config {
     pub subject_prefix: String,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// How long the active instance's lease lives without renewal: a
+    /// standby takes over about this long after the active one dies
+    /// ([`crate::lease`]).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
     #[serde(default)]
@@ -143,6 +149,10 @@ pub struct Config {
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".to_owned()
 }
+fn default_lease_ttl() -> String {
+    "10s".to_owned()
+}
+
 fn default_subject_prefix() -> String {
     "orders".to_owned()
 }
@@ -201,8 +211,9 @@ fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "nats_url",
+    "lease_ttl",
     "nats_creds",
     "nats_token",
     "nats_tls_ca",
@@ -390,6 +401,19 @@ impl Config {
         }
         if let Some(token) = &self.admin_token {
             check_admin_token(token)?;
+        }
+        match humantime::parse_duration(&self.lease_ttl) {
+            Ok(ttl) if (Duration::from_secs(4)..=Duration::from_secs(600)).contains(&ttl) => {}
+            _ => {
+                return Err(FieldError::new(
+                    "lease_ttl",
+                    format!(
+                        "{:?} must be a duration from 4s to 10m, like \"10s\"",
+                        self.lease_ttl
+                    ),
+                )
+                .into());
+            }
         }
         if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(FieldError::new(

@@ -60,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Settings, SmtpConfig};
+use crate::lease::Fence;
 use crate::notify::{Notifier, NotifyError};
 use crate::registry::{Registry, RegistryWatch, TargetPolicy};
 use crate::streams::LEDGER_STREAM;
@@ -117,6 +118,9 @@ pub struct DispatcherOptions {
     pub sweep_every: Duration,
     /// See [`OVERDUE_GRACE_DEFAULT`].
     pub overdue_grace: Duration,
+    /// Checked before every attempt and write: only the instance holding
+    /// the lease delivers ([`crate::lease`]). Open by default.
+    pub fence: Fence,
 }
 
 impl DispatcherOptions {
@@ -135,6 +139,7 @@ impl DispatcherOptions {
             ack_wait: ACK_WAIT_DEFAULT,
             sweep_every: SWEEP_EVERY_DEFAULT,
             overdue_grace: OVERDUE_GRACE_DEFAULT,
+            fence: Fence::open(),
         })
     }
 }
@@ -166,6 +171,7 @@ pub(crate) struct Shared {
     pub ack_wait: Duration,
     pub sweep_every: Duration,
     pub overdue_grace: Duration,
+    pub fence: Fence,
 }
 
 impl Shared {
@@ -217,6 +223,7 @@ pub async fn run_dispatcher(
         ack_wait: options.ack_wait,
         sweep_every: options.sweep_every,
         overdue_grace: options.overdue_grace,
+        fence: options.fence.clone(),
     });
     let policy = Arc::new(options.policy.clone());
     let mut running: HashMap<String, Running> = HashMap::new();

@@ -446,6 +446,13 @@ impl Worker {
             if !ready {
                 return self.hand_back(None).await;
             }
+            // Only the active instance sends (it may have lost the lease
+            // while waiting).
+            if let Err(fenced) = self.shared.fence.check() {
+                info!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                      error = %fenced, "not sending");
+                return self.hand_back(None).await;
+            }
             let shared = self.shared.clone();
             let report = self
                 .with_progress(target.attempt(&shared.http, &cur.posting, &cur.body))
@@ -883,6 +890,10 @@ impl Worker {
         record: &T,
         expected_last_subject_seq: Option<u64>,
     ) -> Result<Stored, StoreError> {
+        self.shared
+            .fence
+            .check()
+            .map_err(|e| StoreError::Nats(e.to_string()))?;
         let payload = serde_json::to_vec(record).map_err(|e| StoreError::Nats(e.to_string()))?;
         headers.insert(H_KIND, kind);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());

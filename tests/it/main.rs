@@ -8,6 +8,7 @@ mod admin;
 mod demo;
 mod dispatcher;
 mod export;
+mod fence;
 mod golden;
 mod natsd;
 mod pipeline;
