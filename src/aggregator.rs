@@ -57,7 +57,8 @@ use crate::lease::Fence;
 use crate::ledger::LedgerOptions;
 use crate::posting::{Cursor, Posting};
 use crate::records::StoredPosting;
-use crate::registry::{Registry, RegistryWatch};
+use crate::registry::Registry;
+use crate::registry_store::RegistryWatch;
 use crate::streams::{self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
 
 /// Durable consumer name on ORDERS.

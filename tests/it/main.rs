@@ -10,6 +10,7 @@ mod dispatcher;
 mod export;
 mod fence;
 mod golden;
+mod layout;
 mod natsd;
 mod pipeline;
 mod properties;
