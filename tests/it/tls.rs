@@ -374,9 +374,14 @@ max_attempts = 50
     // The untrusted receiver: nothing arrives; each order keeps retrying,
     // and its records say why (the certificate), without a status.
     support::eventually(
-        "a second failed attempt at the untrusted receiver",
+        "a second failed attempt per order at the untrusted receiver",
         Duration::from_secs(30),
-        || async { records("untrusted").await.iter().any(|r| r.attempt >= 2) },
+        || async {
+            let failed = records("untrusted").await;
+            orders
+                .iter()
+                .all(|o| failed.iter().any(|r| r.order_id == *o && r.attempt >= 2))
+        },
     )
     .await;
     assert!(rx_untrusted.received().is_empty());
