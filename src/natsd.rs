@@ -9,6 +9,8 @@
 //! * on `127.0.0.1` with a free client port and a free monitoring port;
 //! * with JetStream on (`-js -sd <store dir>`), the store dir being a temp
 //!   dir owned by the [`NatsServer`] unless one is given;
+//! * optionally with TLS on the client port (`--tls --tlscert --tlskey`),
+//!   chosen with [`NatsServer::builder`] and [`NatsServerBuilder::tls`];
 //! * with its stdout/stderr appended to a log file in its temp dir (see
 //!   [`NatsServer::log_path`]), never to the test output;
 //! * and it only returns once the server is ready: the client port answers
@@ -19,6 +21,20 @@
 //! tests simulate graceful shutdowns, crashes and recoveries; a restarted
 //! server keeps its port and store dir, so clients can reconnect to the same
 //! URL and find their streams. Dropping a [`NatsServer`] SIGKILLs the child.
+//!
+//! [`NatsServer::start`] and [`NatsServer::start_with`] cover the common
+//! cases; [`NatsServer::builder`] also sets TLS:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ledgerline::natsd::NatsdError> {
+//! let server = ledgerline::natsd::NatsServer::builder()
+//!     .tls("server.pem", "server.key")
+//!     .start()
+//!     .await?;
+//! let url = server.url(); // tls://127.0.0.1:PORT
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ledgerline::natsd::NatsdError> {
@@ -246,6 +262,53 @@ fn free_ports() -> Result<(u16, u16), NatsdError> {
 /// `max_payload` of servers started here: 8 MiB (the server default is 1 MB).
 pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
 
+/// The server certificate chain and key of a TLS [`NatsServer`] (PEM files).
+#[derive(Debug, Clone)]
+struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Options for [`NatsServer::builder`]: everything defaults to what
+/// [`NatsServer::start`] does.
+#[derive(Debug, Default, Clone)]
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct NatsServerBuilder {
+    store_dir: Option<PathBuf>,
+    tls: Option<ServerTls>,
+}
+
+impl NatsServerBuilder {
+    /// Keeps the JetStream store in `dir` (created if missing, left in place
+    /// on drop) instead of a temp dir.
+    pub fn store_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.store_dir = Some(dir.into());
+        self
+    }
+
+    /// Serves the client port over TLS only, with the certificate chain in
+    /// `cert` and its private key in `key` (both PEM; they must cover
+    /// `127.0.0.1`). [`NatsServer::url`] then starts with `tls://`.
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some(ServerTls {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Starts the server and waits until it is ready.
+    ///
+    /// # Errors
+    ///
+    /// As for [`NatsServer::start`], plus failing to create the store dir;
+    /// a bad certificate or key makes the server exit during startup
+    /// ([`NatsdError::Exited`], with its log tail saying why).
+    pub async fn start(self) -> Result<NatsServer, NatsdError> {
+        NatsServer::start_from(self).await
+    }
+}
+
 /// A running (or stopped, restartable) `nats-server` child with JetStream.
 ///
 /// Dropping it SIGKILLs the server and deletes its temp dir (log file and,
@@ -260,6 +323,8 @@ pub struct NatsServer {
     log_path: PathBuf,
     /// Log length when the current start began; error tails start there.
     log_start: u64,
+    /// TLS on the client port, when chosen.
+    tls: Option<ServerTls>,
     child: Option<Child>,
     /// Holds the log (and maybe the store); removed on drop, after the kill.
     temp: tempfile::TempDir,
@@ -285,7 +350,23 @@ impl NatsServer {
     ///
     /// As for [`NatsServer::start`], plus failing to create `store_dir`.
     pub async fn start_with(store_dir: Option<PathBuf>) -> Result<Self, NatsdError> {
+        let mut builder = Self::builder();
+        if let Some(dir) = store_dir {
+            builder = builder.store_dir(dir);
+        }
+        builder.start().await
+    }
+
+    /// A builder for a server with more options than [`NatsServer::start`]
+    /// and [`NatsServer::start_with`] take (TLS).
+    pub fn builder() -> NatsServerBuilder {
+        NatsServerBuilder::default()
+    }
+
+    /// Starts the server the builder describes; see [`NatsServerBuilder::start`].
+    async fn start_from(options: NatsServerBuilder) -> Result<Self, NatsdError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let NatsServerBuilder { store_dir, tls } = options;
 
         let bin = locate_nats_server()?;
         let temp = tempfile::Builder::new()
@@ -312,6 +393,7 @@ impl NatsServer {
             store_dir,
             log_path: temp.path().join("nats-server.log"),
             log_start: 0,
+            tls,
             child: None,
             temp,
         };
@@ -331,9 +413,16 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:PORT`, for `async_nats::connect`.
+    /// `nats://127.0.0.1:PORT`, for `async_nats::connect`; `tls://…` when
+    /// the server was started with TLS.
     pub fn url(&self) -> String {
-        format!("nats://{HOST}:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://{HOST}:{}", self.port)
+    }
+
+    /// Whether the client port speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The client port. It stays the same across [`NatsServer::restart`].
@@ -471,7 +560,8 @@ impl NatsServer {
         let conf = self.temp.path().join("nats-server.conf");
         std::fs::write(&conf, format!("max_payload: {MAX_PAYLOAD_BYTES}\n"))
             .map_err(NatsdError::io("writing the server config"))?;
-        let mut child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .arg("-c")
             .arg(&conf)
             .args(["-a", &HOST.to_string()])
@@ -480,7 +570,18 @@ impl NatsServer {
             .args(["--server_name", &self.name])
             .arg("-js")
             .arg("-sd")
-            .arg(&self.store_dir)
+            .arg(&self.store_dir);
+        if let Some(tls) = &self.tls {
+            // The INFO line still comes in plain text before the handshake,
+            // so the readiness probe below works unchanged.
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(&tls.cert)
+                .arg("--tlskey")
+                .arg(&tls.key);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

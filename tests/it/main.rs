@@ -18,3 +18,4 @@ mod receiver;
 mod registry_store;
 mod service;
 mod support;
+mod tls;

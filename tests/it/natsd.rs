@@ -246,3 +246,22 @@ async fn a_restart_fails_with_the_log_tail_when_its_port_stays_taken() -> Result
     })
     .await
 }
+
+#[tokio::test]
+async fn a_tls_server_whose_certificate_is_missing_fails_with_the_log_tail() -> Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let missing = dir.path().join("no-such-cert.pem");
+        let err = NatsServer::builder()
+            .tls(&missing, dir.path().join("no-such-key.pem"))
+            .start()
+            .await
+            .err()
+            .context("a TLS server started without its certificate")?;
+        let msg = err.to_string();
+        ensure!(msg.contains("exited during startup"), "{msg}");
+        ensure!(msg.contains("no-such-cert.pem"), "{msg}");
+        Ok(())
+    })
+    .await
+}
