@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::events::{Event, OrderId, RejectReason, Rejection, parse_event};
+use crate::lease::Fence;
 use crate::ledger::{LedgerOptions, derive};
 use crate::order::OrderState;
 use crate::posting::{Cursor, Posting, build};
@@ -81,6 +82,9 @@ pub struct AggregatorOptions {
     pub subject_prefix: String,
     pub ledger: LedgerOptions,
     pub cache_orders: usize,
+    /// Checked before every write: only the instance holding the lease
+    /// writes ([`crate::lease`]). Open (never fenced) by default.
+    pub fence: Fence,
 }
 
 impl AggregatorOptions {
@@ -89,6 +93,7 @@ impl AggregatorOptions {
             subject_prefix: subject_prefix.into(),
             ledger,
             cache_orders: CACHE_ORDERS,
+            fence: Fence::open(),
         }
     }
 }
@@ -106,6 +111,19 @@ pub enum AggregatorError {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Transient(String);
+
+/// Why an event was not handled yet.
+#[derive(Debug, thiserror::Error)]
+enum LaneError {
+    /// Retried in place (the order's later events wait behind it).
+    #[error(transparent)]
+    Transient(#[from] Transient),
+    /// A stored posting of the order cannot be read: retrying cannot help,
+    /// so the event is recorded on `ledger.rejected.internal` and acked,
+    /// and the lane goes on with other orders.
+    #[error("{0}")]
+    Corrupt(String),
+}
 
 fn transient(what: &str, e: impl std::fmt::Display) -> Transient {
     Transient(format!("{what}: {e}"))
@@ -358,7 +376,27 @@ impl Lane {
                     }
                     return;
                 }
-                Err(e) => {
+                Err(LaneError::Corrupt(why)) => match self.reject_corrupt(&msg, &why).await {
+                    Ok(()) => {
+                        if let Err(e) = msg.ack().await {
+                            warn!(error = %e, subject = %msg.subject, "ack failed; the event will be redelivered");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(lane, subject = %msg.subject, error = %e, "cannot record a rejection yet; retrying");
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                        tokio::select! {
+                            _ = self.shared.shutdown.cancelled() => {
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                                return;
+                            }
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                },
+                Err(LaneError::Transient(e)) => {
                     warn!(lane, subject = %msg.subject, error = %e, retry_in_ms = delay.as_millis() as u64, "event not applied yet; retrying");
                     let _ = msg.ack_with(AckKind::Progress).await;
                     tokio::select! {
@@ -374,7 +412,7 @@ impl Lane {
         }
     }
 
-    async fn process(&mut self, msg: &Message) -> Result<(), Transient> {
+    async fn process(&mut self, msg: &Message) -> Result<(), LaneError> {
         let info = msg
             .info()
             .map_err(|e| transient("reading message info", e))?;
@@ -383,9 +421,9 @@ impl Lane {
         let event = match parse_event(&msg.payload, Some(token)) {
             Ok(ev) => ev,
             Err(rejection) => {
-                return self
+                return Ok(self
                     .reject(&msg.subject, &msg.payload, seq, &rejection)
-                    .await;
+                    .await?);
             }
         };
         let order_id = event.order_id.clone();
@@ -421,7 +459,7 @@ impl Lane {
         seq: u64,
         subject: &str,
         payload: &[u8],
-    ) -> Result<(), Transient> {
+    ) -> Result<(), LaneError> {
         let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
         let mut state = lb.state.clone();
         if let Err(rejection) = state.apply(event) {
@@ -432,12 +470,15 @@ impl Lane {
         let ledger = match derive(&state, &self.shared.options.ledger) {
             Ok(l) => l,
             Err(bug) => {
-                return self
+                return Ok(self
                     .internal(subject, payload, seq, event, &bug.to_string(), lb)
-                    .await;
+                    .await?);
             }
         };
+        // Every posting is built (and its size checked) before any is
+        // published: an event is applied to all its registries or to none.
         let mut staged = Vec::new();
+        let mut to_publish = Vec::new();
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             let reg = match lb.regs.get(r.id()) {
                 Some(reg) => reg.clone(),
@@ -452,16 +493,25 @@ impl Lane {
             let (posting, next) = match build(r, event, &ledger, &reg.cursor) {
                 Ok(x) => x,
                 Err(bug) => {
-                    return self
+                    return Ok(self
                         .internal(subject, payload, seq, event, &bug.to_string(), lb)
-                        .await;
+                        .await?);
                 }
             };
-            let subject_seq = self.publish_posting(&posting, seq, reg.subject_seq).await?;
-            metrics::counter!("ledgerline_postings_total", "registry" => r.id().to_owned())
+            if let Err(mut rejection) = crate::posting::check_size(&posting) {
+                rejection.event_id = Some(event.event_id.clone());
+                self.reject(subject, payload, seq, &rejection).await?;
+                lb.last_seq = seq;
+                return Ok(());
+            }
+            to_publish.push((r.id().to_owned(), posting, next, reg.subject_seq));
+        }
+        for (registry_id, posting, next, previous) in to_publish {
+            let subject_seq = self.publish_posting(&posting, seq, previous).await?;
+            metrics::counter!("ledgerline_postings_total", "registry" => registry_id.clone())
                 .increment(1);
             staged.push((
-                r.id().to_owned(),
+                registry_id,
                 RegState {
                     cursor: next,
                     subject_seq,
@@ -482,7 +532,7 @@ impl Lane {
     /// world). Events the consumer has acknowledged are only folded into
     /// the state; later ones (unacknowledged, so maybe never handled) go
     /// through [`Lane::handle_event`], which posts what is missing.
-    async fn rebuild(&self, order_id: &OrderId, before: u64) -> Result<LaneBook, Transient> {
+    async fn rebuild(&self, order_id: &OrderId, before: u64) -> Result<LaneBook, LaneError> {
         let ack_floor = self
             .shared
             .consumer
@@ -512,7 +562,7 @@ impl Lane {
             {
                 Ok(m) => m,
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(transient("replaying the order's events", e)),
+                Err(e) => return Err(transient("replaying the order's events", e).into()),
             };
             if m.sequence >= before {
                 break;
@@ -544,7 +594,7 @@ impl Lane {
 
     /// What registry `r` was last sent for `order`, from the last posting on
     /// its subject.
-    async fn load_last(&self, r: &str, order: &OrderId) -> Result<RegState, Transient> {
+    async fn load_last(&self, r: &str, order: &OrderId) -> Result<RegState, LaneError> {
         let subject = subjects::postings(r, order.as_str());
         match self
             .shared
@@ -553,7 +603,7 @@ impl Lane {
             .await
         {
             Ok(m) => {
-                let stored = parse_stored(&m.payload, &subject)?;
+                let stored = parse_stored(&m.payload, &subject, m.sequence)?;
                 Ok(RegState {
                     cursor: stored.posting.cursor(),
                     subject_seq: m.sequence,
@@ -563,7 +613,7 @@ impl Lane {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                 Ok(RegState::default())
             }
-            Err(e) => Err(transient("reading the last posting", e)),
+            Err(e) => Err(transient("reading the last posting", e).into()),
         }
     }
 
@@ -573,8 +623,13 @@ impl Lane {
         posting: &Posting,
         source_seq: u64,
         previous: u64,
-    ) -> Result<u64, Transient> {
+    ) -> Result<u64, LaneError> {
         let subject = subjects::postings(&posting.registry_id, posting.order_id.as_str());
+        self.shared
+            .options
+            .fence
+            .check()
+            .map_err(|e| transient("storing a posting", e))?;
         let stored = StoredPosting {
             source_seq,
             previous_subject_seq: previous,
@@ -609,7 +664,7 @@ impl Lane {
                     .get_last_raw_message_by_subject(&subject)
                     .await
                     .map_err(|e| transient("checking the last posting", e))?;
-                let found = parse_stored(&last.payload, &subject)?;
+                let found = parse_stored(&last.payload, &subject, last.sequence)?;
                 if found.source_seq == source_seq
                     && found.posting.idempotency_key == posting.idempotency_key
                 {
@@ -621,11 +676,32 @@ impl Lane {
                     Err(Transient(format!(
                         "{subject} moved on (last posting seq {} from event #{}); rebuilding",
                         found.posting.seq, found.source_seq
-                    )))
+                    ))
+                    .into())
                 }
             }
-            Err(e) => Err(transient("storing a posting", e)),
+            Err(e) => Err(transient("storing a posting", e).into()),
         }
+    }
+
+    /// Records an event that cannot be posted because a stored posting of
+    /// its order is unreadable (`ledger.rejected.internal`, reason named).
+    async fn reject_corrupt(&mut self, msg: &Message, why: &str) -> Result<(), Transient> {
+        let seq = msg
+            .info()
+            .map_err(|e| transient("reading message info", e))?
+            .stream_sequence;
+        let token = order_token(&msg.subject, &self.shared.options.subject_prefix);
+        let event_id = parse_event(&msg.payload, Some(token))
+            .ok()
+            .map(|ev| ev.event_id);
+        let r = Rejection {
+            reason: RejectReason::Internal,
+            event_id,
+            field: String::new(),
+            message: why.to_owned(),
+        };
+        self.reject(&msg.subject, &msg.payload, seq, &r).await
     }
 
     /// Publishes a rejection (before the event is acked); its message id
@@ -637,6 +713,11 @@ impl Lane {
         seq: u64,
         r: &Rejection,
     ) -> Result<(), Transient> {
+        self.shared
+            .options
+            .fence
+            .check()
+            .map_err(|e| transient("storing a rejection", e))?;
         let (body, mut headers) = streams::rejected_body(payload, self.shared.rejected_max_bytes);
         headers.insert(H_REASON, r.reason.as_str());
         headers.insert(H_FIELD, streams::header_value(&r.field).as_str());
@@ -688,12 +769,20 @@ impl Lane {
     }
 }
 
-fn parse_stored(payload: &[u8], subject: &str) -> Result<StoredPosting, Transient> {
+/// A stored posting, or [`LaneError::Corrupt`]: its order cannot go on for
+/// that registry (the cursor is lost), so the event is rejected with the
+/// reason rather than retried forever, which would stop the lane and then,
+/// through its full queue, every lane.
+fn parse_stored(
+    payload: &[u8],
+    subject: &str,
+    stream_seq: u64,
+) -> Result<StoredPosting, LaneError> {
     serde_json::from_slice(payload).map_err(|e| {
-        // A posting we cannot read is not transient, but retrying (and
-        // logging loudly) is the only safe move: skipping would lose or
-        // double a posting.
-        error!(subject, error = %e, "unreadable posting in LEDGER");
-        Transient(format!("unreadable posting on {subject}: {e}"))
+        error!(subject, stream_seq, error = %e, "unreadable posting in LEDGER");
+        LaneError::Corrupt(format!(
+            "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({e}); \
+             this order's postings cannot go on until it is repaired"
+        ))
     })
 }

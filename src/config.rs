@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::dispatcher::schedule::RETRY_DELAY_MAX;
 use crate::ledger::{LedgerOptions, TaxRounding};
 use crate::money::Rounding;
 use crate::registry::{FieldError, Registry, RegistryConfig, TargetPolicy};
@@ -65,7 +67,7 @@ pub struct DeliveryConfig {
     /// ±20% is added to each.
     #[serde(default = "default_retry_schedule")]
     pub retry_schedule: Vec<String>,
-    /// Most (registry, order) deliveries in flight at once.
+    /// Most (registry, order) deliveries in flight at once, per registry.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Consecutive failures that open a registry's circuit breaker.
@@ -121,6 +123,11 @@ pub struct Config {
     pub subject_prefix: String,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// How long the active instance's lease lives without renewal: a
+    /// standby takes over about this long after the active one dies
+    /// ([`crate::lease`]).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
     #[serde(default)]
@@ -142,6 +149,10 @@ pub struct Config {
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".to_owned()
 }
+fn default_lease_ttl() -> String {
+    "10s".to_owned()
+}
+
 fn default_subject_prefix() -> String {
     "orders".to_owned()
 }
@@ -186,9 +197,23 @@ pub struct Settings {
     pub registries: Vec<Registry>,
 }
 
+/// A TOML syntax error as "line L, column C: what". Never the error's own
+/// text: it quotes the offending line, which may hold a secret (a password
+/// in `nats_url`, a token, a registry's credentials).
+fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', " ");
+    let Some(before) = e.span().and_then(|s| text.get(..s.start)) else {
+        return message;
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 /// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "nats_url",
+    "lease_ttl",
     "nats_creds",
     "nats_token",
     "nats_tls_ca",
@@ -200,6 +225,59 @@ const ENV_KEYS: [&str; 11] = [
     "allow_insecure_http",
     "allow_private_targets",
 ];
+
+/// Shortest `admin_token` accepted, in characters: 16 random characters
+/// are beyond guessing; a word or a name is not.
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 16;
+
+/// Placeholders seen in examples and tutorials (compared in lower case,
+/// letters and digits only): a token that contains one is refused whatever
+/// its length.
+const ADMIN_TOKEN_PLACEHOLDERS: [&str; 8] = [
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "yourtoken",
+    "yoursecret",
+    "tokenhere",
+    "secrethere",
+    "example",
+];
+
+/// Refuses an admin token that can be guessed: too short, a known
+/// placeholder, or one character repeated. The token is never shown.
+fn check_admin_token(token: &Secret) -> Result<(), FieldError> {
+    let t = token.expose();
+    let n = t.chars().count();
+    let advice = "use at least 16 random characters, e.g. `openssl rand -hex 32`";
+    if n < ADMIN_TOKEN_MIN_CHARS {
+        return Err(FieldError::new(
+            "admin_token",
+            format!("is {n} characters long, too short to be safe; {advice}"),
+        ));
+    }
+    let letters: String = t
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if ADMIN_TOKEN_PLACEHOLDERS.iter().any(|p| letters.contains(p)) {
+        return Err(FieldError::new(
+            "admin_token",
+            format!("is a placeholder from an example, not a secret; {advice}"),
+        ));
+    }
+    let mut chars = t.chars();
+    if let Some(first) = chars.next()
+        && chars.all(|c| c == first)
+    {
+        return Err(FieldError::new(
+            "admin_token",
+            format!("is one character repeated; {advice}"),
+        ));
+    }
+    Ok(())
+}
 
 impl Config {
     /// Reads `path` (or only defaults when `None`), overlays the
@@ -236,7 +314,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error| ConfigError::Parse {
             path: shown.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: toml_error_message(text, &e),
         };
         let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
         let overrides: BTreeMap<String, String> = env
@@ -303,7 +381,7 @@ impl Config {
                 "nats_url",
                 format!(
                     "{:?} must start with nats://, tls://, ws:// or wss://",
-                    self.nats_url
+                    crate::streams::redact_url(&self.nats_url)
                 ),
             )
             .into());
@@ -321,6 +399,22 @@ impl Config {
             )
             .into());
         }
+        if let Some(token) = &self.admin_token {
+            check_admin_token(token)?;
+        }
+        match humantime::parse_duration(&self.lease_ttl) {
+            Ok(ttl) if (Duration::from_secs(4)..=Duration::from_secs(600)).contains(&ttl) => {}
+            _ => {
+                return Err(FieldError::new(
+                    "lease_ttl",
+                    format!(
+                        "{:?} must be a duration from 4s to 10m, like \"10s\"",
+                        self.lease_ttl
+                    ),
+                )
+                .into());
+            }
+        }
         if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(FieldError::new(
                 "admin_listen",
@@ -332,12 +426,19 @@ impl Config {
             .into());
         }
         for (i, d) in self.delivery.retry_schedule.iter().enumerate() {
-            humantime::parse_duration(d).map_err(|e| {
-                FieldError::new(
-                    format!("delivery.retry_schedule[{i}]"),
-                    format!("{d:?} is not a duration: {e}"),
+            let field = || format!("delivery.retry_schedule[{i}]");
+            let delay = humantime::parse_duration(d)
+                .map_err(|e| FieldError::new(field(), format!("{d:?} is not a duration: {e}")))?;
+            if delay > RETRY_DELAY_MAX {
+                return Err(FieldError::new(
+                    field(),
+                    format!(
+                        "{d:?} is longer than {} (no retry can wait longer than the longest max_age)",
+                        humantime::format_duration(RETRY_DELAY_MAX)
+                    ),
                 )
-            })?;
+                .into());
+            }
         }
         if self.delivery.retry_schedule.is_empty() {
             return Err(
@@ -456,6 +557,78 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.policy.allow_private_targets.len(), 2);
+    }
+
+    #[test]
+    fn weak_admin_tokens_are_refused_naming_the_key() {
+        for weak in [
+            "change-me",
+            "CHANGE-ME",
+            "changeme",
+            "short",
+            "123456789012345",
+            "admin",
+            "password",
+            "secret",
+            "token",
+            "aaaaaaaaaaaaaaaaaaaa",
+            "please-change-me-before-production",
+            "your-admin-token-here",
+        ] {
+            let e = load(&format!("admin_token = \"{weak}\"\n"), &[]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("config admin_token:"), "{weak}: {text}");
+            assert!(
+                !text.contains("123456789012345"),
+                "the token is not shown: {text}"
+            );
+            let e = load("", &[("LEDGERLINE_ADMIN_TOKEN", weak)]).unwrap_err();
+            assert!(e.to_string().starts_with("config admin_token:"), "{e}");
+        }
+        let s = load("admin_token = \"hT3q9-xV2kLw8pZr4mNb\"\n", &[]).unwrap();
+        assert!(s.config.admin_token.is_some());
+        // The documented example works.
+        let example = include_str!("../config/ledgerline.toml");
+        Config::from_toml_with_env(example, "config/ledgerline.toml", [])
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_retry_delay_over_thirty_days_is_refused() {
+        let e = load("[delivery]\nretry_schedule = [\"5s\", \"31days\"]\n", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config delivery.retry_schedule[1]:"),
+            "{e}"
+        );
+        let e = load(
+            "[delivery]\nretry_schedule = [\"500000000000years\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config delivery.retry_schedule[0]:"),
+            "{e}"
+        );
+        load("[delivery]\nretry_schedule = [\"30days\"]\n", &[]).unwrap();
+    }
+
+    #[test]
+    fn a_syntax_error_says_where_without_quoting_the_line() {
+        let e = load(
+            "rounding = \"half_up\"\nnats_url = \"nats://u:pw-in-file@127.0.0.1:4222\" x\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file test.toml: line 2, column "),
+            "{e}"
+        );
+        assert!(!e.contains("pw-in-file"), "{e}");
     }
 
     #[test]

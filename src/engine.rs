@@ -59,6 +59,10 @@ impl OrderBook {
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             let cursor = self.cursors.get(r.id()).cloned().unwrap_or_default();
             let (posting, next) = build(r, event, &ledger, &cursor)?;
+            crate::posting::check_size(&posting).map_err(|mut rejection| {
+                rejection.event_id = Some(event.event_id.clone());
+                rejection
+            })?;
             postings.push(posting);
             cursors.push((r.id().to_owned(), next));
         }

@@ -17,6 +17,7 @@
 //!
 //! Around it:
 //! - [`service`]: `ledgerline run`, the components in one process.
+//! - [`lease`]: one active instance, every other a fenced hot standby.
 //! - [`admin`]: the admin HTTP API: registries, deliveries, redeliver,
 //!   order ledgers, health, readiness, Prometheus metrics.
 //! - [`registry_store`]: the registries in a JetStream KV bucket (with
@@ -50,6 +51,7 @@ pub mod dispatcher;
 pub mod engine;
 pub mod events;
 pub mod export;
+pub mod lease;
 pub mod ledger;
 pub mod money;
 pub mod natsd;

@@ -525,7 +525,9 @@ fn registry(command: RegistryCommand) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let client = ledgerline::streams::connect_once(&settings.config).await?;
         let js = async_nats::jetstream::new(client.clone());
-        let store = RegistryStore::open(&js, settings.policy.clone()).await?;
+        let store = RegistryStore::open(&js, settings.policy.clone())
+            .await?
+            .with_smtp_configured(settings.config.smtp.is_some());
         let mut out = std::io::stdout().lock();
         let code = match command {
             RegistryCommand::Apply { .. } => {
@@ -569,6 +571,10 @@ fn registry(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                 Some(e) => match render_show(&e, format) {
                     Ok(text) => {
                         write!(out, "{text}")?;
+                        // On stderr: stdout stays valid JSON or TOML.
+                        for w in store.warnings(&e.config) {
+                            eprintln!("ledgerline: warning: registry {id}: {w}");
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(msg) => {

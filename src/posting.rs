@@ -209,6 +209,38 @@ pub struct Posting {
     pub cumulative: Vec<GroupedEntry>,
 }
 
+/// Largest posting (as stored JSON) ledgerline produces. A posting is
+/// stored on LEDGER with its cumulative entries, and NATS takes 1 MB
+/// messages by default: a bigger posting could never be stored or sent, so
+/// the event that would make it is rejected (`too_large`) instead.
+pub const MAX_POSTING_BYTES: usize = 960 * 1024;
+
+/// Refuses a posting that would be over [`MAX_POSTING_BYTES`] as JSON.
+pub fn check_size(posting: &Posting) -> Result<(), crate::events::Rejection> {
+    // Cheap bound first: an entry is at most its text fields (escaped
+    // worst case 6 bytes a character) plus fixed room for numbers and keys.
+    let per_entry = 6 * (crate::events::TEXT_MAX_CHARS * 3 + 256) + 512;
+    let entries = posting.entries.len() + posting.cumulative.len();
+    if entries.saturating_mul(per_entry) <= MAX_POSTING_BYTES {
+        return Ok(());
+    }
+    let size = serde_json::to_vec(posting).map_or(usize::MAX, |b| b.len());
+    if size <= MAX_POSTING_BYTES {
+        return Ok(());
+    }
+    Err(crate::events::Rejection::new(
+        crate::events::RejectReason::TooLarge,
+        "",
+        format!(
+            "the posting for registry {} would be {size} bytes (with {} entries), over the \
+             {MAX_POSTING_BYTES} bytes a posting may take; the event is not applied \
+             (group the registry's entries more coarsely or split the order)",
+            posting.registry_id,
+            posting.entries.len()
+        ),
+    ))
+}
+
 /// A posting of an unfiltered registry that does not balance: a bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("posting {seq} of registry {registry_id} for order {order_id} does not balance: Σ = {sum}")]

@@ -3,7 +3,8 @@
 //!
 //! It takes posting requests on any path (POST), and:
 //! - verifies Standard Webhooks signatures when given a `whsec_` secret
-//!   (401 otherwise), within a 5-minute timestamp tolerance;
+//!   (401 otherwise), within a 5-minute timestamp tolerance (401
+//!   "timestamp out of tolerance" beyond it, whatever the value);
 //! - keeps a journal per order and answers registry_data like
 //!   `{"journal_id": "J-000123", "revision": 2}`; a repeated idempotency
 //!   key gets the same answer again (it is the same posting);
@@ -81,6 +82,9 @@ pub enum SignatureCheck {
     Valid,
     Missing,
     Invalid,
+    /// The `webhook-timestamp` is further from now than the tolerance
+    /// (however far: any i64 is handled).
+    Stale,
 }
 
 /// A request as the receiver saw it.
@@ -277,8 +281,10 @@ impl Receiver {
             return SignatureCheck::Invalid;
         };
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        if (now - ts).unsigned_abs() > SIGNATURE_TOLERANCE.as_secs() {
-            return SignatureCheck::Invalid;
+        // In i128: `now - ts` overflows i64 for a timestamp near i64::MIN.
+        let skew = (i128::from(now) - i128::from(ts)).unsigned_abs();
+        if skew > u128::from(SIGNATURE_TOLERANCE.as_secs()) {
+            return SignatureCheck::Stale;
         }
         if crate::signing::verify(key, id, ts, body, sig) {
             SignatureCheck::Valid
@@ -376,6 +382,9 @@ async fn webhook(
     let response = if matches!(signature, SignatureCheck::Missing | SignatureCheck::Invalid) {
         lock(&rx.inner.stats).signature_failures += 1;
         refusal(StatusCode::UNAUTHORIZED, "signature missing or invalid")
+    } else if signature == SignatureCheck::Stale {
+        lock(&rx.inner.stats).signature_failures += 1;
+        refusal(StatusCode::UNAUTHORIZED, "timestamp out of tolerance")
     } else if let Some(status) = mode
         .status
         .filter(|_| mode.share >= 1.0 || rand::random::<f64>() < mode.share)

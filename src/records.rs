@@ -119,4 +119,13 @@ pub enum ControlRecord {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
+    /// The overdue-retry sweep found posting `seq` retrying with nothing
+    /// scheduled to bring it back: a plain wake-up for the order.
+    Wake {
+        registry_id: String,
+        order_id: String,
+        seq: u64,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
 }

@@ -243,9 +243,10 @@ pub struct RegistryConfig {
     /// Custom headers (api-key style); values are treated as secrets.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
-    /// Custom URL parameters.
+    /// Custom URL parameters; values are treated as secrets (they often
+    /// carry an API key).
     #[serde(default)]
-    pub query: BTreeMap<String, String>,
+    pub query: BTreeMap<String, Secret>,
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,15 +309,23 @@ pub struct TargetPolicy {
 }
 
 impl TargetPolicy {
-    /// True when `ip` may be a webhook target: public, or allow-listed.
+    /// True when `ip` may be a webhook target: public, or allow-listed. An
+    /// IPv4-mapped address (`::ffff:a.b.c.d`) is its IPv4 address here too,
+    /// so an allow-listed IPv4 network covers its mapped form.
     pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         !is_private(ip) || self.allow_private_targets.iter().any(|n| n.contains(&ip))
     }
 }
 
 /// Loopback, private, link-local, unspecified, CGNAT, unique-local, multicast,
-/// documentation and other special-purpose addresses: never a webhook target
-/// unless allow-listed (SSRF guard).
+/// documentation and other special-purpose addresses, and the IPv6 ranges
+/// that lead to IPv4 through a translator or tunnel (NAT64, 6to4, Teredo,
+/// IPv4-compatible): never a webhook target unless allow-listed (SSRF
+/// guard). An IPv4-mapped address (`::ffff:a.b.c.d`) follows the IPv4 rules.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -330,6 +339,8 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || o[0] == 0
                 || (o[0] == 100 && (64..128).contains(&o[1]))
+                // IETF protocol assignments 192.0.0.0/24
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
                 || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
                 || o[0] >= 240
         }
@@ -341,8 +352,18 @@ pub fn is_private(ip: IpAddr) -> bool {
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                // IPv4-compatible ::/96 (deprecated; reaches IPv4 by tunnel)
+                || s[..6] == [0; 6]
+                // NAT64: well-known 64:ff9b::/96 and local-use 64:ff9b:1::/48
+                // reach any IPv4 address, private ones included
+                || (s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1))
+                // Teredo 2001::/32 and 6to4 2002::/16: IPv4 behind a tunnel
+                || (s[0] == 0x2001 && s[1] == 0)
+                || s[0] == 0x2002
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                // site-local fec0::/10 (deprecated, still routed locally)
+                || (s[0] & 0xffc0) == 0xfec0
                 || s[0] == 0x2001 && s[1] == 0x0db8
         }
     }
@@ -645,6 +666,26 @@ fn check_header_name(field: &str, name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A header value must be what an HTTP request can carry: visible ASCII,
+/// spaces and tabs. A line break would otherwise make every delivery of the
+/// registry fail. The value is a secret: the error does not show it.
+fn check_header_value(field: &str, value: &Secret) -> Result<(), FieldError> {
+    match value
+        .expose()
+        .bytes()
+        .position(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+    {
+        None => Ok(()),
+        Some(at) => Err(FieldError::new(
+            field,
+            format!(
+                "is not a valid header value: byte {at} is a line break, a control or a \
+                 non-ASCII character (only visible ASCII, spaces and tabs are allowed)"
+            ),
+        )),
+    }
+}
+
 impl RegistryConfig {
     /// Validates every field (SPEC 3); the error names the first bad one.
     pub fn validate(&self, policy: &TargetPolicy) -> Result<Registry, FieldError> {
@@ -740,8 +781,10 @@ impl RegistryConfig {
                 format!("at most {CUSTOM_PARAMS_MAX} entries"),
             ));
         }
-        for name in self.headers.keys() {
-            check_header_name(&format!("headers.{name}"), name)?;
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            check_header_name(&field, name)?;
+            check_header_value(&field, value)?;
         }
         match &self.auth {
             AuthConfig::None | AuthConfig::Basic { .. } | AuthConfig::Bearer { .. } => {}
@@ -749,8 +792,10 @@ impl RegistryConfig {
                 token_url, headers, ..
             } => {
                 check_url("auth.token_url", token_url, policy)?;
-                for name in headers.keys() {
-                    check_header_name(&format!("auth.headers.{name}"), name)?;
+                for (name, value) in headers {
+                    let field = format!("auth.headers.{name}");
+                    check_header_name(&field, name)?;
+                    check_header_value(&field, value)?;
                 }
             }
         }
@@ -852,6 +897,42 @@ mod tests {
             ),
             (
                 |r| {
+                    r.headers
+                        .insert("X-Api-Key".into(), Secret::new("k1\nX-Injected: 1"));
+                },
+                "headers.X-Api-Key",
+            ),
+            (
+                |r| {
+                    r.headers.insert("X-Zero".into(), Secret::new("a\0b"));
+                },
+                "headers.X-Zero",
+            ),
+            (
+                |r| {
+                    r.headers.insert("X Api Key".into(), Secret::new("k1"));
+                },
+                "headers.X Api Key",
+            ),
+            (
+                |r| {
+                    r.auth = AuthConfig::Oauth2ClientCredentials {
+                        token_url: "https://login.example/token".into(),
+                        client_id: "c".into(),
+                        client_secret: Secret::new("s"),
+                        scope: None,
+                        token_field: default_token_field(),
+                        expires_field: default_expires_field(),
+                        token_type: default_token_type(),
+                        extra_body: BTreeMap::new(),
+                        headers: [("X-Token-Key".to_owned(), Secret::new("v\r\n"))].into(),
+                        params: BTreeMap::new(),
+                    }
+                },
+                "auth.headers.X-Token-Key",
+            ),
+            (
+                |r| {
                     r.ledger_codes = vec![LedgerCodeRule {
                         entry_type: Some("revenu".into()),
                         code: "200".into(),
@@ -878,6 +959,57 @@ mod tests {
             allow_private_targets: vec!["127.0.0.0/8".parse().unwrap()],
         };
         assert!(r.validate(&p).is_ok());
+    }
+
+    #[test]
+    fn special_purpose_addresses_are_private_and_mapped_v4_follows_the_v4_rules() {
+        let private = [
+            "64:ff9b::a00:1",         // NAT64 of 10.0.0.1
+            "64:ff9b::808:808",       // NAT64 of 8.8.8.8: still a translator
+            "64:ff9b:1::1",           // local-use NAT64
+            "2002:7f00:1::1",         // 6to4 of 127.0.0.1
+            "2002:808:808::1",        // 6to4
+            "::7f00:1",               // IPv4-compatible 127.0.0.1
+            "::808:808",              // IPv4-compatible, deprecated
+            "fec0::1",                // site-local
+            "feff::1",                // site-local, top
+            "2001::1",                // Teredo
+            "2001:0:ffff::1",         // Teredo
+            "192.0.0.1",              // IETF protocol assignments
+            "192.0.0.255",            //
+            "::ffff:10.0.0.1",        // mapped private
+            "::ffff:127.0.0.1",       // mapped loopback
+            "::ffff:169.254.169.254", // mapped metadata service
+            "::ffff:192.0.0.8",       // mapped protocol assignment
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "2001:db8::1",
+            "169.254.169.254",
+            "100.64.0.1",
+        ];
+        let public = [
+            "8.8.8.8",
+            "192.0.1.1",
+            "::ffff:8.8.8.8",
+            "2001:4860:4860::8888",
+            "2003::1",
+            "64:ff9b:2::1",
+        ];
+        for a in private {
+            assert!(is_private(a.parse().unwrap()), "{a} must be refused");
+        }
+        for a in public {
+            assert!(!is_private(a.parse().unwrap()), "{a} is public");
+        }
+        // A mapped address follows the allow-list of its v4 form.
+        let p = TargetPolicy {
+            allow_insecure_http: false,
+            allow_private_targets: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        assert!(p.ip_allowed("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!p.ip_allowed("::ffff:127.0.0.1".parse().unwrap()));
     }
 
     #[test]

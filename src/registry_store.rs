@@ -26,6 +26,16 @@
 //! - A client that sends back the redaction marker `***` for a secret (what
 //!   it read) means "keep the stored secret"; a marker with nothing stored
 //!   is refused, naming the field.
+//! - A stored secret never follows a registry to another origin (scheme,
+//!   host and port): when the origin of `url` changes, every secret sent to
+//!   it (`headers` and `query` values, basic and bearer credentials, and the
+//!   OAuth2 client secret and token request extras, since the token they
+//!   mint is sent to `url`) must be sent again in clear, else the write is
+//!   refused naming the field; likewise the OAuth2 secrets when the origin
+//!   of `auth.token_url` changes. The signing secrets are kept: they sign,
+//!   they are never sent, and a signature does not reveal them. So whoever
+//!   holds the admin token cannot redirect a registry to their own server
+//!   and collect its credentials.
 //! - A stored registry that fails validation when read back (say the policy
 //!   became stricter) is logged and left out of the live set; it never
 //!   stops the service.
@@ -213,6 +223,9 @@ pub fn bucket_config() -> kv::Config {
 pub struct RegistryStore {
     kv: kv::Store,
     policy: Arc<TargetPolicy>,
+    /// Whether this instance can send failure emails (`[smtp]`), for the
+    /// warnings of [`registry_warnings`].
+    smtp_configured: bool,
 }
 
 /// The last state of a key: a value (`Some`) or a deletion (`None`).
@@ -235,12 +248,25 @@ impl RegistryStore {
         Ok(Self {
             kv,
             policy: Arc::new(policy),
+            smtp_configured: false,
         })
+    }
+
+    /// The same store, knowing whether the instance has `[smtp]`.
+    pub fn with_smtp_configured(mut self, configured: bool) -> Self {
+        self.smtp_configured = configured;
+        self
     }
 
     /// The rules registries are validated against.
     pub fn policy(&self) -> &TargetPolicy {
         &self.policy
+    }
+
+    /// What the owner of a stored registry should know although it is in
+    /// force ([`registry_warnings`] for this instance).
+    pub fn warnings(&self, config: &RegistryConfig) -> Vec<FieldError> {
+        registry_warnings(config, self.smtp_configured)
     }
 
     /// The registry `id`, if it exists.
@@ -608,7 +634,9 @@ pub async fn start(
     settings: &crate::config::Settings,
     shutdown: CancellationToken,
 ) -> Result<(RegistryStore, RegistryWatcher), StoreError> {
-    let store = RegistryStore::open(js, settings.policy.clone()).await?;
+    let store = RegistryStore::open(js, settings.policy.clone())
+        .await?
+        .with_smtp_configured(settings.config.smtp.is_some());
     for (entry, outcome) in store
         .apply(&settings.config.registry, ChangedBy::Config)
         .await?
@@ -618,6 +646,49 @@ pub async fn start(
     }
     let watcher = store.watch(shutdown).await?;
     Ok((store, watcher))
+}
+
+/// What the owner of a registry should know although it is valid: today,
+/// `notify_emails` on an instance without `[smtp]` (no email will be sent).
+/// Each names the field.
+pub fn registry_warnings(config: &RegistryConfig, smtp_configured: bool) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    if !config.notify_emails.is_empty() && !smtp_configured {
+        out.push(FieldError::new(
+            "notify_emails",
+            format!(
+                "no [smtp] section is configured on this instance, so no failure email \
+                 will be sent to the {} address(es) listed",
+                config.notify_emails.len()
+            ),
+        ));
+    }
+    out
+}
+
+/// The warnings of every registry in force, with its id: what `ledgerline
+/// run` logs at start-up.
+pub fn startup_warnings(
+    settings: &crate::config::Settings,
+    registries: &RegistrySet,
+) -> Vec<(String, FieldError)> {
+    let smtp = settings.config.smtp.is_some();
+    registries
+        .all()
+        .iter()
+        .flat_map(|r| {
+            registry_warnings(&r.config, smtp)
+                .into_iter()
+                .map(|w| (r.id().to_owned(), w))
+        })
+        .collect()
+}
+
+/// Logs [`startup_warnings`] (tracing `warn`), one line each.
+pub fn log_startup_warnings(settings: &crate::config::Settings, registries: &RegistrySet) {
+    for (registry_id, w) in startup_warnings(settings, registries) {
+        warn!(registry_id = %registry_id, field = %w.field, "{}", w.message);
+    }
 }
 
 /// The live registries and the task that follows the bucket.
@@ -804,8 +875,51 @@ fn marker_error(field: String) -> FieldError {
     )
 }
 
+/// A destination of secrets that moved to another origin.
+struct Moved {
+    /// `url` or `auth.token_url`.
+    what: &'static str,
+    from: String,
+    to: String,
+}
+
+/// The move of `what` from `old` to `new`, when their origins (scheme, host,
+/// port) differ. `None` when nothing was stored, or when `new` is not a URL
+/// with an origin (validation refuses it, naming the field).
+fn moved(what: &'static str, old: Option<&str>, new: &str) -> Option<Moved> {
+    let old = old?;
+    let to = url::Url::parse(new).ok()?.origin();
+    if !to.is_tuple() {
+        return None;
+    }
+    let from = url::Url::parse(old).ok().map(|u| u.origin());
+    if from.as_ref() == Some(&to) {
+        return None;
+    }
+    Some(Moved {
+        what,
+        from: from
+            .filter(url::Origin::is_tuple)
+            .map_or_else(|| "an invalid URL".to_owned(), |o| o.ascii_serialization()),
+        to: to.ascii_serialization(),
+    })
+}
+
+fn moved_error(field: String, m: &Moved) -> FieldError {
+    FieldError::new(
+        field,
+        format!(
+            "the {}'s origin changed from {} to {}; send the secret again instead of \"***\" \
+             (a stored secret never follows a registry to another origin)",
+            m.what, m.from, m.to
+        ),
+    )
+}
+
 /// Replaces each redaction marker in `new` by the secret stored at the same
-/// place in `old`; a marker with nothing to keep is refused.
+/// place in `old`; a marker with nothing to keep is refused, and so is a
+/// marker for a secret whose destination moved to another origin (see the
+/// module's rules).
 pub fn keep_stored_secrets(
     new: &mut RegistryConfig,
     old: Option<&RegistryConfig>,
@@ -813,11 +927,15 @@ pub fn keep_stored_secrets(
     fn keep(
         slot: &mut Secret,
         stored: Option<&Secret>,
+        moved: Option<&Moved>,
         field: impl FnOnce() -> String,
     ) -> Result<(), FieldError> {
         if slot.is_redacted_marker() {
-            match stored {
-                Some(s) if !s.is_redacted_marker() => *slot = s.clone(),
+            match (stored, moved) {
+                (Some(s), None) if !s.is_redacted_marker() => *slot = s.clone(),
+                (Some(s), Some(m)) if !s.is_redacted_marker() => {
+                    return Err(moved_error(field(), m));
+                }
                 _ => return Err(marker_error(field())),
             }
         }
@@ -826,15 +944,21 @@ pub fn keep_stored_secrets(
     fn keep_map(
         map: &mut BTreeMap<String, Secret>,
         stored: Option<&BTreeMap<String, Secret>>,
+        moved: Option<&Moved>,
         prefix: &str,
     ) -> Result<(), FieldError> {
         for (k, v) in map.iter_mut() {
-            keep(v, stored.and_then(|m| m.get(k)), || format!("{prefix}.{k}"))?;
+            keep(v, stored.and_then(|m| m.get(k)), moved, || {
+                format!("{prefix}.{k}")
+            })?;
         }
         Ok(())
     }
+    let url_moved = moved("url", old.map(|o| o.url.as_str()), &new.url);
+    let url_moved = url_moved.as_ref();
+    // Signing secrets sign; they are never sent, so they may stay.
     if let Some(s) = new.signing_secret.as_mut() {
-        keep(s, old.and_then(|o| o.signing_secret.as_ref()), || {
+        keep(s, old.and_then(|o| o.signing_secret.as_ref()), None, || {
             "signing_secret".to_owned()
         })?;
     }
@@ -842,10 +966,17 @@ pub fn keep_stored_secrets(
         keep(
             s,
             old.and_then(|o| o.signing_secret_previous.as_ref()),
+            None,
             || "signing_secret_previous".to_owned(),
         )?;
     }
-    keep_map(&mut new.headers, old.map(|o| &o.headers), "headers")?;
+    keep_map(
+        &mut new.headers,
+        old.map(|o| &o.headers),
+        url_moved,
+        "headers",
+    )?;
+    keep_map(&mut new.query, old.map(|o| &o.query), url_moved, "query")?;
     let old_auth = old.map(|o| &o.auth);
     match &mut new.auth {
         AuthConfig::None => {}
@@ -854,16 +985,17 @@ pub fn keep_stored_secrets(
                 Some(AuthConfig::Basic { password, .. }) => Some(password),
                 _ => None,
             };
-            keep(password, stored, || "auth.password".to_owned())?;
+            keep(password, stored, url_moved, || "auth.password".to_owned())?;
         }
         AuthConfig::Bearer { token } => {
             let stored = match old_auth {
                 Some(AuthConfig::Bearer { token }) => Some(token),
                 _ => None,
             };
-            keep(token, stored, || "auth.token".to_owned())?;
+            keep(token, stored, url_moved, || "auth.token".to_owned())?;
         }
         AuthConfig::Oauth2ClientCredentials {
+            token_url,
             client_secret,
             extra_body,
             headers,
@@ -871,18 +1003,23 @@ pub fn keep_stored_secrets(
         } => {
             let stored = match old_auth {
                 Some(AuthConfig::Oauth2ClientCredentials {
+                    token_url,
                     client_secret,
                     extra_body,
                     headers,
                     ..
-                }) => Some((client_secret, extra_body, headers)),
+                }) => Some((token_url, client_secret, extra_body, headers)),
                 _ => None,
             };
-            keep(client_secret, stored.map(|s| s.0), || {
+            // These go to the token endpoint, and the token they mint goes
+            // to `url`: a move of either needs them again.
+            let token_moved = moved("auth.token_url", stored.map(|s| s.0.as_str()), token_url);
+            let m = token_moved.as_ref().or(url_moved);
+            keep(client_secret, stored.map(|s| s.1), m, || {
                 "auth.client_secret".to_owned()
             })?;
-            keep_map(extra_body, stored.map(|s| s.1), "auth.extra_body")?;
-            keep_map(headers, stored.map(|s| s.2), "auth.headers")?;
+            keep_map(extra_body, stored.map(|s| s.2), m, "auth.extra_body")?;
+            keep_map(headers, stored.map(|s| s.3), m, "auth.headers")?;
         }
     }
     Ok(())
@@ -946,6 +1083,30 @@ mod tests {
                 .field,
             "auth.token"
         );
+    }
+
+    #[test]
+    fn notify_emails_without_smtp_is_warned_about_naming_the_registry() {
+        let text = "[[registry]]\nid = \"mailed\"\nurl = \"https://x.example\"\n\
+                    notify_emails = [\"ops@example.com\"]\n\
+                    [[registry]]\nid = \"quiet\"\nurl = \"https://y.example\"\n";
+        let settings = crate::config::Config::from_toml_with_env(text, "t", [])
+            .unwrap()
+            .validate()
+            .unwrap();
+        let set = RegistrySet::new(settings.registries.clone());
+        let w = startup_warnings(&settings, &set);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].0, "mailed");
+        assert_eq!(w[0].1.field, "notify_emails");
+        assert!(w[0].1.message.contains("[smtp]"), "{}", w[0].1);
+        let with_smtp =
+            format!("[smtp]\nhost = \"127.0.0.1\"\nfrom = \"ledger@example.com\"\n{text}");
+        let settings = crate::config::Config::from_toml_with_env(&with_smtp, "t", [])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(startup_warnings(&settings, &set).is_empty());
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub enum ServiceError {
     },
     #[error("admin API: {0}")]
     Admin(#[source] std::io::Error),
+    #[error("lease: {0}")]
+    Lease(#[from] crate::lease::LeaseError),
     #[error("component {component:?} stopped: {message}")]
     Stopped {
         component: Component,
@@ -191,33 +193,34 @@ pub async fn run_with_listener(
     };
     health.set_registry_watch(watcher.healthy.clone());
     let registries = watcher.registries.clone();
+    crate::registry_store::log_startup_warnings(&settings, &registries.borrow());
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = HashMap::new();
+    // The aggregator and the dispatcher act only while this instance holds
+    // the lease: one task runs them, standing by while another is active.
+    let active: Vec<Component> = components
+        .iter()
+        .copied()
+        .filter(|c| *c != Component::Admin)
+        .collect();
+    if let Some(&first) = active.first() {
+        let parts = ActiveParts {
+            js: js.clone(),
+            client: client.clone(),
+            settings: settings.clone(),
+            components: active.clone(),
+            dispatcher_options: dispatcher_options.clone(),
+            registries: registries.clone(),
+            health: health.clone(),
+        };
+        let handle = tasks.spawn(run_active(parts, shutdown.clone()));
+        names.insert(handle.id(), first);
+    }
     for &c in &components {
         let shutdown = shutdown.clone();
         let handle = match c {
-            Component::Aggregator => {
-                let options =
-                    AggregatorOptions::new(&settings.config.subject_prefix, settings.ledger);
-                let (client, registries) = (client.clone(), registries.clone());
-                tasks.spawn(async move {
-                    run_aggregator(client, options, registries, shutdown)
-                        .await
-                        .map_err(ServiceError::from)
-                })
-            }
-            Component::Dispatcher => {
-                let Some(options) = dispatcher_options.clone() else {
-                    continue;
-                };
-                let (client, registries) = (client.clone(), registries.clone());
-                tasks.spawn(async move {
-                    run_dispatcher(client, options, registries, shutdown)
-                        .await
-                        .map_err(ServiceError::from)
-                })
-            }
+            Component::Aggregator | Component::Dispatcher => continue,
             Component::Admin => {
                 let Some((listener, token)) = admin_parts.take() else {
                     continue;
@@ -292,6 +295,138 @@ pub async fn run_with_listener(
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// What the active components need.
+struct ActiveParts {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    settings: Settings,
+    components: Vec<Component>,
+    dispatcher_options: Option<DispatcherOptions>,
+    registries: crate::registry::RegistryWatch,
+    health: Arc<Health>,
+}
+
+/// Runs the aggregator and the dispatcher while this instance holds the
+/// lease ([`crate::lease`]); stands by while another instance does, and
+/// again after losing it. Returns at shutdown (after the components have
+/// stopped, then releasing the lease) or when a component fails.
+async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    // Validated with the config: a parse failure cannot happen here.
+    let ttl = humantime::parse_duration(&parts.settings.config.lease_ttl)
+        .unwrap_or(crate::lease::TTL_DEFAULT);
+    let store = loop {
+        match crate::lease::bucket(&parts.js, ttl, 1).await {
+            Ok(store) => break store,
+            Err(e @ crate::lease::LeaseError::TtlTooShort { .. }) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, "cannot open the lease bucket yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(START_RETRY_MAX) => {}
+                }
+            }
+        }
+    };
+    let instance = crate::lease::instance_name();
+    loop {
+        let health = parts.health.clone();
+        let names: Vec<&'static str> = parts.components.iter().map(|c| c.name()).collect();
+        let standby = |_| {
+            for n in &names {
+                health.set(n, ComponentState::Standby);
+            }
+        };
+        let Some(lease) =
+            crate::lease::Lease::acquire(store.clone(), &instance, ttl, &shutdown, standby).await
+        else {
+            return Ok(());
+        };
+        let fence = lease.fence();
+        let active = shutdown.child_token();
+        let stop_keeper = CancellationToken::new();
+        let keeper = tokio::spawn(lease.keep(stop_keeper.clone(), active.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
+        for &c in &parts.components {
+            let (client, registries, token) = (
+                parts.client.clone(),
+                parts.registries.clone(),
+                active.clone(),
+            );
+            let handle = match c {
+                Component::Aggregator => {
+                    let mut options = AggregatorOptions::new(
+                        &parts.settings.config.subject_prefix,
+                        parts.settings.ledger,
+                    );
+                    options.fence = fence.clone();
+                    tasks.spawn(async move {
+                        run_aggregator(client, options, registries, token)
+                            .await
+                            .map_err(ServiceError::from)
+                    })
+                }
+                Component::Dispatcher => {
+                    let Some(mut options) = parts.dispatcher_options.clone() else {
+                        continue;
+                    };
+                    options.fence = fence.clone();
+                    tasks.spawn(async move {
+                        run_dispatcher(client, options, registries, token)
+                            .await
+                            .map_err(ServiceError::from)
+                    })
+                }
+                Component::Admin => continue,
+            };
+            names.insert(handle.id(), c);
+            parts.health.set(c.name(), ComponentState::Running);
+        }
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next_with_id().await {
+            let (id, result) = match done {
+                Ok((id, r)) => (id, Ok(r)),
+                Err(e) => (e.id(), Err(e)),
+            };
+            let Some(&component) = names.get(&id) else {
+                continue;
+            };
+            let result = match result.unwrap_or_else(|panic| {
+                Err(ServiceError::Stopped {
+                    component,
+                    message: panic.to_string(),
+                })
+            }) {
+                Ok(()) if !active.is_cancelled() => Err(ServiceError::Stopped {
+                    component,
+                    message: "stopped without being asked to".to_owned(),
+                }),
+                other => other,
+            };
+            if let Err(e) = result {
+                error!(component = component.name(), error = %e, "component failed; stopping the others");
+                parts.health.set(component.name(), ComponentState::Failed);
+                active.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        // Every write of this term is done: only now may another instance
+        // take over (release, or let the lease run out if it was lost).
+        stop_keeper.cancel();
+        let _ = keeper.await;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            for c in &parts.components {
+                parts.health.set(c.name(), ComponentState::Stopped);
+            }
+            return Ok(());
+        }
+        warn!(instance = %instance, "lease lost; this instance stands by again");
     }
 }
 

@@ -178,12 +178,66 @@ async fn open(
     config: &Config,
     opts: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, NatsError> {
-    opts.connect(&config.nats_url)
+    let (urls, credentials) = split_url_credentials(&config.nats_url);
+    let opts = match credentials {
+        Some(UrlCredentials::UserPassword { user, password }) => {
+            opts.user_and_password(user, password)
+        }
+        Some(UrlCredentials::Token(token)) => opts.token(token),
+        None => opts,
+    };
+    opts.connect(urls.as_str())
         .await
         .map_err(|source| NatsError::Connect {
             url: redact_url(&config.nats_url),
             source,
         })
+}
+
+/// Credentials written in a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    /// `nats://user:password@host`
+    UserPassword { user: String, password: String },
+    /// `nats://token@host`
+    Token(String),
+}
+
+/// Takes credentials out of a (comma-separated) NATS URL: the URLs without
+/// them, and the first credentials found (percent-decoded), for the
+/// connect options. The client never sees them in a URL: async-nats logs
+/// its server URLs at debug level, and does not read credentials there.
+fn split_url_credentials(urls: &str) -> (String, Option<UrlCredentials>) {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut found = None;
+    let bare: Vec<String> = urls
+        .split(',')
+        .map(|one| {
+            let one = one.trim();
+            let Ok(mut u) = url::Url::parse(one) else {
+                return one.to_owned();
+            };
+            if u.username().is_empty() && u.password().is_none() {
+                return one.to_owned();
+            }
+            let credentials = match u.password() {
+                Some(p) => UrlCredentials::UserPassword {
+                    user: decode(u.username()),
+                    password: decode(p),
+                },
+                None => UrlCredentials::Token(decode(u.username())),
+            };
+            found.get_or_insert(credentials);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        })
+        .collect();
+    (bare.join(","), found)
 }
 
 /// `url` with any user name and password replaced by `***`, for errors and
@@ -332,9 +386,46 @@ pub fn rejected_max_bytes(client: &async_nats::Client) -> usize {
         .clamp(1024, STREAM_MAX_MSG_BYTES as usize)
 }
 
+/// Largest LEDGER record the dispatcher stores, given the server's
+/// `max_payload` (1 MiB assumed before the first connection).
+pub fn record_max_bytes(client: &async_nats::Client) -> usize {
+    let max_payload = match client.server_info().max_payload {
+        0 => 1024 * 1024,
+        n => n,
+    };
+    max_payload
+        .saturating_sub(REJECTED_HEADER_ROOM_BYTES)
+        .min(STREAM_MAX_MSG_BYTES as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_go_to_the_options_not_the_url() {
+        assert_eq!(
+            split_url_credentials("nats://a.example:4222, nats://us%40r:p%3Ass@b.example:4222"),
+            (
+                "nats://a.example:4222,nats://b.example:4222".to_owned(),
+                Some(UrlCredentials::UserPassword {
+                    user: "us@r".into(),
+                    password: "p:ss".into()
+                })
+            )
+        );
+        assert_eq!(
+            split_url_credentials("tls://s3cr3t@c.example:4222"),
+            (
+                "tls://c.example:4222".to_owned(),
+                Some(UrlCredentials::Token("s3cr3t".into()))
+            )
+        );
+        assert_eq!(
+            split_url_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_owned(), None)
+        );
+    }
 
     #[test]
     fn order_subjects_round_trip() {

@@ -30,6 +30,8 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ComponentState {
     Starting,
     Running,
+    /// Waiting as a hot standby while another instance holds the lease.
+    Standby,
     Stopped,
     Failed,
 }
@@ -144,7 +146,7 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
     for (name, state) in &components {
         checks.push(Check {
             name: format!("component {name}"),
-            ok: *state == ComponentState::Running,
+            ok: matches!(state, ComponentState::Running | ComponentState::Standby),
             detail: format!("{state:?}").to_lowercase(),
         });
     }

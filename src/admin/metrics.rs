@@ -11,7 +11,7 @@
 //! | `ledgerline_postings_total` | counter | `registry` | aggregator |
 //! | `ledgerline_deliveries_total` | counter | `registry`, `outcome` (`delivered`, `retrying` = a retry, `dead` = a dead letter) | dispatcher |
 //! | `ledgerline_delivery_attempt_duration_seconds` | histogram | `registry` | dispatcher |
-//! | `ledgerline_admin_requests_total` | counter | `route`, `method`, `status` | admin API |
+//! | `ledgerline_admin_requests_total` | counter | `route` (pattern, or `unmatched`), `method` (GET … PATCH, or `other`), `status` | admin API |
 //! | `ledgerline_admin_request_duration_seconds` | histogram | `route`, `method` | admin API |
 //! | `ledgerline_consumer_pending_messages` | gauge | `stream`, `consumer` | lag sampler: messages not yet delivered to the consumer (its lag) |
 //! | `ledgerline_consumer_ack_pending_messages` | gauge | `stream`, `consumer` | lag sampler: delivered, not yet acknowledged |
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
@@ -124,23 +125,43 @@ fn describe() {
     metrics::counter!("ledgerline_events_applied_total").increment(0);
 }
 
+/// The `route` label of a request that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The `method` label: one of a fixed set, `other` for anything else, so an
+/// unauthenticated client sending made-up methods cannot create series.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every admin request by its route pattern
-/// (never the raw path, so order ids do not explode the label set).
+/// (never the raw path, so order ids do not explode the label set; every
+/// unmatched path is [`UNMATCHED_ROUTE`]) and its [`method_label`]. Both
+/// labels come from fixed sets, whoever sends the request.
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().to_string();
+        .map_or_else(|| UNMATCHED_ROUTE.to_owned(), |m| m.as_str().to_owned());
+    let method = method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     metrics::histogram!("ledgerline_admin_request_duration_seconds",
-        "route" => route.clone(), "method" => method.clone())
+        "route" => route.clone(), "method" => method)
     .record(elapsed.as_secs_f64());
     metrics::counter!("ledgerline_admin_requests_total",
-        "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+        "route" => route.clone(), "method" => method, "status" => status.to_string())
     .increment(1);
     debug!(method = %method, route = %route, status, duration_ms = elapsed.as_millis() as u64, "admin request");
     resp
@@ -222,6 +243,28 @@ pub async fn sample_once(js: &jetstream::Context, registries: &RegistryWatch) {
                 }
                 Err(e) => debug!(consumer = %name, error = %e, "lag sample: consumer unavailable"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_map_to_a_fixed_set() {
+        for (m, label) in [
+            ("GET", "GET"),
+            ("PATCH", "PATCH"),
+            ("OPTIONS", "OPTIONS"),
+            ("FOOBAR", "other"),
+            ("get", "other"),
+            ("CONNECT", "other"),
+        ] {
+            assert_eq!(
+                method_label(&Method::from_bytes(m.as_bytes()).unwrap()),
+                label
+            );
         }
     }
 }

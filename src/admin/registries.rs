@@ -3,10 +3,14 @@
 //! A registry is sent and returned as its SPEC 3 fields (JSON), every
 //! secret shown as `"***"`, plus read-only `revision`, `created_at`,
 //! `updated_at`, `changed_by` (and `invalid` when it fails validation
-//! under the current policy). So what a client reads it can send back:
+//! under the current policy, `warnings` when something it asks for will
+//! not happen on this instance, e.g. `notify_emails` without `[smtp]`).
+//! So what a client reads it can send back:
 //! - the read-only fields are ignored, except `revision`, which, when
 //!   sent, must be the stored one (409 otherwise: no lost updates);
-//! - `"***"` for a secret keeps the stored secret;
+//! - `"***"` for a secret keeps the stored secret, unless the origin of
+//!   the URL it is sent to changed (then it must be sent again; see
+//!   [`crate::registry_store`]);
 //! - the body may be the registry itself or wrapped as `{"registry": …}`.
 
 use axum::Json;
@@ -19,19 +23,28 @@ use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::error::ApiError;
-use crate::registry::{RegistryConfig, TargetPolicy};
-use crate::registry_store::{ChangedBy, HistoryEntry, PutOutcome, RegistryEntry};
+use crate::registry::RegistryConfig;
+use crate::registry_store::{ChangedBy, HistoryEntry, PutOutcome, RegistryEntry, RegistryStore};
 
 /// Fields a client may send back from a read, ignored on write.
-const READ_ONLY: [&str; 4] = ["created_at", "updated_at", "changed_by", "invalid"];
+const READ_ONLY: [&str; 5] = [
+    "created_at",
+    "updated_at",
+    "changed_by",
+    "invalid",
+    "warnings",
+];
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
-/// A registry as the API shows it: secrets as `***`, with its metadata.
-pub(super) fn view(e: &RegistryEntry, policy: &TargetPolicy) -> Value {
+/// A registry as the API shows it: secrets as `***`, with its metadata,
+/// `invalid` when it fails validation and `warnings` when something it asks
+/// for will not happen (e.g. `notify_emails` without `[smtp]`).
+pub(super) fn view(e: &RegistryEntry, store: &RegistryStore) -> Value {
+    let policy = store.policy();
     // Outside `reveal_secrets`, every secret serialises as "***".
     let mut v = serde_json::to_value(&e.config).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
@@ -44,6 +57,10 @@ pub(super) fn view(e: &RegistryEntry, policy: &TargetPolicy) -> Value {
                 "invalid".into(),
                 json!({ "field": p.field, "message": p.message }),
             );
+        }
+        let warnings = store.warnings(&e.config);
+        if !warnings.is_empty() {
+            m.insert("warnings".into(), json!(warnings));
         }
     }
     v
@@ -133,9 +150,8 @@ fn deserialize(obj: Map<String, Value>) -> Result<RegistryConfig, ApiError> {
 /// `GET /v1/registries`.
 pub(super) async fn list(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let entries = st.store().list().await?;
-    let policy = st.store().policy();
     Ok(Json(json!({
-        "registries": entries.iter().map(|e| view(e, policy)).collect::<Vec<_>>()
+        "registries": entries.iter().map(|e| view(e, st.store())).collect::<Vec<_>>()
     })))
 }
 
@@ -151,7 +167,7 @@ pub(super) async fn create(
     let mut resp = (
         StatusCode::CREATED,
         Json(json!({
-            "registry": view(&entry, st.store().policy()),
+            "registry": view(&entry, st.store()),
             "result": PutOutcome::Created,
             "message": "registry created",
         })),
@@ -169,7 +185,7 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     match st.store().get(&id).await? {
-        Some(e) => Ok(Json(json!({ "registry": view(&e, st.store().policy()) }))),
+        Some(e) => Ok(Json(json!({ "registry": view(&e, st.store()) }))),
         None => Err(ApiError::not_found(format!(
             "registry {id:?} does not exist"
         ))),
@@ -192,7 +208,7 @@ pub(super) async fn replace(
     Ok((
         status,
         Json(json!({
-            "registry": view(&entry, st.store().policy()),
+            "registry": view(&entry, st.store()),
             "result": outcome,
             "message": format!("registry {}", outcome.as_str()),
         })),
@@ -208,7 +224,7 @@ pub(super) async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     let entry = st.store().delete(&id, None).await?;
     Ok(Json(json!({
-        "registry": view(&entry, st.store().policy()),
+        "registry": view(&entry, st.store()),
         "result": "deleted",
         "message": "registry deleted: no new postings; its postings stay in LEDGER and its history in the registry bucket",
     })))

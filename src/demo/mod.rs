@@ -177,11 +177,17 @@ fn demo_settings(
     accept: &Endpoint,
     admin_port: u16,
 ) -> Result<Settings, DemoError> {
+    // Quoted as TOML, so no URL can break the file (a parse error prints
+    // the line, credentials included).
+    let nats_url = toml::Value::String(nats_url.to_owned());
+    // Random per run: the API is on loopback, but a fixed token is a
+    // known one.
+    let admin_token = uuid::Uuid::new_v4().simple();
     let text = format!(
         r#"
-nats_url = "{nats_url}"
+nats_url = {nats_url}
 admin_listen = "127.0.0.1:{admin_port}"
-admin_token = "demo-admin-token"
+admin_token = "{admin_token}"
 allow_insecure_http = true
 allow_private_targets = ["127.0.0.0/8"]
 

@@ -106,7 +106,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("registry", &self.registry.id())
-            .field("url", &self.url.as_str())
+            .field("url", &self.registry.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -126,7 +126,7 @@ impl Target {
         if !cfg.query.is_empty() {
             let mut q = url.query_pairs_mut();
             for (k, v) in &cfg.query {
-                q.append_pair(k, v);
+                q.append_pair(k, v.expose());
             }
         }
         let mut headers = HeaderMap::new();
@@ -399,12 +399,28 @@ impl Target {
                     }),
                     ..blank(Health::Up)
                 },
-                _ => AttemptReport {
-                    outcome: Outcome::Delivered {
-                        registry_data: registry_data(&body),
-                    },
-                    ..blank(Health::Up)
-                },
+                _ => {
+                    let data = registry_data(&body);
+                    match json_depth(&data) {
+                        depth if depth > REGISTRY_DATA_MAX_DEPTH => AttemptReport {
+                            outcome: Outcome::DeadLetter {
+                                receiver_message: None,
+                            },
+                            error: Some(format!(
+                                "HTTP {status} accepted, but the reply nests {depth} levels deep \
+                                 and registry_data may nest at most {REGISTRY_DATA_MAX_DEPTH}: \
+                                 it could not be stored and sent back"
+                            )),
+                            ..blank(Health::Up)
+                        },
+                        _ => AttemptReport {
+                            outcome: Outcome::Delivered {
+                                registry_data: data,
+                            },
+                            ..blank(Health::Up)
+                        },
+                    }
+                }
             },
             408 | 429 | 500..=599 => AttemptReport {
                 outcome: Outcome::Retry { retry_after },
@@ -477,6 +493,30 @@ fn token_failure(e: TokenError) -> AttemptReport {
     }
 }
 
+/// Deepest nesting of registry_data that is kept. The stored record wraps
+/// it in a few more levels, and every reader (serde_json stops at 128)
+/// must be able to read it back.
+pub const REGISTRY_DATA_MAX_DEPTH: usize = 64;
+
+/// How deeply `v` nests (a scalar is 0, `[]` and `{}` are 1).
+pub fn json_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => {
+                deepest = deepest.max(depth);
+                continue;
+            }
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 /// A reply body as registry_data (SPEC 4): parsed JSON as is, an empty body
 /// as `{}`, other text as a JSON string.
 pub fn registry_data(body: &[u8]) -> Value {
@@ -539,6 +579,16 @@ pub fn check_accept(rule: &AcceptRule, body: &[u8]) -> Result<(), String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_depth_counts_nesting() {
+        assert_eq!(json_depth(&json!("x")), 0);
+        assert_eq!(json_depth(&json!({})), 1);
+        assert_eq!(json_depth(&json!({"a": [1, {"b": []}]})), 4);
+        let deep: Value =
+            serde_json::from_str(&format!("{}{}", "[".repeat(100), "]".repeat(100))).unwrap();
+        assert_eq!(json_depth(&deep), 100);
+    }
 
     #[test]
     fn replies_become_registry_data_as_the_spec_says() {

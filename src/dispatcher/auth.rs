@@ -320,7 +320,7 @@ impl std::fmt::Debug for Redactor {
 
 impl Redactor {
     /// Every secret of a registry: signing secrets (and their key part),
-    /// custom header values, basic/bearer credentials (and the header they
+    /// custom header and query values, basic/bearer credentials (and the header they
     /// make), client secret, token request extras.
     pub fn for_registry(r: &crate::registry::RegistryConfig) -> Self {
         let mut s: Vec<String> = Vec::new();
@@ -334,6 +334,7 @@ impl Redactor {
             }
         }
         s.extend(r.headers.values().map(|v| v.expose().to_owned()));
+        s.extend(r.query.values().map(|v| v.expose().to_owned()));
         if let Some(h) = static_authorization(&r.auth) {
             s.push(h.expose().to_owned());
             if let Some((_, cred)) = h.expose().split_once(' ') {

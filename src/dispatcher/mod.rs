@@ -27,8 +27,10 @@
 //!   crash at any point leaves a message that brings the order back.
 //!
 //! # Bounds
-//! - [`DispatcherOptions::max_in_flight`] workers at once (all registries);
-//!   a worker waiting for a retry is not in flight.
+//! - [`DispatcherOptions::max_in_flight`] workers at once **per registry**
+//!   (each registry has its own permits, so a slow or rate-limited
+//!   registry never holds back another); a worker waiting for a retry is
+//!   not in flight.
 //! - [`MAX_ACK_PENDING_PER_REGISTRY`] messages held per registry, so memory
 //!   is bounded whatever the backlog; one registry's backlog never blocks
 //!   another's consumer.
@@ -43,6 +45,7 @@ pub mod http;
 pub mod schedule;
 pub mod state;
 pub mod status;
+pub mod sweep;
 mod worker;
 
 use std::collections::HashMap;
@@ -57,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Settings, SmtpConfig};
+use crate::lease::Fence;
 use crate::notify::{Notifier, NotifyError};
 use crate::registry::{Registry, RegistryWatch, TargetPolicy};
 use crate::streams::LEDGER_STREAM;
@@ -90,6 +94,10 @@ pub const CONSUMER_RETRY_MAX: Duration = Duration::from_secs(10);
 /// At shutdown, how long to wait for more already-pulled messages to hand
 /// back before giving up (they are then redelivered after the ack wait).
 pub const DRAIN_WAIT: Duration = Duration::from_millis(50);
+/// How often each registry is swept for overdue retries ([`sweep`]).
+pub const SWEEP_EVERY_DEFAULT: Duration = Duration::from_secs(60);
+/// How far past its next attempt a retry must be before the sweep wakes it.
+pub const OVERDUE_GRACE_DEFAULT: Duration = Duration::from_secs(120);
 /// Prefix of the durable consumer names.
 pub const CONSUMER_PREFIX: &str = "dispatcher-";
 
@@ -106,6 +114,13 @@ pub struct DispatcherOptions {
     pub smtp: Option<SmtpConfig>,
     /// See [`ACK_WAIT_DEFAULT`].
     pub ack_wait: Duration,
+    /// See [`SWEEP_EVERY_DEFAULT`].
+    pub sweep_every: Duration,
+    /// See [`OVERDUE_GRACE_DEFAULT`].
+    pub overdue_grace: Duration,
+    /// Checked before every attempt and write: only the instance holding
+    /// the lease delivers ([`crate::lease`]). Open by default.
+    pub fence: Fence,
 }
 
 impl DispatcherOptions {
@@ -122,6 +137,9 @@ impl DispatcherOptions {
             policy: settings.policy.clone(),
             smtp: settings.config.smtp.clone(),
             ack_wait: ACK_WAIT_DEFAULT,
+            sweep_every: SWEEP_EVERY_DEFAULT,
+            overdue_grace: OVERDUE_GRACE_DEFAULT,
+            fence: Fence::open(),
         })
     }
 }
@@ -146,10 +164,14 @@ pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub ledger: Stream,
     pub http: reqwest::Client,
-    pub permits: Arc<Semaphore>,
+    /// Workers in flight per registry.
+    pub max_in_flight: usize,
     pub schedule: RetrySchedule,
     pub notifier: Option<Notifier>,
     pub ack_wait: Duration,
+    pub sweep_every: Duration,
+    pub overdue_grace: Duration,
+    pub fence: Fence,
 }
 
 impl Shared {
@@ -195,10 +217,13 @@ pub async fn run_dispatcher(
         js,
         ledger,
         http,
-        permits: Arc::new(Semaphore::new(options.max_in_flight)),
+        max_in_flight: options.max_in_flight,
         schedule: options.retry_schedule.clone(),
         notifier,
         ack_wait: options.ack_wait,
+        sweep_every: options.sweep_every,
+        overdue_grace: options.overdue_grace,
+        fence: options.fence.clone(),
     });
     let policy = Arc::new(options.policy.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
@@ -311,9 +336,17 @@ async fn open_messages(
 async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: CancellationToken) {
     let registry_id = target.id().to_owned();
     let slots: Slots = Arc::new(Mutex::new(HashMap::new()));
+    // This registry's own permits: one registry's slow receiver or rate
+    // limit can only ever hold its own workers.
+    let permits = Arc::new(Semaphore::new(shared.max_in_flight));
     let mut workers: JoinSet<()> = JoinSet::new();
     let mut worker_orders: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut backoff = CONSUMER_RETRY_MIN;
+    let sweeper = tokio::spawn(sweep_loop(
+        shared.clone(),
+        registry_id.clone(),
+        cancel.clone(),
+    ));
     info!(registry_id = %registry_id, "delivering");
     'consumer: while !cancel.is_cancelled() {
         let mut messages = match open_messages(&shared, &registry_id).await {
@@ -343,7 +376,7 @@ async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: Cancella
                     Some(Ok(msg)) => {
                         backoff = CONSUMER_RETRY_MIN;
                         let Some(token) = Token::from_message(msg, &registry_id).await else { continue };
-                        route(&shared, &target, &slots, &mut workers, &mut worker_orders, &cancel, token).await;
+                        route(&shared, &target, &permits, &slots, &mut workers, &mut worker_orders, &cancel, token).await;
                     }
                     Some(Err(e)) => {
                         use consumer::pull::MessagesErrorKind as K;
@@ -372,7 +405,30 @@ async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: Cancella
     while let Some(done) = workers.join_next_with_id().await {
         reap(done, &slots, &mut worker_orders, &registry_id).await;
     }
+    let _ = sweeper.await;
     info!(registry_id = %registry_id, "stopped delivering");
+}
+
+/// Sweeps the registry for overdue retries every `sweep_every` until
+/// cancelled ([`sweep`]).
+async fn sweep_loop(shared: Arc<Shared>, registry_id: String, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(shared.sweep_every) => {}
+        }
+        let now = time::OffsetDateTime::now_utc();
+        match sweep::sweep_registry(&shared, &registry_id, shared.overdue_grace, now).await {
+            Ok(report) => {
+                metrics::gauge!("ledgerline_overdue_retries_last_sweep",
+                    "registry" => registry_id.clone())
+                .set(report.woken as f64);
+            }
+            Err(e) => {
+                warn!(registry_id = %registry_id, error = %e, "overdue-retry sweep failed; trying again later")
+            }
+        }
+    }
 }
 
 /// Naks (without delay) what the pull stream has already received but not
@@ -393,9 +449,11 @@ async fn hand_back_buffered(messages: &mut consumer::pull::Stream) {
 
 /// Hands `token` to its order's worker, starting one (when a slot in
 /// `max_in_flight` is free) if there is none.
+#[allow(clippy::too_many_arguments)]
 async fn route(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
+    permits: &Arc<Semaphore>,
     slots: &Slots,
     workers: &mut JoinSet<()>,
     worker_orders: &mut HashMap<tokio::task::Id, String>,
@@ -421,9 +479,16 @@ async fn route(
             return;
         }
     };
-    let permit = tokio::select! {
-        p = shared.permits.clone().acquire_owned() => p.ok(),
-        _ = cancel.cancelled() => None,
+    // Waiting for a permit can outlast the ack wait: keep the wake-up
+    // alive meanwhile, so the server does not hand out a second copy.
+    let acquire = permits.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let permit = loop {
+        tokio::select! {
+            p = &mut acquire => break p.ok(),
+            _ = cancel.cancelled() => break None,
+            _ = tokio::time::sleep(shared.progress_every()) => token.progress().await,
+        }
     };
     let Some(permit) = permit else {
         token.nak(None).await;

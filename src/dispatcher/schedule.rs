@@ -17,6 +17,10 @@ pub const JITTER_RATIO: f64 = 0.2;
 /// stored as a date.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest delay of one step of `delivery.retry_schedule`: as long as
+/// the longest `max_age`, since a retry later than that never happens.
+pub const RETRY_DELAY_MAX: Duration = crate::registry::MAX_AGE_MAX;
+
 /// The delays between attempts: the n-th retry waits `delays[n - 1]`, the
 /// last delay repeating.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub enum ScheduleError {
     Empty,
     #[error("delivery.retry_schedule[{index}]: {value:?} is not a duration like \"30s\"")]
     Bad { index: usize, value: String },
+    #[error("delivery.retry_schedule[{index}]: {value:?} is longer than 30 days")]
+    TooLong { index: usize, value: String },
 }
 
 impl RetrySchedule {
@@ -43,10 +49,17 @@ impl RetrySchedule {
             .iter()
             .enumerate()
             .map(|(index, t)| {
-                humantime::parse_duration(t).map_err(|_| ScheduleError::Bad {
+                let d = humantime::parse_duration(t).map_err(|_| ScheduleError::Bad {
                     index,
                     value: t.clone(),
-                })
+                })?;
+                if d > RETRY_DELAY_MAX {
+                    return Err(ScheduleError::TooLong {
+                        index,
+                        value: t.clone(),
+                    });
+                }
+                Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { delays })
@@ -67,10 +80,12 @@ impl RetrySchedule {
         self.delays[i.min(self.delays.len() - 1)]
     }
 
-    /// The base delay scaled by `jitter` in [-1, 1] times [`JITTER_RATIO`].
+    /// The base delay scaled by `jitter` in [-1, 1] times [`JITTER_RATIO`];
+    /// saturates at `Duration::MAX` instead of overflowing.
     pub fn delay(&self, failed_attempt: u32, jitter: f64) -> Duration {
         let factor = 1.0 + JITTER_RATIO * jitter.clamp(-1.0, 1.0);
-        self.base_delay(failed_attempt).mul_f64(factor)
+        Duration::try_from_secs_f64(self.base_delay(failed_attempt).as_secs_f64() * factor)
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -129,21 +144,27 @@ pub fn next_step(
         ));
     }
     let delay = retry_after.unwrap_or_else(|| schedule.delay(round_attempt, jitter));
-    let at = now + delay;
-    let deadline = round_started_at + max_age;
-    if at > deadline {
-        return NextStep::GiveUp(format!(
+    // Checked: a time past the calendar's end is "never", not a panic.
+    let after = |t: OffsetDateTime, d: Duration| {
+        time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| t.checked_add(d))
+    };
+    match (after(now, delay), after(round_started_at, max_age)) {
+        // A deadline past the calendar's end bounds nothing.
+        (Some(at), deadline) if deadline.is_none_or(|d| at <= d) => NextStep::RetryAt(at),
+        _ => NextStep::GiveUp(format!(
             "gave up: the next attempt ({}) would be after max_age ({}) since the first",
             fmt_duration(delay),
             humantime::format_duration(max_age)
-        ));
+        )),
     }
-    NextStep::RetryAt(at)
 }
 
 /// A duration for people, to the millisecond.
 pub fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]
@@ -176,6 +197,38 @@ mod tests {
                 value: "soon".into()
             })
         );
+    }
+
+    #[test]
+    fn huge_delays_give_up_instead_of_overflowing() {
+        let t0 = datetime!(2026-01-01 00:00:00 UTC);
+        let limits = RoundLimits {
+            max_attempts: 10,
+            max_age: Duration::from_secs(3600),
+        };
+        let huge = RetrySchedule::new(vec![Duration::MAX]).unwrap();
+        assert_eq!(huge.delay(1, 1.0), Duration::MAX);
+        assert!(matches!(
+            next_step(&huge, limits, 1, t0, t0, None, 1.0),
+            NextStep::GiveUp(m) if m.contains("max_age")
+        ));
+        let s = schedule();
+        assert!(matches!(
+            next_step(&s, limits, 1, t0, t0, Some(Duration::MAX), 0.0),
+            NextStep::GiveUp(_)
+        ));
+        assert_eq!(
+            RetrySchedule::parse(&["5s".into(), "31days".into()]),
+            Err(ScheduleError::TooLong {
+                index: 1,
+                value: "31days".into()
+            })
+        );
+        let end = time::PrimitiveDateTime::MAX.assume_utc();
+        assert!(matches!(
+            next_step(&s, limits, 1, end, end, None, 0.0),
+            NextStep::GiveUp(_)
+        ));
     }
 
     #[test]

@@ -9,16 +9,20 @@
 //! | the order | the posting | attempt? | wake-ups held |
 //! |---|---|---|---|
 //! | caught up | none | – | all acked; the worker ends |
-//! | retrying | next attempt later | – | one nak'd with the delay, the rest acked; ends |
+//! | retrying | next attempt later | – | all handed back with the delay; ends |
 //! | dead | held | – | all acked; ends (until a redeliver) |
 //! | dead + redeliver request | same key, same body | yes, new round | kept |
-//! | fresh / retry due | – | yes | kept (progress-acked), at least one |
+//! | fresh / retry due | – | yes | kept (progress-acked) |
+//!
+//! A wake-up is acked only when its order is caught up or dead, never
+//! while a posting waits: see [`Worker::park`] for why that makes a
+//! scheduled retry impossible to lose.
 //!
 //! After an attempt: delivered → registry_data record, then delivery record,
-//! then the wake-ups of delivered postings are acked (one is kept while more
-//! may follow); retryable → a `retrying` record naming the next attempt
-//! (schedule, jitter, `Retry-After`; dead when `max_attempts`/`max_age` end
-//! the round); permanent → alert, `dead` record, email.
+//! then the next posting; retryable → a `retrying` record naming the next
+//! attempt (schedule, jitter, `Retry-After`; dead when
+//! `max_attempts`/`max_age` end the round); permanent → alert, `dead`
+//! record, email.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,6 +72,8 @@ pub(crate) enum TokenKind {
     Posting(Option<Box<StoredPosting>>),
     /// An operator asked to redeliver posting `seq`.
     Redeliver { seq: u64 },
+    /// The overdue-retry sweep woke the order ([`super::sweep`]).
+    Wake,
 }
 
 /// A consumer message: a wake-up for one order, answered exactly once.
@@ -102,6 +108,7 @@ impl Token {
             ),
             "control" => match serde_json::from_slice::<ControlRecord>(&msg.payload) {
                 Ok(ControlRecord::Redeliver { seq, .. }) => TokenKind::Redeliver { seq },
+                Ok(ControlRecord::Wake { .. }) => TokenKind::Wake,
                 Err(e) => {
                     warn!(subject = %msg.subject, error = %e, "unreadable control record; ignored");
                     let _ = msg.ack_with(AckKind::Term).await;
@@ -144,7 +151,7 @@ impl Token {
         self.answer(AckKind::Nak(delay)).await
     }
 
-    async fn progress(&self) {
+    pub async fn progress(&self) {
         if let Err(e) = self.msg.ack_with(AckKind::Progress).await {
             debug!(error = %e, "progress ack failed");
         }
@@ -170,6 +177,7 @@ enum FindError {
 enum StoreError {
     /// Another writer stored the order's registry_data first.
     Conflict,
+    /// NATS refused or did not answer: try again later.
     Nats(String),
 }
 
@@ -181,9 +189,6 @@ pub(crate) struct Worker {
     cancel: CancellationToken,
     _permit: OwnedSemaphorePermit,
     held: Vec<Token>,
-    /// A wake-up was nak'd with the current wait's delay and is pending on
-    /// the server: more wake-ups during the wait can be acked.
-    parked: bool,
 }
 
 impl Worker {
@@ -203,7 +208,6 @@ impl Worker {
             cancel,
             _permit: permit,
             held: Vec::new(),
-            parked: false,
         }
     }
 
@@ -217,11 +221,29 @@ impl Worker {
 
     /// Moves the wake-ups queued for this order into `held`.
     fn take_queue(&mut self) {
-        let mut queued = match self.slots().get_mut(&self.order_id) {
+        let queued = match self.slots().get_mut(&self.order_id) {
             Some(q) => std::mem::take(q),
             None => return,
         };
-        self.held.append(&mut queued);
+        self.receive(queued);
+    }
+
+    /// Takes wake-ups into `held`.
+    ///
+    /// The server hands a message out again when its ack wait passes
+    /// before it is answered, so two copies of one message can meet here:
+    /// only the newest copy is kept (the older one is never answered).
+    fn receive(&mut self, tokens: Vec<Token>) {
+        for t in tokens {
+            if let Some(i) = self.held.iter().position(|h| h.stream_seq == t.stream_seq) {
+                metrics::counter!("ledgerline_dispatcher_duplicate_wakeups_total",
+                    "registry" => self.registry_id().to_owned())
+                .increment(1);
+                self.held[i] = t;
+            } else {
+                self.held.push(t);
+            }
+        }
     }
 
     /// Ends the worker if no wake-up arrived meanwhile (atomically with the
@@ -230,9 +252,9 @@ impl Worker {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.get_mut(&self.order_id) {
             Some(q) if !q.is_empty() => {
-                let mut queued = std::mem::take(q);
+                let queued = std::mem::take(q);
                 drop(slots);
-                self.held.append(&mut queued);
+                self.receive(queued);
                 false
             }
             _ => {
@@ -256,29 +278,19 @@ impl Worker {
         }
     }
 
-    /// Acks every held wake-up but the newest, which keeps the order
-    /// covered while more postings may follow.
-    async fn ack_all_but_one(&mut self) {
-        if self.held.len() <= 1 {
-            return;
-        }
-        self.held.sort_by_key(|t| t.stream_seq);
-        let keep = self.held.pop();
-        self.ack_all().await;
-        self.held.extend(keep);
-    }
-
-    /// Waits `delay` durably: one wake-up nak'd with the delay, the others
-    /// acked.
+    /// Waits `delay` durably: every held wake-up is handed back to the
+    /// server with the delay, none is acked.
+    ///
+    /// This is what makes a retry impossible to lose. A wake-up is acked
+    /// only when its order is caught up or dead; until then every wake-up
+    /// of the order is either held here (and progress-acked) or waiting on
+    /// the server with a delay. A copy of a message that the server has
+    /// since handed out again (after its ack wait) may be stale, and
+    /// answering it may do nothing: so the worker never counts on any one
+    /// copy, and the live one, wherever it is, still brings the order back.
     async fn park(&mut self, delay: Duration) {
-        if !self.parked
-            && let Some(t) = self.held.pop()
-        {
+        for t in self.held.drain(..) {
             t.nak(Some(delay)).await;
-            self.parked = true;
-        }
-        if self.parked {
-            self.ack_all().await;
         }
     }
 
@@ -413,15 +425,14 @@ impl Worker {
             // The circuit breaker may hold the attempt back (not recorded).
             if let Admission::NotBefore(at) = self.target.breaker.admit(Instant::now()) {
                 let spread = BREAKER_SPREAD_MAX.mul_f64(rand::random::<f64>());
-                self.park(at.saturating_duration_since(Instant::now()) + spread)
-                    .await;
+                let wait = at.saturating_duration_since(Instant::now()) + spread;
+                self.park(wait).await;
                 if self.try_exit() {
                     return;
                 }
                 progress = Some(p);
                 continue;
             }
-            self.parked = false;
             let target = self.target.clone();
             let cancel = self.cancel.clone();
             let ready = self
@@ -433,6 +444,13 @@ impl Worker {
                 })
                 .await;
             if !ready {
+                return self.hand_back(None).await;
+            }
+            // Only the active instance sends (it may have lost the lease
+            // while waiting).
+            if let Err(fenced) = self.shared.fence.check() {
+                info!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                      error = %fenced, "not sending");
                 return self.hand_back(None).await;
             }
             let shared = self.shared.clone();
@@ -565,6 +583,15 @@ impl Worker {
             "registry" => posting.registry_id.clone())
         .record(report.duration.as_secs_f64());
         let dead_reason = match report.outcome {
+            Outcome::Delivered { registry_data }
+                if let Some(why) = self.unstorable(&cur.posting, &registry_data, now) =>
+            {
+                // Accepted, but the reply cannot be kept as registry_data:
+                // storing it would fail forever, so the posting is dead-
+                // lettered with the reason instead of being sent again.
+                record.error = Some(why);
+                None
+            }
             Outcome::Delivered { registry_data } => {
                 let rd_seq = self
                     .store_registry_data(p, cur, &registry_data, now)
@@ -585,9 +612,8 @@ impl Worker {
                     round_attempt: round.round_attempt,
                     round_started_at: round.round_started_at,
                 });
-                // Postings up to this one are done; keep one wake-up while
-                // the next ones are worked on.
-                self.ack_all_but_one().await;
+                // The wake-ups stay held (and alive) until the order is
+                // caught up: see `park`.
                 return Ok(());
             }
             Outcome::Retry { retry_after } => {
@@ -752,6 +778,28 @@ impl Worker {
             })
     }
 
+    /// Why the registry_data record of `posting` could not be stored on
+    /// LEDGER, if it could not.
+    fn unstorable(
+        &self,
+        posting: &Posting,
+        registry_data: &serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Option<String> {
+        let record = RegistryDataRecord {
+            registry_id: posting.registry_id.clone(),
+            order_id: posting.order_id.as_str().to_owned(),
+            seq: posting.seq,
+            idempotency_key: posting.idempotency_key,
+            registry_data: registry_data.clone(),
+            received_at: now,
+        };
+        unstorable_reason(
+            &record,
+            crate::streams::record_max_bytes(&self.shared.js.client()),
+        )
+    }
+
     async fn store_registry_data(
         &self,
         p: &Progress,
@@ -770,15 +818,36 @@ impl Worker {
         };
         let mut headers = HeaderMap::new();
         headers.insert(H_POSTING_STREAM_SEQ, cur.stream_seq.to_string().as_str());
-        self.publish(
-            subjects::registry_data(&posting.registry_id, posting.order_id.as_str()),
-            "registry_data",
-            format!("registry_data:{}", posting.idempotency_key),
-            headers,
-            &record,
-            Some(p.registry_data_stream_seq),
-        )
-        .await
+        let subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
+        let stored = self
+            .publish(
+                subject.clone(),
+                "registry_data",
+                format!("registry_data:{}", posting.idempotency_key),
+                headers,
+                &record,
+                Some(p.registry_data_stream_seq),
+            )
+            .await?;
+        if !stored.duplicate {
+            return Ok(stored.seq);
+        }
+        // A duplicate ack says a record with this message id is already
+        // stored, not that it is ours: another dispatcher may have stored
+        // its own reply for this posting. Trust it only if what is stored
+        // is what this attempt would store; otherwise re-read the order.
+        let theirs = self
+            .shared
+            .ledger
+            .direct_get(stored.seq)
+            .await
+            .map_err(|e| StoreError::Nats(format!("re-reading {subject} #{}: {e}", stored.seq)))?;
+        match serde_json::from_slice::<RegistryDataRecord>(&theirs.payload) {
+            Ok(r) if r.seq == record.seq && r.registry_data == record.registry_data => {
+                Ok(stored.seq)
+            }
+            _ => Err(StoreError::Conflict),
+        }
     }
 
     async fn store_delivery(
@@ -793,15 +862,22 @@ impl Worker {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         headers.insert(H_ROUND_STARTED, started.as_str());
-        self.publish(
-            subjects::deliveries(&record.registry_id, &record.order_id),
-            "delivery",
-            format!("delivery:{}:{}", record.idempotency_key, record.attempt),
-            headers,
-            record,
-            None,
-        )
-        .await
+        let stored = self
+            .publish(
+                subjects::deliveries(&record.registry_id, &record.order_id),
+                "delivery",
+                format!("delivery:{}:{}", record.idempotency_key, record.attempt),
+                headers,
+                record,
+                None,
+            )
+            .await?;
+        // Someone already recorded this attempt number: what is stored is
+        // theirs, so read the order again rather than assume it is ours.
+        if stored.duplicate {
+            return Err(StoreError::Conflict);
+        }
+        Ok(stored.seq)
     }
 
     /// Publishes a LEDGER record and waits for the stream to store it.
@@ -813,7 +889,11 @@ impl Worker {
         mut headers: HeaderMap,
         record: &T,
         expected_last_subject_seq: Option<u64>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Stored, StoreError> {
+        self.shared
+            .fence
+            .check()
+            .map_err(|e| StoreError::Nats(e.to_string()))?;
         let payload = serde_json::to_vec(record).map_err(|e| StoreError::Nats(e.to_string()))?;
         headers.insert(H_KIND, kind);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
@@ -831,11 +911,38 @@ impl Worker {
             .map_err(|e| StoreError::Nats(e.to_string()))?
             .await;
         match ack {
-            Ok(a) => Ok(a.sequence),
+            Ok(a) => Ok(Stored {
+                seq: a.sequence,
+                duplicate: a.duplicate,
+            }),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Conflict),
             Err(e) => Err(StoreError::Nats(e.to_string())),
         }
     }
+}
+
+/// Why `record` cannot be stored in a message of at most `max` bytes (a
+/// reply under the 256 KiB cap can still grow past the server's
+/// `max_payload` once escaped into JSON), if it cannot.
+fn unstorable_reason(record: &RegistryDataRecord, max: usize) -> Option<String> {
+    let size = match serde_json::to_vec(record) {
+        Ok(bytes) => bytes.len(),
+        Err(e) => return Some(format!("the reply cannot be stored as registry_data: {e}")),
+    };
+    (size > max).then(|| {
+        format!(
+            "the reply was accepted but cannot be kept as registry_data: it is {size} bytes \
+             when stored and NATS takes at most {max}; the receiver should answer with less"
+        )
+    })
+}
+
+/// Where a record was stored; `duplicate` when the stream already had a
+/// record with its message id (and `seq` is that record's).
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    seq: u64,
+    duplicate: bool,
 }
 
 /// An attempt's numbers: global, within its round, and when the round began.
@@ -844,4 +951,28 @@ struct Round {
     attempt: u32,
     round_attempt: u32,
     round_started_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_that_grows_past_max_payload_when_stored_is_named_unstorable() {
+        // 250 KiB of control characters: under the 256 KiB reply cap, six
+        // times that once escaped (`\u0001`) into the stored JSON.
+        let text = "\u{1}".repeat(250 * 1024);
+        let record = RegistryDataRecord {
+            registry_id: "r".into(),
+            order_id: "o".into(),
+            seq: 1,
+            idempotency_key: uuid::Uuid::nil(),
+            registry_data: serde_json::Value::String(text),
+            received_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let one_mb = 1024 * 1024 - crate::streams::REJECTED_HEADER_ROOM_BYTES;
+        let why = unstorable_reason(&record, one_mb).expect("too large for a 1 MB server");
+        assert!(why.contains("cannot be kept as registry_data"), "{why}");
+        assert_eq!(unstorable_reason(&record, 8 * 1024 * 1024), None);
+    }
 }

@@ -304,6 +304,7 @@ async fn no_response_ever_carries_a_secret() {
         "token-header-secret-4",
         "basic-password-5",
         "bearer-token-6",
+        "query-api-key-7",
     ];
     let mut seen = String::new();
     let oauth = json!({
@@ -312,6 +313,7 @@ async fn no_response_ever_carries_a_secret() {
         "signing_secret_previous": secrets[1],
         "signing_secret_previous_until": "2030-01-01T00:00:00Z",
         "headers": {"authenticationToken": secrets[2]},
+        "query": {"api_key": secrets[8]},
         "auth": {"type": "oauth2_client_credentials", "token_url": "https://accounting.example/token",
                  "client_id": "ledgerline", "client_secret": secrets[3],
                  "extra_body": {"audience": secrets[4]}, "headers": {"X-Token-Key": secrets[5]}},
@@ -332,6 +334,7 @@ async fn no_response_ever_carries_a_secret() {
     assert_eq!(one["registry"]["signing_secret"], "***");
     assert_eq!(one["registry"]["auth"]["client_secret"], "***");
     assert_eq!(one["registry"]["headers"]["authenticationToken"], "***");
+    assert_eq!(one["registry"]["query"]["api_key"], "***");
     // Send back what was read with a change: the secrets are kept…
     let mut back = one["registry"].clone();
     back["name"] = json!("renamed");
@@ -352,6 +355,9 @@ async fn no_response_ever_carries_a_secret() {
         stored.config.headers["authenticationToken"].expose(),
         secrets[2]
     );
+    let query =
+        ledgerline::secret::reveal_secrets(|| serde_json::to_value(&stored.config.query)).unwrap();
+    assert_eq!(query["api_key"], secrets[8]);
     // …through a change of the registry's secrets too.
     let (_, h) = svc
         .call(Method::GET, "/v1/registries/oauth/history", None)
@@ -454,5 +460,134 @@ async fn the_openapi_description_matches_the_router() {
         served_open, documented_open,
         "routes without the token: router vs description"
     );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again() {
+    let nats = support::nats().await;
+    let svc = strict_admin(&nats).await;
+    let basic = json!({"id": "books", "url": "https://a.example/hooks",
+        "headers": {"X-Api-Key": "header-secret-value"},
+        "auth": {"type": "basic", "username": "u", "password": "basic-password-value"}});
+    let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&basic)).await;
+    assert_eq!(status, 201, "{b}");
+    let (_, read) = svc.call(Method::GET, "/v1/registries/books", None).await;
+    let mut moved = read["registry"].clone();
+    moved["url"] = json!("https://evil.example/collect");
+    moved["headers"]["X-Api-Key"] = json!("header-secret-value");
+    let (status, b) = svc
+        .call(Method::PUT, "/v1/registries/books", Some(&moved))
+        .await;
+    assert_eq!(status, 422, "{b}");
+    assert_eq!(error_field(&b), Some("auth.password"), "{b}");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("from https://a.example to https://evil.example")
+            && message.contains("\"***\""),
+        "{message}"
+    );
+    let (_, after) = svc.call(Method::GET, "/v1/registries/books", None).await;
+    assert_eq!(after["registry"]["url"], "https://a.example/hooks");
+    assert_eq!(after["registry"]["revision"], read["registry"]["revision"]);
+    // Sent again in clear: accepted.
+    moved["auth"]["password"] = json!("a-new-password");
+    let (status, b) = svc
+        .call(Method::PUT, "/v1/registries/books", Some(&moved))
+        .await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["registry"]["url"], "https://evil.example/collect");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
+    let nats = support::nats().await;
+    let svc = strict_admin(&nats).await;
+    let http = support::http_client();
+    for (method, path) in [
+        ("FOOBAR", "/v1/registries"),
+        ("BREWCOFFEE", "/healthz"),
+        ("GET", "/random/path/one"),
+        ("POST", "/another/unknown/7"),
+    ] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        http.request(m, svc.url(path)).send().await.unwrap();
+    }
+    let metrics = http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("ledgerline_admin_"))
+    {
+        let labels = line.split('{').nth(1).unwrap_or_default();
+        for (name, allowed) in [
+            (
+                "method=\"",
+                &[
+                    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other",
+                ][..],
+            ),
+            (
+                "route=\"",
+                &[
+                    "unmatched",
+                    "/healthz",
+                    "/readyz",
+                    "/metrics",
+                    "/v1/registries",
+                    "/v1/registries/{id}",
+                ][..],
+            ),
+        ] {
+            if let Some(v) = labels.split(name).nth(1) {
+                let value = v.split('"').next().unwrap_or_default();
+                assert!(
+                    allowed.contains(&value) || value.starts_with("/v1/"),
+                    "{line}"
+                );
+            }
+        }
+        assert!(
+            !line.contains("random") && !line.contains("another"),
+            "{line}"
+        );
+    }
+    assert!(
+        metrics.contains("method=\"other\""),
+        "an unknown method is counted as other:\n{metrics}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_registry_with_notify_emails_and_no_smtp_shows_a_warning() {
+    let nats = support::nats().await;
+    let svc = strict_admin(&nats).await;
+    let body = json!({"id": "mailed", "url": "https://a.example/hooks",
+        "notify_emails": ["ops@example.com"]});
+    let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&body)).await;
+    assert_eq!(status, 201, "{b}");
+    let (_, read) = svc.call(Method::GET, "/v1/registries/mailed", None).await;
+    let warnings = read["registry"]["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{read}");
+    assert_eq!(warnings[0]["field"], "notify_emails", "{read}");
+    assert!(
+        warnings[0]["message"].as_str().unwrap().contains("[smtp]"),
+        "{read}"
+    );
+    // Without notify_emails: no warnings.
+    let quiet = json!({"id": "quiet", "url": "https://a.example/hooks"});
+    let (_, b) = svc.call(Method::POST, "/v1/registries", Some(&quiet)).await;
+    assert!(b["registry"].get("warnings").is_none(), "{b}");
     svc.stop().await;
 }

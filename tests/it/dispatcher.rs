@@ -1553,3 +1553,376 @@ token = "bearer-secret-value-5"
     assert_no_secret(&logs, &secrets, "the dispatcher's logs");
     assert_no_secret(&ledger_text(&nats).await, &secrets, "LEDGER");
 }
+
+/// Reliability defect 1: a retry lost for good. With more wake-ups than
+/// workers, wake-ups wait longer than the ack wait and the server hands
+/// them out again, so a worker can hold two copies of one message; it
+/// parked one (nak with the retry's delay) and acked the other, and the
+/// ack removed the message from the server: nothing would bring the order
+/// back. Every posting must arrive anyway, and nothing may stay pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_retry_is_never_lost_when_wake_ups_are_handed_out_twice() {
+    const ORDERS: usize = 24;
+    let nats = support::nats().await;
+    let server = Scripted::start(|req, log| {
+        let key = req.key();
+        let delay = Duration::from_millis(60);
+        if log.iter().all(|r| r.key() != key) {
+            Reply::Respond {
+                status: 503,
+                headers: vec![("Retry-After", "1".to_owned())],
+                body: b"{}".to_vec(),
+                delay,
+            }
+        } else {
+            Reply::Respond {
+                status: 200,
+                headers: vec![],
+                body: b"{}".to_vec(),
+                delay,
+            }
+        }
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[delivery]\nretry_schedule = [\"100ms\"]\nbreaker_failures = 1000\nmax_in_flight = 2\n\
+             [[registry]]\nid = \"books\"\nurl = \"{}\"\nrate_limit_per_s = 10000\n",
+            server.url("/hook")
+        ),
+    );
+    let orders: Vec<String> = (0..ORDERS).map(|i| format!("o-{i:02}")).collect();
+    let mut events = Vec::new();
+    for v in 1..=3u64 {
+        events.extend(orders.iter().map(|o| event(o, v, v as u32)));
+    }
+    let postings = postings_of(&settings, &events);
+    Publisher::new(&nats).publish(&postings).await;
+    let d = start(&nats, &settings, |o| {
+        o.ack_wait = Duration::from_millis(600)
+    });
+    let keys: std::collections::HashSet<String> = postings
+        .iter()
+        .map(|p| p.idempotency_key.to_string())
+        .collect();
+    eventually(
+        "every posting delivered after its retry",
+        Duration::from_secs(60),
+        || async {
+            let delivered: std::collections::HashSet<String> = server
+                .requests()
+                .iter()
+                .filter(|r| {
+                    server
+                        .requests()
+                        .iter()
+                        .filter(|x| x.key() == r.key())
+                        .count()
+                        >= 2
+                })
+                .map(|r| r.key())
+                .collect();
+            delivered.len() == keys.len()
+        },
+    )
+    .await;
+    // Caught up: every wake-up answered, none left behind.
+    eventually(
+        "no wake-up left pending",
+        Duration::from_secs(10),
+        || async {
+            let mut c: jetstream::consumer::PullConsumer = nats
+                .js
+                .get_stream("LEDGER")
+                .await
+                .unwrap()
+                .get_consumer("dispatcher-books")
+                .await
+                .unwrap();
+            let info = c.info().await.unwrap();
+            info.num_pending == 0 && info.num_ack_pending == 0
+        },
+    )
+    .await;
+    d.stop().await;
+}
+
+/// The safety net: an order left `retrying` with its next attempt long past
+/// and nothing pending on the consumer (as defect 1 left it) is found by the
+/// sweep, woken by a `wake` control record, and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_wakes_an_overdue_retry_that_nothing_would_bring_back() {
+    let nats = support::nats().await;
+    let server = Scripted::start(|_, _| reply(200, json!({"journal": "J-1"}))).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
+            server.url("/hook")
+        ),
+    );
+    let postings = postings_of(&settings, &[event("o-lost", 1, 2)]);
+    Publisher::new(&nats).publish(&postings).await;
+    let long_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let record = DeliveryRecord {
+        registry_id: "books".into(),
+        order_id: "o-lost".into(),
+        seq: 1,
+        idempotency_key: postings[0].idempotency_key,
+        attempt: 1,
+        outcome: AttemptOutcome::Retrying,
+        http_status: Some(503),
+        duration_ms: 3,
+        error: Some("HTTP 503".into()),
+        response_excerpt: None,
+        next_attempt_at: Some(long_ago + time::Duration::seconds(5)),
+        at: long_ago,
+    };
+    nats.js
+        .publish(
+            subjects::deliveries("books", "o-lost"),
+            serde_json::to_vec(&record).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // The wake-up is gone from the consumer, as the defect left it.
+    let ack_wait = Duration::from_secs(5);
+    let consumer: jetstream::consumer::PullConsumer = nats
+        .js
+        .get_stream("LEDGER")
+        .await
+        .unwrap()
+        .create_consumer(ledgerline::dispatcher::consumer_config("books", ack_wait))
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(10).messages().await.unwrap();
+    use futures::StreamExt as _;
+    while let Some(m) = batch.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+    let d = start(&nats, &settings, |o| {
+        o.ack_wait = ack_wait;
+        o.sweep_every = Duration::from_millis(300);
+        o.overdue_grace = Duration::from_secs(1);
+    });
+    eventually(
+        "the overdue posting delivered",
+        Duration::from_secs(15),
+        || async { server.requests_for("o-lost").len() == 1 },
+    )
+    .await;
+    let wakes: Vec<ledgerline::records::ControlRecord> =
+        stored(&nats, &subjects::control("books", "o-lost")).await;
+    assert!(
+        matches!(
+            wakes.as_slice(),
+            [ledgerline::records::ControlRecord::Wake { seq: 1, .. }]
+        ),
+        "one wake record: {wakes:?}"
+    );
+    d.stop().await;
+}
+
+/// Reliability defect 6: the in-flight permits were shared by every
+/// registry, and a worker holds its permit while its receiver is slow, so
+/// one slow registry starved the others. Each registry now has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_registry_does_not_hold_back_another() {
+    const ORDERS: usize = 6;
+    let nats = support::nats().await;
+    let slow = Scripted::start(|_, _| Reply::Respond {
+        status: 200,
+        headers: vec![],
+        body: b"{}".to_vec(),
+        delay: Duration::from_millis(1500),
+    })
+    .await;
+    let fast = Scripted::start(|_, _| reply(200, json!({}))).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[delivery]\nmax_in_flight = 2\n\
+             [[registry]]\nid = \"slow\"\nurl = \"{}\"\ntimeout_ms = 5000\n\
+             [[registry]]\nid = \"fast\"\nurl = \"{}\"\n",
+            slow.url("/hook"),
+            fast.url("/hook")
+        ),
+    );
+    let events: Vec<String> = (0..ORDERS)
+        .map(|i| event(&format!("o-{i}"), 1, 1))
+        .collect();
+    Publisher::new(&nats)
+        .publish(&postings_of(&settings, &events))
+        .await;
+    let d = start(&nats, &settings, |_| {});
+    eventually(
+        "the fast registry's deliveries",
+        Duration::from_secs(30),
+        || async { fast.requests().len() == ORDERS },
+    )
+    .await;
+    let slow_done = slow.requests().len();
+    assert!(
+        slow_done <= 2 + 2,
+        "the fast registry finished only after the slow one had {slow_done} requests"
+    );
+    d.stop().await;
+}
+
+/// Reliability defect 7: a reply nested ~127 deep was stored as
+/// registry_data, but the stored record (one level more) could not be read
+/// back (serde_json stops at 128), wedging the order and breaking
+/// `deliveries list` for the whole registry. Now such a reply dead-letters
+/// its posting with the reason, and everything else goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_nested_too_deep_dead_letters_its_posting_and_wedges_nothing() {
+    let nats = support::nats().await;
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    let server = Scripted::start(move |req, _| {
+        let body = if req.order() == "o-deep" {
+            deep.clone().into_bytes()
+        } else {
+            b"{}".to_vec()
+        };
+        Reply::Respond {
+            status: 200,
+            headers: vec![],
+            body,
+            delay: Duration::ZERO,
+        }
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
+            server.url("/hook")
+        ),
+    );
+    let events = [
+        event("o-deep", 1, 1),
+        event("o-deep", 2, 2),
+        event("o-fine", 1, 1),
+    ];
+    Publisher::new(&nats)
+        .publish(&postings_of(&settings, &events))
+        .await;
+    let d = start(&nats, &settings, |_| {});
+    eventually(
+        "o-fine delivered, o-deep dead",
+        Duration::from_secs(15),
+        || async {
+            let list = list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
+                .await
+                .expect("deliveries list reads every order");
+            let status = |o: &str| list.iter().find(|l| l.order_id == o).map(|l| l.status);
+            status("o-fine") == Some(Status::Delivered) && status("o-deep") == Some(Status::Dead)
+        },
+    )
+    .await;
+    let records: Vec<DeliveryRecord> =
+        stored(&nats, &subjects::deliveries("books", "o-deep")).await;
+    let last = records.last().unwrap();
+    assert_eq!((last.seq, last.outcome), (1, AttemptOutcome::Dead));
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap()
+            .contains("nests 127 levels deep"),
+        "{last:?}"
+    );
+    assert_eq!(server.requests_for("o-deep").len(), 1, "posting 2 is held");
+    d.stop().await;
+}
+
+/// Reliability defect 10: with two dispatchers overlapping, both can send
+/// posting n and each get its own reply; posting n + 1 must carry the
+/// registry_data that is *stored*, whoever stored it. On one server the
+/// expected-last-subject-sequence guard already refuses the second write
+/// (this test pins that outcome); in a cluster the leader's duplicate check
+/// answers first with a *duplicate* ack, which the worker used to take as
+/// "mine is stored" and now takes as "re-read what is stored".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
+    let nats = support::nats().await;
+    let server = Scripted::start(|req, _| Reply::Respond {
+        status: 200,
+        headers: vec![],
+        body: json!({"by": "us", "seq": req.json()["idempotency_key"]})
+            .to_string()
+            .into_bytes(),
+        // Room for the other dispatcher to store its reply first.
+        delay: if req.order() == "o-race" && req.json()["registry_data"] == json!({}) {
+            Duration::from_millis(700)
+        } else {
+            Duration::ZERO
+        },
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
+            server.url("/hook")
+        ),
+    );
+    let postings = postings_of(&settings, &[event("o-race", 1, 1), event("o-race", 2, 2)]);
+    let mut publisher = Publisher::new(&nats);
+    publisher.publish(&postings[..1]).await;
+    let first_posting_seq = publisher.last[&subjects::postings("books", "o-race")];
+    publisher.publish(&postings[1..]).await;
+    let d = start(&nats, &settings, |_| {});
+    eventually("posting 1 requested", Duration::from_secs(10), || async {
+        !server.requests_for("o-race").is_empty()
+    })
+    .await;
+    // The other dispatcher's reply to posting 1, stored while ours waits.
+    let theirs = RegistryDataRecord {
+        registry_id: "books".into(),
+        order_id: "o-race".into(),
+        seq: 1,
+        idempotency_key: postings[0].idempotency_key,
+        registry_data: json!({"by": "the other dispatcher"}),
+        received_at: time::OffsetDateTime::now_utc(),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("registry_data:{}", postings[0].idempotency_key).as_str(),
+    );
+    headers.insert(
+        "Ledgerline-Posting-Stream-Seq",
+        first_posting_seq.to_string().as_str(),
+    );
+    nats.js
+        .publish_with_headers(
+            subjects::registry_data("books", "o-race"),
+            headers,
+            serde_json::to_vec(&theirs).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually("posting 2 requested", Duration::from_secs(10), || async {
+        server
+            .requests_for("o-race")
+            .iter()
+            .any(|r| r.key() == postings[1].idempotency_key.to_string())
+    })
+    .await;
+    let second = server
+        .requests_for("o-race")
+        .into_iter()
+        .find(|r| r.key() == postings[1].idempotency_key.to_string())
+        .unwrap();
+    assert_eq!(
+        second.json()["registry_data"],
+        json!({"by": "the other dispatcher"}),
+        "posting 2 carries the registry_data that is stored"
+    );
+    d.stop().await;
+}

@@ -9,6 +9,7 @@ mod chaos;
 mod demo;
 mod dispatcher;
 mod export;
+mod fence;
 mod golden;
 mod natsd;
 mod pipeline;

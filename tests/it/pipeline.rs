@@ -661,3 +661,117 @@ async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
         "{stdout}"
     );
 }
+
+/// Reliability defect 4: an order under the 1 MiB input limit can make a
+/// posting too large to store (1,000 lines with long descriptions, grouped
+/// per product: entries plus cumulative entries). It used to be published,
+/// refused by the server and retried forever, blocking its lane. Now the
+/// event is rejected `too_large` with the reason, and nothing else waits.
+#[tokio::test]
+async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let lines: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({"id": format!("l{i}"), "product_id": format!("p{i}"),
+                   "description": format!("{i} {}", "Guided tour of the old town ".repeat(20)),
+                   "quantity": 1, "unit_price": "10.00", "tax_rate": "0.1"})
+        })
+        .collect();
+    let mut huge = good_event("huge", "h1");
+    huge["order"]["line_items"] = json!(lines);
+    let text = huge.to_string();
+    assert!(
+        text.len() < 1024 * 1024,
+        "under the input limit: {}",
+        text.len()
+    );
+    let mut small = good_event("huge", "h2");
+    small["order"]["version"] = json!(2);
+    let input = format!("{text}\n{small}\n{}\n", good_event("after", "a1"));
+    publish_text(&nats, &input).await;
+    let ledger = ledger_stream(&nats).await;
+    wait_for(
+        &ledger,
+        "ledger.rejected.too_large",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    // 3 registries × (the small version of "huge", and "after").
+    wait_for(&ledger, subjects::POSTINGS_ALL, 6, Duration::from_secs(30)).await;
+    let rejected = read_with_headers(&ledger, "ledger.rejected.too_large").await;
+    let message = rejected[0]
+        .1
+        .as_ref()
+        .unwrap()
+        .get(streams::H_MESSAGE)
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(message.contains("the posting for registry"), "{message}");
+    // The rejected event changed nothing: the next version is posting 1.
+    let posted = stored(&ledger).await;
+    assert!(posted.contains_key(&("books".to_owned(), "huge".to_owned(), 1)));
+    assert!(!posted.contains_key(&("books".to_owned(), "huge".to_owned(), 2)));
+    token.cancel();
+    handle.await.unwrap();
+}
+
+/// Reliability defect 5: an unreadable stored posting used to be retried
+/// forever; its lane stopped, then (queue full) the reader and every lane.
+/// Now the order's event is rejected (`internal`, naming the record) and
+/// every other order flows.
+#[tokio::test]
+async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_else() {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    nats.js
+        .publish(
+            subjects::postings("books", "broken"),
+            bytes::Bytes::from_static(b"{ not a posting"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let mut input = good_event("broken", "b1").to_string();
+    for i in 0..40 {
+        input.push('\n');
+        input.push_str(&good_event(&format!("fine-{i}"), &format!("f{i}")).to_string());
+    }
+    publish_text(&nats, &input).await;
+    let ledger = ledger_stream(&nats).await;
+    wait_for(
+        &ledger,
+        "ledger.rejected.internal",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    // The corrupt one, plus 3 registries × 40 good orders.
+    wait_for(
+        &ledger,
+        subjects::POSTINGS_ALL,
+        1 + 3 * 40,
+        Duration::from_secs(30),
+    )
+    .await;
+    let rejected = read_with_headers(&ledger, "ledger.rejected.internal").await;
+    let message = rejected[0]
+        .1
+        .as_ref()
+        .unwrap()
+        .get(streams::H_MESSAGE)
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(
+        message.contains("ledger.postings.books.broken") && message.contains("unreadable"),
+        "{message}"
+    );
+    token.cancel();
+    handle.await.unwrap();
+}

@@ -119,3 +119,49 @@ async fn the_receiver_verifies_signatures_answers_journals_and_fails_on_demand()
     assert!(status.success(), "{rest}");
     assert!(rest.contains("receiver: 5 requests, 2 accepted"), "{rest}");
 }
+
+#[tokio::test]
+async fn an_extreme_webhook_timestamp_is_refused_not_a_crash() {
+    let (rx, url) = crate::support::receiver(Some(SECRET)).await;
+    let http = crate::support::http_client();
+    let body = json!({"order_id": "o-1", "registry_data": {}, "idempotency_key": "k-1",
+                      "ledger_entries": []})
+    .to_string();
+    let k = ledgerline::signing::decode_secret(&Secret::new(SECRET)).unwrap();
+    for ts in [i64::MAX, i64::MIN, i64::MIN + 1, -1] {
+        let r = http
+            .post(&url)
+            .header("webhook-id", "k-1")
+            .header("webhook-timestamp", ts.to_string())
+            .header(
+                "webhook-signature",
+                ledgerline::signing::sign(&k, "k-1", ts, body.as_bytes()),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("timestamp {ts}: no answer ({e})"));
+        assert_eq!(r.status(), 401, "timestamp {ts}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("timestamp out of tolerance"),
+            "timestamp {ts}: {text}"
+        );
+    }
+    // Still serving, and a good signature still passes.
+    let body = body.replace("k-1", "k-2");
+    let r = http
+        .post(&url)
+        .headers(
+            signed(&body, "k-2")
+                .into_iter()
+                .map(|(n, v)| (n.parse().unwrap(), v.parse().unwrap()))
+                .collect(),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 401);
+    drop(rx);
+}

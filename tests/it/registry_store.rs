@@ -349,3 +349,144 @@ async fn a_registry_the_policy_no_longer_allows_is_left_out_not_fatal() {
     assert_eq!(local.problem(strict.policy()).unwrap().field, "url");
     shutdown.cancel();
 }
+
+/// What a client reads, as it would send it back: every secret `***`.
+fn as_read(c: &RegistryConfig) -> RegistryConfig {
+    serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_marker_cannot_carry_a_secret_to_another_origin() {
+    let nats = support::nats().await;
+    let store = RegistryStore::open(&nats.js, TargetPolicy::default())
+        .await
+        .unwrap();
+    let mut books = with_secrets();
+    books.query =
+        serde_json::from_value(serde_json::json!({"api_key": "query-secret-value"})).unwrap();
+    store.put(books, None, ChangedBy::Api).await.unwrap();
+    let read = as_read(&store.get("books").await.unwrap().unwrap().config);
+
+    // Another host, or the same host on another port or scheme: the
+    // secrets sent to the url must be sent again, naming the first one.
+    for evil in [
+        "https://evil.example/hooks",
+        "https://accounting.example:8443/hooks",
+        "https://accounting.example.evil.example/hooks",
+    ] {
+        let mut moved = read.clone();
+        moved.url = evil.into();
+        let err = store
+            .put(moved.clone(), None, ChangedBy::Api)
+            .await
+            .unwrap_err();
+        let StoreError::Invalid(f) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(f.field, "headers.authenticationToken", "{err}");
+        assert!(
+            f.message.contains("https://accounting.example")
+                && f.message.contains(&evil[..evil.len() - "/hooks".len()])
+                && f.message.contains("\"***\""),
+            "{err}"
+        );
+        // Through `registry apply` too, naming the entry.
+        let err = store.apply(&[moved], ChangedBy::Cli).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Invalid(f) if f.field == "registry[0].headers.authenticationToken"),
+            "{err}"
+        );
+    }
+    // Each secret sent to the url is checked, not only the first.
+    let mut moved = read.clone();
+    moved.url = "https://evil.example/hooks".into();
+    moved.headers.insert(
+        "authenticationToken".into(),
+        ledgerline::secret::Secret::new("attacker-knows-nothing"),
+    );
+    let err = store
+        .put(moved.clone(), None, ChangedBy::Api)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(f) if f.field == "query.api_key"),
+        "{err}"
+    );
+    moved.query = serde_json::from_value(serde_json::json!({"api_key": "new-query-key"})).unwrap();
+    let err = store
+        .put(moved.clone(), None, ChangedBy::Api)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(f) if f.field == "auth.password"),
+        "{err}"
+    );
+    // Nothing was written: the stored registry still points where it did.
+    let stored = store.get("books").await.unwrap().unwrap();
+    assert_eq!(stored.config.url, "https://accounting.example/hooks");
+    // Every secret sent again in clear: accepted; the signing secret (it
+    // signs, it is never sent) is kept by its marker.
+    moved.auth = AuthConfig::Basic {
+        username: "ledger".into(),
+        password: ledgerline::secret::Secret::new("new-password"),
+    };
+    let (e, outcome) = store.put(moved, None, ChangedBy::Api).await.unwrap();
+    assert_eq!(outcome, PutOutcome::Updated);
+    assert_eq!(e.config.url, "https://evil.example/hooks");
+    assert_eq!(e.config.signing_secret.as_ref().unwrap().expose(), SECRET);
+
+    // OAuth2: the client secret goes to the token endpoint; moving that
+    // endpoint needs it again, and so does moving the url (the token it
+    // mints is sent there).
+    let oauth = registry(
+        r#"
+        id = "oauth"
+        url = "https://accounting.example/hooks"
+        [auth]
+        type = "oauth2_client_credentials"
+        token_url = "https://login.accounting.example/token"
+        client_id = "ledgerline"
+        client_secret = "client-secret-value"
+        extra_body = { audience = "extra-body-secret" }
+        "#,
+    );
+    store.put(oauth, None, ChangedBy::Api).await.unwrap();
+    let read = as_read(&store.get("oauth").await.unwrap().unwrap().config);
+    let mut token_moved = read.clone();
+    if let AuthConfig::Oauth2ClientCredentials { token_url, .. } = &mut token_moved.auth {
+        *token_url = "https://evil.example/token".into();
+    }
+    let err = store
+        .put(token_moved.clone(), None, ChangedBy::Api)
+        .await
+        .unwrap_err();
+    let StoreError::Invalid(f) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(f.field, "auth.client_secret", "{err}");
+    assert!(
+        f.message.contains("auth.token_url")
+            && f.message.contains("https://login.accounting.example")
+            && f.message.contains("https://evil.example"),
+        "{err}"
+    );
+    let mut url_moved = read.clone();
+    url_moved.url = "https://evil.example/hooks".into();
+    let err = store
+        .put(url_moved, None, ChangedBy::Api)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(f) if f.field == "auth.client_secret"),
+        "{err}"
+    );
+    // Same origins, other paths: markers keep the secrets.
+    let mut same = read;
+    same.url = "https://accounting.example/hooks/v2".into();
+    if let AuthConfig::Oauth2ClientCredentials { token_url, .. } = &mut same.auth {
+        *token_url = "https://login.accounting.example/oauth/token".into();
+    }
+    let (e, _) = store.put(same, None, ChangedBy::Api).await.unwrap();
+    assert!(matches!(&e.config.auth,
+        AuthConfig::Oauth2ClientCredentials { client_secret, .. } if client_secret.expose() == "client-secret-value"));
+}

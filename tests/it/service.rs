@@ -996,6 +996,30 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         SIGNING_SECRET
     );
 
+    // notify_emails without [smtp]: `registry show` warns that no email
+    // will be sent.
+    let mailed = dir.path().join("mailed.toml");
+    std::fs::write(
+        &mailed,
+        "[[registry]]\nid = \"mailed\"\nurl = \"https://mailed.example/hooks\"\nnotify_emails = [\"ops@example.com\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["registry", "apply", "-f", mailed.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    for format in ["json", "toml"] {
+        let (code, out, err) = run(&["registry", "show", "mailed", "--format", format]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            err.contains("warning") && err.contains("notify_emails") && err.contains("[smtp]"),
+            "{format}: {err}"
+        );
+        if format == "json" {
+            serde_json::from_str::<serde_json::Value>(&out).expect("stdout stays JSON");
+        }
+    }
+    let (_, _, err) = run(&["registry", "show", "books"]);
+    assert!(!err.contains("warning"), "{err}");
+
     // Invalid files: exit 2, naming the entry and the field; nothing written.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[registry]]\nid = \"ok\"\nurl = \"https://ok.example\"\n[[registry]]\nid = \"private\"\nurl = \"https://10.0.0.8/hook\"\n").unwrap();
@@ -1045,4 +1069,54 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token"));
+}
+
+/// `nats://user:password@host` credentials never reach the terminal: not
+/// in an error, not in a debug log line, not when the URL is refused.
+#[test]
+fn nats_url_credentials_never_reach_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, "{}\n").unwrap();
+    for url in [
+        "nats://ledger:pw-in-url-1@127.0.0.1:1",
+        "nats://127.0.0.1:1,nats://ledger:pw-in-url-1@127.0.0.1:2",
+        "http://ledger:pw-in-url-1@127.0.0.1:1",
+        "nats://token-in-url-1@127.0.0.1:1",
+    ] {
+        for log in ["info", "trace"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+                .args(["publish", "--nats-url", url])
+                .arg(&events)
+                .env_remove("LEDGERLINE_CONFIG")
+                .env("LEDGERLINE_LOG", log)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{url}: {stderr}");
+            assert!(stderr.contains("127.0.0.1"), "{url}: says where: {stderr}");
+            assert!(
+                !stderr.contains("pw-in-url-1") && !stderr.contains("token-in-url-1"),
+                "{url} ({log}): {stderr}"
+            );
+        }
+    }
+    // A config file that does not parse: where, not the line itself.
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "nats_url = \"nats://ledger:pw-in-file-2@127.0.0.1:1\" oops\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["publish", "--config"])
+        .arg(&config)
+        .arg(&events)
+        .env_remove("LEDGERLINE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 1, column"), "{stderr}");
+    assert!(!stderr.contains("pw-in-file-2"), "{stderr}");
 }
