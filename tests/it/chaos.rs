@@ -110,10 +110,13 @@ enum Action {
 }
 
 /// The registries: `books` delta and signed, `erp` full and unsigned;
-/// short retries so a run ends in about a minute.
+/// short retries, and the shortest lease (a restarted instance waits for
+/// the killed one's lease to expire), so a run ends in about a minute.
 fn registries(base: &str) -> String {
     format!(
         r#"
+lease_ttl = "4s"
+
 [delivery]
 retry_schedule = ["300ms", "1s", "2s"]
 breaker_cool_down = "1s"
