@@ -18,9 +18,12 @@
 //!    order: after a crash JetStream hands out new events at once but the
 //!    dead process's unacknowledged ones only after the ack wait, and an
 //!    order's events must still each get their posting, in order;
-//! 3. applies the event and, for each subscribed registry, publishes the
-//!    posting with `Nats-Msg-Id` = idempotency key and
-//!    `Nats-Expected-Last-Subject-Sequence` = the previous posting's sequence;
+//! 3. plans the event with the engine's one fold ([`OrderBook::plan`], the
+//!    same as `postings`, `verify` and the admin ledger view use) and, for
+//!    each subscribed registry not yet posted, publishes the posting with
+//!    `Nats-Msg-Id` = idempotency key and
+//!    `Nats-Expected-Last-Subject-Sequence` = the previous posting's
+//!    sequence; the book takes the plan only once every posting is stored;
 //! 4. only then acknowledges the event.
 //!
 //! A crash anywhere in between is harmless: the event is redelivered, the
@@ -48,13 +51,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::engine::{ApplyError, OrderBook};
 use crate::events::{Event, OrderId, RejectReason, Rejection, parse_event};
 use crate::lease::Fence;
-use crate::ledger::{LedgerOptions, derive};
-use crate::order::OrderState;
-use crate::posting::{Cursor, Posting, build};
+use crate::ledger::LedgerOptions;
+use crate::posting::{Cursor, Posting};
 use crate::records::StoredPosting;
-use crate::registry::{Registry, RegistryWatch};
+use crate::registry::Registry;
+use crate::registry_store::RegistryWatch;
 use crate::streams::{self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
 
 /// Durable consumer name on ORDERS.
@@ -285,24 +289,23 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
-/// What the aggregator knows of one registry for one order.
-#[derive(Debug, Clone, Default)]
-struct RegState {
-    /// What was posted so far (the last posting's cumulative) and its seq.
-    cursor: Cursor,
+/// Where one registry's postings of one order stand on LEDGER.
+#[derive(Debug, Clone, Copy, Default)]
+struct RegMeta {
     /// LEDGER sequence of the last posting on `ledger.postings.<R>.<O>`.
     subject_seq: u64,
     /// ORDERS sequence of the event of that posting (0: none yet).
     last_src: u64,
 }
 
-/// An order's state plus, per registry, what was posted.
+/// An order's [`OrderBook`] (the engine's: state and cursors) plus where
+/// each registry's postings stand on LEDGER.
 #[derive(Debug, Clone)]
 struct LaneBook {
-    state: OrderState,
+    book: OrderBook,
     /// ORDERS sequence of the last event handled (applied or rejected).
     last_seq: u64,
-    regs: HashMap<String, RegState>,
+    regs: HashMap<String, RegMeta>,
 }
 
 /// A bounded map of books; the oldest-inserted is evicted first.
@@ -461,66 +464,53 @@ impl Lane {
         payload: &[u8],
     ) -> Result<(), LaneError> {
         let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
-        let mut state = lb.state.clone();
-        if let Err(rejection) = state.apply(event) {
-            self.reject(subject, payload, seq, &rejection).await?;
-            lb.last_seq = seq;
-            return Ok(());
+        // Registries added since the book was built: their last postings.
+        for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
+            if !lb.regs.contains_key(r.id()) {
+                let (cursor, meta) = self.load_last(r.id(), &event.order_id).await?;
+                lb.book.cursors.insert(r.id().to_owned(), cursor);
+                lb.regs.insert(r.id().to_owned(), meta);
+            }
         }
-        let ledger = match derive(&state, &self.shared.options.ledger) {
-            Ok(l) => l,
+        // The engine's one fold; registries that posted this event before a
+        // crash (or a redelivery) are left out.
+        let regs = &lb.regs;
+        let planned = lb
+            .book
+            .plan(event, &registries, &self.shared.options.ledger, |id| {
+                regs.get(id).is_some_and(|m| m.last_src >= seq)
+            });
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(ApplyError::Rejected(rejection)) => {
+                self.reject(subject, payload, seq, &rejection).await?;
+                lb.last_seq = seq;
+                return Ok(());
+            }
             Err(bug) => {
                 return Ok(self
                     .internal(subject, payload, seq, event, &bug.to_string(), lb)
                     .await?);
             }
         };
-        // Every posting is built (and its size checked) before any is
-        // published: an event is applied to all its registries or to none.
-        let mut staged = Vec::new();
-        let mut to_publish = Vec::new();
-        for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
-            let reg = match lb.regs.get(r.id()) {
-                Some(reg) => reg.clone(),
-                // A registry added since the book was built.
-                None => self.load_last(r.id(), &event.order_id).await?,
-            };
-            if reg.last_src >= seq {
-                // Posted before a crash (or this is a redelivery).
-                staged.push((r.id().to_owned(), reg));
-                continue;
-            }
-            let (posting, next) = match build(r, event, &ledger, &reg.cursor) {
-                Ok(x) => x,
-                Err(bug) => {
-                    return Ok(self
-                        .internal(subject, payload, seq, event, &bug.to_string(), lb)
-                        .await?);
-                }
-            };
-            if let Err(mut rejection) = crate::posting::check_size(&posting) {
-                rejection.event_id = Some(event.event_id.clone());
-                self.reject(subject, payload, seq, &rejection).await?;
-                lb.last_seq = seq;
-                return Ok(());
-            }
-            to_publish.push((r.id().to_owned(), posting, next, reg.subject_seq));
-        }
-        for (registry_id, posting, next, previous) in to_publish {
-            let subject_seq = self.publish_posting(&posting, seq, previous).await?;
-            metrics::counter!("ledgerline_postings_total", "registry" => registry_id.clone())
+        for posting in &plan.postings {
+            let meta = lb
+                .regs
+                .get(&posting.registry_id)
+                .copied()
+                .unwrap_or_default();
+            let subject_seq = self.publish_posting(posting, seq, meta.subject_seq).await?;
+            metrics::counter!("ledgerline_postings_total", "registry" => posting.registry_id.clone())
                 .increment(1);
-            staged.push((
-                registry_id,
-                RegState {
-                    cursor: next,
+            lb.regs.insert(
+                posting.registry_id.clone(),
+                RegMeta {
                     subject_seq,
                     last_src: seq,
                 },
-            ));
+            );
         }
-        lb.state = state;
-        lb.regs.extend(staged);
+        lb.book.commit(plan);
         lb.last_seq = seq;
         metrics::counter!("ledgerline_events_applied_total").increment(1);
         Ok(())
@@ -542,15 +532,16 @@ impl Lane {
             .ack_floor
             .stream_sequence;
         let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
-        let mut regs = HashMap::new();
-        for r in &registries {
-            regs.insert(r.id().to_owned(), self.load_last(r.id(), order_id).await?);
-        }
         let mut lb = LaneBook {
-            state: OrderState::new(order_id.clone()),
+            book: OrderBook::new(order_id.clone()),
             last_seq: 0,
-            regs,
+            regs: HashMap::new(),
         };
+        for r in &registries {
+            let (cursor, meta) = self.load_last(r.id(), order_id).await?;
+            lb.book.cursors.insert(r.id().to_owned(), cursor);
+            lb.regs.insert(r.id().to_owned(), meta);
+        }
         let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
         let (mut next, mut folded, mut caught_up) = (1, 0u64, 0u64);
         loop {
@@ -577,7 +568,7 @@ impl Lane {
                 // Handled long ago: refused events change nothing, exactly
                 // as when they arrived.
                 Ok(ev) => {
-                    let _ = lb.state.apply(&ev);
+                    let _ = lb.book.state.apply(&ev);
                     folded += 1;
                 }
                 Err(rejection) if m.sequence > ack_floor => {
@@ -594,7 +585,7 @@ impl Lane {
 
     /// What registry `r` was last sent for `order`, from the last posting on
     /// its subject.
-    async fn load_last(&self, r: &str, order: &OrderId) -> Result<RegState, LaneError> {
+    async fn load_last(&self, r: &str, order: &OrderId) -> Result<(Cursor, RegMeta), LaneError> {
         let subject = subjects::postings(r, order.as_str());
         match self
             .shared
@@ -604,14 +595,16 @@ impl Lane {
         {
             Ok(m) => {
                 let stored = parse_stored(&m.payload, &subject, m.sequence)?;
-                Ok(RegState {
-                    cursor: stored.posting.cursor(),
-                    subject_seq: m.sequence,
-                    last_src: stored.source_seq,
-                })
+                Ok((
+                    stored.posting.cursor(),
+                    RegMeta {
+                        subject_seq: m.sequence,
+                        last_src: stored.source_seq,
+                    },
+                ))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                Ok(RegState::default())
+                Ok((Cursor::default(), RegMeta::default()))
             }
             Err(e) => Err(transient("reading the last posting", e).into()),
         }

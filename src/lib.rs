@@ -4,16 +4,19 @@
 //!
 //! # Layout
 //!
-//! The pure core (no I/O, no async), in the order an event flows through it:
+//! The pure core lives in [`domain`] (no I/O, no async: a test keeps tokio,
+//! async-nats, reqwest and axum out of it), in the order an event flows
+//! through it; its modules are re-exported here under their own names:
 //! - [`money`]: currencies, decimal strings, rounding.
 //! - [`events`]: producer messages parsed into typed events, or rejections
 //!   naming the field.
 //! - [`order`]: the fold of an order's events into its state.
 //! - [`ledger`]: an order state's ledger, balanced (SPEC 2).
-//! - [`registry`]: registry configuration and validation (SPEC 3).
+//! - [`registry`]: the registry schema and its validation.
 //! - [`posting`]: a registry's view of the ledger: grouping, ledger codes,
-//!   delta or full postings, idempotency keys (SPEC 4).
-//! - [`engine`]: one event in, every subscribed registry's posting out.
+//!   delta or full postings, idempotency keys, size limit.
+//! - [`engine`]: the one fold: an event planned against an order's book,
+//!   every subscribed registry's posting out.
 //!
 //! Around it:
 //! - [`service`]: `ledgerline run`, the components in one process.
@@ -48,21 +51,15 @@ pub mod aggregator;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
-pub mod engine;
-pub mod events;
+pub mod domain;
 pub mod export;
 pub mod lease;
-pub mod ledger;
-pub mod money;
 pub mod natsd;
 pub mod notify;
 pub mod offline;
-pub mod order;
-pub mod posting;
 pub mod publish;
 pub mod receiver;
 pub mod records;
-pub mod registry;
 pub mod registry_cli;
 pub mod registry_store;
 pub mod secret;
@@ -71,3 +68,5 @@ pub mod signing;
 pub mod streams;
 pub mod tls;
 pub mod verify;
+
+pub use domain::{engine, events, ledger, money, order, posting, registry};

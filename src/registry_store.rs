@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::registry::{
-    AuthConfig, FieldError, Registry, RegistryConfig, RegistrySet, RegistryWatch, TargetPolicy,
+    AuthConfig, FieldError, Registry, RegistryConfig, RegistrySet, TargetPolicy,
 };
 use crate::secret::{Secret, reveal_secrets};
 
@@ -1023,6 +1023,18 @@ pub fn keep_stored_secrets(
         }
     }
     Ok(())
+}
+
+/// A live view of the registries: `borrow()` for the current set,
+/// `changed().await` to wait for the next.
+pub type RegistryWatch = tokio::sync::watch::Receiver<std::sync::Arc<RegistrySet>>;
+
+/// A watch that never changes, for fixed registries (config file, tests).
+pub fn fixed_registries(registries: Vec<Registry>) -> RegistryWatch {
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(RegistrySet::new(registries)));
+    // The receiver keeps the last value after the sender is gone.
+    drop(tx);
+    rx
 }
 
 #[cfg(test)]

@@ -305,7 +305,7 @@ struct ActiveParts {
     settings: Settings,
     components: Vec<Component>,
     dispatcher_options: Option<DispatcherOptions>,
-    registries: crate::registry::RegistryWatch,
+    registries: crate::registry_store::RegistryWatch,
     health: Arc<Health>,
 }
 

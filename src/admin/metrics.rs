@@ -34,7 +34,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::registry::RegistryWatch;
+use crate::registry_store::RegistryWatch;
 use crate::streams::{LEDGER_STREAM, ORDERS_STREAM};
 
 /// How often consumer lag and stream sizes are sampled into gauges.

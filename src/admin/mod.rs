@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ledger::LedgerOptions;
-use crate::registry::RegistryWatch;
 use crate::registry_store::RegistryStore;
+use crate::registry_store::RegistryWatch;
 use crate::secret::Secret;
 
 pub use error::ApiError;

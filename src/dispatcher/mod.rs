@@ -62,7 +62,8 @@ use tracing::{error, info, warn};
 use crate::config::{Settings, SmtpConfig};
 use crate::lease::Fence;
 use crate::notify::{Notifier, NotifyError};
-use crate::registry::{Registry, RegistryWatch, TargetPolicy};
+use crate::registry::{Registry, TargetPolicy};
+use crate::registry_store::RegistryWatch;
 use crate::streams::LEDGER_STREAM;
 
 use self::attempt::Target;

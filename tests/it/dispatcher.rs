@@ -1926,3 +1926,30 @@ async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
     );
     d.stop().await;
 }
+
+/// Reliability defect 2: a read error other than "no message" (NATS gone
+/// mid-read) panicked the worker, the admin API handler or the CLI. It is
+/// an error now, naming what could not be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_delivery_state_with_nats_down_is_an_error_not_a_panic() {
+    let mut nats = support::nats().await;
+    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
+    assert!(
+        ledgerline::dispatcher::state::Progress::load(&ledger, "books", "o-1")
+            .await
+            .is_ok()
+    );
+    nats.server.kill().await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        ledgerline::dispatcher::state::Progress::load(&ledger, "books", "o-1"),
+    )
+    .await
+    .expect("the read gives up");
+    let e = read.expect_err("NATS is down");
+    assert!(
+        e.to_string()
+            .contains("cannot read ledger.registry_data.books.o-1"),
+        "{e}"
+    );
+}

@@ -11,6 +11,7 @@ mod dispatcher;
 mod export;
 mod fence;
 mod golden;
+mod layout;
 mod natsd;
 mod pipeline;
 mod properties;

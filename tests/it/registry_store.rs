@@ -226,7 +226,7 @@ async fn secrets_are_stored_for_the_dispatcher_shown_as_stars_and_kept_by_the_ma
 
 /// Waits until the watch shows what `ok` wants.
 async fn until(
-    w: &mut ledgerline::registry::RegistryWatch,
+    w: &mut ledgerline::registry_store::RegistryWatch,
     what: &str,
     ok: impl Fn(&ledgerline::registry::RegistrySet) -> bool,
 ) {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use ledgerline::config::{Config, Settings};
 use ledgerline::natsd::NatsServer;
-use ledgerline::registry::{RegistrySet, RegistryWatch};
+use ledgerline::registry::RegistrySet;
+use ledgerline::registry_store::RegistryWatch;
 
 /// A running server, a client and a JetStream context with ORDERS and
 /// LEDGER created.
@@ -48,7 +49,7 @@ pub fn settings(server: &NatsServer, toml_text: &str) -> Settings {
 
 /// A registry watch over the settings' registries.
 pub fn watch(settings: &Settings) -> RegistryWatch {
-    ledgerline::registry::fixed_registries(settings.registries.clone())
+    ledgerline::registry_store::fixed_registries(settings.registries.clone())
 }
 
 /// The registry set of the settings.

@@ -43,20 +43,31 @@ impl OrderBook {
         }
     }
 
-    /// Applies `event` and returns one posting per subscribed registry, in
-    /// the order of `registries`. All or nothing.
-    pub fn apply(
-        &mut self,
+    /// What `event` would do to this book, computed without changing it:
+    /// the new state and one posting per subscribed registry (in the order
+    /// of `registries`) except those `posted(registry_id)` says were
+    /// already posted for this event (the aggregator after a crash). All
+    /// or nothing: a refused event, a broken invariant or a posting too
+    /// large to store is an error and plans nothing.
+    ///
+    /// This is the one fold of ledgerline: the aggregator, `postings`,
+    /// `verify` and the admin ledger view all go through it.
+    pub fn plan(
+        &self,
         event: &Event,
         registries: &[Registry],
         opts: &LedgerOptions,
-    ) -> Result<Vec<Posting>, ApplyError> {
+        posted: impl Fn(&str) -> bool,
+    ) -> Result<Plan, ApplyError> {
         let mut state = self.state.clone();
         state.apply(event)?;
         let ledger = derive(&state, opts)?;
         let mut postings = Vec::new();
         let mut cursors = Vec::new();
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
+            if posted(r.id()) {
+                continue;
+            }
             let cursor = self.cursors.get(r.id()).cloned().unwrap_or_default();
             let (posting, next) = build(r, event, &ledger, &cursor)?;
             crate::posting::check_size(&posting).map_err(|mut rejection| {
@@ -66,10 +77,42 @@ impl OrderBook {
             postings.push(posting);
             cursors.push((r.id().to_owned(), next));
         }
-        self.state = state;
-        self.cursors.extend(cursors);
+        Ok(Plan {
+            state,
+            postings,
+            cursors,
+        })
+    }
+
+    /// Makes `plan` (made by [`OrderBook::plan`] on this book) the book's
+    /// state, once its postings are stored.
+    pub fn commit(&mut self, plan: Plan) {
+        self.state = plan.state;
+        self.cursors.extend(plan.cursors);
+    }
+
+    /// Applies `event` and returns one posting per subscribed registry, in
+    /// the order of `registries`. All or nothing.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        registries: &[Registry],
+        opts: &LedgerOptions,
+    ) -> Result<Vec<Posting>, ApplyError> {
+        let plan = self.plan(event, registries, opts, |_| false)?;
+        let postings = plan.postings.clone();
+        self.commit(plan);
         Ok(postings)
     }
+}
+
+/// What an event does to an order book ([`OrderBook::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    state: OrderState,
+    /// The new postings, one per subscribed registry not yet posted.
+    pub postings: Vec<Posting>,
+    cursors: Vec<(String, Cursor)>,
 }
 
 /// Order books for many orders, in memory.

@@ -1084,15 +1084,3 @@ impl RegistrySet {
         self.registries.iter().find(|r| r.id() == id)
     }
 }
-
-/// A live view of the registries: `borrow()` for the current set,
-/// `changed().await` to wait for the next.
-pub type RegistryWatch = tokio::sync::watch::Receiver<std::sync::Arc<RegistrySet>>;
-
-/// A watch that never changes, for fixed registries (config file, tests).
-pub fn fixed_registries(registries: Vec<Registry>) -> RegistryWatch {
-    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(RegistrySet::new(registries)));
-    // The receiver keeps the last value after the sender is gone.
-    drop(tx);
-    rx
-}

@@ -1,0 +1,18 @@
+//! The pure core of ledgerline: what an order event means in money, with
+//! no I/O and nothing async. Everything here is deterministic: the same
+//! events and registries give byte-identical postings, whichever process
+//! computes them (the aggregator, `postings`, `verify`, the admin view).
+//!
+//! The boundary is checked, not just claimed: `tests/it/layout.rs` fails if
+//! a file in this folder names tokio, async-nats, reqwest, axum or hyper.
+//!
+//! In flow order: [`money`] → [`events`] → [`order`] → [`ledger`] →
+//! [`posting`] (with the [`registry`] schema) → [`engine`].
+
+pub mod engine;
+pub mod events;
+pub mod ledger;
+pub mod money;
+pub mod order;
+pub mod posting;
+pub mod registry;
