@@ -4,6 +4,8 @@
 #               nats-server, receivers, the pipeline, out/ledger.csv
 #   make test   install what is missing, then format check, clippy,
 #               cargo deny (licenses, bans, sources), all tests
+#   make chaos  the long form of the chaos test (tests/it/chaos.rs): 3,000
+#               orders, 10 SIGKILLs, 3 nats-server restarts, a failing receiver
 #
 # Pinned external tools (nats-server, bean-check, an SMTP sink, cargo-deny)
 # live in .tools/ (git-ignored), installed by scripts/install-tools.sh.
@@ -15,7 +17,7 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test tools build lint bench clean-tools
+.PHONY: demo test chaos tools build lint bench clean-tools
 
 tools:
 	@scripts/install-tools.sh
@@ -33,6 +35,14 @@ lint: tools
 
 test: tools lint
 	cargo test --locked
+
+# The chaos test's long form; override any of these, e.g. CHAOS_SEED=42.
+CHAOS_ORDERS ?= 3000
+CHAOS_KILLS ?= 10
+CHAOS_NATS_RESTARTS ?= 3
+chaos: tools
+	CHAOS_ORDERS=$(CHAOS_ORDERS) CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_NATS_RESTARTS=$(CHAOS_NATS_RESTARTS) \
+		cargo test --locked --test it chaos -- --nocapture
 
 demo: tools build
 	$(BIN) demo --out out

@@ -6,7 +6,6 @@
 //! depend on the aggregator.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,10 +27,10 @@ use ledgerline::secret::Secret;
 use ledgerline::streams::subjects;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::scripted::{Reply, Scripted, reply};
 use crate::support::{self, Nats};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -206,181 +205,6 @@ async fn sample_receiver(secret: Option<&str>, failure: FailureMode) -> (Receive
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(rx.clone().serve(listener, std::future::pending()));
     (rx, url)
-}
-
-/// A request as the scripted server read it.
-#[derive(Debug, Clone)]
-struct Req {
-    at: Instant,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    fn order(&self) -> String {
-        self.json()["order_id"].as_str().unwrap_or("").to_owned()
-    }
-    fn key(&self) -> String {
-        self.header("idempotency-key").unwrap_or("").to_owned()
-    }
-}
-
-/// What the scripted server does with a request.
-enum Reply {
-    Respond {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: Vec<u8>,
-        delay: Duration,
-    },
-    /// Close the connection with a TCP reset, answering nothing.
-    Reset,
-}
-
-fn reply(status: u16, body: Value) -> Reply {
-    Reply::Respond {
-        status,
-        headers: vec![],
-        body: body.to_string().into_bytes(),
-        delay: Duration::ZERO,
-    }
-}
-
-type Handler = dyn Fn(&Req, &[Req]) -> Reply + Send + Sync;
-
-/// A hand-written HTTP/1.1 server (keep-alive, Content-Length bodies) that
-/// lets a test decide every reply, including resets and hangs.
-struct Scripted {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Req>>>,
-}
-
-impl Scripted {
-    async fn start(handler: impl Fn(&Req, &[Req]) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let log: Arc<Mutex<Vec<Req>>> = Arc::default();
-        let handler: Arc<Handler> = Arc::new(handler);
-        let l = log.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(serve_conn(sock, l.clone(), handler.clone()));
-            }
-        });
-        Self { addr, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Req> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn requests_for(&self, order: &str) -> Vec<Req> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.order() == order)
-            .collect()
-    }
-}
-
-async fn serve_conn(mut sock: TcpStream, log: Arc<Mutex<Vec<Req>>>, handler: Arc<Handler>) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let target = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .unwrap_or("/")
-            .to_owned();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        buf.drain(..head_end + 4);
-        while buf.len() < len {
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Vec<u8> = buf.drain(..len).collect();
-        let req = Req {
-            at: Instant::now(),
-            path: target,
-            headers,
-            body,
-        };
-        let action = {
-            let mut log = log.lock().unwrap();
-            let a = handler(&req, &log);
-            log.push(req);
-            a
-        };
-        match action {
-            Reply::Reset => {
-                let _ = sock.set_zero_linger();
-                return;
-            }
-            Reply::Respond {
-                status,
-                headers,
-                body,
-                delay,
-            } => {
-                tokio::time::sleep(delay).await;
-                let mut out = format!(
-                    "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-                    axum::http::StatusCode::from_u16(status)
-                        .ok()
-                        .and_then(|s| s.canonical_reason())
-                        .unwrap_or("Whatever"),
-                    body.len()
-                );
-                for (n, v) in headers {
-                    out.push_str(&format!("{n}: {v}\r\n"));
-                }
-                out.push_str("\r\n");
-                let mut bytes = out.into_bytes();
-                bytes.extend_from_slice(&body);
-                if sock.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// A local SMTP sink (`aiosmtpd`, installed by `make tools`) writing a

@@ -6,8 +6,7 @@
 //! log line, CLI output, API response or LEDGER record; the `registry` CLI.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -17,6 +16,7 @@ use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
 use ledgerline::service::Component;
 use ledgerline::streams::subjects;
 
+use crate::support::process::{service_config, spawn_run, tail};
 use crate::support::{self, ADMIN_TOKEN, Service, eventually};
 
 const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -658,27 +658,6 @@ fn many_events(orders: usize) -> String {
     out
 }
 
-/// `ledgerline run` as a child process, logging JSON at debug level to
-/// `log` (appended).
-fn spawn_run(config: &Path, log: &Path) -> tokio::process::Child {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("LEDGERLINE_LOG", "debug")
-        .env("LEDGERLINE_LOG_FORMAT", "json")
-        .env_remove("LEDGERLINE_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 /// The admin address the `run` logging to `log` printed, the `nth` time (0:
 /// first start).
 async fn admin_addr(log: &Path, nth: usize) -> String {
@@ -722,12 +701,6 @@ async fn exit_code(child: &mut tokio::process::Child, log: &Path) -> Option<i32>
     }
 }
 
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 fn cli(args: &[&str], config: &Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
         .args(args)
@@ -737,19 +710,6 @@ fn cli(args: &[&str], config: &Path) -> std::process::Output {
         .env("LEDGERLINE_LOG", "debug")
         .output()
         .unwrap()
-}
-
-fn service_config(dir: &Path, nats_url: &str, registries: &str) -> PathBuf {
-    let path = dir.join("ledgerline.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "nats_url = \"{nats_url}\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             allow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{registries}"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 /// A secret as it could appear: itself, or inside base64 (a logged
@@ -782,7 +742,7 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
     let want = support::offline_postings(&settings, &events);
     let mut seen = String::new();
 
-    let mut run = spawn_run(&config, &log);
+    let mut run = spawn_run(&config, &log, "debug");
     let base = format!("http://{}", admin_addr(&log, 0).await);
     let http = crate::support::http_client();
     // Publish in slices, so the service is under load when stopped.
@@ -852,7 +812,7 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
     publisher.await.unwrap();
 
     // Restart: everything arrives, once per posting, in order per order.
-    let mut run = spawn_run(&config, &log);
+    let mut run = spawn_run(&config, &log, "debug");
     let base = format!("http://{}", admin_addr(&log, 1).await);
     let per = |r: &str| want.keys().filter(|(x, _, _)| x == r).count();
     eventually(

@@ -1,5 +1,10 @@
 //! Shared helpers for integration tests: a real nats-server per test, a
-//! connected client with both streams, settings from TOML.
+//! connected client with both streams, settings from TOML; `ledgerline
+//! run` as a child process ([`process`]); a scripted HTTP server that can
+//! answer anything, hang or reset ([`scripted`]).
+
+pub mod process;
+pub mod scripted;
 
 use std::sync::Arc;
 

@@ -1,0 +1,723 @@
+//! The chaos test (issue #10): the demo dataset's orders through `ledgerline
+//! run` as a child process while it is SIGKILLed at random moments,
+//! nats-server is crashed or stopped and restarted, and the receiver fails
+//! at random (500, 503, 429 with Retry-After, replies slower than
+//! `timeout_ms`, connection resets, slow replies; a timeout or reset comes
+//! before or after the receiver booked the posting). Two registries: `books`
+//! (delta, signed) and `erp` (full, unsigned).
+//!
+//! Then it audits from the receiver's side: every posting the offline
+//! engine computes was booked, with the body it computes (registry_data
+//! aside); first bookings per (registry, order) in seq order 1, 2, 3…; one
+//! body per idempotency key; each new posting carrying the registry_data
+//! the receiver answered to the previous one; valid signatures; every
+//! (registry, order) `delivered` in `deliveries list` (none `retrying` with
+//! an overdue next attempt, none dead); each posting stored once.
+//!
+//! Everything random comes from one seed, printed first; `CHAOS_SEED=<n>`
+//! replays the same dataset, failure sequence and chaos schedule (the
+//! interleaving of requests and kills still varies with timing). Sizes:
+//! `CHAOS_ORDERS` (default 400), `CHAOS_KILLS` (5), `CHAOS_NATS_RESTARTS`
+//! (2); `make chaos` runs the long form. On failure the run's directory
+//! (config, `ledgerline run` log) is kept and named.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+use ledgerline::dispatcher::state::{OrderDeliveries, Status};
+use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
+use ledgerline::secret::Secret;
+use ledgerline::streams::subjects;
+
+use crate::support::process::{service_config, spawn_run, tail};
+use crate::support::scripted::{Reply, Req, Scripted};
+use crate::support::{self, Nats};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// `timeout_ms` of both registries; a "timeout" reply comes this much
+/// later plus [`TIMEOUT_EXCESS`].
+const TIMEOUT_MS: u64 = 1_000;
+const TIMEOUT_EXCESS: Duration = Duration::from_millis(500);
+/// Events published per `publish` call.
+const PUBLISH_CHUNK: usize = 50;
+/// A `retrying` row whose next attempt is further in the past than this is
+/// overdue: nothing woke it.
+const OVERDUE_SLACK: Duration = Duration::from_secs(5);
+/// Log filter of the child process (debug would write gigabytes in the long
+/// form).
+const RUN_LOG: &str = "info";
+
+/// Sizes and seed, from the environment.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    seed: u64,
+    orders: usize,
+    kills: usize,
+    nats_restarts: usize,
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}={v:?} is not a whole number: {e}")),
+        Err(_) => default,
+    }
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        Plan {
+            seed: env_number("CHAOS_SEED", rand::random::<u64>()),
+            orders: env_number("CHAOS_ORDERS", 400),
+            kills: env_number("CHAOS_KILLS", 5),
+            nats_restarts: env_number("CHAOS_NATS_RESTARTS", 2),
+        }
+    }
+
+    fn replay(&self) -> String {
+        format!(
+            "CHAOS_SEED={} CHAOS_ORDERS={} CHAOS_KILLS={} CHAOS_NATS_RESTARTS={} cargo test --test it chaos -- --nocapture",
+            self.seed, self.orders, self.kills, self.nats_restarts
+        )
+    }
+
+    /// How long everything may take to arrive once the chaos is over: the
+    /// ack wait of a killed dispatcher (30 s), retries, and the backlog.
+    fn drain_limit(&self) -> Duration {
+        Duration::from_secs(120 + self.orders as u64 / 10)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// SIGKILL `ledgerline run`, start it again.
+    KillRun,
+    /// Crash (SIGKILL) or stop nats-server, start it again.
+    RestartNats,
+}
+
+/// The registries: `books` delta and signed, `erp` full and unsigned;
+/// short retries, and the shortest lease (a restarted instance waits for
+/// the killed one's lease to expire), so a run ends in about a minute.
+fn registries(base: &str) -> String {
+    format!(
+        r#"
+lease_ttl = "4s"
+
+[delivery]
+retry_schedule = ["300ms", "1s", "2s"]
+breaker_cool_down = "1s"
+
+[[registry]]
+id = "books"
+url = "{base}/books"
+event_types = ["*"]
+posting_mode = "delta"
+signing_secret = "{SECRET}"
+timeout_ms = {TIMEOUT_MS}
+max_attempts = 100
+rate_limit_per_s = 2000
+
+[[registry]]
+id = "erp"
+url = "{base}/erp"
+posting_mode = "full"
+group_by = ["currency", "product_id"]
+timeout_ms = {TIMEOUT_MS}
+max_attempts = 100
+rate_limit_per_s = 2000
+"#
+    )
+}
+
+// ------------------------------------------------------------ the receiver
+
+/// What the receiver does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    Ok,
+    /// Books, answers after 50–600 ms (within the timeout).
+    Slow,
+    Status500,
+    Status503,
+    /// 429 with `Retry-After: 1`.
+    TooMany,
+    /// Books, answers after the timeout (the answer is lost).
+    TimeoutBooked,
+    /// Answers 500 after the timeout, without booking.
+    TimeoutLost,
+    /// Books, then resets the connection.
+    ResetBooked,
+    /// Resets the connection without booking.
+    ResetLost,
+}
+
+impl Fate {
+    /// Weights out of 100: about a third of the requests fail.
+    const WEIGHTS: [(Fate, u32); 9] = [
+        (Fate::Ok, 60),
+        (Fate::Slow, 10),
+        (Fate::Status500, 6),
+        (Fate::Status503, 6),
+        (Fate::TooMany, 6),
+        (Fate::TimeoutBooked, 3),
+        (Fate::TimeoutLost, 3),
+        (Fate::ResetBooked, 3),
+        (Fate::ResetLost, 3),
+    ];
+
+    fn pick(rng: &mut ChaCha8Rng) -> Fate {
+        let mut n = rng.random_range(0..100u32);
+        for (fate, w) in Self::WEIGHTS {
+            if n < w {
+                return fate;
+            }
+            n -= w;
+        }
+        Fate::Ok
+    }
+
+    fn books(self) -> bool {
+        matches!(
+            self,
+            Fate::Ok | Fate::Slow | Fate::TimeoutBooked | Fate::ResetBooked
+        )
+    }
+}
+
+/// One (registry, order) journal of the receiver.
+#[derive(Default)]
+struct Journal {
+    revision: u64,
+    /// What it answered to the last posting booked (`{}` before any).
+    last_answer: Value,
+}
+
+/// The receiver's books, kept under one lock.
+struct Books {
+    rng: ChaCha8Rng,
+    signing_key: Vec<u8>,
+    journals: HashMap<(String, String), Journal>,
+    /// Idempotency key → the answer given when it was booked.
+    answers: HashMap<String, Value>,
+    /// Idempotency key → (registry, the first body received).
+    bodies: HashMap<String, (String, Vec<u8>)>,
+    /// First bookings in the order they happened: (registry, key).
+    booked: Vec<(String, String)>,
+    fates: BTreeMap<Fate, u64>,
+    problems: Vec<String>,
+}
+
+impl Books {
+    fn handle(&mut self, req: &Req) -> Reply {
+        let registry = req.path.trim_start_matches('/').to_owned();
+        let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+            self.problems
+                .push(format!("{registry}: a body that is not JSON"));
+            return respond(400, json!({"message": "not JSON"}), Duration::ZERO);
+        };
+        let key = body["idempotency_key"].as_str().unwrap_or("").to_owned();
+        let order = body["order_id"].as_str().unwrap_or("").to_owned();
+        if req.header("idempotency-key") != Some(key.as_str()) {
+            self.problems.push(format!(
+                "{registry}/{order}: idempotency-key header {:?} is not the body's {key:?}",
+                req.header("idempotency-key")
+            ));
+        }
+        if registry == "books" && !self.signature_ok(req) {
+            self.problems
+                .push(format!("{registry}/{order}: bad signature on {key}"));
+        }
+        match self.bodies.get(&key) {
+            None => {
+                self.bodies
+                    .insert(key.clone(), (registry.clone(), req.body.clone()));
+            }
+            Some((r, first)) if *r != registry || *first != req.body => {
+                self.problems.push(format!(
+                    "{registry}/{order}: key {key} came with two bodies (or registries)"
+                ));
+            }
+            Some(_) => {}
+        }
+        let fate = Fate::pick(&mut self.rng);
+        *self.fates.entry(fate).or_default() += 1;
+        let answer = fate
+            .books()
+            .then(|| self.book(&registry, &order, &key, &body["registry_data"]));
+        let slow = Duration::from_millis(self.rng.random_range(50..600));
+        let late = Duration::from_millis(TIMEOUT_MS) + TIMEOUT_EXCESS;
+        let refusal = json!({"status": "0", "message": "simulated failure"});
+        match (fate, answer) {
+            (Fate::Ok, Some(a)) => respond(200, a, Duration::ZERO),
+            (Fate::Slow, Some(a)) => respond(200, a, slow),
+            (Fate::TimeoutBooked, Some(a)) => respond(200, a, late),
+            (Fate::TimeoutLost, _) => respond(500, refusal, late),
+            (Fate::Status503, _) => respond(503, refusal, Duration::ZERO),
+            (Fate::TooMany, _) => Reply::Respond {
+                status: 429,
+                headers: vec![("retry-after", "1".to_owned())],
+                body: refusal.to_string().into_bytes(),
+                delay: Duration::ZERO,
+            },
+            (Fate::ResetBooked | Fate::ResetLost, _) => Reply::Reset,
+            _ => respond(500, refusal, Duration::ZERO),
+        }
+    }
+
+    fn signature_ok(&self, req: &Req) -> bool {
+        let (Some(id), Some(ts), Some(sig)) = (
+            req.header("webhook-id"),
+            req.header("webhook-timestamp").and_then(|t| t.parse().ok()),
+            req.header("webhook-signature"),
+        ) else {
+            return false;
+        };
+        ledgerline::signing::verify(&self.signing_key, id, ts, &req.body, sig)
+    }
+
+    /// Books a posting: the same answer for a key booked before; otherwise
+    /// checks the chain and answers the next revision.
+    fn book(&mut self, registry: &str, order: &str, key: &str, registry_data: &Value) -> Value {
+        if let Some(a) = self.answers.get(key) {
+            return a.clone();
+        }
+        let journal = self
+            .journals
+            .entry((registry.to_owned(), order.to_owned()))
+            .or_insert_with(|| Journal {
+                revision: 0,
+                last_answer: json!({}),
+            });
+        if *registry_data != journal.last_answer {
+            self.problems.push(format!(
+                "{registry}/{order}: registry_data chain broken at revision {}: got {registry_data}, answered {}",
+                journal.revision + 1,
+                journal.last_answer
+            ));
+        }
+        journal.revision += 1;
+        let answer =
+            json!({"journal_id": format!("{registry}-{order}"), "revision": journal.revision});
+        journal.last_answer = answer.clone();
+        self.answers.insert(key.to_owned(), answer.clone());
+        self.booked.push((registry.to_owned(), key.to_owned()));
+        answer
+    }
+}
+
+fn respond(status: u16, body: Value, delay: Duration) -> Reply {
+    Reply::Respond {
+        status,
+        headers: vec![],
+        body: body.to_string().into_bytes(),
+        delay,
+    }
+}
+
+/// The chaos receiver: a scripted server whose handler is [`Books`].
+struct ChaosReceiver {
+    server: Scripted,
+    books: Arc<Mutex<Books>>,
+}
+
+impl ChaosReceiver {
+    async fn start(seed: u64) -> Self {
+        let books = Arc::new(Mutex::new(Books {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            signing_key: ledgerline::signing::decode_secret(&Secret::new(SECRET)).unwrap(),
+            journals: HashMap::new(),
+            answers: HashMap::new(),
+            bodies: HashMap::new(),
+            booked: Vec::new(),
+            fates: BTreeMap::new(),
+            problems: Vec::new(),
+        }));
+        let b = books.clone();
+        let server = Scripted::start(move |req, _| b.lock().unwrap().handle(req)).await;
+        Self { server, books }
+    }
+
+    fn booked(&self) -> usize {
+        self.books.lock().unwrap().booked.len()
+    }
+}
+
+// ---------------------------------------------------------------- expected
+
+/// A posting as the offline engine computes it.
+struct Want {
+    registry: String,
+    order: String,
+    seq: u64,
+    body: Value,
+}
+
+/// Idempotency key → the posting, and the number of (registry, order).
+fn expected(
+    settings: &ledgerline::config::Settings,
+    events: &str,
+) -> (HashMap<String, Want>, usize) {
+    let all = support::offline_postings(settings, events);
+    let pairs = all
+        .keys()
+        .map(|(r, o, _)| (r, o))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let want = all
+        .iter()
+        .map(|((registry, order, seq), body)| {
+            (
+                body["idempotency_key"].as_str().unwrap().to_owned(),
+                Want {
+                    registry: registry.clone(),
+                    order: order.clone(),
+                    seq: *seq,
+                    body: body.clone(),
+                },
+            )
+        })
+        .collect();
+    (want, pairs)
+}
+
+// ------------------------------------------------------------------- chaos
+
+/// Publishes `events` in chunks spread over `over`, retrying a chunk while
+/// nats-server is down (publishing is idempotent: `Nats-Msg-Id`).
+fn publish_slowly(
+    client: async_nats::Client,
+    events: Vec<String>,
+    over: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let chunks: Vec<String> = events.chunks(PUBLISH_CHUNK).map(|c| c.join("\n")).collect();
+        let pause = over / chunks.len().max(1) as u32;
+        for chunk in chunks {
+            let started = Instant::now();
+            while let Err(e) = ledgerline::publish::publish(
+                &client,
+                "orders",
+                "chaos",
+                chunk.as_bytes(),
+                |_| {},
+                |_| {},
+            )
+            .await
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "publishing failed for a minute: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// Every (registry, order) as `deliveries list` shows it.
+async fn deliveries(nats: &Nats) -> Result<Vec<OrderDeliveries>, String> {
+    list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Pending and ack-pending messages of a registry's dispatcher consumer.
+async fn consumer_pending(nats: &Nats, registry: &str) -> String {
+    let info = async {
+        let stream = nats
+            .js
+            .get_stream(ledgerline::streams::LEDGER_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumer = stream
+            .get_consumer::<pull::Config>(&format!(
+                "{}{registry}",
+                ledgerline::dispatcher::CONSUMER_PREFIX
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = consumer.info().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(format!(
+            "{} pending, {} ack-pending",
+            i.num_pending, i.num_ack_pending
+        ))
+    };
+    info.await.unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// What is wrong with the (registry, order) rows, one line each (at most a
+/// few per kind).
+fn undelivered(rows: &[OrderDeliveries], pairs: usize) -> Vec<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    if rows.len() != pairs {
+        out.push(format!(
+            "deliveries list shows {} (registry, order), the offline engine {pairs}",
+            rows.len()
+        ));
+    }
+    let mut shown: HashMap<&str, usize> = HashMap::new();
+    for r in rows.iter().filter(|r| r.status != Status::Delivered) {
+        let overdue = r.status == Status::Retrying
+            && r.next_attempt_at.is_some_and(|t| t + OVERDUE_SLACK < now);
+        let kind = if overdue {
+            "retrying with an overdue next attempt"
+        } else {
+            r.status.as_str()
+        };
+        let n = shown.entry(kind).or_default();
+        *n += 1;
+        if *n <= 5 {
+            out.push(format!(
+                "{}/{}: {kind} ({} of {} delivered, seq {:?}, {} attempts, next {:?}, last error {:?})",
+                r.registry_id,
+                r.order_id,
+                r.delivered,
+                r.postings,
+                r.failing_seq,
+                r.attempts,
+                r.next_attempt_at,
+                r.last_error
+            ));
+        }
+    }
+    for (kind, n) in shown {
+        out.push(format!("{n} (registry, order) {kind} in all"));
+    }
+    out
+}
+
+/// The receiver-side audit: everything wrong, one line each.
+fn audit_books(books: &Books, want: &HashMap<String, Want>) -> Vec<String> {
+    let mut problems: Vec<String> = books.problems.iter().take(20).cloned().collect();
+    if books.problems.len() > 20 {
+        problems.push(format!(
+            "… {} receiver problems in all",
+            books.problems.len()
+        ));
+    }
+    let missing: Vec<&Want> = want
+        .iter()
+        .filter(|(k, _)| !books.answers.contains_key(*k))
+        .map(|(_, w)| w)
+        .collect();
+    if !missing.is_empty() {
+        let some: Vec<String> = missing
+            .iter()
+            .take(10)
+            .map(|w| format!("{}/{} seq {}", w.registry, w.order, w.seq))
+            .collect();
+        problems.push(format!(
+            "{} of {} postings never booked, e.g. {some:?}",
+            missing.len(),
+            want.len()
+        ));
+    }
+    // First bookings per (registry, order): seq 1, 2, 3…, each with the
+    // body the engine computes (registry_data aside).
+    let mut next: HashMap<(&str, &str), u64> = HashMap::new();
+    for (registry, key) in &books.booked {
+        let Some(w) = want.get(key) else {
+            problems.push(format!(
+                "{registry}: booked {key}, which the engine never made"
+            ));
+            continue;
+        };
+        if w.registry != *registry {
+            problems.push(format!(
+                "{registry}: booked {key} of registry {}",
+                w.registry
+            ));
+        }
+        let n = next.entry((&w.registry, &w.order)).or_insert(1);
+        if w.seq != *n {
+            problems.push(format!(
+                "{}/{}: seq {} booked when seq {n} was next",
+                w.registry, w.order, w.seq
+            ));
+        }
+        *n = w.seq + 1;
+        let mut got: Value = serde_json::from_slice(&books.bodies[key].1).unwrap_or_default();
+        let mut expected = w.body.clone();
+        got["registry_data"] = Value::Null;
+        expected["registry_data"] = Value::Null;
+        if got != expected {
+            problems.push(format!(
+                "{}/{} seq {}: body differs from the engine's\n got  {got}\n want {expected}",
+                w.registry, w.order, w.seq
+            ));
+        }
+    }
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiver_failures() {
+    let plan = Plan::from_env();
+    eprintln!("chaos: {plan:?}\nchaos: replay with {}", plan.replay());
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+    let mut nats = support::nats().await;
+    let rx = ChaosReceiver::start(rng.random()).await;
+    let registries = registries(&rx.server.url(""));
+    let dir = tempfile::Builder::new()
+        .prefix("ledgerline-chaos-")
+        .tempdir()
+        .unwrap();
+    let config = service_config(dir.path(), &nats.server.url(), &registries);
+    let log = dir.path().join("run.log");
+    let settings = support::settings(&nats.server, &registries);
+    let events = ledgerline::demo::dataset::generate(plan.orders, rng.random());
+    let (want, pairs) = expected(&settings, &events.join("\n"));
+    eprintln!(
+        "chaos: {} orders, {} events, {} postings to {pairs} (registry, order)",
+        plan.orders,
+        events.len(),
+        want.len()
+    );
+
+    // The schedule: kills and NATS restarts in random order, 2–6 s apart;
+    // the events published until the last one, so all the others strike
+    // under load.
+    let mut actions: Vec<Action> = std::iter::repeat_n(Action::KillRun, plan.kills)
+        .chain(std::iter::repeat_n(Action::RestartNats, plan.nats_restarts))
+        .collect();
+    actions.shuffle(&mut rng);
+    let schedule: Vec<(Duration, Action)> = actions
+        .into_iter()
+        .map(|a| (Duration::from_millis(rng.random_range(2_000..6_000)), a))
+        .collect();
+    let window: Duration = schedule.iter().map(|(d, _)| *d).sum();
+    let last_wait = schedule.last().map_or(Duration::ZERO, |(d, _)| *d);
+
+    let mut run = spawn_run(&config, &log, RUN_LOG);
+    let publisher = publish_slowly(nats.client.clone(), events, window - last_wait);
+    let mut under_load = 0;
+    for (i, (wait, action)) in schedule.into_iter().enumerate() {
+        tokio::time::sleep(wait).await;
+        let booked = rx.booked();
+        if booked < want.len() {
+            under_load += 1;
+        }
+        match action {
+            Action::KillRun => {
+                run.start_kill().unwrap();
+                run.wait().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+                run = spawn_run(&config, &log, RUN_LOG);
+            }
+            Action::RestartNats => {
+                if rng.random_bool(0.5) {
+                    nats.server.kill().await;
+                } else {
+                    nats.server.stop().await;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_500))).await;
+                nats.server.restart().await.expect("nats-server restarts");
+            }
+        }
+        eprintln!(
+            "chaos: {:>5.1} s  #{i} {action:?} with {booked} of {} booked",
+            started.elapsed().as_secs_f64(),
+            want.len()
+        );
+    }
+    publisher.await.unwrap();
+    eprintln!(
+        "chaos: {:.1} s  chaos over, all published; draining",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Drain: every posting booked and every (registry, order) delivered.
+    let deadline = Instant::now() + plan.drain_limit();
+    let rows = loop {
+        if rx.booked() >= want.len()
+            && let Ok(rows) = deliveries(&nats).await
+            && undelivered(&rows, pairs).is_empty()
+        {
+            break rows;
+        }
+        if Instant::now() > deadline {
+            break deliveries(&nats).await.unwrap_or_else(|e| {
+                eprintln!("chaos: deliveries list failed: {e}");
+                Vec::new()
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let elapsed = started.elapsed();
+
+    // The audit.
+    let mut problems = {
+        let books = rx.books.lock().unwrap();
+        eprintln!(
+            "chaos: {:.1} s  {} requests, fates {:?}",
+            elapsed.as_secs_f64(),
+            books.fates.values().sum::<u64>(),
+            books.fates
+        );
+        let mut p = audit_books(&books, &want);
+        for (fate, _) in Fate::WEIGHTS {
+            if plan.orders >= 100 && !books.fates.contains_key(&fate) {
+                p.push(format!("the receiver never chose {fate:?}"));
+            }
+        }
+        p
+    };
+    if under_load + 1 < plan.kills + plan.nats_restarts {
+        problems.push(format!(
+            "only {under_load} of {} kills and restarts struck before everything was booked",
+            plan.kills + plan.nats_restarts
+        ));
+    }
+    problems.extend(undelivered(&rows, pairs));
+    let stored = support::count_ledger(&nats.js, subjects::POSTINGS_ALL).await;
+    if stored != want.len() as u64 {
+        problems.push(format!(
+            "LEDGER holds {stored} postings, the engine made {}",
+            want.len()
+        ));
+    }
+    if !problems.is_empty() {
+        for r in ["books", "erp"] {
+            problems.push(format!(
+                "consumer of {r}: {}",
+                consumer_pending(&nats, r).await
+            ));
+        }
+        fail(&plan, dir, &log, &problems);
+    }
+    eprintln!(
+        "chaos: passed in {:.1} s (seed {})",
+        elapsed.as_secs_f64(),
+        plan.seed
+    );
+}
+
+/// Keeps the run's directory and fails with every problem and the seed.
+fn fail(plan: &Plan, mut dir: tempfile::TempDir, log: &Path, problems: &[String]) -> ! {
+    dir.disable_cleanup(true);
+    panic!(
+        "chaos test failed (seed {}); replay: {}\nrun log kept in {}; its tail:\n{}\n\nproblems:\n- {}",
+        plan.seed,
+        plan.replay(),
+        log.display(),
+        tail(log, 15),
+        problems.join("\n- ")
+    );
+}
