@@ -15,39 +15,7 @@ use ledgerline::records::StoredPosting;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::support;
-
-/// `ledgerline run --only aggregator,dispatcher` as a child process.
-struct Instance {
-    child: std::process::Child,
-}
-
-impl Instance {
-    fn start(config: &Path, log: &Path) -> Self {
-        let log = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-            .args(["run", "--only", "aggregator,dispatcher", "--config"])
-            .arg(config)
-            .env("LEDGERLINE_LOG", "info,async_nats=warn")
-            .env("LEDGERLINE_LOG_FORMAT", "text")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::support::{self, process};
 
 fn event(order: &str, version: u64, adults: u32) -> String {
     json!({
@@ -108,15 +76,11 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
     };
     let settings = support::settings(&nats.server, &registries);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ledgerline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "nats_url = \"{}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\nlease_ttl = \"4s\"\n{registries}",
-            nats.server.url()
-        ),
-    )
-    .unwrap();
+    let config = process::service_config(
+        dir.path(),
+        &nats.server.url(),
+        &format!("lease_ttl = \"4s\"\n{registries}"),
+    );
 
     // What one instance would write: the offline engine over the same events.
     let mut events = Vec::new();
@@ -139,12 +103,12 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
     }
 
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = Instance::start(&config, &log_a);
+    let mut a = process::spawn_run(&config, &log_a, "info,async_nats=warn");
     wait_until("A active", Duration::from_secs(20), || {
         std::fs::read_to_string(&log_a).is_ok_and(|l| l.contains("lease acquired"))
     })
     .await;
-    let _b = Instance::start(&config, &log_b);
+    let _b = process::spawn_run(&config, &log_b, "info,async_nats=warn");
     wait_until("B standing by", Duration::from_secs(20), || {
         std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("waiting as a standby"))
     })
@@ -166,7 +130,7 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
         delivered() >= total / 3
     })
     .await;
-    a.kill();
+    a.kill().await.unwrap();
     let killed_at = Instant::now();
     wait_until("B takes over", Duration::from_secs(30), || {
         std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("lease acquired"))
