@@ -3,6 +3,8 @@
 #   make demo   install what is missing, build (release), run the demo:
 #               nats-server, receivers, the pipeline, out/ledger.csv
 #   make test   install what is missing, then format check, clippy, all tests
+#   make fuzz   cargo-fuzz: each target for FUZZ_SECONDS (not part of `make test`;
+#               docs/fuzzing.md)
 #
 # Pinned external tools (nats-server, bean-check, an SMTP sink) live in
 # .tools/ (git-ignored), installed by scripts/install-tools.sh.
@@ -14,7 +16,7 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test tools build lint bench clean-tools
+.PHONY: demo test tools build lint bench clean-tools fuzz fuzz-cmin fuzz-tools
 
 tools:
 	@scripts/install-tools.sh
@@ -37,3 +39,34 @@ bench: tools
 
 clean-tools:
 	rm -rf .tools
+
+# Fuzzing with cargo-fuzz (libFuzzer). Stable Rust: RUSTC_BOOTSTRAP=1 lets it
+# use the nightly flags it needs. Each target runs FUZZ_SECONDS, one after
+# the other; new inputs go to fuzz/work/<target> (git-ignored), the committed
+# corpus fuzz/corpus/<target> is only read. `make fuzz-cmin` folds what a run
+# found back into the committed corpus, minimized. See docs/fuzzing.md.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= events config records
+FUZZ_TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)-fuzz,fuzz/target)
+FUZZ = RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_BUILD_FLAGS = -s none --target-dir $(FUZZ_TARGET_DIR)
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2 --root .tools
+
+fuzz: fuzz-tools
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/corpus/$$t; \
+	  case $$t in events) len=32768;; *) len=8192;; esac; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  nice -n 10 $(FUZZ) run $(FUZZ_BUILD_FLAGS) $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    -dict=fuzz/dicts/$$t.dict -max_len=$$len \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
+
+fuzz-cmin: fuzz-tools
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/corpus/$$t; \
+	  cp -n fuzz/work/$$t/* fuzz/corpus/$$t/ 2>/dev/null || true; \
+	  $(FUZZ) cmin $(FUZZ_BUILD_FLAGS) $$t fuzz/corpus/$$t -- -use_counters=0; \
+	done
