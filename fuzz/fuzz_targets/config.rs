@@ -45,8 +45,8 @@ fn config_toml(text: &str) {
     let again = config.clone();
     match config.validate() {
         Ok(settings) => {
-            let written = reveal_secrets(|| toml::to_string(&again))
-                .expect("a parsed config serialises");
+            let written =
+                reveal_secrets(|| toml::to_string(&again)).expect("a parsed config serialises");
             let back = Config::from_toml_with_env(&written, "fuzz.toml", Vec::new())
                 .unwrap_or_else(|e| panic!("written config does not parse: {e}\n{written}"));
             assert_eq!(back, again, "config changed when written back");
@@ -77,14 +77,14 @@ fn registry_json(bytes: &[u8]) {
         obj.remove(k);
     }
     obj.remove("revision");
-    let mut config =
-        match serde_path_to_error::deserialize::<_, RegistryConfig>(Value::Object(obj)) {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(!e.inner().to_string().is_empty());
-                return;
-            }
-        };
+    let mut config = match serde_path_to_error::deserialize::<_, RegistryConfig>(Value::Object(obj))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!e.inner().to_string().is_empty());
+            return;
+        }
+    };
     // The redaction marker: kept from a stored copy, refused with none.
     let stored = config.clone();
     if let Err(e) = keep_stored_secrets(&mut config, None) {

@@ -35,30 +35,32 @@ use ledgerline::records::{
 
 /// An event, its order's ledger and two registries (delta and full mode)
 /// to build a next posting with.
-static NEXT: LazyLock<(ledgerline::events::Event, ledgerline::ledger::Ledger, Vec<Registry>)> =
-    LazyLock::new(|| {
-        let event = parse_event(
+static NEXT: LazyLock<(
+    ledgerline::events::Event,
+    ledgerline::ledger::Ledger,
+    Vec<Registry>,
+)> = LazyLock::new(|| {
+    let event = parse_event(
             br#"{"event_id":"e9","type":"order.updated","order_id":"ord-1","occurred_at":"2026-11-22T10:00:00Z","order":{"version":9,"currency":"EUR","channel":"web","prices_include_tax":true,"line_items":[{"id":"l1","product_id":"p","option_id":"o","unit_type":"adult","description":"Adult Ticket","quantity":2,"unit_price":"11.60","discount":"0.00","tax_rate":"0.16"}],"fees":[],"payments":[{"payment_id":"pay-1","method":"card","amount":"5.00","currency":"EUR"}]}}"#,
             None,
         )
         .expect("a fixed, valid event");
-        let mut state = OrderState::new(event.order_id.clone());
-        state.apply(&event).expect("a fixed, valid event");
-        let ledger = derive(&state, &LedgerOptions::default()).expect("a fixed, valid order");
-        let registries = ["", "posting_mode = \"full\"\n"]
-            .iter()
-            .map(|extra| {
-                let text = format!(
-                    "id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{extra}"
-                );
-                let config: RegistryConfig = toml::from_str(&text).expect("a fixed registry");
-                config
-                    .validate(&TargetPolicy::default())
-                    .expect("a fixed registry")
-            })
-            .collect();
-        (event, ledger, registries)
-    });
+    let mut state = OrderState::new(event.order_id.clone());
+    state.apply(&event).expect("a fixed, valid event");
+    let ledger = derive(&state, &LedgerOptions::default()).expect("a fixed, valid order");
+    let registries = ["", "posting_mode = \"full\"\n"]
+        .iter()
+        .map(|extra| {
+            let text =
+                format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{extra}");
+            let config: RegistryConfig = toml::from_str(&text).expect("a fixed registry");
+            config
+                .validate(&TargetPolicy::default())
+                .expect("a fixed registry")
+        })
+        .collect();
+    (event, ledger, registries)
+});
 
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     line: &[u8],
