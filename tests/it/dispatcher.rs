@@ -1729,4 +1729,3 @@ token = "bearer-secret-value-5"
     assert_no_secret(&logs, &secrets, "the dispatcher's logs");
     assert_no_secret(&ledger_text(&nats).await, &secrets, "LEDGER");
 }
-
