@@ -473,10 +473,11 @@ mod tests {
         build(&registry, &event, &ledger, &Cursor { seq, posted }).is_ok()
     }
 
-    /// Found with the `records` fuzz target (an input made for its harness): a cursor read back from a stored
-    /// posting (after an aggregator restart) with seq `u64::MAX` or totals
-    /// near the limits of `Decimal`/`i64` made `build` panic ("attempt to
-    /// add with overflow", "Subtraction overflowed"), killing the lane.
+    /// Found with the `records` fuzz target (an input made for its
+    /// harness): a cursor read back from a stored posting (after an
+    /// aggregator restart) with seq `u64::MAX` or totals near the limits of
+    /// `Decimal`/`i64` made `build` panic ("attempt to add with overflow",
+    /// "Subtraction overflowed"), killing the lane.
     #[test]
     fn a_cursor_out_of_range_is_refused_not_a_panic() {
         assert!(next_of(vec![], 1), "the fixture builds");
@@ -495,8 +496,9 @@ mod tests {
         assert!(!next_of(vec![a, b], 1), "reversals whose sum overflows");
     }
 
-    /// Found with the `records` fuzz target (an input made for its harness): the totals of a stored posting
-    /// (`export`, `verify`) panicked when its amounts overflow a `Decimal`.
+    /// Found with the `records` fuzz target (an input made for its
+    /// harness): the totals of a stored posting (`export`, `verify`)
+    /// panicked when its amounts overflow a `Decimal`.
     #[test]
     fn totals_of_a_posting_out_of_range_do_not_panic() {
         let mut a = g("A", 0, 0);

@@ -407,9 +407,10 @@ mod tests {
         assert_eq!((s.status, s.held), (Status::Dead, 3));
     }
 
-    /// Found with the `records` fuzz target (an input made for its harness): counters read from LEDGER at
-    /// their maximum (a corrupt or hostile record) overflowed (a panic in
-    /// debug builds, a wrap to posting 0 / attempt 0 in release).
+    /// Found with the `records` fuzz target (an input made for its
+    /// harness): counters read from LEDGER at their maximum (a corrupt or
+    /// hostile record) overflowed (a panic in debug builds, a wrap to
+    /// posting 0 / attempt 0 in release).
     #[test]
     fn counters_at_their_maximum_do_not_overflow() {
         let p = progress(
