@@ -6,6 +6,8 @@
 #               cargo deny (licenses, bans, sources), all tests
 #   make chaos  the long form of the chaos test (tests/it/chaos.rs): 3,000
 #               orders, 10 SIGKILLs, 3 nats-server restarts, a failing receiver
+#   make fuzz   cargo-fuzz: each target for FUZZ_SECONDS (not part of `make test`;
+#               docs/fuzzing.md)
 #
 # Pinned external tools (nats-server, bean-check, an SMTP sink, cargo-deny)
 # live in .tools/ (git-ignored), installed by scripts/install-tools.sh.
@@ -17,7 +19,7 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test chaos tools build lint bench clean-tools
+.PHONY: demo test chaos tools build lint bench clean-tools fuzz fuzz-cmin fuzz-tools
 
 tools:
 	@scripts/install-tools.sh
@@ -52,3 +54,42 @@ bench: tools
 
 clean-tools:
 	rm -rf .tools
+
+# Fuzzing with cargo-fuzz (libFuzzer). Stable Rust: RUSTC_BOOTSTRAP=1 lets it
+# use the nightly flags it needs. Each target runs FUZZ_SECONDS, one after
+# the other; new inputs go to fuzz/work/<target> (git-ignored), the committed
+# corpus fuzz/corpus/<target> is only read. `make fuzz-cmin` folds what a run
+# found back into the committed corpus, cut to FUZZ_CORPUS_MAX inputs per
+# target. See docs/fuzzing.md.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= events config records
+# Inputs kept per target in the committed corpus (the ones covering most edges).
+FUZZ_CORPUS_MAX ?= 80
+FUZZ_TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)-fuzz,fuzz/target)
+FUZZ = env RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_BUILD_FLAGS = -s none --target-dir $(FUZZ_TARGET_DIR)
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2 --root .tools
+
+fuzz: fuzz-tools
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/corpus/$$t; \
+	  case $$t in events) len=32768;; *) len=8192;; esac; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  nice -n 10 $(FUZZ) run $(FUZZ_BUILD_FLAGS) $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    -dict=fuzz/dicts/$$t.dict -max_len=$$len \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
+
+fuzz-cmin: fuzz-tools
+	@set -e; host=$$(rustc -vV | sed -n 's/^host: //p'); \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/corpus/$$t; \
+	  $(FUZZ) build $(FUZZ_BUILD_FLAGS) $$t; \
+	  tmp=$$(mktemp -d); \
+	  $(FUZZ_TARGET_DIR)/$$host/release/$$t -merge=1 -use_counters=0 -max_len=32768 \
+	    -merge_control_file=$$tmp/control $$tmp fuzz/corpus/$$t fuzz/work/$$t; \
+	  python3 scripts/fuzz-corpus-cut.py $$tmp/control fuzz/corpus/$$t $(FUZZ_CORPUS_MAX); \
+	  rm -rf $$tmp; \
+	done

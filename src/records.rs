@@ -129,3 +129,27 @@ pub enum ControlRecord {
         at: OffsetDateTime,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `cargo fuzz run records` (fuzz/corpus/records/…c440f514):
+    /// a receiver's registry_data with an integer beyond u64 is kept as an
+    /// f64, and serde_json's default float parser did not read back what
+    /// it wrote (1.8446744407370952e21 became …954e21), so the stored
+    /// record, and the registry_data sent back, changed on every write and
+    /// read.
+    #[test]
+    fn registry_data_reads_back_what_was_written() {
+        let payload = br#"{"registry_id": "r", "order_id": "ord-0", "seq": 1,
+            "idempotency_key": "6f1c2d3e-0000-5000-8000-000000000001",
+            "registry_data": {"lines": [1, 1844674440737095516152, 0.1, 5e-324, 1.7976931348623157e308]},
+            "received_at": "2026-11-22T10:03:00Z"}"#;
+        let first: RegistryDataRecord = serde_json::from_slice(payload).unwrap();
+        let written = serde_json::to_vec(&first).unwrap();
+        let second: RegistryDataRecord = serde_json::from_slice(&written).unwrap();
+        assert_eq!(second, first);
+        assert_eq!(serde_json::to_vec(&second).unwrap(), written);
+    }
+}

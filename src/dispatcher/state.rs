@@ -181,8 +181,11 @@ impl Progress {
     }
 
     /// The posting to deliver next.
+    ///
+    /// Saturates: a record claiming posting `u64::MAX` was delivered (only
+    /// a corrupt one can) leaves nothing after it, rather than wrapping to 0.
     pub fn next_seq(&self) -> u64 {
-        self.delivered_seq + 1
+        self.delivered_seq.saturating_add(1)
     }
 
     /// Where posting [`Progress::next_seq`] stands.
@@ -219,7 +222,7 @@ impl Progress {
     }
 
     /// The number of the next attempt of posting `next_seq` (global, and in
-    /// its round).
+    /// its round). Saturating: the counts come from stored records.
     pub fn next_attempt_numbers(&self) -> (u32, u32) {
         match self.current() {
             Current::Fresh => (1, 1),
@@ -227,8 +230,8 @@ impl Progress {
                 attempt,
                 round_attempt,
                 ..
-            } => (attempt + 1, round_attempt + 1),
-            Current::Dead { attempt, .. } => (attempt + 1, 1),
+            } => (attempt.saturating_add(1), round_attempt.saturating_add(1)),
+            Current::Dead { attempt, .. } => (attempt.saturating_add(1), 1),
         }
     }
 }
@@ -402,5 +405,25 @@ mod tests {
         );
         let s = OrderDeliveries::new(&p, 5);
         assert_eq!((s.status, s.held), (Status::Dead, 3));
+    }
+
+    /// Found with the `records` fuzz target (an input made for its
+    /// harness): counters read from LEDGER at their maximum (a corrupt or
+    /// hostile record) overflowed (a panic in debug builds, a wrap to
+    /// posting 0 / attempt 0 in release).
+    #[test]
+    fn counters_at_their_maximum_do_not_overflow() {
+        let p = progress(
+            u64::MAX,
+            Some(record(2, u32::MAX, AttemptOutcome::Retrying)),
+        );
+        assert_eq!(p.next_seq(), u64::MAX);
+        assert_eq!(p.current(), Current::Fresh);
+        assert_eq!(OrderDeliveries::new(&p, 7).status, Status::Delivered);
+
+        let p = progress(1, Some(record(2, u32::MAX, AttemptOutcome::Retrying)));
+        assert_eq!(p.next_attempt_numbers(), (u32::MAX, u32::MAX));
+        let p = progress(1, Some(record(2, u32::MAX, AttemptOutcome::Dead)));
+        assert_eq!(p.next_attempt_numbers(), (u32::MAX, 1));
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::events::{Event, OrderId, Rejection};
 use crate::ledger::{LedgerOptions, Unbalanced, derive};
 use crate::order::OrderState;
-use crate::posting::{Cursor, Posting, UnbalancedPosting, build};
+use crate::posting::{BuildError, Cursor, Posting, build};
 use crate::registry::Registry;
 
 /// Why an event produced no postings.
@@ -24,8 +24,9 @@ pub enum ApplyError {
     /// The ledger broke its invariant: a bug, reported, never posted.
     #[error(transparent)]
     Unbalanced(#[from] Unbalanced),
+    /// A posting would not balance (a bug), or its cursor is out of range.
     #[error(transparent)]
-    UnbalancedPosting(#[from] UnbalancedPosting),
+    Posting(#[from] BuildError),
 }
 
 /// One order's state and, per registry id, what was posted to it.

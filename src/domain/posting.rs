@@ -131,40 +131,41 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
 
 /// `current − posted` per group key: current groups in their order, then
 /// groups only posted before (reversals), each entry type in table order.
-/// Zero differences are dropped.
-pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Vec<GroupedEntry> {
+/// Zero differences are dropped. `None` when a difference overflows (only
+/// possible when `posted`, read back from LEDGER, is out of range).
+pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<Vec<GroupedEntry>> {
     let posted_index: HashMap<&GroupKey, &GroupedEntry> =
         posted.iter().map(|g| (&g.key, g)).collect();
-    let mut out: Vec<GroupedEntry> = current
-        .iter()
-        .filter_map(|c| {
-            let (quantity, amount) = match posted_index.get(&c.key) {
-                Some(p) => (c.quantity - p.quantity, c.amount - p.amount),
-                None => (c.quantity, c.amount),
-            };
-            // Unchanged groups are dropped before their key is copied.
-            (quantity != 0 || !amount.is_zero()).then(|| GroupedEntry {
+    let mut out: Vec<GroupedEntry> = Vec::with_capacity(current.len());
+    for c in current {
+        let (quantity, amount) = match posted_index.get(&c.key) {
+            Some(p) => (
+                c.quantity.checked_sub(p.quantity)?,
+                c.amount.checked_sub(p.amount)?,
+            ),
+            None => (c.quantity, c.amount),
+        };
+        // Unchanged groups are dropped before their key is copied.
+        if quantity != 0 || !amount.is_zero() {
+            out.push(GroupedEntry {
                 key: c.key.clone(),
                 quantity,
                 amount,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     let current_keys: HashSet<&GroupKey> = current.iter().map(|c| &c.key).collect();
-    out.extend(
-        posted
-            .iter()
-            .filter(|p| !current_keys.contains(&p.key))
-            .map(|p| GroupedEntry {
-                key: p.key.clone(),
-                quantity: -p.quantity,
-                amount: -p.amount,
-            }),
-    );
+    for p in posted.iter().filter(|p| !current_keys.contains(&p.key)) {
+        out.push(GroupedEntry {
+            key: p.key.clone(),
+            quantity: p.quantity.checked_neg()?,
+            amount: -p.amount,
+        });
+    }
     out.retain(|g| !g.is_zero());
     // Stable: within a type, first appearance order is kept.
     out.sort_by_key(|g| g.key.entry_type);
-    out
+    Some(out)
 }
 
 /// The idempotency key of posting `seq` of (registry, order): UUIDv5 in the
@@ -251,6 +252,28 @@ pub struct UnbalancedPosting {
     pub sum: Decimal,
 }
 
+/// Why no posting could be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The posting would not balance: a bug, never posted.
+    #[error(transparent)]
+    Unbalanced(#[from] UnbalancedPosting),
+    /// What was posted before (the cursor, read back from a stored posting)
+    /// cannot be continued: its seq is the last one, or its totals are so
+    /// far out of range that the difference overflows. Only a corrupt
+    /// stored posting can do this.
+    #[error(
+        "posting after seq {seq} of registry {registry_id} for order {order_id}: \
+         the previous posting is out of range ({why})"
+    )]
+    CursorOutOfRange {
+        registry_id: String,
+        order_id: String,
+        seq: u64,
+        why: &'static str,
+    },
+}
+
 /// Builds the next posting for `registry` after `event`, from the order's
 /// current `ledger` and what was posted before (`cursor`). Returns the posting
 /// and the cursor to keep.
@@ -259,15 +282,25 @@ pub fn build(
     event: &Event,
     ledger: &Ledger,
     cursor: &Cursor,
-) -> Result<(Posting, Cursor), UnbalancedPosting> {
+) -> Result<(Posting, Cursor), BuildError> {
+    let out_of_range = |why| BuildError::CursorOutOfRange {
+        registry_id: registry.id().to_owned(),
+        order_id: event.order_id.to_string(),
+        seq: cursor.seq,
+        why,
+    };
     let current = group(ledger, registry);
     let entries = match registry.config.posting_mode {
         PostingMode::Full => current.clone(),
-        PostingMode::Delta => difference(&current, &cursor.posted),
+        PostingMode::Delta => difference(&current, &cursor.posted)
+            .ok_or_else(|| out_of_range("the difference from it overflows"))?,
     };
     // The cursor and the posting's `cumulative` are the same list; the
     // engine keeps the cursor, the posting carries a copy to the stream.
-    let seq = cursor.seq + 1;
+    let seq = cursor
+        .seq
+        .checked_add(1)
+        .ok_or_else(|| out_of_range("its seq is the last one"))?;
     let posting = Posting {
         registry_id: registry.id().to_owned(),
         order_id: event.order_id.clone(),
@@ -283,14 +316,19 @@ pub fn build(
         cumulative: current.clone(),
     };
     if !posting.filtered {
-        let sum = posting.sum();
+        let sum = posting
+            .entries
+            .iter()
+            .try_fold(Decimal::ZERO, |s, e| s.checked_add(e.amount))
+            .ok_or_else(|| out_of_range("the sum of the difference overflows"))?;
         if !sum.is_zero() {
             return Err(UnbalancedPosting {
                 registry_id: posting.registry_id.clone(),
                 order_id: posting.order_id.to_string(),
                 seq,
                 sum,
-            });
+            }
+            .into());
         }
     }
     Ok((
@@ -303,19 +341,24 @@ pub fn build(
 }
 
 impl Posting {
-    /// Σ of signed amounts: zero when Σdebit = Σcredit.
+    /// Σ of signed amounts: zero when Σdebit = Σcredit (Σdebit − Σcredit,
+    /// from [`Posting::debit_credit`]).
     pub fn sum(&self) -> Decimal {
-        self.entries.iter().map(|e| e.amount).sum()
+        let (d, c) = self.debit_credit();
+        d - c
     }
 
-    /// (Σdebit, Σcredit).
+    /// (Σdebit, Σcredit). Saturating at `Decimal::MAX`: a posting read back
+    /// from LEDGER is not bounded like one the engine builds, and its
+    /// totals must not panic `export` or `verify`. Both totals of the
+    /// engine's postings are far below the limit.
     pub fn debit_credit(&self) -> (Decimal, Decimal) {
         self.entries
             .iter()
             .fold((Decimal::ZERO, Decimal::ZERO), |(d, c), e| {
                 (
-                    d + e.amount.max(Decimal::ZERO),
-                    c + (-e.amount).max(Decimal::ZERO),
+                    d.saturating_add(e.amount.max(Decimal::ZERO)),
+                    c.saturating_add((-e.amount).max(Decimal::ZERO)),
                 )
             })
     }
@@ -438,7 +481,78 @@ mod tests {
     fn differences_reverse_what_is_gone_and_drop_what_did_not_change() {
         let posted = vec![g("A", 2, -2200), g("B", 2, -1600)];
         let current = vec![g("A", 2, -2200), g("C", 1, -500)];
-        let d = difference(&current, &posted);
+        let d = difference(&current, &posted).unwrap();
         assert_eq!(d, vec![g("C", 1, -500), g("B", -2, 1600)]);
+    }
+
+    fn next_of(posted: Vec<GroupedEntry>, seq: u64) -> bool {
+        let registry: crate::registry::RegistryConfig =
+            toml::from_str("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n")
+                .unwrap();
+        let registry = registry
+            .validate(&crate::registry::TargetPolicy::default())
+            .unwrap();
+        let event = crate::events::parse_event(
+            br#"{"event_id":"e1","type":"order.confirmed","order_id":"o-1","occurred_at":"2026-11-22T10:00:00Z","order":{"version":1,"currency":"EUR","prices_include_tax":true,"line_items":[{"id":"l1","product_id":"p","option_id":"o","unit_type":"adult","description":"A","quantity":2,"unit_price":"11.00","discount":"0.00","tax_rate":"0"}],"fees":[]}}"#,
+            None,
+        )
+        .unwrap();
+        let mut state = crate::order::OrderState::new(event.order_id.clone());
+        state.apply(&event).unwrap();
+        let ledger = crate::ledger::derive(&state, &Default::default()).unwrap();
+        let current = group(&ledger, &registry);
+        assert!(!current.is_empty());
+        build(&registry, &event, &ledger, &Cursor { seq, posted }).is_ok()
+    }
+
+    /// Found with the `records` fuzz target (an input made for its
+    /// harness): a cursor read back from a stored posting (after an
+    /// aggregator restart) with seq `u64::MAX` or totals near the limits of
+    /// `Decimal`/`i64` made `build` panic ("attempt to add with overflow",
+    /// "Subtraction overflowed"), killing the lane.
+    #[test]
+    fn a_cursor_out_of_range_is_refused_not_a_panic() {
+        assert!(next_of(vec![], 1), "the fixture builds");
+        assert!(!next_of(vec![], u64::MAX), "no posting after u64::MAX");
+        let mut huge = g("A", 2, 0);
+        huge.key.columns = vec![(Column::Currency, Some("EUR".into()))];
+        huge.amount = Decimal::MAX;
+        assert!(!next_of(vec![huge], 1), "a reversal out of range");
+        let mut gone = g("Gone", i64::MIN, -100);
+        gone.key.entry_type = EntryType::Discount;
+        assert!(!next_of(vec![gone], 1), "a quantity that cannot be negated");
+        let mut a = g("X", 0, 0);
+        a.amount = Decimal::MAX;
+        let mut b = g("Y", 0, 0);
+        b.amount = Decimal::MAX;
+        assert!(!next_of(vec![a, b], 1), "reversals whose sum overflows");
+    }
+
+    /// Found with the `records` fuzz target (an input made for its
+    /// harness): the totals of a stored posting (`export`, `verify`)
+    /// panicked when its amounts overflow a `Decimal`.
+    #[test]
+    fn totals_of_a_posting_out_of_range_do_not_panic() {
+        let mut a = g("A", 0, 0);
+        a.amount = Decimal::MAX;
+        let mut c = g("C", 0, 0);
+        c.amount = Decimal::MIN;
+        let p = Posting {
+            registry_id: "r".into(),
+            order_id: OrderId::parse("o-1").unwrap(),
+            seq: 1,
+            idempotency_key: idempotency_key("r", "o-1", 1),
+            event_id: "e".into(),
+            event_type: EventType::OrderConfirmed,
+            occurred_at: OffsetDateTime::UNIX_EPOCH,
+            mode: PostingMode::Delta,
+            currency: None,
+            filtered: false,
+            entries: vec![a.clone(), a, c.clone(), c],
+            cumulative: vec![],
+        };
+        let (d, c) = p.debit_credit();
+        assert_eq!((d, c), (Decimal::MAX, Decimal::MAX));
+        assert_eq!(p.sum(), Decimal::ZERO);
     }
 }

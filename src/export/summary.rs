@@ -101,8 +101,10 @@ impl Summary {
         }
         t.entries += p.entries.len() as u64;
         let (debit, credit) = p.debit_credit();
-        t.debit += debit;
-        t.credit += credit;
+        // Saturating, like each posting's own totals: a stored posting out
+        // of range must not stop the export.
+        t.debit = t.debit.saturating_add(debit);
+        t.credit = t.credit.saturating_add(credit);
         if debit != credit {
             if p.filtered {
                 t.filtered_unbalanced += 1;
@@ -329,5 +331,23 @@ mod tests {
         assert!(t.difference().is_zero());
         assert!(t.status("r", None).starts_with("UNBALANCED: 2 postings"));
         assert!(s.verdict().starts_with("FAILED"));
+    }
+
+    /// Each posting's totals saturate at `Decimal::MAX` (a stored posting
+    /// out of range, found with the `records` fuzz target); adding two of
+    /// them to the totals panicked ("Addition overflowed") and stopped the
+    /// export.
+    #[test]
+    fn totals_out_of_range_do_not_stop_the_export() {
+        let mut s = Summary::default();
+        for _ in 0..2 {
+            let mut p = posting(false, &[0, 0]);
+            p.entries[0].amount = Decimal::MAX;
+            p.entries[1].amount = Decimal::MIN;
+            s.add(&p);
+        }
+        let t = s.totals.values().next().unwrap();
+        assert_eq!((t.debit, t.credit), (Decimal::MAX, Decimal::MAX));
+        assert_eq!(t.postings, 2);
     }
 }
