@@ -276,6 +276,7 @@ struct ServerTls {
 pub struct NatsServerBuilder {
     store_dir: Option<PathBuf>,
     tls: Option<ServerTls>,
+    max_payload: Option<usize>,
 }
 
 impl NatsServerBuilder {
@@ -294,6 +295,13 @@ impl NatsServerBuilder {
             cert: cert.into(),
             key: key.into(),
         });
+        self
+    }
+
+    /// The server's `max_payload` in bytes (default [`MAX_PAYLOAD_BYTES`];
+    /// a stock server has 1 MB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
         self
     }
 
@@ -325,6 +333,7 @@ pub struct NatsServer {
     log_start: u64,
     /// TLS on the client port, when chosen.
     tls: Option<ServerTls>,
+    max_payload: usize,
     child: Option<Child>,
     /// Holds the log (and maybe the store); removed on drop, after the kill.
     temp: tempfile::TempDir,
@@ -366,7 +375,11 @@ impl NatsServer {
     /// Starts the server the builder describes; see [`NatsServerBuilder::start`].
     async fn start_from(options: NatsServerBuilder) -> Result<Self, NatsdError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let NatsServerBuilder { store_dir, tls } = options;
+        let NatsServerBuilder {
+            store_dir,
+            tls,
+            max_payload,
+        } = options;
 
         let bin = locate_nats_server()?;
         let temp = tempfile::Builder::new()
@@ -394,6 +407,7 @@ impl NatsServer {
             log_path: temp.path().join("nats-server.log"),
             log_start: 0,
             tls,
+            max_payload: max_payload.unwrap_or(MAX_PAYLOAD_BYTES),
             child: None,
             temp,
         };
@@ -558,7 +572,7 @@ impl NatsServer {
         // the stream and is rejected with a reason instead of being refused
         // at the connection.
         let conf = self.temp.path().join("nats-server.conf");
-        std::fs::write(&conf, format!("max_payload: {MAX_PAYLOAD_BYTES}\n"))
+        std::fs::write(&conf, format!("max_payload: {}\n", self.max_payload))
             .map_err(NatsdError::io("writing the server config"))?;
         let mut command = Command::new(&self.bin);
         command

@@ -1953,3 +1953,75 @@ async fn reading_delivery_state_with_nats_down_is_an_error_not_a_panic() {
         "{e}"
     );
 }
+
+/// Reliability defect 8: a reply under the 256 KiB cap can grow past the
+/// server's max_payload once stored (control characters are escaped six
+/// times their size); storing its registry_data then failed forever and
+/// the posting was sent again and again, past max_attempts, max_age, the
+/// breaker and alerts. Now it is dead-lettered with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_to_store_is_dead_lettered_not_resent_forever() {
+    let server = ledgerline::natsd::NatsServer::builder()
+        .max_payload(1024 * 1024)
+        .start()
+        .await
+        .expect("nats-server starts");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    ledgerline::streams::ensure_streams(&js, "orders")
+        .await
+        .unwrap();
+    let nats = Nats { server, client, js };
+    let huge = "\u{1}".repeat(250 * 1024);
+    let replies = Scripted::start(move |_, _| Reply::Respond {
+        status: 200,
+        headers: vec![],
+        body: huge.clone().into_bytes(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
+            replies.url("/hook")
+        ),
+    );
+    Publisher::new(&nats)
+        .publish(&postings_of(
+            &settings,
+            &[event("o-big", 1, 1), event("o-big", 2, 2)],
+        ))
+        .await;
+    let d = start(&nats, &settings, |_| {});
+    eventually(
+        "the posting dead-lettered",
+        Duration::from_secs(15),
+        || async {
+            let records: Vec<DeliveryRecord> =
+                stored(&nats, &subjects::deliveries("books", "o-big")).await;
+            records.iter().any(|r| r.outcome == AttemptOutcome::Dead)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records: Vec<DeliveryRecord> = stored(&nats, &subjects::deliveries("books", "o-big")).await;
+    let dead = records.last().unwrap();
+    assert_eq!(
+        (dead.seq, dead.attempt, dead.outcome),
+        (1, 1, AttemptOutcome::Dead)
+    );
+    assert!(
+        dead.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot be kept as registry_data"),
+        "{dead:?}"
+    );
+    assert_eq!(
+        replies.requests().len(),
+        1,
+        "sent once, not again and again"
+    );
+    d.stop().await;
+}
