@@ -98,14 +98,7 @@ fn write_table(out: &mut impl Write, rows: &[OrderDeliveries]) -> std::io::Resul
     writeln!(
         out,
         "{:<20} {:<38} {:<9} {:>8} {:>9} {:>5} {:>8} {:<25} LAST ERROR",
-        "REGISTRY",
-        "ORDER",
-        "STATUS",
-        "POSTINGS",
-        "DELIVERED",
-        "HELD",
-        "ATTEMPTS",
-        "NEXT ATTEMPT"
+        "REGISTRY", "ORDER", "STATUS", "POSTINGS", "DELIVERED", "HELD", "ATTEMPTS", "NEXT ATTEMPT"
     )?;
     for r in rows {
         let next = r

@@ -38,8 +38,9 @@ pub fn export(args: ExportArgs) -> Result<Exit, CliError> {
         .map_err(CliError::file("writing", &args.out))?;
     let text = report.render();
     match &args.summary {
-        Some(path) => std::fs::write(path, &text)
-            .map_err(CliError::file("writing the summary to", path))?,
+        Some(path) => {
+            std::fs::write(path, &text).map_err(CliError::file("writing the summary to", path))?
+        }
         None => eprint!("{text}"),
     }
     Ok(if report.summary.is_ok() {

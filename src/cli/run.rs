@@ -35,13 +35,14 @@ pub fn run(
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown requested; finishing in-flight work");
+            // The binary's target, as before this moved out of main.rs.
+            tracing::info!(target: "ledgerline", "shutdown requested; finishing in-flight work");
             signals.cancel();
         });
         match crate::service::run(settings, components, shutdown).await {
             Ok(()) => Ok(Exit::Success),
             Err(e) if e.is_config_error() => {
-                tracing::error!(error = %e, "cannot start");
+                tracing::error!(target: "ledgerline", error = %e, "cannot start");
                 Ok(report_usage(e))
             }
             Err(e) => Err(e.into()),
