@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use super::args::NatsArgs;
-use super::{CliError, Exit, progress_bar, report_failure, runtime, settings_or_report};
+use super::{CliError, Exit, progress_bar, report_failure, settings_or_report, with_nats};
 use crate::dispatcher::state::{OrderDeliveries, Status};
 use crate::dispatcher::status::{ListFilter, RedeliverOutcome, list_deliveries, request_redeliver};
 
@@ -15,9 +15,7 @@ pub fn redeliver(nats: &NatsArgs, registry: &str, order: &str) -> Result<Exit, C
     let Some(settings) = settings_or_report(nats.settings()) else {
         return Ok(Exit::Usage);
     };
-    let rt = runtime()?;
-    rt.block_on(async {
-        let client = crate::streams::connect_once(&settings.config).await?;
+    with_nats(&settings.config, async |client| {
         let js = async_nats::jetstream::new(client.clone());
         let outcome = request_redeliver(&js, registry, order).await?;
         client
@@ -59,9 +57,7 @@ pub fn list(
         return Ok(Exit::Usage);
     };
     let bar = progress_bar(None, "reading deliveries");
-    let rt = runtime()?;
-    let rows = rt.block_on(async {
-        let client = crate::streams::connect_once(&settings.config).await?;
+    let rows = with_nats(&settings.config, async |client| {
         let js = async_nats::jetstream::new(client);
         let filter = ListFilter { registry, status };
         let rows = list_deliveries(&js, &filter, |done, total| {
@@ -69,7 +65,7 @@ pub fn list(
             bar.set_position(done);
         })
         .await?;
-        Ok::<_, CliError>(rows)
+        Ok(rows)
     })?;
     bar.finish_and_clear();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

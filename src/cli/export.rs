@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use super::args::{ExportArgs, ExportFormat};
-use super::{CliError, Exit, report_usage, runtime, settings_or_report};
+use super::{CliError, Exit, report_usage, settings_or_report, with_nats};
 use crate::export::{ExportOptions, Format, Output};
 
 /// Exit 1 when the summary does not balance; 2 for bad flags.
@@ -27,11 +27,8 @@ pub fn export(args: ExportArgs) -> Result<Exit, CliError> {
     }
     let output = Output::create(&args.out).map_err(CliError::file("creating", &args.out))?;
     let writer = output.writer().map_err(CliError::Output)?;
-    let rt = runtime()?;
-    let report = rt.block_on(async {
-        let client = crate::streams::connect_once(&settings.config).await?;
-        let report = crate::export::export(&client, &opts, writer).await?;
-        Ok::<_, CliError>(report)
+    let report = with_nats(&settings.config, async |client| {
+        Ok(crate::export::export(&client, &opts, writer).await?)
     })?;
     output
         .commit()

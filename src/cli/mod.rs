@@ -203,6 +203,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Runtime)
 }
 
+/// Starts the async runtime, connects to NATS once and runs `work` with
+/// the client: the frame of every command that talks to NATS.
+fn with_nats<T>(
+    config: &crate::config::Config,
+    work: impl AsyncFnOnce(async_nats::Client) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = crate::streams::connect_once(config).await?;
+        work(client).await
+    })
+}
+
 /// Says on stderr why the input is invalid: the command exits 2.
 fn report_usage(e: impl Display) -> Exit {
     eprintln!("ledgerline: {e}");

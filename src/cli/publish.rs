@@ -7,7 +7,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use super::args::NatsArgs;
-use super::{CliError, Exit, progress_bar, runtime, settings_or_report};
+use super::{CliError, Exit, progress_bar, settings_or_report, with_nats};
 
 /// Exit 1 when `strict` and any line was refused.
 pub fn publish(nats: &NatsArgs, file: &Path, strict: bool) -> Result<Exit, CliError> {
@@ -27,9 +27,7 @@ pub fn publish(nats: &NatsArgs, file: &Path, strict: bool) -> Result<Exit, CliEr
             (Box::new(BufReader::new(f)), file.display().to_string(), len)
         };
     let bar = progress_bar(len.map(|_| 0), "publishing");
-    let rt = runtime()?;
-    let summary = rt.block_on(async {
-        let client = crate::streams::connect_once(&settings.config).await?;
+    let summary = with_nats(&settings.config, async |client| {
         let summary = crate::publish::publish(
             &client,
             &settings.config.subject_prefix,
@@ -44,7 +42,7 @@ pub fn publish(nats: &NatsArgs, file: &Path, strict: bool) -> Result<Exit, CliEr
         )
         .await?;
         client.flush().await.map_err(CliError::flush("flushing"))?;
-        Ok::<_, CliError>(summary)
+        Ok(summary)
     })?;
     bar.finish_and_clear();
     eprintln!("{summary}");

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::args::RegistryCommand;
-use super::{CliError, Exit, report_failure, report_usage, runtime, settings_or_report};
+use super::{CliError, Exit, report_failure, report_usage, settings_or_report, with_nats};
 use crate::config::{CONFIG_MAX_BYTES, Config};
 use crate::registry::{FieldError, RegistryConfig};
 use crate::registry_store::{ChangedBy, RegistryEntry, RegistryStore, StoreError};
@@ -32,9 +32,7 @@ pub fn registry(command: RegistryCommand) -> Result<Exit, CliError> {
         },
         _ => Vec::new(),
     };
-    let rt = runtime()?;
-    rt.block_on(async move {
-        let client = crate::streams::connect_once(&settings.config).await?;
+    with_nats(&settings.config, async |client| {
         let js = async_nats::jetstream::new(client.clone());
         let store = RegistryStore::open(&js, settings.policy.clone())
             .await?

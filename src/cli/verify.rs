@@ -2,7 +2,7 @@
 //! ([`crate::verify`]); each mismatch on stdout, the report on stderr.
 
 use super::args::NatsArgs;
-use super::{CliError, Exit, progress_bar, runtime, settings_or_report};
+use super::{CliError, Exit, progress_bar, settings_or_report, with_nats};
 
 /// Exit 1 when any stored posting is not reproduced exactly.
 pub fn verify(nats: &NatsArgs) -> Result<Exit, CliError> {
@@ -10,9 +10,7 @@ pub fn verify(nats: &NatsArgs) -> Result<Exit, CliError> {
         return Ok(Exit::Usage);
     };
     let bar = progress_bar(None, "verifying");
-    let rt = runtime()?;
-    let report = rt.block_on(async {
-        let client = crate::streams::connect_once(&settings.config).await?;
+    let report = with_nats(&settings.config, async |client| {
         let report = crate::verify::verify(
             &client,
             &settings.config.subject_prefix,
@@ -24,7 +22,7 @@ pub fn verify(nats: &NatsArgs) -> Result<Exit, CliError> {
             },
         )
         .await?;
-        Ok::<_, CliError>(report)
+        Ok(report)
     })?;
     bar.finish_and_clear();
     for m in &report.mismatches {
