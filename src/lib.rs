@@ -24,8 +24,7 @@
 //! - [`admin`]: the admin HTTP API: registries, deliveries, redeliver,
 //!   order ledgers, health, readiness, Prometheus metrics.
 //! - [`registry_store`]: the registries in a JetStream KV bucket (with
-//!   history), validated writes, the live set read by every component;
-//!   [`registry_cli`] reads registry files and renders them for the CLI.
+//!   history), validated writes, the live set read by every component.
 //! - [`publish`]: `ledgerline publish`, NDJSON → ORDERS with bulk acks.
 //! - [`verify`]: `ledgerline verify`, replay ORDERS and compare with LEDGER.
 //! - [`aggregator`]: ORDERS → postings on LEDGER, crash-safe, per-order order.
@@ -45,9 +44,14 @@
 //!   ledger joined with delivery state, with a reconciling summary.
 //! - [`demo`]: `ledgerline demo` and its deterministic dataset.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
+//! - [`cli`]: the `ledgerline` commands: their arguments, their work and
+//!   everything they print (tables, summaries, progress bars);
+//!   `registry` reads registry files. `main.rs` only parses the command
+//!   line and maps the result to an exit code.
 
 pub mod admin;
 pub mod aggregator;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
@@ -60,7 +64,6 @@ pub mod offline;
 pub mod publish;
 pub mod receiver;
 pub mod records;
-pub mod registry_cli;
 pub mod registry_store;
 pub mod secret;
 pub mod service;

@@ -6,6 +6,7 @@
 
 mod admin;
 mod chaos;
+mod cli;
 mod demo;
 mod dispatcher;
 mod export;

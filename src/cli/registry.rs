@@ -1,19 +1,136 @@
-//! `ledgerline registry apply|list|show|delete`: reading registry files and
-//! rendering registries for people (the commands themselves are thin, in
-//! `main.rs`, over [`crate::registry_store`]).
+//! `ledgerline registry apply|list|show|delete`: the commands, thin over
+//! [`crate::registry_store`], and what they need around it: reading
+//! registry files and rendering registries for people.
 //!
 //! A registry file is TOML with `[[registry]]` entries (a whole ledgerline
 //! config file works: only its registries are applied) or JSON: one
 //! registry, an array of them, or `{"registry": [...]}`. Nothing printed
 //! here ever shows a secret: registries serialise with `***`.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde_json::Value;
 
+use super::args::RegistryCommand;
+use super::{CliError, Exit, report_failure, report_usage, settings_or_report, with_nats};
 use crate::config::{CONFIG_MAX_BYTES, Config};
 use crate::registry::{FieldError, RegistryConfig};
-use crate::registry_store::RegistryEntry;
+use crate::registry_store::{ChangedBy, RegistryEntry, RegistryStore, StoreError};
+
+/// `ledgerline registry …`: exit 0 done, 1 NATS trouble or no such
+/// registry, 2 an invalid file or registry (the message names the field).
+pub fn registry(command: RegistryCommand) -> Result<Exit, CliError> {
+    let Some(settings) = settings_or_report(command.nats().settings()) else {
+        return Ok(Exit::Usage);
+    };
+    // Read the file before connecting: a bad file is exit 2 either way.
+    let configs = match &command {
+        RegistryCommand::Apply { file, .. } => match read_registry_file(file) {
+            Ok(f) => f,
+            Err(e) => return Ok(report_usage(e)),
+        },
+        _ => Vec::new(),
+    };
+    with_nats(&settings.config, async |client| {
+        let js = async_nats::jetstream::new(client.clone());
+        let store = RegistryStore::open(&js, settings.policy.clone())
+            .await?
+            .with_smtp_configured(settings.config.smtp.is_some());
+        let mut out = std::io::stdout().lock();
+        let exit = match command {
+            RegistryCommand::Apply { .. } => apply(&store, &configs, &mut out).await?,
+            RegistryCommand::List { json, .. } => list(&store, json, &mut out).await?,
+            RegistryCommand::Show { id, format, .. } => show(&store, &id, format, &mut out).await?,
+            RegistryCommand::Delete { id, .. } => delete(&store, &id, &mut out).await?,
+        };
+        out.flush()?;
+        client
+            .flush()
+            .await
+            .map_err(CliError::flush("flushing to NATS"))?;
+        Ok(exit)
+    })
+}
+
+/// `registry apply`: one line per registry with what was done to it.
+async fn apply(
+    store: &RegistryStore,
+    configs: &[RegistryConfig],
+    out: &mut impl Write,
+) -> Result<Exit, CliError> {
+    match store.apply(configs, ChangedBy::Cli).await {
+        Ok(done) => {
+            for (e, outcome) in done {
+                writeln!(
+                    out,
+                    "{} {} (revision {})",
+                    outcome.as_str(),
+                    e.config.id,
+                    e.revision
+                )?;
+            }
+            Ok(Exit::Success)
+        }
+        Err(e @ StoreError::Invalid(_)) => Ok(report_usage(e)),
+        Err(e) if e.is_caller_error() => Ok(report_failure(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `registry list`: a table, or one JSON object per line.
+async fn list(store: &RegistryStore, json: bool, out: &mut impl Write) -> Result<Exit, CliError> {
+    let entries = store.list().await?;
+    if json {
+        for e in &entries {
+            writeln!(out, "{}", render_json_line(e))?;
+        }
+    } else {
+        write!(out, "{}", render_table(&entries))?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `registry show`: the registry on stdout, its warnings on stderr.
+async fn show(
+    store: &RegistryStore,
+    id: &str,
+    format: ShowFormat,
+    out: &mut impl Write,
+) -> Result<Exit, CliError> {
+    let Some(e) = store.get(id).await? else {
+        return Ok(report_failure(format_args!(
+            "registry {id:?} does not exist"
+        )));
+    };
+    match render_show(&e, format) {
+        Ok(text) => {
+            write!(out, "{text}")?;
+            // On stderr: stdout stays valid JSON or TOML.
+            for w in store.warnings(&e.config) {
+                eprintln!("ledgerline: warning: registry {id}: {w}");
+            }
+            Ok(Exit::Success)
+        }
+        Err(msg) => Ok(report_failure(msg)),
+    }
+}
+
+/// `registry delete`: its postings stay in LEDGER.
+async fn delete(store: &RegistryStore, id: &str, out: &mut impl Write) -> Result<Exit, CliError> {
+    match store.delete(id, None).await {
+        Ok(e) => {
+            writeln!(
+                out,
+                "deleted {} (was revision {}); its postings stay in LEDGER",
+                e.config.id, e.revision
+            )?;
+            Ok(Exit::Success)
+        }
+        Err(e) if e.is_caller_error() => Ok(report_failure(e)),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Why a registry file could not be read.
 #[derive(Debug, thiserror::Error)]

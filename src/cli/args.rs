@@ -1,0 +1,267 @@
+//! The command line of `ledgerline`: clap's derive types for every command
+//! and its flags (`main.rs` parses them; [`super::execute`] runs them).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Settings};
+use crate::service::Component;
+
+#[derive(Parser)]
+#[command(
+    name = "ledgerline",
+    version,
+    about = "Order events in, exact double-entry ledger postings out, delivered over webhooks."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration and NATS are (every command that talks to NATS).
+#[derive(Args, Clone)]
+pub struct NatsArgs {
+    /// Configuration file (SPEC 7); defaults apply without one.
+    #[arg(long, env = "LEDGERLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL, overriding the file and LEDGERLINE_NATS_URL.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+}
+
+impl NatsArgs {
+    /// defaults → file → LEDGERLINE_* → flags, then validated.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.settings_with(|_| {})
+    }
+
+    /// Like [`NatsArgs::settings`], with a command's own flags applied last.
+    pub fn settings_with(&self, flags: impl FnOnce(&mut Config)) -> Result<Settings, ConfigError> {
+        let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(url) = &self.nats_url {
+            config.nats_url = url.clone();
+        }
+        flags(&mut config);
+        config.validate()
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service: aggregator, dispatcher and admin API (or some of
+    /// them) until SIGTERM or Ctrl-C.
+    Run {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Run only these components (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Component>,
+        /// Address of the admin API, overriding the file and
+        /// LEDGERLINE_ADMIN_LISTEN (port 0: any free port, logged).
+        #[arg(long)]
+        admin_listen: Option<String>,
+    },
+    /// Registries in the registry bucket: apply a file, list, show, delete.
+    /// Changes reach a running service at once.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+    /// Publish an NDJSON events file (or - for stdin) to ORDERS.
+    Publish {
+        /// The events file, one JSON event per line, or - for stdin.
+        file: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Exit 1 when any line is refused.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Compute postings offline (no NATS): one NDJSON line per posting.
+    Postings {
+        /// Configuration file (rounding, tax_rounding and the registries are read).
+        #[arg(long, env = "LEDGERLINE_CONFIG")]
+        config: PathBuf,
+        /// NDJSON events file, or - for standard input.
+        #[arg(long)]
+        events: PathBuf,
+        /// Indented output for people, instead of NDJSON.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// The whole pipeline on one machine: nats-server, sample receivers
+    /// behind three registries, the dataset, retries, a dead letter and its
+    /// redelivery, the audit CSV and beancount files, a summary.
+    Demo {
+        /// Orders in the dataset (default: the full demo, 1,300 orders).
+        #[arg(long)]
+        orders: Option<usize>,
+        /// Use this NATS server instead of starting one.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Where ledger.csv and ledger.beancount go.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Replay ORDERS and check every stored posting is reproduced exactly.
+    Verify {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Export LEDGER for audit (CSV or beancount) with delivery state, and
+    /// report totals per registry and currency (exit 1 when unbalanced).
+    Export(ExportArgs),
+
+    /// Resend a dead-lettered posting with its same idempotency key and body,
+    /// then the postings of the order it held.
+    Redeliver {
+        /// The registry id.
+        #[arg(long)]
+        registry: String,
+        /// The order id.
+        #[arg(long)]
+        order: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Delivery state per (registry, order).
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// A sample accounting receiver: verifies signatures, answers
+    /// registry_data, keeps what it received, fails on demand.
+    Receiver(ReceiverArgs),
+}
+
+#[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Create or update the registries of a file: TOML `[[registry]]`
+    /// entries (a whole config file works) or JSON. All are validated
+    /// before any is written; unchanged ones are not rewritten. `"***"` for
+    /// a secret keeps the stored one.
+    Apply {
+        /// The registry file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// A table of the registries: id, name, url, enabled, revision, updated.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// One registry, secrets shown as "***".
+    Show {
+        /// The registry id.
+        id: String,
+        /// JSON (with revision and times) or a TOML entry to edit and apply.
+        #[arg(long, value_enum, default_value = "json")]
+        format: super::registry::ShowFormat,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Delete a registry: no new postings for it; its postings stay in
+    /// LEDGER and its history in the bucket.
+    Delete {
+        /// The registry id.
+        id: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+impl RegistryCommand {
+    /// Where the configuration and NATS are, whichever the subcommand.
+    pub fn nats(&self) -> &NatsArgs {
+        match self {
+            RegistryCommand::Apply { nats, .. }
+            | RegistryCommand::List { nats, .. }
+            | RegistryCommand::Show { nats, .. }
+            | RegistryCommand::Delete { nats, .. } => nats,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DeliveriesCommand {
+    /// One line per (registry, order): postings, delivered, status, attempts,
+    /// last error, next attempt.
+    List {
+        /// Only this registry.
+        #[arg(long)]
+        registry: Option<String>,
+        /// Only this status.
+        #[arg(long, value_enum)]
+        status: Option<crate::dispatcher::state::Status>,
+        /// NDJSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+/// `ledgerline receiver` flags.
+#[derive(Args)]
+pub struct ReceiverArgs {
+    /// Address to listen on, e.g. 127.0.0.1:9000.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Verify Standard Webhooks signatures with this `whsec_…` secret.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Answer this HTTP status instead of accepting…
+    #[arg(long)]
+    pub fail_status: Option<u16>,
+    /// …to this share of requests (0 to 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub fail_share: f64,
+    /// Wait this long before answering.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Plus a random extra wait up to this long (answers in random order).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+}
+
+/// `ledgerline export` flags.
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Output file, or - for standard output.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+    /// Only these registries (repeatable or comma-separated); all by default.
+    #[arg(long = "registry", value_delimiter = ',')]
+    pub registries: Vec<String>,
+    /// Only postings posted at or after this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub from: Option<time::OffsetDateTime>,
+    /// Only postings posted before this RFC 3339 time.
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub to: Option<time::OffsetDateTime>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ExportFormat,
+    /// Write the summary to this file instead of standard error.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Beancount,
+}
+
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-22T10:00:00Z: {e}"))
+}
