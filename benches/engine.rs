@@ -1,5 +1,5 @@
 //! Engine throughput: one `order.updated` event → postings for 3 registries,
-//! for an order of 5 lines, 2 tax rates and 2 payments (the README figure).
+//! for an order of 5 lines, 2 tax rates and 2 payments (the figure in BENCHMARKS.md).
 //! Pure CPU: parse, fold, ledger, group, delta, body rendering.
 
 use std::hint::black_box;

@@ -6,8 +6,10 @@
 //! postings twice. So the aggregator and the dispatcher run only in the
 //! instance that holds the lease:
 //!
-//! - **Acquire**: `create` the key `active` in the bucket `ledgerline_lease`
-//!   (fails while another instance holds it). The bucket's `max_age` is the
+//! - **Acquire**: `create` the component's key (`aggregator`,
+//!   `dispatcher`) in the bucket `ledgerline_lease` (fails while another
+//!   instance holds it). One lease per component, so `--only aggregator`
+//!   and `--only dispatcher` in separate processes each hold their own. The bucket's `max_age` is the
 //!   lease's TTL, so a key that is not renewed disappears by itself.
 //! - **Renew** every TTL/3 with `update` at the last revision: a revision
 //!   check, so an instance that lost the lease can never renew it again.
@@ -38,8 +40,6 @@ use tracing::{info, warn};
 
 /// The lease bucket.
 pub const BUCKET: &str = "ledgerline_lease";
-/// The one key of the bucket.
-pub const KEY: &str = "active";
 /// How long a lease lives without renewal (the bucket's `max_age`).
 pub const TTL_DEFAULT: Duration = Duration::from_secs(10);
 /// Fraction of the TTL kept as margin: the holder stops writing this long
@@ -85,7 +85,7 @@ pub struct Fence {
 
 /// A write was refused because this instance no longer holds the lease.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("this instance no longer holds the lease ({BUCKET}/{KEY}); another instance is active")]
+#[error("this instance no longer holds its lease in {BUCKET}; another instance is active")]
 pub struct Fenced;
 
 impl Fence {
@@ -115,6 +115,7 @@ impl Fence {
 /// A held lease: keeps it renewed until it is lost or released.
 pub struct Lease {
     kv: kv::Store,
+    key: String,
     instance: String,
     revision: u64,
     ttl: Duration,
@@ -155,6 +156,7 @@ impl Lease {
     /// when another instance is found active.
     pub async fn acquire(
         store: kv::Store,
+        key: &str,
         instance: &str,
         ttl: Duration,
         shutdown: &CancellationToken,
@@ -169,15 +171,18 @@ impl Lease {
             let started = Instant::now();
             // Serialising a plain struct cannot fail.
             let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            match store.create(KEY, bytes.into()).await {
+            match store.create(key, bytes.into()).await {
                 Ok(revision) => {
                     info!(
                         instance,
-                        revision, "lease acquired: this instance is active"
+                        lease = key,
+                        revision,
+                        "lease acquired: this instance is active"
                     );
                     let (valid_until, _) = watch::channel(Some(started + ttl - SAFETY_MARGIN));
                     return Some(Lease {
                         kv: store,
+                        key: key.to_owned(),
                         instance: instance.to_owned(),
                         revision,
                         ttl,
@@ -187,11 +192,11 @@ impl Lease {
                 }
                 Err(e) => {
                     if !told {
-                        let holder = match store.get(KEY).await {
+                        let holder = match store.get(key).await {
                             Ok(Some(b)) => serde_json::from_slice::<Holder>(&b).ok(),
                             _ => None,
                         };
-                        info!(instance, holder = ?holder.as_ref().map(|h| &h.instance), error = %e,
+                        info!(instance, lease = key, holder = ?holder.as_ref().map(|h| &h.instance), error = %e,
                               "another instance is active; waiting as a standby");
                         on_standby(holder);
                         told = true;
@@ -233,8 +238,11 @@ impl Lease {
                 since: OffsetDateTime::now_utc(),
             };
             let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            match tokio::time::timeout(every, self.kv.update(KEY, bytes.into(), self.revision))
-                .await
+            match tokio::time::timeout(
+                every,
+                self.kv.update(&self.key, bytes.into(), self.revision),
+            )
+            .await
             {
                 Ok(Ok(revision)) => {
                     self.revision = revision;
@@ -272,7 +280,7 @@ impl Lease {
         self.lost.store(true, Ordering::Release);
         match self
             .kv
-            .delete_expect_revision(KEY, Some(self.revision))
+            .delete_expect_revision(&self.key, Some(self.revision))
             .await
         {
             Ok(()) => info!(instance = %self.instance, "lease released"),

@@ -204,18 +204,20 @@ pub async fn run_with_listener(
         .copied()
         .filter(|c| *c != Component::Admin)
         .collect();
-    if let Some(&first) = active.first() {
+    // One lease per component: `--only aggregator` and `--only dispatcher`
+    // in separate processes each hold their own.
+    for c in active {
         let parts = ActiveParts {
             js: js.clone(),
             client: client.clone(),
             settings: settings.clone(),
-            components: active.clone(),
+            components: vec![c],
             dispatcher_options: dispatcher_options.clone(),
             registries: registries.clone(),
             health: health.clone(),
         };
         let handle = tasks.spawn(run_active(parts, shutdown.clone()));
-        names.insert(handle.id(), first);
+        names.insert(handle.id(), c);
     }
     for &c in &components {
         let shutdown = shutdown.clone();
@@ -339,8 +341,10 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
                 health.set(n, ComponentState::Standby);
             }
         };
+        let key = names.join("+");
         let Some(lease) =
-            crate::lease::Lease::acquire(store.clone(), &instance, ttl, &shutdown, standby).await
+            crate::lease::Lease::acquire(store.clone(), &key, &instance, ttl, &shutdown, standby)
+                .await
         else {
             return Ok(());
         };

@@ -15,7 +15,7 @@
 //! Both are file-backed with `limits` retention and **no age or size limit**:
 //! they are the system of record (every input, posting, response and failure),
 //! so nothing is dropped behind an auditor's back; archiving is an operator's
-//! decision (see README, Operations). Duplicate windows are 10 minutes, well
+//! decision (see docs/operations.md). Duplicate windows are 10 minutes, well
 //! above the 2-minute minimum, to cover a producer retrying through a short
 //! outage. `allow_direct` is on so the last message of a subject (the last
 //! posting of an order) is one cheap request.
