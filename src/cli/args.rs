@@ -22,7 +22,7 @@ pub struct Cli {
 /// Where the configuration and NATS are (every command that talks to NATS).
 #[derive(Args, Clone)]
 pub struct NatsArgs {
-    /// Configuration file (SPEC 7); defaults apply without one.
+    /// Configuration file (docs/configuration.md); defaults apply without one.
     #[arg(long, env = "LEDGERLINE_CONFIG")]
     pub config: Option<PathBuf>,
     /// NATS server URL, overriding the file and LEDGERLINE_NATS_URL.
