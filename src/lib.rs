@@ -44,10 +44,13 @@
 //! - [`export`]: `ledgerline export`, LEDGER as an audit CSV or a beancount
 //!   ledger joined with delivery state, with a reconciling summary.
 //! - [`demo`]: `ledgerline demo` and its deterministic dataset.
+//! - [`bench`]: `ledgerline bench`, the pipeline measured beside what
+//!   JetStream and HTTP alone can do on this machine.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
 
 pub mod admin;
 pub mod aggregator;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;

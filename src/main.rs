@@ -116,6 +116,9 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
+    /// Measure this machine: raw JetStream, raw HTTP and the pipeline end
+    /// to end, side by side (the last line is the end-to-end/limit ratio).
+    Bench(ledgerline::bench::BenchArgs),
     /// Replay ORDERS and check every stored posting is reproduced exactly.
     Verify {
         #[command(flatten)]
@@ -353,6 +356,7 @@ fn main() -> ExitCode {
             init_logging("error");
             demo(orders, nats_url, out)
         }
+        Command::Bench(args) => return ledgerline::bench::cli(args),
         Command::Verify { nats } => {
             init_logging("warn");
             let settings = match settings_or_exit(&nats) {
