@@ -2,7 +2,10 @@
 //! the other, each only once the previous one's registry_data is stored.
 //!
 //! It is driven by the stream, not by its wake-ups: at each step it looks at
-//! where the order stands ([`Progress`]) and at the posting after the last
+//! where the order stands ([`Progress`]: read from LEDGER when the worker
+//! starts, unless the order's previous worker ended caught up and left it
+//! in [`IdleOrders`]; then kept in memory, moved by the worker's own
+//! acknowledged writes) and at the posting after the last
 //! delivered one, and decides (the one place where messages are acked,
 //! nak'd or kept):
 //!
@@ -41,6 +44,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::attempt::{AttemptReport, Outcome, Target};
 use super::breaker::Admission;
+use super::idle::IdleOrders;
 use super::schedule::{NextStep, RoundLimits, next_step};
 use super::state::{
     Current, H_POSTING_STREAM_SEQ, H_ROUND_ATTEMPT, H_ROUND_STARTED, LastDelivery, Progress,
@@ -185,6 +189,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     target: Arc<Target>,
     slots: Slots,
+    idle: IdleOrders,
     order_id: String,
     cancel: CancellationToken,
     _permit: OwnedSemaphorePermit,
@@ -196,6 +201,7 @@ impl Worker {
         shared: Arc<Shared>,
         target: Arc<Target>,
         slots: Slots,
+        idle: IdleOrders,
         order_id: String,
         cancel: CancellationToken,
         permit: OwnedSemaphorePermit,
@@ -204,6 +210,7 @@ impl Worker {
             shared,
             target,
             slots,
+            idle,
             order_id,
             cancel,
             _permit: permit,
@@ -318,12 +325,22 @@ impl Worker {
     pub async fn run(mut self) {
         let mut progress: Option<Progress> = None;
         let mut current: Option<CurrentPosting> = None;
+        let mut started = false;
         loop {
             self.take_queue();
             if self.cancel.is_cancelled() {
                 return self.hand_back(None).await;
             }
-            let mut p = match progress.take() {
+            // In memory while this worker owns the order; at its start, what
+            // the order's previous worker ended with ([`IdleOrders`]), else
+            // LEDGER (and always LEDGER after a conflict).
+            let cached = if started {
+                None
+            } else {
+                self.idle.take(&self.order_id)
+            };
+            started = true;
+            let mut p = match progress.take().or(cached) {
                 Some(p) => p,
                 None => {
                     match Progress::load(&self.shared.ledger, self.registry_id(), &self.order_id)
@@ -371,11 +388,22 @@ impl Worker {
                     .any(|t| t.posting_seq().is_some_and(|s| s > p.delivered_seq))
                 {
                     self.park(NOT_VISIBLE_DELAY).await;
+                    if self.try_exit() {
+                        return;
+                    }
                 } else {
                     self.ack_all().await;
-                }
-                if self.try_exit() {
-                    return;
+                    // Kept for the order's next worker before the slot is
+                    // released, so no newer state can be overwritten.
+                    self.idle.put(p);
+                    if self.try_exit() {
+                        return;
+                    }
+                    // More wake-ups came: this worker goes on with it.
+                    match self.idle.take(&self.order_id) {
+                        Some(kept) => p = kept,
+                        None => continue,
+                    }
                 }
                 progress = Some(p);
                 continue;
