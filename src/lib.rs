@@ -43,6 +43,8 @@
 //! - [`export`]: `ledgerline export`, LEDGER as an audit CSV or a beancount
 //!   ledger joined with delivery state, with a reconciling summary.
 //! - [`demo`]: `ledgerline demo` and its deterministic dataset.
+//! - [`bench`]: `ledgerline bench`, the pipeline measured beside what
+//!   JetStream and HTTP alone can do on this machine.
 //! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
 //! - [`cli`]: the `ledgerline` commands: their arguments, their work and
 //!   everything they print (tables, summaries, progress bars);
@@ -51,6 +53,7 @@
 
 pub mod admin;
 pub mod aggregator;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

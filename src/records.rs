@@ -14,7 +14,13 @@ use crate::posting::Posting;
 /// `ledger.postings.<R>.<O>`: a posting, and the ORDERS stream sequence of
 /// the event that produced it (so a restarted aggregator knows whether an
 /// event was already posted).
+///
+/// Read without `#[serde(flatten)]` (which buffers the whole record into an
+/// intermediate tree before building the posting): through
+/// [`StoredPostingFields`], the same JSON object field by field. It is read
+/// for every wake-up the dispatcher takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredPostingFields")]
 pub struct StoredPosting {
     /// ORDERS stream sequence of the event.
     pub source_seq: u64,
@@ -25,6 +31,52 @@ pub struct StoredPosting {
     pub previous_subject_seq: u64,
     #[serde(flatten)]
     pub posting: Posting,
+}
+
+/// [`StoredPosting`] as its stored JSON object has it: its own fields and
+/// the posting's side by side. Building the [`Posting`] names every field,
+/// so a field added to it cannot be forgotten here.
+#[derive(Deserialize)]
+struct StoredPostingFields {
+    source_seq: u64,
+    #[serde(default)]
+    previous_subject_seq: u64,
+    registry_id: String,
+    order_id: crate::events::OrderId,
+    seq: u64,
+    idempotency_key: Uuid,
+    event_id: String,
+    event_type: crate::events::EventType,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    mode: crate::registry::PostingMode,
+    currency: Option<crate::money::Currency>,
+    filtered: bool,
+    entries: Vec<crate::posting::GroupedEntry>,
+    cumulative: Vec<crate::posting::GroupedEntry>,
+}
+
+impl From<StoredPostingFields> for StoredPosting {
+    fn from(f: StoredPostingFields) -> Self {
+        StoredPosting {
+            source_seq: f.source_seq,
+            previous_subject_seq: f.previous_subject_seq,
+            posting: Posting {
+                registry_id: f.registry_id,
+                order_id: f.order_id,
+                seq: f.seq,
+                idempotency_key: f.idempotency_key,
+                event_id: f.event_id,
+                event_type: f.event_type,
+                occurred_at: f.occurred_at,
+                mode: f.mode,
+                currency: f.currency,
+                filtered: f.filtered,
+                entries: f.entries,
+                cumulative: f.cumulative,
+            },
+        }
+    }
 }
 
 /// How one delivery attempt ended.
@@ -151,5 +203,82 @@ mod tests {
         let second: RegistryDataRecord = serde_json::from_slice(&written).unwrap();
         assert_eq!(second, first);
         assert_eq!(serde_json::to_vec(&second).unwrap(), written);
+    }
+
+    use crate::events::{EventType, OrderId};
+    use crate::ledger::EntryType;
+    use crate::money::Currency;
+    use crate::posting::{GroupKey, GroupedEntry};
+    use crate::registry::PostingMode;
+    use rust_decimal::Decimal;
+    use time::macros::datetime;
+
+    /// How the record was read before: with `#[serde(flatten)]`.
+    #[derive(Deserialize)]
+    struct Flattened {
+        source_seq: u64,
+        #[serde(default)]
+        previous_subject_seq: u64,
+        #[serde(flatten)]
+        posting: Posting,
+    }
+
+    fn entry(t: EntryType, cents: i64) -> GroupedEntry {
+        GroupedEntry {
+            key: GroupKey {
+                entry_type: t,
+                ledger_code: Some("4000".into()),
+                description: "Museum \"General\" Admission".into(),
+                columns: vec![],
+            },
+            quantity: 2,
+            amount: Decimal::new(cents, 2),
+        }
+    }
+
+    #[test]
+    fn a_stored_posting_reads_back_exactly_as_the_flattened_form_did() {
+        let sp = StoredPosting {
+            source_seq: 42,
+            previous_subject_seq: 17,
+            posting: Posting {
+                registry_id: "books".into(),
+                order_id: OrderId::parse("o-1").unwrap(),
+                seq: 3,
+                idempotency_key: Uuid::from_u128(7),
+                event_id: "e-3".into(),
+                event_type: EventType::OrderUpdated,
+                occurred_at: datetime!(2026-11-22 10:00:01.5 UTC),
+                mode: PostingMode::Delta,
+                currency: Some(Currency::parse("JPY").unwrap()),
+                filtered: true,
+                entries: vec![entry(EntryType::Revenue, -1100)],
+                cumulative: vec![entry(EntryType::Revenue, 2200), entry(EntryType::Tax, 0)],
+            },
+        };
+        let bytes = serde_json::to_vec(&sp).unwrap();
+        let read: StoredPosting = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(read, sp);
+        let before: Flattened = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (
+                before.source_seq,
+                before.previous_subject_seq,
+                before.posting
+            ),
+            (read.source_seq, read.previous_subject_seq, read.posting)
+        );
+        // Older records have no previous_subject_seq, some no currency.
+        let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("previous_subject_seq");
+        obj.insert("currency".into(), Value::Null);
+        let old: StoredPosting = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(old.previous_subject_seq, 0);
+        assert_eq!(old.posting.currency, None);
+        // A missing field is still named.
+        v.as_object_mut().unwrap().remove("seq");
+        let e = serde_json::from_value::<StoredPosting>(v).unwrap_err();
+        assert!(e.to_string().contains("seq"), "{e}");
     }
 }

@@ -104,6 +104,9 @@ pub enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
+    /// Measure this machine: raw JetStream, raw HTTP and the pipeline end
+    /// to end, side by side (the last line is the end-to-end/limit ratio).
+    Bench(crate::bench::BenchArgs),
     /// Replay ORDERS and check every stored posting is reproduced exactly.
     Verify {
         #[command(flatten)]

@@ -140,6 +140,13 @@ pub fn execute(command: Command) -> Result<Exit, CliError> {
             init_logging("error");
             demo::demo(orders, nats_url, out)
         }
+        Command::Bench(args) => Ok(
+            if crate::bench::cli(args) == std::process::ExitCode::SUCCESS {
+                Exit::Success
+            } else {
+                Exit::Failure
+            },
+        ),
         Command::Verify { nats } => {
             init_logging("warn");
             verify::verify(&nats)

@@ -11,7 +11,10 @@
 //! delivered, the registry_data to send, the attempts so far) and fetches
 //! the next posting by subject. So redelivered or out-of-order messages can
 //! never reorder postings, and a restart rebuilds everything from the
-//! stream.
+//! stream. The state a worker ends with when its order is caught up is kept
+//! (bounded, [`idle`]) for the order's next worker, so a warm order is not
+//! read back: it is what the dispatcher itself just wrote, and a stale copy
+//! is refused by the guarded registry_data write and read again.
 //!
 //! A worker owns one (R, O) at a time ([`worker`]): it sends posting n, and
 //! only after the reply's registry_data event is stored does it go on to
@@ -35,6 +38,7 @@
 //!   is bounded whatever the backlog; one registry's backlog never blocks
 //!   another's consumer.
 //! - [`ORDER_QUEUE_MAX`] wake-ups queued for one busy order.
+//! - [`idle::IDLE_ORDERS_MAX`] caught-up orders' states kept per registry.
 //! - Per registry: `rate_limit_per_s`, a circuit breaker, `timeout_ms`,
 //!   256 KiB replies ([`http`]).
 
@@ -42,6 +46,7 @@ pub mod attempt;
 pub mod auth;
 pub mod breaker;
 pub mod http;
+mod idle;
 pub mod schedule;
 pub mod state;
 pub mod status;
@@ -68,6 +73,7 @@ use crate::streams::LEDGER_STREAM;
 
 use self::attempt::Target;
 use self::breaker::Breaker;
+use self::idle::IdleOrders;
 use self::schedule::{RetrySchedule, ScheduleError};
 use self::worker::{Slots, Token, Worker};
 
@@ -337,6 +343,9 @@ async fn open_messages(
 async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: CancellationToken) {
     let registry_id = target.id().to_owned();
     let slots: Slots = Arc::new(Mutex::new(HashMap::new()));
+    // Caught-up orders' state, for their next worker ([`idle`]); dropped
+    // with this registry's run (a changed registry, a lost lease).
+    let idle = IdleOrders::default();
     // This registry's own permits: one registry's slow receiver or rate
     // limit can only ever hold its own workers.
     let permits = Arc::new(Semaphore::new(shared.max_in_flight));
@@ -377,7 +386,7 @@ async fn run_registry(shared: Arc<Shared>, target: Arc<Target>, cancel: Cancella
                     Some(Ok(msg)) => {
                         backoff = CONSUMER_RETRY_MIN;
                         let Some(token) = Token::from_message(msg, &registry_id).await else { continue };
-                        route(&shared, &target, &permits, &slots, &mut workers, &mut worker_orders, &cancel, token).await;
+                        route(&shared, &target, &permits, &slots, &idle, &mut workers, &mut worker_orders, &cancel, token).await;
                     }
                     Some(Err(e)) => {
                         use consumer::pull::MessagesErrorKind as K;
@@ -456,6 +465,7 @@ async fn route(
     target: &Arc<Target>,
     permits: &Arc<Semaphore>,
     slots: &Slots,
+    idle: &IdleOrders,
     workers: &mut JoinSet<()>,
     worker_orders: &mut HashMap<tokio::task::Id, String>,
     cancel: &CancellationToken,
@@ -503,6 +513,7 @@ async fn route(
         shared.clone(),
         target.clone(),
         slots.clone(),
+        idle.clone(),
         order_id.clone(),
         cancel.clone(),
         permit,

@@ -149,9 +149,15 @@ impl Progress {
             delivered_posting_stream_seq: 0,
             last_delivery: None,
         };
-        if let Some(m) =
-            last_message(ledger, &subjects::registry_data(registry_id, order_id)).await?
-        {
+        // Both reads at once: a cold start costs one round trip, not two.
+        let rd_subject = subjects::registry_data(registry_id, order_id);
+        let dl_subject = subjects::deliveries(registry_id, order_id);
+        let (last_rd, last_dl) = futures::future::try_join(
+            last_message(ledger, &rd_subject),
+            last_message(ledger, &dl_subject),
+        )
+        .await?;
+        if let Some(m) = last_rd {
             let rd: RegistryDataRecord = parse(&m)?;
             p.delivered_seq = rd.seq;
             p.registry_data = rd.registry_data;
@@ -160,7 +166,7 @@ impl Progress {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
         }
-        if let Some(m) = last_message(ledger, &subjects::deliveries(registry_id, order_id)).await? {
+        if let Some(m) = last_dl {
             let record: DeliveryRecord = parse(&m)?;
             let round_attempt = header(&m, H_ROUND_ATTEMPT)
                 .and_then(|v| v.parse().ok())

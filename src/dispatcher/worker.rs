@@ -2,7 +2,10 @@
 //! the other, each only once the previous one's registry_data is stored.
 //!
 //! It is driven by the stream, not by its wake-ups: at each step it looks at
-//! where the order stands ([`Progress`]) and at the posting after the last
+//! where the order stands ([`Progress`]: read from LEDGER when the worker
+//! starts, unless the order's previous worker ended caught up and left it
+//! in [`IdleOrders`]; then kept in memory, moved by the worker's own
+//! acknowledged writes) and at the posting after the last
 //! delivered one, and decides (the one place where messages are acked,
 //! nak'd or kept):
 //!
@@ -41,6 +44,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::attempt::{AttemptReport, Outcome, Target};
 use super::breaker::Admission;
+use super::idle::IdleOrders;
 use super::schedule::{NextStep, RoundLimits, next_step};
 use super::state::{
     Current, H_POSTING_STREAM_SEQ, H_ROUND_ATTEMPT, H_ROUND_STARTED, LastDelivery, Progress,
@@ -185,6 +189,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     target: Arc<Target>,
     slots: Slots,
+    idle: IdleOrders,
     order_id: String,
     cancel: CancellationToken,
     _permit: OwnedSemaphorePermit,
@@ -196,6 +201,7 @@ impl Worker {
         shared: Arc<Shared>,
         target: Arc<Target>,
         slots: Slots,
+        idle: IdleOrders,
         order_id: String,
         cancel: CancellationToken,
         permit: OwnedSemaphorePermit,
@@ -204,6 +210,7 @@ impl Worker {
             shared,
             target,
             slots,
+            idle,
             order_id,
             cancel,
             _permit: permit,
@@ -318,12 +325,22 @@ impl Worker {
     pub async fn run(mut self) {
         let mut progress: Option<Progress> = None;
         let mut current: Option<CurrentPosting> = None;
+        let mut started = false;
         loop {
             self.take_queue();
             if self.cancel.is_cancelled() {
                 return self.hand_back(None).await;
             }
-            let mut p = match progress.take() {
+            // In memory while this worker owns the order; at its start, what
+            // the order's previous worker ended with ([`IdleOrders`]), else
+            // LEDGER (and always LEDGER after a conflict).
+            let cached = if started {
+                None
+            } else {
+                self.idle.take(&self.order_id)
+            };
+            started = true;
+            let mut p = match progress.take().or(cached) {
                 Some(p) => p,
                 None => {
                     match Progress::load(&self.shared.ledger, self.registry_id(), &self.order_id)
@@ -371,11 +388,22 @@ impl Worker {
                     .any(|t| t.posting_seq().is_some_and(|s| s > p.delivered_seq))
                 {
                     self.park(NOT_VISIBLE_DELAY).await;
+                    if self.try_exit() {
+                        return;
+                    }
                 } else {
                     self.ack_all().await;
-                }
-                if self.try_exit() {
-                    return;
+                    // Kept for the order's next worker before the slot is
+                    // released, so no newer state can be overwritten.
+                    self.idle.put(p);
+                    if self.try_exit() {
+                        return;
+                    }
+                    // More wake-ups came: this worker goes on with it.
+                    match self.idle.take(&self.order_id) {
+                        Some(kept) => p = kept,
+                        None => continue,
+                    }
                 }
                 progress = Some(p);
                 continue;
@@ -401,7 +429,7 @@ impl Worker {
                     }
                     info!(registry_id = %self.registry_id(), order_id = %self.order_id, seq = n,
                           "redelivering a dead-lettered posting");
-                    (attempt + 1, 1, now)
+                    (attempt.saturating_add(1), 1, now)
                 }
                 Current::Retrying {
                     next_attempt_at,
@@ -418,7 +446,11 @@ impl Worker {
                         progress = Some(p);
                         continue;
                     }
-                    (attempt + 1, round_attempt + 1, round_started_at)
+                    (
+                        attempt.saturating_add(1),
+                        round_attempt.saturating_add(1),
+                        round_started_at,
+                    )
                 }
                 Current::Fresh => (1, 1, now),
             };
@@ -496,7 +528,7 @@ impl Worker {
             return self.prepare(sp.posting.clone(), stream_seq, p).map(Some);
         }
         let subject = subjects::postings(self.registry_id(), &self.order_id);
-        let mut from = p.delivered_posting_stream_seq + 1;
+        let mut from = p.delivered_posting_stream_seq.saturating_add(1);
         loop {
             let m = match self
                 .shared
@@ -583,19 +615,33 @@ impl Worker {
             "registry" => posting.registry_id.clone())
         .record(report.duration.as_secs_f64());
         let dead_reason = match report.outcome {
-            Outcome::Delivered { registry_data }
-                if let Some(why) = self.unstorable(&cur.posting, &registry_data, now) =>
-            {
-                // Accepted, but the reply cannot be kept as registry_data:
-                // storing it would fail forever, so the posting is dead-
-                // lettered with the reason instead of being sent again.
-                record.error = Some(why);
-                None
-            }
-            Outcome::Delivered { registry_data } => {
+            Outcome::Delivered { registry_data } => 'delivered: {
+                // The record is built and serialised once: its size is
+                // checked on the bytes that are then published.
+                let rd_record = RegistryDataRecord {
+                    registry_id: posting.registry_id.clone(),
+                    order_id: posting.order_id.as_str().to_owned(),
+                    seq: posting.seq,
+                    idempotency_key: posting.idempotency_key,
+                    registry_data,
+                    received_at: now,
+                };
+                let max = crate::streams::record_max_bytes(&self.shared.js.client());
+                let payload = match registry_data_payload(&rd_record, max) {
+                    Ok(bytes) => bytes,
+                    Err(why) => {
+                        // Accepted, but the reply cannot be kept as
+                        // registry_data: storing it would fail forever, so
+                        // the posting is dead-lettered with the reason
+                        // instead of being sent again.
+                        record.error = Some(why);
+                        break 'delivered None;
+                    }
+                };
                 let rd_seq = self
-                    .store_registry_data(p, cur, &registry_data, now)
+                    .store_registry_data(p, cur, &rd_record, payload)
                     .await?;
+                let registry_data = rd_record.registry_data;
                 let dl_seq = self.store_delivery(&record, round).await?;
                 metrics::counter!("ledgerline_deliveries_total",
                     "registry" => posting.registry_id.clone(), "outcome" => "delivered")
@@ -778,54 +824,24 @@ impl Worker {
             })
     }
 
-    /// Why the registry_data record of `posting` could not be stored on
-    /// LEDGER, if it could not.
-    fn unstorable(
-        &self,
-        posting: &Posting,
-        registry_data: &serde_json::Value,
-        now: OffsetDateTime,
-    ) -> Option<String> {
-        let record = RegistryDataRecord {
-            registry_id: posting.registry_id.clone(),
-            order_id: posting.order_id.as_str().to_owned(),
-            seq: posting.seq,
-            idempotency_key: posting.idempotency_key,
-            registry_data: registry_data.clone(),
-            received_at: now,
-        };
-        unstorable_reason(
-            &record,
-            crate::streams::record_max_bytes(&self.shared.js.client()),
-        )
-    }
-
     async fn store_registry_data(
         &self,
         p: &Progress,
         cur: &CurrentPosting,
-        registry_data: &serde_json::Value,
-        now: OffsetDateTime,
+        record: &RegistryDataRecord,
+        payload: Vec<u8>,
     ) -> Result<u64, StoreError> {
         let posting = &cur.posting;
-        let record = RegistryDataRecord {
-            registry_id: posting.registry_id.clone(),
-            order_id: posting.order_id.as_str().to_owned(),
-            seq: posting.seq,
-            idempotency_key: posting.idempotency_key,
-            registry_data: registry_data.clone(),
-            received_at: now,
-        };
         let mut headers = HeaderMap::new();
         headers.insert(H_POSTING_STREAM_SEQ, cur.stream_seq.to_string().as_str());
         let subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
         let stored = self
-            .publish(
+            .publish_bytes(
                 subject.clone(),
                 "registry_data",
                 format!("registry_data:{}", posting.idempotency_key),
                 headers,
-                &record,
+                payload,
                 Some(p.registry_data_stream_seq),
             )
             .await?;
@@ -886,15 +902,36 @@ impl Worker {
         subject: String,
         kind: &str,
         msg_id: String,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         record: &T,
+        expected_last_subject_seq: Option<u64>,
+    ) -> Result<Stored, StoreError> {
+        let payload = serde_json::to_vec(record).map_err(|e| StoreError::Nats(e.to_string()))?;
+        self.publish_bytes(
+            subject,
+            kind,
+            msg_id,
+            headers,
+            payload,
+            expected_last_subject_seq,
+        )
+        .await
+    }
+
+    /// [`Worker::publish`] of a record already serialised.
+    async fn publish_bytes(
+        &self,
+        subject: String,
+        kind: &str,
+        msg_id: String,
+        mut headers: HeaderMap,
+        payload: Vec<u8>,
         expected_last_subject_seq: Option<u64>,
     ) -> Result<Stored, StoreError> {
         self.shared
             .fence
             .check()
             .map_err(|e| StoreError::Nats(e.to_string()))?;
-        let payload = serde_json::to_vec(record).map_err(|e| StoreError::Nats(e.to_string()))?;
         headers.insert(H_KIND, kind);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         if let Some(seq) = expected_last_subject_seq {
@@ -921,20 +958,24 @@ impl Worker {
     }
 }
 
-/// Why `record` cannot be stored in a message of at most `max` bytes (a
-/// reply under the 256 KiB cap can still grow past the server's
-/// `max_payload` once escaped into JSON), if it cannot.
-fn unstorable_reason(record: &RegistryDataRecord, max: usize) -> Option<String> {
-    let size = match serde_json::to_vec(record) {
-        Ok(bytes) => bytes.len(),
-        Err(e) => return Some(format!("the reply cannot be stored as registry_data: {e}")),
-    };
-    (size > max).then(|| {
-        format!(
-            "the reply was accepted but cannot be kept as registry_data: it is {size} bytes \
-             when stored and NATS takes at most {max}; the receiver should answer with less"
-        )
-    })
+/// `record` as stored, or why it cannot be stored in a message of at most
+/// `max` bytes (a reply under the 256 KiB cap can still grow past the
+/// server's `max_payload` once escaped into JSON).
+fn registry_data_payload(record: &RegistryDataRecord, max: usize) -> Result<Vec<u8>, String> {
+    match serde_json::to_vec(record) {
+        Ok(bytes) if bytes.len() <= max => Ok(bytes),
+        Ok(bytes) => Err(too_large_reason(bytes.len(), max)),
+        Err(e) => Err(format!("the reply cannot be stored as registry_data: {e}")),
+    }
+}
+
+/// Why a registry_data record of `size` bytes cannot be stored when NATS
+/// takes at most `max`.
+fn too_large_reason(size: usize, max: usize) -> String {
+    format!(
+        "the reply was accepted but cannot be kept as registry_data: it is {size} bytes \
+         when stored and NATS takes at most {max}; the receiver should answer with less"
+    )
 }
 
 /// Where a record was stored; `duplicate` when the stream already had a
@@ -971,8 +1012,12 @@ mod tests {
             received_at: OffsetDateTime::UNIX_EPOCH,
         };
         let one_mb = 1024 * 1024 - crate::streams::REJECTED_HEADER_ROOM_BYTES;
-        let why = unstorable_reason(&record, one_mb).expect("too large for a 1 MB server");
+        let why = registry_data_payload(&record, one_mb).expect_err("too large for a 1 MB server");
         assert!(why.contains("cannot be kept as registry_data"), "{why}");
-        assert_eq!(unstorable_reason(&record, 8 * 1024 * 1024), None);
+        let stored = registry_data_payload(&record, 8 * 1024 * 1024).expect("fits in 8 MB");
+        assert_eq!(
+            serde_json::from_slice::<RegistryDataRecord>(&stored).unwrap(),
+            record
+        );
     }
 }

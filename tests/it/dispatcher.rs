@@ -2025,3 +2025,169 @@ async fn a_reply_too_large_to_store_is_dead_lettered_not_resent_forever() {
     );
     d.stop().await;
 }
+
+/// Unacknowledged wake-ups of the dispatcher's consumer for `registry`.
+async fn ack_pending(nats: &Nats, registry: &str) -> u64 {
+    let stream = nats.js.get_stream("LEDGER").await.unwrap();
+    let mut c: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&format!("dispatcher-{registry}"))
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    info.num_ack_pending as u64 + info.num_pending
+}
+
+/// Performance (issue 12): an order's next posting, arriving after its
+/// worker ended caught up, used to cost a cold start: the order's state
+/// read back from LEDGER (two Direct Gets) although the dispatcher itself
+/// had just written it. The state is kept now, and the chain stays right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
+    );
+    let postings = postings_of(
+        &settings,
+        &[
+            event("o-warm", 1, 2),
+            event("o-warm", 2, 3),
+            event("o-warm", 3, 1),
+        ],
+    );
+    let mut publisher = Publisher::new(&nats);
+    let d = start(&nats, &settings, |_| {});
+    publisher.publish(&postings[..1]).await;
+    eventually(
+        "posting 1 delivered and acked",
+        Duration::from_secs(10),
+        || async { rx.received().len() == 1 && ack_pending(&nats, "books").await == 0 },
+    )
+    .await;
+    use futures::StreamExt as _;
+    // Every state read from now on (Direct Get by last subject).
+    let mut reads = nats
+        .client
+        .subscribe("$JS.API.DIRECT.GET.LEDGER.>")
+        .await
+        .unwrap();
+    nats.client.flush().await.unwrap();
+    for (i, p) in postings[1..].iter().enumerate() {
+        publisher.publish(std::slice::from_ref(p)).await;
+        eventually(
+            "the posting delivered and acked",
+            Duration::from_secs(10),
+            || async { rx.received().len() == i + 2 && ack_pending(&nats, "books").await == 0 },
+        )
+        .await;
+    }
+    nats.client.flush().await.unwrap();
+    let mut state_reads = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), reads.next()).await {
+        if m.subject.contains("registry_data") || m.subject.contains("deliveries") {
+            state_reads.push(m.subject.to_string());
+        }
+    }
+    assert!(
+        state_reads.is_empty(),
+        "the state was read back from LEDGER: {state_reads:?}"
+    );
+    // Same chain as ever: each body carries the previous reply.
+    let got = rx.received();
+    assert!(got.iter().all(|r| r.chain_ok == Some(true)), "{got:?}");
+    let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.books.o-warm").await;
+    assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    d.stop().await;
+}
+
+/// The kept state of a caught-up order can be stale if something else
+/// wrote the order's registry_data (another dispatcher): the guarded write
+/// refuses, the worker reads LEDGER again, and the posting after carries
+/// the registry_data that is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
+    let nats = support::nats().await;
+    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
+    );
+    let postings = postings_of(
+        &settings,
+        &[
+            event("o-stale", 1, 2),
+            event("o-stale", 2, 3),
+            event("o-stale", 3, 1),
+        ],
+    );
+    let mut publisher = Publisher::new(&nats);
+    let d = start(&nats, &settings, |_| {});
+    publisher.publish(&postings[..1]).await;
+    eventually(
+        "posting 1 delivered and acked",
+        Duration::from_secs(10),
+        || async { rx.received().len() == 1 && ack_pending(&nats, "books").await == 0 },
+    )
+    .await;
+    // Posting 2 answered by "another dispatcher" behind this one's back,
+    // before this one sees the posting.
+    let rd_subject = subjects::registry_data("books", "o-stale");
+    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
+    let last_rd = ledger
+        .direct_get_last_for_subject(rd_subject.as_str())
+        .await
+        .unwrap()
+        .sequence;
+    let theirs = RegistryDataRecord {
+        registry_id: "books".into(),
+        order_id: "o-stale".into(),
+        seq: 2,
+        idempotency_key: postings[1].idempotency_key,
+        registry_data: json!({"by": "the other dispatcher"}),
+        received_at: time::OffsetDateTime::now_utc(),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("registry_data:{}", postings[1].idempotency_key).as_str(),
+    );
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last_rd.to_string().as_str(),
+    );
+    nats.js
+        .publish_with_headers(
+            rd_subject.clone(),
+            headers,
+            serde_json::to_vec(&theirs).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publisher.publish(&postings[1..]).await;
+    eventually("posting 3 delivered", Duration::from_secs(10), || async {
+        rx.received()
+            .iter()
+            .any(|r| r.idempotency_key.as_deref() == Some(&postings[2].idempotency_key.to_string()))
+            && ack_pending(&nats, "books").await == 0
+    })
+    .await;
+    let third = rx
+        .received()
+        .into_iter()
+        .find(|r| r.idempotency_key.as_deref() == Some(&postings[2].idempotency_key.to_string()))
+        .unwrap();
+    let body: Value = serde_json::from_str(&third.body).unwrap();
+    assert_eq!(
+        body["registry_data"],
+        json!({"by": "the other dispatcher"}),
+        "posting 3 carries the registry_data that is stored"
+    );
+    let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
+    assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(rd[1].registry_data, json!({"by": "the other dispatcher"}));
+    d.stop().await;
+}

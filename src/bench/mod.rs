@@ -1,0 +1,363 @@
+//! `ledgerline bench`: what this machine can do, measured side by side in
+//! one run (issue 12).
+//!
+//! 1. (c) [`pipeline`]: the whole pipeline in this process against a real
+//!    nats-server and sample receivers: postings/s, publish→receipt
+//!    latency (burst, and paced at half the burst's rate), CPU seconds per
+//!    1,000 postings, peak RSS. It runs first so its RSS is its own, and
+//!    so (a) and (b) can use its postings' sizes and bodies.
+//! 2. (a) [`raw::jetstream`]: JetStream async publish and pull consume + ack
+//!    of messages of the postings' sizes.
+//! 3. (b) [`raw::http`]: reqwest POSTs of the same bodies to a minimal axum
+//!    receiver at the dispatcher's concurrency.
+//!
+//! The limit is what the parts allow: one posting costs about three
+//! JetStream writes (the posting, its registry_data, its delivery record),
+//! two consumes (the aggregator's event, the dispatcher's wake-up) and one
+//! POST, all on the same CPUs, so
+//! `limit = 1 / (3/publish + 2/consume + 1/post)` postings/s. The last line
+//! of the report is `end-to-end/limit ratio: 0.NN`.
+//!
+//! `--quick` is a small run, the smoke test of the test suite.
+
+pub mod pipeline;
+pub mod raw;
+pub mod usage;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use self::pipeline::{Percentiles, PipelineFigures, PipelineOptions};
+use self::raw::{HttpFigures, JetStreamFigures};
+
+/// Orders of a full run (≈ 9,000 events, ≈ 14,000 postings).
+pub const ORDERS_DEFAULT: usize = 2_000;
+/// Orders of a `--quick` run.
+pub const ORDERS_QUICK: usize = 60;
+/// Raw messages and requests of a full run.
+pub const RAW_DEFAULT: usize = 50_000;
+/// Raw messages and requests of a `--quick` run.
+pub const RAW_QUICK: usize = 2_000;
+/// `max_in_flight` per registry, and so the raw HTTP concurrency
+/// (× the registries).
+pub const CONCURRENCY_DEFAULT: usize = 64;
+
+/// `ledgerline bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// A small, fast run (a smoke test; its figures mean little).
+    #[arg(long)]
+    pub quick: bool,
+    /// Orders published to the pipeline (default 2,000; 60 with --quick).
+    #[arg(long)]
+    pub orders: Option<usize>,
+    /// Raw JetStream messages and HTTP requests (default 50,000; 2,000 with --quick).
+    #[arg(long)]
+    pub raw: Option<usize>,
+    /// The dispatcher's max_in_flight per registry; the raw HTTP run uses
+    /// this × the 2 registries.
+    #[arg(long, default_value_t = CONCURRENCY_DEFAULT)]
+    pub concurrency: usize,
+    /// Seconds of the paced run at half the burst rate (0: none; default 5, 1 with --quick).
+    #[arg(long)]
+    pub paced_seconds: Option<f64>,
+}
+
+/// Why the bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("starting nats-server: {0}")]
+    Nats(#[from] crate::natsd::NatsdError),
+    #[error("{0}")]
+    Streams(#[from] crate::streams::NatsError),
+    #[error("{what}: {message}")]
+    Step { what: &'static str, message: String },
+}
+
+/// Where the bench is, for a progress line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BenchProgress {
+    pub stage: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+impl BenchProgress {
+    pub fn stage(s: &str) -> Self {
+        Self {
+            stage: s.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub at: time::OffsetDateTime,
+    pub cpus: usize,
+    pub memory_bytes: Option<u64>,
+    pub pipeline: PipelineFigures,
+    pub jetstream: JetStreamFigures,
+    pub http: HttpFigures,
+}
+
+impl BenchReport {
+    /// Postings/s the parts allow (see the module docs).
+    pub fn limit(&self) -> f64 {
+        limit(
+            self.jetstream.publish_per_s,
+            self.jetstream.consume_per_s,
+            self.http.per_s,
+        )
+    }
+
+    /// End-to-end postings/s over [`BenchReport::limit`].
+    pub fn ratio(&self) -> f64 {
+        self.pipeline.postings_per_s / self.limit().max(1e-9)
+    }
+}
+
+/// `1 / (3/publish + 2/consume + 1/post)`: the postings/s allowed when one
+/// posting costs three JetStream writes, two consumes and one POST.
+pub fn limit(publish_per_s: f64, consume_per_s: f64, post_per_s: f64) -> f64 {
+    let per_posting =
+        3.0 / publish_per_s.max(1e-9) + 2.0 / consume_per_s.max(1e-9) + 1.0 / post_per_s.max(1e-9);
+    1.0 / per_posting
+}
+
+fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Runs (c), (a) and (b) with `args`.
+pub async fn run_bench(
+    args: &BenchArgs,
+    mut progress: impl FnMut(&BenchProgress),
+) -> Result<BenchReport, BenchError> {
+    let orders = args.orders.unwrap_or(if args.quick {
+        ORDERS_QUICK
+    } else {
+        ORDERS_DEFAULT
+    });
+    let raw_n = args
+        .raw
+        .unwrap_or(if args.quick { RAW_QUICK } else { RAW_DEFAULT });
+    let paced = args
+        .paced_seconds
+        .unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let concurrency = args.concurrency.max(1);
+    let at = time::OffsetDateTime::now_utc();
+    let opts = PipelineOptions {
+        orders,
+        max_in_flight: concurrency,
+        paced: Duration::try_from_secs_f64(paced.max(0.0)).unwrap_or_default(),
+        settle_limit: Duration::from_secs(if args.quick { 120 } else { 900 }),
+    };
+    let pipeline = pipeline::run(&opts, &mut progress).await?;
+    progress(&BenchProgress::stage(
+        "(a) raw JetStream publish and consume",
+    ));
+    let jetstream = raw::jetstream(&pipeline.posting_sizes, raw_n).await?;
+    progress(&BenchProgress::stage("(b) raw HTTP POSTs"));
+    let http = raw::http(&pipeline.bodies, raw_n, concurrency * pipeline::REGISTRIES).await?;
+    Ok(BenchReport {
+        at,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        memory_bytes: mem_total(),
+        pipeline,
+        jetstream,
+        http,
+    })
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0)),
+        None => "unknown".to_owned(),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn lat(p: &Percentiles) -> String {
+    format!(
+        "p50 {} · p99 {} · p99.9 {} ({} postings)",
+        ms(p.p50),
+        ms(p.p99),
+        ms(p.p999),
+        p.samples
+    )
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.pipeline;
+        let j = &self.jetstream;
+        let h = &self.http;
+        let date = self
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "ledgerline bench: {date}, {} CPUs, {} memory",
+            self.cpus,
+            mib(self.memory_bytes)
+        )?;
+        writeln!(
+            f,
+            "(c) pipeline end to end (aggregator + dispatcher in this process, {} registries, max_in_flight {}):",
+            pipeline::REGISTRIES,
+            h.concurrency / pipeline::REGISTRIES
+        )?;
+        writeln!(
+            f,
+            "    {} orders → {} events → {} postings delivered with registry_data stored in {:.2} s",
+            p.orders,
+            p.events,
+            p.postings,
+            p.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "    postings/s                {:.0}", p.postings_per_s)?;
+        writeln!(
+            f,
+            "    latency publish→receipt, burst (all published at once): {}",
+            lat(&p.burst_latency)
+        )?;
+        match &p.paced {
+            Some(paced) => writeln!(
+                f,
+                "    latency publish→receipt, paced at half the burst rate ({:.0} events/s, {:.0} postings/s): {}",
+                paced.events_per_s,
+                paced.postings_per_s,
+                lat(&paced.latency)
+            )?,
+            None => writeln!(f, "    latency at half the burst rate: not run")?,
+        }
+        writeln!(
+            f,
+            "    CPU per 1,000 postings    {:.3} s (ledgerline process {:.2} s + nats-server {} for the burst)",
+            p.cpu_per_1000(),
+            p.cpu_own.as_secs_f64(),
+            p.cpu_nats
+                .map(|c| format!("{:.2} s", c.as_secs_f64()))
+                .unwrap_or_else(|| "unknown".to_owned())
+        )?;
+        writeln!(
+            f,
+            "    peak RSS                  ledgerline process {} · nats-server {}",
+            mib(p.peak_rss_own),
+            mib(p.peak_rss_nats)
+        )?;
+        writeln!(
+            f,
+            "(a) JetStream raw, {} messages of {} B mean (the postings' sizes), file store:",
+            j.messages, j.mean_bytes
+        )?;
+        writeln!(
+            f,
+            "    async publish             {:.0} msg/s",
+            j.publish_per_s
+        )?;
+        writeln!(
+            f,
+            "    pull consume + ack        {:.0} msg/s",
+            j.consume_per_s
+        )?;
+        writeln!(
+            f,
+            "(b) HTTP raw, {} POSTs of {} B mean (the postings' bodies), concurrency {}:",
+            h.requests, h.mean_bytes, h.concurrency
+        )?;
+        writeln!(f, "    POST                      {:.0} req/s", h.per_s)?;
+        writeln!(
+            f,
+            "limit = 1 / (3/publish + 2/consume + 1/POST) = 1 / (3/{:.0} + 2/{:.0} + 1/{:.0}) = {:.0} postings/s",
+            j.publish_per_s,
+            j.consume_per_s,
+            h.per_s,
+            self.limit()
+        )?;
+        writeln!(
+            f,
+            "    (one posting ≈ 3 JetStream writes: posting, registry_data, delivery record; \
+             2 consumes: the event, the dispatcher's wake-up; 1 POST)"
+        )?;
+        write!(f, "end-to-end/limit ratio: {:.2}", self.ratio())
+    }
+}
+
+/// `ledgerline bench`: runs it with a progress line on a TTY, prints the
+/// report; exit 0, or 1 with the error.
+pub fn cli(args: BenchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ledgerline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut last_stage = String::new();
+    let result = rt.block_on(run_bench(&args, |p| {
+        if tty {
+            if p.total > 0 {
+                bar.set_message(format!("{}: {}/{}", p.stage, p.done, p.total));
+            } else {
+                bar.set_message(p.stage.clone());
+            }
+        } else if p.stage != last_stage {
+            eprintln!("bench: {}", p.stage);
+            last_stage = p.stage.clone();
+        }
+    }));
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ledgerline bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_adds_the_costs_of_one_posting() {
+        // The issue's figures: ≈ 48 k publish, 65 k consume, 25 k POST.
+        let l = limit(48_000.0, 65_000.0, 25_000.0);
+        assert!((l - 7_503.0).abs() < 5.0, "{l}");
+        // Each part alone bounds it.
+        assert!(limit(3.0, 1e12, 1e12) <= 1.0 + 1e-9);
+        assert!(limit(1e12, 1e12, 10.0) <= 10.0 + 1e-9);
+    }
+}

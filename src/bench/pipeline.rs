@@ -1,0 +1,582 @@
+//! (c): the whole pipeline in this process, as `ledgerline run` runs it
+//! (`service::run_with_listener`, aggregator and dispatcher), against a
+//! fresh nats-server and two sample receivers (one signed): the demo
+//! dataset published, then waited for until every posting is delivered
+//! with its registry_data stored.
+//!
+//! Two phases on the same pipeline: a burst (every event published at
+//! once: postings/s, CPU, RSS, and the latency of a backlog), then a paced
+//! run at half the burst's rate (the latency a steady load sees).
+//!
+//! Latency is per posting, from the moment its event was published to the
+//! moment the receiver accepted it: the event is found by the posting's
+//! `source_seq` (its ORDERS sequence), the posting by its idempotency key.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream::Stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::usage::{self, Usage};
+use super::{BenchError, BenchProgress};
+use crate::config::{Config, Settings};
+use crate::demo::{count, dataset};
+use crate::natsd::NatsServer;
+use crate::receiver::{FailureMode, Receiver};
+use crate::records::StoredPosting;
+use crate::secret::Secret;
+use crate::service::Component;
+use crate::streams::{self, LEDGER_STREAM, ORDERS_STREAM, subjects};
+
+/// The signing secret of the bench's signed registry (not a real secret).
+pub const BENCH_SECRET: &str = "whsec_YmVuY2gtc2VjcmV0LWZvci1sZWRnZXJsaW5lISE=";
+/// Registries the pipeline delivers to.
+pub const REGISTRIES: usize = 2;
+/// Publish acks awaited at once (as `ledgerline publish`).
+const PUBLISH_WINDOW: usize = 256;
+/// Request bodies kept for the raw HTTP run.
+const BODIES_KEPT: usize = 2_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub orders: usize,
+    /// `[delivery] max_in_flight` (per registry).
+    pub max_in_flight: usize,
+    /// How long the paced phase publishes.
+    pub paced: Duration,
+    /// Longest wait for a phase to be delivered.
+    pub settle_limit: Duration,
+}
+
+/// p50 / p99 / p99.9 of a set of durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `v` (sorted here).
+    pub fn of(mut v: Vec<Duration>) -> Self {
+        v.sort_unstable();
+        let at = |q: f64| -> Duration {
+            if v.is_empty() {
+                return Duration::ZERO;
+            }
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            v[rank - 1]
+        };
+        Self {
+            samples: v.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+}
+
+/// The paced phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paced {
+    pub events_per_s: f64,
+    pub postings_per_s: f64,
+    pub latency: Percentiles,
+}
+
+/// What the pipeline did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineFigures {
+    pub orders: usize,
+    pub events: usize,
+    pub postings: u64,
+    pub elapsed: Duration,
+    pub postings_per_s: f64,
+    pub burst_latency: Percentiles,
+    pub paced: Option<Paced>,
+    /// CPU of this process (pipeline, receivers and publisher) in the burst.
+    pub cpu_own: Duration,
+    /// CPU of nats-server in the burst (`None` if it cannot be read).
+    pub cpu_nats: Option<Duration>,
+    pub peak_rss_own: Option<u64>,
+    pub peak_rss_nats: Option<u64>,
+    /// Sizes of the stored postings (bytes), for the raw JetStream run.
+    pub posting_sizes: Vec<usize>,
+    /// Request bodies as sent, for the raw HTTP run.
+    pub bodies: Vec<Bytes>,
+}
+
+impl PipelineFigures {
+    /// CPU seconds (this process + nats-server) per 1,000 postings.
+    pub fn cpu_per_1000(&self) -> f64 {
+        let cpu = self.cpu_own + self.cpu_nats.unwrap_or_default();
+        cpu.as_secs_f64() * 1000.0 / (self.postings.max(1) as f64)
+    }
+}
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
+    move |e| BenchError::Step {
+        what,
+        message: e.to_string(),
+    }
+}
+
+struct Endpoint {
+    receiver: Receiver,
+    addr: std::net::SocketAddr,
+}
+
+async fn start_receiver(
+    secret: Option<&Secret>,
+    stop: CancellationToken,
+) -> Result<Endpoint, BenchError> {
+    let receiver =
+        Receiver::new(secret, FailureMode::default()).map_err(err("starting a receiver"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(err("binding a receiver port"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(err("binding a receiver port"))?;
+    tokio::spawn(
+        receiver
+            .clone()
+            .serve(listener, async move { stop.cancelled().await }),
+    );
+    Ok(Endpoint { receiver, addr })
+}
+
+fn bench_settings(
+    nats_url: &str,
+    journal: &Endpoint,
+    detail: &Endpoint,
+    max_in_flight: usize,
+) -> Result<Settings, BenchError> {
+    let nats_url = toml::Value::String(nats_url.to_owned());
+    let text = format!(
+        r#"
+nats_url = {nats_url}
+allow_insecure_http = true
+allow_private_targets = ["127.0.0.0/8"]
+
+[delivery]
+max_in_flight = {max_in_flight}
+
+[[registry]]
+id = "journal"
+url = "http://{journal}/journal"
+event_types = ["*"]
+group_by = ["currency"]
+signing_secret = "{BENCH_SECRET}"
+rate_limit_per_s = {rate}
+
+[[registry]]
+id = "detail"
+url = "http://{detail}/detail"
+event_types = ["*"]
+group_by = ["currency", "product_id", "payment_method"]
+rate_limit_per_s = {rate}
+"#,
+        journal = journal.addr,
+        detail = detail.addr,
+        rate = crate::registry::RATE_LIMIT_PER_S_MAX,
+    );
+    Config::from_toml_with_env(&text, "bench", std::iter::empty())
+        .map_err(err("bench configuration"))?
+        .validate()
+        .map_err(err("bench configuration"))
+}
+
+/// Publishes `lines` (NDJSON events; unroutable ones skipped), at most
+/// `pace` events/s when given; records when each ORDERS sequence was sent.
+async fn publish_lines(
+    js: &jetstream::Context,
+    prefix: &str,
+    lines: &[String],
+    pace: Option<f64>,
+    sent_at: &mut HashMap<u64, OffsetDateTime>,
+    progress: &mut dyn FnMut(&BenchProgress),
+    stage: &str,
+) -> Result<usize, BenchError> {
+    let started = tokio::time::Instant::now();
+    let mut window: VecDeque<(OffsetDateTime, PublishAckFuture)> =
+        VecDeque::with_capacity(PUBLISH_WINDOW);
+    let mut published = 0;
+    let mut settle = |sent: OffsetDateTime, ack: async_nats::jetstream::publish::PublishAck| {
+        sent_at.entry(ack.sequence).or_insert(sent);
+    };
+    for (i, line) in lines.iter().enumerate() {
+        let Ok((order_id, event_id)) = crate::publish::route(line.as_bytes()) else {
+            continue;
+        };
+        if let Some(rate) = pace {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        if window.len() >= PUBLISH_WINDOW
+            && let Some((sent, ack)) = window.pop_front()
+        {
+            settle(sent, ack.await.map_err(err("publishing events"))?);
+        }
+        let message = PublishMessage::build()
+            .message_id(event_id)
+            .payload(Bytes::from(line.clone()));
+        let sent = OffsetDateTime::now_utc();
+        let ack = js
+            .send_publish(format!("{prefix}.{order_id}"), message)
+            .await
+            .map_err(err("publishing events"))?;
+        window.push_back((sent, ack));
+        published += 1;
+        if published % 500 == 0 {
+            progress(&BenchProgress {
+                stage: stage.to_owned(),
+                done: published as u64,
+                total: lines.len() as u64,
+            });
+        }
+    }
+    for (sent, ack) in window {
+        settle(sent, ack.await.map_err(err("publishing events"))?);
+    }
+    Ok(published)
+}
+
+/// Whether `consumer` on `stream` has nothing pending and nothing un-acked.
+async fn consumer_idle(js: &jetstream::Context, stream: &str, consumer: &str) -> bool {
+    match js
+        .get_consumer_from_stream::<pull::Config, _, _>(consumer, stream)
+        .await
+    {
+        Ok(mut c) => c
+            .info()
+            .await
+            .map(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Waits until the aggregator has handled every event and every posting
+/// has its registry_data stored. Polled cheaply (consumer infos, the
+/// receivers' counts) so the measured CPU is the pipeline's; LEDGER is
+/// counted once everything looks idle.
+async fn settle(
+    js: &jetstream::Context,
+    ledger: &Stream,
+    receivers: &[&Receiver],
+    limit: Duration,
+    progress: &mut dyn FnMut(&BenchProgress),
+    stage: &str,
+) -> Result<u64, BenchError> {
+    let started = Instant::now();
+    loop {
+        let mut idle = consumer_idle(js, ORDERS_STREAM, crate::aggregator::CONSUMER).await;
+        for r in ["journal", "detail"] {
+            let name = format!("{}{r}", crate::dispatcher::CONSUMER_PREFIX);
+            idle = idle && consumer_idle(js, LEDGER_STREAM, &name).await;
+        }
+        let accepted: u64 = receivers.iter().map(|r| r.stats().accepted).sum();
+        progress(&BenchProgress {
+            stage: stage.to_owned(),
+            done: accepted,
+            total: 0,
+        });
+        if idle {
+            let postings = count(ledger, subjects::POSTINGS_ALL).await;
+            let delivered = count(ledger, subjects::REGISTRY_DATA_ALL).await;
+            progress(&BenchProgress {
+                stage: stage.to_owned(),
+                done: delivered,
+                total: postings,
+            });
+            if postings > 0 && delivered >= postings {
+                return Ok(postings);
+            }
+        }
+        if started.elapsed() > limit {
+            let postings = count(ledger, subjects::POSTINGS_ALL).await;
+            let delivered = count(ledger, subjects::REGISTRY_DATA_ALL).await;
+            return Err(BenchError::Step {
+                what: "waiting for deliveries",
+                message: format!("{delivered} of {postings} postings delivered after {limit:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every stored posting: idempotency key → (ORDERS seq of its event, size).
+async fn read_postings(ledger: &Stream) -> Result<HashMap<String, (u64, usize)>, BenchError> {
+    let mut out = HashMap::new();
+    let mut c = ledger
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subjects::POSTINGS_ALL.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(err("reading the postings"))?;
+    if c.info().await.map(|i| i.num_pending).unwrap_or(0) == 0 {
+        return Ok(out);
+    }
+    let mut msgs = c.messages().await.map_err(err("reading the postings"))?;
+    while let Some(m) = msgs.next().await {
+        let m = m.map_err(err("reading the postings"))?;
+        if let Ok(sp) = serde_json::from_slice::<StoredPosting>(&m.payload) {
+            out.insert(
+                sp.posting.idempotency_key.to_string(),
+                (sp.source_seq, m.payload.len()),
+            );
+        }
+        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Runs (c). `progress` is called often.
+pub async fn run(
+    opts: &PipelineOptions,
+    progress: &mut dyn FnMut(&BenchProgress),
+) -> Result<PipelineFigures, BenchError> {
+    progress(&BenchProgress::stage(
+        "(c) starting nats-server and the pipeline",
+    ));
+    let mut server = NatsServer::start().await?;
+    let stop_receivers = CancellationToken::new();
+    let secret = Secret::new(BENCH_SECRET);
+    let journal = start_receiver(Some(&secret), stop_receivers.clone()).await?;
+    let detail = start_receiver(None, stop_receivers.clone()).await?;
+    let settings = bench_settings(&server.url(), &journal, &detail, opts.max_in_flight)?;
+    let prefix = settings.config.subject_prefix.clone();
+    let client = streams::connect_once(&settings.config).await?;
+    let js = jetstream::new(client.clone());
+    streams::ensure_streams(&js, &prefix).await?;
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(err("reading LEDGER"))?;
+    let stop_service = CancellationToken::new();
+    let service = tokio::spawn(crate::service::run_with_listener(
+        settings.clone(),
+        [Component::Aggregator, Component::Dispatcher]
+            .into_iter()
+            .collect(),
+        None,
+        stop_service.clone(),
+    ));
+    // Ready once the aggregator and every dispatcher consumer exist.
+    let ready_since = Instant::now();
+    loop {
+        let agg = js
+            .get_consumer_from_stream::<pull::Config, _, _>(
+                crate::aggregator::CONSUMER,
+                ORDERS_STREAM,
+            )
+            .await
+            .is_ok();
+        let mut disp = true;
+        for r in ["journal", "detail"] {
+            let name = format!("{}{r}", crate::dispatcher::CONSUMER_PREFIX);
+            disp &= ledger.get_consumer::<pull::Config>(&name).await.is_ok();
+        }
+        if agg && disp {
+            break;
+        }
+        if ready_since.elapsed() > Duration::from_secs(30) || service.is_finished() {
+            return Err(BenchError::Step {
+                what: "starting the pipeline",
+                message: "the aggregator and dispatcher did not start within 30 s".to_owned(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Burst.
+    let lines = dataset::generate(opts.orders, dataset::SEED);
+    let mut sent_at: HashMap<u64, OffsetDateTime> = HashMap::new();
+    let before_own = usage::own();
+    let before_nats = server.pid().and_then(usage::of_pid);
+    let burst_started = OffsetDateTime::now_utc();
+    let events = publish_lines(
+        &js,
+        &prefix,
+        &lines,
+        None,
+        &mut sent_at,
+        progress,
+        "(c) publishing the burst",
+    )
+    .await?;
+    let receivers = [&journal.receiver, &detail.receiver];
+    let postings = settle(
+        &js,
+        &ledger,
+        &receivers,
+        opts.settle_limit,
+        progress,
+        "(c) delivering the burst",
+    )
+    .await?;
+    let after_own = usage::own();
+    let after_nats = server.pid().and_then(usage::of_pid);
+    let burst_last_seq = sent_at.keys().copied().max().unwrap_or(0);
+    let burst_end = receivers
+        .iter()
+        .flat_map(|r| r.received())
+        .filter(|r| (200..300).contains(&r.status))
+        .map(|r| r.at)
+        .max()
+        .unwrap_or_else(OffsetDateTime::now_utc);
+    let elapsed = (burst_end - burst_started).unsigned_abs();
+    let postings_per_s = postings as f64 / elapsed.as_secs_f64().max(1e-9);
+
+    // Paced, at half the burst's rate.
+    let mut paced_rate = None;
+    if !opts.paced.is_zero() && postings > 0 {
+        let events_per_posting = events as f64 / postings as f64;
+        let rate = (postings_per_s / 2.0 * events_per_posting).max(1.0);
+        let wanted_events = (rate * opts.paced.as_secs_f64()).ceil() as usize;
+        let events_per_order = (events as f64 / opts.orders.max(1) as f64).max(1.0);
+        let orders = ((wanted_events as f64 / events_per_order).ceil() as usize).max(1);
+        let lines: Vec<String> = dataset::generate(orders, dataset::SEED + 1)
+            .into_iter()
+            .map(|l| l.replace("\"ord-", "\"paced-ord-"))
+            .collect();
+        let published = publish_lines(
+            &js,
+            &prefix,
+            &lines,
+            Some(rate),
+            &mut sent_at,
+            progress,
+            "(c) publishing at half the rate",
+        )
+        .await?;
+        settle(
+            &js,
+            &ledger,
+            &receivers,
+            opts.settle_limit,
+            progress,
+            "(c) delivering the paced run",
+        )
+        .await?;
+        paced_rate = Some((rate, published));
+    }
+
+    // Latencies, sizes, bodies.
+    progress(&BenchProgress::stage("(c) reading what was delivered"));
+    let stored = read_postings(&ledger).await?;
+    let mut burst_lat = Vec::new();
+    let mut paced_lat = Vec::new();
+    let mut paced_first: Option<OffsetDateTime> = None;
+    let mut paced_last: Option<OffsetDateTime> = None;
+    let mut first_receipt: BTreeMap<String, OffsetDateTime> = BTreeMap::new();
+    let mut bodies = Vec::new();
+    for r in receivers.iter().flat_map(|r| r.received()) {
+        if !(200..300).contains(&r.status) {
+            continue;
+        }
+        if bodies.len() < BODIES_KEPT {
+            bodies.push(Bytes::from(r.body.clone()));
+        }
+        if let Some(key) = r.idempotency_key {
+            first_receipt
+                .entry(key)
+                .and_modify(|t| *t = (*t).min(r.at))
+                .or_insert(r.at);
+        }
+    }
+    for (key, at) in &first_receipt {
+        let Some((source_seq, _)) = stored.get(key) else {
+            continue;
+        };
+        let Some(sent) = sent_at.get(source_seq) else {
+            continue;
+        };
+        let latency = (*at - *sent).max(time::Duration::ZERO).unsigned_abs();
+        if *source_seq <= burst_last_seq {
+            burst_lat.push(latency);
+        } else {
+            paced_lat.push(latency);
+            paced_first = Some(paced_first.map_or(*sent, |t| t.min(*sent)));
+            paced_last = Some(paced_last.map_or(*at, |t| t.max(*at)));
+        }
+    }
+    let paced = paced_rate.map(|(rate, _)| {
+        let span = match (paced_first, paced_last) {
+            (Some(a), Some(b)) => (b - a).unsigned_abs().as_secs_f64(),
+            _ => 0.0,
+        };
+        Paced {
+            events_per_s: rate,
+            postings_per_s: paced_lat.len() as f64 / span.max(1e-9),
+            latency: Percentiles::of(std::mem::take(&mut paced_lat)),
+        }
+    });
+
+    let own = Usage {
+        cpu: after_own.cpu.saturating_sub(before_own.cpu),
+        peak_rss: after_own.peak_rss,
+    };
+    let nats_cpu = match (before_nats, after_nats) {
+        (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+        _ => None,
+    };
+    let figures = PipelineFigures {
+        orders: opts.orders,
+        events,
+        postings,
+        elapsed,
+        postings_per_s,
+        burst_latency: Percentiles::of(burst_lat),
+        paced,
+        cpu_own: own.cpu,
+        cpu_nats: nats_cpu,
+        peak_rss_own: own.peak_rss,
+        peak_rss_nats: server
+            .pid()
+            .and_then(usage::of_pid)
+            .and_then(|u| u.peak_rss),
+        posting_sizes: stored.values().map(|(_, size)| *size).collect(),
+        bodies,
+    };
+
+    progress(&BenchProgress::stage("(c) stopping the pipeline"));
+    stop_service.cancel();
+    if let Ok(Err(e)) = service.await {
+        tracing::warn!(error = %e, "the pipeline stopped with an error");
+    }
+    stop_receivers.cancel();
+    let _ = client.flush().await;
+    drop(client);
+    server.stop().await;
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        let p = Percentiles::of(v);
+        assert_eq!(p.samples, 1000);
+        assert_eq!(p.p50, Duration::from_millis(500));
+        assert_eq!(p.p99, Duration::from_millis(990));
+        assert_eq!(p.p999, Duration::from_millis(999));
+        assert_eq!(Percentiles::of(Vec::new()).p99, Duration::ZERO);
+    }
+}

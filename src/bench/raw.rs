@@ -1,0 +1,222 @@
+//! What the parts can do alone on this machine: (a) JetStream async
+//! publish and pull consume + ack of messages of the postings' sizes, and
+//! (b) HTTP POSTs of the postings' bodies from reqwest to a minimal axum
+//! receiver. Together they give the limit the pipeline is compared with.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+use axum::Json;
+use axum::routing::post;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::BenchError;
+use crate::natsd::NatsServer;
+
+/// Publish acks awaited at once by the raw publisher (as `publish` does).
+pub const PUBLISH_WINDOW: usize = 256;
+/// Messages per pull request of the raw consumer (as the dispatcher).
+pub const PULL_BATCH: usize = 256;
+/// Subjects the raw messages are spread over (like orders).
+const SUBJECTS: usize = 1024;
+
+/// Raw JetStream rates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JetStreamFigures {
+    pub messages: usize,
+    pub mean_bytes: usize,
+    /// Async publish, [`PUBLISH_WINDOW`] acks outstanding, messages/s.
+    pub publish_per_s: f64,
+    /// Pull consume + explicit ack, messages/s.
+    pub consume_per_s: f64,
+}
+
+/// Raw HTTP rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFigures {
+    pub requests: usize,
+    pub concurrency: usize,
+    pub mean_bytes: usize,
+    pub per_s: f64,
+}
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
+    move |e| BenchError::Step {
+        what,
+        message: e.to_string(),
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// (a): `count` messages cycling through `sizes` (bytes), published to a
+/// file-stored stream on a fresh nats-server, then consumed and acked.
+pub async fn jetstream(sizes: &[usize], count: usize) -> Result<JetStreamFigures, BenchError> {
+    let sizes: Vec<usize> = if sizes.is_empty() {
+        vec![700]
+    } else {
+        sizes.to_vec()
+    };
+    let mut server = NatsServer::start().await?;
+    let client = async_nats::connect(server.url())
+        .await
+        .map_err(err("connecting to the raw nats-server"))?;
+    let js = jetstream::new(client.clone());
+    let bench = js
+        .create_stream(stream::Config {
+            name: "BENCH".to_owned(),
+            subjects: vec!["bench.>".to_owned()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(err("creating the raw stream"))?;
+    let payloads: Vec<Bytes> = sizes.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect();
+    let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("bench.{i}")).collect();
+
+    let started = Instant::now();
+    let mut window: VecDeque<PublishAckFuture> = VecDeque::with_capacity(PUBLISH_WINDOW);
+    for i in 0..count {
+        if window.len() >= PUBLISH_WINDOW
+            && let Some(ack) = window.pop_front()
+        {
+            ack.await.map_err(err("raw publish ack"))?;
+        }
+        let ack = js
+            .publish(
+                subjects[i % SUBJECTS].clone(),
+                payloads[i % payloads.len()].clone(),
+            )
+            .await
+            .map_err(err("raw publish"))?;
+        window.push_back(ack);
+    }
+    for ack in window {
+        ack.await.map_err(err("raw publish ack"))?;
+    }
+    let publish_took = started.elapsed();
+
+    let consumer: consumer::PullConsumer = bench
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench".to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(err("creating the raw consumer"))?;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .messages()
+        .await
+        .map_err(err("raw pull"))?;
+    let mut consumed = 0;
+    while consumed < count {
+        match messages.next().await {
+            Some(Ok(m)) => {
+                m.ack().await.map_err(err("raw ack"))?;
+                consumed += 1;
+            }
+            Some(Err(e)) => return Err(err("raw pull")(e)),
+            None => break,
+        }
+    }
+    let consume_took = started.elapsed();
+    drop(messages);
+    let _ = client.flush().await;
+    drop(client);
+    server.stop().await;
+    Ok(JetStreamFigures {
+        messages: count,
+        mean_bytes: sizes.iter().sum::<usize>() / sizes.len(),
+        publish_per_s: rate(count, publish_took),
+        consume_per_s: rate(consumed, consume_took),
+    })
+}
+
+/// (b): `count` POSTs cycling through `bodies`, `concurrency` at once,
+/// from one reqwest client (pooled keep-alive connections) to an axum
+/// receiver on loopback that answers a small JSON object at once.
+pub async fn http(
+    bodies: &[Bytes],
+    count: usize,
+    concurrency: usize,
+) -> Result<HttpFigures, BenchError> {
+    let bodies: Vec<Bytes> = if bodies.is_empty() {
+        vec![Bytes::from(vec![b' '; 700])]
+    } else {
+        bodies.to_vec()
+    };
+    let concurrency = concurrency.max(1);
+    let router = axum::Router::new().route(
+        "/hooks",
+        post(|| async { Json(json!({"journal_id": "J-1", "revision": 1})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(err("binding the raw receiver"))?;
+    let url = format!(
+        "http://{}/hooks",
+        listener
+            .local_addr()
+            .map_err(err("binding the raw receiver"))?
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .no_proxy()
+        .build()
+        .map_err(err("building the raw HTTP client"))?;
+    let started = Instant::now();
+    let mut results = futures::stream::iter(0..count)
+        .map(|i| {
+            let request = client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bodies[i % bodies.len()].clone());
+            async move {
+                let resp = request.send().await?;
+                let status = resp.status();
+                resp.bytes().await?;
+                Ok::<_, reqwest::Error>(status)
+            }
+        })
+        .buffer_unordered(concurrency);
+    let mut ok = 0;
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(s) if s.is_success() => ok += 1,
+            Ok(s) => {
+                return Err(BenchError::Step {
+                    what: "raw HTTP",
+                    message: format!("the raw receiver answered {s}"),
+                });
+            }
+            Err(e) => return Err(err("raw HTTP")(e)),
+        }
+    }
+    let took = started.elapsed();
+    stop.cancel();
+    let _ = server.await;
+    Ok(HttpFigures {
+        requests: ok,
+        concurrency,
+        mean_bytes: bodies.iter().map(Bytes::len).sum::<usize>() / bodies.len(),
+        per_s: rate(ok, took),
+    })
+}

@@ -1,0 +1,97 @@
+//! CPU time and peak memory of this process (`getrusage`) and of another
+//! one by pid (`/proc/<pid>/stat` and `status`, Linux only), for the
+//! bench's CPU-per-posting and RSS figures.
+
+use std::time::Duration;
+
+/// CPU time (user + system) and peak resident set of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub cpu: Duration,
+    /// Peak RSS in bytes (`None` when the platform does not say).
+    pub peak_rss: Option<u64>,
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+}
+
+/// This process so far.
+pub fn own() -> Usage {
+    // SAFETY: `getrusage` only writes the struct we pass, which is zeroed
+    // plain data (an all-zero `rusage` is a valid value).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a live `rusage`; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return Usage::default();
+    }
+    Usage {
+        cpu: timeval(ru.ru_utime) + timeval(ru.ru_stime),
+        // Linux reports ru_maxrss in KiB.
+        peak_rss: Some(ru.ru_maxrss.max(0) as u64 * 1024),
+    }
+}
+
+/// Another process so far (Linux `/proc`), or `None` when it cannot be read.
+pub fn of_pid(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let cpu = parse_stat_cpu(&stat, clock_ticks_per_s())?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    Some(Usage {
+        cpu,
+        peak_rss: status.as_deref().and_then(parse_vm_hwm),
+    })
+}
+
+fn clock_ticks_per_s() -> u64 {
+    // SAFETY: `sysconf` has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The
+/// command name (field 2) is in parentheses and may hold spaces, so fields
+/// are counted after its closing parenthesis.
+fn parse_stat_cpu(stat: &str, ticks_per_s: u64) -> Option<Duration> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the name: field 3 (state) is index 0, so 14 and 15 are 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks_per_s as f64,
+    ))
+}
+
+/// `VmHWM` (peak RSS) of a `/proc/<pid>/status` text, in bytes.
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_is_read_after_a_name_with_spaces_and_parentheses() {
+        let stat = "1234 (nats (srv) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0";
+        assert_eq!(parse_stat_cpu(stat, 100), Some(Duration::from_secs(3)));
+        assert_eq!(parse_stat_cpu("garbage", 100), None);
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    2048 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_hwm("Name: x\n"), None);
+    }
+
+    #[test]
+    fn own_usage_is_positive() {
+        let u = own();
+        assert!(u.peak_rss.is_some_and(|r| r > 0));
+    }
+}

@@ -1,0 +1,58 @@
+//! `ledgerline bench --quick` as a smoke test: it runs to the end against
+//! real nats-servers and receivers, and its report has every figure the
+//! issue asks for, ending with the ratio line. No thresholds: timings on a
+//! shared machine prove nothing.
+
+use std::process::Command;
+
+#[test]
+fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["bench", "--quick", "--paced-seconds", "0.5"])
+        .output()
+        .expect("ledgerline runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    for part in [
+        "(a) JetStream raw",
+        "async publish",
+        "pull consume + ack",
+        "(b) HTTP raw",
+        "(c) pipeline end to end",
+        "postings delivered with registry_data stored",
+        "postings/s",
+        "p50 ",
+        "p99 ",
+        "p99.9 ",
+        "paced at half the burst rate",
+        "CPU per 1,000 postings",
+        "peak RSS",
+        "limit = 1 / (3/publish + 2/consume + 1/POST)",
+    ] {
+        assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    let ratio = last
+        .strip_prefix("end-to-end/limit ratio: ")
+        .unwrap_or_else(|| panic!("last line {last:?}"));
+    let (int, frac) = ratio.split_once('.').expect("a decimal ratio");
+    assert!(
+        int.chars().all(|c| c.is_ascii_digit()) && frac.len() == 2,
+        "{last:?}"
+    );
+    let value: f64 = ratio.parse().expect("a number");
+    assert!(value > 0.0, "nothing was delivered: {stdout}");
+    // Every posting was delivered: `N orders → E events → P postings`.
+    let postings: u64 = stdout
+        .split(" postings delivered")
+        .next()
+        .and_then(|s| s.rsplit("→ ").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(postings > 0, "{stdout}");
+}
