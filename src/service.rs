@@ -247,38 +247,7 @@ pub async fn run_with_listener(
         health.set(c.name(), ComponentState::Running);
     }
 
-    let mut first_error = None;
-    while let Some(done) = tasks.join_next_with_id().await {
-        let (id, result) = match done {
-            Ok((id, r)) => (id, Ok(r)),
-            Err(e) => (e.id(), Err(e)),
-        };
-        // Every task was spawned above and named.
-        let Some(&component) = names.get(&id) else {
-            continue;
-        };
-        let result = match result.unwrap_or_else(|panic| {
-            Err(ServiceError::Stopped {
-                component,
-                message: panic.to_string(),
-            })
-        }) {
-            Ok(()) if !shutdown.is_cancelled() => Err(ServiceError::Stopped {
-                component,
-                message: "stopped without being asked to".to_owned(),
-            }),
-            other => other,
-        };
-        match result {
-            Ok(()) => health.set(component.name(), ComponentState::Stopped),
-            Err(e) => {
-                health.set(component.name(), ComponentState::Failed);
-                error!(component = component.name(), error = %e, "component failed; stopping the others");
-                shutdown.cancel();
-                first_error.get_or_insert(e);
-            }
-        }
-    }
+    let first_error = join_components(&mut tasks, &names, &shutdown, &health).await;
     // The watcher follows the same token; wait for it to let go.
     shutdown.cancel();
     let _ = watcher.task.await;
@@ -389,34 +358,7 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
             names.insert(handle.id(), c);
             parts.health.set(c.name(), ComponentState::Running);
         }
-        let mut first_error = None;
-        while let Some(done) = tasks.join_next_with_id().await {
-            let (id, result) = match done {
-                Ok((id, r)) => (id, Ok(r)),
-                Err(e) => (e.id(), Err(e)),
-            };
-            let Some(&component) = names.get(&id) else {
-                continue;
-            };
-            let result = match result.unwrap_or_else(|panic| {
-                Err(ServiceError::Stopped {
-                    component,
-                    message: panic.to_string(),
-                })
-            }) {
-                Ok(()) if !active.is_cancelled() => Err(ServiceError::Stopped {
-                    component,
-                    message: "stopped without being asked to".to_owned(),
-                }),
-                other => other,
-            };
-            if let Err(e) = result {
-                error!(component = component.name(), error = %e, "component failed; stopping the others");
-                parts.health.set(component.name(), ComponentState::Failed);
-                active.cancel();
-                first_error.get_or_insert(e);
-            }
-        }
+        let first_error = join_components(&mut tasks, &names, &active, &parts.health).await;
         // Every write of this term is done: only now may another instance
         // take over (release, or let the lease run out if it was lost).
         stop_keeper.cancel();
@@ -432,6 +374,50 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
         }
         warn!(instance = %instance, "lease lost; this instance stands by again");
     }
+}
+
+/// Waits for every task in `tasks`. A component that fails, panics or
+/// stops while `token` is not cancelled is marked failed and cancels
+/// `token`, which stops the others; the first such error is returned.
+async fn join_components(
+    tasks: &mut tokio::task::JoinSet<Result<(), ServiceError>>,
+    names: &HashMap<tokio::task::Id, Component>,
+    token: &CancellationToken,
+    health: &Health,
+) -> Option<ServiceError> {
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next_with_id().await {
+        let (id, result) = match done {
+            Ok((id, r)) => (id, Ok(r)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        // Every task was spawned by the caller and named.
+        let Some(&component) = names.get(&id) else {
+            continue;
+        };
+        let result = match result.unwrap_or_else(|panic| {
+            Err(ServiceError::Stopped {
+                component,
+                message: panic.to_string(),
+            })
+        }) {
+            Ok(()) if !token.is_cancelled() => Err(ServiceError::Stopped {
+                component,
+                message: "stopped without being asked to".to_owned(),
+            }),
+            other => other,
+        };
+        match result {
+            Ok(()) => health.set(component.name(), ComponentState::Stopped),
+            Err(e) => {
+                health.set(component.name(), ComponentState::Failed);
+                error!(component = component.name(), error = %e, "component failed; stopping the others");
+                token.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error
 }
 
 /// Start-up steps 2–4, retried while NATS is unreachable. `None` when
