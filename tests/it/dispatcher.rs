@@ -2037,12 +2037,11 @@ async fn ack_pending(nats: &Nats, registry: &str) -> u64 {
     info.num_ack_pending as u64 + info.num_pending
 }
 
-/// Performance (issue 12): an order's next posting, arriving after its
-/// worker ended caught up, used to cost a cold start: the order's state
-/// read back from LEDGER (two Direct Gets) although the dispatcher itself
-/// had just written it. The state is kept now, and the chain stays right.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back() {
+/// A dispatcher for one registry with 3 postings of `order` computed and
+/// posting 1 published, delivered and its wake-up acked.
+async fn order_with_posting_1_delivered(
+    order: &str,
+) -> (Nats, Receiver, Vec<Posting>, Publisher, Dispatcher) {
     let nats = support::nats().await;
     let (rx, url) = sample_receiver(None, FailureMode::default()).await;
     let settings = support::settings(
@@ -2051,11 +2050,7 @@ async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back(
     );
     let postings = postings_of(
         &settings,
-        &[
-            event("o-warm", 1, 2),
-            event("o-warm", 2, 3),
-            event("o-warm", 3, 1),
-        ],
+        &[event(order, 1, 2), event(order, 2, 3), event(order, 3, 1)],
     );
     let mut publisher = Publisher::new(&nats);
     let d = start(&nats, &settings, |_| {});
@@ -2066,6 +2061,16 @@ async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back(
         || async { rx.received().len() == 1 && ack_pending(&nats, "books").await == 0 },
     )
     .await;
+    (nats, rx, postings, publisher, d)
+}
+
+/// Performance (issue 12): an order's next posting, arriving after its
+/// worker ended caught up, used to cost a cold start: the order's state
+/// read back from LEDGER (two Direct Gets) although the dispatcher itself
+/// had just written it. The state is kept now, and the chain stays right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back() {
+    let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-warm").await;
     use futures::StreamExt as _;
     // Every state read from now on (Direct Get by last subject).
     let mut reads = nats
@@ -2108,29 +2113,7 @@ async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back(
 /// the registry_data that is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
-    let nats = support::nats().await;
-    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
-    );
-    let postings = postings_of(
-        &settings,
-        &[
-            event("o-stale", 1, 2),
-            event("o-stale", 2, 3),
-            event("o-stale", 3, 1),
-        ],
-    );
-    let mut publisher = Publisher::new(&nats);
-    let d = start(&nats, &settings, |_| {});
-    publisher.publish(&postings[..1]).await;
-    eventually(
-        "posting 1 delivered and acked",
-        Duration::from_secs(10),
-        || async { rx.received().len() == 1 && ack_pending(&nats, "books").await == 0 },
-    )
-    .await;
+    let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-stale").await;
     // Posting 2 answered by "another dispatcher" behind this one's back,
     // before this one sees the posting.
     let rd_subject = subjects::registry_data("books", "o-stale");
