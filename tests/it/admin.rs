@@ -118,7 +118,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
             "{what}: {answer}"
         );
     }
-    let (status, _) = svc.call(Method::GET, "/v1/registries/r1", None).await;
+    let (status, _) = svc.get("/v1/registries/r1").await;
     assert_eq!(status, 404, "nothing refused was stored");
 
     // Not JSON at all: 400; too large: 413.
@@ -139,14 +139,14 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     );
 
     // Read: one, and the list.
-    let (status, body) = svc.call(Method::GET, "/v1/registries/xero-eu", None).await;
+    let (status, body) = svc.get("/v1/registries/xero-eu").await;
     assert_eq!(status, 200);
     assert_eq!(
         body["registry"]["url"],
         "https://accounting.example/hooks/orders"
     );
     assert_eq!(body["registry"]["changed_by"], "api");
-    let (_, list) = svc.call(Method::GET, "/v1/registries", None).await;
+    let (_, list) = svc.get("/v1/registries").await;
     assert_eq!(list["registries"].as_array().unwrap().len(), 1);
 
     // Replace what was read, changed (the read-only fields ride along).
@@ -171,7 +171,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     );
     // Without a revision, wrapped like the reference API, with the same
     // content: nothing to write.
-    let (_, current) = svc.call(Method::GET, "/v1/registries/xero-eu", None).await;
+    let (_, current) = svc.get("/v1/registries/xero-eu").await;
     let mut same = json!({"registry": current["registry"].clone()});
     same["registry"].as_object_mut().unwrap().remove("revision");
     let (status, body) = svc
@@ -210,15 +210,13 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
         .call(Method::DELETE, "/v1/registries/xero-eu", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = svc.call(Method::GET, "/v1/registries/xero-eu", None).await;
+    let (status, _) = svc.get("/v1/registries/xero-eu").await;
     assert_eq!(status, 404);
     let (status, _) = svc
         .call(Method::DELETE, "/v1/registries/xero-eu", None)
         .await;
     assert_eq!(status, 404);
-    let (status, body) = svc
-        .call(Method::GET, "/v1/registries/xero-eu/history", None)
-        .await;
+    let (status, body) = svc.get("/v1/registries/xero-eu/history").await;
     assert_eq!(status, 200, "{body}");
     let ops: Vec<&str> = body["history"]
         .as_array()
@@ -229,7 +227,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     assert_eq!(ops, ["put", "put", "delete"]);
 
     // Unknown routes and methods: JSON 404 and 405.
-    let (status, body) = svc.call(Method::GET, "/v1/nothing", None).await;
+    let (status, body) = svc.get("/v1/nothing").await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"]["message"].is_string());
     let (status, _) = svc.call(Method::PATCH, "/v1/registries/other", None).await;
@@ -327,9 +325,9 @@ async fn no_response_ever_carries_a_secret() {
         assert_eq!(status, 201, "{b}");
         seen.push_str(&b.to_string());
     }
-    let (_, list) = svc.call(Method::GET, "/v1/registries", None).await;
+    let (_, list) = svc.get("/v1/registries").await;
     seen.push_str(&list.to_string());
-    let (_, one) = svc.call(Method::GET, "/v1/registries/oauth", None).await;
+    let (_, one) = svc.get("/v1/registries/oauth").await;
     seen.push_str(&one.to_string());
     assert_eq!(one["registry"]["signing_secret"], "***");
     assert_eq!(one["registry"]["auth"]["client_secret"], "***");
@@ -359,15 +357,11 @@ async fn no_response_ever_carries_a_secret() {
         ledgerline::secret::reveal_secrets(|| serde_json::to_value(&stored.config.query)).unwrap();
     assert_eq!(query["api_key"], secrets[8]);
     // …through a change of the registry's secrets too.
-    let (_, h) = svc
-        .call(Method::GET, "/v1/registries/oauth/history", None)
-        .await;
+    let (_, h) = svc.get("/v1/registries/oauth/history").await;
     seen.push_str(&h.to_string());
     let (_, d) = svc.call(Method::DELETE, "/v1/registries/basic", None).await;
     seen.push_str(&d.to_string());
-    let (_, h) = svc
-        .call(Method::GET, "/v1/registries/basic/history", None)
-        .await;
+    let (_, h) = svc.get("/v1/registries/basic/history").await;
     seen.push_str(&h.to_string());
     // A refused write does not echo the secret either.
     let mut bad = bearer.clone();
@@ -472,7 +466,7 @@ async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again(
         "auth": {"type": "basic", "username": "u", "password": "basic-password-value"}});
     let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&basic)).await;
     assert_eq!(status, 201, "{b}");
-    let (_, read) = svc.call(Method::GET, "/v1/registries/books", None).await;
+    let (_, read) = svc.get("/v1/registries/books").await;
     let mut moved = read["registry"].clone();
     moved["url"] = json!("https://evil.example/collect");
     moved["headers"]["X-Api-Key"] = json!("header-secret-value");
@@ -487,7 +481,7 @@ async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again(
             && message.contains("\"***\""),
         "{message}"
     );
-    let (_, after) = svc.call(Method::GET, "/v1/registries/books", None).await;
+    let (_, after) = svc.get("/v1/registries/books").await;
     assert_eq!(after["registry"]["url"], "https://a.example/hooks");
     assert_eq!(after["registry"]["revision"], read["registry"]["revision"]);
     // Sent again in clear: accepted.
@@ -574,7 +568,7 @@ async fn a_registry_with_notify_emails_and_no_smtp_shows_a_warning() {
         "notify_emails": ["ops@example.com"]});
     let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&body)).await;
     assert_eq!(status, 201, "{b}");
-    let (_, read) = svc.call(Method::GET, "/v1/registries/mailed", None).await;
+    let (_, read) = svc.get("/v1/registries/mailed").await;
     let warnings = read["registry"]["warnings"]
         .as_array()
         .cloned()

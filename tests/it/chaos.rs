@@ -371,7 +371,7 @@ fn expected(
     settings: &ledgerline::config::Settings,
     events: &str,
 ) -> (HashMap<String, Want>, usize) {
-    let all = support::offline_postings(settings, events);
+    let all = support::engine::offline_postings(settings, events);
     let pairs = all
         .keys()
         .map(|(r, o, _)| (r, o))

@@ -15,8 +15,6 @@ use ledgerline::config::Settings;
 use ledgerline::dispatcher::state::Status;
 use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
 use ledgerline::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
-use ledgerline::engine::Engine;
-use ledgerline::events::parse_event;
 use ledgerline::posting::Posting;
 use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
 use ledgerline::records::{
@@ -27,11 +25,12 @@ use ledgerline::secret::Secret;
 use ledgerline::streams::subjects;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::engine::{self, ticket_event};
 use crate::support::scripted::{Reply, Scripted, reply};
-use crate::support::{self, Nats};
+use crate::support::{self, Nats, process};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PREVIOUS_SECRET: &str = "whsec_c2VjcmV0LW9mLXRoZS1wcmV2aW91cy1rZXk=";
@@ -40,38 +39,6 @@ const PREVIOUS_SECRET: &str = "whsec_c2VjcmV0LW9mLXRoZS1wcmV2aW91cy1rZXk=";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// An event for `order` at `version` with `adults` museum tickets.
-fn event(order: &str, version: u64, adults: u32) -> String {
-    json!({
-        "event_id": format!("{order}-v{version}"),
-        "type": if version == 1 { "order.confirmed" } else { "order.updated" },
-        "order_id": order,
-        "occurred_at": "2026-11-22T10:00:00Z",
-        "order": {
-            "version": version, "currency": "EUR", "channel": "direct",
-            "prices_include_tax": true,
-            "line_items": [{
-                "id": "li-1", "product_id": "museum", "option_id": "standard",
-                "unit_type": "adult", "description": "Museum General Admission",
-                "quantity": adults, "unit_price": "11.00", "discount": "0.00", "tax_rate": "0"
-            }],
-            "fees": []
-        }
-    })
-    .to_string()
-}
-
-/// The postings the engine makes of `events`, in order.
-fn postings_of(settings: &Settings, events: &[String]) -> Vec<Posting> {
-    let mut engine = Engine::new(settings.ledger, settings.registries.clone());
-    let mut out = Vec::new();
-    for e in events {
-        let ev = parse_event(e.as_bytes(), None).expect("test events are valid");
-        out.extend(engine.process(&ev).expect("test events apply"));
-    }
-    out
 }
 
 /// Publishes postings as the aggregator stores them.
@@ -147,22 +114,6 @@ async fn stored_raw(nats: &Nats, subject: &str) -> Vec<(String, Vec<u8>)> {
     }
 }
 
-/// Waits until `check` is true, polling.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A dispatcher running in this process.
 struct Dispatcher {
     shutdown: CancellationToken,
@@ -198,15 +149,6 @@ impl Dispatcher {
     }
 }
 
-/// The sample receiver on a free loopback port: it and its base URL.
-async fn sample_receiver(secret: Option<&str>, failure: FailureMode) -> (Receiver, String) {
-    let rx = Receiver::new(secret.map(Secret::new).as_ref(), failure).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(rx.clone().serve(listener, std::future::pending()));
-    (rx, url)
-}
-
 /// A local SMTP sink (`aiosmtpd`, installed by `make tools`) writing a
 /// Maildir.
 struct SmtpSink {
@@ -232,7 +174,7 @@ impl SmtpSink {
             .kill_on_drop(true)
             .spawn()
             .expect("aiosmtpd runs (run `make tools`)");
-        eventually(
+        support::eventually(
             "the SMTP sink to listen",
             Duration::from_secs(15),
             || async { TcpStream::connect(("127.0.0.1", port)).await.is_ok() },
@@ -282,7 +224,7 @@ fn assert_no_secret(haystack: &str, secrets: &[&str], where_: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_example_reaches_the_receiver_byte_exact_with_every_header() {
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(Some(SECRET), FailureMode::default()).await;
+    let (rx, url) = support::receiver(Some(SECRET), FailureMode::default()).await;
     let settings = support::settings(
         &nats.server,
         &format!(
@@ -302,11 +244,11 @@ query = {{ "tenant" = "eu" }}
         .lines()
         .map(str::to_owned)
         .collect();
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     assert_eq!(postings.len(), 1);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |_| {});
-    eventually("the posting", Duration::from_secs(10), || async {
+    support::eventually("the posting", Duration::from_secs(10), || async {
         !rx.received().is_empty()
     })
     .await;
@@ -365,21 +307,21 @@ query = {{ "tenant" = "eu" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_posting_carries_the_registry_data_the_previous_reply_returned() {
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let (rx, url) = support::receiver(None, FailureMode::default()).await;
     let settings = support::settings(
         &nats.server,
         &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
     );
     let events = vec![
-        event("o-chain", 1, 2),
-        event("o-chain", 2, 3),
-        event("o-chain", 3, 1),
+        ticket_event("o-chain", 1, 2),
+        ticket_event("o-chain", 2, 3),
+        ticket_event("o-chain", 3, 1),
     ];
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     assert_eq!(postings.len(), 3);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |_| {});
-    eventually("3 postings", Duration::from_secs(10), || async {
+    support::eventually("3 postings", Duration::from_secs(10), || async {
         rx.received().len() == 3
     })
     .await;
@@ -411,7 +353,7 @@ async fn two_hundred_orders_in_flight_stay_in_order_while_replies_come_back_shuf
     const ORDERS: usize = 200;
     const PER_ORDER: u64 = 3;
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(
+    let (rx, url) = support::receiver(
         None,
         FailureMode {
             jitter_ms: 25,
@@ -427,10 +369,10 @@ async fn two_hundred_orders_in_flight_stay_in_order_while_replies_come_back_shuf
     let mut events = Vec::new();
     for v in 1..=PER_ORDER {
         for o in 0..ORDERS {
-            events.push(event(&format!("o-{o:03}"), v, v as u32 + 1));
+            events.push(ticket_event(&format!("o-{o:03}"), v, v as u32 + 1));
         }
     }
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     let seq_of: HashMap<String, (String, u64)> = postings
         .iter()
         .map(|p| {
@@ -444,7 +386,7 @@ async fn two_hundred_orders_in_flight_stay_in_order_while_replies_come_back_shuf
     let started = Instant::now();
     Publisher::new(&nats).publish(&postings).await;
     let total = ORDERS * PER_ORDER as usize;
-    eventually("every posting", Duration::from_secs(60), || async {
+    support::eventually("every posting", Duration::from_secs(60), || async {
         rx.stats().accepted as usize >= total
     })
     .await;
@@ -517,11 +459,11 @@ timeout_ms = 500
         ),
     );
     let orders = ["o-500", "o-timeout", "o-reset", "o-429"];
-    let events: Vec<String> = orders.iter().map(|o| event(o, 1, 2)).collect();
-    let postings = postings_of(&settings, &events);
+    let events: Vec<String> = orders.iter().map(|o| ticket_event(o, 1, 2)).collect();
+    let postings = engine::postings(&settings, &events);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |_| {});
-    eventually("every order delivered", Duration::from_secs(15), || async {
+    support::eventually("every order delivered", Duration::from_secs(15), || async {
         let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.books.>").await;
         rd.len() == orders.len()
     })
@@ -621,18 +563,18 @@ password = "basic-password-secret-2"
     );
     let settings = support::settings(&nats.server, &toml);
     let events = vec![
-        event("o-dead", 1, 1),
-        event("o-dead", 2, 2),
-        event("o-dead", 3, 3),
-        event("o-ok", 1, 1),
-        event("o-ok", 2, 2),
+        ticket_event("o-dead", 1, 1),
+        ticket_event("o-dead", 2, 2),
+        ticket_event("o-dead", 3, 3),
+        ticket_event("o-ok", 1, 1),
+        ticket_event("o-ok", 2, 2),
     ];
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |_| {});
 
     // o-dead: 1 delivered, 2 dead at once, 3 held; o-ok goes on.
-    eventually(
+    support::eventually(
         "the dead letter and the other order",
         Duration::from_secs(10),
         || async {
@@ -673,7 +615,7 @@ password = "basic-password-secret-2"
         alerts[0].receiver_message.as_deref(),
         Some("Unknown ledger account 4000")
     );
-    eventually("the failure email", Duration::from_secs(10), || async {
+    support::eventually("the failure email", Duration::from_secs(10), || async {
         !smtp.messages().is_empty()
     })
     .await;
@@ -729,7 +671,7 @@ password = "basic-password-secret-2"
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("redelivery of posting 2"));
-    eventually("o-dead released", Duration::from_secs(10), || async {
+    support::eventually("o-dead released", Duration::from_secs(10), || async {
         let rd: Vec<RegistryDataRecord> =
             stored(&nats, &subjects::registry_data("books", "o-dead")).await;
         rd.len() == 3
@@ -853,9 +795,9 @@ params = {{ region = "west" }}
     let d = start(&nats, &settings, |_| {});
     let mut publisher = Publisher::new(&nats);
     let events: Vec<String> = (0..100)
-        .map(|i| event(&format!("o-{i:03}"), 1, 1))
+        .map(|i| ticket_event(&format!("o-{i:03}"), 1, 1))
         .collect();
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     publisher.publish(&postings).await;
     let delivered = |n: usize| {
         let nats = &nats;
@@ -864,7 +806,7 @@ params = {{ region = "west" }}
             rd.len() >= n
         }
     };
-    eventually("100 deliveries", Duration::from_secs(20), || delivered(100)).await;
+    support::eventually("100 deliveries", Duration::from_secs(20), || delivered(100)).await;
     {
         let s = state.lock().unwrap();
         assert_eq!(s.issued, vec!["tok-1"], "one token for 100 deliveries");
@@ -900,12 +842,12 @@ params = {{ region = "west" }}
         s.next_expires_in = 1;
     }
     let more: Vec<String> = (100..102)
-        .map(|i| event(&format!("o-{i:03}"), 1, 1))
+        .map(|i| ticket_event(&format!("o-{i:03}"), 1, 1))
         .collect();
     let all: Vec<String> = events.iter().chain(&more).cloned().collect();
-    let postings = postings_of(&settings, &all);
+    let postings = engine::postings(&settings, &all);
     publisher.publish(&postings[100..101]).await;
-    eventually(
+    support::eventually(
         "the delivery after the 401",
         Duration::from_secs(10),
         || delivered(101),
@@ -919,7 +861,7 @@ params = {{ region = "west" }}
     // tok-2 lives 1 s: after it, a new token is fetched without a 401.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     publisher.publish(&postings[101..102]).await;
-    eventually("the delivery after expiry", Duration::from_secs(10), || {
+    support::eventually("the delivery after expiry", Duration::from_secs(10), || {
         delivered(102)
     })
     .await;
@@ -942,7 +884,7 @@ params = {{ region = "west" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_pass_the_standardwebhooks_package_with_both_keys_during_a_rotation() {
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let (rx, url) = support::receiver(None, FailureMode::default()).await;
     let future = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
@@ -968,12 +910,14 @@ signing_secret_previous_until = "{past}"
 "#
         ),
     );
-    let events: Vec<String> = (1..=3).map(|v| event("o-sig", v, v as u32)).collect();
+    let events: Vec<String> = (1..=3)
+        .map(|v| ticket_event("o-sig", v, v as u32))
+        .collect();
     Publisher::new(&nats)
-        .publish(&postings_of(&settings, &events))
+        .publish(&engine::postings(&settings, &events))
         .await;
     let d = start(&nats, &settings, |_| {});
-    eventually("6 postings", Duration::from_secs(10), || async {
+    support::eventually("6 postings", Duration::from_secs(10), || async {
         rx.received().len() == 6
     })
     .await;
@@ -1063,12 +1007,15 @@ success_values = ["1", 1, true, "success"]
             server.url("/webhook")
         ),
     );
-    let events = vec![event("o-refused", 1, 1), event("o-fine", 1, 1)];
+    let events = vec![
+        ticket_event("o-refused", 1, 1),
+        ticket_event("o-fine", 1, 1),
+    ];
     Publisher::new(&nats)
-        .publish(&postings_of(&settings, &events))
+        .publish(&engine::postings(&settings, &events))
         .await;
     let d = start(&nats, &settings, |_| {});
-    eventually("both settled", Duration::from_secs(10), || async {
+    support::eventually("both settled", Duration::from_secs(10), || async {
         let r: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.komet.>").await;
         r.len() == 2
     })
@@ -1096,7 +1043,7 @@ success_values = ["1", 1, true, "success"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_targets_foreign_redirects_and_oversized_replies_are_failures() {
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let (rx, url) = support::receiver(None, FailureMode::default()).await;
     let port = url.rsplit(':').next().unwrap().to_owned();
     let server = Scripted::start(|req, _| match req.order().as_str() {
         "o-redirect" => Reply::Respond {
@@ -1140,11 +1087,11 @@ url = "{scripted}"
         allow_private_targets: vec![],
     };
     let d = start(&nats, &settings, |o| o.policy = strict);
-    let mut by_registry = postings_of(&settings, &[event("o-guard", 1, 1)]);
+    let mut by_registry = engine::postings(&settings, &[ticket_event("o-guard", 1, 1)]);
     by_registry.retain(|p| p.registry_id != "scripted");
     let mut publisher = Publisher::new(&nats);
     publisher.publish(&by_registry).await;
-    eventually("both refused", Duration::from_secs(10), || async {
+    support::eventually("both refused", Duration::from_secs(10), || async {
         let a: Vec<AlertRecord> = stored(&nats, "ledger.alerts.by-name").await;
         let b: Vec<AlertRecord> = stored(&nats, "ledger.alerts.by-ip").await;
         !a.is_empty() && !b.is_empty()
@@ -1167,16 +1114,19 @@ url = "{scripted}"
     // Loopback allowed: a redirect to another host is not followed, an
     // oversized reply is a failed (retried) attempt.
     let d = start(&nats, &settings, |_| {});
-    let postings = postings_of(
+    let postings = engine::postings(
         &settings,
-        &[event("o-redirect", 1, 1), event("o-huge", 1, 1)],
+        &[
+            ticket_event("o-redirect", 1, 1),
+            ticket_event("o-huge", 1, 1),
+        ],
     );
     let scripted: Vec<Posting> = postings
         .into_iter()
         .filter(|p| p.registry_id == "scripted")
         .collect();
     publisher.publish(&scripted).await;
-    eventually("both attempted", Duration::from_secs(10), || async {
+    support::eventually("both attempted", Duration::from_secs(10), || async {
         let r: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.scripted.>").await;
         r.len() == 2
     })
@@ -1229,9 +1179,11 @@ max_attempts = 100
             server.url("/hook")
         ),
     );
-    let events: Vec<String> = (0..10).map(|i| event(&format!("o-{i}"), 1, 1)).collect();
+    let events: Vec<String> = (0..10)
+        .map(|i| ticket_event(&format!("o-{i}"), 1, 1))
+        .collect();
     Publisher::new(&nats)
-        .publish(&postings_of(&settings, &events))
+        .publish(&engine::postings(&settings, &events))
         .await;
     let d = start(&nats, &settings, |_| {});
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -1243,7 +1195,7 @@ max_attempts = 100
         "{during} requests while the registry was down"
     );
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
-    eventually("recovery", Duration::from_secs(10), || async {
+    support::eventually("recovery", Duration::from_secs(10), || async {
         let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.flaky.>").await;
         rd.len() == 10
     })
@@ -1262,12 +1214,14 @@ async fn a_registry_rate_limit_spaces_its_requests() {
             server.url("/hook")
         ),
     );
-    let events: Vec<String> = (0..20).map(|i| event(&format!("o-{i:02}"), 1, 1)).collect();
+    let events: Vec<String> = (0..20)
+        .map(|i| ticket_event(&format!("o-{i:02}"), 1, 1))
+        .collect();
     Publisher::new(&nats)
-        .publish(&postings_of(&settings, &events))
+        .publish(&engine::postings(&settings, &events))
         .await;
     let d = start(&nats, &settings, |_| {});
-    eventually("20 deliveries", Duration::from_secs(10), || async {
+    support::eventually("20 deliveries", Duration::from_secs(10), || async {
         server.requests().len() == 20
     })
     .await;
@@ -1285,7 +1239,7 @@ async fn a_registry_rate_limit_spaces_its_requests() {
 async fn deliveries_go_on_in_order_through_a_nats_server_crash() {
     const ORDERS: usize = 40;
     let mut nats = support::nats().await;
-    let (rx, url) = sample_receiver(
+    let (rx, url) = support::receiver(
         None,
         FailureMode {
             jitter_ms: 30,
@@ -1302,13 +1256,13 @@ async fn deliveries_go_on_in_order_through_a_nats_server_crash() {
     let mut events = Vec::new();
     for v in 1..=3u64 {
         for o in 0..ORDERS {
-            events.push(event(&format!("o-{o:02}"), v, v as u32));
+            events.push(ticket_event(&format!("o-{o:02}"), v, v as u32));
         }
     }
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |o| o.ack_wait = Duration::from_secs(3));
-    eventually("some deliveries", Duration::from_secs(10), || async {
+    support::eventually("some deliveries", Duration::from_secs(10), || async {
         rx.stats().accepted >= 20
     })
     .await;
@@ -1325,7 +1279,7 @@ async fn deliveries_go_on_in_order_through_a_nats_server_crash() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.server.restart().await.unwrap();
     let total = postings.len() as u64;
-    eventually(
+    support::eventually(
         "every posting after the crash",
         Duration::from_secs(60),
         || async { rx.stats().distinct_keys == total },
@@ -1360,43 +1314,20 @@ async fn deliveries_go_on_in_order_through_a_nats_server_crash() {
     d.stop().await;
 }
 
-/// `ledgerline run --only dispatcher` as a child process, its logs in a
-/// file.
-struct Child {
-    child: std::process::Child,
-}
-
-fn spawn_dispatch(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["run", "--only", "dispatcher", "--config"])
-        .arg(config)
-        .env("LEDGERLINE_LOG", "debug,async_nats=info")
-        .env("LEDGERLINE_LOG_FORMAT", "text")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Child { child }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ledgerline run --only dispatcher` as a child process, its logs (text,
+/// debug) appended to `log`; killed when dropped.
+fn spawn_dispatch(config: &Path, log: &Path) -> tokio::process::Child {
+    process::run("debug,async_nats=info")
+        .only("dispatcher")
+        .text_logs()
+        .spawn(config, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_killed_mid_retry_loses_nothing_and_never_resends_early_or_differently() {
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(Some(SECRET), FailureMode::default()).await;
+    let (rx, url) = support::receiver(Some(SECRET), FailureMode::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ledgerline.toml");
     let log = dir.path().join("dispatch.log");
     let registry_toml = format!(
         r#"
@@ -1413,29 +1344,22 @@ type = "bearer"
 token = "bearer-secret-value-5"
 "#
     );
-    std::fs::write(
-        &config,
-        format!(
-            "nats_url = \"{}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{registry_toml}",
-            nats.server.url()
-        ),
-    )
-    .unwrap();
+    let config = process::config_file(dir.path(), &nats.server.url(), &registry_toml);
     let settings = support::settings(&nats.server, &registry_toml);
     let orders: Vec<String> = (0..5).map(|i| format!("o-kill-{i}")).collect();
     let mut events = Vec::new();
     for v in 1..=3 {
         for o in &orders {
-            events.push(event(o, v, v as u32));
+            events.push(ticket_event(o, v, v as u32));
         }
     }
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     let (first, rest) = postings.split_at(orders.len());
     let mut publisher = Publisher::new(&nats);
 
-    let child = spawn_dispatch(&config, &log);
+    let mut child = spawn_dispatch(&config, &log);
     publisher.publish(first).await;
-    eventually(
+    support::eventually(
         "posting 1 of each order",
         Duration::from_secs(15),
         || async { rx.stats().accepted == orders.len() as u64 },
@@ -1462,7 +1386,7 @@ token = "bearer-secret-value-5"
         }
         Some(due)
     };
-    eventually(
+    support::eventually(
         "every order retrying posting 2",
         Duration::from_secs(15),
         || async { retrying().await.is_some() },
@@ -1472,18 +1396,18 @@ token = "bearer-secret-value-5"
     let earliest_due = due.iter().min().copied().unwrap();
 
     // SIGKILL mid-retry, and start again at once.
-    drop(child);
+    child.kill().await.unwrap();
     let killed_at = time::OffsetDateTime::now_utc();
     assert!(
         killed_at < earliest_due,
         "killed before the retries were due"
     );
     let failed_before = rx.received().len();
-    let _child = spawn_dispatch(&config, &log);
+    let mut child = spawn_dispatch(&config, &log);
     rx.set_failure(FailureMode::default()).unwrap();
 
     let total = postings.len() as u64;
-    eventually(
+    support::eventually(
         "every posting delivered",
         Duration::from_secs(20),
         || async { rx.stats().distinct_keys == total },
@@ -1542,7 +1466,7 @@ token = "bearer-secret-value-5"
     assert!(got.iter().all(|r| r.chain_ok != Some(false)));
 
     // No secret in LEDGER or in the dispatcher's debug logs.
-    drop(_child);
+    child.kill().await.unwrap();
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("dispatcher started"), "{logs}");
     let secrets = [
@@ -1595,9 +1519,9 @@ async fn a_scheduled_retry_is_never_lost_when_wake_ups_are_handed_out_twice() {
     let orders: Vec<String> = (0..ORDERS).map(|i| format!("o-{i:02}")).collect();
     let mut events = Vec::new();
     for v in 1..=3u64 {
-        events.extend(orders.iter().map(|o| event(o, v, v as u32)));
+        events.extend(orders.iter().map(|o| ticket_event(o, v, v as u32)));
     }
-    let postings = postings_of(&settings, &events);
+    let postings = engine::postings(&settings, &events);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |o| {
         o.ack_wait = Duration::from_millis(600)
@@ -1606,7 +1530,7 @@ async fn a_scheduled_retry_is_never_lost_when_wake_ups_are_handed_out_twice() {
         .iter()
         .map(|p| p.idempotency_key.to_string())
         .collect();
-    eventually(
+    support::eventually(
         "every posting delivered after its retry",
         Duration::from_secs(60),
         || async {
@@ -1628,7 +1552,7 @@ async fn a_scheduled_retry_is_never_lost_when_wake_ups_are_handed_out_twice() {
     )
     .await;
     // Caught up: every wake-up answered, none left behind.
-    eventually(
+    support::eventually(
         "no wake-up left pending",
         Duration::from_secs(10),
         || async {
@@ -1662,7 +1586,7 @@ async fn the_sweep_wakes_an_overdue_retry_that_nothing_would_bring_back() {
             server.url("/hook")
         ),
     );
-    let postings = postings_of(&settings, &[event("o-lost", 1, 2)]);
+    let postings = engine::postings(&settings, &[ticket_event("o-lost", 1, 2)]);
     Publisher::new(&nats).publish(&postings).await;
     let long_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     let record = DeliveryRecord {
@@ -1708,7 +1632,7 @@ async fn the_sweep_wakes_an_overdue_retry_that_nothing_would_bring_back() {
         o.sweep_every = Duration::from_millis(300);
         o.overdue_grace = Duration::from_secs(1);
     });
-    eventually(
+    support::eventually(
         "the overdue posting delivered",
         Duration::from_secs(15),
         || async { server.requests_for("o-lost").len() == 1 },
@@ -1752,13 +1676,13 @@ async fn a_slow_registry_does_not_hold_back_another() {
         ),
     );
     let events: Vec<String> = (0..ORDERS)
-        .map(|i| event(&format!("o-{i}"), 1, 1))
+        .map(|i| ticket_event(&format!("o-{i}"), 1, 1))
         .collect();
     Publisher::new(&nats)
-        .publish(&postings_of(&settings, &events))
+        .publish(&engine::postings(&settings, &events))
         .await;
     let d = start(&nats, &settings, |_| {});
-    eventually(
+    support::eventually(
         "the fast registry's deliveries",
         Duration::from_secs(30),
         || async { fast.requests().len() == ORDERS },
@@ -1803,15 +1727,15 @@ async fn a_reply_nested_too_deep_dead_letters_its_posting_and_wedges_nothing() {
         ),
     );
     let events = [
-        event("o-deep", 1, 1),
-        event("o-deep", 2, 2),
-        event("o-fine", 1, 1),
+        ticket_event("o-deep", 1, 1),
+        ticket_event("o-deep", 2, 2),
+        ticket_event("o-fine", 1, 1),
     ];
     Publisher::new(&nats)
-        .publish(&postings_of(&settings, &events))
+        .publish(&engine::postings(&settings, &events))
         .await;
     let d = start(&nats, &settings, |_| {});
-    eventually(
+    support::eventually(
         "o-fine delivered, o-deep dead",
         Duration::from_secs(15),
         || async {
@@ -1869,13 +1793,16 @@ async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
             server.url("/hook")
         ),
     );
-    let postings = postings_of(&settings, &[event("o-race", 1, 1), event("o-race", 2, 2)]);
+    let postings = engine::postings(
+        &settings,
+        &[ticket_event("o-race", 1, 1), ticket_event("o-race", 2, 2)],
+    );
     let mut publisher = Publisher::new(&nats);
     publisher.publish(&postings[..1]).await;
     let first_posting_seq = publisher.last[&subjects::postings("books", "o-race")];
     publisher.publish(&postings[1..]).await;
     let d = start(&nats, &settings, |_| {});
-    eventually("posting 1 requested", Duration::from_secs(10), || async {
+    support::eventually("posting 1 requested", Duration::from_secs(10), || async {
         !server.requests_for("o-race").is_empty()
     })
     .await;
@@ -1907,7 +1834,7 @@ async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
         .unwrap()
         .await
         .unwrap();
-    eventually("posting 2 requested", Duration::from_secs(10), || async {
+    support::eventually("posting 2 requested", Duration::from_secs(10), || async {
         server
             .requests_for("o-race")
             .iter()
@@ -1988,13 +1915,13 @@ async fn a_reply_too_large_to_store_is_dead_lettered_not_resent_forever() {
         ),
     );
     Publisher::new(&nats)
-        .publish(&postings_of(
+        .publish(&engine::postings(
             &settings,
-            &[event("o-big", 1, 1), event("o-big", 2, 2)],
+            &[ticket_event("o-big", 1, 1), ticket_event("o-big", 2, 2)],
         ))
         .await;
     let d = start(&nats, &settings, |_| {});
-    eventually(
+    support::eventually(
         "the posting dead-lettered",
         Duration::from_secs(15),
         || async {
@@ -2043,19 +1970,23 @@ async fn order_with_posting_1_delivered(
     order: &str,
 ) -> (Nats, Receiver, Vec<Posting>, Publisher, Dispatcher) {
     let nats = support::nats().await;
-    let (rx, url) = sample_receiver(None, FailureMode::default()).await;
+    let (rx, url) = support::receiver(None, FailureMode::default()).await;
     let settings = support::settings(
         &nats.server,
         &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
     );
-    let postings = postings_of(
+    let postings = engine::postings(
         &settings,
-        &[event(order, 1, 2), event(order, 2, 3), event(order, 3, 1)],
+        &[
+            ticket_event(order, 1, 2),
+            ticket_event(order, 2, 3),
+            ticket_event(order, 3, 1),
+        ],
     );
     let mut publisher = Publisher::new(&nats);
     let d = start(&nats, &settings, |_| {});
     publisher.publish(&postings[..1]).await;
-    eventually(
+    support::eventually(
         "posting 1 delivered and acked",
         Duration::from_secs(10),
         || async { rx.received().len() == 1 && ack_pending(&nats, "books").await == 0 },
@@ -2081,7 +2012,7 @@ async fn a_caught_up_orders_next_posting_is_sent_without_reading_its_state_back(
     nats.client.flush().await.unwrap();
     for (i, p) in postings[1..].iter().enumerate() {
         publisher.publish(std::slice::from_ref(p)).await;
-        eventually(
+        support::eventually(
             "the posting delivered and acked",
             Duration::from_secs(10),
             || async { rx.received().len() == i + 2 && ack_pending(&nats, "books").await == 0 },
@@ -2151,7 +2082,7 @@ async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
         .await
         .unwrap();
     publisher.publish(&postings[1..]).await;
-    eventually("posting 3 delivered", Duration::from_secs(10), || async {
+    support::eventually("posting 3 delivered", Duration::from_secs(10), || async {
         rx.received()
             .iter()
             .any(|r| r.idempotency_key.as_deref() == Some(&postings[2].idempotency_key.to_string()))

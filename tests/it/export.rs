@@ -21,15 +21,13 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use ledgerline::config::Config;
-use ledgerline::engine::Engine;
-use ledgerline::events::parse_event;
 use ledgerline::export::csv::{HEADER, unescape_text};
 use ledgerline::export::delivery::{DeliveryStatus, fetch_order};
 use ledgerline::export::{self, ExportOptions};
 use ledgerline::posting::{Posting, idempotency_key};
 use ledgerline::streams::{LEDGER_STREAM, subjects};
 
-use crate::support;
+use crate::support::{self, engine};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,16 +40,7 @@ fn engine_postings(config_toml: &str, events: &str) -> Vec<Posting> {
         .unwrap()
         .validate()
         .unwrap();
-    let mut engine = Engine::new(settings.ledger, settings.registries);
-    let mut out = Vec::new();
-    for line in events.lines().filter(|l| !l.trim().is_empty()) {
-        if let Ok(ev) = parse_event(line.as_bytes(), None)
-            && let Ok(ps) = engine.process(&ev)
-        {
-            out.extend(ps);
-        }
-    }
-    out
+    engine::postings_skipping_rejected(&settings, events)
 }
 
 /// Every golden case's postings, cases in name order. No (registry, order)

@@ -3,23 +3,20 @@
 //! crashes of the aggregator and restarts of NATS; `verify`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use ledgerline::aggregator::{AggregatorOptions, run_aggregator};
 use ledgerline::config::Settings;
-use ledgerline::offline::{Layout, run_postings};
 use ledgerline::records::StoredPosting;
 use ledgerline::streams::{self, LEDGER_STREAM, subjects};
 
-use crate::support::{self, Nats};
+use crate::support::engine::{self, PostingKey, offline_postings};
+use crate::support::{self, Nats, process};
 
 const CONFIG: &str = r#"
 [[registry]]
@@ -41,90 +38,12 @@ posting_mode = "full"
 entry_types = ["revenue", "tax"]
 "#;
 
-fn fixture_events() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample/events.ndjson");
-    std::fs::read_to_string(root).unwrap()
-}
-
 /// (registry, order, seq) → body text, as the offline command computes it.
-fn offline(settings: &Settings, events: &str) -> BTreeMap<(String, String, u64), String> {
-    let mut out = Vec::new();
-    run_postings(
-        settings.ledger,
-        settings.registries.clone(),
-        events.as_bytes(),
-        &mut out,
-        Vec::new(),
-        Layout::Ndjson,
-    )
-    .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let key = (
-                v["registry_id"].as_str().unwrap().to_owned(),
-                v["body"]["order_id"].as_str().unwrap().to_owned(),
-                v["seq"].as_u64().unwrap(),
-            );
-            (key, v["body"].to_string())
-        })
-        .collect()
-}
-
-/// Every stored posting: (registry, order, seq) → body text with `{}`.
-async fn stored(ledger: &Stream) -> BTreeMap<(String, String, u64), String> {
-    let mut out = BTreeMap::new();
-    for (_, payload) in read(ledger, subjects::POSTINGS_ALL).await {
-        let sp: StoredPosting = serde_json::from_slice(&payload).unwrap();
-        let p = sp.posting;
-        let key = (p.registry_id.clone(), p.order_id.to_string(), p.seq);
-        let body = serde_json::to_string(&p.body(&json!({}))).unwrap();
-        assert!(
-            out.insert(key.clone(), body).is_none(),
-            "posting {key:?} stored twice"
-        );
-    }
-    out
-}
-
-/// Every message of `filter`: (subject, payload).
-async fn read(stream: &Stream, filter: &str) -> Vec<(String, bytes::Bytes)> {
-    read_with_headers(stream, filter)
-        .await
+fn offline(settings: &Settings, events: &str) -> BTreeMap<PostingKey, String> {
+    offline_postings(settings, events)
         .into_iter()
-        .map(|(s, _, p)| (s, p))
+        .map(|(key, body)| (key, body.to_string()))
         .collect()
-}
-
-async fn read_with_headers(
-    stream: &Stream,
-    filter: &str,
-) -> Vec<(String, Option<async_nats::HeaderMap>, bytes::Bytes)> {
-    let mut consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let n = consumer.info().await.unwrap().num_pending;
-    let mut out = Vec::new();
-    if n == 0 {
-        return out;
-    }
-    let mut msgs = consumer.messages().await.unwrap();
-    while let Some(m) = msgs.next().await {
-        let m = m.unwrap();
-        let left = m.info().unwrap().pending;
-        out.push((m.subject.to_string(), m.headers.clone(), m.payload.clone()));
-        if left == 0 {
-            break;
-        }
-    }
-    out
 }
 
 async fn count(stream: &Stream, filter: &str) -> u64 {
@@ -143,32 +62,15 @@ async fn count(stream: &Stream, filter: &str) -> u64 {
 
 /// Waits until `filter` holds `want` messages (or fails after `limit`).
 async fn wait_for(stream: &Stream, filter: &str, want: u64, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let n = count(stream, filter).await;
-        if n >= want {
-            assert_eq!(n, want, "more messages than expected on {filter}");
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "only {n} of {want} messages on {filter} after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn publish_text(nats: &Nats, text: &str) -> ledgerline::publish::PublishSummary {
-    ledgerline::publish::publish(
-        &nats.client,
-        "orders",
-        "test",
-        text.as_bytes(),
-        |_| {},
-        |_| {},
-    )
-    .await
-    .unwrap()
+    support::eventually(&format!("{want} messages on {filter}"), limit, || async {
+        count(stream, filter).await >= want
+    })
+    .await;
+    assert_eq!(
+        count(stream, filter).await,
+        want,
+        "more messages than expected on {filter}"
+    );
 }
 
 fn spawn_aggregator(
@@ -196,11 +98,11 @@ async fn ledger_stream(nats: &Nats) -> Stream {
 async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
     let nats = support::nats().await;
     let settings = support::settings(&nats.server, CONFIG);
-    let events = fixture_events();
+    let events = engine::fixture_events();
     let want = offline(&settings, &events);
     let (token, handle) = spawn_aggregator(&nats, &settings);
 
-    let first = publish_text(&nats, &events).await;
+    let first = support::publish_events(&nats, &events).await;
     // The fixture repeats one event id on purpose; JetStream drops it.
     assert_eq!(
         (first.published, first.duplicates),
@@ -214,10 +116,10 @@ async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
         Duration::from_secs(30),
     )
     .await;
-    assert_eq!(stored(&ledger).await, want);
+    assert_eq!(support::stored_postings(&nats.js).await, want);
 
     // The same file again: every line is a duplicate, no posting is added.
-    let again = publish_text(&nats, &events).await;
+    let again = support::publish_events(&nats, &events).await;
     assert_eq!(
         (again.published, again.duplicates),
         (0, first.published + 1)
@@ -349,7 +251,7 @@ async fn poison_messages_land_in_rejected_with_reasons_while_good_ones_flow() {
             .unwrap();
         // A good event between every poison one.
         let good = good_event(&format!("good-{i}"), &format!("g{i}")).to_string();
-        publish_text(&nats, &good).await;
+        support::publish_events(&nats, &good).await;
     }
     let ledger = ledger_stream(&nats).await;
     wait_for(
@@ -370,7 +272,7 @@ async fn poison_messages_land_in_rejected_with_reasons_while_good_ones_flow() {
 
     // Lanes run in parallel, so match rejections by reason (unique per case).
     let rejected: BTreeMap<String, (Option<async_nats::HeaderMap>, bytes::Bytes)> =
-        read_with_headers(&ledger, subjects::REJECTED_ALL)
+        support::read_ledger_with_headers(&nats.js, subjects::REJECTED_ALL)
             .await
             .into_iter()
             .map(|(s, h, p)| (s, (h, p)))
@@ -423,63 +325,18 @@ async fn unroutable_lines_are_refused_by_publish_with_their_line_numbers() {
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 2);
 }
 
-/// Orders × events, deterministic, with updates, payments and cancellations.
-fn many_events(orders: usize) -> String {
-    let mut out = String::new();
-    for o in 0..orders {
-        let id = format!("ord-{o:04}");
-        for v in 1..=3u64 {
-            let mut e = good_event(&id, &format!("{id}-v{v}"));
-            e["type"] = json!(if v == 1 {
-                "order.confirmed"
-            } else {
-                "order.updated"
-            });
-            e["order"]["version"] = json!(v);
-            e["order"]["line_items"][0]["quantity"] = json!(v + (o as u64 % 3));
-            out.push_str(&e.to_string());
-            out.push('\n');
-        }
-        let pay = json!({"event_id": format!("{id}-pay"), "type": "payment.created", "order_id": id,
-            "occurred_at": "2026-11-22T11:00:00Z",
-            "payment": {"payment_id": "p1", "method": "card", "amount": "10.00", "currency": "EUR"}});
-        out.push_str(&pay.to_string());
-        out.push('\n');
-        if o % 4 == 0 {
-            let c = json!({"event_id": format!("{id}-cancel"), "type": "order.cancelled", "order_id": id,
-                "occurred_at": "2026-11-22T12:00:00Z"});
-            out.push_str(&c.to_string());
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn aggregator_process(settings_path: &Path, url: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["run", "--only", "aggregator", "--config"])
-        .arg(settings_path)
-        .args(["--nats-url", url])
-        .env("LEDGERLINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
     let mut nats = support::nats().await;
     let settings = support::settings(&nats.server, CONFIG);
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("ledgerline.toml");
-    std::fs::write(&config_path, CONFIG).unwrap();
-    let events = many_events(150);
+    let config_path = process::config_file(dir.path(), &nats.server.url(), CONFIG);
+    let aggregator = process::run("warn").only("aggregator");
+    let log = dir.path().join("aggregator.log");
+    let events = engine::many_events(150);
     let want = offline(&settings, &events);
-    let url = nats.server.url();
 
-    let mut agg = aggregator_process(&config_path, &url);
+    let mut agg = aggregator.spawn(&config_path, &log);
     let publisher = {
         let client = nats.client.clone();
         let events = events.clone();
@@ -528,7 +385,7 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
         }
         agg.start_kill().unwrap();
         agg.wait().await.unwrap();
-        agg = aggregator_process(&config_path, &url);
+        agg = aggregator.spawn(&config_path, &log);
     }
     publisher.await.unwrap();
     let ledger = ledger_stream(&nats).await;
@@ -541,21 +398,8 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
     // Anything extra would arrive now; give it the chance to.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // `stored` fails on any (registry, order, seq) stored twice.
-    let got = stored(&ledger).await;
-    let missing: Vec<_> = want
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
+    let got = support::stored_postings(&nats.js).await;
+    support::assert_same_keys(&want, &got, "");
     assert_eq!(got, want, "same postings, but a body differs");
     agg.start_kill().unwrap();
     let _ = agg.wait().await;
@@ -576,10 +420,10 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
 async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
     let nats = support::nats().await;
     let settings = support::settings(&nats.server, CONFIG);
-    let events = fixture_events();
+    let events = engine::fixture_events();
     let want = offline(&settings, &events);
     let (token, handle) = spawn_aggregator(&nats, &settings);
-    publish_text(&nats, &events).await;
+    support::publish_events(&nats, &events).await;
     let ledger = ledger_stream(&nats).await;
     wait_for(
         &ledger,
@@ -690,7 +534,7 @@ async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
     let mut small = good_event("huge", "h2");
     small["order"]["version"] = json!(2);
     let input = format!("{text}\n{small}\n{}\n", good_event("after", "a1"));
-    publish_text(&nats, &input).await;
+    support::publish_events(&nats, &input).await;
     let ledger = ledger_stream(&nats).await;
     wait_for(
         &ledger,
@@ -701,7 +545,7 @@ async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
     .await;
     // 3 registries × (the small version of "huge", and "after").
     wait_for(&ledger, subjects::POSTINGS_ALL, 6, Duration::from_secs(30)).await;
-    let rejected = read_with_headers(&ledger, "ledger.rejected.too_large").await;
+    let rejected = support::read_ledger_with_headers(&nats.js, "ledger.rejected.too_large").await;
     let message = rejected[0]
         .1
         .as_ref()
@@ -712,7 +556,7 @@ async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
         .to_owned();
     assert!(message.contains("the posting for registry"), "{message}");
     // The rejected event changed nothing: the next version is posting 1.
-    let posted = stored(&ledger).await;
+    let posted = support::stored_postings(&nats.js).await;
     assert!(posted.contains_key(&("books".to_owned(), "huge".to_owned(), 1)));
     assert!(!posted.contains_key(&("books".to_owned(), "huge".to_owned(), 2)));
     token.cancel();
@@ -742,7 +586,7 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
         input.push('\n');
         input.push_str(&good_event(&format!("fine-{i}"), &format!("f{i}")).to_string());
     }
-    publish_text(&nats, &input).await;
+    support::publish_events(&nats, &input).await;
     let ledger = ledger_stream(&nats).await;
     wait_for(
         &ledger,
@@ -759,7 +603,7 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
         Duration::from_secs(30),
     )
     .await;
-    let rejected = read_with_headers(&ledger, "ledger.rejected.internal").await;
+    let rejected = support::read_ledger_with_headers(&nats.js, "ledger.rejected.internal").await;
     let message = rejected[0]
         .1
         .as_ref()

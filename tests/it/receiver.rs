@@ -122,7 +122,8 @@ async fn the_receiver_verifies_signatures_answers_journals_and_fails_on_demand()
 
 #[tokio::test]
 async fn an_extreme_webhook_timestamp_is_refused_not_a_crash() {
-    let (rx, url) = crate::support::receiver(Some(SECRET)).await;
+    let (rx, base) = crate::support::receiver(Some(SECRET), Default::default()).await;
+    let url = format!("{base}/hooks");
     let http = crate::support::http_client();
     let body = json!({"order_id": "o-1", "registry_data": {}, "idempotency_key": "k-1",
                       "ledger_entries": []})

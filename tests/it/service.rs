@@ -16,19 +16,13 @@ use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
 use ledgerline::service::Component;
 use ledgerline::streams::subjects;
 
+use crate::support::engine::{self, ticket_event};
 use crate::support::process::{service_config, spawn_run, tail};
 use crate::support::{self, ADMIN_TOKEN, Service, eventually};
 
 const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const HEADER_SECRET: &str = "hdr-secret-7f3a9c";
 const PASSWORD_SECRET: &str = "basic-pass-91be22";
-
-fn fixture_events() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample/events.ndjson"),
-    )
-    .unwrap()
-}
 
 /// Two registries, each with its own receiver: `books` signed and with
 /// custom-header and basic-auth secrets, `detail` grouped finer.
@@ -89,20 +83,7 @@ fn assert_delivered(
         }
     }
     let got = accepted(rx);
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{registry}: missing {missing:?}, extra {extra:?}"
-    );
+    support::assert_same_keys(&expected, &got, &format!("{registry}: "));
     for (key, bodies) in &got {
         let mut want_body = expected[key].clone();
         want_body["registry_data"] = Value::Null;
@@ -131,23 +112,20 @@ fn assert_delivered(
 #[tokio::test]
 async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger() {
     let nats = support::nats().await;
-    let (books, books_url) = support::receiver(Some(SIGNING_SECRET)).await;
-    let (detail, detail_url) = support::receiver(None).await;
-    let settings = support::settings(&nats.server, &two_registries(&books_url, &detail_url));
-    let events = fixture_events();
-    let want = support::offline_postings(&settings, &events);
+    let (books, books_url) = support::receiver(Some(SIGNING_SECRET), FailureMode::default()).await;
+    let (detail, detail_url) = support::receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &two_registries(
+            &format!("{books_url}/hooks"),
+            &format!("{detail_url}/hooks"),
+        ),
+    );
+    let events = engine::fixture_events();
+    let want = engine::offline_postings(&settings, &events);
     let svc = Service::start(settings, &Component::ALL).await;
 
-    ledgerline::publish::publish(
-        &nats.client,
-        "orders",
-        "test",
-        events.as_bytes(),
-        |_| {},
-        |_| {},
-    )
-    .await
-    .unwrap();
+    support::publish_events(&nats, &events).await;
     let per = |r: &str| want.keys().filter(|(x, _, _)| x == r).count();
     let (n_books, n_detail) = (per("books"), per("detail"));
     eventually("every posting delivered", Duration::from_secs(30), || {
@@ -162,9 +140,7 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
     // every posting of each registry shows delivered.
     let order = "2e7f2d6f-0473-4935-8cfb-c11b2caa6dab";
     let started = Instant::now();
-    let (status, view) = svc
-        .call(Method::GET, &format!("/v1/orders/{order}/ledger"), None)
-        .await;
+    let (status, view) = svc.get(&format!("/v1/orders/{order}/ledger")).await;
     let view_ms = started.elapsed().as_millis();
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["ledger"]["debit"], view["ledger"]["credit"]);
@@ -189,13 +165,9 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
             assert_eq!(p["ledger_entries"], want[&key]["ledger_entries"], "{key:?}");
         }
     }
-    let (status, _) = svc
-        .call(Method::GET, "/v1/orders/no-such-order/ledger", None)
-        .await;
+    let (status, _) = svc.get("/v1/orders/no-such-order/ledger").await;
     assert_eq!(status, 404);
-    let (status, body) = svc
-        .call(Method::GET, "/v1/orders/bad%20id/ledger", None)
-        .await;
+    let (status, body) = svc.get("/v1/orders/bad%20id/ledger").await;
     assert_eq!(
         (status, body["error"]["field"].as_str()),
         (422, Some("order_id"))
@@ -209,11 +181,7 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
             .collect::<BTreeSet<_>>()
     };
     let (status, page) = svc
-        .call(
-            Method::GET,
-            "/v1/registries/books/deliveries?status=delivered",
-            None,
-        )
+        .get("/v1/registries/books/deliveries?status=delivered")
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(
@@ -221,48 +189,28 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
         orders_of("books").len()
     );
     let (_, pending) = svc
-        .call(
-            Method::GET,
-            "/v1/registries/books/deliveries?status=pending",
-            None,
-        )
+        .get("/v1/registries/books/deliveries?status=pending")
         .await;
     assert_eq!(pending["deliveries"], json!([]));
-    let (_, first) = svc
-        .call(
-            Method::GET,
-            "/v1/registries/detail/deliveries?limit=2",
-            None,
-        )
-        .await;
+    let (_, first) = svc.get("/v1/registries/detail/deliveries?limit=2").await;
     assert_eq!(first["deliveries"].as_array().unwrap().len(), 2);
     let after = first["next_after"].as_str().unwrap();
     let (_, rest) = svc
-        .call(
-            Method::GET,
-            &format!("/v1/registries/detail/deliveries?after={after}&limit=1000"),
-            None,
-        )
+        .get(&format!(
+            "/v1/registries/detail/deliveries?after={after}&limit=1000"
+        ))
         .await;
     assert_eq!(rest["next_after"], Value::Null);
     assert_eq!(
         2 + rest["deliveries"].as_array().unwrap().len(),
         orders_of("detail").len()
     );
-    let (status, body) = svc
-        .call(
-            Method::GET,
-            "/v1/registries/books/deliveries?status=lost",
-            None,
-        )
-        .await;
+    let (status, body) = svc.get("/v1/registries/books/deliveries?status=lost").await;
     assert_eq!(
         (status, body["error"]["field"].as_str()),
         (422, Some("status"))
     );
-    let (status, _) = svc
-        .call(Method::GET, "/v1/registries/nobody/deliveries", None)
-        .await;
+    let (status, _) = svc.get("/v1/registries/nobody/deliveries").await;
     assert_eq!(status, 404);
 
     // Ready, and the metrics say what happened.
@@ -271,7 +219,7 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
         async move { r.await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
-    let (_, ready) = svc.call(Method::GET, "/readyz", None).await;
+    let (_, ready) = svc.get("/readyz").await;
     let checks: Vec<&str> = ready["checks"]
         .as_array()
         .unwrap()
@@ -320,42 +268,19 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
     svc.stop().await;
 }
 
-/// An order event with `adults` tickets at `version`.
-fn order_event(order: &str, version: u64, adults: u32) -> String {
-    json!({
-        "event_id": format!("{order}-v{version}"),
-        "type": if version == 1 { "order.confirmed" } else { "order.updated" },
-        "order_id": order, "occurred_at": "2026-11-22T10:00:00Z",
-        "order": {"version": version, "currency": "EUR", "channel": "direct", "prices_include_tax": true,
-                  "line_items": [{"id": "li-1", "product_id": "museum", "description": "Museum",
-                                  "quantity": adults, "unit_price": "11.00", "discount": "0.00", "tax_rate": "0"}],
-                  "fees": []}
-    })
-    .to_string()
-}
-
 async fn publish(nats: &support::Nats, lines: &str) {
-    let s = ledgerline::publish::publish(
-        &nats.client,
-        "orders",
-        "test",
-        lines.as_bytes(),
-        |_| {},
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let s = support::publish_events(nats, lines).await;
     assert!(s.refused.is_empty(), "{:?}", s.refused);
 }
 
 #[tokio::test]
 async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     let nats = support::nats().await;
-    let (books, books_url) = support::receiver(None).await;
-    let (late, late_url) = support::receiver(None).await;
+    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
+    let (late, late_url) = support::receiver(None, FailureMode::default()).await;
     let settings = support::settings(
         &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}\"\n"),
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
     );
     let svc = Service::start(settings, &Component::ALL).await;
     let postings = |r: &str| format!("ledger.postings.{r}.o-1");
@@ -365,7 +290,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         async move { support::count_ledger(&js, &f).await }
     };
 
-    publish(&nats, &order_event("o-1", 1, 1)).await;
+    publish(&nats, &ticket_event("o-1", 1, 1)).await;
     eventually("books gets posting 1", Duration::from_secs(15), || {
         let n = accepted(&books).len();
         async move { n == 1 }
@@ -377,12 +302,12 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         .call(
             Method::POST,
             "/v1/registries",
-            Some(&json!({"id": "late", "url": late_url})),
+            Some(&json!({"id": "late", "url": format!("{late_url}/hooks")})),
         )
         .await;
     assert_eq!(status, 201, "{body}");
     in_force(&svc, "late", true).await;
-    publish(&nats, &order_event("o-1", 2, 2)).await;
+    publish(&nats, &ticket_event("o-1", 2, 2)).await;
     eventually(
         "late gets its first posting",
         Duration::from_secs(15),
@@ -400,7 +325,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     );
 
     // Disabled: postings are still made, and wait.
-    let (_, current) = svc.call(Method::GET, "/v1/registries/books", None).await;
+    let (_, current) = svc.get("/v1/registries/books").await;
     let mut off = current["registry"].clone();
     off["enabled"] = json!(false);
     let (status, body) = svc
@@ -408,7 +333,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         .await;
     assert_eq!(status, 200, "{body}");
     in_force(&svc, "books", false).await;
-    publish(&nats, &order_event("o-1", 3, 3)).await;
+    publish(&nats, &ticket_event("o-1", 3, 3)).await;
     eventually("books posting 3 stored", Duration::from_secs(15), || {
         count(postings("books")).map_eq(3)
     })
@@ -419,7 +344,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         2,
         "a disabled registry receives nothing"
     );
-    let (_, view) = svc.call(Method::GET, "/v1/orders/o-1/ledger", None).await;
+    let (_, view) = svc.get("/v1/orders/o-1/ledger").await;
     let books_view = view["registries"]
         .as_array()
         .unwrap()
@@ -454,7 +379,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     let (status, _) = svc.call(Method::DELETE, "/v1/registries/late", None).await;
     assert_eq!(status, 200);
     in_force(&svc, "late", false).await;
-    publish(&nats, &order_event("o-1", 4, 4)).await;
+    publish(&nats, &ticket_event("o-1", 4, 4)).await;
     eventually("books posting 4", Duration::from_secs(15), || {
         count(postings("books")).map_eq(4)
     })
@@ -465,7 +390,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         2,
         "no posting for a deleted registry"
     );
-    let (_, view) = svc.call(Method::GET, "/v1/orders/o-1/ledger", None).await;
+    let (_, view) = svc.get("/v1/orders/o-1/ledger").await;
     let late_view = view["registries"]
         .as_array()
         .unwrap()
@@ -475,14 +400,12 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         .clone();
     assert_eq!(late_view["registry"]["exists"], false);
     assert_eq!(late_view["postings"].as_array().unwrap().len(), 2);
-    let (status, page) = svc
-        .call(Method::GET, "/v1/registries/late/deliveries", None)
-        .await;
+    let (status, page) = svc.get("/v1/registries/late/deliveries").await;
     assert_eq!(status, 200, "a deleted registry's deliveries stay listed");
     assert_eq!(page["deliveries"][0]["order_id"], "o-1");
 
     // A dead letter, then redelivered over the API.
-    let (strict, strict_url) = support::receiver(None).await;
+    let (strict, strict_url) = support::receiver(None, FailureMode::default()).await;
     strict
         .set_failure(FailureMode {
             status: Some(422),
@@ -493,14 +416,18 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         .call(
             Method::POST,
             "/v1/registries",
-            Some(&json!({"id": "strict", "url": strict_url})),
+            Some(&json!({"id": "strict", "url": format!("{strict_url}/hooks")})),
         )
         .await;
     assert_eq!(status, 201);
     in_force(&svc, "strict", true).await;
     publish(
         &nats,
-        &format!("{}\n{}", order_event("o-2", 1, 1), order_event("o-2", 2, 5)),
+        &format!(
+            "{}\n{}",
+            ticket_event("o-2", 1, 1),
+            ticket_event("o-2", 2, 5)
+        ),
     )
     .await;
     eventually(
@@ -518,15 +445,11 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     )
     .await;
     let (_, dead) = svc
-        .call(
-            Method::GET,
-            "/v1/registries/strict/deliveries?status=dead",
-            None,
-        )
+        .get("/v1/registries/strict/deliveries?status=dead")
         .await;
     assert_eq!(dead["deliveries"][0]["held"], 1, "{dead}");
     assert_eq!(dead["deliveries"][0]["http_status"], 422);
-    let (_, view) = svc.call(Method::GET, "/v1/orders/o-2/ledger", None).await;
+    let (_, view) = svc.get("/v1/orders/o-2/ledger").await;
     let sv = view["registries"]
         .as_array()
         .unwrap()
@@ -636,28 +559,6 @@ impl<F: std::future::Future<Output = u64>> MapEq for F {
 
 // ---------------------------------------------------------------- child processes
 
-/// Orders × events: confirmations, updates, payments, some cancellations.
-fn many_events(orders: usize) -> String {
-    let mut out = String::new();
-    for o in 0..orders {
-        let id = format!("ord-{o:04}");
-        for v in 1..=3u64 {
-            out.push_str(&order_event(&id, v, v as u32 + (o % 3) as u32));
-            out.push('\n');
-        }
-        out.push_str(&json!({"event_id": format!("{id}-pay"), "type": "payment.created", "order_id": id,
-            "occurred_at": "2026-11-22T11:00:00Z",
-            "payment": {"payment_id": "p1", "method": "card", "amount": "10.00", "currency": "EUR"}}).to_string());
-        out.push('\n');
-        if o % 4 == 0 {
-            out.push_str(&json!({"event_id": format!("{id}-cancel"), "type": "order.cancelled", "order_id": id,
-                "occurred_at": "2026-11-22T12:00:00Z"}).to_string());
-            out.push('\n');
-        }
-    }
-    out
-}
-
 /// The admin address the `run` logging to `log` printed, the `nth` time (0:
 /// first start).
 async fn admin_addr(log: &Path, nth: usize) -> String {
@@ -731,15 +632,18 @@ fn secret_forms(secret: &str) -> Vec<String> {
 #[tokio::test]
 async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
     let nats = support::nats().await;
-    let (books, books_url) = support::receiver(Some(SIGNING_SECRET)).await;
-    let (detail, detail_url) = support::receiver(None).await;
-    let registries = two_registries(&books_url, &detail_url);
+    let (books, books_url) = support::receiver(Some(SIGNING_SECRET), FailureMode::default()).await;
+    let (detail, detail_url) = support::receiver(None, FailureMode::default()).await;
+    let registries = two_registries(
+        &format!("{books_url}/hooks"),
+        &format!("{detail_url}/hooks"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = service_config(dir.path(), &nats.server.url(), &registries);
     let log = dir.path().join("run.log");
     let settings = support::settings(&nats.server, &registries);
-    let events = many_events(80);
-    let want = support::offline_postings(&settings, &events);
+    let events = engine::many_events(80);
+    let want = engine::offline_postings(&settings, &events);
     let mut seen = String::new();
 
     let mut run = spawn_run(&config, &log, "debug");

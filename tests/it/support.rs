@@ -1,8 +1,11 @@
 //! Shared helpers for integration tests: a real nats-server per test, a
-//! connected client with both streams, settings from TOML; `ledgerline
-//! run` as a child process ([`process`]); a scripted HTTP server that can
-//! answer anything, hang or reset ([`scripted`]).
+//! connected client with both streams, settings from TOML, the service in
+//! this process, LEDGER readers, the sample receiver and `eventually`;
+//! the offline engine as reference and test events ([`engine`]); the
+//! `ledgerline` binary as a child process ([`process`]); a scripted HTTP
+//! server that can answer anything, hang or reset ([`scripted`]).
 
+pub mod engine;
 pub mod process;
 pub mod scripted;
 
@@ -149,6 +152,11 @@ impl Service {
         (status, v)
     }
 
+    /// `GET path` with the admin token: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
     /// Stops it (as SIGTERM would) and expects a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -160,41 +168,22 @@ impl Service {
     }
 }
 
-/// (registry, order, seq) → request body (registry_data `{}`), as the
-/// offline engine computes them for `events` (NDJSON).
-#[allow(dead_code)]
-pub fn offline_postings(
-    settings: &Settings,
-    events: &str,
-) -> std::collections::BTreeMap<(String, String, u64), serde_json::Value> {
-    let mut out = Vec::new();
-    ledgerline::offline::run_postings(
-        settings.ledger,
-        settings.registries.clone(),
-        events.as_bytes(),
-        &mut out,
-        Vec::new(),
-        ledgerline::offline::Layout::Ndjson,
-    )
-    .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let key = (
-                v["registry_id"].as_str().unwrap().to_owned(),
-                v["body"]["order_id"].as_str().unwrap().to_owned(),
-                v["seq"].as_u64().unwrap(),
-            );
-            (key, v["body"].clone())
-        })
-        .collect()
-}
-
 /// Every message of a LEDGER subject filter: (subject, payload).
 #[allow(dead_code)]
 pub async fn read_ledger(js: &jetstream::Context, filter: &str) -> Vec<(String, bytes::Bytes)> {
+    read_ledger_with_headers(js, filter)
+        .await
+        .into_iter()
+        .map(|(subject, _, payload)| (subject, payload))
+        .collect()
+}
+
+/// Every message of a LEDGER subject filter: (subject, headers, payload).
+#[allow(dead_code)]
+pub async fn read_ledger_with_headers(
+    js: &jetstream::Context,
+    filter: &str,
+) -> Vec<(String, Option<async_nats::HeaderMap>, bytes::Bytes)> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use futures::StreamExt;
     let stream = js
@@ -218,10 +207,43 @@ pub async fn read_ledger(js: &jetstream::Context, filter: &str) -> Vec<(String, 
     while let Some(m) = msgs.next().await {
         let m = m.unwrap();
         let left = m.info().unwrap().pending;
-        out.push((m.subject.to_string(), m.payload.clone()));
+        out.push((m.subject.to_string(), m.headers.clone(), m.payload.clone()));
         if left == 0 {
             break;
         }
+    }
+    out
+}
+
+/// Publishes the NDJSON `events` to ORDERS, as `ledgerline publish` does.
+#[allow(dead_code)]
+pub async fn publish_events(nats: &Nats, events: &str) -> ledgerline::publish::PublishSummary {
+    ledgerline::publish::publish(
+        &nats.client,
+        "orders",
+        "test",
+        events.as_bytes(),
+        |_| {},
+        |_| {},
+    )
+    .await
+    .expect("events are published")
+}
+
+/// Every posting stored on LEDGER: its place → its body text with
+/// registry_data `{}`. Fails on a posting stored twice.
+#[allow(dead_code)]
+pub async fn stored_postings(
+    js: &jetstream::Context,
+) -> std::collections::BTreeMap<engine::PostingKey, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, payload) in read_ledger(js, ledgerline::streams::subjects::POSTINGS_ALL).await {
+        let stored: ledgerline::records::StoredPosting = serde_json::from_slice(&payload).unwrap();
+        let (key, body) = engine::body_text(&stored.posting);
+        assert!(
+            out.insert(key.clone(), body).is_none(),
+            "posting {key:?} stored twice"
+        );
     }
     out
 }
@@ -243,21 +265,53 @@ pub async fn count_ledger(js: &jetstream::Context, filter: &str) -> u64 {
 }
 
 /// A sample receiver (`ledgerline::receiver`) on a free loopback port,
-/// verifying signatures with `secret` when given; returns it and its URL.
+/// verifying signatures with `secret` when given and failing as `failure`
+/// says (it can be changed later); returns it and its base URL
+/// (`http://127.0.0.1:<port>`, any path is served).
 #[allow(dead_code)]
-pub async fn receiver(secret: Option<&str>) -> (ledgerline::receiver::Receiver, String) {
+pub async fn receiver(
+    secret: Option<&str>,
+    failure: ledgerline::receiver::FailureMode,
+) -> (ledgerline::receiver::Receiver, String) {
     let rx = ledgerline::receiver::Receiver::new(
         secret.map(ledgerline::secret::Secret::new).as_ref(),
-        ledgerline::receiver::FailureMode::default(),
+        failure,
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(rx.clone().serve(listener, std::future::pending()));
     (rx, url)
 }
 
-/// Polls `f` every 100 ms until it is true; fails with `what` after `limit`.
+/// Fails, naming up to five of each, when `want` and `got` do not hold
+/// the same keys; `what` says whose keys they are.
+#[allow(dead_code)]
+pub fn assert_same_keys<K: Ord + std::fmt::Debug, A, B>(
+    want: &std::collections::BTreeMap<K, A>,
+    got: &std::collections::BTreeMap<K, B>,
+    what: &str,
+) {
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}missing {missing:?}, extra {extra:?}"
+    );
+}
+
+/// How often [`eventually`] looks again.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Polls `f` until it is true; fails naming `what` after `limit`.
 #[allow(dead_code)]
 pub async fn eventually<F, Fut>(what: &str, limit: std::time::Duration, mut f: F)
 where
@@ -266,8 +320,11 @@ where
 {
     let started = std::time::Instant::now();
     while !f().await {
-        assert!(started.elapsed() < limit, "{what} (after {limit:?})");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < limit,
+            "timed out waiting for {what} (after {limit:?})"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

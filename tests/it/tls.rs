@@ -23,13 +23,13 @@ use ledgerline::records::{AttemptOutcome, DeliveryRecord};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::support;
+use crate::support::engine::ticket_event;
+use crate::support::{self, process};
 
 /// A test CA and one server certificate it signed, for `127.0.0.1` and
 /// `localhost`, as PEM files in a temp dir.
@@ -144,30 +144,12 @@ async fn https_receiver(pki: &Pki) -> (Receiver, String) {
     (rx, url)
 }
 
-/// One `order.confirmed` event per order, NDJSON.
+/// One `order.confirmed` event per order (two tickets), NDJSON.
 fn events(orders: &[&str]) -> String {
-    let mut out = String::new();
-    for order in orders {
-        let event = json!({
-            "event_id": format!("{order}-v1"),
-            "type": "order.confirmed",
-            "order_id": order,
-            "occurred_at": "2026-11-22T10:00:00Z",
-            "order": {
-                "version": 1, "currency": "EUR", "channel": "direct",
-                "prices_include_tax": true,
-                "line_items": [{
-                    "id": "li-1", "product_id": "museum", "option_id": "standard",
-                    "unit_type": "adult", "description": "Museum General Admission",
-                    "quantity": 2, "unit_price": "11.00", "discount": "0.00", "tax_rate": "0"
-                }],
-                "fees": []
-            }
-        });
-        out.push_str(&event.to_string());
-        out.push('\n');
-    }
-    out
+    orders
+        .iter()
+        .map(|order| ticket_event(order, 1, 2) + "\n")
+        .collect()
 }
 
 /// `ledgerline publish --config <config> <events>`, with no `SSL_CERT_*`
@@ -254,25 +236,6 @@ async fn publish_over_tls_trusts_nats_tls_ca_and_fails_cleanly_without_it() {
     assert_eq!(orders_count(&server, &pki).await, 3);
 }
 
-/// A `ledgerline run --only aggregator,dispatcher` child; killed on drop.
-struct Run {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Run {
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_delivers_over_https_trusting_a_private_ca_from_ssl_cert_file() {
     let nats = support::nats().await;
@@ -304,19 +267,13 @@ max_attempts = 50
     )
     .unwrap();
     let log = dir.path().join("run.log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["run", "--only", "aggregator,dispatcher", "--config"])
-        .arg(&config)
+    let mut run = process::run("info,async_nats=warn")
+        .only("aggregator,dispatcher")
+        .text_logs()
         .env("SSL_CERT_FILE", trusted.ca())
         .env_remove("SSL_CERT_DIR")
-        .env("LEDGERLINE_LOG", "info,async_nats=warn")
-        .env("LEDGERLINE_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut run = Run { child, log };
+        .spawn(&config, &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let orders = ["o-https-1", "o-https-2"];
     let input = dir.path().join("events.ndjson");
@@ -402,6 +359,6 @@ max_attempts = 50
     assert_eq!(failing, orders);
 
     // And the service is still up, having panicked nowhere.
-    assert!(run.child.try_wait().unwrap().is_none(), "{}", run.logs());
-    assert!(!run.logs().contains("panicked"), "{}", run.logs());
+    assert!(run.try_wait().unwrap().is_none(), "{}", logs());
+    assert!(!logs().contains("panicked"), "{}", logs());
 }

@@ -1,46 +1,129 @@
-//! `ledgerline run` as a child process (the way an operator runs it): its
-//! config file, its log file, and the tail of that log for failures.
+//! The `ledgerline` binary as a child process (the way an operator runs
+//! it): its config file, `ledgerline run` logging to a file, one-shot
+//! commands, and the tail of a log for failures.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::ADMIN_TOKEN;
 
-/// Writes `dir/ledgerline.toml`: `nats_url`, an admin API on a free
-/// loopback port with [`ADMIN_TOKEN`], loopback targets allowed, then
-/// `registries` (any further TOML).
-pub fn service_config(dir: &Path, nats_url: &str, registries: &str) -> PathBuf {
+/// Writes `dir/ledgerline.toml`: `nats_url`, loopback targets allowed,
+/// then `rest` (any further TOML).
+pub fn config_file(dir: &Path, nats_url: &str, rest: &str) -> PathBuf {
     let path = dir.join("ledgerline.toml");
     std::fs::write(
         &path,
         format!(
-            "nats_url = \"{nats_url}\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-             allow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{registries}"
+            "nats_url = \"{nats_url}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{rest}"
         ),
     )
     .unwrap();
     path
 }
 
+/// [`config_file`] with an admin API on a free loopback port and
+/// [`ADMIN_TOKEN`] before `registries`.
+pub fn service_config(dir: &Path, nats_url: &str, registries: &str) -> PathBuf {
+    config_file(
+        dir,
+        nats_url,
+        &format!("admin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{registries}"),
+    )
+}
+
+/// `ledgerline <args>`: the binary built for these tests, with no
+/// `LEDGERLINE_CONFIG` from the environment.
+pub fn ledgerline(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"));
+    cmd.args(args).env_remove("LEDGERLINE_CONFIG");
+    cmd
+}
+
+/// How `ledgerline run` is started: which components, its log level and
+/// format, further environment.
+pub struct Run {
+    only: Option<String>,
+    level: String,
+    format: &'static str,
+    env: Vec<(String, String)>,
+    env_remove: Vec<String>,
+}
+
+/// `ledgerline run`, every component, logging JSON at `level` (a
+/// `LEDGERLINE_LOG` filter).
+pub fn run(level: &str) -> Run {
+    Run {
+        only: None,
+        level: level.to_owned(),
+        format: "json",
+        env: Vec::new(),
+        env_remove: Vec::new(),
+    }
+}
+
+impl Run {
+    /// Only these components (`--only`).
+    pub fn only(mut self, components: &str) -> Self {
+        self.only = Some(components.to_owned());
+        self
+    }
+
+    /// Logs as text rather than JSON.
+    pub fn text_logs(mut self) -> Self {
+        self.format = "text";
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env.push((
+            name.to_owned(),
+            value.as_ref().to_string_lossy().into_owned(),
+        ));
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.env_remove.push(name.to_owned());
+        self
+    }
+
+    /// Starts it with `config`, its logs appended to `log`. Killed when
+    /// dropped.
+    pub fn spawn(&self, config: &Path, log: &Path) -> tokio::process::Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = ledgerline(&["run"]);
+        if let Some(only) = &self.only {
+            cmd.args(["--only", only]);
+        }
+        cmd.arg("--config")
+            .arg(config)
+            .env("LEDGERLINE_LOG", &self.level)
+            .env("LEDGERLINE_LOG_FORMAT", self.format);
+        for (name, value) in &self.env {
+            cmd.env(name, value);
+        }
+        for name in &self.env_remove {
+            cmd.env_remove(name);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+}
+
 /// `ledgerline run` as a child process, logging JSON at `level` (a
 /// `LEDGERLINE_LOG` filter) to `log` (appended). Killed when dropped.
 pub fn spawn_run(config: &Path, log: &Path, level: &str) -> tokio::process::Child {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("LEDGERLINE_LOG", level)
-        .env("LEDGERLINE_LOG_FORMAT", "json")
-        .env_remove("LEDGERLINE_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    run(level).spawn(config, log)
 }
 
 /// The last `n` lines of the file at `path` (empty if unreadable).
