@@ -14,9 +14,22 @@ use crate::support::{self, ADMIN_TOKEN, Service};
 
 /// A service with only the admin API and the instance's default, strict
 /// policy: https only, no private or loopback targets.
-async fn strict_admin(nats: &support::Nats) -> Service {
+/// A nats-server and the admin API alone on it, with the instance's
+/// default (strict) target policy.
+async fn strict_admin() -> (support::Nats, Service) {
+    let nats = support::nats().await;
     let settings = support::settings_strict(&nats.server, "");
-    Service::start(settings, &[Component::Admin]).await
+    let svc = Service::start(settings, &[Component::Admin]).await;
+    (nats, svc)
+}
+
+/// Creates the registry `body` describes (expecting 201) and returns it
+/// as `GET` reads it back.
+async fn created(svc: &Service, body: &Value) -> Value {
+    let (status, b) = svc.post("/v1/registries", body).await;
+    assert_eq!(status, 201, "{b}");
+    let id = body["id"].as_str().expect("the body names its id");
+    svc.get(&format!("/v1/registries/{id}")).await.1
 }
 
 fn error_field(body: &Value) -> Option<&str> {
@@ -25,8 +38,7 @@ fn error_field(body: &Value) -> Option<&str> {
 
 #[tokio::test]
 async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_naming_the_field() {
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
+    let (_nats, svc) = strict_admin().await;
 
     let xero = json!({
         "id": "xero-eu", "name": "Xero EU",
@@ -36,14 +48,14 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
         "group_by": ["currency"],
         "notify_emails": ["ops@example.com"],
     });
-    let (status, body) = svc.call(Method::POST, "/v1/registries", Some(&xero)).await;
+    let (status, body) = svc.post("/v1/registries", &xero).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["registry"]["id"], "xero-eu");
     assert_eq!(body["result"], "created");
     let revision = body["registry"]["revision"].as_u64().unwrap();
 
     // The same id again: 409, naming the id.
-    let (status, body) = svc.call(Method::POST, "/v1/registries", Some(&xero)).await;
+    let (status, body) = svc.post("/v1/registries", &xero).await;
     assert_eq!((status, error_field(&body)), (409, Some("id")), "{body}");
 
     // Each invalid registry: 4xx with the field.
@@ -108,7 +120,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
         ),
     ];
     for (what, body, field) in cases {
-        let (status, answer) = svc.call(Method::POST, "/v1/registries", Some(&body)).await;
+        let (status, answer) = svc.post("/v1/registries", &body).await;
         assert_eq!(status, 422, "{what}: {answer}");
         assert_eq!(error_field(&answer), Some(field), "{what}: {answer}");
         assert!(
@@ -131,7 +143,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
         .unwrap();
     assert_eq!(resp.status(), 400);
     let big = json!({"id": "big", "url": "https://a.example/h", "name": "x".repeat(300 * 1024)});
-    let (status, body) = svc.call(Method::POST, "/v1/registries", Some(&big)).await;
+    let (status, body) = svc.post("/v1/registries", &big).await;
     assert_eq!(status, 413, "{body}");
     assert!(
         body["error"]["message"].is_string(),
@@ -153,17 +165,13 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     let mut changed = body["registry"].clone();
     changed["enabled"] = json!(false);
     changed["timeout_ms"] = json!(5000);
-    let (status, body) = svc
-        .call(Method::PUT, "/v1/registries/xero-eu", Some(&changed))
-        .await;
+    let (status, body) = svc.put("/v1/registries/xero-eu", &changed).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"], "updated");
     assert_eq!(body["registry"]["enabled"], false);
     assert!(body["registry"]["revision"].as_u64().unwrap() > revision);
     // The same stale copy again: its revision is old now.
-    let (status, body) = svc
-        .call(Method::PUT, "/v1/registries/xero-eu", Some(&changed))
-        .await;
+    let (status, body) = svc.put("/v1/registries/xero-eu", &changed).await;
     assert_eq!(
         (status, error_field(&body)),
         (409, Some("revision")),
@@ -174,9 +182,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     let (_, current) = svc.get("/v1/registries/xero-eu").await;
     let mut same = json!({"registry": current["registry"].clone()});
     same["registry"].as_object_mut().unwrap().remove("revision");
-    let (status, body) = svc
-        .call(Method::PUT, "/v1/registries/xero-eu", Some(&same))
-        .await;
+    let (status, body) = svc.put("/v1/registries/xero-eu", &same).await;
     assert_eq!(
         (status, body["result"].as_str()),
         (200, Some("unchanged")),
@@ -184,19 +190,17 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     );
     // The id in the body must match the URL.
     let (status, body) = svc
-        .call(
-            Method::PUT,
+        .put(
             "/v1/registries/other",
-            Some(&json!({"id": "xero-eu", "url": "https://a.example/h"})),
+            &json!({"id": "xero-eu", "url": "https://a.example/h"}),
         )
         .await;
     assert_eq!((status, error_field(&body)), (422, Some("id")), "{body}");
     // PUT creates when missing (201).
     let (status, body) = svc
-        .call(
-            Method::PUT,
+        .put(
             "/v1/registries/other",
-            Some(&json!({"url": "https://b.example/h"})),
+            &json!({"url": "https://b.example/h"}),
         )
         .await;
     assert_eq!(
@@ -206,25 +210,18 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
     );
 
     // Delete; then it is gone, its history stays.
-    let (status, body) = svc
-        .call(Method::DELETE, "/v1/registries/xero-eu", None)
-        .await;
+    let (status, body) = svc.delete("/v1/registries/xero-eu").await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = svc.get("/v1/registries/xero-eu").await;
     assert_eq!(status, 404);
-    let (status, _) = svc
-        .call(Method::DELETE, "/v1/registries/xero-eu", None)
-        .await;
+    let (status, _) = svc.delete("/v1/registries/xero-eu").await;
     assert_eq!(status, 404);
     let (status, body) = svc.get("/v1/registries/xero-eu/history").await;
     assert_eq!(status, 200, "{body}");
-    let ops: Vec<&str> = body["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["operation"].as_str().unwrap())
-        .collect();
-    assert_eq!(ops, ["put", "put", "delete"]);
+    assert_eq!(
+        support::str_fields(&body["history"], "operation"),
+        ["put", "put", "delete"]
+    );
 
     // Unknown routes and methods: JSON 404 and 405.
     let (status, body) = svc.get("/v1/nothing").await;
@@ -237,8 +234,7 @@ async fn registries_are_created_read_replaced_and_deleted_and_bad_ones_refused_n
 
 #[tokio::test]
 async fn requests_without_the_admin_token_are_refused() {
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
+    let (_nats, svc) = strict_admin().await;
     let http = crate::support::http_client();
     for (what, auth) in [
         ("no token", None),
@@ -291,8 +287,7 @@ async fn requests_without_the_admin_token_are_refused() {
 
 #[tokio::test]
 async fn no_response_ever_carries_a_secret() {
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
+    let (nats, svc) = strict_admin().await;
     let secrets = [
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "whsec_c2VjcmV0LW9mLXRoZS1wcmV2aW91cy1rZXk=",
@@ -321,7 +316,7 @@ async fn no_response_ever_carries_a_secret() {
     let bearer = json!({"id": "bearer", "url": "https://b.example/h",
         "auth": {"type": "bearer", "token": secrets[7]}});
     for body in [&oauth, &basic, &bearer] {
-        let (status, b) = svc.call(Method::POST, "/v1/registries", Some(body)).await;
+        let (status, b) = svc.post("/v1/registries", body).await;
         assert_eq!(status, 201, "{b}");
         seen.push_str(&b.to_string());
     }
@@ -336,17 +331,10 @@ async fn no_response_ever_carries_a_secret() {
     // Send back what was read with a change: the secrets are kept…
     let mut back = one["registry"].clone();
     back["name"] = json!("renamed");
-    let (status, b) = svc
-        .call(Method::PUT, "/v1/registries/oauth", Some(&back))
-        .await;
+    let (status, b) = svc.put("/v1/registries/oauth", &back).await;
     assert_eq!(status, 200, "{b}");
     seen.push_str(&b.to_string());
-    let store = ledgerline::registry_store::RegistryStore::open(
-        &nats.js,
-        ledgerline::registry::TargetPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let store = support::registry_store(&nats.js).await;
     let stored = store.get("oauth").await.unwrap().unwrap();
     assert_eq!(stored.config.signing_secret.unwrap().expose(), secrets[0]);
     assert_eq!(
@@ -359,7 +347,7 @@ async fn no_response_ever_carries_a_secret() {
     // …through a change of the registry's secrets too.
     let (_, h) = svc.get("/v1/registries/oauth/history").await;
     seen.push_str(&h.to_string());
-    let (_, d) = svc.call(Method::DELETE, "/v1/registries/basic", None).await;
+    let (_, d) = svc.delete("/v1/registries/basic").await;
     seen.push_str(&d.to_string());
     let (_, h) = svc.get("/v1/registries/basic/history").await;
     seen.push_str(&h.to_string());
@@ -367,7 +355,7 @@ async fn no_response_ever_carries_a_secret() {
     let mut bad = bearer.clone();
     bad["id"] = json!("bearer2");
     bad["url"] = json!("http://b.example/h");
-    let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&bad)).await;
+    let (status, b) = svc.post("/v1/registries", &bad).await;
     assert_eq!(status, 422);
     seen.push_str(&b.to_string());
     for s in secrets {
@@ -415,8 +403,7 @@ async fn the_openapi_description_matches_the_router() {
         }
     }
 
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
+    let (_nats, svc) = strict_admin().await;
     let http = crate::support::http_client();
     let mut served: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut served_open: BTreeSet<(String, String)> = BTreeSet::new();
@@ -459,20 +446,18 @@ async fn the_openapi_description_matches_the_router() {
 
 #[tokio::test]
 async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again() {
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
-    let basic = json!({"id": "books", "url": "https://a.example/hooks",
-        "headers": {"X-Api-Key": "header-secret-value"},
-        "auth": {"type": "basic", "username": "u", "password": "basic-password-value"}});
-    let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&basic)).await;
-    assert_eq!(status, 201, "{b}");
-    let (_, read) = svc.get("/v1/registries/books").await;
+    let (_nats, svc) = strict_admin().await;
+    let read = created(
+        &svc,
+        &json!({"id": "books", "url": "https://a.example/hooks",
+            "headers": {"X-Api-Key": "header-secret-value"},
+            "auth": {"type": "basic", "username": "u", "password": "basic-password-value"}}),
+    )
+    .await;
     let mut moved = read["registry"].clone();
     moved["url"] = json!("https://evil.example/collect");
     moved["headers"]["X-Api-Key"] = json!("header-secret-value");
-    let (status, b) = svc
-        .call(Method::PUT, "/v1/registries/books", Some(&moved))
-        .await;
+    let (status, b) = svc.put("/v1/registries/books", &moved).await;
     assert_eq!(status, 422, "{b}");
     assert_eq!(error_field(&b), Some("auth.password"), "{b}");
     let message = b["error"]["message"].as_str().unwrap();
@@ -486,9 +471,7 @@ async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again(
     assert_eq!(after["registry"]["revision"], read["registry"]["revision"]);
     // Sent again in clear: accepted.
     moved["auth"]["password"] = json!("a-new-password");
-    let (status, b) = svc
-        .call(Method::PUT, "/v1/registries/books", Some(&moved))
-        .await;
+    let (status, b) = svc.put("/v1/registries/books", &moved).await;
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["registry"]["url"], "https://evil.example/collect");
     svc.stop().await;
@@ -496,8 +479,7 @@ async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again(
 
 #[tokio::test]
 async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
+    let (_nats, svc) = strict_admin().await;
     let http = support::http_client();
     for (method, path) in [
         ("FOOBAR", "/v1/registries"),
@@ -508,14 +490,7 @@ async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         http.request(m, svc.url(path)).send().await.unwrap();
     }
-    let metrics = http
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = svc.metrics().await;
     for line in metrics
         .lines()
         .filter(|l| l.starts_with("ledgerline_admin_"))
@@ -562,13 +537,13 @@ async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
 
 #[tokio::test]
 async fn a_registry_with_notify_emails_and_no_smtp_shows_a_warning() {
-    let nats = support::nats().await;
-    let svc = strict_admin(&nats).await;
-    let body = json!({"id": "mailed", "url": "https://a.example/hooks",
-        "notify_emails": ["ops@example.com"]});
-    let (status, b) = svc.call(Method::POST, "/v1/registries", Some(&body)).await;
-    assert_eq!(status, 201, "{b}");
-    let (_, read) = svc.get("/v1/registries/mailed").await;
+    let (_nats, svc) = strict_admin().await;
+    let read = created(
+        &svc,
+        &json!({"id": "mailed", "url": "https://a.example/hooks",
+            "notify_emails": ["ops@example.com"]}),
+    )
+    .await;
     let warnings = read["registry"]["warnings"]
         .as_array()
         .cloned()
@@ -581,7 +556,7 @@ async fn a_registry_with_notify_emails_and_no_smtp_shows_a_warning() {
     );
     // Without notify_emails: no warnings.
     let quiet = json!({"id": "quiet", "url": "https://a.example/hooks"});
-    let (_, b) = svc.call(Method::POST, "/v1/registries", Some(&quiet)).await;
+    let (_, b) = svc.post("/v1/registries", &quiet).await;
     assert!(b["registry"].get("warnings").is_none(), "{b}");
     svc.stop().await;
 }

@@ -27,7 +27,7 @@ use ledgerline::export::{self, ExportOptions};
 use ledgerline::posting::{Posting, idempotency_key};
 use ledgerline::streams::{LEDGER_STREAM, subjects};
 
-use crate::support::{self, engine};
+use crate::support::{self, engine, process};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -159,15 +159,25 @@ fn deliveries(postings: &[Posting]) -> Vec<(String, Vec<u8>)> {
 
 /// Runs `ledgerline export --nats-url <url> <args>`.
 async fn cli_export(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .arg("export")
-        .args(["--nats-url", url])
-        .args(args)
-        .env_remove("LEDGERLINE_CONFIG")
-        .env_remove("LEDGERLINE_NATS_URL")
-        .output()
-        .await
-        .unwrap()
+    let mut cmd = process::ledgerline(&["export", "--nats-url", url]);
+    cmd.args(args).env_remove("LEDGERLINE_NATS_URL");
+    tokio::process::Command::from(cmd).output().await.unwrap()
+}
+
+/// Runs `ledgerline export` writing the CSV to `out` and the summary to
+/// `summary`, and expects it to succeed.
+async fn export_to_files(url: &str, out: &Path, summary: &Path) {
+    let run = cli_export(
+        url,
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(run.status.success(), "{}", text(&run.stderr));
 }
 
 fn text(b: &[u8]) -> String {
@@ -253,17 +263,7 @@ async fn the_csv_of_the_golden_fixtures_matches_its_golden_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ledger.csv");
     let summary = dir.path().join("summary.txt");
-    let run = cli_export(
-        &nats.server.url(),
-        &[
-            "--out",
-            out.to_str().unwrap(),
-            "--summary",
-            summary.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(run.status.success(), "{}", text(&run.stderr));
+    export_to_files(&nats.server.url(), &out, &summary).await;
     let csv = std::fs::read(&out).unwrap();
     check_golden("fixtures.csv", &normalise_posted_at(&csv, since));
 
@@ -692,26 +692,15 @@ async fn delivery_state_is_read_up_to_the_snapshot_and_across_pages() {
     let run = cli_export(&nats.server.url(), &["--out", "-"]).await;
     let rows = read_csv(&run.stdout);
     let of = |seq: &str| rows[1..].iter().find(|r| r[col("seq")] == seq).unwrap();
-    let r1 = of("1");
+    let delivery_columns = |seq: &str| {
+        let row = of(seq);
+        ["delivery_status", "delivered_at", "attempts", "http_status"].map(|c| row[col(c)].clone())
+    };
     assert_eq!(
-        [
-            &r1[col("delivery_status")],
-            &r1[col("delivered_at")],
-            &r1[col("attempts")],
-            &r1[col("http_status")]
-        ],
+        delivery_columns("1"),
         ["delivered", "2026-11-22T13:00:00Z", "600", "200"]
     );
-    let r2 = of("2");
-    assert_eq!(
-        [
-            &r2[col("delivery_status")],
-            &r2[col("delivered_at")],
-            &r2[col("attempts")],
-            &r2[col("http_status")]
-        ],
-        ["dead", "", "1", "422"]
-    );
+    assert_eq!(delivery_columns("2"), ["dead", "", "1", "422"]);
 }
 
 #[tokio::test]
@@ -762,17 +751,7 @@ fn synthetic(start: usize, n: usize) -> Vec<(String, Vec<u8>)> {
 async fn measured_export(url: &str, dir: &Path) -> (f64, u64, usize) {
     let out = dir.join("bulk.csv");
     let summary = dir.join("bulk.summary");
-    let run = cli_export(
-        url,
-        &[
-            "--out",
-            out.to_str().unwrap(),
-            "--summary",
-            summary.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(run.status.success(), "{}", text(&run.stderr));
+    export_to_files(url, &out, &summary).await;
     let s = std::fs::read_to_string(&summary).unwrap();
     let first = s.lines().next().unwrap();
     let num_before = |marker: &str| -> &str {

@@ -4,10 +4,12 @@
 //! deliberate change, then review the diff line by line.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Output;
 
 use ledgerline::config::Config;
 use ledgerline::offline::{Layout, run_postings};
+
+use crate::support::process;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden")
@@ -34,6 +36,16 @@ fn run_case(dir: &Path) -> (String, String) {
         String::from_utf8(out).unwrap(),
         String::from_utf8(err).unwrap(),
     )
+}
+
+/// `ledgerline postings --config <config> --events <events>`.
+fn postings_cli(config: &Path, events: &Path) -> Output {
+    process::ledgerline(&["postings", "--config"])
+        .arg(config)
+        .arg("--events")
+        .arg(events)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -67,13 +79,7 @@ fn the_reference_example_is_byte_exact_through_the_cli() {
     // expected.ndjson of this case was written by hand from the contract,
     // never generated, and UPDATE_GOLDEN leaves it alone.
     let dir = golden_dir().join("reference");
-    let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["postings", "--config"])
-        .arg(dir.join("config.toml"))
-        .arg("--events")
-        .arg(dir.join("events.ndjson"))
-        .output()
-        .unwrap();
+    let out = postings_cli(&dir.join("config.toml"), &dir.join("events.ndjson"));
     assert!(out.status.success());
     let want = std::fs::read(dir.join("expected.ndjson")).unwrap();
     assert_eq!(
@@ -90,13 +96,7 @@ fn the_reference_example_is_byte_exact_through_the_cli() {
 #[test]
 fn bad_events_are_reported_one_line_each_and_the_rest_are_processed() {
     let dir = golden_dir().join("rejections");
-    let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["postings", "--config"])
-        .arg(dir.join("config.toml"))
-        .arg("--events")
-        .arg(dir.join("events.ndjson"))
-        .output()
-        .unwrap();
+    let out = postings_cli(&dir.join("config.toml"), &dir.join("events.ndjson"));
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("line ")).collect();
@@ -129,13 +129,7 @@ fn an_invalid_config_exits_2_naming_the_key() {
     for (text, key) in cases {
         let config = dir.path().join("bad.toml");
         std::fs::write(&config, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-            .args(["postings", "--config"])
-            .arg(&config)
-            .arg("--events")
-            .arg(&events)
-            .output()
-            .unwrap();
+        let out = postings_cli(&config, &events);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(key), "{key} not named in: {stderr}");

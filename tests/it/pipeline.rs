@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
+use ledgerline::demo::count;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -46,23 +46,14 @@ fn offline(settings: &Settings, events: &str) -> BTreeMap<PostingKey, String> {
         .collect()
 }
 
-async fn count(stream: &Stream, filter: &str) -> u64 {
-    match stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(mut c) => c.info().await.map(|i| i.num_pending).unwrap_or(0),
-        Err(_) => 0,
-    }
-}
+/// How long the aggregator may take to store what a test expects.
+const STORED_WITHIN: Duration = Duration::from_secs(30);
 
-/// Waits until `filter` holds `want` messages (or fails after `limit`).
-async fn wait_for(stream: &Stream, filter: &str, want: u64, limit: Duration) {
-    support::eventually(&format!("{want} messages on {filter}"), limit, || async {
+/// Waits until `filter` holds `want` messages (or fails after
+/// [`STORED_WITHIN`]).
+async fn wait_for(stream: &Stream, filter: &str, want: u64) {
+    let what = format!("{want} messages on {filter}");
+    support::eventually(&what, STORED_WITHIN, || async {
         count(stream, filter).await >= want
     })
     .await;
@@ -90,6 +81,28 @@ fn spawn_aggregator(
     (token, handle)
 }
 
+/// `ledgerline verify` of the ORDERS and LEDGER on `nats`.
+async fn verify(
+    nats: &Nats,
+    settings: &Settings,
+) -> Result<ledgerline::verify::VerifyReport, ledgerline::verify::VerifyError> {
+    ledgerline::verify::verify(
+        &nats.client,
+        "orders",
+        settings.ledger,
+        settings.registries.clone(),
+        |_, _| {},
+    )
+    .await
+}
+
+/// The `Ledgerline-Message` header of a rejection record.
+fn message_of(record: &(String, Option<async_nats::HeaderMap>, bytes::Bytes)) -> String {
+    let headers = record.1.as_ref().expect("a rejection has headers");
+    let message = headers.get(streams::H_MESSAGE).expect("and a message");
+    message.as_str().to_owned()
+}
+
 async fn ledger_stream(nats: &Nats) -> Stream {
     nats.js.get_stream(LEDGER_STREAM).await.unwrap()
 }
@@ -109,13 +122,7 @@ async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
         (events.lines().count() as u64 - 1, 1)
     );
     let ledger = ledger_stream(&nats).await;
-    wait_for(
-        &ledger,
-        subjects::POSTINGS_ALL,
-        want.len() as u64,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
     assert_eq!(support::stored_postings(&nats.js).await, want);
 
     // The same file again: every line is a duplicate, no posting is added.
@@ -137,15 +144,7 @@ async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
     token.cancel();
     handle.await.unwrap();
 
-    let report = ledgerline::verify::verify(
-        &nats.client,
-        "orders",
-        settings.ledger,
-        settings.registries.clone(),
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    let report = verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}: {:?}", report.mismatches);
     assert_eq!(report.matched, want.len() as u64);
 }
@@ -254,21 +253,9 @@ async fn poison_messages_land_in_rejected_with_reasons_while_good_ones_flow() {
         support::publish_events(&nats, &good).await;
     }
     let ledger = ledger_stream(&nats).await;
-    wait_for(
-        &ledger,
-        subjects::REJECTED_ALL,
-        cases.len() as u64,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, subjects::REJECTED_ALL, cases.len() as u64).await;
     // Good ones flow: 3 registries subscribe order.confirmed.
-    wait_for(
-        &ledger,
-        subjects::POSTINGS_ALL,
-        3 * cases.len() as u64,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, subjects::POSTINGS_ALL, 3 * cases.len() as u64).await;
 
     // Lanes run in parallel, so match rejections by reason (unique per case).
     let rejected: BTreeMap<String, (Option<async_nats::HeaderMap>, bytes::Bytes)> =
@@ -404,15 +391,7 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
     agg.start_kill().unwrap();
     let _ = agg.wait().await;
 
-    let report = ledgerline::verify::verify(
-        &nats.client,
-        "orders",
-        settings.ledger,
-        settings.registries.clone(),
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    let report = verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}");
 }
 
@@ -425,25 +404,11 @@ async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
     let (token, handle) = spawn_aggregator(&nats, &settings);
     support::publish_events(&nats, &events).await;
     let ledger = ledger_stream(&nats).await;
-    wait_for(
-        &ledger,
-        subjects::POSTINGS_ALL,
-        want.len() as u64,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
     token.cancel();
     handle.await.unwrap();
 
-    let verify = || {
-        ledgerline::verify::verify(
-            &nats.client,
-            "orders",
-            settings.ledger,
-            settings.registries.clone(),
-            |_, _| {},
-        )
-    };
+    let verify = || verify(&nats, &settings);
     assert!(verify().await.unwrap().ok());
 
     // Tamper: rewrite the reference order's first posting with 1 cent more
@@ -536,24 +501,11 @@ async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
     let input = format!("{text}\n{small}\n{}\n", good_event("after", "a1"));
     support::publish_events(&nats, &input).await;
     let ledger = ledger_stream(&nats).await;
-    wait_for(
-        &ledger,
-        "ledger.rejected.too_large",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, "ledger.rejected.too_large", 1).await;
     // 3 registries × (the small version of "huge", and "after").
-    wait_for(&ledger, subjects::POSTINGS_ALL, 6, Duration::from_secs(30)).await;
+    wait_for(&ledger, subjects::POSTINGS_ALL, 6).await;
     let rejected = support::read_ledger_with_headers(&nats.js, "ledger.rejected.too_large").await;
-    let message = rejected[0]
-        .1
-        .as_ref()
-        .unwrap()
-        .get(streams::H_MESSAGE)
-        .unwrap()
-        .as_str()
-        .to_owned();
+    let message = message_of(&rejected[0]);
     assert!(message.contains("the posting for registry"), "{message}");
     // The rejected event changed nothing: the next version is posting 1.
     let posted = support::stored_postings(&nats.js).await;
@@ -588,30 +540,11 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
     }
     support::publish_events(&nats, &input).await;
     let ledger = ledger_stream(&nats).await;
-    wait_for(
-        &ledger,
-        "ledger.rejected.internal",
-        1,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, "ledger.rejected.internal", 1).await;
     // The corrupt one, plus 3 registries × 40 good orders.
-    wait_for(
-        &ledger,
-        subjects::POSTINGS_ALL,
-        1 + 3 * 40,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(&ledger, subjects::POSTINGS_ALL, 1 + 3 * 40).await;
     let rejected = support::read_ledger_with_headers(&nats.js, "ledger.rejected.internal").await;
-    let message = rejected[0]
-        .1
-        .as_ref()
-        .unwrap()
-        .get(streams::H_MESSAGE)
-        .unwrap()
-        .as_str()
-        .to_owned();
+    let message = message_of(&rejected[0]);
     assert!(
         message.contains("ledger.postings.books.broken") && message.contains("unreadable"),
         "{message}"

@@ -24,7 +24,7 @@ fn signed(body: &str, key: &str) -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_verifies_signatures_answers_journals_and_fails_on_demand() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+    let mut child = crate::support::process::ledgerline(&[])
         .args(["receiver", "--listen", "127.0.0.1:0", "--secret", SECRET])
         .args(["--fail-status", "503", "--fail-share", "1"])
         .stdout(Stdio::null())
@@ -80,26 +80,17 @@ async fn the_receiver_verifies_signatures_answers_journals_and_fails_on_demand()
     let r = post(tampered, signed(&body, "k-1")).await.unwrap();
     assert_eq!(r.status(), 401, "signature of another body");
 
-    let stats: Value = http
-        .get(format!("{base}/_receiver/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get_json = |path: &str| {
+        let r = http.get(format!("{base}{path}")).send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let stats = get_json("/_receiver/stats").await;
     assert_eq!(stats["requests"], 5);
     assert_eq!(stats["accepted"], 2);
     assert_eq!(stats["failures_injected"], 1);
     assert_eq!(stats["signature_failures"], 2);
-    let received: Vec<Value> = http
-        .get(format!("{base}/_receiver/received"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let received = get_json("/_receiver/received").await;
+    let received = received.as_array().expect("a JSON array");
     assert_eq!(received.len(), 5);
     assert_eq!(received[1]["signature"], "valid");
     assert_eq!(received[3]["signature"], "missing");

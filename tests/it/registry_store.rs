@@ -44,9 +44,7 @@ fn with_secrets() -> RegistryConfig {
 #[tokio::test]
 async fn applying_the_same_registries_again_writes_no_new_revision() {
     let nats = support::nats().await;
-    let store = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let store = support::registry_store(&nats.js).await;
     let a = registry("id = \"a\"\nurl = \"https://a.example/hook\"\n");
     let b = registry("id = \"b\"\nurl = \"https://b.example/hook\"\nenabled = false\n");
     let first = store
@@ -108,9 +106,7 @@ async fn applying_the_same_registries_again_writes_no_new_revision() {
 #[tokio::test]
 async fn writes_are_refused_on_a_stale_revision_an_existing_id_or_a_missing_registry() {
     let nats = support::nats().await;
-    let store = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let store = support::registry_store(&nats.js).await;
     let a = registry("id = \"a\"\nurl = \"https://a.example/hook\"\n");
     let created = store.create(a.clone(), ChangedBy::Api).await.unwrap();
     assert!(matches!(
@@ -161,9 +157,7 @@ async fn writes_are_refused_on_a_stale_revision_an_existing_id_or_a_missing_regi
 #[tokio::test]
 async fn secrets_are_stored_for_the_dispatcher_shown_as_stars_and_kept_by_the_marker() {
     let nats = support::nats().await;
-    let store = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let store = support::registry_store(&nats.js).await;
     let (e, _) = store
         .put(with_secrets(), None, ChangedBy::Api)
         .await
@@ -240,9 +234,7 @@ async fn until(
 #[tokio::test]
 async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
     let nats = support::nats().await;
-    let store = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let store = support::registry_store(&nats.js).await;
     store
         .create(
             registry("id = \"first\"\nurl = \"https://a.example/hook\"\n"),
@@ -256,9 +248,7 @@ async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
     assert_eq!(w.borrow().all().len(), 1, "the current set at once");
 
     // A second writer (another instance, the CLI) makes changes.
-    let other = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let other = support::registry_store(&nats.js).await;
     other
         .create(
             registry("id = \"second\"\nurl = \"https://b.example/hook\"\n"),
@@ -330,9 +320,7 @@ async fn a_registry_the_policy_no_longer_allows_is_left_out_not_fatal() {
     .await
     .unwrap();
     // …read by one that does not.
-    let strict = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let strict = support::registry_store(&nats.js).await;
     let shutdown = CancellationToken::new();
     let watcher = strict.watch(shutdown.clone()).await.unwrap();
     let ids: Vec<_> = watcher
@@ -358,9 +346,7 @@ fn as_read(c: &RegistryConfig) -> RegistryConfig {
 #[tokio::test]
 async fn a_marker_cannot_carry_a_secret_to_another_origin() {
     let nats = support::nats().await;
-    let store = RegistryStore::open(&nats.js, TargetPolicy::default())
-        .await
-        .unwrap();
+    let store = support::registry_store(&nats.js).await;
     let mut books = with_secrets();
     books.query =
         serde_json::from_value(serde_json::json!({"api_key": "query-secret-value"})).unwrap();

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
@@ -145,13 +144,11 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["ledger"]["debit"], view["ledger"]["credit"]);
     assert_eq!(view["ledger"]["currency"], "EUR");
-    let regs = view["registries"].as_array().unwrap();
     assert_eq!(
-        regs.iter()
-            .map(|r| r["registry_id"].as_str().unwrap())
-            .collect::<Vec<_>>(),
+        support::str_fields(&view["registries"], "registry_id"),
         ["books", "detail"]
     );
+    let regs = view["registries"].as_array().unwrap();
     for r in regs {
         assert_eq!(r["delivery"]["status"], "delivered", "{r}");
         for p in r["postings"].as_array().unwrap() {
@@ -220,12 +217,7 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
     })
     .await;
     let (_, ready) = svc.get("/readyz").await;
-    let checks: Vec<&str> = ready["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let checks = support::str_fields(&ready["checks"], "name");
     for c in [
         "nats",
         "stream ORDERS",
@@ -237,15 +229,7 @@ async fn run_delivers_every_fixture_posting_and_the_api_shows_each_order_ledger(
     }
     // The recorder is per process and other tests run services in it too,
     // so check what is reported, not the values.
-    let metrics = svc
-        .http
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = svc.metrics().await;
     for needle in [
         "ledgerline_events_applied_total ",
         "ledgerline_postings_total{registry=\"books\"} ",
@@ -291,32 +275,19 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     };
 
     publish(&nats, &ticket_event("o-1", 1, 1)).await;
-    eventually("books gets posting 1", Duration::from_secs(15), || {
-        let n = accepted(&books).len();
-        async move { n == 1 }
-    })
-    .await;
+    wait_accepted(&books, 1, "books gets posting 1").await;
 
     // A registry created over the API gets the next event's posting.
     let (status, body) = svc
-        .call(
-            Method::POST,
+        .post(
             "/v1/registries",
-            Some(&json!({"id": "late", "url": format!("{late_url}/hooks")})),
+            &json!({"id": "late", "url": format!("{late_url}/hooks")}),
         )
         .await;
     assert_eq!(status, 201, "{body}");
     in_force(&svc, "late", true).await;
     publish(&nats, &ticket_event("o-1", 2, 2)).await;
-    eventually(
-        "late gets its first posting",
-        Duration::from_secs(15),
-        || {
-            let n = accepted(&late).len();
-            async move { n == 1 }
-        },
-    )
-    .await;
+    wait_accepted(&late, 1, "late gets its first posting").await;
     let first_late: Value = serde_json::from_str(&late.received()[0].body).unwrap();
     assert_eq!(
         first_late["ledger_entries"].as_array().unwrap().len(),
@@ -328,16 +299,16 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     let (_, current) = svc.get("/v1/registries/books").await;
     let mut off = current["registry"].clone();
     off["enabled"] = json!(false);
-    let (status, body) = svc
-        .call(Method::PUT, "/v1/registries/books", Some(&off))
-        .await;
+    let (status, body) = svc.put("/v1/registries/books", &off).await;
     assert_eq!(status, 200, "{body}");
     in_force(&svc, "books", false).await;
     publish(&nats, &ticket_event("o-1", 3, 3)).await;
-    eventually("books posting 3 stored", Duration::from_secs(15), || {
-        count(postings("books")).map_eq(3)
-    })
-    .await;
+    let stored_books = |n: u64| {
+        eventually("books posting stored", Duration::from_secs(15), move || {
+            count(postings("books")).map_eq(n)
+        })
+    };
+    stored_books(3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         accepted(&books).len(),
@@ -345,13 +316,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         "a disabled registry receives nothing"
     );
     let (_, view) = svc.get("/v1/orders/o-1/ledger").await;
-    let books_view = view["registries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["registry_id"] == "books")
-        .unwrap()
-        .clone();
+    let books_view = registry_in(&view, "books");
     assert_eq!(books_view["registry"]["enabled"], false);
     assert_eq!(
         books_view["postings"][2]["delivery"]["status"], "pending",
@@ -361,29 +326,16 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     // Enabled again: what waited is delivered, in order.
     off["enabled"] = json!(true);
     off.as_object_mut().unwrap().remove("revision");
-    let (status, _) = svc
-        .call(Method::PUT, "/v1/registries/books", Some(&off))
-        .await;
+    let (status, _) = svc.put("/v1/registries/books", &off).await;
     assert_eq!(status, 200);
-    eventually(
-        "books gets posting 3 after re-enabling",
-        Duration::from_secs(15),
-        || {
-            let n = accepted(&books).len();
-            async move { n == 3 }
-        },
-    )
-    .await;
+    wait_accepted(&books, 3, "books gets posting 3 after re-enabling").await;
 
     // Deleted: no new postings; what was posted stays, shown and listed.
-    let (status, _) = svc.call(Method::DELETE, "/v1/registries/late", None).await;
+    let (status, _) = svc.delete("/v1/registries/late").await;
     assert_eq!(status, 200);
     in_force(&svc, "late", false).await;
     publish(&nats, &ticket_event("o-1", 4, 4)).await;
-    eventually("books posting 4", Duration::from_secs(15), || {
-        count(postings("books")).map_eq(4)
-    })
-    .await;
+    stored_books(4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         count(postings("late")).await,
@@ -391,13 +343,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         "no posting for a deleted registry"
     );
     let (_, view) = svc.get("/v1/orders/o-1/ledger").await;
-    let late_view = view["registries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["registry_id"] == "late")
-        .unwrap()
-        .clone();
+    let late_view = registry_in(&view, "late");
     assert_eq!(late_view["registry"]["exists"], false);
     assert_eq!(late_view["postings"].as_array().unwrap().len(), 2);
     let (status, page) = svc.get("/v1/registries/late/deliveries").await;
@@ -413,10 +359,9 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         })
         .unwrap();
     let (status, _) = svc
-        .call(
-            Method::POST,
+        .post(
             "/v1/registries",
-            Some(&json!({"id": "strict", "url": format!("{strict_url}/hooks")})),
+            &json!({"id": "strict", "url": format!("{strict_url}/hooks")}),
         )
         .await;
     assert_eq!(status, 201);
@@ -430,91 +375,65 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         ),
     )
     .await;
-    eventually(
-        "o-2 dead-lettered at strict",
-        Duration::from_secs(15),
-        || {
-            let r = svc
-                .req(Method::GET, "/v1/registries/strict/deliveries?status=dead")
-                .send();
-            async move {
-                let v: Value = r.await.unwrap().json().await.unwrap();
-                v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
-            }
-        },
-    )
-    .await;
-    let (_, dead) = svc
-        .get("/v1/registries/strict/deliveries?status=dead")
-        .await;
+    let dead = wait_listed(&svc, "strict", "dead", Duration::from_secs(15)).await;
     assert_eq!(dead["deliveries"][0]["held"], 1, "{dead}");
     assert_eq!(dead["deliveries"][0]["http_status"], 422);
     let (_, view) = svc.get("/v1/orders/o-2/ledger").await;
-    let sv = view["registries"]
+    let sv = registry_in(&view, "strict");
+    let statuses: Vec<&str> = sv["postings"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["registry_id"] == "strict")
-        .unwrap()
-        .clone();
-    assert_eq!(
-        sv["postings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["delivery"]["status"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        ["dead", "held"]
-    );
+        .map(|p| p["delivery"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["dead", "held"]);
     strict.set_failure(FailureMode::default()).unwrap();
     let (status, body) = svc
-        .call(
-            Method::POST,
-            "/v1/registries/strict/orders/o-2/redeliver",
-            None,
-        )
+        .post_empty("/v1/registries/strict/orders/o-2/redeliver")
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["seq"], 1);
-    eventually(
-        "o-2 delivered after redeliver",
-        Duration::from_secs(15),
-        || {
-            let n = accepted(&strict).len();
-            async move { n == 2 }
-        },
-    )
-    .await;
-    eventually("strict shows delivered", Duration::from_secs(5), || {
-        let r = svc
-            .req(
-                Method::GET,
-                "/v1/registries/strict/deliveries?status=delivered",
-            )
-            .send();
-        async move {
-            let v: Value = r.await.unwrap().json().await.unwrap();
-            v["deliveries"].as_array().is_some_and(|d| d.len() == 1)
-        }
-    })
-    .await;
+    wait_accepted(&strict, 2, "o-2 delivered after redeliver").await;
+    wait_listed(&svc, "strict", "delivered", Duration::from_secs(5)).await;
     let (status, _) = svc
-        .call(
-            Method::POST,
-            "/v1/registries/strict/orders/o-2/redeliver",
-            None,
-        )
+        .post_empty("/v1/registries/strict/orders/o-2/redeliver")
         .await;
     assert_eq!(status, 409, "nothing dead to redeliver any more");
     let (status, _) = svc
-        .call(
-            Method::POST,
-            "/v1/registries/strict/orders/o-9/redeliver",
-            None,
-        )
+        .post_empty("/v1/registries/strict/orders/o-9/redeliver")
         .await;
     assert_eq!(status, 404);
     svc.stop().await;
+}
+
+/// Waits until `rx` has accepted `n` requests.
+async fn wait_accepted(rx: &Receiver, n: usize, what: &str) {
+    eventually(what, Duration::from_secs(15), || async {
+        accepted(rx).len() == n
+    })
+    .await;
+}
+
+/// Waits until `registry`'s deliveries with `status` list one order;
+/// returns that page.
+async fn wait_listed(svc: &Service, registry: &str, status: &str, limit: Duration) -> Value {
+    let path = format!("/v1/registries/{registry}/deliveries?status={status}");
+    eventually(&format!("one order listed at {path}"), limit, || async {
+        let (_, page) = svc.get(&path).await;
+        page["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    svc.get(&path).await.1
+}
+
+/// The entry of `registry` in an order's ledger view.
+fn registry_in(view: &Value, registry: &str) -> Value {
+    let registries = view["registries"].as_array().expect("registries listed");
+    registries
+        .iter()
+        .find(|r| r["registry_id"] == registry)
+        .unwrap_or_else(|| panic!("{registry} not in {view}"))
+        .clone()
 }
 
 /// Waits until the running service delivers to `registry` (`true`: its
@@ -580,6 +499,18 @@ async fn admin_addr(log: &Path, nth: usize) -> String {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `GET url` with the admin token, as text.
+async fn admin_text(http: &reqwest::Client, url: &str) -> String {
+    let resp = http.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
+/// SIGTERM to `child`; it must exit 0.
+async fn stop_cleanly(child: &mut tokio::process::Child, log: &Path) {
+    sigterm(child);
+    assert_eq!(exit_code(child, log).await, Some(0), "{}", tail(log, 20));
 }
 
 fn sigterm(child: &tokio::process::Child) {
@@ -685,25 +616,11 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
         "/v1/registries/books",
         "/v1/registries/books/history",
     ] {
-        let text = http
-            .get(format!("{base}{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = admin_text(&http, &format!("{base}{path}")).await;
         assert!(text.contains("books"), "{path}: {text}");
         seen.push_str(&text);
     }
-    sigterm(&run);
-    assert_eq!(
-        exit_code(&mut run, &log).await,
-        Some(0),
-        "{}",
-        tail(&log, 20)
-    );
+    stop_cleanly(&mut run, &log).await;
     let stored_at_stop = support::count_ledger(&nats.js, subjects::POSTINGS_ALL).await;
     assert!(
         stored_at_stop < total,
@@ -743,23 +660,9 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
     );
     assert_delivered(&books, "books", &want, true);
     assert_delivered(&detail, "detail", &want, false);
-    let text = http
-        .get(format!("{base}/v1/orders/ord-0000/ledger"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = admin_text(&http, &format!("{base}/v1/orders/ord-0000/ledger")).await;
     seen.push_str(&text);
-    sigterm(&run);
-    assert_eq!(
-        exit_code(&mut run, &log).await,
-        Some(0),
-        "{}",
-        tail(&log, 20)
-    );
+    stop_cleanly(&mut run, &log).await;
 
     // The CLI shows registries without their secrets.
     for args in [
@@ -886,12 +789,7 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
     let (code, out, err) = run(&["registry", "apply", "-f", edited.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("updated books"), "{out}");
-    let store = ledgerline::registry_store::RegistryStore::open(
-        &nats.js,
-        ledgerline::registry::TargetPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let store = support::registry_store(&nats.js).await;
     let books = store.get("books").await.unwrap().unwrap();
     assert_eq!(books.config.url, "https://books.example/v2");
     assert_eq!(books.changed_by, ledgerline::registry_store::ChangedBy::Cli);

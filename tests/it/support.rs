@@ -157,6 +157,32 @@ impl Service {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// `POST path` of `body` with the admin token: (status, body).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `PUT path` of `body` with the admin token: (status, body).
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// `POST path` with no body and the admin token: (status, body).
+    pub async fn post_empty(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, None).await
+    }
+
+    /// `DELETE path` with the admin token: (status, body).
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// `GET /metrics` (no token needed): the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.unwrap();
+        resp.text().await.unwrap()
+    }
+
     /// Stops it (as SIGTERM would) and expects a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -248,6 +274,17 @@ pub async fn stored_postings(
     out
 }
 
+/// The registry store on `js`, with the default (strict) target policy.
+#[allow(dead_code)]
+pub async fn registry_store(js: &jetstream::Context) -> ledgerline::registry_store::RegistryStore {
+    ledgerline::registry_store::RegistryStore::open(
+        js,
+        ledgerline::registry::TargetPolicy::default(),
+    )
+    .await
+    .expect("the registry store opens")
+}
+
 /// How many messages a LEDGER subject filter holds.
 #[allow(dead_code)]
 pub async fn count_ledger(js: &jetstream::Context, filter: &str) -> u64 {
@@ -306,6 +343,20 @@ pub fn assert_same_keys<K: Ord + std::fmt::Debug, A, B>(
         missing.is_empty() && extra.is_empty(),
         "{what}missing {missing:?}, extra {extra:?}"
     );
+}
+
+/// `field` of every item of the JSON array `items`, as strings.
+#[allow(dead_code)]
+pub fn str_fields<'a>(items: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = items.as_array().expect("a JSON array");
+    items
+        .iter()
+        .map(|i| {
+            i[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} of {i} is not a string"))
+        })
+        .collect()
 }
 
 /// How often [`eventually`] looks again.

@@ -32,9 +32,10 @@ pub fn service_config(dir: &Path, nats_url: &str, registries: &str) -> PathBuf {
 }
 
 /// `ledgerline <args>`: the binary built for these tests, with no
-/// `LEDGERLINE_CONFIG` from the environment.
-pub fn ledgerline(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"));
+/// `LEDGERLINE_CONFIG` from the environment (`tokio::process::Command`
+/// converts from it).
+pub fn ledgerline(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"));
     cmd.args(args).env_remove("LEDGERLINE_CONFIG");
     cmd
 }
@@ -97,7 +98,7 @@ impl Run {
             .append(true)
             .open(log)
             .unwrap();
-        let mut cmd = ledgerline(&["run"]);
+        let mut cmd = tokio::process::Command::from(ledgerline(&["run"]));
         if let Some(only) = &self.only {
             cmd.args(["--only", only]);
         }
