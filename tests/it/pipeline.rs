@@ -64,10 +64,7 @@ async fn wait_for(stream: &Stream, filter: &str, want: u64) {
     );
 }
 
-fn spawn_aggregator(
-    nats: &Nats,
-    settings: &Settings,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn spawn_aggregator(nats: &Nats, settings: &Settings) -> Aggregator {
     let token = CancellationToken::new();
     let task = tokio::spawn(run_aggregator(
         nats.client.clone(),
@@ -103,17 +100,34 @@ fn message_of(record: &(String, Option<async_nats::HeaderMap>, bytes::Bytes)) ->
     message.as_str().to_owned()
 }
 
+/// The aggregator (its stop token and task) as the tests spawn it.
+type Aggregator = (CancellationToken, tokio::task::JoinHandle<()>);
+
+/// A nats-server with an aggregator running under [`CONFIG`], and the
+/// sample events with what the offline command posts for them:
+/// (nats, settings, events, offline postings, aggregator).
+async fn fixtures_with_an_aggregator() -> (
+    Nats,
+    Settings,
+    String,
+    BTreeMap<PostingKey, String>,
+    Aggregator,
+) {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let events = engine::fixture_events();
+    let want = offline(&settings, &events);
+    let aggregator = spawn_aggregator(&nats, &settings);
+    (nats, settings, events, want, aggregator)
+}
+
 async fn ledger_stream(nats: &Nats) -> Stream {
     nats.js.get_stream(LEDGER_STREAM).await.unwrap()
 }
 
 #[tokio::test]
 async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
-    let events = engine::fixture_events();
-    let want = offline(&settings, &events);
-    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let (nats, settings, events, want, (token, handle)) = fixtures_with_an_aggregator().await;
 
     let first = support::publish_events(&nats, &events).await;
     // The fixture repeats one event id on purpose; JetStream drops it.
@@ -397,11 +411,7 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
 
 #[tokio::test]
 async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
-    let events = engine::fixture_events();
-    let want = offline(&settings, &events);
-    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let (nats, settings, events, want, (token, handle)) = fixtures_with_an_aggregator().await;
     support::publish_events(&nats, &events).await;
     let ledger = ledger_stream(&nats).await;
     wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
