@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use ledgerline::natsd::NatsServer;
+use ledgerline::natsd::{NatsServer, NatsdError};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -16,6 +16,30 @@ async fn bounded<T>(test: impl Future<Output = Result<T>>) -> Result<T> {
     timeout(TEST_TIMEOUT, test)
         .await
         .context("test timed out")?
+}
+
+/// Runs `test` on a freshly started server, within [`TEST_TIMEOUT`].
+async fn with_server<F, Fut>(test: F) -> Result<()>
+where
+    F: FnOnce(NatsServer) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    bounded(async { test(NatsServer::start().await?).await }).await
+}
+
+/// Kills `server` and binds its port, as another process could.
+async fn kill_and_take_its_port(server: &mut NatsServer) -> Result<std::net::TcpListener> {
+    server.kill().await;
+    Ok(std::net::TcpListener::bind(("127.0.0.1", server.port()))?)
+}
+
+/// The error message of a start that must fail; it must say the server
+/// exited during startup. `what` names the start.
+fn failed_at_startup<T>(started: std::result::Result<T, NatsdError>, what: &str) -> Result<String> {
+    let err = started.err().with_context(|| format!("{what} succeeded"))?;
+    let msg = err.to_string();
+    ensure!(msg.contains("exited during startup"), "{msg}");
+    Ok(msg)
 }
 
 async fn connect(server: &NatsServer) -> Result<async_nats::Client> {
@@ -73,8 +97,7 @@ async fn assert_stream_holds(js: &jetstream::Context, bodies: &[&str]) -> Result
 
 #[tokio::test]
 async fn a_started_server_accepts_jetstream_publishes() -> Result<()> {
-    bounded(async {
-        let server = NatsServer::start().await?;
+    with_server(|server| async move {
         ensure!(server.url() == format!("nats://127.0.0.1:{}", server.port()));
         let js = jetstream::new(connect(&server).await?);
 
@@ -95,8 +118,7 @@ async fn a_started_server_accepts_jetstream_publishes() -> Result<()> {
 
 #[tokio::test]
 async fn a_restarted_server_keeps_its_stream_data_on_the_same_port() -> Result<()> {
-    bounded(async {
-        let mut server = NatsServer::start().await?;
+    with_server(|mut server| async move {
         let (url, port) = (server.url(), server.port());
         {
             let client = connect(&server).await?;
@@ -118,8 +140,7 @@ async fn a_restarted_server_keeps_its_stream_data_on_the_same_port() -> Result<(
 
 #[tokio::test]
 async fn a_killed_server_refuses_connections_until_restarted() -> Result<()> {
-    bounded(async {
-        let mut server = NatsServer::start().await?;
+    with_server(|mut server| async move {
         {
             let js = jetstream::new(connect(&server).await?);
             create_stream_and_publish(&js, &["acked before the crash"]).await?;
@@ -147,8 +168,7 @@ async fn a_killed_server_refuses_connections_until_restarted() -> Result<()> {
 
 #[tokio::test]
 async fn a_connected_client_reconnects_after_the_server_restarts() -> Result<()> {
-    bounded(async {
-        let mut server = NatsServer::start().await?;
+    with_server(|mut server| async move {
         let client = async_nats::ConnectOptions::new()
             .reconnect_delay_callback(|_attempts| Duration::from_millis(100))
             .connect(server.url())
@@ -205,12 +225,9 @@ async fn a_server_started_with_a_given_store_dir_leaves_its_data_there() -> Resu
 
 #[tokio::test]
 async fn a_restart_waits_for_its_port_to_be_freed() -> Result<()> {
-    bounded(async {
-        let mut server = NatsServer::start().await?;
-        server.kill().await;
-
+    with_server(|mut server| async move {
         // Someone else holds the port for a moment; restart retries until free.
-        let squatter = std::net::TcpListener::bind(("127.0.0.1", server.port()))?;
+        let squatter = kill_and_take_its_port(&mut server).await?;
         let release = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             drop(squatter);
@@ -228,18 +245,10 @@ async fn a_restart_waits_for_its_port_to_be_freed() -> Result<()> {
 
 #[tokio::test]
 async fn a_restart_fails_with_the_log_tail_when_its_port_stays_taken() -> Result<()> {
-    bounded(async {
-        let mut server = NatsServer::start().await?;
-        server.kill().await;
-        let _squatter = std::net::TcpListener::bind(("127.0.0.1", server.port()))?;
+    with_server(|mut server| async move {
+        let _squatter = kill_and_take_its_port(&mut server).await?;
 
-        let err = server
-            .restart()
-            .await
-            .err()
-            .context("restart succeeded on a taken port")?;
-        let msg = err.to_string();
-        ensure!(msg.contains("exited during startup"), "{msg}");
+        let msg = failed_at_startup(server.restart().await, "restart on a taken port")?;
         ensure!(msg.contains("address already in use"), "{msg}");
         ensure!(!server.is_running());
         Ok(())
@@ -252,14 +261,11 @@ async fn a_tls_server_whose_certificate_is_missing_fails_with_the_log_tail() -> 
     bounded(async {
         let dir = tempfile::tempdir()?;
         let missing = dir.path().join("no-such-cert.pem");
-        let err = NatsServer::builder()
+        let started = NatsServer::builder()
             .tls(&missing, dir.path().join("no-such-key.pem"))
             .start()
-            .await
-            .err()
-            .context("a TLS server started without its certificate")?;
-        let msg = err.to_string();
-        ensure!(msg.contains("exited during startup"), "{msg}");
+            .await;
+        let msg = failed_at_startup(started, "a TLS server without its certificate")?;
         ensure!(msg.contains("no-such-cert.pem"), "{msg}");
         Ok(())
     })
