@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ledgerline::registry::{AuthConfig, RegistryConfig, TargetPolicy};
+use ledgerline::registry::{AuthConfig, FieldError, RegistryConfig, TargetPolicy};
 use ledgerline::registry_store::{
     BUCKET, ChangedBy, PutOutcome, RegistryStore, StoreError, keep_stored_secrets,
 };
@@ -15,6 +15,24 @@ use crate::support;
 
 fn registry(text: &str) -> RegistryConfig {
     toml::from_str(text).unwrap()
+}
+
+/// A registry with only its id and url.
+fn registry_at(id: &str, url: &str) -> RegistryConfig {
+    registry(&format!("id = \"{id}\"\nurl = \"{url}\"\n"))
+}
+
+/// Creates a registry with only `id` and `url`, written by `by`.
+async fn create_at(store: &RegistryStore, id: &str, url: &str, by: ChangedBy) {
+    store.create(registry_at(id, url), by).await.unwrap();
+}
+
+/// The field error of a write that must be refused as invalid.
+fn invalid(refused: Result<impl std::fmt::Debug, StoreError>) -> FieldError {
+    match refused {
+        Err(StoreError::Invalid(f)) => f,
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
 }
 
 fn loopback_policy() -> TargetPolicy {
@@ -45,22 +63,17 @@ fn with_secrets() -> RegistryConfig {
 async fn applying_the_same_registries_again_writes_no_new_revision() {
     let nats = support::nats().await;
     let store = support::registry_store(&nats.js).await;
-    let a = registry("id = \"a\"\nurl = \"https://a.example/hook\"\n");
+    let a = registry_at("a", "https://a.example/hook");
     let b = registry("id = \"b\"\nurl = \"https://b.example/hook\"\nenabled = false\n");
-    let first = store
-        .apply(&[a.clone(), b.clone()], ChangedBy::Config)
-        .await
-        .unwrap();
+    let both = [a.clone(), b.clone()];
+    let apply_both = || store.apply(&both, ChangedBy::Config);
+    let outcomes =
+        |applied: &[(_, PutOutcome)]| applied.iter().map(|(_, o)| *o).collect::<Vec<_>>();
+    let first = apply_both().await.unwrap();
+    assert_eq!(outcomes(&first), [PutOutcome::Created, PutOutcome::Created]);
+    let again = apply_both().await.unwrap();
     assert_eq!(
-        first.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
-        [PutOutcome::Created, PutOutcome::Created]
-    );
-    let again = store
-        .apply(&[a.clone(), b.clone()], ChangedBy::Config)
-        .await
-        .unwrap();
-    assert_eq!(
-        again.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+        outcomes(&again),
         [PutOutcome::Unchanged, PutOutcome::Unchanged]
     );
     assert_eq!(
@@ -93,8 +106,8 @@ async fn applying_the_same_registries_again_writes_no_new_revision() {
         .collect();
     assert_eq!(ids, ["a", "b"]);
     // A batch with one bad registry writes nothing.
-    let bad = registry("id = \"c\"\nurl = \"http://c.example/hook\"\n");
-    let c_ok = registry("id = \"d\"\nurl = \"https://d.example/hook\"\n");
+    let bad = registry_at("c", "http://c.example/hook");
+    let c_ok = registry_at("d", "https://d.example/hook");
     let err = store.apply(&[c_ok, bad], ChangedBy::Cli).await.unwrap_err();
     assert!(
         matches!(&err, StoreError::Invalid(f) if f.field == "registry[1].url"),
@@ -107,7 +120,7 @@ async fn applying_the_same_registries_again_writes_no_new_revision() {
 async fn writes_are_refused_on_a_stale_revision_an_existing_id_or_a_missing_registry() {
     let nats = support::nats().await;
     let store = support::registry_store(&nats.js).await;
-    let a = registry("id = \"a\"\nurl = \"https://a.example/hook\"\n");
+    let a = registry_at("a", "https://a.example/hook");
     let created = store.create(a.clone(), ChangedBy::Api).await.unwrap();
     assert!(matches!(
         store.create(a.clone(), ChangedBy::Api).await,
@@ -149,7 +162,7 @@ async fn writes_are_refused_on_a_stale_revision_an_existing_id_or_a_missing_regi
     );
     store.create(a, ChangedBy::Api).await.unwrap();
     assert!(matches!(
-        store.put(registry("id = \"Bad Id\"\nurl = \"https://x.example\"\n"), None, ChangedBy::Api).await,
+        store.put(registry_at("Bad Id", "https://x.example"), None, ChangedBy::Api).await,
         Err(StoreError::Invalid(f)) if f.field == "id"
     ));
 }
@@ -235,13 +248,7 @@ async fn until(
 async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
     let nats = support::nats().await;
     let store = support::registry_store(&nats.js).await;
-    store
-        .create(
-            registry("id = \"first\"\nurl = \"https://a.example/hook\"\n"),
-            ChangedBy::Config,
-        )
-        .await
-        .unwrap();
+    create_at(&store, "first", "https://a.example/hook", ChangedBy::Config).await;
     let shutdown = CancellationToken::new();
     let watcher = store.watch(shutdown.clone()).await.unwrap();
     let mut w = watcher.registries.clone();
@@ -249,13 +256,7 @@ async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
 
     // A second writer (another instance, the CLI) makes changes.
     let other = support::registry_store(&nats.js).await;
-    other
-        .create(
-            registry("id = \"second\"\nurl = \"https://b.example/hook\"\n"),
-            ChangedBy::Cli,
-        )
-        .await
-        .unwrap();
+    create_at(&other, "second", "https://b.example/hook", ChangedBy::Cli).await;
     until(&mut w, "a created registry appears", |s| {
         s.get("second").is_some()
     })
@@ -263,7 +264,7 @@ async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
     let ids: Vec<_> = w.borrow().all().iter().map(|r| r.id().to_owned()).collect();
     assert_eq!(ids, ["first", "second"], "by creation");
 
-    let mut paused = registry("id = \"second\"\nurl = \"https://b.example/hook\"\n");
+    let mut paused = registry_at("second", "https://b.example/hook");
     paused.enabled = false;
     other.put(paused, None, ChangedBy::Cli).await.unwrap();
     until(&mut w, "a disabled registry shows as disabled", |s| {
@@ -280,13 +281,7 @@ async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
     // Garbage written straight into the bucket is skipped, not fatal.
     let kv = nats.js.get_key_value(BUCKET).await.unwrap();
     kv.put("garbage", "{not json".into()).await.unwrap();
-    other
-        .create(
-            registry("id = \"third\"\nurl = \"https://c.example/hook\"\n"),
-            ChangedBy::Cli,
-        )
-        .await
-        .unwrap();
+    create_at(&other, "third", "https://c.example/hook", ChangedBy::Cli).await;
     until(&mut w, "later changes still arrive", |s| {
         s.get("third").is_some()
     })
@@ -307,18 +302,8 @@ async fn a_registry_the_policy_no_longer_allows_is_left_out_not_fatal() {
     let lax = RegistryStore::open(&nats.js, loopback_policy())
         .await
         .unwrap();
-    lax.create(
-        registry("id = \"local\"\nurl = \"http://127.0.0.1:9/hook\"\n"),
-        ChangedBy::Api,
-    )
-    .await
-    .unwrap();
-    lax.create(
-        registry("id = \"public\"\nurl = \"https://a.example/hook\"\n"),
-        ChangedBy::Api,
-    )
-    .await
-    .unwrap();
+    create_at(&lax, "local", "http://127.0.0.1:9/hook", ChangedBy::Api).await;
+    create_at(&lax, "public", "https://a.example/hook", ChangedBy::Api).await;
     // …read by one that does not.
     let strict = support::registry_store(&nats.js).await;
     let shutdown = CancellationToken::new();
@@ -362,19 +347,13 @@ async fn a_marker_cannot_carry_a_secret_to_another_origin() {
     ] {
         let mut moved = read.clone();
         moved.url = evil.into();
-        let err = store
-            .put(moved.clone(), None, ChangedBy::Api)
-            .await
-            .unwrap_err();
-        let StoreError::Invalid(f) = &err else {
-            panic!("{err}")
-        };
-        assert_eq!(f.field, "headers.authenticationToken", "{err}");
+        let f = invalid(store.put(moved.clone(), None, ChangedBy::Api).await);
+        assert_eq!(f.field, "headers.authenticationToken", "{f}");
         assert!(
             f.message.contains("https://accounting.example")
                 && f.message.contains(&evil[..evil.len() - "/hooks".len()])
                 && f.message.contains("\"***\""),
-            "{err}"
+            "{f}"
         );
         // Through `registry apply` too, naming the entry.
         let err = store.apply(&[moved], ChangedBy::Cli).await.unwrap_err();
@@ -390,23 +369,11 @@ async fn a_marker_cannot_carry_a_secret_to_another_origin() {
         "authenticationToken".into(),
         ledgerline::secret::Secret::new("attacker-knows-nothing"),
     );
-    let err = store
-        .put(moved.clone(), None, ChangedBy::Api)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Invalid(f) if f.field == "query.api_key"),
-        "{err}"
-    );
+    let f = invalid(store.put(moved.clone(), None, ChangedBy::Api).await);
+    assert_eq!(f.field, "query.api_key", "{f}");
     moved.query = serde_json::from_value(serde_json::json!({"api_key": "new-query-key"})).unwrap();
-    let err = store
-        .put(moved.clone(), None, ChangedBy::Api)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Invalid(f) if f.field == "auth.password"),
-        "{err}"
-    );
+    let f = invalid(store.put(moved.clone(), None, ChangedBy::Api).await);
+    assert_eq!(f.field, "auth.password", "{f}");
     // Nothing was written: the stored registry still points where it did.
     let stored = store.get("books").await.unwrap().unwrap();
     assert_eq!(stored.config.url, "https://accounting.example/hooks");
@@ -442,19 +409,13 @@ async fn a_marker_cannot_carry_a_secret_to_another_origin() {
     if let AuthConfig::Oauth2ClientCredentials { token_url, .. } = &mut token_moved.auth {
         *token_url = "https://evil.example/token".into();
     }
-    let err = store
-        .put(token_moved.clone(), None, ChangedBy::Api)
-        .await
-        .unwrap_err();
-    let StoreError::Invalid(f) = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(f.field, "auth.client_secret", "{err}");
+    let f = invalid(store.put(token_moved.clone(), None, ChangedBy::Api).await);
+    assert_eq!(f.field, "auth.client_secret", "{f}");
     assert!(
         f.message.contains("auth.token_url")
             && f.message.contains("https://login.accounting.example")
             && f.message.contains("https://evil.example"),
-        "{err}"
+        "{f}"
     );
     let mut url_moved = read.clone();
     url_moved.url = "https://evil.example/hooks".into();
