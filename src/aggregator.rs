@@ -388,31 +388,35 @@ impl Lane {
                     }
                     Err(e) => {
                         warn!(lane, subject = %msg.subject, error = %e, "cannot record a rejection yet; retrying");
-                        let _ = msg.ack_with(AckKind::Progress).await;
-                        tokio::select! {
-                            _ = self.shared.shutdown.cancelled() => {
-                                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                                return;
-                            }
-                            _ = tokio::time::sleep(delay) => {}
+                        if !self.back_off(&msg, &mut delay).await {
+                            return;
                         }
-                        delay = (delay * 2).min(RETRY_MAX);
                     }
                 },
                 Err(LaneError::Transient(e)) => {
                     warn!(lane, subject = %msg.subject, error = %e, retry_in_ms = delay.as_millis() as u64, "event not applied yet; retrying");
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                    tokio::select! {
-                        _ = self.shared.shutdown.cancelled() => {
-                            let _ = msg.ack_with(AckKind::Nak(None)).await;
-                            return;
-                        }
-                        _ = tokio::time::sleep(delay) => {}
+                    if !self.back_off(&msg, &mut delay).await {
+                        return;
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
             }
         }
+    }
+
+    /// Keeps `msg` in progress and waits `delay` before the next try,
+    /// doubling it up to [`RETRY_MAX`]. On shutdown it naks `msg` (the
+    /// event is handled after the next start) and returns false.
+    async fn back_off(&self, msg: &Message, delay: &mut Duration) -> bool {
+        let _ = msg.ack_with(AckKind::Progress).await;
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                return false;
+            }
+            _ = tokio::time::sleep(*delay) => {}
+        }
+        *delay = (*delay * 2).min(RETRY_MAX);
+        true
     }
 
     async fn process(&mut self, msg: &Message) -> Result<(), LaneError> {
