@@ -280,23 +280,11 @@ impl RegistryStore {
     /// Every registry, ordered by creation (then id). Unreadable values are
     /// logged and left out.
     pub async fn list(&self) -> Result<Vec<RegistryEntry>, StoreError> {
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(k) => k.try_collect().await.map_err(read_err)?,
-            Err(e) => return Err(read_err(e)),
-        };
+        let keys = self.keys().await?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            match self.current(&key).await {
-                Ok(Some(Current { entry: Some(e), .. })) => out.push(e),
-                Ok(_) => {}
-                Err(StoreError::Corrupt {
-                    key,
-                    revision,
-                    source,
-                }) => {
-                    error!(registry_id = %key, revision, error = %source, "stored registry is unreadable; left out");
-                }
-                Err(e) => return Err(e),
+            if let Some(Current { entry: Some(e), .. }) = self.current_or_unreadable(&key).await? {
+                out.push(e);
             }
         }
         sort_entries(&mut out);
@@ -575,35 +563,42 @@ impl RegistryStore {
 
     /// Every key's last state.
     async fn snapshot(&self) -> Result<BTreeMap<String, Current>, StoreError> {
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(k) => k.try_collect().await.map_err(read_err)?,
-            Err(e) => return Err(read_err(e)),
-        };
+        let keys = self.keys().await?;
         let mut out = BTreeMap::new();
         for key in keys {
-            match self.current(&key).await {
-                Ok(Some(c)) => {
-                    out.insert(key, c);
-                }
-                Ok(None) => {}
-                Err(StoreError::Corrupt {
-                    key,
-                    revision,
-                    source,
-                }) => {
-                    error!(registry_id = %key, revision, error = %source, "stored registry is unreadable; left out");
-                    out.insert(
-                        key,
-                        Current {
-                            revision,
-                            entry: None,
-                        },
-                    );
-                }
-                Err(e) => return Err(e),
+            if let Some(c) = self.current_or_unreadable(&key).await? {
+                out.insert(key, c);
             }
         }
         Ok(out)
+    }
+
+    /// Every key of the bucket.
+    async fn keys(&self) -> Result<Vec<String>, StoreError> {
+        match self.kv.keys().await {
+            Ok(k) => k.try_collect().await.map_err(read_err),
+            Err(e) => Err(read_err(e)),
+        }
+    }
+
+    /// [`Self::current`], with a stored registry that cannot be read
+    /// logged and kept as its revision without an entry (left out of
+    /// what is in force, its revision still known).
+    async fn current_or_unreadable(&self, key: &str) -> Result<Option<Current>, StoreError> {
+        match self.current(key).await {
+            Err(StoreError::Corrupt {
+                key,
+                revision,
+                source,
+            }) => {
+                error!(registry_id = %key, revision, error = %source, "stored registry is unreadable; left out");
+                Ok(Some(Current {
+                    revision,
+                    entry: None,
+                }))
+            }
+            other => other,
+        }
     }
 
     /// The registries in force: every stored one that validates, by
