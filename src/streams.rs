@@ -259,27 +259,29 @@ pub fn redact_url(url: &str) -> String {
 
 /// The ORDERS stream configuration for a subject prefix.
 pub fn orders_stream_config(prefix: &str) -> stream::Config {
-    stream::Config {
-        name: ORDERS_STREAM.to_owned(),
-        description: Some("ledgerline input events, one subject per order".to_owned()),
-        subjects: vec![format!("{prefix}.>")],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        duplicate_window: DUPLICATE_WINDOW,
-        max_message_size: STREAM_MAX_MSG_BYTES,
-        allow_direct: true,
-        ..Default::default()
-    }
+    stream_config(
+        ORDERS_STREAM,
+        "ledgerline input events, one subject per order",
+        format!("{prefix}.>"),
+    )
 }
 
 /// The LEDGER stream configuration.
 pub fn ledger_stream_config() -> stream::Config {
+    stream_config(
+        LEDGER_STREAM,
+        "ledgerline postings, responses, delivery attempts, rejections, alerts",
+        subjects::LEDGER_ALL.to_owned(),
+    )
+}
+
+/// What ORDERS and LEDGER share: file storage kept by limits, the
+/// duplicate window, the message size limit and Direct Get.
+fn stream_config(name: &str, description: &str, subjects: String) -> stream::Config {
     stream::Config {
-        name: LEDGER_STREAM.to_owned(),
-        description: Some(
-            "ledgerline postings, responses, delivery attempts, rejections, alerts".to_owned(),
-        ),
-        subjects: vec![subjects::LEDGER_ALL.to_owned()],
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        subjects: vec![subjects],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: DUPLICATE_WINDOW,
@@ -295,33 +297,29 @@ pub async fn ensure_streams(
     js: &jetstream::Context,
     prefix: &str,
 ) -> Result<(stream::Stream, stream::Stream), NatsError> {
-    js.create_or_update_stream(orders_stream_config(prefix))
-        .await
-        .map_err(|source| NatsError::Stream {
-            stream: ORDERS_STREAM,
-            source,
-        })?;
-    js.create_or_update_stream(ledger_stream_config())
-        .await
-        .map_err(|source| NatsError::Stream {
-            stream: LEDGER_STREAM,
-            source,
-        })?;
-    let orders = js
-        .get_stream(ORDERS_STREAM)
-        .await
-        .map_err(|source| NatsError::GetStream {
-            stream: ORDERS_STREAM,
-            source,
-        })?;
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(|source| NatsError::GetStream {
-            stream: LEDGER_STREAM,
-            source,
-        })?;
+    let orders = ensure_stream(js, ORDERS_STREAM, orders_stream_config(prefix)).await?;
+    let ledger = ensure_stream(js, LEDGER_STREAM, ledger_stream_config()).await?;
     Ok((orders, ledger))
+}
+
+/// Creates or updates the stream `name` to `config`, then opens it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &'static str,
+    config: stream::Config,
+) -> Result<stream::Stream, NatsError> {
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|source| NatsError::Stream {
+            stream: name,
+            source,
+        })?;
+    js.get_stream(name)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: name,
+            source,
+        })
 }
 
 /// A JetStream publish with our own headers plus a `Nats-Msg-Id` (and,
