@@ -652,11 +652,7 @@ password = "basic-password-secret-2"
             .unwrap()
     };
     let out = cli(&["deliveries", "list", "--status", "dead", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::assert_succeeded(&out);
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["order_id"], "o-dead");
     assert_eq!(listed["held"], 1);
@@ -665,11 +661,7 @@ password = "basic-password-secret-2"
 
     fixed.store(true, std::sync::atomic::Ordering::SeqCst);
     let out = cli(&["redeliver", "--registry", "books", "--order", "o-dead"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::assert_succeeded(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("redelivery of posting 2"));
     support::eventually("o-dead released", Duration::from_secs(10), || async {
         let rd: Vec<RegistryDataRecord> =
@@ -961,11 +953,7 @@ for r in json.load(open(sys.argv[1])):
         .args([SECRET, PREVIOUS_SECRET])
         .output()
         .expect(".tools/bin/python runs (run `make tools`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::assert_succeeded(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 6, "{stdout}");

@@ -285,11 +285,7 @@ max_attempts = 50
         .arg(&input)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::assert_succeeded(&out);
 
     // The trusted receiver gets each posting, over TLS.
     support::eventually(

@@ -127,6 +127,15 @@ pub fn spawn_run(config: &Path, log: &Path, level: &str) -> tokio::process::Chil
     run(level).spawn(config, log)
 }
 
+/// Fails, showing its stderr, unless the command `out` came from exited 0.
+pub fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The last `n` lines of the file at `path` (empty if unreadable).
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
