@@ -166,6 +166,12 @@ struct Inner {
     status_reply: std::sync::atomic::AtomicBool,
 }
 
+/// A receiver served on a loopback port ([`Receiver::serve_on_loopback`]).
+pub struct Served {
+    pub receiver: Receiver,
+    pub addr: std::net::SocketAddr,
+}
+
 /// The sample receiver. Clones share state.
 #[derive(Clone)]
 pub struct Receiver {
@@ -237,6 +243,27 @@ impl Receiver {
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
+    }
+
+    /// Serves `router` (this receiver's, maybe with more routes) on a
+    /// free loopback port until `shutdown`, in a task of its own (as the
+    /// demo and the bench run their receivers).
+    pub async fn serve_on_loopback(
+        self,
+        router: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<Served> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        });
+        Ok(Served {
+            receiver: self,
+            addr,
+        })
     }
 
     /// What was received so far, oldest first.

@@ -29,7 +29,7 @@ use super::{BenchError, BenchProgress};
 use crate::config::{Config, Settings};
 use crate::demo::{count, dataset};
 use crate::natsd::NatsServer;
-use crate::receiver::{FailureMode, Receiver};
+use crate::receiver::{FailureMode, Receiver, Served};
 use crate::records::StoredPosting;
 use crate::secret::Secret;
 use crate::service::Component;
@@ -130,35 +130,23 @@ fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
     }
 }
 
-struct Endpoint {
-    receiver: Receiver,
-    addr: std::net::SocketAddr,
-}
-
 async fn start_receiver(
     secret: Option<&Secret>,
     stop: CancellationToken,
-) -> Result<Endpoint, BenchError> {
+) -> Result<Served, BenchError> {
     let receiver =
         Receiver::new(secret, FailureMode::default()).map_err(err("starting a receiver"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let router = receiver.router();
+    receiver
+        .serve_on_loopback(router, stop.cancelled_owned())
         .await
-        .map_err(err("binding a receiver port"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(err("binding a receiver port"))?;
-    tokio::spawn(
-        receiver
-            .clone()
-            .serve(listener, async move { stop.cancelled().await }),
-    );
-    Ok(Endpoint { receiver, addr })
+        .map_err(err("binding a receiver port"))
 }
 
 fn bench_settings(
     nats_url: &str,
-    journal: &Endpoint,
-    detail: &Endpoint,
+    journal: &Served,
+    detail: &Served,
     max_in_flight: usize,
 ) -> Result<Settings, BenchError> {
     let nats_url = toml::Value::String(nats_url.to_owned());

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Settings};
 use crate::natsd::NatsServer;
-use crate::receiver::{FailureMode, Receiver};
+use crate::receiver::{FailureMode, Receiver, Served};
 use crate::secret::Secret;
 use crate::service::Component;
 use crate::streams::{self, LEDGER_STREAM, subjects};
@@ -119,18 +119,12 @@ fn step(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> DemoError {
     }
 }
 
-/// A started sample receiver.
-struct Endpoint {
-    receiver: Receiver,
-    addr: std::net::SocketAddr,
-}
-
 async fn start_receiver(
     secret: Option<&Secret>,
     with_token_endpoint: bool,
     status_reply: bool,
     shutdown: CancellationToken,
-) -> Result<Endpoint, DemoError> {
+) -> Result<Served, DemoError> {
     let receiver = Receiver::new(secret, FailureMode::default())
         .map_err(|e| step("starting the receiver")(&e))?
         .with_status_reply(status_reply);
@@ -148,18 +142,10 @@ async fn start_receiver(
             }),
         );
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    receiver
+        .serve_on_loopback(router, shutdown.cancelled_owned())
         .await
-        .map_err(|e| step("binding a receiver port")(&e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| step("binding a receiver port")(&e))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
-    Ok(Endpoint { receiver, addr })
+        .map_err(|e| step("binding a receiver port")(&e))
 }
 
 fn free_port() -> Result<u16, DemoError> {
@@ -172,9 +158,9 @@ fn free_port() -> Result<u16, DemoError> {
 /// The demo's configuration: three registries on loopback.
 fn demo_settings(
     nats_url: &str,
-    signed: &Endpoint,
-    oauth: &Endpoint,
-    accept: &Endpoint,
+    signed: &Served,
+    oauth: &Served,
+    accept: &Served,
     admin_port: u16,
 ) -> Result<Settings, DemoError> {
     // Quoted as TOML, so no URL can break the file (a parse error prints
