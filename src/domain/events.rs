@@ -163,8 +163,8 @@ pub struct OrderSnapshot {
     pub payments: Vec<Payment>,
 }
 
-/// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One line of an order (kept as it is in the order's state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {
     pub id: String,
     pub product_id: Option<String>,
@@ -177,8 +177,9 @@ pub struct LineItem {
     pub tax_rate: Decimal,
 }
 
-/// A fee (e.g. shipping), taxed like a line of quantity 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A fee (e.g. shipping), taxed like a line of quantity 1 (kept as it is
+/// in the order's state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fee {
     pub kind: String,
     pub description: String,

@@ -51,65 +51,15 @@ pub struct OrderState {
     pub version: Option<u64>,
     pub cancelled: bool,
     #[serde(default)]
-    pub line_items: Vec<LineItemState>,
+    pub line_items: Vec<LineItem>,
     #[serde(default)]
-    pub fees: Vec<FeeState>,
+    pub fees: Vec<Fee>,
     /// In order of first appearance; updates keep the position.
     #[serde(default)]
     pub payments: Vec<PaymentRecord>,
     /// Event ids applied, oldest first (bounded by [`APPLIED_EVENT_IDS_MAX`]).
     #[serde(default)]
     pub applied_event_ids: Vec<String>,
-}
-
-/// A line item as kept in state (the parsed line, serialisable).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineItemState {
-    pub id: String,
-    pub product_id: Option<String>,
-    pub option_id: Option<String>,
-    pub unit_type: Option<String>,
-    pub description: String,
-    pub quantity: u64,
-    pub unit_price: Decimal,
-    pub discount: Decimal,
-    pub tax_rate: Decimal,
-}
-
-/// A fee as kept in state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeeState {
-    pub kind: String,
-    pub description: String,
-    pub amount: Decimal,
-    pub tax_rate: Decimal,
-}
-
-impl From<&LineItem> for LineItemState {
-    fn from(l: &LineItem) -> Self {
-        Self {
-            id: l.id.clone(),
-            product_id: l.product_id.clone(),
-            option_id: l.option_id.clone(),
-            unit_type: l.unit_type.clone(),
-            description: l.description.clone(),
-            quantity: l.quantity,
-            unit_price: l.unit_price,
-            discount: l.discount,
-            tax_rate: l.tax_rate,
-        }
-    }
-}
-
-impl From<&Fee> for FeeState {
-    fn from(f: &Fee) -> Self {
-        Self {
-            kind: f.kind.clone(),
-            description: f.description.clone(),
-            amount: f.amount,
-            tax_rate: f.tax_rate,
-        }
-    }
 }
 
 impl OrderState {
@@ -226,8 +176,8 @@ impl OrderState {
         self.channel = s.channel.clone();
         self.prices_include_tax = s.prices_include_tax;
         self.version = Some(s.version);
-        self.line_items = s.line_items.iter().map(LineItemState::from).collect();
-        self.fees = s.fees.iter().map(FeeState::from).collect();
+        self.line_items = s.line_items.clone();
+        self.fees = s.fees.clone();
         for p in &s.payments {
             self.set_payment(p, PaymentKind::Paid);
         }
