@@ -253,16 +253,7 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
             amount: disc,
             dims: dims.clone(),
         });
-        tax_by_item.push((
-            t.rate,
-            Entry {
-                entry_type: EntryType::Tax,
-                description: tax_description(t.rate),
-                quantity: 0,
-                amount: -t.tax,
-                dims,
-            },
-        ));
+        tax_by_item.push((t.rate, tax_entry(t.rate, t.tax, dims)));
     }
     for (f, t) in state.fees.iter().zip(&taxables[state.line_items.len()..]) {
         let fee_ex = if incl { f.amount - t.tax } else { f.amount };
@@ -280,16 +271,7 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
             amount: -fee_ex,
             dims: dims.clone(),
         });
-        tax_by_item.push((
-            t.rate,
-            Entry {
-                entry_type: EntryType::Tax,
-                description: tax_description(t.rate),
-                quantity: 0,
-                amount: -t.tax,
-                dims,
-            },
-        ));
+        tax_by_item.push((t.rate, tax_entry(t.rate, t.tax, dims)));
     }
     // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
     tax_by_item.sort_by_key(|(rate, _)| *rate);
@@ -390,6 +372,17 @@ impl Ledger {
     }
 }
 
+/// The tax entry of one line or fee: `tax` at `rate`, a credit.
+fn tax_entry(rate: Decimal, tax: Decimal, dims: Dims) -> Entry {
+    Entry {
+        entry_type: EntryType::Tax,
+        description: tax_description(rate),
+        quantity: 0,
+        amount: -tax,
+        dims,
+    }
+}
+
 /// `Tax 16%`, `Tax 7.5%`, `Tax 0%`.
 pub fn tax_description(rate: Decimal) -> String {
     format!("Tax {}%", rate_percent_text(rate))
@@ -472,6 +465,24 @@ mod tests {
                "discount": disc, "tax_rate": rate})
     }
 
+    /// Each entry type in `want` has one entry, of that amount.
+    fn assert_amounts(l: &Ledger, want: &[(EntryType, &str)]) {
+        for (t, amount) in want {
+            assert_eq!(amounts(l, *t), vec![dec(amount)], "{t:?}");
+        }
+    }
+
+    /// The ledger of a EUR order with `lines` and no payment.
+    fn derived(incl: bool, lines: serde_json::Value) -> Ledger {
+        derived_paid(incl, lines, json!([]))
+    }
+
+    /// The ledger of a EUR order made of one `order.confirmed` event.
+    fn derived_paid(incl: bool, lines: serde_json::Value, payments: serde_json::Value) -> Ledger {
+        let state = order(incl, "EUR", lines, payments);
+        derive(&state, &LedgerOptions::default()).unwrap()
+    }
+
     fn amounts(l: &Ledger, t: EntryType) -> Vec<Decimal> {
         l.entries
             .iter()
@@ -483,44 +494,36 @@ mod tests {
     #[test]
     fn inclusive_prices_split_out_tax_exactly() {
         // 1 × 11.60 incl. 16%: tax = 11.60 × 0.16 / 1.16 = 1.60, revenue 10.00.
-        let s = order(
-            true,
-            "EUR",
-            json!([line("A", 1, "11.60", "0", "0.16")]),
-            json!([]),
+        let l = derived(true, json!([line("A", 1, "11.60", "0", "0.16")]));
+        assert_amounts(
+            &l,
+            &[
+                (EntryType::Revenue, "-10.00"),
+                (EntryType::Tax, "-1.60"),
+                (EntryType::Receivable, "11.60"),
+            ],
         );
-        let l = derive(&s, &LedgerOptions::default()).unwrap();
-        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-10.00")]);
-        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.60")]);
-        assert_eq!(amounts(&l, EntryType::Receivable), vec![dec("11.60")]);
     }
 
     #[test]
     fn inclusive_discounts_are_booked_ex_tax() {
         // 2 × 10.00 − 2.00 incl. 7.5%: net 18.00, tax round(18 × .075/1.075) = 1.26,
         // discount_ex round(2/1.075) = 1.86, revenue 18 − 1.26 + 1.86 = 18.60.
-        let s = order(
-            true,
-            "EUR",
-            json!([line("A", 2, "10.00", "2.00", "0.075")]),
-            json!([]),
+        let l = derived(true, json!([line("A", 2, "10.00", "2.00", "0.075")]));
+        assert_amounts(
+            &l,
+            &[
+                (EntryType::Revenue, "-18.60"),
+                (EntryType::Discount, "1.86"),
+                (EntryType::Tax, "-1.26"),
+            ],
         );
-        let l = derive(&s, &LedgerOptions::default()).unwrap();
-        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-18.60")]);
-        assert_eq!(amounts(&l, EntryType::Discount), vec![dec("1.86")]);
-        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.26")]);
         assert_eq!(l.totals.total, dec("18.00"));
     }
 
     #[test]
     fn exclusive_prices_add_tax_on_the_discounted_base() {
-        let s = order(
-            false,
-            "EUR",
-            json!([line("A", 3, "9.99", "1.00", "0.16")]),
-            json!([]),
-        );
-        let l = derive(&s, &LedgerOptions::default()).unwrap();
+        let l = derived(false, json!([line("A", 3, "9.99", "1.00", "0.16")]));
         // (29.97 − 1.00) × 0.16 = 4.6352 → 4.64
         assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-4.64")]);
         assert_eq!(l.totals.total, dec("33.61"));
@@ -576,8 +579,7 @@ mod tests {
     fn overpayment_becomes_refund_due() {
         let pay =
             json!([{"payment_id": "p", "method": "card", "amount": "30.00", "currency": "EUR"}]);
-        let s = order(true, "EUR", json!([line("A", 2, "10.00", "0", "0")]), pay);
-        let l = derive(&s, &LedgerOptions::default()).unwrap();
+        let l = derived_paid(true, json!([line("A", 2, "10.00", "0", "0")]), pay);
         assert_eq!(amounts(&l, EntryType::RefundDue), vec![dec("-10.00")]);
         assert!(amounts(&l, EntryType::Receivable).is_empty());
     }
