@@ -98,6 +98,14 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Why an event id is refused.
+const INVALID_EVENT_ID: &str = "event_id must be a non-empty string of at most 128 characters";
+
+/// A line refused for `reason`, saying `why`.
+fn refused(reason: RejectReason, why: &str) -> (RejectReason, String) {
+    (reason, why.to_owned())
+}
+
 /// Checks a line enough to route it: its order id and event id.
 pub fn route(line: &[u8]) -> Result<(OrderId, String), (RejectReason, String)> {
     if line.len() > MESSAGE_MAX_BYTES {
@@ -116,18 +124,8 @@ pub fn route(line: &[u8]) -> Result<(OrderId, String), (RejectReason, String)> {
         .ok_or((RejectReason::MalformedJson, "not a JSON object".to_owned()))?;
     let event_id = match obj.get("event_id") {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 128 => s.clone(),
-        Some(_) => {
-            return Err((
-                RejectReason::InvalidField,
-                "event_id must be a non-empty string of at most 128 characters".to_owned(),
-            ));
-        }
-        None => {
-            return Err((
-                RejectReason::MissingField,
-                "event_id is required".to_owned(),
-            ));
-        }
+        Some(_) => return Err(refused(RejectReason::InvalidField, INVALID_EVENT_ID)),
+        None => return Err(refused(RejectReason::MissingField, "event_id is required")),
     };
     let order_id = match obj.get("order_id") {
         Some(Value::String(s)) => OrderId::parse(s).ok_or((
@@ -135,17 +133,12 @@ pub fn route(line: &[u8]) -> Result<(OrderId, String), (RejectReason, String)> {
             format!("order_id {s:?} does not match [A-Za-z0-9_-]{{1,128}}"),
         ))?,
         Some(_) => {
-            return Err((
+            return Err(refused(
                 RejectReason::InvalidOrderId,
-                "order_id must be a string".to_owned(),
+                "order_id must be a string",
             ));
         }
-        None => {
-            return Err((
-                RejectReason::MissingField,
-                "order_id is required".to_owned(),
-            ));
-        }
+        None => return Err(refused(RejectReason::MissingField, "order_id is required")),
     };
     Ok((order_id, event_id))
 }
