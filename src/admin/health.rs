@@ -110,14 +110,11 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
         let (ok, detail) = if !connected {
             (false, "NATS not connected".to_owned())
         } else {
-            match tokio::time::timeout(CHECK_TIMEOUT, js.get_stream(name)).await {
-                Ok(Ok(s)) => {
-                    streams.insert(name, s);
-                    (true, "present".to_owned())
-                }
-                Ok(Err(e)) => (false, e.to_string()),
-                Err(_) => (false, "timed out".to_owned()),
-            }
+            checked(js.get_stream(name), |s| {
+                streams.insert(name, s);
+                "present".to_owned()
+            })
+            .await
         };
         checks.push(Check {
             name: format!("stream {name}"),
@@ -168,17 +165,13 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
         let (ok, detail) = match streams.get(stream) {
             None => (false, "stream missing".to_owned()),
             Some(s) => {
-                match tokio::time::timeout(CHECK_TIMEOUT, s.consumer_info(&consumer)).await {
-                    Ok(Ok(info)) => (
-                        true,
-                        format!(
-                            "{} pending, {} unacknowledged",
-                            info.num_pending, info.num_ack_pending
-                        ),
-                    ),
-                    Ok(Err(e)) => (false, e.to_string()),
-                    Err(_) => (false, "timed out".to_owned()),
-                }
+                checked(s.consumer_info(&consumer), |info| {
+                    format!(
+                        "{} pending, {} unacknowledged",
+                        info.num_pending, info.num_ack_pending
+                    )
+                })
+                .await
             }
         };
         checks.push(Check {
@@ -198,4 +191,17 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// One readiness check: `request` within [`CHECK_TIMEOUT`], passed with
+/// `detail` of its answer, or failed with its error or "timed out".
+async fn checked<T, E: std::fmt::Display>(
+    request: impl std::future::Future<Output = Result<T, E>>,
+    detail: impl FnOnce(T) -> String,
+) -> (bool, String) {
+    match tokio::time::timeout(CHECK_TIMEOUT, request).await {
+        Ok(Ok(answer)) => (true, detail(answer)),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(_) => (false, "timed out".to_owned()),
+    }
 }

@@ -207,22 +207,20 @@ mod tests {
 
     #[test]
     fn unknown_or_malformed_currencies_are_refused() {
-        assert!(matches!(
-            Currency::parse("EURO"),
-            Err(CurrencyError::Malformed(_))
-        ));
-        assert!(matches!(
-            Currency::parse("eur"),
-            Err(CurrencyError::Malformed(_))
-        ));
-        assert!(matches!(
-            Currency::parse("ABC"),
-            Err(CurrencyError::Unknown(_))
-        ));
-        assert!(matches!(
-            Currency::parse("XAU"),
-            Err(CurrencyError::Unknown(_))
-        ));
+        for code in ["EURO", "eur"] {
+            let parsed = Currency::parse(code);
+            assert!(
+                matches!(parsed, Err(CurrencyError::Malformed(_))),
+                "{code}: {parsed:?}"
+            );
+        }
+        for code in ["ABC", "XAU"] {
+            let parsed = Currency::parse(code);
+            assert!(
+                matches!(parsed, Err(CurrencyError::Unknown(_))),
+                "{code}: {parsed:?}"
+            );
+        }
     }
 
     #[test]
