@@ -35,8 +35,11 @@ lint: tools
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
+# Most integration tests wait on NATS, sockets and timers rather than
+# compute, so they run four at a time even on two cores.
+TEST_THREADS ?= 4
 test: tools lint
-	cargo test --locked
+	cargo test --locked -- --test-threads $(TEST_THREADS)
 
 # The chaos test's long form; override any of these, e.g. CHAOS_SEED=42.
 CHAOS_ORDERS ?= 3000
