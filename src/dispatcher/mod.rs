@@ -45,6 +45,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod breaker;
+mod decide;
 pub mod http;
 mod idle;
 pub mod schedule;
