@@ -107,40 +107,53 @@ pub(crate) fn decide<P, W>(
     held: &[WakeUp],
     now: OffsetDateTime,
 ) -> Step<P, W> {
-    let posting = match next {
-        Next::NotOnStream => {
-            // Caught up, unless a wake-up names a posting the stream does
-            // not show yet.
-            let named_later = held.iter().any(
-                |w| matches!(w.kind, WakeUpKind::Posting { seq } if seq > progress.delivered_seq),
-            );
-            return if named_later {
-                Step::Park {
-                    delay: NOT_VISIBLE_DELAY,
-                    why: Wait::NotVisible,
-                }
-            } else {
-                Step::CaughtUp
-            };
+    match next {
+        Next::NotOnStream => caught_up(progress, held),
+        Next::Unsendable(why) => unsendable(progress, why, now),
+        Next::Found(posting) => found(progress, posting, held, now),
+    }
+}
+
+/// Caught up, unless a wake-up names a posting the stream does not show
+/// yet.
+fn caught_up<P, W>(progress: &Progress, held: &[WakeUp]) -> Step<P, W> {
+    let named_later = held
+        .iter()
+        .any(|w| matches!(w.kind, WakeUpKind::Posting { seq } if seq > progress.delivered_seq));
+    if named_later {
+        Step::Park {
+            delay: NOT_VISIBLE_DELAY,
+            why: Wait::NotVisible,
         }
-        Next::Unsendable(why) => {
-            return match progress.current() {
-                Current::Dead { .. } => Step::HoldDead,
-                _ => {
-                    let (attempt, _) = progress.next_attempt_numbers();
-                    Step::DeadLetterUnsendable {
-                        why,
-                        round: Round {
-                            attempt,
-                            round_attempt: 1,
-                            round_started_at: now,
-                        },
-                    }
-                }
-            };
-        }
-        Next::Found(posting) => posting,
-    };
+    } else {
+        Step::CaughtUp
+    }
+}
+
+/// A posting that can never be sent is dead-lettered once (counting on
+/// from its last attempt, in a round of its own), then held.
+fn unsendable<P, W>(progress: &Progress, why: W, now: OffsetDateTime) -> Step<P, W> {
+    if let Current::Dead { .. } = progress.current() {
+        return Step::HoldDead;
+    }
+    let (attempt, _) = progress.next_attempt_numbers();
+    Step::DeadLetterUnsendable {
+        why,
+        round: Round {
+            attempt,
+            round_attempt: 1,
+            round_started_at: now,
+        },
+    }
+}
+
+/// The posting is there: what its status says.
+fn found<P, W>(
+    progress: &Progress,
+    posting: P,
+    held: &[WakeUp],
+    now: OffsetDateTime,
+) -> Step<P, W> {
     match progress.current() {
         Current::Dead {
             stream_seq,

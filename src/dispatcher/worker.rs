@@ -716,20 +716,7 @@ impl Worker {
     ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
         let posting = &cur.posting;
-        let mut record = DeliveryRecord {
-            registry_id: posting.registry_id.clone(),
-            order_id: posting.order_id.as_str().to_owned(),
-            seq: posting.seq,
-            idempotency_key: posting.idempotency_key,
-            attempt: round.attempt,
-            outcome: AttemptOutcome::Delivered,
-            http_status: report.http_status,
-            duration_ms: report.duration.as_millis() as u64,
-            error: report.error.clone(),
-            response_excerpt: report.response_excerpt.clone(),
-            next_attempt_at: None,
-            at: now,
-        };
+        let mut record = attempt_record(posting, round, &report, now);
         metrics::histogram!("ledgerline_delivery_attempt_duration_seconds",
             "registry" => posting.registry_id.clone())
         .record(report.duration.as_secs_f64());
@@ -1121,6 +1108,30 @@ fn too_large_reason(size: usize, max: usize) -> String {
 struct Stored {
     seq: u64,
     duplicate: bool,
+}
+
+/// The record of attempt `round` of `posting`, as if delivered (settling
+/// changes its outcome).
+fn attempt_record(
+    posting: &Posting,
+    round: Round,
+    report: &AttemptReport,
+    now: OffsetDateTime,
+) -> DeliveryRecord {
+    DeliveryRecord {
+        registry_id: posting.registry_id.clone(),
+        order_id: posting.order_id.as_str().to_owned(),
+        seq: posting.seq,
+        idempotency_key: posting.idempotency_key,
+        attempt: round.attempt,
+        outcome: AttemptOutcome::Delivered,
+        http_status: report.http_status,
+        duration_ms: report.duration.as_millis() as u64,
+        error: report.error.clone(),
+        response_excerpt: report.response_excerpt.clone(),
+        next_attempt_at: None,
+        at: now,
+    }
 }
 
 /// The last delivery record of the order once `record` is stored at
