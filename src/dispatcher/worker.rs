@@ -8,8 +8,10 @@
 //! moved by the worker's own acknowledged writes), **find** the posting
 //! after the last delivered one, **decide** what to do with the pure
 //! [`decide`] (the decision lives there, unit-tested row by row), and
-//! **apply** the [`Step`] with [`Worker::apply`], the one place where
-//! messages are acked, nak'd or kept and where the worker ends:
+//! **apply** the [`Step`] with [`Worker::apply`], the one place where a
+//! decided step's messages are acked, nak'd or kept and where the worker
+//! ends (a worker that is stopped, or cannot read the order's state or
+//! posting, hands its messages back before deciding: [`Worker::interrupted`]):
 //!
 //! | the order | the posting | step | attempt? | wake-ups held |
 //! |---|---|---|---|---|
