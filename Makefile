@@ -19,7 +19,7 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test chaos tools build lint bench clean-tools fuzz fuzz-cmin fuzz-tools
+.PHONY: demo test chaos tools build lint lint-fast clippy run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
 
 tools:
 	@scripts/install-tools.sh
@@ -29,14 +29,30 @@ build:
 
 # cargo deny: licences, banned crates (a second TLS stack) and sources, per
 # deny.toml. Advisories need github.com (RustSec), so they are not run here;
-# see README, Tests.
-lint: tools
+# see README, Tests. Clippy has its own target folder, so it can run while
+# the tests do (cargo locks a target folder for the whole command).
+CLIPPY_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)/clippy
+lint: tools lint-fast clippy
+
+clippy:
+	CARGO_TARGET_DIR=$(CLIPPY_TARGET_DIR) cargo clippy --locked --all-targets -- -D warnings
+
+lint-fast:
 	cargo fmt --check
-	cargo clippy --locked --all-targets -- -D warnings
 	cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
-test: tools lint
-	cargo test --locked
+# Most integration tests wait on NATS, sockets and timers rather than
+# compute, so they run four at a time even on two cores.
+TEST_THREADS ?= 4
+run-tests:
+	cargo test --locked -- --test-threads $(TEST_THREADS)
+
+# The tests are built first; then they run while clippy checks the code
+# (the tests mostly wait, clippy mostly computes). Each one's output is
+# printed whole when it ends; either failing fails `make test`.
+test: tools lint-fast
+	cargo test --locked --no-run
+	$(MAKE) --no-print-directory -j2 --output-sync=target clippy run-tests
 
 # The chaos test's long form; override any of these, e.g. CHAOS_SEED=42.
 CHAOS_ORDERS ?= 3000

@@ -26,6 +26,19 @@
 //!    sequence; the book takes the plan only once every posting is stored;
 //! 4. only then acknowledges the event.
 //!
+//! An order's events reach its lane in stream order only while one pull
+//! subscription receives every delivery. Events handed to someone else (an
+//! earlier instance that stopped or died, or a pull lost in flight) come
+//! back later, after events that follow them, and the server redelivers
+//! handed-back events in the order they were handed back. So the reader
+//! keeps a watermark ([`Overtaken`]): the highest ORDERS sequence that may
+//! have been delivered elsewhere (read from the consumer at start, and again
+//! whenever the consumer's delivery sequence skips, i.e. deliveries went
+//! elsewhere). A cached book that stops below it is checked before an event
+//! is applied to it: if an earlier event of the order is still on the
+//! stream between the two, the book is rebuilt (step 2), which handles the
+//! overtaken events first. Above the watermark no check is made.
+//!
 //! A crash anywhere in between is harmless: the event is redelivered, the
 //! book rebuilt, the same postings computed (the engine is deterministic);
 //! one that was already stored is recognised by its source sequence and not
@@ -38,6 +51,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -172,7 +186,14 @@ pub async fn run_aggregator(
         rejected_max_bytes: streams::rejected_max_bytes(&client),
         registries,
         shutdown: shutdown.clone(),
+        overtaken: Overtaken::default(),
     });
+    // Everything delivered before this instance started may come back in
+    // any order; deliveries to this reader come in stream order unless
+    // their sequence skips.
+    let started = &consumer.cached_info().delivered;
+    shared.overtaken.raise(started.stream_sequence);
+    let mut last_delivery = started.consumer_sequence;
     let mut senders = Vec::with_capacity(LANES);
     let mut lanes = tokio::task::JoinSet::new();
     for i in 0..LANES {
@@ -208,6 +229,14 @@ pub async fn run_aggregator(
             };
             match next {
                 Some(Ok(msg)) => {
+                    if let Ok(info) = msg.info() {
+                        if info.consumer_sequence != last_delivery.wrapping_add(1)
+                            && !note_skipped_deliveries(&shared).await
+                        {
+                            break 'read;
+                        }
+                        last_delivery = info.consumer_sequence;
+                    }
                     let lane = lane_of(order_token(&msg.subject, &options.subject_prefix));
                     if senders[lane].send(msg).await.is_err() {
                         error!(lane, "aggregator lane stopped unexpectedly");
@@ -237,6 +266,34 @@ pub async fn run_aggregator(
     Ok(())
 }
 
+/// Deliveries went to someone else (the consumer's delivery sequence
+/// skipped): everything the consumer has delivered so far may come back out
+/// of order. Raises the watermark before the next event is routed; false
+/// when shutting down.
+async fn note_skipped_deliveries(shared: &Shared) -> bool {
+    let mut delay = RETRY_FIRST;
+    loop {
+        match shared.consumer.get_info().await {
+            Ok(info) => {
+                debug!(
+                    delivered = info.delivered.stream_sequence,
+                    "deliveries went elsewhere; earlier events may come back out of order"
+                );
+                shared.overtaken.raise(info.delivered.stream_sequence);
+                return true;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the aggregator consumer; retrying");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// How long shutdown spends handing back messages already pulled from the
 /// server but not yet given to a lane.
 pub const HAND_BACK_WINDOW: Duration = Duration::from_secs(2);
@@ -246,6 +303,9 @@ pub const HAND_BACK_WINDOW: Duration = Duration::from_secs(2);
 async fn hand_back_buffered(messages: &mut pull::Stream) {
     let deadline = tokio::time::Instant::now() + HAND_BACK_WINDOW;
     let mut handed = 0u64;
+    // A handed-back event is delivered again at once while the pull is
+    // open: seeing one twice means the buffer is drained.
+    let mut seen = std::collections::HashSet::new();
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, async {
         // A message already buffered arrives at once; waiting longer only
         // means the buffer is empty.
@@ -256,7 +316,11 @@ async fn hand_back_buffered(messages: &mut pull::Stream) {
     })
     .await
     {
+        let again = msg.info().is_ok_and(|i| !seen.insert(i.stream_sequence));
         let _ = msg.ack_with(AckKind::Nak(None)).await;
+        if again {
+            break;
+        }
         handed += 1;
     }
     if handed > 0 {
@@ -287,6 +351,24 @@ struct Shared {
     rejected_max_bytes: usize,
     registries: RegistryWatch,
     shutdown: CancellationToken,
+    overtaken: Overtaken,
+}
+
+/// The highest ORDERS sequence that may have been delivered to someone else
+/// than this reader's pull subscription, and so may come back after events
+/// that follow it (see the module doc).
+#[derive(Debug, Default)]
+struct Overtaken(AtomicU64);
+
+impl Overtaken {
+    fn raise(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Whether an event after `seq` may have been overtaken.
+    fn may_follow(&self, seq: u64) -> bool {
+        seq < self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// Where one registry's postings of one order stand on LEDGER.
@@ -435,6 +517,11 @@ impl Lane {
         };
         let order_id = event.order_id.clone();
         let mut lb = match self.cache.take(&order_id) {
+            Some(lb) if self.overtaken(&lb, &order_id, seq).await? => {
+                debug!(order_id = %order_id, seq, after = lb.last_seq,
+                       "an earlier event of the order has not been handled yet; rebuilding");
+                self.rebuild(&order_id, seq).await?
+            }
             Some(lb) => lb,
             None => self.rebuild(&order_id, seq).await?,
         };
@@ -454,6 +541,31 @@ impl Lane {
         }
         self.cache.put(order_id, lb);
         Ok(())
+    }
+
+    /// Whether an event of the order between the book's last one and `seq`
+    /// is still to be handled (it was delivered elsewhere and `seq`
+    /// overtook it). Asked of the stream only below the watermark.
+    async fn overtaken(
+        &self,
+        lb: &LaneBook,
+        order_id: &OrderId,
+        seq: u64,
+    ) -> Result<bool, Transient> {
+        if lb.last_seq >= seq || !self.shared.overtaken.may_follow(lb.last_seq) {
+            return Ok(false);
+        }
+        let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
+        match self
+            .shared
+            .orders
+            .direct_get_next_for_subject(subject.as_str(), Some(lb.last_seq + 1))
+            .await
+        {
+            Ok(m) => Ok(m.sequence < seq),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) => Err(transient("looking for overtaken events of the order", e)),
+        }
     }
 
     /// Applies `event` (ORDERS sequence `seq`) to `lb` and publishes a posting

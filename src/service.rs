@@ -155,18 +155,8 @@ pub async fn run_with_listener(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     // Everything that can be refused is checked before anything starts.
-    let mut admin_parts = if components.contains(&Component::Admin) {
-        let token = admin_token(&settings)?;
-        let listener = match admin_listener {
-            Some(l) => l,
-            None => {
-                let addr = settings.config.admin_listen.clone();
-                TcpListener::bind(&addr)
-                    .await
-                    .map_err(|source| ServiceError::Listen { addr, source })?
-            }
-        };
-        Some((listener, token))
+    let admin_parts = if components.contains(&Component::Admin) {
+        Some(admin_parts(&settings, admin_listener).await?)
     } else {
         None
     };
@@ -219,41 +209,61 @@ pub async fn run_with_listener(
         let handle = tasks.spawn(run_active(parts, shutdown.clone()));
         names.insert(handle.id(), c);
     }
-    for &c in &components {
+    if let Some((listener, token)) = admin_parts {
+        let state = AdminState::new(AdminConfig {
+            client: client.clone(),
+            store: store.clone(),
+            registries: registries.clone(),
+            token,
+            subject_prefix: settings.config.subject_prefix.clone(),
+            ledger: settings.ledger,
+            health: health.clone(),
+        });
         let shutdown = shutdown.clone();
-        let handle = match c {
-            Component::Aggregator | Component::Dispatcher => continue,
-            Component::Admin => {
-                let Some((listener, token)) = admin_parts.take() else {
-                    continue;
-                };
-                let state = AdminState::new(AdminConfig {
-                    client: client.clone(),
-                    store: store.clone(),
-                    registries: registries.clone(),
-                    token,
-                    subject_prefix: settings.config.subject_prefix.clone(),
-                    ledger: settings.ledger,
-                    health: health.clone(),
-                });
-                tasks.spawn(async move {
-                    admin::serve(listener, state, shutdown)
-                        .await
-                        .map_err(ServiceError::Admin)
-                })
-            }
-        };
-        names.insert(handle.id(), c);
-        health.set(c.name(), ComponentState::Running);
+        let handle = tasks.spawn(async move {
+            admin::serve(listener, state, shutdown)
+                .await
+                .map_err(ServiceError::Admin)
+        });
+        names.insert(handle.id(), Component::Admin);
+        health.set(Component::Admin.name(), ComponentState::Running);
     }
 
     let first_error = join_components(&mut tasks, &names, &shutdown, &health).await;
     // The watcher follows the same token; wait for it to let go.
     shutdown.cancel();
     let _ = watcher.task.await;
-    // Let buffered publishes and acks reach the server before exiting, but
-    // do not hang on a server that is gone: what was not acknowledged is
-    // redelivered after a restart.
+    flush(&client).await;
+    info!("ledgerline stopped");
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The admin API's listener (the one given, else `admin_listen` bound) and
+/// token (refused when missing).
+async fn admin_parts(
+    settings: &Settings,
+    listener: Option<TcpListener>,
+) -> Result<(TcpListener, crate::secret::Secret), ServiceError> {
+    let token = admin_token(settings)?;
+    let listener = match listener {
+        Some(l) => l,
+        None => {
+            let addr = settings.config.admin_listen.clone();
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|source| ServiceError::Listen { addr, source })?
+        }
+    };
+    Ok((listener, token))
+}
+
+/// Lets buffered publishes and acks reach the server before exiting, but
+/// does not hang on a server that is gone: what was not acknowledged is
+/// redelivered after a restart.
+async fn flush(client: &async_nats::Client) {
     if tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
         .await
         .is_err()
@@ -261,11 +271,6 @@ pub async fn run_with_listener(
         warn!(
             "NATS did not confirm the last writes in time; unacknowledged work will be redelivered"
         );
-    }
-    info!("ledgerline stopped");
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 
@@ -280,6 +285,66 @@ struct ActiveParts {
     health: Arc<Health>,
 }
 
+impl ActiveParts {
+    /// Starts component `c` (the aggregator or the dispatcher) in `tasks`,
+    /// writing only while `fence` holds and stopping with `token`.
+    fn spawn(
+        &self,
+        c: Component,
+        tasks: &mut tokio::task::JoinSet<Result<(), ServiceError>>,
+        fence: &crate::lease::Fence,
+        token: &CancellationToken,
+    ) -> Option<tokio::task::AbortHandle> {
+        let (client, registries, token) =
+            (self.client.clone(), self.registries.clone(), token.clone());
+        match c {
+            Component::Aggregator => {
+                let mut options = AggregatorOptions::new(
+                    &self.settings.config.subject_prefix,
+                    self.settings.ledger,
+                );
+                options.fence = fence.clone();
+                Some(tasks.spawn(async move {
+                    run_aggregator(client, options, registries, token)
+                        .await
+                        .map_err(ServiceError::from)
+                }))
+            }
+            Component::Dispatcher => {
+                let mut options = self.dispatcher_options.clone()?;
+                options.fence = fence.clone();
+                Some(tasks.spawn(async move {
+                    run_dispatcher(client, options, registries, token)
+                        .await
+                        .map_err(ServiceError::from)
+                }))
+            }
+            Component::Admin => None,
+        }
+    }
+}
+
+/// The lease bucket, retried until it opens; `None` at shutdown.
+async fn lease_bucket(
+    js: &jetstream::Context,
+    ttl: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::jetstream::kv::Store>, ServiceError> {
+    loop {
+        match crate::lease::bucket(js, ttl, 1).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e @ crate::lease::LeaseError::TtlTooShort { .. }) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, "cannot open the lease bucket yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(START_RETRY_MAX) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Runs the aggregator and the dispatcher while this instance holds the
 /// lease ([`crate::lease`]); stands by while another instance does, and
 /// again after losing it. Returns at shutdown (after the components have
@@ -288,18 +353,8 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
     // Validated with the config: a parse failure cannot happen here.
     let ttl = humantime::parse_duration(&parts.settings.config.lease_ttl)
         .unwrap_or(crate::lease::TTL_DEFAULT);
-    let store = loop {
-        match crate::lease::bucket(&parts.js, ttl, 1).await {
-            Ok(store) => break store,
-            Err(e @ crate::lease::LeaseError::TtlTooShort { .. }) => return Err(e.into()),
-            Err(e) => {
-                warn!(error = %e, "cannot open the lease bucket yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(START_RETRY_MAX) => {}
-                }
-            }
-        }
+    let Some(store) = lease_bucket(&parts.js, ttl, &shutdown).await? else {
+        return Ok(());
     };
     let instance = crate::lease::instance_name();
     loop {
@@ -324,39 +379,10 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
         let mut tasks = tokio::task::JoinSet::new();
         let mut names = HashMap::new();
         for &c in &parts.components {
-            let (client, registries, token) = (
-                parts.client.clone(),
-                parts.registries.clone(),
-                active.clone(),
-            );
-            let handle = match c {
-                Component::Aggregator => {
-                    let mut options = AggregatorOptions::new(
-                        &parts.settings.config.subject_prefix,
-                        parts.settings.ledger,
-                    );
-                    options.fence = fence.clone();
-                    tasks.spawn(async move {
-                        run_aggregator(client, options, registries, token)
-                            .await
-                            .map_err(ServiceError::from)
-                    })
-                }
-                Component::Dispatcher => {
-                    let Some(mut options) = parts.dispatcher_options.clone() else {
-                        continue;
-                    };
-                    options.fence = fence.clone();
-                    tasks.spawn(async move {
-                        run_dispatcher(client, options, registries, token)
-                            .await
-                            .map_err(ServiceError::from)
-                    })
-                }
-                Component::Admin => continue,
-            };
-            names.insert(handle.id(), c);
-            parts.health.set(c.name(), ComponentState::Running);
+            if let Some(handle) = parts.spawn(c, &mut tasks, &fence, &active) {
+                names.insert(handle.id(), c);
+                parts.health.set(c.name(), ComponentState::Running);
+            }
         }
         let first_error = join_components(&mut tasks, &names, &active, &parts.health).await;
         // Every write of this term is done: only now may another instance

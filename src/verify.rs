@@ -109,13 +109,26 @@ pub async fn verify(
     let js = jetstream::new(client.clone());
     let (orders, ledger) = streams::ensure_streams(&js, prefix).await?;
     let mut report = VerifyReport::default();
-
-    // 1. Replay: expected digests, and kept postings for detailed diffs.
     let mut engine = Engine::new(options, registries);
+    let expected = replay(&orders, prefix, &mut engine, &mut report, &mut progress).await?;
+    compare(&ledger, expected, &mut engine, &mut report, &mut progress).await?;
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+/// Step 1: replays ORDERS through `engine`; the digest of every posting the
+/// replay makes, by (registry, order, seq).
+async fn replay(
+    orders: &async_nats::jetstream::stream::Stream,
+    prefix: &str,
+    engine: &mut Engine,
+    report: &mut VerifyReport,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<HashMap<Key, [u8; 32]>, VerifyError> {
     let mut expected: HashMap<Key, [u8; 32]> = HashMap::new();
     let prefix_dot = format!("{prefix}.");
     read_all(
-        &orders,
+        orders,
         ORDERS_STREAM,
         &format!("{prefix}.>"),
         |subject, seq, payload| {
@@ -135,10 +148,20 @@ pub async fn verify(
     )
     .await?;
     report.expected = expected.len() as u64;
+    Ok(expected)
+}
 
-    // 2. Compare every stored posting.
+/// Step 2: compares every stored posting with the replay's; what the replay
+/// made and LEDGER lacks is reported missing.
+async fn compare(
+    ledger: &async_nats::jetstream::stream::Stream,
+    mut expected: HashMap<Key, [u8; 32]>,
+    engine: &mut Engine,
+    report: &mut VerifyReport,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<(), VerifyError> {
     let mut seen = 0u64;
-    read_all(&ledger, LEDGER_STREAM, subjects::POSTINGS_ALL, |subject, _seq, payload| {
+    read_all(ledger, LEDGER_STREAM, subjects::POSTINGS_ALL, |subject, _seq, payload| {
         seen += 1;
         progress("checking LEDGER", seen);
         report.stored += 1;
@@ -160,7 +183,7 @@ pub async fn verify(
                 registry_id: key.0,
                 order_id: key.1,
                 seq: key.2,
-                problem: describe_difference(&mut engine, p),
+                problem: describe_difference(engine, p),
             }),
             None => report.mismatches.push(Mismatch {
                 registry_id: key.0,
@@ -184,8 +207,7 @@ pub async fn verify(
         (&a.registry_id, &a.order_id, a.seq).cmp(&(&b.registry_id, &b.order_id, b.seq))
     });
     report.mismatches.extend(missing);
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok(report)
+    Ok(())
 }
 
 /// Says what differs between a stored posting and the replay's.

@@ -44,6 +44,6 @@ pub fn demo(
     }))?;
     bar.finish_and_clear();
     println!("{summary}");
-    let ok = summary.balanced && summary.bean_check != Some(false);
+    let ok = summary.balanced && summary.verify.ok() && summary.bean_check != Some(false);
     Ok(if ok { Exit::Success } else { Exit::Failure })
 }

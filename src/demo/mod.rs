@@ -96,6 +96,9 @@ pub struct DemoSummary {
     pub beancount: PathBuf,
     /// `Some(true)` when bean-check accepted the file, `None` if not run.
     pub bean_check: Option<bool>,
+    /// `ledgerline verify` on the demo's streams: every stored posting is
+    /// what a replay of ORDERS computes.
+    pub verify: crate::verify::VerifyReport,
     pub elapsed: Duration,
 }
 
@@ -512,6 +515,19 @@ pub async fn run_demo(
         None => None,
     };
 
+    // Replay ORDERS with the engine and compare with every stored posting.
+    p.stage = "verifying".to_owned();
+    progress(&p);
+    let verify = crate::verify::verify(
+        &client,
+        &prefix,
+        settings.ledger,
+        settings.registries.clone(),
+        |_, _| {},
+    )
+    .await
+    .map_err(|e| step("verifying")(&e))?;
+
     // Count what happened, from the streams.
     let outcomes = attempt_outcomes(&ledger).await;
     let summary = DemoSummary {
@@ -541,6 +557,7 @@ pub async fn run_demo(
         csv,
         beancount,
         bean_check,
+        verify,
         elapsed: started.elapsed(),
     };
 
@@ -565,7 +582,7 @@ impl std::fmt::Display for DemoSummary {
             "ledgerline demo: done in {:.1}s",
             self.elapsed.as_secs_f64()
         )?;
-        let rows: [(&str, String); 10] = [
+        let rows: [(&str, String); 11] = [
             ("orders", self.orders.to_string()),
             (
                 "events published",
@@ -587,6 +604,17 @@ impl std::fmt::Display for DemoSummary {
                     "yes, every unfiltered posting".to_owned()
                 } else {
                     "NO".to_owned()
+                },
+            ),
+            (
+                "verified",
+                if self.verify.ok() {
+                    format!(
+                        "{} postings match a replay of the events",
+                        self.verify.matched
+                    )
+                } else {
+                    format!("NO: {} mismatches", self.verify.mismatches.len())
                 },
             ),
         ];

@@ -18,12 +18,13 @@
 //!
 //! A worker owns one (R, O) at a time ([`worker`]): it sends posting n, and
 //! only after the reply's registry_data event is stored does it go on to
-//! n + 1. The messages it holds are answered in one place, by how the order
-//! stands:
+//! n + 1. What it does next is decided in one place ([`decide`], pure) and
+//! the messages it holds are answered in one place (the worker's `apply`),
+//! by how the order stands:
 //! - caught up (every posting delivered): ack them all;
-//! - a retry is due later: one message is nak'd **with the delay** until the
-//!   next attempt (the durable schedule: the server hands it back then, to
-//!   this process or the next), the others acked;
+//! - a retry is due later: every message is nak'd **with the delay** until
+//!   the next attempt (the durable schedule: the server hands them back
+//!   then, to this process or the next), none acked;
 //! - dead-lettered: ack them all; the postings stay held until a
 //!   `ControlRecord::Redeliver` on `ledger.control.<R>.<O>` wakes the worker;
 //! - while it works, at least one stays un-acked (and progress-acked), so a
@@ -45,6 +46,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod breaker;
+mod decide;
 pub mod http;
 mod idle;
 pub mod schedule;

@@ -1,25 +1,34 @@
 //! The worker of one (registry, order): delivers its postings one after
 //! the other, each only once the previous one's registry_data is stored.
 //!
-//! It is driven by the stream, not by its wake-ups: at each step it looks at
-//! where the order stands ([`Progress`]: read from LEDGER when the worker
-//! starts, unless the order's previous worker ended caught up and left it
-//! in [`IdleOrders`]; then kept in memory, moved by the worker's own
-//! acknowledged writes) and at the posting after the last
-//! delivered one, and decides (the one place where messages are acked,
-//! nak'd or kept):
+//! It is driven by the stream, not by its wake-ups. Each step of
+//! [`Worker::run`] is: **load** where the order stands ([`Progress`]: read
+//! from LEDGER when the worker starts, unless the order's previous worker
+//! ended caught up and left it in [`IdleOrders`]; then kept in memory,
+//! moved by the worker's own acknowledged writes), **find** the posting
+//! after the last delivered one, **decide** what to do with the pure
+//! [`decide`] (the decision lives there, unit-tested row by row), and
+//! **apply** the [`Step`] with [`Worker::apply`], the one place where a
+//! decided step's messages are acked, nak'd or kept and where the worker
+//! ends (a worker that is stopped, or cannot read the order's state or
+//! posting, hands its messages back before deciding: [`Worker::interrupted`]):
 //!
-//! | the order | the posting | attempt? | wake-ups held |
-//! |---|---|---|---|
-//! | caught up | none | – | all acked; the worker ends |
-//! | retrying | next attempt later | – | all handed back with the delay; ends |
-//! | dead | held | – | all acked; ends (until a redeliver) |
-//! | dead + redeliver request | same key, same body | yes, new round | kept |
-//! | fresh / retry due | – | yes | kept (progress-acked) |
+//! | the order | the posting | step | attempt? | wake-ups held |
+//! |---|---|---|---|---|
+//! | caught up | none | `CaughtUp` | – | all acked; the worker ends |
+//! | caught up | named by a wake-up, not visible yet | `Park` | – | all handed back with 1 s; ends |
+//! | retrying | next attempt later | `Park` | – | all handed back with the delay; ends |
+//! | dead | held | `HoldDead` | – | all acked; ends (until a redeliver) |
+//! | dead + redeliver request | same key, same body | `Redeliver` | yes, new round | kept |
+//! | fresh / retry due | – | `Attempt` | yes | kept (progress-acked) |
+//! | not dead | missing or unreadable | `DeadLetterUnsendable` | – | kept (then `HoldDead`) |
 //!
 //! A wake-up is acked only when its order is caught up or dead, never
 //! while a posting waits: see [`Worker::park`] for why that makes a
-//! scheduled retry impossible to lose.
+//! scheduled retry impossible to lose. The circuit breaker, the rate
+//! limiter and the lease fence are checked when an attempt is applied
+//! (they are shared state); an open breaker parks the order too, a stop
+//! or a NATS failure hands its wake-ups back.
 //!
 //! After an attempt: delivered → registry_data record, then delivery record,
 //! then the next posting; retryable → a `retrying` record naming the next
@@ -32,9 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
 use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
@@ -44,11 +53,13 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::attempt::{AttemptReport, Outcome, Target};
 use super::breaker::Admission;
+use super::decide::{Next, Round, Step, WakeUp, WakeUpKind, decide};
 use super::idle::IdleOrders;
 use super::schedule::{NextStep, RoundLimits, next_step};
 use super::state::{
-    Current, H_POSTING_STREAM_SEQ, H_ROUND_ATTEMPT, H_ROUND_STARTED, LastDelivery, Progress,
+    H_POSTING_STREAM_SEQ, H_ROUND_ATTEMPT, H_ROUND_STARTED, LastDelivery, Progress, StateError,
 };
+use crate::lease::Fenced;
 use crate::notify::Notice;
 use crate::posting::{Posting, idempotency_key};
 use crate::records::{
@@ -60,9 +71,6 @@ use crate::streams::{H_KIND, subjects};
 /// order's wake-ups are handed back for this long: the attempt is redone
 /// then, with the same key and body.
 pub const NATS_RETRY_DELAY: Duration = Duration::from_secs(2);
-/// A wake-up for a posting the stream does not show yet (a lagging
-/// replica) is looked at again after this long.
-pub const NOT_VISIBLE_DELAY: Duration = Duration::from_secs(1);
 /// Extra wait after an open breaker's cool-down, spread at random so the
 /// held orders do not all come back in the same instant.
 pub const BREAKER_SPREAD_MAX: Duration = Duration::from_millis(500);
@@ -132,10 +140,19 @@ impl Token {
         })
     }
 
-    fn posting_seq(&self) -> Option<u64> {
-        match &self.kind {
-            TokenKind::Posting(Some(p)) => Some(p.posting.seq),
-            _ => None,
+    /// What this wake-up says, without its message ([`decide`] reads it).
+    fn wake_up(&self) -> WakeUp {
+        let kind = match &self.kind {
+            TokenKind::Posting(Some(sp)) => WakeUpKind::Posting {
+                seq: sp.posting.seq,
+            },
+            TokenKind::Posting(None) => WakeUpKind::UnreadablePosting,
+            TokenKind::Redeliver { seq } => WakeUpKind::Redeliver { seq: *seq },
+            TokenKind::Wake => WakeUpKind::Wake,
+        };
+        WakeUp {
+            stream_seq: self.stream_seq,
+            kind,
         }
     }
 
@@ -169,20 +186,116 @@ struct CurrentPosting {
     body: Bytes,
 }
 
+/// What is known of the next posting, as the worker holds it.
+type Lookup = Next<CurrentPosting, Unsendable>;
+
+/// Why a posting can never be sent (a bug upstream); the words end up in
+/// its `dead` record.
+#[derive(Debug, thiserror::Error)]
+enum Unsendable {
+    #[error("the posting at {subject} #{stream_seq} is unreadable: {source}")]
+    Unreadable {
+        subject: String,
+        stream_seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("posting {seq} is missing from {subject} (the next one there is {next})")]
+    Missing {
+        seq: u64,
+        subject: String,
+        next: u64,
+    },
+    #[error("posting {seq} on this order's subject belongs to {registry_id}/{order_id}")]
+    OtherOrder {
+        seq: u64,
+        registry_id: String,
+        order_id: String,
+    },
+    #[error("cannot serialise the body: {source}")]
+    Body {
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Why the next posting could not be read.
+#[derive(Debug, thiserror::Error)]
 enum FindError {
     /// Reading LEDGER failed: try again later.
-    Nats(String),
+    #[error("{source}")]
+    Nats {
+        #[source]
+        source: DirectGetError,
+    },
     /// The posting is missing or unreadable: it can never be sent.
-    Unsendable(String),
+    #[error(transparent)]
+    Unsendable(#[from] Unsendable),
 }
 
 /// A record could not be stored.
+#[derive(Debug, thiserror::Error)]
 enum StoreError {
     /// Another writer stored the order's registry_data first.
+    #[error("conflict")]
     Conflict,
+    /// This instance lost its lease: it must not write.
+    #[error("{source}")]
+    Fenced {
+        #[source]
+        source: Fenced,
+    },
+    /// The record could not be serialised.
+    #[error("{source}")]
+    Serialise {
+        #[source]
+        source: serde_json::Error,
+    },
     /// NATS refused or did not answer: try again later.
-    Nats(String),
+    #[error("{source}")]
+    Publish {
+        #[source]
+        source: PublishError,
+    },
+    /// The record a duplicate ack points at could not be read back.
+    #[error("re-reading {subject} #{stream_seq}: {source}")]
+    Reread {
+        subject: String,
+        stream_seq: u64,
+        #[source]
+        source: DirectGetError,
+    },
+}
+
+/// Why a worker stopped before deciding: its wake-ups are handed back.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("the dispatcher is stopping")]
+    Cancelled,
+    #[error(transparent)]
+    Load(#[from] StateError),
+    #[error(transparent)]
+    Find(#[from] FindError),
+}
+
+/// Where the worker goes after a step it applied.
+enum Flow {
+    /// On, with the order in this state.
+    Continue(Box<Progress>),
+    /// On, reading the order's state back from LEDGER.
+    Reload,
+    /// The worker has ended.
+    End,
+}
+
+/// What came of sending the posting (before it is recorded).
+enum Sent {
+    /// The circuit breaker holds attempts back this long.
+    BreakerOpen(Duration),
+    /// The dispatcher stops, or this instance lost its lease: not sent.
+    Stopped,
+    /// The attempt was made.
+    Report(AttemptReport),
 }
 
 pub(crate) struct Worker {
@@ -271,12 +384,22 @@ impl Worker {
         }
     }
 
-    /// Hands every wake-up back (after `delay`) and ends.
-    async fn hand_back(mut self, delay: Option<Duration>) {
+    /// [`Worker::try_exit`] as a [`Flow`]: ends, or goes on with `p`.
+    fn end_or_continue(&mut self, p: Progress) -> Flow {
+        if self.try_exit() {
+            Flow::End
+        } else {
+            Flow::Continue(Box::new(p))
+        }
+    }
+
+    /// Hands every wake-up back (after `delay`); the worker then ends.
+    async fn hand_back(&mut self, delay: Option<Duration>) -> Flow {
         let queued = self.slots().remove(&self.order_id).unwrap_or_default();
         for t in self.held.drain(..).chain(queued) {
             t.nak(delay).await;
         }
+        Flow::End
     }
 
     async fn ack_all(&mut self) {
@@ -321,203 +444,201 @@ impl Worker {
     }
 
     /// The worker's life: until the order is caught up, waiting, dead, or
-    /// the dispatcher stops.
+    /// the dispatcher stops. Each step: load → find → decide → apply.
     pub async fn run(mut self) {
         let mut progress: Option<Progress> = None;
         let mut current: Option<CurrentPosting> = None;
-        let mut started = false;
+        let mut first = true;
         loop {
             self.take_queue();
-            if self.cancel.is_cancelled() {
-                return self.hand_back(None).await;
-            }
-            // In memory while this worker owns the order; at its start, what
-            // the order's previous worker ended with ([`IdleOrders`]), else
-            // LEDGER (and always LEDGER after a conflict).
-            let cached = if started {
-                None
-            } else {
-                self.idle.take(&self.order_id)
-            };
-            started = true;
-            let mut p = match progress.take().or(cached) {
-                Some(p) => p,
-                None => {
-                    match Progress::load(&self.shared.ledger, self.registry_id(), &self.order_id)
-                        .await
-                    {
-                        Ok(p) => p,
-                        Err(e) => {
-                            warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
-                                  error = %e, "cannot read the order's delivery state");
-                            return self.hand_back(Some(NATS_RETRY_DELAY)).await;
-                        }
-                    }
-                }
-            };
-            let n = p.next_seq();
-            if current.as_ref().is_none_or(|c| c.posting.seq != n) {
-                current = match self.find_posting(&p).await {
-                    Ok(found) => found,
-                    Err(FindError::Nats(e)) => {
-                        warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
-                              error = %e, "cannot read the next posting");
-                        return self.hand_back(Some(NATS_RETRY_DELAY)).await;
-                    }
-                    Err(FindError::Unsendable(why)) => {
-                        if matches!(p.current(), Current::Dead { .. }) {
-                            self.ack_all().await;
-                            if self.try_exit() {
-                                return;
-                            }
-                        } else if let Err(e) = self.dead_letter_unsendable(&mut p, &why).await {
-                            warn!(error = %e, "cannot record an unsendable posting");
-                            return self.hand_back(Some(NATS_RETRY_DELAY)).await;
-                        }
-                        progress = Some(p);
-                        continue;
-                    }
-                };
-            }
-            let Some(cur) = current.as_ref() else {
-                // Caught up, unless a wake-up names a posting the stream
-                // does not show yet.
-                if self
-                    .held
-                    .iter()
-                    .any(|t| t.posting_seq().is_some_and(|s| s > p.delivered_seq))
-                {
-                    self.park(NOT_VISIBLE_DELAY).await;
-                    if self.try_exit() {
-                        return;
-                    }
-                } else {
-                    self.ack_all().await;
-                    // Kept for the order's next worker before the slot is
-                    // released, so no newer state can be overwritten.
-                    self.idle.put(p);
-                    if self.try_exit() {
-                        return;
-                    }
-                    // More wake-ups came: this worker goes on with it.
-                    match self.idle.take(&self.order_id) {
-                        Some(kept) => p = kept,
-                        None => continue,
-                    }
-                }
-                progress = Some(p);
-                continue;
-            };
-            let now = OffsetDateTime::now_utc();
-            let (attempt, round_attempt, round_started_at) = match p.current() {
-                Current::Dead {
-                    stream_seq,
-                    attempt,
-                } => {
-                    let asked = self.held.iter().any(|t| {
-                        matches!(t.kind, TokenKind::Redeliver { seq } if seq == n)
-                            && t.stream_seq > stream_seq
-                    });
-                    if !asked {
-                        // Held until someone redelivers it.
-                        self.ack_all().await;
-                        if self.try_exit() {
-                            return;
-                        }
-                        progress = Some(p);
-                        continue;
-                    }
-                    info!(registry_id = %self.registry_id(), order_id = %self.order_id, seq = n,
-                          "redelivering a dead-lettered posting");
-                    (attempt.saturating_add(1), 1, now)
-                }
-                Current::Retrying {
-                    next_attempt_at,
-                    attempt,
-                    round_attempt,
-                    round_started_at,
-                } => {
-                    if next_attempt_at > now {
-                        let wait = (next_attempt_at - now).unsigned_abs();
-                        self.park(wait).await;
-                        if self.try_exit() {
-                            return;
-                        }
-                        progress = Some(p);
-                        continue;
-                    }
-                    (
-                        attempt.saturating_add(1),
-                        round_attempt.saturating_add(1),
-                        round_started_at,
-                    )
-                }
-                Current::Fresh => (1, 1, now),
-            };
-            // The circuit breaker may hold the attempt back (not recorded).
-            if let Admission::NotBefore(at) = self.target.breaker.admit(Instant::now()) {
-                let spread = BREAKER_SPREAD_MAX.mul_f64(rand::random::<f64>());
-                let wait = at.saturating_duration_since(Instant::now()) + spread;
-                self.park(wait).await;
-                if self.try_exit() {
+            let (p, lookup) = match self
+                .load_and_find(progress.take(), current.take(), first)
+                .await
+            {
+                Ok(found) => found,
+                Err(why) => {
+                    self.interrupted(why).await;
                     return;
                 }
-                progress = Some(p);
-                continue;
-            }
-            let target = self.target.clone();
-            let cancel = self.cancel.clone();
-            let ready = self
-                .with_progress(async {
-                    tokio::select! {
-                        _ = target.limiter.until_ready() => true,
-                        _ = cancel.cancelled() => false,
-                    }
-                })
-                .await;
-            if !ready {
-                return self.hand_back(None).await;
-            }
-            // Only the active instance sends (it may have lost the lease
-            // while waiting).
-            if let Err(fenced) = self.shared.fence.check() {
-                info!(registry_id = %self.registry_id(), order_id = %self.order_id,
-                      error = %fenced, "not sending");
-                return self.hand_back(None).await;
-            }
-            let shared = self.shared.clone();
-            let report = self
-                .with_progress(target.attempt(&shared.http, &cur.posting, &cur.body))
-                .await;
-            if target.breaker.report(Instant::now(), report.health) {
-                warn!(registry_id = %self.registry_id(), "circuit breaker open: deliveries to this registry pause");
-            }
-            let round = Round {
-                attempt,
-                round_attempt,
-                round_started_at,
             };
-            let stored = self.settle(&mut p, cur, round, report).await;
-            match stored {
-                Ok(()) => {}
-                Err(StoreError::Conflict) => {
-                    info!(registry_id = %self.registry_id(), order_id = %self.order_id,
-                          "registry_data written by another dispatcher; re-reading");
-                    current = None;
-                    continue;
-                }
-                Err(StoreError::Nats(e)) => {
-                    warn!(registry_id = %self.registry_id(), order_id = %self.order_id, error = %e,
-                          "cannot store the attempt's outcome; it will be attempted again");
-                    return self.hand_back(Some(NATS_RETRY_DELAY)).await;
-                }
+            first = false;
+            let held: Vec<WakeUp> = self.held.iter().map(Token::wake_up).collect();
+            let step = decide(&p, lookup.as_ref(), &held, OffsetDateTime::now_utc());
+            match self.apply(step, p).await {
+                Flow::Continue(p) => progress = Some(*p),
+                // Always LEDGER after a conflict; the posting is found again.
+                Flow::Reload => continue,
+                Flow::End => return,
             }
-            progress = Some(p);
+            // Kept while it is still the next one (a retry, a park that
+            // did not end the worker).
+            if let Next::Found(cur) = lookup {
+                current = Some(cur);
+            }
         }
     }
 
+    /// Where the order stands and what is known of its next posting.
+    ///
+    /// The state is the one `carried` from the last step; at the worker's
+    /// `first` step what the order's previous worker ended with
+    /// ([`IdleOrders`]); else LEDGER. The posting is `carried` when it is
+    /// still the next one, else found ([`Worker::find_posting`]).
+    async fn load_and_find(
+        &mut self,
+        carried: Option<Progress>,
+        current: Option<CurrentPosting>,
+        first: bool,
+    ) -> Result<(Progress, Lookup), Interrupted> {
+        if self.cancel.is_cancelled() {
+            return Err(Interrupted::Cancelled);
+        }
+        let kept = if first {
+            self.idle.take(&self.order_id)
+        } else {
+            None
+        };
+        let p = match carried.or(kept) {
+            Some(p) => p,
+            None => Progress::load(&self.shared.ledger, self.registry_id(), &self.order_id).await?,
+        };
+        let lookup = match current {
+            Some(cur) if cur.posting.seq == p.next_seq() => Next::Found(cur),
+            _ => match self.find_posting(&p).await {
+                Ok(Some(cur)) => Next::Found(cur),
+                Ok(None) => Next::NotOnStream,
+                Err(FindError::Unsendable(why)) => Next::Unsendable(why),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok((p, lookup))
+    }
+
+    /// Says why the worker stops before deciding, and hands its wake-ups
+    /// back: at once when stopping, else after [`NATS_RETRY_DELAY`].
+    async fn interrupted(&mut self, why: Interrupted) {
+        let delay = match &why {
+            Interrupted::Cancelled => None,
+            Interrupted::Load(e) => {
+                warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                      error = %e, "cannot read the order's delivery state");
+                Some(NATS_RETRY_DELAY)
+            }
+            Interrupted::Find(e) => {
+                warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                      error = %e, "cannot read the next posting");
+                Some(NATS_RETRY_DELAY)
+            }
+        };
+        self.hand_back(delay).await;
+    }
+
+    /// Carries out `step` for the order in state `p`: the one place where
+    /// wake-ups are acked, handed back or kept, and where the worker ends.
+    async fn apply(&mut self, step: Step<&CurrentPosting, &Unsendable>, mut p: Progress) -> Flow {
+        match step {
+            Step::CaughtUp => {
+                self.ack_all().await;
+                // Kept for the order's next worker before the slot is
+                // released, so no newer state can be overwritten.
+                self.idle.put(p);
+                if self.try_exit() {
+                    return Flow::End;
+                }
+                // More wake-ups came: this worker goes on with it.
+                match self.idle.take(&self.order_id) {
+                    Some(kept) => Flow::Continue(Box::new(kept)),
+                    None => Flow::Reload,
+                }
+            }
+            Step::Park { delay, .. } => {
+                self.park(delay).await;
+                self.end_or_continue(p)
+            }
+            Step::HoldDead => {
+                // Held until someone redelivers it.
+                self.ack_all().await;
+                self.end_or_continue(p)
+            }
+            Step::DeadLetterUnsendable { why, round } => {
+                match self.dead_letter_unsendable(&mut p, why, round).await {
+                    Ok(()) => Flow::Continue(Box::new(p)),
+                    Err(e) => {
+                        warn!(error = %e, "cannot record an unsendable posting");
+                        self.hand_back(Some(NATS_RETRY_DELAY)).await
+                    }
+                }
+            }
+            Step::Redeliver { posting, round } | Step::Attempt { posting, round } => {
+                if matches!(step, Step::Redeliver { .. }) {
+                    info!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                          seq = posting.posting.seq, "redelivering a dead-lettered posting");
+                }
+                let report = match self.send(posting).await {
+                    Sent::BreakerOpen(wait) => {
+                        self.park(wait).await;
+                        return self.end_or_continue(p);
+                    }
+                    Sent::Stopped => return self.hand_back(None).await,
+                    Sent::Report(report) => report,
+                };
+                match self.settle(&mut p, posting, round, report).await {
+                    Ok(()) => Flow::Continue(Box::new(p)),
+                    Err(StoreError::Conflict) => {
+                        info!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                              "registry_data written by another dispatcher; re-reading");
+                        Flow::Reload
+                    }
+                    Err(e) => {
+                        warn!(registry_id = %self.registry_id(), order_id = %self.order_id, error = %e,
+                              "cannot store the attempt's outcome; it will be attempted again");
+                        self.hand_back(Some(NATS_RETRY_DELAY)).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `cur` once, unless the circuit breaker holds it back (not
+    /// recorded), the dispatcher stops while it waits for the rate limit,
+    /// or this instance is no longer the active one.
+    async fn send(&mut self, cur: &CurrentPosting) -> Sent {
+        if let Admission::NotBefore(at) = self.target.breaker.admit(Instant::now()) {
+            let spread = BREAKER_SPREAD_MAX.mul_f64(rand::random::<f64>());
+            return Sent::BreakerOpen(at.saturating_duration_since(Instant::now()) + spread);
+        }
+        let target = self.target.clone();
+        let cancel = self.cancel.clone();
+        let ready = self
+            .with_progress(async {
+                tokio::select! {
+                    _ = target.limiter.until_ready() => true,
+                    _ = cancel.cancelled() => false,
+                }
+            })
+            .await;
+        if !ready {
+            return Sent::Stopped;
+        }
+        // Only the active instance sends (it may have lost the lease
+        // while waiting).
+        if let Err(fenced) = self.shared.fence.check() {
+            info!(registry_id = %self.registry_id(), order_id = %self.order_id,
+                  error = %fenced, "not sending");
+            return Sent::Stopped;
+        }
+        let shared = self.shared.clone();
+        let report = self
+            .with_progress(target.attempt(&shared.http, &cur.posting, &cur.body))
+            .await;
+        if target.breaker.report(Instant::now(), report.health) {
+            warn!(registry_id = %self.registry_id(), "circuit breaker open: deliveries to this registry pause");
+        }
+        Sent::Report(report)
+    }
+
     /// Finds posting `p.next_seq()`: in a held wake-up, else on the stream
-    /// after the last delivered one.
+    /// after the last delivered one; `None` when the stream has none.
     async fn find_posting(&self, p: &Progress) -> Result<Option<CurrentPosting>, FindError> {
         let n = p.next_seq();
         let held = self.held.iter().find_map(|t| match &t.kind {
@@ -525,7 +646,7 @@ impl Worker {
             _ => None,
         });
         if let Some((sp, stream_seq)) = held {
-            return self.prepare(sp.posting.clone(), stream_seq, p).map(Some);
+            return Ok(Some(self.prepare(sp.posting.clone(), stream_seq, p)?));
         }
         let subject = subjects::postings(self.registry_id(), &self.order_id);
         let mut from = p.delivered_posting_stream_seq.saturating_add(1);
@@ -538,24 +659,26 @@ impl Worker {
             {
                 Ok(m) => m,
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(FindError::Nats(e.to_string())),
+                Err(source) => return Err(FindError::Nats { source }),
             };
-            let sp: StoredPosting = serde_json::from_slice(&m.payload).map_err(|e| {
-                FindError::Unsendable(format!(
-                    "the posting at {subject} #{} is unreadable: {e}",
-                    m.sequence
-                ))
-            })?;
+            let sp: StoredPosting =
+                serde_json::from_slice(&m.payload).map_err(|source| Unsendable::Unreadable {
+                    subject: subject.clone(),
+                    stream_seq: m.sequence,
+                    source,
+                })?;
             match sp.posting.seq.cmp(&n) {
                 std::cmp::Ordering::Less => from = m.sequence + 1,
                 std::cmp::Ordering::Equal => {
-                    return self.prepare(sp.posting, m.sequence, p).map(Some);
+                    return Ok(Some(self.prepare(sp.posting, m.sequence, p)?));
                 }
                 std::cmp::Ordering::Greater => {
-                    return Err(FindError::Unsendable(format!(
-                        "posting {n} is missing from {subject} (the next one there is {})",
-                        sp.posting.seq
-                    )));
+                    return Err(Unsendable::Missing {
+                        seq: n,
+                        subject,
+                        next: sp.posting.seq,
+                    }
+                    .into());
                 }
             }
         }
@@ -568,17 +691,16 @@ impl Worker {
         posting: Posting,
         stream_seq: u64,
         p: &Progress,
-    ) -> Result<CurrentPosting, FindError> {
+    ) -> Result<CurrentPosting, Unsendable> {
         if posting.registry_id != self.registry_id() || posting.order_id.as_str() != self.order_id {
-            return Err(FindError::Unsendable(format!(
-                "posting {} on this order's subject belongs to {}/{}",
-                posting.seq,
-                posting.registry_id,
-                posting.order_id.as_str()
-            )));
+            return Err(Unsendable::OtherOrder {
+                seq: posting.seq,
+                registry_id: posting.registry_id.clone(),
+                order_id: posting.order_id.as_str().to_owned(),
+            });
         }
         let body = serde_json::to_vec(&posting.body(&p.registry_data))
-            .map_err(|e| FindError::Unsendable(format!("cannot serialise the body: {e}")))?;
+            .map_err(|source| Unsendable::Body { source })?;
         Ok(CurrentPosting {
             stream_seq,
             posting,
@@ -596,26 +718,12 @@ impl Worker {
     ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
         let posting = &cur.posting;
-        let registry = &self.target.registry;
-        let mut record = DeliveryRecord {
-            registry_id: posting.registry_id.clone(),
-            order_id: posting.order_id.as_str().to_owned(),
-            seq: posting.seq,
-            idempotency_key: posting.idempotency_key,
-            attempt: round.attempt,
-            outcome: AttemptOutcome::Delivered,
-            http_status: report.http_status,
-            duration_ms: report.duration.as_millis() as u64,
-            error: report.error.clone(),
-            response_excerpt: report.response_excerpt.clone(),
-            next_attempt_at: None,
-            at: now,
-        };
+        let mut record = attempt_record(posting, round, &report, now);
         metrics::histogram!("ledgerline_delivery_attempt_duration_seconds",
             "registry" => posting.registry_id.clone())
         .record(report.duration.as_secs_f64());
-        let dead_reason = match report.outcome {
-            Outcome::Delivered { registry_data } => 'delivered: {
+        let receiver_message = match report.outcome {
+            Outcome::Delivered { registry_data } => {
                 // The record is built and serialised once: its size is
                 // checked on the bytes that are then published.
                 let rd_record = RegistryDataRecord {
@@ -627,89 +735,114 @@ impl Worker {
                     received_at: now,
                 };
                 let max = crate::streams::record_max_bytes(&self.shared.js.client());
-                let payload = match registry_data_payload(&rd_record, max) {
-                    Ok(bytes) => bytes,
+                match registry_data_payload(&rd_record, max) {
+                    Ok(payload) => {
+                        return self
+                            .store_delivered(p, cur, round, record, rd_record, payload)
+                            .await;
+                    }
                     Err(why) => {
                         // Accepted, but the reply cannot be kept as
                         // registry_data: storing it would fail forever, so
                         // the posting is dead-lettered with the reason
                         // instead of being sent again.
                         record.error = Some(why);
-                        break 'delivered None;
-                    }
-                };
-                let rd_seq = self
-                    .store_registry_data(p, cur, &rd_record, payload)
-                    .await?;
-                let registry_data = rd_record.registry_data;
-                let dl_seq = self.store_delivery(&record, round).await?;
-                metrics::counter!("ledgerline_deliveries_total",
-                    "registry" => posting.registry_id.clone(), "outcome" => "delivered")
-                .increment(1);
-                debug!(registry_id = %posting.registry_id, order_id = %self.order_id,
-                       seq = posting.seq, attempt = round.attempt, "delivered");
-                p.delivered_seq = posting.seq;
-                p.registry_data = registry_data;
-                p.registry_data_stream_seq = rd_seq;
-                p.delivered_posting_stream_seq = cur.stream_seq;
-                p.last_delivery = Some(LastDelivery {
-                    record,
-                    stream_seq: dl_seq,
-                    round_attempt: round.round_attempt,
-                    round_started_at: round.round_started_at,
-                });
-                // The wake-ups stay held (and alive) until the order is
-                // caught up: see `park`.
-                return Ok(());
-            }
-            Outcome::Retry { retry_after } => {
-                let limits = RoundLimits {
-                    max_attempts: registry.config.max_attempts,
-                    max_age: registry.max_age,
-                };
-                let jitter = rand::random::<f64>() * 2.0 - 1.0;
-                match next_step(
-                    &self.shared.schedule,
-                    limits,
-                    round.round_attempt,
-                    round.round_started_at,
-                    now,
-                    retry_after,
-                    jitter,
-                ) {
-                    NextStep::RetryAt(at) => {
-                        record.outcome = AttemptOutcome::Retrying;
-                        record.next_attempt_at = Some(at);
-                        let dl_seq = self.store_delivery(&record, round).await?;
-                        metrics::counter!("ledgerline_deliveries_total",
-                            "registry" => posting.registry_id.clone(), "outcome" => "retrying")
-                        .increment(1);
-                        info!(registry_id = %posting.registry_id, order_id = %self.order_id,
-                              seq = posting.seq, attempt = round.attempt,
-                              error = record.error.as_deref().unwrap_or(""),
-                              "attempt failed; will retry");
-                        p.last_delivery = Some(LastDelivery {
-                            record,
-                            stream_seq: dl_seq,
-                            round_attempt: round.round_attempt,
-                            round_started_at: round.round_started_at,
-                        });
-                        return Ok(());
-                    }
-                    NextStep::GiveUp(why) => {
-                        record.error = Some(match record.error.take() {
-                            Some(e) => format!("{e}; {why}"),
-                            None => why,
-                        });
                         None
                     }
                 }
             }
+            Outcome::Retry { retry_after } => match self.next_retry(round, now, retry_after) {
+                NextStep::RetryAt(at) => return self.store_retrying(p, round, record, at).await,
+                NextStep::GiveUp(why) => {
+                    record.error = Some(match record.error.take() {
+                        Some(e) => format!("{e}; {why}"),
+                        None => why,
+                    });
+                    None
+                }
+            },
             Outcome::DeadLetter { receiver_message } => receiver_message,
         };
         record.outcome = AttemptOutcome::Dead;
         let held = self.held_postings_after(posting.seq).await;
-        self.dead_letter(p, record, round, dead_reason, held).await
+        self.dead_letter(p, record, round, receiver_message, held)
+            .await
+    }
+
+    /// Stores a delivered attempt: registry_data, then the delivery
+    /// record; `p` moves on to the next posting.
+    async fn store_delivered(
+        &self,
+        p: &mut Progress,
+        cur: &CurrentPosting,
+        round: Round,
+        record: DeliveryRecord,
+        rd_record: RegistryDataRecord,
+        payload: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let rd_seq = self
+            .store_registry_data(p, cur, &rd_record, payload)
+            .await?;
+        let dl_seq = self.store_delivery(&record, round).await?;
+        metrics::counter!("ledgerline_deliveries_total",
+            "registry" => record.registry_id.clone(), "outcome" => "delivered")
+        .increment(1);
+        debug!(registry_id = %record.registry_id, order_id = %self.order_id,
+               seq = record.seq, attempt = round.attempt, "delivered");
+        p.delivered_seq = record.seq;
+        p.registry_data = rd_record.registry_data;
+        p.registry_data_stream_seq = rd_seq;
+        p.delivered_posting_stream_seq = cur.stream_seq;
+        p.last_delivery = Some(last_delivery(record, dl_seq, round));
+        // The wake-ups stay held (and alive) until the order is caught
+        // up: see `park`.
+        Ok(())
+    }
+
+    /// When a retryable failure in `round` is tried again, or why not.
+    fn next_retry(
+        &self,
+        round: Round,
+        now: OffsetDateTime,
+        retry_after: Option<Duration>,
+    ) -> NextStep {
+        let registry = &self.target.registry;
+        let limits = RoundLimits {
+            max_attempts: registry.config.max_attempts,
+            max_age: registry.max_age,
+        };
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        next_step(
+            &self.shared.schedule,
+            limits,
+            round.round_attempt,
+            round.round_started_at,
+            now,
+            retry_after,
+            jitter,
+        )
+    }
+
+    /// Stores a `retrying` record naming the next attempt, `at`.
+    async fn store_retrying(
+        &self,
+        p: &mut Progress,
+        round: Round,
+        mut record: DeliveryRecord,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        record.outcome = AttemptOutcome::Retrying;
+        record.next_attempt_at = Some(at);
+        let dl_seq = self.store_delivery(&record, round).await?;
+        metrics::counter!("ledgerline_deliveries_total",
+            "registry" => record.registry_id.clone(), "outcome" => "retrying")
+        .increment(1);
+        info!(registry_id = %record.registry_id, order_id = %self.order_id,
+              seq = record.seq, attempt = round.attempt,
+              error = record.error.as_deref().unwrap_or(""),
+              "attempt failed; will retry");
+        p.last_delivery = Some(last_delivery(record, dl_seq, round));
+        Ok(())
     }
 
     /// Postings stored after `seq` (held by a dead letter).
@@ -782,46 +915,34 @@ impl Worker {
                 at: record.at,
             });
         }
-        p.last_delivery = Some(LastDelivery {
-            record,
-            stream_seq: dl_seq,
-            round_attempt: round.round_attempt,
-            round_started_at: round.round_started_at,
-        });
+        p.last_delivery = Some(last_delivery(record, dl_seq, round));
         Ok(())
     }
 
     /// Dead-letters posting `p.next_seq()` without sending it: it is
     /// missing or unreadable on the stream (a bug upstream).
-    async fn dead_letter_unsendable(&mut self, p: &mut Progress, why: &str) -> Result<(), String> {
+    async fn dead_letter_unsendable(
+        &mut self,
+        p: &mut Progress,
+        why: &Unsendable,
+        round: Round,
+    ) -> Result<(), StoreError> {
         let n = p.next_seq();
-        let (attempt, _) = p.next_attempt_numbers();
-        let now = OffsetDateTime::now_utc();
         let record = DeliveryRecord {
             registry_id: self.registry_id().to_owned(),
             order_id: self.order_id.clone(),
             seq: n,
             idempotency_key: idempotency_key(self.registry_id(), &self.order_id, n),
-            attempt,
+            attempt: round.attempt,
             outcome: AttemptOutcome::Dead,
             http_status: None,
             duration_ms: 0,
             error: Some(format!("not sent: {why}")),
             response_excerpt: None,
             next_attempt_at: None,
-            at: now,
+            at: round.round_started_at,
         };
-        let round = Round {
-            attempt,
-            round_attempt: 1,
-            round_started_at: now,
-        };
-        self.dead_letter(p, record, round, None, 0)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict => "conflict".to_owned(),
-                StoreError::Nats(e) => e,
-            })
+        self.dead_letter(p, record, round, None, 0).await
     }
 
     async fn store_registry_data(
@@ -857,7 +978,11 @@ impl Worker {
             .ledger
             .direct_get(stored.seq)
             .await
-            .map_err(|e| StoreError::Nats(format!("re-reading {subject} #{}: {e}", stored.seq)))?;
+            .map_err(|source| StoreError::Reread {
+                subject: subject.clone(),
+                stream_seq: stored.seq,
+                source,
+            })?;
         match serde_json::from_slice::<RegistryDataRecord>(&theirs.payload) {
             Ok(r) if r.seq == record.seq && r.registry_data == record.registry_data => {
                 Ok(stored.seq)
@@ -906,7 +1031,8 @@ impl Worker {
         record: &T,
         expected_last_subject_seq: Option<u64>,
     ) -> Result<Stored, StoreError> {
-        let payload = serde_json::to_vec(record).map_err(|e| StoreError::Nats(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(record).map_err(|source| StoreError::Serialise { source })?;
         self.publish_bytes(
             subject,
             kind,
@@ -931,7 +1057,7 @@ impl Worker {
         self.shared
             .fence
             .check()
-            .map_err(|e| StoreError::Nats(e.to_string()))?;
+            .map_err(|source| StoreError::Fenced { source })?;
         headers.insert(H_KIND, kind);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         if let Some(seq) = expected_last_subject_seq {
@@ -945,7 +1071,7 @@ impl Worker {
             .js
             .publish_with_headers(subject, headers, payload.into())
             .await
-            .map_err(|e| StoreError::Nats(e.to_string()))?
+            .map_err(|source| StoreError::Publish { source })?
             .await;
         match ack {
             Ok(a) => Ok(Stored {
@@ -953,7 +1079,7 @@ impl Worker {
                 duplicate: a.duplicate,
             }),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Conflict),
-            Err(e) => Err(StoreError::Nats(e.to_string())),
+            Err(source) => Err(StoreError::Publish { source }),
         }
     }
 }
@@ -986,12 +1112,39 @@ struct Stored {
     duplicate: bool,
 }
 
-/// An attempt's numbers: global, within its round, and when the round began.
-#[derive(Debug, Clone, Copy)]
-struct Round {
-    attempt: u32,
-    round_attempt: u32,
-    round_started_at: OffsetDateTime,
+/// The record of attempt `round` of `posting`, as if delivered (settling
+/// changes its outcome).
+fn attempt_record(
+    posting: &Posting,
+    round: Round,
+    report: &AttemptReport,
+    now: OffsetDateTime,
+) -> DeliveryRecord {
+    DeliveryRecord {
+        registry_id: posting.registry_id.clone(),
+        order_id: posting.order_id.as_str().to_owned(),
+        seq: posting.seq,
+        idempotency_key: posting.idempotency_key,
+        attempt: round.attempt,
+        outcome: AttemptOutcome::Delivered,
+        http_status: report.http_status,
+        duration_ms: report.duration.as_millis() as u64,
+        error: report.error.clone(),
+        response_excerpt: report.response_excerpt.clone(),
+        next_attempt_at: None,
+        at: now,
+    }
+}
+
+/// The last delivery record of the order once `record` is stored at
+/// `stream_seq`.
+fn last_delivery(record: DeliveryRecord, stream_seq: u64, round: Round) -> LastDelivery {
+    LastDelivery {
+        record,
+        stream_seq,
+        round_attempt: round.round_attempt,
+        round_started_at: round.round_started_at,
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ fn a_reduced_demo_runs_end_to_end_and_leaves_its_files() {
     let postings: u64 = value("postings").parse().unwrap();
     let delivered: u64 = value("delivered").parse().unwrap();
     assert!(postings > 100 && delivered == postings, "{stdout}");
+    assert_eq!(
+        value("verified"),
+        format!("{postings} postings match a replay of the events"),
+        "{stdout}"
+    );
     assert!(
         value("retries").parse::<u64>().unwrap() > 0,
         "the failure burst shows retries:\n{stdout}"

@@ -562,3 +562,62 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
     token.cancel();
     handle.await.unwrap();
 }
+
+/// A previous instance pulled an order's events and handed them back (nak,
+/// as at shutdown) in an order that is not the stream's: the server
+/// redelivers them in that order. Each event must still be applied once, in
+/// stream order; none may be skipped as "already handled" because a later
+/// one overtook it.
+#[tokio::test]
+async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    let events = many_events(1);
+    let want = offline(&settings, &events);
+    assert_eq!(publish_text(&nats, &events).await.published, 5);
+
+    // The previous instance: the aggregator's durable consumer, all five
+    // events pulled, handed back v2, cancel, v1, v3, payment.
+    let orders = nats.js.get_stream(streams::ORDERS_STREAM).await.unwrap();
+    let consumer = orders
+        .get_or_create_consumer(
+            ledgerline::aggregator::CONSUMER,
+            pull::Config {
+                durable_name: Some(ledgerline::aggregator::CONSUMER.to_owned()),
+                filter_subject: "orders.>".to_owned(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ledgerline::aggregator::ACK_WAIT,
+                max_ack_pending: ledgerline::aggregator::MAX_ACK_PENDING,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(5).messages().await.unwrap();
+    let mut pulled = Vec::new();
+    while let Some(m) = batch.next().await {
+        pulled.push(m.unwrap());
+    }
+    assert_eq!(pulled.len(), 5);
+    for i in [1, 4, 0, 2, 3] {
+        pulled[i]
+            .ack_with(async_nats::jetstream::message::AckKind::Nak(None))
+            .await
+            .unwrap();
+    }
+
+    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let ledger = ledger_stream(&nats).await;
+    wait_for(
+        &ledger,
+        subjects::POSTINGS_ALL,
+        want.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(stored(&ledger).await, want);
+    assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 0);
+    token.cancel();
+    handle.await.unwrap();
+}
