@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::stream::Stream;
-use ledgerline::demo::count;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use ledgerline::aggregator::{AggregatorOptions, run_aggregator};
 use ledgerline::config::Settings;
+use ledgerline::demo::count;
 use ledgerline::records::StoredPosting;
 use ledgerline::streams::{self, LEDGER_STREAM, subjects};
 
@@ -572,9 +574,9 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
 async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
     let nats = support::nats().await;
     let settings = support::settings(&nats.server, CONFIG);
-    let events = many_events(1);
+    let events = engine::many_events(1);
     let want = offline(&settings, &events);
-    assert_eq!(publish_text(&nats, &events).await.published, 5);
+    assert_eq!(support::publish_events(&nats, &events).await.published, 5);
 
     // The previous instance: the aggregator's durable consumer, all five
     // events pulled, handed back v2, cancel, v1, v3, payment.
@@ -609,14 +611,8 @@ async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
 
     let (token, handle) = spawn_aggregator(&nats, &settings);
     let ledger = ledger_stream(&nats).await;
-    wait_for(
-        &ledger,
-        subjects::POSTINGS_ALL,
-        want.len() as u64,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(stored(&ledger).await, want);
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
+    assert_eq!(support::stored_postings(&nats.js).await, want);
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 0);
     token.cancel();
     handle.await.unwrap();
