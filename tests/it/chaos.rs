@@ -695,15 +695,7 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
     }
     // `verify` replays ORDERS with the same fold the aggregator used: after
     // every kill and restart, every stored posting is the replay's.
-    match ledgerline::verify::verify(
-        &nats.client,
-        "orders",
-        settings.ledger,
-        settings.registries.clone(),
-        |_, _| {},
-    )
-    .await
-    {
+    match support::verify(&nats, &settings).await {
         Ok(report) if report.ok() && report.matched == want.len() as u64 => {}
         Ok(report) => problems.push(format!("{report}: {:?}", report.mismatches)),
         Err(e) => problems.push(format!("verify failed: {e}")),

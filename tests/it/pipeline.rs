@@ -80,21 +80,6 @@ fn spawn_aggregator(nats: &Nats, settings: &Settings) -> Aggregator {
     (token, handle)
 }
 
-/// `ledgerline verify` of the ORDERS and LEDGER on `nats`.
-async fn verify(
-    nats: &Nats,
-    settings: &Settings,
-) -> Result<ledgerline::verify::VerifyReport, ledgerline::verify::VerifyError> {
-    ledgerline::verify::verify(
-        &nats.client,
-        "orders",
-        settings.ledger,
-        settings.registries.clone(),
-        |_, _| {},
-    )
-    .await
-}
-
 /// The `Ledgerline-Message` header of a rejection record.
 fn message_of(record: &(String, Option<async_nats::HeaderMap>, bytes::Bytes)) -> String {
     let headers = record.1.as_ref().expect("a rejection has headers");
@@ -160,7 +145,7 @@ async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
     token.cancel();
     handle.await.unwrap();
 
-    let report = verify(&nats, &settings).await.unwrap();
+    let report = support::verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}: {:?}", report.mismatches);
     assert_eq!(report.matched, want.len() as u64);
 }
@@ -407,7 +392,7 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
     agg.start_kill().unwrap();
     let _ = agg.wait().await;
 
-    let report = verify(&nats, &settings).await.unwrap();
+    let report = support::verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}");
 }
 
@@ -420,7 +405,7 @@ async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
     token.cancel();
     handle.await.unwrap();
 
-    let verify = || verify(&nats, &settings);
+    let verify = || support::verify(&nats, &settings);
     assert!(verify().await.unwrap().ok());
 
     // Tamper: rewrite the reference order's first posting with 1 cent more

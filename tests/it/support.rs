@@ -285,6 +285,23 @@ pub async fn registry_store(js: &jetstream::Context) -> ledgerline::registry_sto
     .expect("the registry store opens")
 }
 
+/// `ledgerline verify` of the ORDERS and LEDGER on `nats` (prefix
+/// `orders`) under `settings`.
+#[allow(dead_code)]
+pub async fn verify(
+    nats: &Nats,
+    settings: &Settings,
+) -> Result<ledgerline::verify::VerifyReport, ledgerline::verify::VerifyError> {
+    ledgerline::verify::verify(
+        &nats.client,
+        "orders",
+        settings.ledger,
+        settings.registries.clone(),
+        |_, _| {},
+    )
+    .await
+}
+
 /// How many messages a LEDGER subject filter holds.
 #[allow(dead_code)]
 pub async fn count_ledger(js: &jetstream::Context, filter: &str) -> u64 {
