@@ -18,41 +18,39 @@
 //! - [`engine`]: the one fold: an event planned against an order's book,
 //!   every subscribed registry's posting out.
 //!
-//! Around it:
-//! - [`service`]: `ledgerline run`, the components in one process.
-//! - [`lease`]: one active instance, every other a fenced hot standby.
-//! - [`admin`]: the admin HTTP API: registries, deliveries, redeliver,
-//!   order ledgers, health, readiness, Prometheus metrics.
+//! Around it, folders by stage (each module also re-exported here):
+//! - [`ingest`]: events in. [`publish`] (`ledgerline publish`, NDJSON →
+//!   ORDERS with bulk acks) and [`aggregator`] (ORDERS → postings on LEDGER,
+//!   crash-safe, per-order order).
+//! - [`dispatcher`]: postings → accounting webhooks, FIFO per (registry,
+//!   order): auth, [`signing`] (Standard Webhooks), retries, dead letters,
+//!   redeliver, [`notify`] (failure emails over SMTP).
+//! - [`export`]: the audit. `ledgerline export` (LEDGER as an audit CSV or a
+//!   beancount ledger joined with delivery state, with a reconciling
+//!   summary) and [`verify`] (replay ORDERS and compare with LEDGER).
+//! - [`nats`]: [`streams`] (connection, ORDERS and LEDGER, subjects and
+//!   headers), [`records`] (what is stored on each LEDGER subject),
+//!   [`lease`] (one active instance, every other a fenced hot standby),
+//!   [`natsd`] (a real `nats-server` for tests, demo and benches).
 //! - [`registry_store`]: the registries in a JetStream KV bucket (with
 //!   history), validated writes, the live set read by every component.
-//! - [`publish`]: `ledgerline publish`, NDJSON → ORDERS with bulk acks.
-//! - [`verify`]: `ledgerline verify`, replay ORDERS and compare with LEDGER.
-//! - [`aggregator`]: ORDERS → postings on LEDGER, crash-safe, per-order order.
-//! - [`dispatcher`]: postings → accounting webhooks, FIFO per (registry,
-//!   order): auth, signatures, retries, dead letters, redeliver.
-//! - [`notify`]: failure emails over SMTP, rate-limited per registry.
-//! - [`receiver`]: `ledgerline receiver`, a sample accounting webhook.
-//! - [`config`]: the TOML file, environment overrides, validation (SPEC 7).
-//! - [`secret`]: values that never print.
-//! - [`signing`]: Standard Webhooks signatures.
-//! - [`tls`]: the one TLS crypto provider (ring) of the binary.
-//! - [`offline`]: `ledgerline postings`, the engine over a file.
-//! - [`streams`]: JetStream connection, the ORDERS and LEDGER streams,
-//!   subjects and headers.
-//! - [`records`]: what is stored on each LEDGER subject.
-//! - [`export`]: `ledgerline export`, LEDGER as an audit CSV or a beancount
-//!   ledger joined with delivery state, with a reconciling summary.
-//! - [`demo`]: `ledgerline demo` and its deterministic dataset.
-//! - [`bench`]: `ledgerline bench`, the pipeline measured beside what
-//!   JetStream and HTTP alone can do on this machine.
-//! - [`natsd`]: runs a real `nats-server` for tests, demo and benches.
+//! - [`service`]: `ledgerline run`, the components in one process.
+//! - [`admin`]: the admin HTTP API: registries, deliveries, redeliver,
+//!   order ledgers, health, readiness, Prometheus metrics.
 //! - [`cli`]: the `ledgerline` commands: their arguments, their work and
 //!   everything they print (tables, summaries, progress bars);
 //!   `registry` reads registry files. `main.rs` only parses the command
 //!   line and maps the result to an exit code.
+//! - [`offline`]: `ledgerline postings`, the engine over a file.
+//! - [`receiver`]: `ledgerline receiver`, a sample accounting webhook.
+//! - [`demo`]: `ledgerline demo` and its deterministic dataset.
+//! - [`bench`]: `ledgerline bench`, the pipeline measured beside what
+//!   JetStream and HTTP alone can do on this machine.
+//! - [`config`]: the TOML file, environment overrides, validation.
+//! - [`secret`]: values that never print.
+//! - [`tls`]: the one TLS crypto provider (ring) of the binary.
 
 pub mod admin;
-pub mod aggregator;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -60,19 +58,17 @@ pub mod demo;
 pub mod dispatcher;
 pub mod domain;
 pub mod export;
-pub mod lease;
-pub mod natsd;
-pub mod notify;
+pub mod ingest;
+pub mod nats;
 pub mod offline;
-pub mod publish;
 pub mod receiver;
-pub mod records;
 pub mod registry_store;
 pub mod secret;
 pub mod service;
-pub mod signing;
-pub mod streams;
 pub mod tls;
-pub mod verify;
 
+pub use dispatcher::{notify, signing};
 pub use domain::{engine, events, ledger, money, order, posting, registry};
+pub use export::verify;
+pub use ingest::{aggregator, publish};
+pub use nats::{lease, natsd, records, streams};

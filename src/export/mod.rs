@@ -30,6 +30,7 @@ pub mod beancount;
 pub mod csv;
 pub mod delivery;
 pub mod summary;
+pub mod verify;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
