@@ -401,16 +401,20 @@ mod tests {
     /// The words users see (CSV `delivery_status`, API JSON, CLI tables).
     #[test]
     fn statuses_are_shown_by_the_same_words_everywhere() {
-        for (s, word) in [
-            (DeliveryStatus::Delivered, "delivered"),
-            (DeliveryStatus::Pending, "pending"),
-            (DeliveryStatus::Retrying, "retrying"),
-            (DeliveryStatus::Dead, "dead"),
-            (DeliveryStatus::Held, "held"),
-        ] {
-            assert_eq!(s.as_str(), word);
-            assert_eq!(serde_json::to_value(s).unwrap(), Value::from(word));
-        }
+        let all = [
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Pending,
+            DeliveryStatus::Retrying,
+            DeliveryStatus::Dead,
+            DeliveryStatus::Held,
+        ];
+        let words = all.map(DeliveryStatus::as_str);
+        assert_eq!(words, ["delivered", "pending", "retrying", "dead", "held"]);
+        assert_eq!(
+            serde_json::to_value(all).unwrap(),
+            serde_json::json!(words),
+            "JSON says the same words"
+        );
         let cli: Vec<String> = <DeliveryStatus as clap::ValueEnum>::value_variants()
             .iter()
             .filter_map(clap::ValueEnum::to_possible_value)
