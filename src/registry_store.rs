@@ -173,9 +173,9 @@ pub enum StoreError {
         actual: u64,
     },
     #[error("cannot open the registry bucket {BUCKET}: {0}")]
-    Bucket(String),
+    Bucket(#[source] async_nats::Error),
     #[error("cannot read the registry bucket: {0}")]
-    Read(String),
+    Read(#[source] async_nats::Error),
     #[error("cannot write registry {id:?}: {message}")]
     Write { id: String, message: String },
     #[error("registry {key:?} revision {revision} is unreadable: {source}")]
@@ -200,8 +200,8 @@ impl StoreError {
     }
 }
 
-fn read_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Read(e.to_string())
+fn read_err(e: impl Into<async_nats::Error>) -> StoreError {
+    StoreError::Read(e.into())
 }
 
 /// The bucket configuration.
@@ -242,8 +242,8 @@ impl RegistryStore {
             Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => js
                 .create_key_value(bucket_config())
                 .await
-                .map_err(|e| StoreError::Bucket(e.to_string()))?,
-            Err(e) => return Err(StoreError::Bucket(e.to_string())),
+                .map_err(|e| StoreError::Bucket(e.into()))?,
+            Err(e) => return Err(StoreError::Bucket(e.into())),
         };
         Ok(Self {
             kv,
