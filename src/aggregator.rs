@@ -122,13 +122,23 @@ pub enum AggregatorError {
     #[error(transparent)]
     Streams(#[from] streams::NatsError),
     #[error("cannot create the {CONSUMER} consumer on ORDERS: {0}")]
-    Consumer(String),
+    Consumer(#[source] async_nats::jetstream::stream::ConsumerError),
 }
 
 /// A failure worth retrying (NATS unreachable, a timeout, a race).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Transient(String);
+enum Transient {
+    /// A step failed; `what` names it.
+    #[error("{what}: {source}")]
+    Failed {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// Another writer moved the order on: rebuild and try again.
+    #[error("{0}")]
+    Overtaken(String),
+}
 
 /// Why an event was not handled yet.
 #[derive(Debug, thiserror::Error)]
@@ -139,12 +149,23 @@ enum LaneError {
     /// A stored posting of the order cannot be read: retrying cannot help,
     /// so the event is recorded on `ledger.rejected.internal` and acked,
     /// and the lane goes on with other orders.
-    #[error("{0}")]
-    Corrupt(String),
+    #[error(
+        "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({source}); \
+         this order's postings cannot go on until it is repaired"
+    )]
+    Corrupt {
+        subject: String,
+        stream_seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
-fn transient(what: &str, e: impl std::fmt::Display) -> Transient {
-    Transient(format!("{what}: {e}"))
+fn transient(what: &'static str, e: impl Into<async_nats::Error>) -> Transient {
+    Transient::Failed {
+        what,
+        source: e.into(),
+    }
 }
 
 /// Runs until `shutdown` fires; then stops reading, finishes the event each
@@ -175,7 +196,7 @@ pub async fn run_aggregator(
             },
         )
         .await
-        .map_err(|e| AggregatorError::Consumer(e.to_string()))?;
+        .map_err(AggregatorError::Consumer)?;
 
     let shared = Arc::new(Shared {
         js: js.clone(),
@@ -461,26 +482,28 @@ impl Lane {
                     }
                     return;
                 }
-                Err(LaneError::Corrupt(why)) => match self.reject_corrupt(&msg, &why).await {
-                    Ok(()) => {
-                        if let Err(e) = msg.ack().await {
-                            warn!(error = %e, subject = %msg.subject, "ack failed; the event will be redelivered");
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(lane, subject = %msg.subject, error = %e, "cannot record a rejection yet; retrying");
-                        let _ = msg.ack_with(AckKind::Progress).await;
-                        tokio::select! {
-                            _ = self.shared.shutdown.cancelled() => {
-                                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                                return;
+                Err(corrupt @ LaneError::Corrupt { .. }) => {
+                    match self.reject_corrupt(&msg, &corrupt.to_string()).await {
+                        Ok(()) => {
+                            if let Err(e) = msg.ack().await {
+                                warn!(error = %e, subject = %msg.subject, "ack failed; the event will be redelivered");
                             }
-                            _ = tokio::time::sleep(delay) => {}
+                            return;
                         }
-                        delay = (delay * 2).min(RETRY_MAX);
+                        Err(e) => {
+                            warn!(lane, subject = %msg.subject, error = %e, "cannot record a rejection yet; retrying");
+                            let _ = msg.ack_with(AckKind::Progress).await;
+                            tokio::select! {
+                                _ = self.shared.shutdown.cancelled() => {
+                                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                                    return;
+                                }
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(RETRY_MAX);
+                        }
                     }
-                },
+                }
                 Err(LaneError::Transient(e)) => {
                     warn!(lane, subject = %msg.subject, error = %e, retry_in_ms = delay.as_millis() as u64, "event not applied yet; retrying");
                     let _ = msg.ack_with(AckKind::Progress).await;
@@ -778,7 +801,7 @@ impl Lane {
                     }
                     Ok(last.sequence)
                 } else {
-                    Err(Transient(format!(
+                    Err(Transient::Overtaken(format!(
                         "{subject} moved on (last posting seq {} from event #{}); rebuilding",
                         found.posting.seq, found.source_seq
                     ))
@@ -883,11 +906,12 @@ fn parse_stored(
     subject: &str,
     stream_seq: u64,
 ) -> Result<StoredPosting, LaneError> {
-    serde_json::from_slice(payload).map_err(|e| {
-        error!(subject, stream_seq, error = %e, "unreadable posting in LEDGER");
-        LaneError::Corrupt(format!(
-            "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({e}); \
-             this order's postings cannot go on until it is repaired"
-        ))
+    serde_json::from_slice(payload).map_err(|source| {
+        error!(subject, stream_seq, error = %source, "unreadable posting in LEDGER");
+        LaneError::Corrupt {
+            subject: subject.to_owned(),
+            stream_seq,
+            source,
+        }
     })
 }
