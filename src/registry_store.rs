@@ -176,8 +176,12 @@ pub enum StoreError {
     Bucket(#[source] async_nats::Error),
     #[error("cannot read the registry bucket: {0}")]
     Read(#[source] async_nats::Error),
-    #[error("cannot write registry {id:?}: {message}")]
-    Write { id: String, message: String },
+    #[error("cannot write registry {id:?}: {source}")]
+    Write {
+        id: String,
+        #[source]
+        source: async_nats::Error,
+    },
     #[error("registry {key:?} revision {revision} is unreadable: {source}")]
     Corrupt {
         key: String,
@@ -393,7 +397,7 @@ impl RegistryStore {
         let bytes =
             reveal_secrets(|| serde_json::to_vec(&value)).map_err(|e| StoreError::Write {
                 id: id.clone(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         let new_revision = match self.kv.update(&id, bytes.into(), revision).await {
             Ok(r) => r,
@@ -408,7 +412,7 @@ impl RegistryStore {
             Err(e) => {
                 return Err(StoreError::Write {
                     id,
-                    message: e.to_string(),
+                    source: e.into(),
                 });
             }
         };
@@ -465,7 +469,7 @@ impl RegistryStore {
                 },
                 _ => StoreError::Write {
                     id: id.to_owned(),
-                    message: e.to_string(),
+                    source: e.into(),
                 },
             })?;
         info!(registry_id = %id, revision = entry.revision, "registry deleted");
