@@ -149,16 +149,21 @@ enum LaneError {
     /// A stored posting of the order cannot be read: retrying cannot help,
     /// so the event is recorded on `ledger.rejected.internal` and acked,
     /// and the lane goes on with other orders.
-    #[error(
-        "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({source}); \
-         this order's postings cannot go on until it is repaired"
-    )]
-    Corrupt {
-        subject: String,
-        stream_seq: u64,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Corrupt(CorruptPosting),
+}
+
+/// The last stored posting of an order cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({source}); \
+     this order's postings cannot go on until it is repaired"
+)]
+struct CorruptPosting {
+    subject: String,
+    stream_seq: u64,
+    #[source]
+    source: serde_json::Error,
 }
 
 fn transient(what: &'static str, e: impl Into<async_nats::Error>) -> Transient {
@@ -482,28 +487,26 @@ impl Lane {
                     }
                     return;
                 }
-                Err(corrupt @ LaneError::Corrupt { .. }) => {
-                    match self.reject_corrupt(&msg, &corrupt.to_string()).await {
-                        Ok(()) => {
-                            if let Err(e) = msg.ack().await {
-                                warn!(error = %e, subject = %msg.subject, "ack failed; the event will be redelivered");
-                            }
-                            return;
+                Err(LaneError::Corrupt(why)) => match self.reject_corrupt(&msg, &why).await {
+                    Ok(()) => {
+                        if let Err(e) = msg.ack().await {
+                            warn!(error = %e, subject = %msg.subject, "ack failed; the event will be redelivered");
                         }
-                        Err(e) => {
-                            warn!(lane, subject = %msg.subject, error = %e, "cannot record a rejection yet; retrying");
-                            let _ = msg.ack_with(AckKind::Progress).await;
-                            tokio::select! {
-                                _ = self.shared.shutdown.cancelled() => {
-                                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                                    return;
-                                }
-                                _ = tokio::time::sleep(delay) => {}
-                            }
-                            delay = (delay * 2).min(RETRY_MAX);
-                        }
+                        return;
                     }
-                }
+                    Err(e) => {
+                        warn!(lane, subject = %msg.subject, error = %e, "cannot record a rejection yet; retrying");
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                        tokio::select! {
+                            _ = self.shared.shutdown.cancelled() => {
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                                return;
+                            }
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                },
                 Err(LaneError::Transient(e)) => {
                     warn!(lane, subject = %msg.subject, error = %e, retry_in_ms = delay.as_millis() as u64, "event not applied yet; retrying");
                     let _ = msg.ack_with(AckKind::Progress).await;
@@ -814,7 +817,11 @@ impl Lane {
 
     /// Records an event that cannot be posted because a stored posting of
     /// its order is unreadable (`ledger.rejected.internal`, reason named).
-    async fn reject_corrupt(&mut self, msg: &Message, why: &str) -> Result<(), Transient> {
+    async fn reject_corrupt(
+        &mut self,
+        msg: &Message,
+        why: &CorruptPosting,
+    ) -> Result<(), Transient> {
         let seq = msg
             .info()
             .map_err(|e| transient("reading message info", e))?
@@ -827,7 +834,7 @@ impl Lane {
             reason: RejectReason::Internal,
             event_id,
             field: String::new(),
-            message: why.to_owned(),
+            message: why.to_string(),
         };
         self.reject(&msg.subject, &msg.payload, seq, &r).await
     }
@@ -908,10 +915,10 @@ fn parse_stored(
 ) -> Result<StoredPosting, LaneError> {
     serde_json::from_slice(payload).map_err(|source| {
         error!(subject, stream_seq, error = %source, "unreadable posting in LEDGER");
-        LaneError::Corrupt {
+        LaneError::Corrupt(CorruptPosting {
             subject: subject.to_owned(),
             stream_seq,
             source,
-        }
+        })
     })
 }
