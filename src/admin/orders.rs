@@ -34,6 +34,7 @@ use crate::money::Currency;
 use crate::money::rate_text;
 use crate::order::OrderState;
 use crate::records::{DeliveryRecord, DeliveryStatus, SeqDeliveries, SeqDelivery, StoredPosting};
+use crate::registry::Registry;
 use crate::streams::direct::{DirectGet, DirectMessage};
 use crate::streams::{LEDGER_STREAM, ORDERS_STREAM};
 
@@ -148,30 +149,13 @@ pub(super) async fn ledger(
         let progress = Progress::load(&ledger_stream, registry_id, order.as_str())
             .await
             .map_err(|e| nats_err("reading delivery state", e))?;
-        let count = postings
-            .iter()
-            .map(|(sp, ..)| sp.posting.seq)
-            .max()
-            .unwrap_or(0);
-        let summary = OrderDeliveries::new(&progress, count);
-        let records = deliveries.get(registry_id);
-        let posting_views: Vec<Value> = postings
-            .iter()
-            .map(|(sp, stream_seq, posted_at)| {
-                let delivery = records.map_or(SeqDelivery::PENDING, |r| r.get(sp.posting.seq));
-                posting_view(sp, *stream_seq, *posted_at, &progress, &delivery)
-            })
-            .collect();
-        registries.push(json!({
-            "registry_id": registry_id,
-            "registry": match set.get(registry_id) {
-                Some(r) => json!({"exists": true, "enabled": r.config.enabled, "name": r.config.name}),
-                None => json!({"exists": false, "enabled": false}),
-            },
-            "delivery": summary,
-            "registry_data": progress.registry_data,
-            "postings": posting_views,
-        }));
+        registries.push(registry_view(
+            registry_id,
+            set.get(registry_id),
+            &progress,
+            postings,
+            deliveries.get(registry_id),
+        ));
     }
 
     Ok(Json(json!({
@@ -182,6 +166,41 @@ pub(super) async fn ledger(
         "registries": registries,
         "postings_truncated": postings_truncated,
     })))
+}
+
+/// One registry's part of an order's ledger view: whether it exists,
+/// where the order's delivery stands, the registry_data the next posting
+/// carries, and each posting.
+fn registry_view(
+    registry_id: &str,
+    registry: Option<&Registry>,
+    progress: &Progress,
+    postings: &[(StoredPosting, u64, OffsetDateTime)],
+    records: Option<&SeqDeliveries>,
+) -> Value {
+    let count = postings
+        .iter()
+        .map(|(sp, ..)| sp.posting.seq)
+        .max()
+        .unwrap_or(0);
+    let summary = OrderDeliveries::new(progress, count);
+    let posting_views: Vec<Value> = postings
+        .iter()
+        .map(|(sp, stream_seq, posted_at)| {
+            let delivery = records.map_or(SeqDelivery::PENDING, |r| r.get(sp.posting.seq));
+            posting_view(sp, *stream_seq, *posted_at, progress, &delivery)
+        })
+        .collect();
+    json!({
+        "registry_id": registry_id,
+        "registry": match registry {
+            Some(r) => json!({"exists": true, "enabled": r.config.enabled, "name": r.config.name}),
+            None => json!({"exists": false, "enabled": false}),
+        },
+        "delivery": summary,
+        "registry_data": progress.registry_data,
+        "postings": posting_views,
+    })
 }
 
 /// The order's events folded as the aggregator folds them: its state, and
