@@ -137,7 +137,7 @@ enum Transient {
     },
     /// Another writer moved the order on: rebuild and try again.
     #[error("{0}")]
-    Overtaken(String),
+    MovedOn(String),
 }
 
 /// Why an event was not handled yet.
@@ -804,7 +804,7 @@ impl Lane {
                     }
                     Ok(last.sequence)
                 } else {
-                    Err(Transient::Overtaken(format!(
+                    Err(Transient::MovedOn(format!(
                         "{subject} moved on (last posting seq {} from event #{}); rebuilding",
                         found.posting.seq, found.source_seq
                     ))

@@ -20,6 +20,11 @@
 //! registry_data of n − 1: a stale read can at worst send a posting again
 //! (or try a dead-lettered one once more) with its same key and body, never
 //! another body, never skip one.
+//!
+//! [`OrderDeliveries`] is the one summary of an order's deliveries (a row of
+//! `deliveries list` and the admin API), and [`Progress::posting_status`]
+//! says where each posting stands, both in the one status model,
+//! [`DeliveryStatus`].
 
 use async_nats::jetstream::stream::Stream;
 use serde::Serialize;
