@@ -551,3 +551,107 @@ pub(super) async fn redeliver(
         Err(e) => Err(nats_err("requesting the redelivery", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatcher::state::LastDelivery;
+    use crate::events::EventType;
+    use crate::posting::Posting;
+    use crate::records::AttemptOutcome;
+    use crate::registry::PostingMode;
+    use time::macros::datetime;
+    use uuid::Uuid;
+
+    fn stored(seq: u64) -> StoredPosting {
+        StoredPosting {
+            source_seq: seq,
+            previous_subject_seq: 0,
+            posting: Posting {
+                registry_id: "books".into(),
+                order_id: OrderId::parse("o-1").expect("a valid order id"),
+                seq,
+                idempotency_key: Uuid::from_u128(seq.into()),
+                event_id: format!("e-{seq}"),
+                event_type: EventType::OrderUpdated,
+                occurred_at: datetime!(2026-11-22 10:00:00 UTC),
+                mode: PostingMode::Delta,
+                currency: None,
+                filtered: false,
+                entries: vec![],
+                cumulative: vec![],
+            },
+        }
+    }
+
+    /// Posting 1 delivered, posting 2's last attempt `outcome`.
+    fn progress(outcome: AttemptOutcome) -> (Progress, SeqDeliveries) {
+        let record: DeliveryRecord = serde_json::from_value(json!({
+            "registry_id": "books", "order_id": "o-1", "seq": 2,
+            "idempotency_key": Uuid::from_u128(2), "attempt": 3, "outcome": outcome,
+            "http_status": 503, "error": "HTTP 503", "duration_ms": 5,
+            "next_attempt_at": "2026-11-22T10:05:00Z", "at": "2026-11-22T10:00:00Z",
+        }))
+        .expect("a valid delivery record");
+        let mut records = SeqDeliveries::default();
+        records.apply(&record);
+        let p = Progress {
+            registry_id: "books".into(),
+            order_id: "o-1".into(),
+            delivered_seq: 1,
+            registry_data: json!({}),
+            registry_data_stream_seq: 0,
+            delivered_posting_stream_seq: 0,
+            last_delivery: Some(LastDelivery {
+                round_attempt: 3,
+                round_started_at: record.at,
+                record,
+                stream_seq: 9,
+            }),
+        };
+        (p, records)
+    }
+
+    fn delivery(p: &Progress, records: &SeqDeliveries, seq: u64) -> Value {
+        let at = datetime!(2026-11-22 10:00:00 UTC);
+        posting_view(&stored(seq), seq, at, p, &records.get(seq))["delivery"].clone()
+    }
+
+    #[test]
+    fn a_retrying_posting_shows_its_last_attempt_and_when_the_next_is_due() {
+        let (p, records) = progress(AttemptOutcome::Retrying);
+        assert_eq!(
+            delivery(&p, &records, 2),
+            json!({"status": "retrying", "attempts": 3, "delivered_at": null,
+                "http_status": 503, "last_error": "HTTP 503",
+                "next_attempt_at": "2026-11-22T10:05:00Z"})
+        );
+        assert_eq!(delivery(&p, &records, 3)["status"], "pending");
+        assert_eq!(
+            delivery(&p, &records, 1),
+            json!({"status": "delivered", "attempts": 0, "delivered_at": null,
+                "http_status": null, "last_error": null, "next_attempt_at": null}),
+            "posting 1's records are not in this view's records"
+        );
+    }
+
+    #[test]
+    fn postings_behind_a_dead_letter_are_held_and_no_next_attempt_is_shown() {
+        let (p, records) = progress(AttemptOutcome::Dead);
+        let dead = delivery(&p, &records, 2);
+        assert_eq!(
+            (&dead["status"], &dead["next_attempt_at"]),
+            (&json!("dead"), &Value::Null)
+        );
+        assert_eq!(delivery(&p, &records, 3)["status"], "held");
+        let view = registry_view(
+            "books",
+            None,
+            &p,
+            &[(stored(2), 2, datetime!(2026-11-22 10:00:00 UTC))],
+            Some(&records),
+        );
+        assert_eq!(view["registry"], json!({"exists": false, "enabled": false}));
+        assert_eq!(view["delivery"]["status"], "dead");
+    }
+}
