@@ -111,8 +111,12 @@ pub enum ExportError {
     },
     #[error("no posting arrived for {0:?} while more were pending")]
     Stalled(Duration),
-    #[error("reading delivery records on {subject}: {message}")]
-    DirectGet { subject: String, message: String },
+    #[error("reading delivery records on {subject}: {source}")]
+    DirectGet {
+        subject: String,
+        #[source]
+        source: crate::streams::direct::DirectGetError,
+    },
     #[error("{LEDGER_STREAM} message {stream_seq} on {subject} cannot be read: {source}")]
     Decode {
         stream_seq: u64,
