@@ -267,10 +267,6 @@ impl Progress {
     }
 }
 
-/// The name `deliveries list --status` (and code written before
-/// [`DeliveryStatus`] was the one model) knows the status by.
-pub type Status = DeliveryStatus;
-
 /// One (registry, order) as `deliveries list` and the admin API show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OrderDeliveries {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::records::DeliveryRecord;
-pub use crate::records::{DeliveryStatus, SeqDeliveries, SeqDelivery};
+use crate::records::{SeqDeliveries, SeqDelivery};
 use crate::streams::direct::DirectGet;
 use crate::streams::{LEDGER_STREAM, subjects};
 

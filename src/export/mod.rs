@@ -44,7 +44,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::posting::Posting;
 use crate::streams::{LEDGER_STREAM, subjects};
 
-use delivery::{DeliveryLookup, SeqDelivery};
+use crate::records::SeqDelivery;
+use delivery::DeliveryLookup;
 use summary::{RunStats, Summary};
 
 /// Delivery lookups in flight while rows are written in order: enough to
