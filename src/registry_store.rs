@@ -173,11 +173,15 @@ pub enum StoreError {
         actual: u64,
     },
     #[error("cannot open the registry bucket {BUCKET}: {0}")]
-    Bucket(String),
+    Bucket(#[source] async_nats::Error),
     #[error("cannot read the registry bucket: {0}")]
-    Read(String),
-    #[error("cannot write registry {id:?}: {message}")]
-    Write { id: String, message: String },
+    Read(#[source] async_nats::Error),
+    #[error("cannot write registry {id:?}: {source}")]
+    Write {
+        id: String,
+        #[source]
+        source: async_nats::Error,
+    },
     #[error("registry {key:?} revision {revision} is unreadable: {source}")]
     Corrupt {
         key: String,
@@ -200,8 +204,8 @@ impl StoreError {
     }
 }
 
-fn read_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Read(e.to_string())
+fn read_err(e: impl Into<async_nats::Error>) -> StoreError {
+    StoreError::Read(e.into())
 }
 
 /// The bucket configuration.
@@ -242,8 +246,8 @@ impl RegistryStore {
             Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => js
                 .create_key_value(bucket_config())
                 .await
-                .map_err(|e| StoreError::Bucket(e.to_string()))?,
-            Err(e) => return Err(StoreError::Bucket(e.to_string())),
+                .map_err(|e| StoreError::Bucket(e.into()))?,
+            Err(e) => return Err(StoreError::Bucket(e.into())),
         };
         Ok(Self {
             kv,
@@ -381,7 +385,7 @@ impl RegistryStore {
         let bytes =
             reveal_secrets(|| serde_json::to_vec(&value)).map_err(|e| StoreError::Write {
                 id: id.clone(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         let new_revision = match self.kv.update(&id, bytes.into(), revision).await {
             Ok(r) => r,
@@ -396,7 +400,7 @@ impl RegistryStore {
             Err(e) => {
                 return Err(StoreError::Write {
                     id,
-                    message: e.to_string(),
+                    source: e.into(),
                 });
             }
         };
@@ -453,7 +457,7 @@ impl RegistryStore {
                 },
                 _ => StoreError::Write {
                     id: id.to_owned(),
-                    message: e.to_string(),
+                    source: e.into(),
                 },
             })?;
         info!(registry_id = %id, revision = entry.revision, "registry deleted");

@@ -19,19 +19,23 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::AdminState;
 use super::error::ApiError;
-use crate::dispatcher::state::{Current, OrderDeliveries, Progress, Status};
+use crate::dispatcher::state::{OrderDeliveries, Progress};
 use crate::dispatcher::status::{RedeliverOutcome, StatusError, request_redeliver};
 use crate::events::{OrderId, parse_event};
 use crate::ledger::derive;
+use crate::ledger::{Entry, LedgerOptions};
+use crate::money::Currency;
 use crate::money::rate_text;
 use crate::order::OrderState;
-use crate::records::{AttemptOutcome, DeliveryRecord, StoredPosting};
+use crate::records::{DeliveryRecord, DeliveryStatus, SeqDeliveries, SeqDelivery, StoredPosting};
+use crate::registry::Registry;
+use crate::streams::direct::{DirectGet, DirectMessage};
 use crate::streams::{LEDGER_STREAM, ORDERS_STREAM};
 
 /// Most events replayed for one ledger view; a longer history is shown up
@@ -65,119 +69,45 @@ fn token_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Messages asked for in one batched Direct Get.
-pub const DIRECT_GET_BATCH: usize = 256;
-/// Longest wait for the next reply of a Direct Get.
+/// Longest wait for the next reply of a Direct Get: a request answers
+/// in milliseconds, and an API caller should hear of a vanished server
+/// well within the router's 15 s timeout.
 pub const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A stored message as a Direct Get returns it.
-struct Raw {
-    seq: u64,
-    subject: String,
-    time: OffsetDateTime,
-    payload: bytes::Bytes,
-}
-
 /// Every message of `stream` on a subject filter (wildcards allowed), in
-/// stream order, at most `max`; and whether more were left. Read with
-/// batched Direct Gets (ADR-31: `{"seq", "batch", "next_by_subj"}`, a page
-/// of messages then an end-of-batch marker), so an order with hundreds of
-/// postings costs a few round trips, not hundreds; a server without batch
-/// support answers one message per request and is read one at a time.
+/// stream order, at most `max`; and whether more were left. Read with the
+/// batched Direct Get client ([`DirectGet`]), so an order with hundreds of
+/// postings costs a few round trips, not hundreds.
 async fn read_subject(
     client: &async_nats::Client,
     stream: &str,
     filter: &str,
     max: usize,
-) -> Result<(Vec<Raw>, bool), ApiError> {
-    let what = format!("reading {filter}");
-    let mut out: Vec<Raw> = Vec::new();
-    let mut from = 1;
-    'pages: loop {
-        let inbox = client.new_inbox();
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| nats_err(&what, e))?;
-        // One more than wanted, to tell "exactly max" from "more".
-        let batch = (max + 1 - out.len()).min(DIRECT_GET_BATCH);
-        let request = json!({"seq": from, "next_by_subj": filter, "batch": batch}).to_string();
-        client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{stream}"),
-                inbox,
-                request.into(),
-            )
-            .await
-            .map_err(|e| nats_err(&what, e))?;
-        loop {
-            let msg = tokio::time::timeout(DIRECT_GET_TIMEOUT, replies.next())
-                .await
-                .map_err(|_| nats_err(&what, "no reply (is allow_direct on?)"))?
-                .ok_or_else(|| nats_err(&what, "the connection closed"))?;
-            let header = |name: &str| {
-                msg.headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            match msg.status.map(|s| s.as_u16()) {
-                Some(404) => return Ok((out, false)),
-                // End of batch; the server says how many are left.
-                Some(204) => {
-                    let pending: u64 = header("Nats-Num-Pending")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    match out.last() {
-                        Some(last) if pending > 0 => {
-                            from = last.seq + 1;
-                            continue 'pages;
-                        }
-                        _ => return Ok((out, false)),
-                    }
-                }
-                None | Some(200) => {}
-                Some(code) => {
-                    return Err(nats_err(
-                        &what,
-                        format!("status {code} {}", msg.description.as_deref().unwrap_or("")),
-                    ));
-                }
-            }
-            let seq: u64 = header("Nats-Sequence")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| nats_err(&what, "a reply without Nats-Sequence"))?;
-            let time = header("Nats-Time-Stamp")
-                .and_then(|t: String| {
-                    OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
-                })
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            out.push(Raw {
-                seq,
-                subject: header("Nats-Subject").unwrap_or_default(),
-                time,
-                payload: msg.payload.clone(),
-            });
-            if out.len() > max {
-                out.truncate(max);
-                return Ok((out, true));
-            }
-            if header("Nats-Num-Pending").is_none() {
-                // No batch support: one message per request.
-                from = seq + 1;
-                continue 'pages;
-            }
-        }
+) -> Result<(Vec<DirectMessage>, bool), ApiError> {
+    // One more than wanted, to tell "exactly max" from "more".
+    let mut reader =
+        DirectGet::new(client, stream, filter, DIRECT_GET_TIMEOUT).limit(max.saturating_add(1));
+    let mut out = Vec::new();
+    while let Some(m) = reader
+        .next()
+        .await
+        .map_err(|e| nats_err(&format!("reading {filter}"), e))?
+    {
+        out.push(m);
     }
+    let truncated = out.len() > max;
+    out.truncate(max);
+    Ok((out, truncated))
 }
 
-/// What the delivery records say about one posting.
-#[derive(Default)]
-struct PostingAttempts {
-    attempts: u32,
-    last: Option<DeliveryRecord>,
-    delivered_at: Option<OffsetDateTime>,
+/// When a message was stored (the epoch if the server did not say).
+fn stored_at(m: &DirectMessage) -> OffsetDateTime {
+    m.time().unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
+
+/// An order's postings, per registry: each with its stream sequence and
+/// when it was stored.
+type PostingsByRegistry = BTreeMap<String, Vec<(StoredPosting, u64, OffsetDateTime)>>;
 
 /// `GET /v1/orders/{order_id}/ledger`.
 pub(super) async fn ledger(
@@ -186,8 +116,8 @@ pub(super) async fn ledger(
 ) -> Result<Json<Value>, ApiError> {
     let order = OrderId::parse(&order_id)
         .ok_or_else(|| ApiError::invalid("order_id", "must match [A-Za-z0-9_-]{1,128}"))?;
-    let js = st.js();
-    let ledger_stream = js
+    let ledger_stream = st
+        .js()
         .get_stream(LEDGER_STREAM)
         .await
         .map_err(|e| nats_err("opening LEDGER", e))?;
@@ -196,10 +126,90 @@ pub(super) async fn ledger(
     let subject = format!("{}.{}", st.subject_prefix(), order);
     let (messages, events_truncated) =
         read_subject(st.client(), ORDERS_STREAM, &subject, VIEW_EVENTS_MAX).await?;
+    let (state, events) = replay_events(&order, &messages);
+
+    // 2. Its ledger now.
+    let ledger_view = ledger_view(&order, &state, st.ledger_options())?;
+
+    // 3. Every posting of the order, per registry.
+    let (by_registry, postings_truncated) = postings_by_registry(st.client(), &order).await?;
+    if messages.is_empty() && by_registry.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "order {order} has no events and no postings"
+        )));
+    }
+
+    // 4. Delivery attempts per posting.
+    let deliveries = deliveries_by_registry(st.client(), &order).await?;
+
+    // 5. Per registry: where delivery stands, then each posting.
+    let set = st.registries().borrow().clone();
+    let mut registries = Vec::new();
+    for (registry_id, postings) in &by_registry {
+        let progress = Progress::load(&ledger_stream, registry_id, order.as_str())
+            .await
+            .map_err(|e| nats_err("reading delivery state", e))?;
+        registries.push(registry_view(
+            registry_id,
+            set.get(registry_id),
+            &progress,
+            postings,
+            deliveries.get(registry_id),
+        ));
+    }
+
+    Ok(Json(json!({
+        "order_id": order,
+        "events": events,
+        "events_truncated": events_truncated,
+        "ledger": ledger_view,
+        "registries": registries,
+        "postings_truncated": postings_truncated,
+    })))
+}
+
+/// One registry's part of an order's ledger view: whether it exists,
+/// where the order's delivery stands, the registry_data the next posting
+/// carries, and each posting.
+fn registry_view(
+    registry_id: &str,
+    registry: Option<&Registry>,
+    progress: &Progress,
+    postings: &[(StoredPosting, u64, OffsetDateTime)],
+    records: Option<&SeqDeliveries>,
+) -> Value {
+    let count = postings
+        .iter()
+        .map(|(sp, ..)| sp.posting.seq)
+        .max()
+        .unwrap_or(0);
+    let summary = OrderDeliveries::new(progress, count);
+    let posting_views: Vec<Value> = postings
+        .iter()
+        .map(|(sp, stream_seq, posted_at)| {
+            let delivery = records.map_or(SeqDelivery::PENDING, |r| r.get(sp.posting.seq));
+            posting_view(sp, *stream_seq, *posted_at, progress, &delivery)
+        })
+        .collect();
+    json!({
+        "registry_id": registry_id,
+        "registry": match registry {
+            Some(r) => json!({"exists": true, "enabled": r.config.enabled, "name": r.config.name}),
+            None => json!({"exists": false, "enabled": false}),
+        },
+        "delivery": summary,
+        "registry_data": progress.registry_data,
+        "postings": posting_views,
+    })
+}
+
+/// The order's events folded as the aggregator folds them: its state, and
+/// each event with whether it applied (and why not).
+fn replay_events(order: &OrderId, messages: &[DirectMessage]) -> (OrderState, Vec<Value>) {
     let mut state = OrderState::new(order.clone());
     let mut events = Vec::with_capacity(messages.len());
-    for m in &messages {
-        let (event_id, event_type, outcome) = match parse_event(&m.payload, Some(order.as_str())) {
+    for m in messages {
+        let (event_id, event_type, outcome) = match parse_event(m.payload(), Some(order.as_str())) {
             Ok(ev) => {
                 let outcome = match state.apply(&ev) {
                     Ok(()) => json!({"applied": true}),
@@ -217,7 +227,7 @@ pub(super) async fn ledger(
         };
         let mut e = json!({
             "stream_seq": m.seq,
-            "received_at": rfc3339(m.time),
+            "received_at": rfc3339(stored_at(m)),
             "event_id": event_id,
             "type": event_type,
         });
@@ -226,189 +236,163 @@ pub(super) async fn ledger(
         }
         events.push(e);
     }
+    (state, events)
+}
 
-    // 2. Its ledger now.
-    let ledger_view = match state.currency {
-        None => Value::Null,
-        Some(currency) => {
-            let l = derive(&state, st.ledger_options()).map_err(|bug| {
-                tracing::error!(order_id = %order, error = %bug, "ledger invariant broken in the admin view");
-                ApiError::internal(bug.to_string())
-            })?;
-            let (debit, credit) = l.sums();
-            let f = |d| currency.format(d);
-            json!({
-                "currency": currency.code(),
-                "version": state.version,
-                "cancelled": state.cancelled,
-                "totals": {
-                    "revenue": f(l.totals.revenue), "discount": f(l.totals.discount),
-                    "tax": f(l.totals.tax), "fees": f(l.totals.fees), "total": f(l.totals.total),
-                    "paid": f(l.totals.paid), "written_off": f(l.totals.written_off),
-                    "outstanding": f(l.totals.outstanding),
-                },
-                "debit": f(debit),
-                "credit": f(credit),
-                "entries": l.entries.iter().map(|e| {
-                    let mut v = json!({
-                        "entry_type": e.entry_type.as_str(),
-                        "description": e.description,
-                        "quantity": e.quantity,
-                        "debit": f(e.debit()),
-                        "credit": f(e.credit()),
-                    });
-                    let d = &e.dims;
-                    let dims = [
-                        ("channel", d.channel.clone()), ("product_id", d.product_id.clone()),
-                        ("option_id", d.option_id.clone()), ("unit_type", d.unit_type.clone()),
-                        ("tax_rate", d.tax_rate.map(rate_text)),
-                        ("payment_method", d.payment_method.clone()), ("fee_kind", d.fee_kind.clone()),
-                    ];
-                    if let Value::Object(m) = &mut v {
-                        for (k, val) in dims {
-                            if let Some(val) = val {
-                                m.insert(k.into(), Value::String(val));
-                            }
-                        }
-                    }
-                    v
-                }).collect::<Vec<_>>(),
-            })
-        }
+/// The order's ledger now (null before its first valid event).
+fn ledger_view(
+    order: &OrderId,
+    state: &OrderState,
+    options: &LedgerOptions,
+) -> Result<Value, ApiError> {
+    let Some(currency) = state.currency else {
+        return Ok(Value::Null);
     };
+    let l = derive(state, options).map_err(|bug| {
+        tracing::error!(order_id = %order, error = %bug, "ledger invariant broken in the admin view");
+        ApiError::internal(bug.to_string())
+    })?;
+    let (debit, credit) = l.sums();
+    let f = |d| currency.format(d);
+    Ok(json!({
+        "currency": currency.code(),
+        "version": state.version,
+        "cancelled": state.cancelled,
+        "totals": {
+            "revenue": f(l.totals.revenue), "discount": f(l.totals.discount),
+            "tax": f(l.totals.tax), "fees": f(l.totals.fees), "total": f(l.totals.total),
+            "paid": f(l.totals.paid), "written_off": f(l.totals.written_off),
+            "outstanding": f(l.totals.outstanding),
+        },
+        "debit": f(debit),
+        "credit": f(credit),
+        "entries": l.entries.iter().map(|e| entry_view(e, currency)).collect::<Vec<_>>(),
+    }))
+}
 
-    // 3. Every posting of the order, per registry.
-    let (posting_msgs, postings_truncated) = read_subject(
-        st.client(),
+/// One ledger entry, with the dimensions it has.
+fn entry_view(e: &Entry, currency: Currency) -> Value {
+    let f = |d| currency.format(d);
+    let mut v = json!({
+        "entry_type": e.entry_type.as_str(),
+        "description": e.description,
+        "quantity": e.quantity,
+        "debit": f(e.debit()),
+        "credit": f(e.credit()),
+    });
+    let d = &e.dims;
+    let dims = [
+        ("channel", d.channel.clone()),
+        ("product_id", d.product_id.clone()),
+        ("option_id", d.option_id.clone()),
+        ("unit_type", d.unit_type.clone()),
+        ("tax_rate", d.tax_rate.map(rate_text)),
+        ("payment_method", d.payment_method.clone()),
+        ("fee_kind", d.fee_kind.clone()),
+    ];
+    if let Value::Object(m) = &mut v {
+        for (k, val) in dims {
+            if let Some(val) = val {
+                m.insert(k.into(), Value::String(val));
+            }
+        }
+    }
+    v
+}
+
+/// Every posting of the order, per registry, and whether more were left.
+async fn postings_by_registry(
+    client: &async_nats::Client,
+    order: &OrderId,
+) -> Result<(PostingsByRegistry, bool), ApiError> {
+    let (posting_msgs, truncated) = read_subject(
+        client,
         LEDGER_STREAM,
         &format!("ledger.postings.*.{order}"),
         VIEW_POSTINGS_MAX,
     )
     .await?;
-    let mut by_registry: BTreeMap<String, Vec<(StoredPosting, u64, OffsetDateTime)>> =
-        BTreeMap::new();
+    let mut by_registry = PostingsByRegistry::new();
     for m in posting_msgs {
-        let sp: StoredPosting = serde_json::from_slice(&m.payload).map_err(|e| {
-            tracing::error!(subject = %m.subject, stream_seq = m.seq, error = %e, "unreadable posting");
+        let sp: StoredPosting = serde_json::from_slice(m.payload()).map_err(|e| {
+            tracing::error!(subject = %m.subject(), stream_seq = m.seq, error = %e, "unreadable posting");
             ApiError::internal(format!(
                 "the posting at {} #{} is unreadable: {e}",
-                m.subject, m.seq
+                m.subject(),
+                m.seq
             ))
         })?;
         by_registry
             .entry(sp.posting.registry_id.clone())
             .or_default()
-            .push((sp, m.seq, m.time));
+            .push((sp, m.seq, stored_at(&m)));
     }
-    if messages.is_empty() && by_registry.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "order {order} has no events and no postings"
-        )));
-    }
+    Ok((by_registry, truncated))
+}
 
-    // 4. Delivery attempts per posting.
+/// The order's delivery records folded per registry and posting (an
+/// unreadable record is skipped: the view shows what can be read).
+async fn deliveries_by_registry(
+    client: &async_nats::Client,
+    order: &OrderId,
+) -> Result<HashMap<String, SeqDeliveries>, ApiError> {
     let (records, _) = read_subject(
-        st.client(),
+        client,
         LEDGER_STREAM,
         &format!("ledger.deliveries.*.{order}"),
         VIEW_DELIVERY_RECORDS_MAX,
     )
     .await?;
-    let mut attempts: HashMap<(String, u64), PostingAttempts> = HashMap::new();
+    let mut by_registry: HashMap<String, SeqDeliveries> = HashMap::new();
     for m in records {
-        let Ok(r) = serde_json::from_slice::<DeliveryRecord>(&m.payload) else {
+        let Ok(r) = serde_json::from_slice::<DeliveryRecord>(m.payload()) else {
             continue;
         };
-        let a = attempts.entry((r.registry_id.clone(), r.seq)).or_default();
-        a.attempts = a.attempts.max(r.attempt);
-        if r.outcome == AttemptOutcome::Delivered {
-            a.delivered_at = Some(r.at);
-        }
-        a.last = Some(r);
+        by_registry
+            .entry(r.registry_id.clone())
+            .or_default()
+            .apply(&r);
     }
+    Ok(by_registry)
+}
 
-    // 5. Per registry: where delivery stands, then each posting.
-    let set = st.registries().borrow().clone();
-    let mut registries = Vec::new();
-    for (registry_id, postings) in &by_registry {
-        let progress = Progress::load(&ledger_stream, registry_id, order.as_str())
-            .await
-            .map_err(|e| nats_err("reading delivery state", e))?;
-        let count = postings
-            .iter()
-            .map(|(sp, ..)| sp.posting.seq)
-            .max()
-            .unwrap_or(0);
-        let summary = OrderDeliveries::new(&progress, count);
-        let current = progress.current();
-        let registry = set.get(registry_id);
-        let posting_views: Vec<Value> = postings
-            .iter()
-            .map(|(sp, stream_seq, posted_at)| {
-                let p = &sp.posting;
-                let status = if p.seq <= progress.delivered_seq {
-                    "delivered"
-                } else if p.seq == progress.next_seq() {
-                    match current {
-                        Current::Fresh => "pending",
-                        Current::Retrying { .. } => "retrying",
-                        Current::Dead { .. } => "dead",
-                    }
-                } else if matches!(current, Current::Dead { .. }) {
-                    "held"
-                } else {
-                    "pending"
-                };
-                let a = attempts.get(&(registry_id.clone(), p.seq));
-                let last = a.and_then(|a| a.last.as_ref());
-                let body = p.body(&Value::Null);
-                json!({
-                    "seq": p.seq,
-                    "idempotency_key": p.idempotency_key,
-                    "event_id": p.event_id,
-                    "event_type": p.event_type,
-                    "occurred_at": rfc3339(p.occurred_at),
-                    "posted_at": rfc3339(*posted_at),
-                    "stream_seq": stream_seq,
-                    "mode": p.mode,
-                    "filtered": p.filtered,
-                    "delivery": {
-                        "status": status,
-                        "attempts": a.map_or(0, |a| a.attempts),
-                        "delivered_at": a.and_then(|a| a.delivered_at).map(rfc3339),
-                        "http_status": last.and_then(|r| r.http_status),
-                        "last_error": last.and_then(|r| r.error.clone()),
-                        "next_attempt_at": last.and_then(|r| r.next_attempt_at).filter(|_| status == "retrying").map(rfc3339),
-                    },
-                    "ledger_entries": serde_json::to_value(body.ledger_entries).unwrap_or(Value::Null),
-                })
-            })
-            .collect();
-        registries.push(json!({
-            "registry_id": registry_id,
-            "registry": match registry {
-                Some(r) => json!({"exists": true, "enabled": r.config.enabled, "name": r.config.name}),
-                None => json!({"exists": false, "enabled": false}),
-            },
-            "delivery": summary,
-            "registry_data": progress.registry_data,
-            "postings": posting_views,
-        }));
-    }
-
-    Ok(Json(json!({
-        "order_id": order,
-        "events": events,
-        "events_truncated": events_truncated,
-        "ledger": ledger_view,
-        "registries": registries,
-        "postings_truncated": postings_truncated,
-    })))
+/// One posting with where its delivery stands: the status from the
+/// registry's progress, the rest from its delivery records.
+fn posting_view(
+    sp: &StoredPosting,
+    stream_seq: u64,
+    posted_at: OffsetDateTime,
+    progress: &Progress,
+    d: &SeqDelivery,
+) -> Value {
+    let p = &sp.posting;
+    let status = progress.posting_status(p.seq);
+    let body = p.body(&Value::Null);
+    json!({
+        "seq": p.seq,
+        "idempotency_key": p.idempotency_key,
+        "event_id": p.event_id,
+        "event_type": p.event_type,
+        "occurred_at": rfc3339(p.occurred_at),
+        "posted_at": rfc3339(posted_at),
+        "stream_seq": stream_seq,
+        "mode": p.mode,
+        "filtered": p.filtered,
+        "delivery": {
+            "status": status.as_str(),
+            "attempts": d.highest_attempt,
+            "delivered_at": d.delivered_at.map(rfc3339),
+            "http_status": d.http_status,
+            "last_error": d.last_error,
+            "next_attempt_at": d.next_attempt_at.filter(|_| status == DeliveryStatus::Retrying).map(rfc3339),
+        },
+        "ledger_entries": serde_json::to_value(body.ledger_entries).unwrap_or(Value::Null),
+    })
 }
 
 /// The query of a deliveries page.
 struct PageQuery {
-    status: Option<Status>,
+    status: Option<DeliveryStatus>,
     limit: usize,
     after: Option<String>,
 }
@@ -423,10 +407,10 @@ fn parse_page_query(raw: Option<&str>) -> Result<PageQuery, ApiError> {
         match k.as_ref() {
             "status" => {
                 q.status = Some(match v.as_ref() {
-                    "pending" => Status::Pending,
-                    "delivered" => Status::Delivered,
-                    "retrying" => Status::Retrying,
-                    "dead" => Status::Dead,
+                    "pending" => DeliveryStatus::Pending,
+                    "delivered" => DeliveryStatus::Delivered,
+                    "retrying" => DeliveryStatus::Retrying,
+                    "dead" => DeliveryStatus::Dead,
                     other => {
                         return Err(ApiError::invalid(
                             "status",
@@ -565,5 +549,109 @@ pub(super) async fn redeliver(
             format!("{bad:?} is not a valid id"),
         )),
         Err(e) => Err(nats_err("requesting the redelivery", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatcher::state::LastDelivery;
+    use crate::events::EventType;
+    use crate::posting::Posting;
+    use crate::records::AttemptOutcome;
+    use crate::registry::PostingMode;
+    use time::macros::datetime;
+    use uuid::Uuid;
+
+    fn stored(seq: u64) -> StoredPosting {
+        StoredPosting {
+            source_seq: seq,
+            previous_subject_seq: 0,
+            posting: Posting {
+                registry_id: "books".into(),
+                order_id: OrderId::parse("o-1").expect("a valid order id"),
+                seq,
+                idempotency_key: Uuid::from_u128(seq.into()),
+                event_id: format!("e-{seq}"),
+                event_type: EventType::OrderUpdated,
+                occurred_at: datetime!(2026-11-22 10:00:00 UTC),
+                mode: PostingMode::Delta,
+                currency: None,
+                filtered: false,
+                entries: vec![],
+                cumulative: vec![],
+            },
+        }
+    }
+
+    /// Posting 1 delivered, posting 2's last attempt `outcome`.
+    fn progress(outcome: AttemptOutcome) -> (Progress, SeqDeliveries) {
+        let record: DeliveryRecord = serde_json::from_value(json!({
+            "registry_id": "books", "order_id": "o-1", "seq": 2,
+            "idempotency_key": Uuid::from_u128(2), "attempt": 3, "outcome": outcome,
+            "http_status": 503, "error": "HTTP 503", "duration_ms": 5,
+            "next_attempt_at": "2026-11-22T10:05:00Z", "at": "2026-11-22T10:00:00Z",
+        }))
+        .expect("a valid delivery record");
+        let mut records = SeqDeliveries::default();
+        records.apply(&record);
+        let p = Progress {
+            registry_id: "books".into(),
+            order_id: "o-1".into(),
+            delivered_seq: 1,
+            registry_data: json!({}),
+            registry_data_stream_seq: 0,
+            delivered_posting_stream_seq: 0,
+            last_delivery: Some(LastDelivery {
+                round_attempt: 3,
+                round_started_at: record.at,
+                record,
+                stream_seq: 9,
+            }),
+        };
+        (p, records)
+    }
+
+    fn delivery(p: &Progress, records: &SeqDeliveries, seq: u64) -> Value {
+        let at = datetime!(2026-11-22 10:00:00 UTC);
+        posting_view(&stored(seq), seq, at, p, &records.get(seq))["delivery"].clone()
+    }
+
+    #[test]
+    fn a_retrying_posting_shows_its_last_attempt_and_when_the_next_is_due() {
+        let (p, records) = progress(AttemptOutcome::Retrying);
+        assert_eq!(
+            delivery(&p, &records, 2),
+            json!({"status": "retrying", "attempts": 3, "delivered_at": null,
+                "http_status": 503, "last_error": "HTTP 503",
+                "next_attempt_at": "2026-11-22T10:05:00Z"})
+        );
+        assert_eq!(delivery(&p, &records, 3)["status"], "pending");
+        assert_eq!(
+            delivery(&p, &records, 1),
+            json!({"status": "delivered", "attempts": 0, "delivered_at": null,
+                "http_status": null, "last_error": null, "next_attempt_at": null}),
+            "posting 1's records are not in this view's records"
+        );
+    }
+
+    #[test]
+    fn postings_behind_a_dead_letter_are_held_and_no_next_attempt_is_shown() {
+        let (p, records) = progress(AttemptOutcome::Dead);
+        let dead = delivery(&p, &records, 2);
+        assert_eq!(
+            (&dead["status"], &dead["next_attempt_at"]),
+            (&json!("dead"), &Value::Null)
+        );
+        assert_eq!(delivery(&p, &records, 3)["status"], "held");
+        let view = registry_view(
+            "books",
+            None,
+            &p,
+            &[(stored(2), 2, datetime!(2026-11-22 10:00:00 UTC))],
+            Some(&records),
+        );
+        assert_eq!(view["registry"], json!({"exists": false, "enabled": false}));
+        assert_eq!(view["delivery"]["status"], "dead");
     }
 }

@@ -73,6 +73,20 @@ pub enum BenchError {
     Streams(#[from] crate::streams::NatsError),
     #[error("{what}: {message}")]
     Step { what: &'static str, message: String },
+    #[error("{what}: {source}")]
+    Failed {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// The error of a bench step, naming it and keeping what failed.
+fn err<E: Into<async_nats::Error>>(what: &'static str) -> impl Fn(E) -> BenchError {
+    move |e| BenchError::Failed {
+        what,
+        source: e.into(),
+    }
 }
 
 /// Where the bench is, for a progress line.

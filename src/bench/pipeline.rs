@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::usage::{self, Usage};
-use super::{BenchError, BenchProgress};
+use super::{BenchError, BenchProgress, err};
 use crate::config::{Config, Settings};
 use crate::demo::{count, dataset};
 use crate::natsd::NatsServer;
@@ -120,13 +120,6 @@ impl PipelineFigures {
     pub fn cpu_per_1000(&self) -> f64 {
         let cpu = self.cpu_own + self.cpu_nats.unwrap_or_default();
         cpu.as_secs_f64() * 1000.0 / (self.postings.max(1) as f64)
-    }
-}
-
-fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
-    move |e| BenchError::Step {
-        what,
-        message: e.to_string(),
     }
 }
 

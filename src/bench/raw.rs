@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::BenchError;
+use super::{BenchError, err};
 use crate::natsd::NatsServer;
 
 /// Publish acks awaited at once by the raw publisher (as `publish` does).
@@ -41,13 +41,6 @@ pub struct HttpFigures {
     pub concurrency: usize,
     pub mean_bytes: usize,
     pub per_s: f64,
-}
-
-fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BenchError {
-    move |e| BenchError::Step {
-        what,
-        message: e.to_string(),
-    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {

@@ -201,7 +201,7 @@ pub enum DeliveriesCommand {
         registry: Option<String>,
         /// Only this status.
         #[arg(long, value_enum)]
-        status: Option<crate::dispatcher::state::Status>,
+        status: Option<crate::records::DeliveryStatus>,
         /// NDJSON instead of a table.
         #[arg(long)]
         json: bool,

@@ -6,8 +6,9 @@ use std::io::Write;
 
 use super::args::NatsArgs;
 use super::{CliError, Exit, progress_bar, report_failure, settings_or_report, with_nats};
-use crate::dispatcher::state::{OrderDeliveries, Status};
+use crate::dispatcher::state::OrderDeliveries;
 use crate::dispatcher::status::{ListFilter, RedeliverOutcome, list_deliveries, request_redeliver};
+use crate::records::DeliveryStatus;
 
 /// `ledgerline redeliver`: exit 0 when requested, 1 when nothing is
 /// dead-lettered for the order.
@@ -50,7 +51,7 @@ pub fn redeliver(nats: &NatsArgs, registry: &str, order: &str) -> Result<Exit, C
 pub fn list(
     nats: &NatsArgs,
     registry: Option<String>,
-    status: Option<Status>,
+    status: Option<DeliveryStatus>,
     json: bool,
 ) -> Result<Exit, CliError> {
     let Some(settings) = settings_or_report(nats.settings()) else {
@@ -77,14 +78,14 @@ pub fn list(
         write_table(&mut out, &rows)?;
     }
     out.flush()?;
-    let count = |s: Status| rows.iter().filter(|r| r.status == s).count();
+    let count = |s: DeliveryStatus| rows.iter().filter(|r| r.status == s).count();
     eprintln!(
         "deliveries: {} (registry, order) pairs: {} delivered, {} pending, {} retrying, {} dead",
         rows.len(),
-        count(Status::Delivered),
-        count(Status::Pending),
-        count(Status::Retrying),
-        count(Status::Dead)
+        count(DeliveryStatus::Delivered),
+        count(DeliveryStatus::Pending),
+        count(DeliveryStatus::Retrying),
+        count(DeliveryStatus::Dead)
     );
     Ok(Exit::Success)
 }

@@ -111,14 +111,22 @@ pub enum DemoError {
     Streams(#[from] streams::NatsError),
     #[error("demo configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{what}: {source}")]
+    Step {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A step ran but did not see what it waited for.
     #[error("{what}: {message}")]
-    Step { what: &'static str, message: String },
+    Unmet { what: &'static str, message: String },
 }
 
-fn step(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> DemoError {
+/// The error of a demo step, naming it and keeping what failed.
+fn step<E: Into<async_nats::Error>>(what: &'static str) -> impl Fn(E) -> DemoError {
     move |e| DemoError::Step {
         what,
-        message: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -129,7 +137,7 @@ async fn start_receiver(
     shutdown: CancellationToken,
 ) -> Result<Served, DemoError> {
     let receiver = Receiver::new(secret, FailureMode::default())
-        .map_err(|e| step("starting the receiver")(&e))?
+        .map_err(step("starting the receiver"))?
         .with_status_reply(status_reply);
     let mut router: Router = receiver.router();
     if with_token_endpoint {
@@ -148,14 +156,14 @@ async fn start_receiver(
     receiver
         .serve_on_loopback(router, shutdown.cancelled_owned())
         .await
-        .map_err(|e| step("binding a receiver port")(&e))
+        .map_err(step("binding a receiver port"))
 }
 
 fn free_port() -> Result<u16, DemoError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| step("finding a free port")(&e))
+        .map_err(step("finding a free port"))
 }
 
 /// The demo's configuration: three registries on loopback.
@@ -312,7 +320,7 @@ async fn settle(
             stable = 0;
         }
         if started.elapsed() > SETTLE_LIMIT {
-            return Err(DemoError::Step {
+            return Err(DemoError::Unmet {
                 what: "waiting for deliveries",
                 message: format!(
                     "{} of {} postings delivered after {SETTLE_LIMIT:?}",
@@ -375,7 +383,7 @@ pub async fn run_demo(
     let ledger = js
         .get_stream(LEDGER_STREAM)
         .await
-        .map_err(|e| step("reading LEDGER")(&e))?;
+        .map_err(step("reading LEDGER"))?;
     let stop_service = CancellationToken::new();
     let service = tokio::spawn(crate::service::run(
         settings.clone(),
@@ -410,7 +418,7 @@ pub async fn run_demo(
         },
     )
     .await
-    .map_err(|e| step("publishing the dataset")(&e))?;
+    .map_err(step("publishing the dataset"))?;
     signed
         .receiver
         .set_failure(FailureMode {
@@ -418,7 +426,7 @@ pub async fn run_demo(
             share: 0.5,
             ..FailureMode::default()
         })
-        .map_err(|e| step("injecting failures")(&e))?;
+        .map_err(step("injecting failures"))?;
     p.stage = "publishing (receiver failing half the requests)".to_owned();
     let s2 = crate::publish::publish(
         &client,
@@ -432,12 +440,12 @@ pub async fn run_demo(
         },
     )
     .await
-    .map_err(|e| step("publishing the dataset")(&e))?;
+    .map_err(step("publishing the dataset"))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     signed
         .receiver
         .set_failure(FailureMode::default())
-        .map_err(|e| step("ending the failure burst")(&e))?;
+        .map_err(step("ending the failure burst"))?;
 
     p.stage = "delivering".to_owned();
     settle(&ledger, &mut progress, &mut p).await?;
@@ -454,7 +462,7 @@ pub async fn run_demo(
             share: 1.0,
             ..FailureMode::default()
         })
-        .map_err(|e| step("refusing at the accept receiver")(&e))?;
+        .map_err(step("refusing at the accept receiver"))?;
     let (order_id, extra) = dataset::one_more_update(&lines);
     crate::publish::publish(
         &client,
@@ -465,11 +473,11 @@ pub async fn run_demo(
         |_| {},
     )
     .await
-    .map_err(|e| step("publishing the extra update")(&e))?;
+    .map_err(step("publishing the extra update"))?;
     let waited = Instant::now();
     while count(&ledger, "ledger.alerts.>").await <= alerts_before {
         if waited.elapsed() > Duration::from_secs(30) {
-            return Err(DemoError::Step {
+            return Err(DemoError::Unmet {
                 what: "waiting for the dead letter",
                 message: "no alert after 30 s".to_owned(),
             });
@@ -479,30 +487,29 @@ pub async fn run_demo(
     accept
         .receiver
         .set_failure(FailureMode::default())
-        .map_err(|e| step("restoring the accept receiver")(&e))?;
+        .map_err(step("restoring the accept receiver"))?;
     crate::dispatcher::status::request_redeliver(&js, "erp-accept", &order_id)
         .await
-        .map_err(|e| step("redelivering")(&e))?;
+        .map_err(step("redelivering"))?;
     p.stage = "delivering the redelivered posting".to_owned();
     settle(&ledger, &mut progress, &mut p).await?;
 
     // Export.
     p.stage = "exporting".to_owned();
     progress(&p);
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| step("creating the output folder")(&e))?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(step("creating the output folder"))?;
     let csv = opts.out_dir.join("ledger.csv");
     let beancount = opts.out_dir.join("ledger.beancount");
     let mut export_opts = crate::export::ExportOptions::default();
-    let file = std::fs::File::create(&csv).map_err(|e| step("writing ledger.csv")(&e))?;
+    let file = std::fs::File::create(&csv).map_err(step("writing ledger.csv"))?;
     let report = crate::export::export(&client, &export_opts, std::io::BufWriter::new(file))
         .await
-        .map_err(|e| step("exporting CSV")(&e))?;
+        .map_err(step("exporting CSV"))?;
     export_opts.format = crate::export::Format::Beancount;
-    let file =
-        std::fs::File::create(&beancount).map_err(|e| step("writing ledger.beancount")(&e))?;
+    let file = std::fs::File::create(&beancount).map_err(step("writing ledger.beancount"))?;
     crate::export::export(&client, &export_opts, std::io::BufWriter::new(file))
         .await
-        .map_err(|e| step("exporting beancount")(&e))?;
+        .map_err(step("exporting beancount"))?;
     let bean_check = match bean_check() {
         Some(bin) => Some(
             tokio::process::Command::new(bin)
@@ -526,7 +533,7 @@ pub async fn run_demo(
         |_, _| {},
     )
     .await
-    .map_err(|e| step("verifying")(&e))?;
+    .map_err(step("verifying"))?;
 
     // Count what happened, from the streams.
     let outcomes = attempt_outcomes(&ledger).await;

@@ -324,15 +324,25 @@ pub fn consumer_config(registry_id: &str, ack_wait: Duration) -> consumer::pull:
     }
 }
 
+/// A registry's consumer could not be opened (it is retried with a
+/// backoff).
+#[derive(Debug, thiserror::Error)]
+enum OpenConsumerError {
+    #[error("cannot create consumer: {0}")]
+    Create(#[source] async_nats::jetstream::stream::ConsumerError),
+    #[error("cannot pull: {0}")]
+    Pull(#[source] consumer::StreamError),
+}
+
 async fn open_messages(
     shared: &Shared,
     registry_id: &str,
-) -> Result<consumer::pull::Stream, String> {
+) -> Result<consumer::pull::Stream, OpenConsumerError> {
     let consumer: consumer::PullConsumer = shared
         .ledger
         .create_consumer(consumer_config(registry_id, shared.ack_wait))
         .await
-        .map_err(|e| format!("cannot create consumer: {e}"))?;
+        .map_err(OpenConsumerError::Create)?;
     consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
@@ -340,7 +350,7 @@ async fn open_messages(
         .expires(Duration::from_secs(30))
         .messages()
         .await
-        .map_err(|e| format!("cannot pull: {e}"))
+        .map_err(OpenConsumerError::Pull)
 }
 
 /// One registry: its consumer, and a worker per order with work.

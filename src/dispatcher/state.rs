@@ -20,13 +20,18 @@
 //! registry_data of n − 1: a stale read can at worst send a posting again
 //! (or try a dead-lettered one once more) with its same key and body, never
 //! another body, never skip one.
+//!
+//! [`OrderDeliveries`] is the one summary of an order's deliveries (a row of
+//! `deliveries list` and the admin API), and [`Progress::posting_status`]
+//! says where each posting stands, both in the one status model,
+//! [`DeliveryStatus`].
 
 use async_nats::jetstream::stream::Stream;
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::records::{AttemptOutcome, DeliveryRecord, RegistryDataRecord};
+use crate::records::{AttemptOutcome, DeliveryRecord, DeliveryStatus, RegistryDataRecord};
 use crate::streams::subjects;
 
 /// Header on registry_data records: the LEDGER stream sequence of the
@@ -227,6 +232,26 @@ impl Progress {
         }
     }
 
+    /// Where posting `seq` of the order stands: delivered up to
+    /// `delivered_seq`, then the next one as [`Progress::current`] says,
+    /// then held behind it if it is dead, else pending.
+    pub fn posting_status(&self, seq: u64) -> DeliveryStatus {
+        let current = self.current();
+        if seq <= self.delivered_seq {
+            DeliveryStatus::Delivered
+        } else if seq == self.next_seq() {
+            match current {
+                Current::Fresh => DeliveryStatus::Pending,
+                Current::Retrying { .. } => DeliveryStatus::Retrying,
+                Current::Dead { .. } => DeliveryStatus::Dead,
+            }
+        } else if matches!(current, Current::Dead { .. }) {
+            DeliveryStatus::Held
+        } else {
+            DeliveryStatus::Pending
+        }
+    }
+
     /// The number of the next attempt of posting `next_seq` (global, and in
     /// its round). Saturating: the counts come from stored records.
     pub fn next_attempt_numbers(&self) -> (u32, u32) {
@@ -242,37 +267,12 @@ impl Progress {
     }
 }
 
-/// What `deliveries list` shows per (registry, order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Every posting delivered.
-    Delivered,
-    /// Postings wait for their first attempt.
-    Pending,
-    /// A posting failed and will be retried.
-    Retrying,
-    /// A posting is dead-lettered; later ones are held.
-    Dead,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Delivered => "delivered",
-            Status::Pending => "pending",
-            Status::Retrying => "retrying",
-            Status::Dead => "dead",
-        }
-    }
-}
-
 /// One (registry, order) as `deliveries list` and the admin API show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OrderDeliveries {
     pub registry_id: String,
     pub order_id: String,
-    pub status: Status,
+    pub status: DeliveryStatus,
     /// Postings stored for the order.
     pub postings: u64,
     /// Postings delivered.
@@ -301,7 +301,7 @@ impl OrderDeliveries {
         let mut out = OrderDeliveries {
             registry_id: progress.registry_id.clone(),
             order_id: progress.order_id.clone(),
-            status: Status::Pending,
+            status: DeliveryStatus::Pending,
             postings,
             delivered: progress.delivered_seq.min(postings),
             held: 0,
@@ -312,7 +312,7 @@ impl OrderDeliveries {
             next_attempt_at: None,
         };
         if progress.delivered_seq >= postings {
-            out.status = Status::Delivered;
+            out.status = DeliveryStatus::Delivered;
             return out;
         }
         let last = progress
@@ -330,11 +330,11 @@ impl OrderDeliveries {
             Current::Retrying {
                 next_attempt_at, ..
             } => {
-                out.status = Status::Retrying;
+                out.status = DeliveryStatus::Retrying;
                 out.next_attempt_at = Some(next_attempt_at);
             }
             Current::Dead { .. } => {
-                out.status = Status::Dead;
+                out.status = DeliveryStatus::Dead;
                 out.held = postings.saturating_sub(progress.next_seq());
             }
         }
@@ -380,8 +380,11 @@ mod tests {
     fn the_last_records_say_where_an_order_stands() {
         let p = progress(1, Some(record(1, 1, AttemptOutcome::Delivered)));
         assert_eq!(p.current(), Current::Fresh);
-        assert_eq!(OrderDeliveries::new(&p, 1).status, Status::Delivered);
-        assert_eq!(OrderDeliveries::new(&p, 3).status, Status::Pending);
+        assert_eq!(
+            OrderDeliveries::new(&p, 1).status,
+            DeliveryStatus::Delivered
+        );
+        assert_eq!(OrderDeliveries::new(&p, 3).status, DeliveryStatus::Pending);
 
         let p = progress(1, Some(record(2, 3, AttemptOutcome::Retrying)));
         assert!(matches!(
@@ -393,7 +396,11 @@ mod tests {
         let s = OrderDeliveries::new(&p, 2);
         assert_eq!(
             (s.status, s.attempts, s.failing_seq),
-            (Status::Retrying, 3, Some(2))
+            (DeliveryStatus::Retrying, 3, Some(2))
+        );
+        assert_eq!(
+            (p.posting_status(2), p.posting_status(3)),
+            (DeliveryStatus::Retrying, DeliveryStatus::Pending)
         );
 
         let p = progress(1, Some(record(2, 4, AttemptOutcome::Dead)));
@@ -410,7 +417,16 @@ mod tests {
             "a redelivery starts a new round"
         );
         let s = OrderDeliveries::new(&p, 5);
-        assert_eq!((s.status, s.held), (Status::Dead, 3));
+        assert_eq!((s.status, s.held), (DeliveryStatus::Dead, 3));
+        assert_eq!(
+            (1..=4).map(|n| p.posting_status(n)).collect::<Vec<_>>(),
+            [
+                DeliveryStatus::Delivered,
+                DeliveryStatus::Dead,
+                DeliveryStatus::Held,
+                DeliveryStatus::Held
+            ]
+        );
     }
 
     /// Found with the `records` fuzz target (an input made for its
@@ -425,7 +441,10 @@ mod tests {
         );
         assert_eq!(p.next_seq(), u64::MAX);
         assert_eq!(p.current(), Current::Fresh);
-        assert_eq!(OrderDeliveries::new(&p, 7).status, Status::Delivered);
+        assert_eq!(
+            OrderDeliveries::new(&p, 7).status,
+            DeliveryStatus::Delivered
+        );
 
         let p = progress(1, Some(record(2, u32::MAX, AttemptOutcome::Retrying)));
         assert_eq!(p.next_attempt_numbers(), (u32::MAX, u32::MAX));

@@ -8,8 +8,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::state::{Current, OrderDeliveries, Progress, StateError, Status};
-use crate::records::{ControlRecord, StoredPosting};
+use super::state::{Current, OrderDeliveries, Progress, StateError};
+use crate::records::{ControlRecord, DeliveryStatus, StoredPosting};
 use crate::streams::{H_KIND, LEDGER_STREAM, subjects};
 
 /// Reading or writing LEDGER failed.
@@ -22,7 +22,9 @@ pub enum StatusError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot publish the redeliver request: {0}")]
-    Publish(String),
+    Encode(#[source] serde_json::Error),
+    #[error("cannot publish the redeliver request: {0}")]
+    Publish(#[source] async_nats::jetstream::context::PublishError),
     #[error("{0:?} is not a valid registry or order id")]
     BadId(String),
 }
@@ -31,7 +33,7 @@ pub enum StatusError {
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub registry: Option<String>,
-    pub status: Option<Status>,
+    pub status: Option<DeliveryStatus>,
 }
 
 fn valid_token(s: &str) -> bool {
@@ -100,7 +102,7 @@ pub enum RedeliverOutcome {
         held: u64,
     },
     /// Nothing is dead-lettered for this (registry, order).
-    NotDead { status: Status },
+    NotDead { status: DeliveryStatus },
     /// No postings for this (registry, order).
     Unknown,
 }
@@ -151,7 +153,7 @@ pub async fn request_redeliver(
         seq,
         at: OffsetDateTime::now_utc(),
     };
-    let payload = serde_json::to_vec(&record).map_err(|e| StatusError::Publish(e.to_string()))?;
+    let payload = serde_json::to_vec(&record).map_err(StatusError::Encode)?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(H_KIND, "control");
     headers.insert(
@@ -160,9 +162,9 @@ pub async fn request_redeliver(
     );
     js.publish_with_headers(subjects::control(registry, order), headers, payload.into())
         .await
-        .map_err(|e| StatusError::Publish(e.to_string()))?
+        .map_err(StatusError::Publish)?
         .await
-        .map_err(|e| StatusError::Publish(e.to_string()))?;
+        .map_err(StatusError::Publish)?;
     Ok(RedeliverOutcome::Requested {
         seq,
         idempotency_key: crate::posting::idempotency_key(registry, order, seq),

@@ -29,16 +29,18 @@ use crate::streams::{H_KIND, subjects};
 /// Why a sweep could not finish (it is tried again at the next interval).
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    #[error("cannot read the delivery records of registry {registry_id}: {message}")]
+    #[error("cannot read the delivery records of registry {registry_id}: {source}")]
     Read {
         registry_id: String,
-        message: String,
+        #[source]
+        source: async_nats::Error,
     },
-    #[error("cannot wake {registry_id}/{order_id}: {message}")]
+    #[error("cannot wake {registry_id}/{order_id}: {source}")]
     Wake {
         registry_id: String,
         order_id: String,
-        message: String,
+        #[source]
+        source: async_nats::Error,
     },
 }
 
@@ -59,9 +61,9 @@ pub(crate) async fn sweep_registry(
     grace: Duration,
     now: OffsetDateTime,
 ) -> Result<SweepReport, SweepError> {
-    let read_err = |e: &dyn std::fmt::Display| SweepError::Read {
+    let read_err = |e: async_nats::Error| SweepError::Read {
         registry_id: registry_id.to_owned(),
-        message: e.to_string(),
+        source: e,
     };
     let mut consumer = shared
         .ledger
@@ -71,17 +73,23 @@ pub(crate) async fn sweep_registry(
             ..Default::default()
         })
         .await
-        .map_err(|e| read_err(&e))?;
+        .map_err(|e| read_err(e.into()))?;
     let mut report = SweepReport::default();
-    if consumer.info().await.map_err(|e| read_err(&e))?.num_pending == 0 {
+    if consumer
+        .info()
+        .await
+        .map_err(|e| read_err(e.into()))?
+        .num_pending
+        == 0
+    {
         return Ok(report);
     }
     let overdue_before = now - grace;
     let mut candidates = Vec::new();
-    let mut messages = consumer.messages().await.map_err(|e| read_err(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| read_err(e.into()))?;
     while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| read_err(&e))?;
-        let left = msg.info().map_err(|e| read_err(&e))?.pending;
+        let msg = msg.map_err(|e| read_err(e.into()))?;
+        let left = msg.info().map_err(read_err)?.pending;
         report.orders += 1;
         // An unreadable record is the dispatcher's to report; skip it here.
         if let Ok(r) = serde_json::from_slice::<DeliveryRecord>(&msg.payload)
@@ -97,7 +105,7 @@ pub(crate) async fn sweep_registry(
     for order_id in candidates {
         let p = Progress::load(&shared.ledger, registry_id, &order_id)
             .await
-            .map_err(|e| read_err(&e))?;
+            .map_err(|e| read_err(e.into()))?;
         let Current::Retrying {
             next_attempt_at, ..
         } = p.current()
@@ -126,10 +134,10 @@ async fn wake(
     seq: u64,
     now: OffsetDateTime,
 ) -> Result<(), SweepError> {
-    let err = |e: &dyn std::fmt::Display| SweepError::Wake {
+    let err = |e: async_nats::Error| SweepError::Wake {
         registry_id: registry_id.to_owned(),
         order_id: order_id.to_owned(),
-        message: e.to_string(),
+        source: e,
     };
     let record = ControlRecord::Wake {
         registry_id: registry_id.to_owned(),
@@ -137,7 +145,7 @@ async fn wake(
         seq,
         at: now,
     };
-    let payload = serde_json::to_vec(&record).map_err(|e| err(&e))?;
+    let payload = serde_json::to_vec(&record).map_err(|e| err(e.into()))?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(H_KIND, "control");
     shared
@@ -148,8 +156,8 @@ async fn wake(
             payload.into(),
         )
         .await
-        .map_err(|e| err(&e))?
+        .map_err(|e| err(e.into()))?
         .await
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(e.into()))?;
     Ok(())
 }

@@ -54,8 +54,8 @@ use time::Date;
 use crate::ledger::EntryType;
 use crate::registry::Column;
 
-use super::delivery::DeliveryStatus;
 use super::{ExportError, Row, Sink, timestamp};
+use crate::records::DeliveryStatus;
 
 /// The account root and name of an entry type.
 pub fn account_base(t: EntryType) -> (&'static str, &'static str) {

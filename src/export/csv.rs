@@ -118,7 +118,7 @@ impl<W: Write> CsvSink<W> {
     pub fn into_inner(self) -> Result<W, ExportError> {
         self.out
             .into_inner()
-            .map_err(|e| ExportError::Io(std::io::Error::other(e.to_string())))
+            .map_err(|e| ExportError::Io(e.into_error()))
     }
 }
 

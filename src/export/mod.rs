@@ -44,7 +44,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::posting::Posting;
 use crate::streams::{LEDGER_STREAM, subjects};
 
-use delivery::{DeliveryLookup, SeqDelivery};
+use crate::records::SeqDelivery;
+use delivery::DeliveryLookup;
 use summary::{RunStats, Summary};
 
 /// Delivery lookups in flight while rows are written in order: enough to
@@ -111,8 +112,12 @@ pub enum ExportError {
     },
     #[error("no posting arrived for {0:?} while more were pending")]
     Stalled(Duration),
-    #[error("reading delivery records on {subject}: {message}")]
-    DirectGet { subject: String, message: String },
+    #[error("reading delivery records on {subject}: {source}")]
+    DirectGet {
+        subject: String,
+        #[source]
+        source: crate::streams::direct::DirectGetError,
+    },
     #[error("{LEDGER_STREAM} message {stream_seq} on {subject} cannot be read: {source}")]
     Decode {
         stream_seq: u64,

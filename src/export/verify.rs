@@ -80,10 +80,11 @@ impl std::fmt::Display for VerifyReport {
 pub enum VerifyError {
     #[error(transparent)]
     Streams(#[from] streams::NatsError),
-    #[error("reading {stream}: {message}")]
+    #[error("reading {stream}: {source}")]
     Read {
         stream: &'static str,
-        message: String,
+        #[source]
+        source: async_nats::Error,
     },
 }
 
@@ -238,9 +239,9 @@ async fn read_all(
     filter: &str,
     mut f: impl FnMut(&str, u64, &[u8]),
 ) -> Result<(), VerifyError> {
-    let err = |e: &dyn std::fmt::Display| VerifyError::Read {
+    let err = |e: async_nats::Error| VerifyError::Read {
         stream: name,
-        message: e.to_string(),
+        source: e,
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
@@ -249,16 +250,20 @@ async fn read_all(
             ..Default::default()
         })
         .await
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(e.into()))?;
     let mut consumer = consumer;
-    let pending = consumer.info().await.map_err(|e| err(&e))?.num_pending;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| err(e.into()))?
+        .num_pending;
     if pending == 0 {
         return Ok(());
     }
-    let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| err(e.into()))?;
     while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| err(&e))?;
-        let info = msg.info().map_err(|e| err(&e))?;
+        let msg = msg.map_err(|e| err(e.into()))?;
+        let info = msg.info().map_err(err)?;
         let (seq, left) = (info.stream_sequence, info.pending);
         f(msg.subject.as_str(), seq, &msg.payload);
         if left == 0 {

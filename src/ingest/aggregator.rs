@@ -122,13 +122,23 @@ pub enum AggregatorError {
     #[error(transparent)]
     Streams(#[from] streams::NatsError),
     #[error("cannot create the {CONSUMER} consumer on ORDERS: {0}")]
-    Consumer(String),
+    Consumer(#[source] async_nats::jetstream::stream::ConsumerError),
 }
 
 /// A failure worth retrying (NATS unreachable, a timeout, a race).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Transient(String);
+enum Transient {
+    /// A step failed; `what` names it.
+    #[error("{what}: {source}")]
+    Failed {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// Another writer moved the order on: rebuild and try again.
+    #[error("{0}")]
+    MovedOn(String),
+}
 
 /// Why an event was not handled yet.
 #[derive(Debug, thiserror::Error)]
@@ -139,12 +149,28 @@ enum LaneError {
     /// A stored posting of the order cannot be read: retrying cannot help,
     /// so the event is recorded on `ledger.rejected.internal` and acked,
     /// and the lane goes on with other orders.
-    #[error("{0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Corrupt(CorruptPosting),
 }
 
-fn transient(what: &str, e: impl std::fmt::Display) -> Transient {
-    Transient(format!("{what}: {e}"))
+/// The last stored posting of an order cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({source}); \
+     this order's postings cannot go on until it is repaired"
+)]
+struct CorruptPosting {
+    subject: String,
+    stream_seq: u64,
+    #[source]
+    source: serde_json::Error,
+}
+
+fn transient(what: &'static str, e: impl Into<async_nats::Error>) -> Transient {
+    Transient::Failed {
+        what,
+        source: e.into(),
+    }
 }
 
 /// Runs until `shutdown` fires; then stops reading, finishes the event each
@@ -175,7 +201,7 @@ pub async fn run_aggregator(
             },
         )
         .await
-        .map_err(|e| AggregatorError::Consumer(e.to_string()))?;
+        .map_err(AggregatorError::Consumer)?;
 
     let shared = Arc::new(Shared {
         js: js.clone(),
@@ -782,7 +808,7 @@ impl Lane {
                     }
                     Ok(last.sequence)
                 } else {
-                    Err(Transient(format!(
+                    Err(Transient::MovedOn(format!(
                         "{subject} moved on (last posting seq {} from event #{}); rebuilding",
                         found.posting.seq, found.source_seq
                     ))
@@ -795,7 +821,11 @@ impl Lane {
 
     /// Records an event that cannot be posted because a stored posting of
     /// its order is unreadable (`ledger.rejected.internal`, reason named).
-    async fn reject_corrupt(&mut self, msg: &Message, why: &str) -> Result<(), Transient> {
+    async fn reject_corrupt(
+        &mut self,
+        msg: &Message,
+        why: &CorruptPosting,
+    ) -> Result<(), Transient> {
         let seq = msg
             .info()
             .map_err(|e| transient("reading message info", e))?
@@ -808,7 +838,7 @@ impl Lane {
             reason: RejectReason::Internal,
             event_id,
             field: String::new(),
-            message: why.to_owned(),
+            message: why.to_string(),
         };
         self.reject(&msg.subject, &msg.payload, seq, &r).await
     }
@@ -887,11 +917,12 @@ fn parse_stored(
     subject: &str,
     stream_seq: u64,
 ) -> Result<StoredPosting, LaneError> {
-    serde_json::from_slice(payload).map_err(|e| {
-        error!(subject, stream_seq, error = %e, "unreadable posting in LEDGER");
-        LaneError::Corrupt(format!(
-            "not posted: the last posting on {subject} (#{stream_seq}) is unreadable ({e}); \
-             this order's postings cannot go on until it is repaired"
-        ))
+    serde_json::from_slice(payload).map_err(|source| {
+        error!(subject, stream_seq, error = %source, "unreadable posting in LEDGER");
+        LaneError::Corrupt(CorruptPosting {
+            subject: subject.to_owned(),
+            stream_seq,
+            source,
+        })
     })
 }

@@ -80,11 +80,12 @@ pub enum PublishError {
         #[source]
         source: std::io::Error,
     },
-    #[error("publishing line {line} to {subject}: {message}")]
+    #[error("publishing line {line} to {subject}: {source}")]
     Nats {
         line: u64,
         subject: String,
-        message: String,
+        #[source]
+        source: async_nats::jetstream::context::PublishError,
     },
     #[error(transparent)]
     Streams(#[from] streams::NatsError),
@@ -205,10 +206,10 @@ pub async fn publish(
         let fut = js
             .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| PublishError::Nats {
+            .map_err(|source| PublishError::Nats {
                 line: line_no,
                 subject: subject.clone(),
-                message: e.to_string(),
+                source,
             })?;
         window.push_back((line_no, subject, fut));
         if window.len() >= ACK_WINDOW {
@@ -250,10 +251,10 @@ async fn settle(
     let Some((line, subject, fut)) = item else {
         return Ok(());
     };
-    let ack = fut.await.map_err(|e| PublishError::Nats {
+    let ack = fut.await.map_err(|source| PublishError::Nats {
         line,
         subject: subject.clone(),
-        message: e.to_string(),
+        source,
     })?;
     // Refusals are counted when found; only input subjects count here.
     if !subject.starts_with("ledger.") {

@@ -50,7 +50,7 @@ pub const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("cannot open the {BUCKET} bucket: {0}")]
-    Bucket(String),
+    Bucket(#[source] jetstream::context::CreateKeyValueError),
     #[error("the lease TTL {ttl:?} is too short: it must be at least {min:?}")]
     TtlTooShort { ttl: Duration, min: Duration },
 }
@@ -146,7 +146,7 @@ pub async fn bucket(
                 ..Default::default()
             })
             .await
-            .map_err(|e| LeaseError::Bucket(e.to_string())),
+            .map_err(LeaseError::Bucket),
     }
 }
 

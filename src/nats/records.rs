@@ -3,6 +3,11 @@
 //! Every record is self-describing (registry, order, posting seq and
 //! idempotency key), so the stream alone answers an auditor: what was posted,
 //! what the receiver answered, every attempt and why it failed.
+//!
+//! It also holds the one model of where a posting stands with its receiver
+//! ([`DeliveryStatus`]) and the one fold of an order's delivery records into
+//! it, per posting ([`SeqDeliveries`]), used by the dispatcher's views, the
+//! export, the admin API and the CLI.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,6 +128,135 @@ pub struct DeliveryRecord {
     pub at: OffsetDateTime,
 }
 
+/// Where a posting (or, in `deliveries list`, an order) stands with its
+/// receiver: the one model of delivery status. Its words ([`Self::as_str`],
+/// and the same in JSON) are what users see in the export's
+/// `delivery_status` column, the admin API and the CLI.
+///
+/// Read for an order (`deliveries list --status`, the variants' docs are its
+/// help), a status is its first undelivered posting's; an order is never
+/// `held`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Every posting delivered.
+    Delivered,
+    /// Postings wait for their first attempt.
+    Pending,
+    /// A posting failed and will be retried.
+    Retrying,
+    /// A posting is dead-lettered; later ones are held.
+    Dead,
+    /// A posting waiting behind a dead-lettered one of its order.
+    #[value(skip)]
+    Held,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Held => "held",
+        }
+    }
+}
+
+impl From<AttemptOutcome> for DeliveryStatus {
+    fn from(o: AttemptOutcome) -> Self {
+        match o {
+            AttemptOutcome::Delivered => DeliveryStatus::Delivered,
+            AttemptOutcome::Retrying => DeliveryStatus::Retrying,
+            AttemptOutcome::Dead => DeliveryStatus::Dead,
+        }
+    }
+}
+
+/// What the delivery records of one posting add up to, folded in stream
+/// (attempt) order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqDelivery {
+    /// The last attempt's outcome, or `Pending` without any.
+    pub status: DeliveryStatus,
+    /// When the (last) successful attempt ended.
+    pub delivered_at: Option<OffsetDateTime>,
+    /// Number of attempts recorded (the export's `attempts` column).
+    pub attempts: u32,
+    /// The highest attempt number recorded (the admin API's `attempts`):
+    /// the dispatcher numbers attempts on across rounds, so this is the
+    /// count of attempts made even when a record was lost.
+    pub highest_attempt: u32,
+    /// The last attempt's HTTP status, when a response arrived.
+    pub http_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the last attempt said the next one is due.
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+impl SeqDelivery {
+    /// A posting without any attempt.
+    pub const PENDING: SeqDelivery = SeqDelivery {
+        status: DeliveryStatus::Pending,
+        delivered_at: None,
+        attempts: 0,
+        highest_attempt: 0,
+        http_status: None,
+        last_error: None,
+        next_attempt_at: None,
+    };
+
+    /// Applies the next attempt of this posting.
+    pub fn apply(&mut self, r: &DeliveryRecord) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.highest_attempt = self.highest_attempt.max(r.attempt);
+        self.status = r.outcome.into();
+        self.http_status = r.http_status;
+        self.last_error.clone_from(&r.error);
+        self.next_attempt_at = r.next_attempt_at;
+        if r.outcome == AttemptOutcome::Delivered {
+            self.delivered_at = Some(r.at);
+        }
+    }
+}
+
+/// Every posting's [`SeqDelivery`] for one (registry, order), by seq: a
+/// vector sorted by seq (an order has a handful of postings; a map's node
+/// would be ten times the size).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqDeliveries {
+    by_seq: Vec<(u64, SeqDelivery)>,
+}
+
+impl SeqDeliveries {
+    /// Folds the next record (in stream order) in.
+    pub fn apply(&mut self, r: &DeliveryRecord) {
+        let i = match self.by_seq.binary_search_by_key(&r.seq, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                self.by_seq.insert(i, (r.seq, SeqDelivery::PENDING));
+                i
+            }
+        };
+        self.by_seq[i].1.apply(r);
+    }
+
+    /// The state of posting `seq`: pending when nothing was recorded.
+    pub fn get(&self, seq: u64) -> SeqDelivery {
+        match self.by_seq.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) => self.by_seq[i].1.clone(),
+            Err(_) => SeqDelivery::PENDING,
+        }
+    }
+
+    /// Gives back the room kept for more postings (for a long-lived copy).
+    pub fn shrink_to_fit(&mut self) {
+        self.by_seq.shrink_to_fit();
+    }
+}
+
 /// Longest response excerpt kept in a delivery record.
 pub const RESPONSE_EXCERPT_MAX_BYTES: usize = 1024;
 
@@ -203,6 +337,95 @@ mod tests {
         let second: RegistryDataRecord = serde_json::from_slice(&written).unwrap();
         assert_eq!(second, first);
         assert_eq!(serde_json::to_vec(&second).unwrap(), written);
+    }
+
+    /// A record as the dispatcher stores it (built from JSON so that fields
+    /// added to the record later do not break this test).
+    fn attempt(seq: u64, n: u32, outcome: AttemptOutcome, status: Option<u16>) -> DeliveryRecord {
+        let mut v = serde_json::json!({
+            "registry_id": "r", "order_id": "o", "seq": seq,
+            "idempotency_key": Uuid::nil(), "attempt": n, "outcome": outcome,
+            "duration_ms": 5, "at": "2026-11-22T10:00:00Z",
+        });
+        if let Some(s) = status {
+            v["http_status"] = s.into();
+        }
+        if outcome == AttemptOutcome::Retrying {
+            v["error"] = format!("attempt {n} failed").into();
+            v["next_attempt_at"] = "2026-11-22T10:05:00Z".into();
+        }
+        serde_json::from_value(v).expect("a valid delivery record")
+    }
+
+    #[test]
+    fn the_last_attempt_decides_the_status_and_every_attempt_counts() {
+        let mut d = SeqDeliveries::default();
+        d.apply(&attempt(1, 1, AttemptOutcome::Retrying, Some(503)));
+        d.apply(&attempt(1, 2, AttemptOutcome::Retrying, None));
+        d.apply(&attempt(1, 3, AttemptOutcome::Delivered, Some(200)));
+        d.apply(&attempt(2, 1, AttemptOutcome::Dead, Some(422)));
+        let one = d.get(1);
+        assert_eq!(one.status, DeliveryStatus::Delivered);
+        assert_eq!((one.attempts, one.highest_attempt), (3, 3));
+        assert_eq!(one.http_status, Some(200));
+        assert_eq!(one.delivered_at, Some(datetime!(2026-11-22 10:00:00 UTC)));
+        assert_eq!((one.last_error, one.next_attempt_at), (None, None));
+        let two = d.get(2);
+        assert_eq!(
+            (two.status, two.attempts, two.http_status, two.delivered_at),
+            (DeliveryStatus::Dead, 1, Some(422), None)
+        );
+        assert_eq!(d.get(3), SeqDelivery::PENDING);
+    }
+
+    #[test]
+    fn a_timed_out_last_attempt_leaves_http_status_empty_and_says_why() {
+        let mut s = SeqDelivery::PENDING;
+        s.apply(&attempt(1, 1, AttemptOutcome::Retrying, Some(500)));
+        s.apply(&attempt(1, 2, AttemptOutcome::Retrying, None));
+        assert_eq!(s.http_status, None);
+        assert_eq!(s.attempts, 2);
+        assert_eq!(s.last_error.as_deref(), Some("attempt 2 failed"));
+        assert_eq!(s.next_attempt_at, Some(datetime!(2026-11-22 10:05:00 UTC)));
+    }
+
+    /// Attempt numbers run on across rounds; a lost record leaves a gap.
+    #[test]
+    fn attempts_count_records_and_the_highest_number_is_kept_apart() {
+        let mut s = SeqDelivery::PENDING;
+        s.apply(&attempt(1, 4, AttemptOutcome::Retrying, Some(503)));
+        s.apply(&attempt(1, 2, AttemptOutcome::Retrying, Some(503)));
+        assert_eq!((s.attempts, s.highest_attempt), (2, 4));
+    }
+
+    /// The words users see (CSV `delivery_status`, API JSON, CLI tables).
+    #[test]
+    fn statuses_are_shown_by_the_same_words_everywhere() {
+        let all = [
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Pending,
+            DeliveryStatus::Retrying,
+            DeliveryStatus::Dead,
+            DeliveryStatus::Held,
+        ];
+        let words = all.map(DeliveryStatus::as_str);
+        assert_eq!(words, ["delivered", "pending", "retrying", "dead", "held"]);
+        assert_eq!(
+            serde_json::to_value(all).unwrap(),
+            serde_json::json!(words),
+            "JSON says the same words"
+        );
+        let cli: Vec<String> = <DeliveryStatus as clap::ValueEnum>::value_variants()
+            .iter()
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .filter(|v| !v.is_hide_set())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        assert_eq!(
+            cli,
+            ["delivered", "pending", "retrying", "dead"],
+            "an order is never held"
+        );
     }
 
     use crate::events::{EventType, OrderId};

@@ -18,7 +18,8 @@
 //! decision (see docs/operations.md). Duplicate windows are 10 minutes, well
 //! above the 2-minute minimum, to cover a producer retrying through a short
 //! outage. `allow_direct` is on so the last message of a subject (the last
-//! posting of an order) is one cheap request.
+//! posting of an order) is one cheap request, and every message of a
+//! subject a few batched ones ([`direct`]).
 
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 
 use crate::config::Config;
+
+pub mod direct;
 
 /// Name of the input stream.
 pub const ORDERS_STREAM: &str = "ORDERS";

@@ -32,8 +32,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use ledgerline::dispatcher::state::{OrderDeliveries, Status};
+use ledgerline::dispatcher::state::OrderDeliveries;
 use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
+use ledgerline::records::DeliveryStatus as Status;
 use ledgerline::secret::Secret;
 use ledgerline::streams::subjects;
 

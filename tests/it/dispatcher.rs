@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use ledgerline::config::Settings;
-use ledgerline::dispatcher::state::Status;
 use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
 use ledgerline::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
 use ledgerline::posting::Posting;
 use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
+use ledgerline::records::DeliveryStatus as Status;
 use ledgerline::records::{
     AlertRecord, AttemptOutcome, DeliveryRecord, RegistryDataRecord, StoredPosting,
 };

@@ -22,9 +22,10 @@ use time::format_description::well_known::Rfc3339;
 
 use ledgerline::config::Config;
 use ledgerline::export::csv::{HEADER, unescape_text};
-use ledgerline::export::delivery::{DeliveryStatus, fetch_order};
+use ledgerline::export::delivery::fetch_order;
 use ledgerline::export::{self, ExportOptions};
 use ledgerline::posting::{Posting, idempotency_key};
+use ledgerline::records::DeliveryStatus;
 use ledgerline::streams::{LEDGER_STREAM, subjects};
 
 use crate::support::{self, engine, process};
