@@ -248,9 +248,18 @@ query = {{ "tenant" = "eu" }}
     assert_eq!(postings.len(), 1);
     Publisher::new(&nats).publish(&postings).await;
     let d = start(&nats, &settings, |_| {});
-    support::eventually("the posting", Duration::from_secs(10), || async {
-        !rx.received().is_empty()
-    })
+    // Received, and its attempt and reply stored (written after the reply).
+    support::eventually(
+        "the posting and its records",
+        Duration::from_secs(10),
+        || async {
+            let attempts: Vec<DeliveryRecord> =
+                stored(&nats, "ledger.deliveries.reference.>").await;
+            let replies: Vec<RegistryDataRecord> =
+                stored(&nats, "ledger.registry_data.reference.>").await;
+            !rx.received().is_empty() && !attempts.is_empty() && !replies.is_empty()
+        },
+    )
     .await;
 
     // The body: exactly the hand-written expected bytes of the contract.
