@@ -18,8 +18,6 @@ use ledgerline::registry_store::{ChangedBy, StoredRegistry, check_batch, keep_st
 use ledgerline::secret::reveal_secrets;
 use serde_json::Value;
 
-/// Keys the admin API drops from a write body (they are read-only).
-const READ_ONLY: [&str; 4] = ["created_at", "updated_at", "changed_by", "invalid"];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, input)) = data.split_first() else {
@@ -64,18 +62,10 @@ fn config_toml(text: &str) {
 
 fn registry_json(bytes: &[u8]) {
     // As the admin API: a JSON object, optionally wrapped in {"registry": …}.
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(bytes) else {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(bytes) else {
         return;
     };
-    if obj.len() == 1
-        && let Some(Value::Object(_)) = obj.get("registry")
-        && let Some(Value::Object(inner)) = obj.remove("registry")
-    {
-        obj = inner;
-    }
-    for k in READ_ONLY {
-        obj.remove(k);
-    }
+    let mut obj = ledgerline::admin::registries::registry_object(obj);
     obj.remove("revision");
     let mut config = match serde_path_to_error::deserialize::<_, RegistryConfig>(Value::Object(obj))
     {

@@ -24,7 +24,7 @@ mod error;
 pub mod health;
 pub mod metrics;
 mod orders;
-mod registries;
+pub mod registries;
 
 use std::sync::Arc;
 use std::time::Duration;

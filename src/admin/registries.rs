@@ -91,15 +91,7 @@ fn parse_body(
             "the body must be a JSON object: a registry, or {\"registry\": {…}}",
         ));
     };
-    if obj.len() == 1
-        && let Some(Value::Object(_)) = obj.get("registry")
-        && let Some(Value::Object(inner)) = obj.remove("registry")
-    {
-        obj = inner;
-    }
-    for k in READ_ONLY {
-        obj.remove(k);
-    }
+    obj = registry_object(obj);
     let revision = match obj.remove("revision") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
@@ -256,6 +248,22 @@ pub(super) async fn history(
         "registry_id": id,
         "history": h.iter().map(history_view).collect::<Vec<_>>(),
     })))
+}
+
+/// A registry body as the admin API reads it: the object itself or
+/// `{"registry": {…}}`, with the read-only fields (timestamps, who changed
+/// it, `invalid`) dropped.
+pub fn registry_object(mut obj: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    if obj.len() == 1
+        && let Some(Value::Object(_)) = obj.get("registry")
+        && let Some(Value::Object(inner)) = obj.remove("registry")
+    {
+        obj = inner;
+    }
+    for k in READ_ONLY {
+        obj.remove(k);
+    }
+    obj
 }
 
 #[cfg(test)]

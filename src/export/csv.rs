@@ -40,16 +40,11 @@ use super::{ExportError, Row, Sink, timestamp};
 
 /// The group columns of the CSV, in header order: every column but
 /// `currency`, in [`Column::ALL`] order.
-pub const GROUP_COLUMNS: [Column; 7] = [
-    Column::Channel,
-    Column::ProductId,
-    Column::OptionId,
-    Column::UnitType,
-    Column::TaxRate,
-    Column::PaymentMethod,
-    Column::FeeKind,
-];
-
+pub const GROUP_COLUMNS: [Column; 7] = {
+    let [currency, rest @ ..] = Column::ALL;
+    assert!(matches!(currency, Column::Currency));
+    rest
+};
 /// The header row.
 pub const HEADER: [&str; 25] = [
     "posting_id",
