@@ -18,7 +18,6 @@ use ledgerline::registry_store::{ChangedBy, StoredRegistry, check_batch, keep_st
 use ledgerline::secret::reveal_secrets;
 use serde_json::Value;
 
-
 fuzz_target!(|data: &[u8]| {
     let Some((&which, input)) = data.split_first() else {
         return;
