@@ -8,7 +8,7 @@
 //! everything posted before (`delta`), with the idempotency key that stays the
 //! same across retries, restarts and replays. Pure: no I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 use rust_decimal::Decimal;
@@ -136,16 +136,24 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
 /// Zero differences are dropped. `None` when a difference overflows (only
 /// possible when `posted`, read back from LEDGER, is out of range).
 pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<Vec<GroupedEntry>> {
-    let mut posted_index: HashMap<&GroupKey, &GroupedEntry, RandomState> =
+    // Key → index of its last posted entry (the one a repeated key, only
+    // in a corrupt stored posting, is netted against).
+    let mut posted_index: HashMap<&GroupKey, usize, RandomState> =
         HashMap::with_capacity_and_hasher(posted.len(), RandomState::default());
-    posted_index.extend(posted.iter().map(|g| (&g.key, g)));
+    posted_index.extend(posted.iter().enumerate().map(|(i, g)| (&g.key, i)));
+    // Which of those a current group has: the rest are reversed below.
+    let mut in_current = vec![false; posted.len()];
     let mut out: Vec<GroupedEntry> = Vec::with_capacity(current.len());
     for c in current {
         let (quantity, amount) = match posted_index.get(&c.key) {
-            Some(p) => (
-                c.quantity.checked_sub(p.quantity)?,
-                c.amount.checked_sub(p.amount)?,
-            ),
+            Some(&i) => {
+                in_current[i] = true;
+                let p = &posted[i];
+                (
+                    c.quantity.checked_sub(p.quantity)?,
+                    c.amount.checked_sub(p.amount)?,
+                )
+            }
             None => (c.quantity, c.amount),
         };
         // Unchanged groups are dropped before their key is copied.
@@ -157,10 +165,11 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
             });
         }
     }
-    let mut current_keys: HashSet<&GroupKey, RandomState> =
-        HashSet::with_capacity_and_hasher(current.len(), RandomState::default());
-    current_keys.extend(current.iter().map(|c| &c.key));
-    for p in posted.iter().filter(|p| !current_keys.contains(&p.key)) {
+    for p in posted {
+        // Every posted entry is in the index, under its key's last index.
+        if posted_index.get(&p.key).is_some_and(|&i| in_current[i]) {
+            continue;
+        }
         out.push(GroupedEntry {
             key: p.key.clone(),
             quantity: p.quantity.checked_neg()?,
