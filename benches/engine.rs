@@ -1,6 +1,13 @@
 //! Engine throughput: one `order.updated` event → postings for 3 registries,
 //! for an order of 5 lines, 2 tax rates and 2 payments (the figure in BENCHMARKS.md).
 //! Pure CPU: parse, fold, ledger, group, delta, body rendering.
+//!
+//! `engine/event_to_3_postings_with_bodies` is the whole path; the `stage/…`
+//! benches time each step of it alone on the same event, so a change shows
+//! where it moved the time: parse (bytes → `Event`), fold
+//! (`OrderState::apply`), ledger (`derive`), grouping (`group`, the 3
+//! registries), build (the 3 postings: grouping, delta, keys), body
+//! serialisation (the 3 bodies) and signing (one body, HMAC-SHA256).
 
 use std::hint::black_box;
 
@@ -9,7 +16,8 @@ use serde_json::json;
 
 use ledgerline::engine::OrderBook;
 use ledgerline::events::{OrderId, parse_event};
-use ledgerline::ledger::LedgerOptions;
+use ledgerline::ledger::{LedgerOptions, derive};
+use ledgerline::posting::{build, group};
 use ledgerline::registry::{RegistryConfig, TargetPolicy};
 
 fn snapshot(version: u64, event_id: &str) -> Vec<u8> {
@@ -70,6 +78,75 @@ fn bench(c: &mut Criterion) {
             },
             BatchSize::SmallInput,
         )
+    });
+    g.finish();
+
+    // The stages, each on the state the whole path sees.
+    let event = parse_event(&update, Some("bench-order")).unwrap();
+    let mut folded = book.state.clone();
+    folded.apply(&event).unwrap();
+    let ledger = derive(&folded, &opts).unwrap();
+    let postings = book.clone().apply(&event, &registries, &opts).unwrap();
+    let bodies: Vec<Vec<u8>> = postings
+        .iter()
+        .map(|p| serde_json::to_vec(&p.body(&serde_json::Value::Null)).unwrap())
+        .collect();
+    let key = [7u8; 32];
+
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse", |b| {
+        b.iter(|| parse_event(black_box(&update), Some("bench-order")).unwrap())
+    });
+    g.bench_function("fold", |b| {
+        b.iter_batched(
+            || book.state.clone(),
+            |mut state| {
+                state.apply(black_box(&event)).unwrap();
+                state
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("ledger", |b| {
+        b.iter(|| derive(black_box(&folded), &opts).unwrap())
+    });
+    g.bench_function("grouping_3_registries", |b| {
+        b.iter(|| {
+            registries
+                .iter()
+                .map(|r| group(black_box(&ledger), r))
+                .collect::<Vec<_>>()
+        })
+    });
+    g.bench_function("build_3_postings", |b| {
+        b.iter(|| {
+            registries
+                .iter()
+                .map(|r| {
+                    let cursor = &book.cursors[r.id()];
+                    build(r, black_box(&event), &ledger, cursor).unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    g.bench_function("body_serialisation_3_postings", |b| {
+        b.iter(|| {
+            black_box(&postings)
+                .iter()
+                .map(|p| serde_json::to_vec(&p.body(&serde_json::Value::Null)).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    g.bench_function("signing_1_body", |b| {
+        b.iter(|| {
+            ledgerline::signing::sign(
+                &key,
+                "0b6c4a5e-5f7a-5d55-9f1e-3f4c2b1a0d9e",
+                1_795_000_000,
+                black_box(&bodies[0]),
+            )
+        })
     });
     g.finish();
 }

@@ -69,8 +69,10 @@ impl OrderBook {
             if posted(r.id()) {
                 continue;
             }
-            let cursor = self.cursors.get(r.id()).cloned().unwrap_or_default();
-            let (posting, next) = build(r, event, &ledger, &cursor)?;
+            let (posting, next) = match self.cursors.get(r.id()) {
+                Some(cursor) => build(r, event, &ledger, cursor)?,
+                None => build(r, event, &ledger, &Cursor::default())?,
+            };
             crate::posting::check_size(&posting).map_err(|mut rejection| {
                 rejection.event_id = Some(event.event_id.clone());
                 rejection
@@ -100,8 +102,8 @@ impl OrderBook {
         registries: &[Registry],
         opts: &LedgerOptions,
     ) -> Result<Vec<Posting>, ApplyError> {
-        let plan = self.plan(event, registries, opts, |_| false)?;
-        let postings = plan.postings.clone();
+        let mut plan = self.plan(event, registries, opts, |_| false)?;
+        let postings = std::mem::take(&mut plan.postings);
         self.commit(plan);
         Ok(postings)
     }

@@ -10,15 +10,16 @@
 //! Rules that need the order's history (stale versions, duplicate event ids,
 //! a payment in another currency than the order) live in [`crate::order`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Number;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::money::{Currency, DecimalError, decimal_from_json};
+use crate::money::{Currency, DecimalError, parse_decimal_str};
 
 /// Largest message accepted, in bytes (SPEC 1). Bigger ones are rejected
 /// before parsing so a hostile producer cannot make us allocate without bound.
@@ -322,14 +323,14 @@ pub fn parse_event(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let value: Json<'_> = serde_json::from_slice(bytes).map_err(|e| {
         Rejection::new(
             RejectReason::MalformedJson,
             "",
             format!("not valid JSON: {e}"),
         )
     })?;
-    let Value::Object(map) = &value else {
+    let Json::Object(map) = &value else {
         return Err(Rejection::new(
             RejectReason::MalformedJson,
             "",
@@ -553,37 +554,185 @@ fn clip(s: &str) -> String {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
+fn json_kind(v: &Json<'_>) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+        Json::Null => "null",
+        Json::Bool(_) => "boolean",
+        Json::Number(_) => "number",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
+    }
+}
+
+/// A parsed JSON document that borrows its strings from the message: what
+/// `serde_json::Value` holds, without an allocation per string and a hash
+/// map per object. Read exactly as `Value` would be: the same parser
+/// (`deserialize_any`, so the same syntax errors, number conversions and
+/// recursion limit), and for a key given twice the last value counts.
+#[derive(Debug)]
+enum Json<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    /// Members in message order; [`Json::get`] finds the last of a key.
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
+}
+
+impl<'a> Json<'a> {
+    fn get(members: &'a [(Cow<'a, str>, Json<'a>)], key: &str) -> Option<&'a Json<'a>> {
+        members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn as_i64(&self) -> Option<i64> {
+        match self {
+            Json::Number(n) => n.as_i64(),
+            _ => None,
+        }
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Json<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Json<'de>, E> {
+        // As `Value`: a float JSON cannot hold (never parsed) would be null.
+        Ok(Number::from_f64(n).map_or(Json::Null, Json::Number))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(s)))
+    }
+
+    fn visit_none<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            members.push((key.0, map.next_value()?));
+        }
+        Ok(Json::Object(members))
+    }
+}
+
+/// An object key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 
 /// A JSON object being read, with its path for error messages.
 struct Obj<'a> {
-    map: &'a Map<String, Value>,
+    map: &'a [(Cow<'a, str>, Json<'a>)],
     prefix: String,
 }
 
 /// A JSON array being read, with its path.
 struct Arr<'a> {
-    items: &'a [Value],
+    items: &'a [Json<'a>],
     path: String,
 }
 
 /// One element of an array, with its path.
 struct Item<'a> {
-    value: &'a Value,
+    value: &'a Json<'a>,
     path: String,
 }
 
 impl<'a> Obj<'a> {
-    fn root(map: &'a Map<String, Value>) -> Self {
+    fn root(map: &'a [(Cow<'a, str>, Json<'a>)]) -> Self {
         Self {
             map,
             prefix: String::new(),
@@ -599,17 +748,17 @@ impl<'a> Obj<'a> {
     }
 
     /// A present, non-null value.
-    fn opt(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+    fn opt(&self, key: &str) -> Option<&'a Json<'a>> {
+        Json::get(self.map, key).filter(|v| !v.is_null())
     }
 
-    fn req(&self, key: &str) -> Result<&'a Value, Rejection> {
+    fn req(&self, key: &str) -> Result<&'a Json<'a>, Rejection> {
         self.opt(key).ok_or_else(|| {
             Rejection::new(RejectReason::MissingField, self.path(key), "is required")
         })
     }
 
-    fn wrong_type(&self, key: &str, want: &str, got: &Value) -> Rejection {
+    fn wrong_type(&self, key: &str, want: &str, got: &Json<'_>) -> Rejection {
         Rejection::new(
             RejectReason::InvalidField,
             self.path(key),
@@ -728,7 +877,11 @@ impl<'a> Obj<'a> {
 
     fn decimal(&self, key: &str) -> Result<Decimal, Rejection> {
         let v = self.req(key)?;
-        decimal_from_json(v).map_err(|e| {
+        let parsed = match v {
+            Json::String(s) => parse_decimal_str(s),
+            other => Err(DecimalError::NotAString(json_kind(other))),
+        };
+        parsed.map_err(|e| {
             let reason = match e {
                 DecimalError::NotAString(_) => RejectReason::MoneyNotString,
                 _ => RejectReason::InvalidField,
@@ -791,7 +944,7 @@ impl<'a> Obj<'a> {
     fn obj(&self, key: &str) -> Result<Obj<'a>, Rejection> {
         let v = self.req(key)?;
         match v {
-            Value::Object(map) => Ok(Obj {
+            Json::Object(map) => Ok(Obj {
                 map,
                 prefix: self.path(key),
             }),
@@ -809,7 +962,7 @@ impl<'a> Obj<'a> {
     fn array(&self, key: &str) -> Result<Arr<'a>, Rejection> {
         let v = self.req(key)?;
         match v {
-            Value::Array(items) => Ok(Arr {
+            Json::Array(items) => Ok(Arr {
                 items,
                 path: self.path(key),
             }),
@@ -852,7 +1005,7 @@ impl<'a> Arr<'a> {
 impl<'a> Item<'a> {
     fn as_obj(&self) -> Result<Obj<'a>, Rejection> {
         match self.value {
-            Value::Object(map) => Ok(Obj {
+            Json::Object(map) => Ok(Obj {
                 map,
                 prefix: self.path.clone(),
             }),
@@ -868,7 +1021,7 @@ impl<'a> Item<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn reference_event() -> Value {
         json!({
@@ -1023,6 +1176,37 @@ mod tests {
             parse_event(&big, None).unwrap_err().reason,
             RejectReason::TooLarge
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_counts_with_its_last_value_and_escapes_are_read() {
+        let text = r#"{"event_id": "e\u0031", "type": "order.confirmed", "order_id": "o1",
+            "order_id": "o2", "occurred_at": "2026-11-22T10:00:00Z",
+            "payment": null, "order": {"version": 1, "currency": "EUR",
+            "prices_include_tax": true, "line_items": []}}"#;
+        let ev = parse_event(text.as_bytes(), None).unwrap();
+        assert_eq!((ev.event_id.as_str(), ev.order_id.as_str()), ("e1", "o2"));
+        let twice_bad = text.replace(r#""order_id": "o2""#, r#""order_id": 7"#);
+        let r = parse_event(twice_bad.as_bytes(), None).unwrap_err();
+        assert_eq!(
+            (r.reason, r.field.as_str()),
+            (RejectReason::InvalidField, "order_id")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_read_as_serde_json_reports_them() {
+        for bad in [
+            &b"{\"a\": 1e400}"[..],
+            b"{\"a\": [1,]}",
+            b"{\"a\": 1} x",
+            b"{1: 2}",
+        ] {
+            let want = serde_json::from_slice::<Value>(bad).unwrap_err();
+            let r = parse_event(bad, None).unwrap_err();
+            assert_eq!(r.reason, RejectReason::MalformedJson);
+            assert_eq!(r.message, format!("not valid JSON: {want}"));
+        }
     }
 
     #[test]

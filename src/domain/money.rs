@@ -74,13 +74,19 @@ impl Currency {
     /// The amount must already be on the minor-unit grid; every amount the
     /// ledger produces is (inputs are checked, derived amounts rounded).
     pub fn format(&self, amount: Decimal) -> String {
+        self.on_scale(amount).to_string()
+    }
+
+    /// `amount` with exactly this currency's scale and no negative zero:
+    /// what [`Currency::format`] prints, for writing without a `String`.
+    pub fn on_scale(&self, amount: Decimal) -> Decimal {
         let mut a = amount;
         a.rescale(self.minor_units());
         if a.is_zero() {
             // Avoid "-0.00".
             a.set_sign_positive(true);
         }
-        a.to_string()
+        a
     }
 
     /// True when `amount` has no more decimals than the minor unit allows.

@@ -8,8 +8,9 @@
 //! everything posted before (`delta`), with the idempotency key that stays the
 //! same across retries, restarts and replays. Pure: no I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -85,7 +86,8 @@ fn column_ref(c: Column, d: &crate::ledger::Dims) -> Option<ColumnRef<'_>> {
 /// they first appear, which follows the ledger's order (type, then source).
 pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
     let mut out: Vec<GroupedEntry> = Vec::new();
-    let mut index: HashMap<KeyRef<'_>, usize> = HashMap::with_capacity(ledger.entries.len());
+    let mut index: HashMap<KeyRef<'_>, usize, RandomState> =
+        HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default());
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
             continue;
@@ -134,15 +136,24 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
 /// Zero differences are dropped. `None` when a difference overflows (only
 /// possible when `posted`, read back from LEDGER, is out of range).
 pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<Vec<GroupedEntry>> {
-    let posted_index: HashMap<&GroupKey, &GroupedEntry> =
-        posted.iter().map(|g| (&g.key, g)).collect();
+    // Key → index of its last posted entry (the one a repeated key, only
+    // in a corrupt stored posting, is netted against).
+    let mut posted_index: HashMap<&GroupKey, usize, RandomState> =
+        HashMap::with_capacity_and_hasher(posted.len(), RandomState::default());
+    posted_index.extend(posted.iter().enumerate().map(|(i, g)| (&g.key, i)));
+    // Which of those a current group has: the rest are reversed below.
+    let mut in_current = vec![false; posted.len()];
     let mut out: Vec<GroupedEntry> = Vec::with_capacity(current.len());
     for c in current {
         let (quantity, amount) = match posted_index.get(&c.key) {
-            Some(p) => (
-                c.quantity.checked_sub(p.quantity)?,
-                c.amount.checked_sub(p.amount)?,
-            ),
+            Some(&i) => {
+                in_current[i] = true;
+                let p = &posted[i];
+                (
+                    c.quantity.checked_sub(p.quantity)?,
+                    c.amount.checked_sub(p.amount)?,
+                )
+            }
             None => (c.quantity, c.amount),
         };
         // Unchanged groups are dropped before their key is copied.
@@ -154,8 +165,11 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
             });
         }
     }
-    let current_keys: HashSet<&GroupKey> = current.iter().map(|c| &c.key).collect();
-    for p in posted.iter().filter(|p| !current_keys.contains(&p.key)) {
+    for p in posted {
+        // Every posted entry is in the index, under its key's last index.
+        if posted_index.get(&p.key).is_some_and(|&i| in_current[i]) {
+            continue;
+        }
         out.push(GroupedEntry {
             key: p.key.clone(),
             quantity: p.quantity.checked_neg()?,
@@ -385,9 +399,15 @@ impl Posting {
 
     /// An amount with the currency's scale (entries exist only with one).
     pub fn format(&self, amount: Decimal) -> String {
+        self.on_scale(amount).to_string()
+    }
+
+    /// The amount [`Posting::format`] prints, as a `Decimal` to write
+    /// without a `String`.
+    fn on_scale(&self, amount: Decimal) -> Decimal {
         match self.currency {
-            Some(c) => c.format(amount),
-            None => amount.to_string(),
+            Some(c) => c.on_scale(amount),
+            None => amount,
         }
     }
 }
@@ -438,10 +458,20 @@ impl Serialize for WireEntry<'_> {
         }
         m.serialize_entry("quantity", &e.quantity)?;
         let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
-        m.serialize_entry("debit", &self.posting.format(debit))?;
-        m.serialize_entry("credit", &self.posting.format(credit))?;
+        m.serialize_entry("debit", &AsText(self.posting.on_scale(debit)))?;
+        m.serialize_entry("credit", &AsText(self.posting.on_scale(credit)))?;
         m.serialize_entry("description", &e.key.description)?;
         m.end()
+    }
+}
+
+/// A decimal serialised as the JSON string of its `Display` (the text of
+/// `to_string()`), written straight to the output.
+struct AsText(Decimal);
+
+impl Serialize for AsText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
