@@ -455,7 +455,7 @@ async fn sweep_loop(shared: Arc<Shared>, registry_id: String, cancel: Cancellati
     }
 }
 
-/// Naks (without delay) what the pull stream has already received but not
+/// Naks (after [`crate::streams::HAND_BACK_DELAY`]) what the pull stream has already received but not
 /// routed, so the next instance gets it at once rather than after the ack
 /// wait. Bounded: at most two batches, each wait [`DRAIN_WAIT`].
 async fn hand_back_buffered(messages: &mut consumer::pull::Stream) {
@@ -463,7 +463,9 @@ async fn hand_back_buffered(messages: &mut consumer::pull::Stream) {
         match tokio::time::timeout(DRAIN_WAIT, messages.next()).await {
             Ok(Some(Ok(m))) => {
                 let _ = m
-                    .ack_with(async_nats::jetstream::message::AckKind::Nak(None))
+                    .ack_with(async_nats::jetstream::message::AckKind::Nak(Some(
+                        crate::streams::HAND_BACK_DELAY,
+                    )))
                     .await;
             }
             _ => return,
@@ -516,7 +518,7 @@ async fn route(
         }
     };
     let Some(permit) = permit else {
-        token.nak(None).await;
+        token.nak(Some(crate::streams::HAND_BACK_DELAY)).await;
         return;
     };
     slots

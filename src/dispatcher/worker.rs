@@ -515,10 +515,11 @@ impl Worker {
     }
 
     /// Says why the worker stops before deciding, and hands its wake-ups
-    /// back: at once when stopping, else after [`NATS_RETRY_DELAY`].
+    /// back: after [`crate::streams::HAND_BACK_DELAY`] when stopping, else
+    /// after [`NATS_RETRY_DELAY`].
     async fn interrupted(&mut self, why: Interrupted) {
         let delay = match &why {
-            Interrupted::Cancelled => None,
+            Interrupted::Cancelled => Some(crate::streams::HAND_BACK_DELAY),
             Interrupted::Load(e) => {
                 warn!(registry_id = %self.registry_id(), order_id = %self.order_id,
                       error = %e, "cannot read the order's delivery state");
@@ -579,7 +580,9 @@ impl Worker {
                         self.park(wait).await;
                         return self.end_or_continue(p);
                     }
-                    Sent::Stopped => return self.hand_back(None).await,
+                    Sent::Stopped => {
+                        return self.hand_back(Some(crate::streams::HAND_BACK_DELAY)).await;
+                    }
                     Sent::Report(report) => report,
                 };
                 match self.settle(&mut p, posting, round, report).await {

@@ -325,7 +325,7 @@ async fn note_skipped_deliveries(shared: &Shared) -> bool {
 pub const HAND_BACK_WINDOW: Duration = Duration::from_secs(2);
 
 /// Naks the messages the client has already pulled but nobody has taken,
-/// so the next instance gets them at once instead of after the ack wait.
+/// so the next instance gets them after [`streams::HAND_BACK_DELAY`], not the ack wait.
 async fn hand_back_buffered(messages: &mut pull::Stream) {
     let deadline = tokio::time::Instant::now() + HAND_BACK_WINDOW;
     let mut handed = 0u64;
@@ -343,7 +343,9 @@ async fn hand_back_buffered(messages: &mut pull::Stream) {
     .await
     {
         let again = msg.info().is_ok_and(|i| !seen.insert(i.stream_sequence));
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(streams::HAND_BACK_DELAY)))
+            .await;
         if again {
             break;
         }
@@ -466,7 +468,9 @@ impl Lane {
         while let Some(msg) = rx.recv().await {
             if self.shared.shutdown.is_cancelled() {
                 // Hand back what was queued but not started.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(streams::HAND_BACK_DELAY)))
+                    .await;
                 continue;
             }
             self.handle(msg, lane).await;
@@ -518,7 +522,7 @@ impl Lane {
         let _ = msg.ack_with(AckKind::Progress).await;
         tokio::select! {
             _ = self.shared.shutdown.cancelled() => {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                let _ = msg.ack_with(AckKind::Nak(Some(streams::HAND_BACK_DELAY))).await;
                 return false;
             }
             _ = tokio::time::sleep(*delay) => {}

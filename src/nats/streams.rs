@@ -30,6 +30,13 @@ use crate::config::Config;
 
 pub mod direct;
 
+/// A consumer message handed back when a component stops (or is stopped
+/// for a registry) comes back after this delay, not at once: at once, the
+/// server hands it straight back to the stopping component's pull request,
+/// still open, where it would wait out the whole ack wait before anyone
+/// else could have it.
+pub const HAND_BACK_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Name of the input stream.
 pub const ORDERS_STREAM: &str = "ORDERS";
 /// Name of the ledger stream.
