@@ -32,9 +32,10 @@ pub const RESPONSE_MAX_BYTES: usize = 256 * 1024;
 pub const REDIRECTS_MAX: usize = 5;
 /// Idle pooled connections are closed after this long.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per host: enough for `max_in_flight` bursts to one
-/// receiver without keeping thousands of sockets.
-pub const POOL_MAX_IDLE_PER_HOST: usize = 64;
+/// Idle connections kept per host: as many as the default `max_in_flight`
+/// (256 per registry), so a registry working at full concurrency reuses its
+/// connections instead of opening and closing the ones past the pool.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// The `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("ledgerline/", env!("CARGO_PKG_VERSION"));
