@@ -10,6 +10,12 @@ use clap::Parser;
 
 use ledgerline::cli::{self, Exit, args::Cli};
 
+/// mimalloc instead of glibc's malloc: the pipeline allocates and frees many
+/// small buffers across threads, where glibc spent ≈ 19 % of the bench's
+/// CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for an invalid configuration or command line.
 const EXIT_USAGE: u8 = 2;
 
