@@ -168,18 +168,6 @@ pub fn parse_decimal_str(s: &str) -> Result<Decimal, DecimalError> {
     Decimal::from_str_exact(s).map_err(|_| DecimalError::OutOfRange(truncate(s)))
 }
 
-/// Parses a JSON value that must be a decimal string.
-pub fn decimal_from_json(v: &serde_json::Value) -> Result<Decimal, DecimalError> {
-    match v {
-        serde_json::Value::String(s) => parse_decimal_str(s),
-        serde_json::Value::Number(_) => Err(DecimalError::NotAString("number")),
-        serde_json::Value::Bool(_) => Err(DecimalError::NotAString("boolean")),
-        serde_json::Value::Null => Err(DecimalError::NotAString("null")),
-        serde_json::Value::Array(_) => Err(DecimalError::NotAString("array")),
-        serde_json::Value::Object(_) => Err(DecimalError::NotAString("object")),
-    }
-}
-
 /// A tax rate as text without trailing zeros: `0.160` → `"0.16"`, `0` → `"0"`.
 pub fn rate_text(rate: Decimal) -> String {
     rate.normalize().to_string()
@@ -263,15 +251,6 @@ mod tests {
             parse_decimal_str(&huge),
             Err(DecimalError::OutOfRange(_))
         ));
-    }
-
-    #[test]
-    fn json_numbers_are_not_money() {
-        let v = serde_json::json!(11.0);
-        assert_eq!(
-            decimal_from_json(&v),
-            Err(DecimalError::NotAString("number"))
-        );
     }
 
     #[test]
