@@ -312,7 +312,7 @@ async fn read_postings(ledger: &Stream) -> Result<HashMap<String, (u64, usize)>,
     let mut msgs = c.messages().await.map_err(err("reading the postings"))?;
     while let Some(m) = msgs.next().await {
         let m = m.map_err(err("reading the postings"))?;
-        if let Ok(sp) = serde_json::from_slice::<StoredPosting>(&m.payload) {
+        if let Ok(sp) = StoredPosting::read_without_cumulative(&m.payload) {
             out.insert(
                 sp.posting.idempotency_key.to_string(),
                 (sp.source_seq, m.payload.len()),

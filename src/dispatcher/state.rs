@@ -139,13 +139,9 @@ fn parse<T: serde::de::DeserializeOwned>(
 }
 
 impl Progress {
-    /// Reads the state of (registry, order) from LEDGER.
-    pub async fn load(
-        ledger: &Stream,
-        registry_id: &str,
-        order_id: &str,
-    ) -> Result<Self, StateError> {
-        let mut p = Progress {
+    /// A (registry, order) with nothing delivered or attempted yet.
+    pub fn new(registry_id: &str, order_id: &str) -> Self {
+        Progress {
             registry_id: registry_id.to_owned(),
             order_id: order_id.to_owned(),
             delivered_seq: 0,
@@ -153,7 +149,16 @@ impl Progress {
             registry_data_stream_seq: 0,
             delivered_posting_stream_seq: 0,
             last_delivery: None,
-        };
+        }
+    }
+
+    /// Reads the state of (registry, order) from LEDGER.
+    pub async fn load(
+        ledger: &Stream,
+        registry_id: &str,
+        order_id: &str,
+    ) -> Result<Self, StateError> {
+        let mut p = Progress::new(registry_id, order_id);
         // Both reads at once: a cold start costs one round trip, not two.
         let rd_subject = subjects::registry_data(registry_id, order_id);
         let dl_subject = subjects::deliveries(registry_id, order_id);

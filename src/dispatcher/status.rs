@@ -110,7 +110,7 @@ pub enum RedeliverOutcome {
 async fn posting_count(ledger: &Stream, registry: &str, order: &str) -> Result<u64, StatusError> {
     let subject = subjects::postings(registry, order);
     match ledger.direct_get_last_for_subject(subject.as_str()).await {
-        Ok(m) => Ok(serde_json::from_slice::<StoredPosting>(&m.payload)
+        Ok(m) => Ok(StoredPosting::read_without_cumulative(&m.payload)
             .map(|sp| sp.posting.seq)
             .unwrap_or(0)),
         Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(0),

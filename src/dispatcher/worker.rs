@@ -80,7 +80,7 @@ pub(crate) type Slots = Arc<Mutex<HashMap<String, Vec<Token>>>>;
 
 /// What a wake-up says.
 pub(crate) enum TokenKind {
-    /// A posting (parsed, or `None` if unreadable).
+    /// A posting without its `cumulative` (parsed, or `None` if unreadable).
     Posting(Option<Box<StoredPosting>>),
     /// An operator asked to redeliver posting `seq`.
     Redeliver { seq: u64 },
@@ -93,6 +93,9 @@ pub(crate) struct Token {
     msg: async_nats::jetstream::Message,
     pub order_id: String,
     pub stream_seq: u64,
+    /// How many times the consumer has handed this message out (1: never
+    /// before).
+    pub delivered: i64,
     pub kind: TokenKind,
 }
 
@@ -103,7 +106,10 @@ impl Token {
         msg: async_nats::jetstream::Message,
         registry_id: &str,
     ) -> Option<Token> {
-        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let (stream_seq, delivered) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 0));
         let parsed = subjects::parse_order_subject(msg.subject.as_str())
             .filter(|(_, r, _)| *r == registry_id)
             .map(|(kind, _, o)| (kind.to_owned(), o.to_owned()));
@@ -114,7 +120,7 @@ impl Token {
         };
         let kind = match kind.as_str() {
             "postings" => TokenKind::Posting(
-                serde_json::from_slice::<StoredPosting>(&msg.payload)
+                StoredPosting::read_without_cumulative(&msg.payload)
                     .ok()
                     .map(Box::new),
             ),
@@ -136,6 +142,7 @@ impl Token {
             msg,
             order_id,
             stream_seq,
+            delivered,
             kind,
         })
     }
@@ -500,6 +507,9 @@ impl Worker {
         };
         let p = match carried.or(kept) {
             Some(p) => p,
+            None if first && self.first_posting_first_delivery() => {
+                Progress::new(self.registry_id(), &self.order_id)
+            }
             None => Progress::load(&self.shared.ledger, self.registry_id(), &self.order_id).await?,
         };
         let lookup = match current {
@@ -512,6 +522,29 @@ impl Worker {
             },
         };
         Ok((p, lookup))
+    }
+
+    /// Whether the order's first posting is among the wake-ups, handed out
+    /// for the first time, with nothing but first-time postings beside it.
+    /// Then nothing of the order has been attempted (postings go strictly
+    /// in order, and no one was handed posting 1 before), so its state is
+    /// [`Progress::new`] without reading LEDGER. Should records exist all
+    /// the same (the consumer was created anew), the registry_data record's
+    /// expected last subject sequence (0) or the attempt record's message
+    /// id refuses the write, and the order is read again
+    /// ([`Flow::Reload`]); what was sent is posting 1 with its one key and
+    /// body (it carries `{}`), so the receiver sees the same request again.
+    fn first_posting_first_delivery(&self) -> bool {
+        let mut first = false;
+        for t in &self.held {
+            match &t.kind {
+                TokenKind::Posting(Some(sp)) if t.delivered == 1 => {
+                    first |= sp.posting.seq == 1;
+                }
+                _ => return false,
+            }
+        }
+        first
     }
 
     /// Says why the worker stops before deciding, and hands its wake-ups
@@ -664,12 +697,13 @@ impl Worker {
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
                 Err(source) => return Err(FindError::Nats { source }),
             };
-            let sp: StoredPosting =
-                serde_json::from_slice(&m.payload).map_err(|source| Unsendable::Unreadable {
+            let sp = StoredPosting::read_without_cumulative(&m.payload).map_err(|source| {
+                Unsendable::Unreadable {
                     subject: subject.clone(),
                     stream_seq: m.sequence,
                     source,
-                })?;
+                }
+            })?;
             match sp.posting.seq.cmp(&n) {
                 std::cmp::Ordering::Less => from = m.sequence + 1,
                 std::cmp::Ordering::Equal => {
@@ -857,7 +891,7 @@ impl Worker {
             .direct_get_last_for_subject(subject.as_str())
             .await
         {
-            Ok(m) => serde_json::from_slice::<StoredPosting>(&m.payload)
+            Ok(m) => StoredPosting::read_without_cumulative(&m.payload)
                 .map(|sp| sp.posting.seq.saturating_sub(seq))
                 .unwrap_or(0),
             Err(_) => 0,

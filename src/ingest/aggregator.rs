@@ -17,7 +17,10 @@
 //!    floor that a registry has not posted yet are processed now, in stream
 //!    order: after a crash JetStream hands out new events at once but the
 //!    dead process's unacknowledged ones only after the ack wait, and an
-//!    order's events must still each get their posting, in order;
+//!    order's events must still each get their posting, in order. A new
+//!    order (the event's first delivery, and the first event on its
+//!    subject) needs none of that: its book starts empty after one Direct
+//!    Get ([`Lane::new_order`]);
 //! 3. plans the event with the engine's one fold ([`OrderBook::plan`], the
 //!    same as `postings`, `verify` and the admin ledger view use) and, for
 //!    each subscribed registry not yet posted, publishes the posting with
@@ -70,7 +73,7 @@ use crate::events::{Event, OrderId, RejectReason, Rejection, parse_event};
 use crate::lease::Fence;
 use crate::ledger::LedgerOptions;
 use crate::posting::{Cursor, Posting};
-use crate::records::StoredPosting;
+use crate::records::{StoredPosting, StoredPostingRef};
 use crate::registry::Registry;
 use crate::registry_store::RegistryWatch;
 use crate::streams::{self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
@@ -228,6 +231,7 @@ pub async fn run_aggregator(
         let lane = Lane {
             shared: shared.clone(),
             cache: BookCache::new((options.cache_orders / LANES).max(1)),
+            not_new: None,
         };
         lanes.spawn(lane.run(rx, i));
     }
@@ -418,6 +422,16 @@ struct LaneBook {
     regs: HashMap<String, RegMeta>,
 }
 
+impl LaneBook {
+    fn empty(order_id: &OrderId) -> Self {
+        LaneBook {
+            book: OrderBook::new(order_id.clone()),
+            last_seq: 0,
+            regs: HashMap::new(),
+        }
+    }
+}
+
 /// A bounded map of books; the oldest-inserted is evicted first.
 struct BookCache {
     max: usize,
@@ -461,6 +475,10 @@ impl BookCache {
 struct Lane {
     shared: Arc<Shared>,
     cache: BookCache,
+    /// The ORDERS sequence of an event whose new-order book
+    /// ([`Lane::new_order`]) met postings already stored: its retry
+    /// rebuilds from the streams instead.
+    not_new: Option<u64>,
 }
 
 impl Lane {
@@ -546,6 +564,7 @@ impl Lane {
             }
         };
         let order_id = event.order_id.clone();
+        let mut new_order = false;
         let mut lb = match self.cache.take(&order_id) {
             Some(lb) if self.overtaken(&lb, &order_id, seq).await? => {
                 debug!(order_id = %order_id, seq, after = lb.last_seq,
@@ -553,7 +572,13 @@ impl Lane {
                 self.rebuild(&order_id, seq).await?
             }
             Some(lb) => lb,
-            None => self.rebuild(&order_id, seq).await?,
+            None => match self.new_order(&order_id, seq, info.delivered).await? {
+                Some(lb) => {
+                    new_order = true;
+                    lb
+                }
+                None => self.rebuild(&order_id, seq).await?,
+            },
         };
         if lb.last_seq >= seq {
             debug!(order_id = %order_id, seq, "event already handled; skipping");
@@ -562,8 +587,17 @@ impl Lane {
         }
         // On failure the book may hold half a step: it is dropped and
         // rebuilt from the streams on the retry.
-        self.handle_event(&mut lb, &event, seq, &msg.subject, &msg.payload)
-            .await?;
+        let handled = self
+            .handle_event(&mut lb, &event, seq, &msg.subject, &msg.payload)
+            .await;
+        if let Err(LaneError::Transient(Transient::MovedOn(_))) = &handled
+            && new_order
+        {
+            // Postings of the order are stored after all (its consumer was
+            // created anew): the retry reads them.
+            self.not_new = Some(seq);
+        }
+        handled?;
         if lb.regs.values().any(|r| r.last_src > seq) {
             // A redelivery of an event older than what was already posted:
             // this book lacks the later events, so do not keep it.
@@ -662,6 +696,45 @@ impl Lane {
         Ok(())
     }
 
+    /// The book of an order whose first event is `seq`, without reading
+    /// LEDGER: `None` unless this is the event's first delivery and no
+    /// earlier event is on the order's subject. Then no posting of the
+    /// order can exist (each comes from an event of the order that was
+    /// delivered before), so every cursor starts empty. Should one exist
+    /// all the same (the consumer was created anew), the posting's
+    /// expected last subject sequence (0) refuses the publish, and the
+    /// retry rebuilds ([`Lane::not_new`]). One Direct Get instead of the
+    /// consumer info and one read per registry of [`Lane::rebuild`].
+    async fn new_order(
+        &mut self,
+        order_id: &OrderId,
+        seq: u64,
+        delivered: i64,
+    ) -> Result<Option<LaneBook>, Transient> {
+        if delivered != 1 || self.not_new.take() == Some(seq) {
+            return Ok(None);
+        }
+        let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
+        match self
+            .shared
+            .orders
+            .direct_get_next_for_subject(subject.as_str(), Some(1))
+            .await
+        {
+            Ok(m) if m.sequence == seq => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(transient("looking for earlier events of the order", e)),
+        }
+        let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
+        let mut lb = LaneBook::empty(order_id);
+        for r in &registries {
+            lb.book.cursors.insert(r.id().to_owned(), Cursor::default());
+            lb.regs.insert(r.id().to_owned(), RegMeta::default());
+        }
+        Ok(Some(lb))
+    }
+
     /// Rebuilds an order's book from JetStream as it should be just before
     /// the event at ORDERS sequence `before`: each registry's last posting,
     /// then the order's own subject replayed in stream order (not the
@@ -678,11 +751,7 @@ impl Lane {
             .ack_floor
             .stream_sequence;
         let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
-        let mut lb = LaneBook {
-            book: OrderBook::new(order_id.clone()),
-            last_seq: 0,
-            regs: HashMap::new(),
-        };
+        let mut lb = LaneBook::empty(order_id);
         for r in &registries {
             let (cursor, meta) = self.load_last(r.id(), order_id).await?;
             lb.book.cursors.insert(r.id().to_owned(), cursor);
@@ -769,10 +838,10 @@ impl Lane {
             .fence
             .check()
             .map_err(|e| transient("storing a posting", e))?;
-        let stored = StoredPosting {
+        let stored = StoredPostingRef {
             source_seq,
             previous_subject_seq: previous,
-            posting: posting.clone(),
+            posting,
         };
         let payload =
             serde_json::to_vec(&stored).map_err(|e| transient("encoding a posting", e))?;

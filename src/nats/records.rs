@@ -9,12 +9,13 @@
 //! it, per posting ([`SeqDeliveries`]), used by the dispatcher's views, the
 //! export, the admin API and the CLI.
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::posting::Posting;
+use crate::posting::{GroupedEntry, Posting};
 
 /// `ledger.postings.<R>.<O>`: a posting, and the ORDERS stream sequence of
 /// the event that produced it (so a restarted aggregator knows whether an
@@ -25,7 +26,7 @@ use crate::posting::Posting;
 /// [`StoredPostingFields`], the same JSON object field by field. It is read
 /// for every wake-up the dispatcher takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StoredPostingFields")]
+#[serde(from = "StoredPostingFields<Vec<GroupedEntry>>")]
 pub struct StoredPosting {
     /// ORDERS stream sequence of the event.
     pub source_seq: u64,
@@ -38,11 +39,23 @@ pub struct StoredPosting {
     pub posting: Posting,
 }
 
+/// A [`StoredPosting`] to store, borrowing its posting: the same JSON
+/// (same fields, same order), without copying the posting first.
+#[derive(Debug, Serialize)]
+pub struct StoredPostingRef<'a> {
+    pub source_seq: u64,
+    pub previous_subject_seq: u64,
+    #[serde(flatten)]
+    pub posting: &'a Posting,
+}
+
 /// [`StoredPosting`] as its stored JSON object has it: its own fields and
 /// the posting's side by side. Building the [`Posting`] names every field,
-/// so a field added to it cannot be forgotten here.
+/// so a field added to it cannot be forgotten here. `C` is how
+/// `cumulative` is read: whole (`Vec<GroupedEntry>`), or skipped unparsed
+/// ([`IgnoredAny`]) by [`StoredPosting::read_without_cumulative`].
 #[derive(Deserialize)]
-struct StoredPostingFields {
+struct StoredPostingFields<C> {
     source_seq: u64,
     #[serde(default)]
     previous_subject_seq: u64,
@@ -57,12 +70,29 @@ struct StoredPostingFields {
     mode: crate::registry::PostingMode,
     currency: Option<crate::money::Currency>,
     filtered: bool,
-    entries: Vec<crate::posting::GroupedEntry>,
-    cumulative: Vec<crate::posting::GroupedEntry>,
+    entries: Vec<GroupedEntry>,
+    cumulative: C,
 }
 
-impl From<StoredPostingFields> for StoredPosting {
-    fn from(f: StoredPostingFields) -> Self {
+/// How [`StoredPostingFields`] holds `cumulative`.
+trait Cumulative {
+    fn into_entries(self) -> Vec<GroupedEntry>;
+}
+
+impl Cumulative for Vec<GroupedEntry> {
+    fn into_entries(self) -> Vec<GroupedEntry> {
+        self
+    }
+}
+
+impl Cumulative for IgnoredAny {
+    fn into_entries(self) -> Vec<GroupedEntry> {
+        Vec::new()
+    }
+}
+
+impl<C: Cumulative> From<StoredPostingFields<C>> for StoredPosting {
+    fn from(f: StoredPostingFields<C>) -> Self {
         StoredPosting {
             source_seq: f.source_seq,
             previous_subject_seq: f.previous_subject_seq,
@@ -78,9 +108,19 @@ impl From<StoredPostingFields> for StoredPosting {
                 currency: f.currency,
                 filtered: f.filtered,
                 entries: f.entries,
-                cumulative: f.cumulative,
+                cumulative: f.cumulative.into_entries(),
             },
         }
+    }
+}
+
+impl StoredPosting {
+    /// A stored posting read without its `cumulative` (the order's whole
+    /// grouped ledger, often larger than the posting itself; left empty):
+    /// for readers that send or list postings (the dispatcher, the export),
+    /// not for those that build the next one.
+    pub fn read_without_cumulative(payload: &[u8]) -> Result<StoredPosting, serde_json::Error> {
+        serde_json::from_slice::<StoredPostingFields<IgnoredAny>>(payload).map(StoredPosting::from)
     }
 }
 
@@ -482,6 +522,13 @@ mod tests {
         let bytes = serde_json::to_vec(&sp).unwrap();
         let read: StoredPosting = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(read, sp);
+        // What the aggregator stores, borrowing the posting, is the same bytes.
+        let borrowed = StoredPostingRef {
+            source_seq: sp.source_seq,
+            previous_subject_seq: sp.previous_subject_seq,
+            posting: &sp.posting,
+        };
+        assert_eq!(serde_json::to_vec(&borrowed).unwrap(), bytes);
         let before: Flattened = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
             (

@@ -922,3 +922,92 @@ fn nats_url_credentials_never_reach_stderr() {
     assert!(stderr.contains("line 1, column"), "{stderr}");
     assert!(!stderr.contains("pw-in-file-2"), "{stderr}");
 }
+
+/// Deleting the durable consumers and starting again hands every event and
+/// posting out anew, each as a first delivery: the shortcuts for a new
+/// order (aggregator) and a first posting (dispatcher) meet what is
+/// already stored, and must fall back to reading it. Nothing is posted or
+/// stored twice, and a posting sent again carries its one key and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_created_anew_replay_everything_without_a_second_posting_or_record() {
+    let nats = support::nats().await;
+    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
+    );
+    let events: Vec<String> = (1..=4)
+        .flat_map(|o| (1..=3).map(move |v| ticket_event(&format!("o-{o}"), v, v as u32)))
+        .collect();
+    let svc = Service::start(settings.clone(), &Component::ALL).await;
+    publish(&nats, &events.join("\n")).await;
+    wait_accepted(&books, 12, "12 postings delivered").await;
+    svc.stop().await;
+    let postings = support::count_ledger(&nats.js, subjects::POSTINGS_ALL).await;
+    let stored = support::count_ledger(&nats.js, subjects::REGISTRY_DATA_ALL).await;
+    assert_eq!((postings, stored), (12, 12));
+
+    let orders = nats.js.get_stream("ORDERS").await.unwrap();
+    orders
+        .delete_consumer(ledgerline::aggregator::CONSUMER)
+        .await
+        .unwrap();
+    let ledger = nats
+        .js
+        .get_stream(ledgerline::streams::LEDGER_STREAM)
+        .await
+        .unwrap();
+    ledger
+        .delete_consumer(&format!("{}books", ledgerline::dispatcher::CONSUMER_PREFIX))
+        .await
+        .unwrap();
+
+    let svc = Service::start(settings.clone(), &Component::ALL).await;
+    // Every event and posting is handed out again and handled.
+    eventually(
+        "the new consumers to catch up",
+        Duration::from_secs(20),
+        || async {
+            let mut idle = true;
+            for (stream, name) in [
+                ("ORDERS", ledgerline::aggregator::CONSUMER.to_owned()),
+                (
+                    ledgerline::streams::LEDGER_STREAM,
+                    format!("{}books", ledgerline::dispatcher::CONSUMER_PREFIX),
+                ),
+            ] {
+                let s = nats.js.get_stream(stream).await.unwrap();
+                idle &= match s.consumer_info(&name).await {
+                    Ok(i) => i.num_pending == 0 && i.num_ack_pending == 0,
+                    Err(_) => false,
+                };
+            }
+            idle
+        },
+    )
+    .await;
+    svc.stop().await;
+    assert_eq!(
+        support::count_ledger(&nats.js, subjects::POSTINGS_ALL).await,
+        12,
+        "no second posting"
+    );
+    assert_eq!(
+        support::count_ledger(&nats.js, subjects::REGISTRY_DATA_ALL).await,
+        12,
+        "no second registry_data record"
+    );
+    // Whatever was sent again was the same request: one body per key.
+    let mut bodies: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in books.received() {
+        let key = r.idempotency_key.clone().unwrap_or_default();
+        bodies.entry(key).or_default().insert(r.body.clone());
+    }
+    assert_eq!(bodies.len(), 12);
+    assert!(bodies.values().all(|b| b.len() == 1), "{bodies:?}");
+    // Posting 1 of each order went out once more (its first delivery to
+    // the new consumer), then the stored state was read: nothing later was.
+    assert_eq!(books.received().len(), 12 + 4);
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}: {:?}", report.mismatches);
+}
