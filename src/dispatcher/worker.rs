@@ -298,39 +298,21 @@ enum Sent {
     Report(AttemptReport),
 }
 
+/// One order's worker, built by the dispatcher's loop (`held` starts
+/// empty).
 pub(crate) struct Worker {
-    shared: Arc<Shared>,
-    target: Arc<Target>,
-    slots: Slots,
-    idle: IdleOrders,
-    order_id: String,
-    cancel: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-    held: Vec<Token>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) target: Arc<Target>,
+    pub(super) slots: Slots,
+    pub(super) idle: IdleOrders,
+    pub(super) order_id: String,
+    pub(super) cancel: CancellationToken,
+    /// Held while the worker lives: one of `max_in_flight`.
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) held: Vec<Token>,
 }
 
 impl Worker {
-    pub fn new(
-        shared: Arc<Shared>,
-        target: Arc<Target>,
-        slots: Slots,
-        idle: IdleOrders,
-        order_id: String,
-        cancel: CancellationToken,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            shared,
-            target,
-            slots,
-            idle,
-            order_id,
-            cancel,
-            _permit: permit,
-            held: Vec::new(),
-        }
-    }
-
     fn registry_id(&self) -> &str {
         self.target.id()
     }

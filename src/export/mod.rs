@@ -44,7 +44,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::posting::Posting;
 use crate::streams::{LEDGER_STREAM, subjects};
 
-use crate::records::SeqDelivery;
+use crate::records::{SeqDelivery, StoredPostingFields};
 use delivery::DeliveryLookup;
 use summary::{RunStats, Summary};
 
@@ -200,45 +200,14 @@ impl ExportReport {
     }
 }
 
-/// The fields of a [`StoredPosting`] the export reads. `cumulative` (the
-/// order's whole grouped ledger, often larger than the posting itself) is
-/// skipped unparsed, and the posting is read without the record's
-/// `#[serde(flatten)]` layer, which would buffer it whole first: about
-/// half the decoding time of an export.
-#[derive(serde::Deserialize)]
-struct StoredPostingView {
-    registry_id: String,
-    order_id: crate::events::OrderId,
-    seq: u64,
-    idempotency_key: uuid::Uuid,
-    event_id: String,
-    event_type: crate::events::EventType,
-    #[serde(with = "time::serde::rfc3339")]
-    occurred_at: OffsetDateTime,
-    mode: crate::registry::PostingMode,
-    currency: Option<crate::money::Currency>,
-    filtered: bool,
-    entries: Vec<crate::posting::GroupedEntry>,
-}
-
 /// A stored posting as the export needs it: every field but `cumulative`
-/// (left empty).
+/// (left empty). `cumulative` (the order's whole grouped ledger, often
+/// larger than the posting itself) is skipped unparsed, and the posting is
+/// read without the record's `#[serde(flatten)]` layer, which would buffer
+/// it whole first: about half the decoding time of an export.
 fn decode_posting(payload: &[u8]) -> Result<Posting, serde_json::Error> {
-    let v: StoredPostingView = serde_json::from_slice(payload)?;
-    Ok(Posting {
-        registry_id: v.registry_id,
-        order_id: v.order_id,
-        seq: v.seq,
-        idempotency_key: v.idempotency_key,
-        event_id: v.event_id,
-        event_type: v.event_type,
-        occurred_at: v.occurred_at,
-        mode: v.mode,
-        currency: v.currency,
-        filtered: v.filtered,
-        entries: v.entries,
-        cumulative: Vec::new(),
-    })
+    let fields: StoredPostingFields<serde::de::IgnoredAny> = serde_json::from_slice(payload)?;
+    Ok(fields.into_parts().0.posting)
 }
 
 /// A decoded posting with where it sits in LEDGER.

@@ -41,8 +41,13 @@ pub struct StoredPosting {
 /// [`StoredPosting`] as its stored JSON object has it: its own fields and
 /// the posting's side by side. Building the [`Posting`] names every field,
 /// so a field added to it cannot be forgotten here.
+///
+/// `C` is how `cumulative` is read: the entries, or
+/// [`serde::de::IgnoredAny`] to skip them unparsed (the export, which does
+/// not need the order's whole grouped ledger, often larger than the
+/// posting itself).
 #[derive(Deserialize)]
-struct StoredPostingFields {
+pub(crate) struct StoredPostingFields<C = Vec<crate::posting::GroupedEntry>> {
     source_seq: u64,
     #[serde(default)]
     previous_subject_seq: u64,
@@ -58,29 +63,40 @@ struct StoredPostingFields {
     currency: Option<crate::money::Currency>,
     filtered: bool,
     entries: Vec<crate::posting::GroupedEntry>,
-    cumulative: Vec<crate::posting::GroupedEntry>,
+    cumulative: C,
+}
+
+impl<C> StoredPostingFields<C> {
+    /// The stored posting with an empty `cumulative`, and `cumulative` as
+    /// it was read.
+    pub(crate) fn into_parts(self) -> (StoredPosting, C) {
+        let stored = StoredPosting {
+            source_seq: self.source_seq,
+            previous_subject_seq: self.previous_subject_seq,
+            posting: Posting {
+                registry_id: self.registry_id,
+                order_id: self.order_id,
+                seq: self.seq,
+                idempotency_key: self.idempotency_key,
+                event_id: self.event_id,
+                event_type: self.event_type,
+                occurred_at: self.occurred_at,
+                mode: self.mode,
+                currency: self.currency,
+                filtered: self.filtered,
+                entries: self.entries,
+                cumulative: Vec::new(),
+            },
+        };
+        (stored, self.cumulative)
+    }
 }
 
 impl From<StoredPostingFields> for StoredPosting {
     fn from(f: StoredPostingFields) -> Self {
-        StoredPosting {
-            source_seq: f.source_seq,
-            previous_subject_seq: f.previous_subject_seq,
-            posting: Posting {
-                registry_id: f.registry_id,
-                order_id: f.order_id,
-                seq: f.seq,
-                idempotency_key: f.idempotency_key,
-                event_id: f.event_id,
-                event_type: f.event_type,
-                occurred_at: f.occurred_at,
-                mode: f.mode,
-                currency: f.currency,
-                filtered: f.filtered,
-                entries: f.entries,
-                cumulative: f.cumulative,
-            },
-        }
+        let (mut stored, cumulative) = f.into_parts();
+        stored.posting.cumulative = cumulative;
+        stored
     }
 }
 
