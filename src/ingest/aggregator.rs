@@ -48,7 +48,7 @@
 //! retried in place, with the event kept alive by progress acks, so later
 //! events of the same order cannot overtake it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -418,45 +418,9 @@ struct LaneBook {
     regs: HashMap<String, RegMeta>,
 }
 
-/// A bounded map of books; the oldest-inserted is evicted first.
-struct BookCache {
-    max: usize,
-    books: HashMap<OrderId, LaneBook>,
-    order: VecDeque<OrderId>,
-}
-
-impl BookCache {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            books: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn take(&mut self, id: &OrderId) -> Option<LaneBook> {
-        self.books.remove(id)
-    }
-
-    fn put(&mut self, id: OrderId, book: LaneBook) {
-        if self.books.insert(id.clone(), book).is_none() {
-            self.order.push_back(id);
-        }
-        while self.books.len() > self.max {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.books.remove(&old);
-                }
-                None => break,
-            }
-        }
-        // Drop ids of books taken and not put back, so `order` stays bounded.
-        if self.order.len() > 2 * self.max {
-            let books = &self.books;
-            self.order.retain(|id| books.contains_key(id));
-        }
-    }
-}
+/// The books of recently handled orders; the oldest-inserted is evicted
+/// first (taken out while an event is handled, put back after).
+type BookCache = crate::fifo::FifoMap<OrderId, LaneBook>;
 
 struct Lane {
     shared: Arc<Shared>,
@@ -546,7 +510,7 @@ impl Lane {
             }
         };
         let order_id = event.order_id.clone();
-        let mut lb = match self.cache.take(&order_id) {
+        let mut lb = match self.cache.remove(&order_id) {
             Some(lb) if self.overtaken(&lb, &order_id, seq).await? => {
                 debug!(order_id = %order_id, seq, after = lb.last_seq,
                        "an earlier event of the order has not been handled yet; rebuilding");
@@ -557,7 +521,7 @@ impl Lane {
         };
         if lb.last_seq >= seq {
             debug!(order_id = %order_id, seq, "event already handled; skipping");
-            self.cache.put(order_id, lb);
+            self.cache.insert(order_id, lb);
             return Ok(());
         }
         // On failure the book may hold half a step: it is dropped and
@@ -569,7 +533,7 @@ impl Lane {
             // this book lacks the later events, so do not keep it.
             return Ok(());
         }
-        self.cache.put(order_id, lb);
+        self.cache.insert(order_id, lb);
         Ok(())
     }
 
