@@ -58,7 +58,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -550,16 +550,10 @@ impl Lane {
             return Ok(false);
         }
         let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
-        match self
-            .shared
-            .orders
-            .direct_get_next_for_subject(subject.as_str(), Some(lb.last_seq + 1))
+        let next = streams::next_on_subject(&self.shared.orders, &subject, lb.last_seq + 1)
             .await
-        {
-            Ok(m) => Ok(m.sequence < seq),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
-            Err(e) => Err(transient("looking for overtaken events of the order", e)),
-        }
+            .map_err(|e| transient("looking for overtaken events of the order", e))?;
+        Ok(next.is_some_and(|m| m.sequence < seq))
     }
 
     /// Applies `event` (ORDERS sequence `seq`) to `lb` and publishes a posting
@@ -655,15 +649,9 @@ impl Lane {
         let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
         let (mut next, mut folded, mut caught_up) = (1, 0u64, 0u64);
         loop {
-            let m = match self
-                .shared
-                .orders
-                .direct_get_next_for_subject(subject.as_str(), Some(next))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(transient("replaying the order's events", e).into()),
+            let found = streams::next_on_subject(&self.shared.orders, &subject, next).await;
+            let Some(m) = found.map_err(|e| transient("replaying the order's events", e))? else {
+                break;
             };
             if m.sequence >= before {
                 break;
