@@ -3,8 +3,10 @@
 //! this process, LEDGER readers, the sample receiver and `eventually`;
 //! the offline engine as reference and test events ([`engine`]); the
 //! `ledgerline` binary as a child process ([`process`]); a scripted HTTP
-//! server that can answer anything, hang or reset ([`scripted`]).
+//! server that can answer anything, hang or reset ([`scripted`]); test
+//! configurations built a table at a time ([`config`]).
 
+pub mod config;
 pub mod engine;
 pub mod process;
 pub mod scripted;
