@@ -189,6 +189,23 @@ pub struct Settings {
     pub registries: Vec<Registry>,
 }
 
+impl Settings {
+    /// Settings for a pipeline whose receivers listen on this machine (the
+    /// demo, tests): `nats_url`, plain HTTP and 127.0.0.0/8 targets allowed,
+    /// then `rest` (more top-level keys, then tables); no environment
+    /// overlay. `shown` names the text in errors. The URL is quoted as TOML,
+    /// so no URL can break the text (a parse error prints the line,
+    /// credentials included).
+    pub fn on_loopback(nats_url: &str, rest: &str, shown: &str) -> Result<Settings, ConfigError> {
+        let nats_url = toml::Value::String(nats_url.to_owned());
+        let text = format!(
+            "nats_url = {nats_url}\nallow_insecure_http = true\n\
+             allow_private_targets = [\"127.0.0.0/8\"]\n{rest}"
+        );
+        Config::from_toml_with_env(&text, shown, std::iter::empty())?.validate()
+    }
+}
+
 /// A TOML syntax error as "line L, column C: what". Never the error's own
 /// text: it quotes the offending line, which may hold a secret (a password
 /// in `nats_url`, a token, a registry's credentials).

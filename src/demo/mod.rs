@@ -31,7 +31,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Settings};
+use crate::config::Settings;
 use crate::natsd::NatsServer;
 use crate::receiver::{FailureMode, Receiver, Served};
 use crate::secret::Secret;
@@ -204,19 +204,13 @@ fn demo_settings(
     accept: &Served,
     admin_port: u16,
 ) -> Result<Settings, DemoError> {
-    // Quoted as TOML, so no URL can break the file (a parse error prints
-    // the line, credentials included).
-    let nats_url = toml::Value::String(nats_url.to_owned());
     // Random per run: the API is on loopback, but a fixed token is a
     // known one.
     let admin_token = uuid::Uuid::new_v4().simple();
     let text = format!(
         r#"
-nats_url = {nats_url}
 admin_listen = "127.0.0.1:{admin_port}"
 admin_token = "{admin_token}"
-allow_insecure_http = true
-allow_private_targets = ["127.0.0.0/8"]
 
 [delivery]
 retry_schedule = ["200ms", "500ms", "1s", "2s", "3s"]
@@ -273,7 +267,7 @@ success_values = ["1"]
         oauth = oauth.addr,
         accept = accept.addr,
     );
-    Ok(Config::from_toml_with_env(&text, "demo", std::iter::empty())?.validate()?)
+    Ok(Settings::on_loopback(nats_url, &text, "demo")?)
 }
 
 /// Messages on `filter` in `stream`.
