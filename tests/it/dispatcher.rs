@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderName;
-use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use async_nats::jetstream;
 use ledgerline::config::Settings;
 use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
 use ledgerline::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
@@ -23,7 +23,7 @@ use ledgerline::records::{
 };
 use ledgerline::registry::TargetPolicy;
 use ledgerline::secret::Secret;
-use ledgerline::streams::subjects;
+use ledgerline::streams::{next_on_subject, subjects};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -134,20 +134,14 @@ async fn stored_raw(nats: &Nats, subject: &str) -> Vec<(String, Vec<u8>)> {
     let stream = nats.js.get_stream("LEDGER").await.unwrap();
     let mut out = Vec::new();
     let mut from = 1;
-    loop {
-        match stream
-            .direct_get_next_for_subject(subject, Some(from))
-            .await
-        {
-            Ok(m) => {
-                from = m.sequence + 1;
-                let headers = format!("{:?}", m.headers);
-                out.push((headers, m.payload.to_vec()));
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return out,
-            Err(e) => panic!("reading {subject}: {e}"),
-        }
+    while let Some(m) = next_on_subject(&stream, subject, from)
+        .await
+        .unwrap_or_else(|e| panic!("reading {subject}: {e}"))
+    {
+        from = m.sequence + 1;
+        out.push((format!("{:?}", m.headers), m.payload.to_vec()));
     }
+    out
 }
 
 /// Publishes the postings of `events` under `settings` and starts a
