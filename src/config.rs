@@ -104,66 +104,58 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// The whole configuration file.
+/// The whole configuration file. A key left out takes its value from
+/// [`Config::default`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "default_nats_url")]
     pub nats_url: String,
     /// A NATS credentials file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_creds: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_token: Option<Secret>,
     /// A CA certificate for a NATS server with TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_tls_ca: Option<PathBuf>,
     /// Prefix of input subjects: `<prefix>.<order_id>`.
-    #[serde(default = "default_subject_prefix")]
     pub subject_prefix: String,
-    #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
     /// How long the active instance's lease lives without renewal: a
     /// standby takes over about this long after the active one dies
     /// ([`crate::lease`]).
-    #[serde(default = "default_lease_ttl")]
     pub lease_ttl: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
-    #[serde(default)]
     pub rounding: Rounding,
-    #[serde(default)]
     pub tax_rounding: TaxRounding,
-    #[serde(default)]
     pub allow_insecure_http: bool,
-    #[serde(default)]
     pub allow_private_targets: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub smtp: Option<SmtpConfig>,
-    #[serde(default)]
     pub delivery: DeliveryConfig,
-    #[serde(default)]
     pub registry: Vec<RegistryConfig>,
-}
-
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".to_owned()
-}
-fn default_lease_ttl() -> String {
-    "10s".to_owned()
-}
-
-fn default_subject_prefix() -> String {
-    "orders".to_owned()
-}
-fn default_admin_listen() -> String {
-    "127.0.0.1:8088".to_owned()
 }
 
 impl Default for Config {
     fn default() -> Self {
-        // An empty document takes every serde default.
-        toml::from_str("").unwrap_or_else(|_| unreachable!("every field has a default"))
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_creds: None,
+            nats_token: None,
+            nats_tls_ca: None,
+            subject_prefix: "orders".to_owned(),
+            admin_listen: "127.0.0.1:8088".to_owned(),
+            lease_ttl: "10s".to_owned(),
+            admin_token: None,
+            rounding: Rounding::default(),
+            tax_rounding: TaxRounding::default(),
+            allow_insecure_http: false,
+            allow_private_targets: Vec::new(),
+            smtp: None,
+            delivery: DeliveryConfig::default(),
+            registry: Vec::new(),
+        }
     }
 }
 
@@ -195,6 +187,23 @@ pub struct Settings {
     pub ledger: LedgerOptions,
     pub policy: TargetPolicy,
     pub registries: Vec<Registry>,
+}
+
+impl Settings {
+    /// Settings for a pipeline whose receivers listen on this machine (the
+    /// demo, tests): `nats_url`, plain HTTP and 127.0.0.0/8 targets allowed,
+    /// then `rest` (more top-level keys, then tables); no environment
+    /// overlay. `shown` names the text in errors. The URL is quoted as TOML,
+    /// so no URL can break the text (a parse error prints the line,
+    /// credentials included).
+    pub fn on_loopback(nats_url: &str, rest: &str, shown: &str) -> Result<Settings, ConfigError> {
+        let nats_url = toml::Value::String(nats_url.to_owned());
+        let text = format!(
+            "nats_url = {nats_url}\nallow_insecure_http = true\n\
+             allow_private_targets = [\"127.0.0.0/8\"]\n{rest}"
+        );
+        Config::from_toml_with_env(&text, shown, std::iter::empty())?.validate()
+    }
 }
 
 /// A TOML syntax error as "line L, column C: what". Never the error's own
@@ -511,6 +520,32 @@ mod tests {
         let s = load("", &[]).unwrap();
         assert_eq!(s.config.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(s.ledger, LedgerOptions::default());
+    }
+
+    #[test]
+    fn a_key_left_out_takes_its_default_and_the_others_stay() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            (c.subject_prefix.as_str(), c.admin_listen.as_str()),
+            ("orders", "127.0.0.1:8088")
+        );
+        assert_eq!(
+            (c.lease_ttl.as_str(), c.delivery.max_in_flight),
+            ("10s", 256)
+        );
+        let c: Config =
+            toml::from_str("lease_ttl = \"3s\"\n[delivery]\nbreaker_failures = 2\n").unwrap();
+        assert_eq!(
+            (c.lease_ttl.as_str(), c.delivery.breaker_failures),
+            ("3s", 2)
+        );
+        assert_eq!(
+            (c.nats_url.as_str(), c.delivery.breaker_cool_down.as_str()),
+            ("nats://127.0.0.1:4222", "30s")
+        );
+        assert_eq!(c.delivery.retry_schedule[0], "5s");
+        assert_eq!(c.delivery.retry_schedule.len(), 8);
     }
 
     #[test]

@@ -49,6 +49,8 @@
 //! - [`config`]: the TOML file, environment overrides, validation.
 //! - [`secret`]: values that never print.
 //! - [`tls`]: the one TLS crypto provider (ring) of the binary.
+//! - [`fifo`]: a bounded map evicting the oldest-inserted first (the
+//!   aggregator's books, the export's delivery summaries).
 
 pub mod admin;
 pub mod bench;
@@ -58,6 +60,7 @@ pub mod demo;
 pub mod dispatcher;
 pub mod domain;
 pub mod export;
+pub mod fifo;
 pub mod ingest;
 pub mod nats;
 pub mod offline;

@@ -21,6 +21,9 @@
 //! and hands back its messages; the admin API finishes the requests in
 //! flight), and `run` returns once all have. A component that fails, or
 //! stops while it should not, stops the others, and `run` returns its error.
+//!
+//! [`InProcess`] runs the same beside a client of the caller's own (the
+//! demo and the bench watch LEDGER while the pipeline fills it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -114,6 +117,66 @@ impl ServiceError {
                 | ServiceError::Listen { .. }
                 | ServiceError::Registries(StoreError::Invalid(_))
         )
+    }
+}
+
+/// [`run`] in this process beside a client of the caller's own, with the
+/// ORDERS and LEDGER streams ensured first: how the demo and the bench run
+/// the pipeline. [`Self::stop`] stops it.
+pub struct InProcess {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    /// The LEDGER stream, to watch what the pipeline writes.
+    pub ledger: jetstream::stream::Stream,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+}
+
+impl InProcess {
+    /// Connects once (no retrying), ensures the streams and starts
+    /// `components` with `settings`.
+    pub async fn start(
+        settings: &Settings,
+        components: &[Component],
+    ) -> Result<InProcess, streams::NatsError> {
+        let client = streams::connect_once(&settings.config).await?;
+        let js = jetstream::new(client.clone());
+        streams::ensure_streams(&js, &settings.config.subject_prefix).await?;
+        let ledger = js
+            .get_stream(streams::LEDGER_STREAM)
+            .await
+            .map_err(|source| streams::NatsError::GetStream {
+                stream: streams::LEDGER_STREAM,
+                source,
+            })?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            settings.clone(),
+            components.iter().copied().collect(),
+            shutdown.clone(),
+        ));
+        Ok(InProcess {
+            client,
+            js,
+            ledger,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Whether it has stopped on its own (a component failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the components (an error they stop with is logged: what they
+    /// wrote is what the caller reports on) and flushes the client.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if let Ok(Err(e)) = self.task.await {
+            warn!(error = %e, "the pipeline stopped with an error");
+        }
+        let _ = self.client.flush().await;
     }
 }
 

@@ -36,7 +36,7 @@ use crate::order::OrderState;
 use crate::records::{DeliveryRecord, DeliveryStatus, SeqDeliveries, SeqDelivery, StoredPosting};
 use crate::registry::Registry;
 use crate::streams::direct::{DirectGet, DirectMessage};
-use crate::streams::{LEDGER_STREAM, ORDERS_STREAM};
+use crate::streams::{LEDGER_STREAM, ORDERS_STREAM, subjects};
 
 /// Most events replayed for one ledger view; a longer history is shown up
 /// to here, marked `truncated`.
@@ -300,18 +300,25 @@ fn entry_view(e: &Entry, currency: Currency) -> Value {
     v
 }
 
+/// [`read_subject`] of the order's LEDGER subjects of one kind (`subject`
+/// of a registry and an order, e.g. [`subjects::postings`]) for every
+/// registry.
+async fn read_every_registry(
+    client: &async_nats::Client,
+    subject: fn(&str, &str) -> String,
+    order: &OrderId,
+    max: usize,
+) -> Result<(Vec<DirectMessage>, bool), ApiError> {
+    read_subject(client, LEDGER_STREAM, &subject("*", order.as_str()), max).await
+}
+
 /// Every posting of the order, per registry, and whether more were left.
 async fn postings_by_registry(
     client: &async_nats::Client,
     order: &OrderId,
 ) -> Result<(PostingsByRegistry, bool), ApiError> {
-    let (posting_msgs, truncated) = read_subject(
-        client,
-        LEDGER_STREAM,
-        &format!("ledger.postings.*.{order}"),
-        VIEW_POSTINGS_MAX,
-    )
-    .await?;
+    let (posting_msgs, truncated) =
+        read_every_registry(client, subjects::postings, order, VIEW_POSTINGS_MAX).await?;
     let mut by_registry = PostingsByRegistry::new();
     for m in posting_msgs {
         let sp: StoredPosting = serde_json::from_slice(m.payload()).map_err(|e| {
@@ -336,10 +343,10 @@ async fn deliveries_by_registry(
     client: &async_nats::Client,
     order: &OrderId,
 ) -> Result<HashMap<String, SeqDeliveries>, ApiError> {
-    let (records, _) = read_subject(
+    let (records, _) = read_every_registry(
         client,
-        LEDGER_STREAM,
-        &format!("ledger.deliveries.*.{order}"),
+        subjects::deliveries,
+        order,
         VIEW_DELIVERY_RECORDS_MAX,
     )
     .await?;

@@ -32,8 +32,8 @@ use crate::natsd::NatsServer;
 use crate::receiver::{FailureMode, Receiver, Served};
 use crate::records::StoredPosting;
 use crate::secret::Secret;
-use crate::service::Component;
-use crate::streams::{self, LEDGER_STREAM, ORDERS_STREAM, subjects};
+use crate::service::{Component, InProcess};
+use crate::streams::{LEDGER_STREAM, ORDERS_STREAM, subjects};
 
 /// The signing secret of the bench's signed registry (not a real secret).
 pub const BENCH_SECRET: &str = "whsec_YmVuY2gtc2VjcmV0LWZvci1sZWRnZXJsaW5lISE=";
@@ -340,22 +340,9 @@ pub async fn run(
     let detail = start_receiver(None, stop_receivers.clone()).await?;
     let settings = bench_settings(&server.url(), &journal, &detail, opts.max_in_flight)?;
     let prefix = settings.config.subject_prefix.clone();
-    let client = streams::connect_once(&settings.config).await?;
-    let js = jetstream::new(client.clone());
-    streams::ensure_streams(&js, &prefix).await?;
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(err("reading LEDGER"))?;
-    let stop_service = CancellationToken::new();
-    let service = tokio::spawn(crate::service::run_with_listener(
-        settings.clone(),
-        [Component::Aggregator, Component::Dispatcher]
-            .into_iter()
-            .collect(),
-        None,
-        stop_service.clone(),
-    ));
+    let components = [Component::Aggregator, Component::Dispatcher];
+    let pipeline = InProcess::start(&settings, &components).await?;
+    let (js, ledger) = (pipeline.js.clone(), pipeline.ledger.clone());
     // Ready once the aggregator and every dispatcher consumer exist.
     let ready_since = Instant::now();
     loop {
@@ -374,7 +361,7 @@ pub async fn run(
         if agg && disp {
             break;
         }
-        if ready_since.elapsed() > Duration::from_secs(30) || service.is_finished() {
+        if ready_since.elapsed() > Duration::from_secs(30) || pipeline.is_finished() {
             return Err(BenchError::Step {
                 what: "starting the pipeline",
                 message: "the aggregator and dispatcher did not start within 30 s".to_owned(),
@@ -535,13 +522,8 @@ pub async fn run(
     };
 
     progress(&BenchProgress::stage("(c) stopping the pipeline"));
-    stop_service.cancel();
-    if let Ok(Err(e)) = service.await {
-        tracing::warn!(error = %e, "the pipeline stopped with an error");
-    }
+    pipeline.stop().await;
     stop_receivers.cancel();
-    let _ = client.flush().await;
-    drop(client);
     server.stop().await;
     Ok(figures)
 }

@@ -24,19 +24,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::{self, stream::Stream};
+use async_nats::jetstream::stream::Stream;
 use axum::routing::post;
 use axum::{Json, Router};
 use rust_decimal::Decimal;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Settings};
+use crate::config::Settings;
 use crate::natsd::NatsServer;
 use crate::receiver::{FailureMode, Receiver, Served};
 use crate::secret::Secret;
-use crate::service::Component;
-use crate::streams::{self, LEDGER_STREAM, subjects};
+use crate::service::{Component, InProcess};
+use crate::streams::{self, subjects};
 
 /// The signing secret of the demo's signed registry (not a real secret).
 pub const DEMO_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWxlZGdlcmxpbmU=";
@@ -130,6 +130,36 @@ fn step<E: Into<async_nats::Error>>(what: &'static str) -> impl Fn(E) -> DemoErr
     }
 }
 
+/// Makes `served` answer `status` to `share` of its requests (`what`
+/// names the step).
+fn fail_share(
+    served: &Served,
+    status: u16,
+    share: f64,
+    what: &'static str,
+) -> Result<(), DemoError> {
+    let failure = FailureMode {
+        status: Some(status),
+        share,
+        ..FailureMode::default()
+    };
+    served.receiver.set_failure(failure).map_err(step(what))
+}
+
+/// Publishes the NDJSON `text` as `ledgerline publish` does (source
+/// `demo`), telling `progress` the running counts; `what` names the step.
+async fn publish(
+    client: &async_nats::Client,
+    prefix: &str,
+    text: &str,
+    what: &'static str,
+    progress: impl FnMut(&crate::publish::PublishSummary),
+) -> Result<crate::publish::PublishSummary, DemoError> {
+    crate::publish::publish(client, prefix, "demo", text.as_bytes(), |_| {}, progress)
+        .await
+        .map_err(step(what))
+}
+
 async fn start_receiver(
     secret: Option<&Secret>,
     with_token_endpoint: bool,
@@ -174,19 +204,13 @@ fn demo_settings(
     accept: &Served,
     admin_port: u16,
 ) -> Result<Settings, DemoError> {
-    // Quoted as TOML, so no URL can break the file (a parse error prints
-    // the line, credentials included).
-    let nats_url = toml::Value::String(nats_url.to_owned());
     // Random per run: the API is on loopback, but a fixed token is a
     // known one.
     let admin_token = uuid::Uuid::new_v4().simple();
     let text = format!(
         r#"
-nats_url = {nats_url}
 admin_listen = "127.0.0.1:{admin_port}"
 admin_token = "{admin_token}"
-allow_insecure_http = true
-allow_private_targets = ["127.0.0.0/8"]
 
 [delivery]
 retry_schedule = ["200ms", "500ms", "1s", "2s", "3s"]
@@ -243,7 +267,7 @@ success_values = ["1"]
         oauth = oauth.addr,
         accept = accept.addr,
     );
-    Ok(Config::from_toml_with_env(&text, "demo", std::iter::empty())?.validate()?)
+    Ok(Settings::on_loopback(nats_url, &text, "demo")?)
 }
 
 /// Messages on `filter` in `stream`.
@@ -377,25 +401,13 @@ pub async fn run_demo(
 
     p.stage = "starting the pipeline".to_owned();
     progress(&p);
-    let client = streams::connect_once(&settings.config).await?;
-    let js = jetstream::new(client.clone());
-    streams::ensure_streams(&js, &settings.config.subject_prefix).await?;
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(step("reading LEDGER"))?;
-    let stop_service = CancellationToken::new();
-    let service = tokio::spawn(crate::service::run(
-        settings.clone(),
-        [
-            Component::Aggregator,
-            Component::Dispatcher,
-            Component::Admin,
-        ]
-        .into_iter()
-        .collect(),
-        stop_service.clone(),
-    ));
+    let components = [
+        Component::Aggregator,
+        Component::Dispatcher,
+        Component::Admin,
+    ];
+    let pipeline = InProcess::start(&settings, &components).await?;
+    let (client, js, ledger) = (&pipeline.client, &pipeline.js, &pipeline.ledger);
 
     // Publish, with a burst of failures at the signed receiver a third in.
     let lines = dataset::generate(opts.orders, dataset::SEED);
@@ -406,41 +418,24 @@ pub async fn run_demo(
     let first_text: String = first.iter().map(|l| format!("{l}\n")).collect();
     let rest_text: String = rest.iter().map(|l| format!("{l}\n")).collect();
     let prefix = settings.config.subject_prefix.clone();
-    let s1 = crate::publish::publish(
-        &client,
+    let s1 = publish(
+        client,
         &prefix,
-        "demo",
-        first_text.as_bytes(),
-        |_| {},
+        &first_text,
+        "publishing the dataset",
         |s| {
             p.published = s.lines;
             progress(&p);
         },
     )
-    .await
-    .map_err(step("publishing the dataset"))?;
-    signed
-        .receiver
-        .set_failure(FailureMode {
-            status: Some(503),
-            share: 0.5,
-            ..FailureMode::default()
-        })
-        .map_err(step("injecting failures"))?;
+    .await?;
+    fail_share(&signed, 503, 0.5, "injecting failures")?;
     p.stage = "publishing (receiver failing half the requests)".to_owned();
-    let s2 = crate::publish::publish(
-        &client,
-        &prefix,
-        "demo",
-        rest_text.as_bytes(),
-        |_| {},
-        |s| {
-            p.published = first.len() as u64 + s.lines;
-            progress(&p);
-        },
-    )
-    .await
-    .map_err(step("publishing the dataset"))?;
+    let s2 = publish(client, &prefix, &rest_text, "publishing the dataset", |s| {
+        p.published = first.len() as u64 + s.lines;
+        progress(&p);
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     signed
         .receiver
@@ -448,34 +443,26 @@ pub async fn run_demo(
         .map_err(step("ending the failure burst"))?;
 
     p.stage = "delivering".to_owned();
-    settle(&ledger, &mut progress, &mut p).await?;
+    settle(ledger, &mut progress, &mut p).await?;
 
     // One dead letter, deterministically: one more update while the
     // accept-rule receiver refuses everything, then redeliver it.
     p.stage = "dead letter and redelivery".to_owned();
     progress(&p);
-    let alerts_before = count(&ledger, "ledger.alerts.>").await;
-    accept
-        .receiver
-        .set_failure(FailureMode {
-            status: Some(200),
-            share: 1.0,
-            ..FailureMode::default()
-        })
-        .map_err(step("refusing at the accept receiver"))?;
+    let alerts_before = count(ledger, "ledger.alerts.>").await;
+    fail_share(&accept, 200, 1.0, "refusing at the accept receiver")?;
     let (order_id, extra) = dataset::one_more_update(&lines);
-    crate::publish::publish(
-        &client,
+    let extra = format!("{extra}\n");
+    publish(
+        client,
         &prefix,
-        "demo",
-        format!("{extra}\n").as_bytes(),
-        |_| {},
+        &extra,
+        "publishing the extra update",
         |_| {},
     )
-    .await
-    .map_err(step("publishing the extra update"))?;
+    .await?;
     let waited = Instant::now();
-    while count(&ledger, "ledger.alerts.>").await <= alerts_before {
+    while count(ledger, "ledger.alerts.>").await <= alerts_before {
         if waited.elapsed() > Duration::from_secs(30) {
             return Err(DemoError::Unmet {
                 what: "waiting for the dead letter",
@@ -488,11 +475,11 @@ pub async fn run_demo(
         .receiver
         .set_failure(FailureMode::default())
         .map_err(step("restoring the accept receiver"))?;
-    crate::dispatcher::status::request_redeliver(&js, "erp-accept", &order_id)
+    crate::dispatcher::status::request_redeliver(js, "erp-accept", &order_id)
         .await
         .map_err(step("redelivering"))?;
     p.stage = "delivering the redelivered posting".to_owned();
-    settle(&ledger, &mut progress, &mut p).await?;
+    settle(ledger, &mut progress, &mut p).await?;
 
     // Export.
     p.stage = "exporting".to_owned();
@@ -502,12 +489,12 @@ pub async fn run_demo(
     let beancount = opts.out_dir.join("ledger.beancount");
     let mut export_opts = crate::export::ExportOptions::default();
     let file = std::fs::File::create(&csv).map_err(step("writing ledger.csv"))?;
-    let report = crate::export::export(&client, &export_opts, std::io::BufWriter::new(file))
+    let report = crate::export::export(client, &export_opts, std::io::BufWriter::new(file))
         .await
         .map_err(step("exporting CSV"))?;
     export_opts.format = crate::export::Format::Beancount;
     let file = std::fs::File::create(&beancount).map_err(step("writing ledger.beancount"))?;
-    crate::export::export(&client, &export_opts, std::io::BufWriter::new(file))
+    crate::export::export(client, &export_opts, std::io::BufWriter::new(file))
         .await
         .map_err(step("exporting beancount"))?;
     let bean_check = match bean_check() {
@@ -526,7 +513,7 @@ pub async fn run_demo(
     p.stage = "verifying".to_owned();
     progress(&p);
     let verify = crate::verify::verify(
-        &client,
+        client,
         &prefix,
         settings.ledger,
         settings.registries.clone(),
@@ -536,19 +523,19 @@ pub async fn run_demo(
     .map_err(step("verifying"))?;
 
     // Count what happened, from the streams.
-    let outcomes = attempt_outcomes(&ledger).await;
+    let outcomes = attempt_outcomes(ledger).await;
     let summary = DemoSummary {
         orders: opts.orders,
         events: p.events,
         published: s1.published + s2.published,
         refused_by_publish: s1.refused_total() + s2.refused_total(),
-        rejected: count(&ledger, subjects::REJECTED_ALL).await,
-        postings: count(&ledger, subjects::POSTINGS_ALL).await,
-        delivered: count(&ledger, subjects::REGISTRY_DATA_ALL).await,
+        rejected: count(ledger, subjects::REJECTED_ALL).await,
+        postings: count(ledger, subjects::POSTINGS_ALL).await,
+        delivered: count(ledger, subjects::REGISTRY_DATA_ALL).await,
         attempts: outcomes.values().sum(),
         retries: outcomes.get("retrying").copied().unwrap_or(0),
-        dead_letters: count(&ledger, "ledger.alerts.>").await,
-        redelivered: count(&ledger, "ledger.control.>").await,
+        dead_letters: count(ledger, "ledger.alerts.>").await,
+        redelivered: count(ledger, "ledger.control.>").await,
         totals: report
             .summary
             .totals
@@ -569,13 +556,8 @@ pub async fn run_demo(
     };
 
     // Stop everything we started.
-    stop_service.cancel();
-    if let Ok(Err(e)) = service.await {
-        tracing::warn!(error = %e, "the service stopped with an error");
-    }
+    pipeline.stop().await;
     stop_receivers.cancel();
-    let _ = client.flush().await;
-    drop(client);
     if let Some(mut s) = server {
         s.stop().await;
     }

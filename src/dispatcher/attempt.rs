@@ -389,16 +389,9 @@ impl Target {
         let receiver_message = receiver_message(&body, message_pointer);
         let mut report = match status {
             200..=299 => match accept.map(|a| check_accept(a, &body)) {
-                Some(Err(why)) => AttemptReport {
-                    outcome: Outcome::DeadLetter {
-                        receiver_message: receiver_message.clone(),
-                    },
-                    error: Some(match &receiver_message {
-                        Some(m) => format!("refused by the receiver: {why}: {m}"),
-                        None => format!("refused by the receiver: {why}"),
-                    }),
-                    ..blank(Health::Up)
-                },
+                Some(Err(why)) => {
+                    refused(format!("refused by the receiver: {why}"), receiver_message)
+                }
                 _ => {
                     let data = registry_data(&body);
                     match json_depth(&data) {
@@ -440,16 +433,7 @@ impl Target {
                 )),
                 ..blank(Health::Up)
             },
-            _ => AttemptReport {
-                outcome: Outcome::DeadLetter {
-                    receiver_message: receiver_message.clone(),
-                },
-                error: Some(match &receiver_message {
-                    Some(m) => format!("HTTP {status}: {m}"),
-                    None => format!("HTTP {status}"),
-                }),
-                ..blank(Health::Up)
-            },
+            _ => refused(format!("HTTP {status}"), receiver_message),
         };
         report.http_status = Some(status);
         report.response_excerpt = excerpt(&body);
@@ -474,6 +458,16 @@ fn failed(outcome: Outcome, error: String, health: Health) -> AttemptReport {
         error: Some(error),
         ..blank(health)
     }
+}
+
+/// A dead letter for `what`, followed by the receiver's own message when
+/// its reply carried one.
+fn refused(what: String, receiver_message: Option<String>) -> AttemptReport {
+    let error = match &receiver_message {
+        Some(m) => format!("{what}: {m}"),
+        None => what,
+    };
+    failed(Outcome::DeadLetter { receiver_message }, error, Health::Up)
 }
 
 fn token_failure(e: TokenError) -> AttemptReport {

@@ -525,15 +525,16 @@ async fn route(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(order_id.clone(), vec![token]);
-    let worker = Worker::new(
-        shared.clone(),
-        target.clone(),
-        slots.clone(),
-        idle.clone(),
-        order_id.clone(),
-        cancel.clone(),
-        permit,
-    );
+    let worker = Worker {
+        shared: shared.clone(),
+        target: target.clone(),
+        slots: slots.clone(),
+        idle: idle.clone(),
+        order_id: order_id.clone(),
+        cancel: cancel.clone(),
+        _permit: permit,
+        held: Vec::new(),
+    };
     let handle = workers.spawn(worker.run());
     worker_orders.insert(handle.id(), order_id);
 }

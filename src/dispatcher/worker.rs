@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
+use async_nats::jetstream::stream::DirectGetError;
 use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
@@ -65,7 +65,7 @@ use crate::posting::{Posting, idempotency_key};
 use crate::records::{
     AlertRecord, AttemptOutcome, ControlRecord, DeliveryRecord, RegistryDataRecord, StoredPosting,
 };
-use crate::streams::{H_KIND, subjects};
+use crate::streams::{self, H_KIND, subjects};
 
 /// After a NATS failure (a read or a record that could not be stored), the
 /// order's wake-ups are handed back for this long: the attempt is redone
@@ -305,39 +305,21 @@ enum Sent {
     Report(AttemptReport),
 }
 
+/// One order's worker, built by the dispatcher's loop (`held` starts
+/// empty).
 pub(crate) struct Worker {
-    shared: Arc<Shared>,
-    target: Arc<Target>,
-    slots: Slots,
-    idle: IdleOrders,
-    order_id: String,
-    cancel: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-    held: Vec<Token>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) target: Arc<Target>,
+    pub(super) slots: Slots,
+    pub(super) idle: IdleOrders,
+    pub(super) order_id: String,
+    pub(super) cancel: CancellationToken,
+    /// Held while the worker lives: one of `max_in_flight`.
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) held: Vec<Token>,
 }
 
 impl Worker {
-    pub fn new(
-        shared: Arc<Shared>,
-        target: Arc<Target>,
-        slots: Slots,
-        idle: IdleOrders,
-        order_id: String,
-        cancel: CancellationToken,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            shared,
-            target,
-            slots,
-            idle,
-            order_id,
-            cancel,
-            _permit: permit,
-            held: Vec::new(),
-        }
-    }
-
     fn registry_id(&self) -> &str {
         self.target.id()
     }
@@ -687,15 +669,9 @@ impl Worker {
         let subject = subjects::postings(self.registry_id(), &self.order_id);
         let mut from = p.delivered_posting_stream_seq.saturating_add(1);
         loop {
-            let m = match self
-                .shared
-                .ledger
-                .direct_get_next_for_subject(subject.as_str(), Some(from))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-                Err(source) => return Err(FindError::Nats { source }),
+            let next = streams::next_on_subject(&self.shared.ledger, &subject, from).await;
+            let Some(m) = next.map_err(|source| FindError::Nats { source })? else {
+                return Ok(None);
             };
             let sp = StoredPosting::read_without_cumulative(&m.payload).map_err(|source| {
                 Unsendable::Unreadable {

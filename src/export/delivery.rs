@@ -18,10 +18,10 @@
 //! nearby in the stream cost nothing; older entries are evicted first in,
 //! first out. Memory is bounded by the cache, never by the stream.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::fifo::FifoMap;
 use crate::records::DeliveryRecord;
 use crate::records::{SeqDeliveries, SeqDelivery};
 use crate::streams::direct::DirectGet;
@@ -50,17 +50,13 @@ fn order_key(registry: &str, order: &str) -> Arc<str> {
 /// Summaries of recently seen orders, bounded, evicted first in first out.
 #[derive(Debug)]
 pub struct DeliveryCache {
-    map: HashMap<Arc<str>, Arc<SeqDeliveries>>,
-    order: VecDeque<Arc<str>>,
-    capacity: usize,
+    map: FifoMap<Arc<str>, Arc<SeqDeliveries>>,
 }
 
 impl DeliveryCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::with_capacity(capacity.max(1) + 1),
-            order: VecDeque::with_capacity(capacity.max(1) + 1),
-            capacity: capacity.max(1),
+            map: FifoMap::with_capacity(capacity.max(1)),
         }
     }
 
@@ -69,18 +65,7 @@ impl DeliveryCache {
     }
 
     pub fn insert(&mut self, registry: &str, order: &str, d: Arc<SeqDeliveries>) {
-        let key = order_key(registry, order);
-        if self.map.insert(key.clone(), d).is_none() {
-            self.order.push_back(key);
-        }
-        while self.map.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.map.insert(order_key(registry, order), d);
     }
 
     pub fn len(&self) -> usize {
@@ -195,6 +180,6 @@ mod tests {
         assert!(c.get("r", "o6").is_none());
         // Re-inserting a present key does not grow the eviction queue.
         c.insert("r", "o9", Arc::new(SeqDeliveries::default()));
-        assert_eq!(c.order.len(), 3);
+        assert_eq!(c.map.queued(), 3);
     }
 }

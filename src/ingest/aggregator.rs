@@ -51,7 +51,7 @@
 //! retried in place, with the event kept alive by progress acks, so later
 //! events of the same order cannot overtake it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +61,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -432,45 +432,9 @@ impl LaneBook {
     }
 }
 
-/// A bounded map of books; the oldest-inserted is evicted first.
-struct BookCache {
-    max: usize,
-    books: HashMap<OrderId, LaneBook>,
-    order: VecDeque<OrderId>,
-}
-
-impl BookCache {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            books: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn take(&mut self, id: &OrderId) -> Option<LaneBook> {
-        self.books.remove(id)
-    }
-
-    fn put(&mut self, id: OrderId, book: LaneBook) {
-        if self.books.insert(id.clone(), book).is_none() {
-            self.order.push_back(id);
-        }
-        while self.books.len() > self.max {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.books.remove(&old);
-                }
-                None => break,
-            }
-        }
-        // Drop ids of books taken and not put back, so `order` stays bounded.
-        if self.order.len() > 2 * self.max {
-            let books = &self.books;
-            self.order.retain(|id| books.contains_key(id));
-        }
-    }
-}
+/// The books of recently handled orders; the oldest-inserted is evicted
+/// first (taken out while an event is handled, put back after).
+type BookCache = crate::fifo::FifoMap<OrderId, LaneBook>;
 
 struct Lane {
     shared: Arc<Shared>,
@@ -565,7 +529,7 @@ impl Lane {
         };
         let order_id = event.order_id.clone();
         let mut new_order = false;
-        let mut lb = match self.cache.take(&order_id) {
+        let mut lb = match self.cache.remove(&order_id) {
             Some(lb) if self.overtaken(&lb, &order_id, seq).await? => {
                 debug!(order_id = %order_id, seq, after = lb.last_seq,
                        "an earlier event of the order has not been handled yet; rebuilding");
@@ -582,7 +546,7 @@ impl Lane {
         };
         if lb.last_seq >= seq {
             debug!(order_id = %order_id, seq, "event already handled; skipping");
-            self.cache.put(order_id, lb);
+            self.cache.insert(order_id, lb);
             return Ok(());
         }
         // On failure the book may hold half a step: it is dropped and
@@ -603,7 +567,7 @@ impl Lane {
             // this book lacks the later events, so do not keep it.
             return Ok(());
         }
-        self.cache.put(order_id, lb);
+        self.cache.insert(order_id, lb);
         Ok(())
     }
 
@@ -620,16 +584,10 @@ impl Lane {
             return Ok(false);
         }
         let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
-        match self
-            .shared
-            .orders
-            .direct_get_next_for_subject(subject.as_str(), Some(lb.last_seq + 1))
+        let next = streams::next_on_subject(&self.shared.orders, &subject, lb.last_seq + 1)
             .await
-        {
-            Ok(m) => Ok(m.sequence < seq),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
-            Err(e) => Err(transient("looking for overtaken events of the order", e)),
-        }
+            .map_err(|e| transient("looking for overtaken events of the order", e))?;
+        Ok(next.is_some_and(|m| m.sequence < seq))
     }
 
     /// Applies `event` (ORDERS sequence `seq`) to `lb` and publishes a posting
@@ -715,16 +673,11 @@ impl Lane {
             return Ok(None);
         }
         let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
-        match self
-            .shared
-            .orders
-            .direct_get_next_for_subject(subject.as_str(), Some(1))
+        let first = streams::next_on_subject(&self.shared.orders, &subject, 1)
             .await
-        {
-            Ok(m) if m.sequence == seq => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(transient("looking for earlier events of the order", e)),
+            .map_err(|e| transient("looking for earlier events of the order", e))?;
+        if first.is_none_or(|m| m.sequence != seq) {
+            return Ok(None);
         }
         let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
         let mut lb = LaneBook::empty(order_id);
@@ -760,15 +713,9 @@ impl Lane {
         let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
         let (mut next, mut folded, mut caught_up) = (1, 0u64, 0u64);
         loop {
-            let m = match self
-                .shared
-                .orders
-                .direct_get_next_for_subject(subject.as_str(), Some(next))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(transient("replaying the order's events", e).into()),
+            let found = streams::next_on_subject(&self.shared.orders, &subject, next).await;
+            let Some(m) = found.map_err(|e| transient("replaying the order's events", e))? else {
+                break;
             };
             if m.sequence >= before {
                 break;

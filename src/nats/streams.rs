@@ -69,6 +69,23 @@ pub const H_ORIGINAL_SHA256: &str = "Ledgerline-Original-Sha256";
 /// Header: the record kind on LEDGER subjects (`posting`, `delivery`, …).
 pub const H_KIND: &str = "Ledgerline-Kind";
 
+/// The first message on `subject` at or after stream sequence `from` (one
+/// Direct Get), or `None` when there is none.
+pub async fn next_on_subject(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+) -> Result<Option<jetstream::message::StreamMessage>, stream::DirectGetError> {
+    match stream
+        .direct_get_next_for_subject(subject, Some(from))
+        .await
+    {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Subjects of the LEDGER stream.
 pub mod subjects {
     /// Every subject of the LEDGER stream.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use async_nats::header::HeaderName;
+use async_nats::jetstream;
 use ledgerline::config::Settings;
 use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
 use ledgerline::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
@@ -22,12 +23,13 @@ use ledgerline::records::{
 };
 use ledgerline::registry::TargetPolicy;
 use ledgerline::secret::Secret;
-use ledgerline::streams::subjects;
+use ledgerline::streams::{next_on_subject, subjects};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::config::TestConfig;
 use crate::support::engine::{self, ticket_event};
 use crate::support::scripted::{Reply, Scripted, reply};
 use crate::support::{self, Nats, process};
@@ -39,6 +41,54 @@ const PREVIOUS_SECRET: &str = "whsec_c2VjcmV0LW9mLXRoZS1wcmV2aW91cy1rZXk=";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Settings of one registry, `books`, at `url`.
+fn books(nats: &Nats, url: &str) -> Settings {
+    TestConfig::new()
+        .registry("books", url, "")
+        .settings(&nats.server)
+}
+
+/// Publishes `record` on `subject` with message id `msg_id` and `guard`
+/// (one more header, when given); waits for the ack and returns the stream
+/// sequence.
+async fn publish_acked(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    guard: Option<(HeaderName, u64)>,
+    record: &impl serde::Serialize,
+) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    if let Some((name, value)) = guard {
+        headers.insert(name, value.to_string().as_str());
+    }
+    let payload = serde_json::to_vec(record).unwrap();
+    let ack = js
+        .publish_with_headers(subject.to_owned(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    ack.sequence
+}
+
+/// Stores registry_data for `posting` as another dispatcher would (`{"by":
+/// "the other dispatcher"}`, the worker's message id), with `guard`.
+async fn store_theirs(nats: &Nats, posting: &Posting, guard: (HeaderName, u64)) {
+    let theirs = RegistryDataRecord {
+        registry_id: posting.registry_id.clone(),
+        order_id: posting.order_id.as_str().to_owned(),
+        seq: posting.seq,
+        idempotency_key: posting.idempotency_key,
+        registry_data: json!({"by": "the other dispatcher"}),
+        received_at: time::OffsetDateTime::now_utc(),
+    };
+    let subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
+    let id = format!("registry_data:{}", posting.idempotency_key);
+    publish_acked(&nats.js, &subject, &id, Some(guard), &theirs).await;
 }
 
 /// Publishes postings as the aggregator stores them.
@@ -64,23 +114,9 @@ impl Publisher {
                 previous_subject_seq: previous,
                 posting: p.clone(),
             };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                p.idempotency_key.to_string().as_str(),
-            );
-            let ack = self
-                .js
-                .publish_with_headers(
-                    subject.clone(),
-                    headers,
-                    serde_json::to_vec(&stored).unwrap().into(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            self.last.insert(subject, ack.sequence);
+            let id = p.idempotency_key.to_string();
+            let seq = publish_acked(&self.js, &subject, &id, None, &stored).await;
+            self.last.insert(subject, seq);
         }
     }
 }
@@ -98,20 +134,93 @@ async fn stored_raw(nats: &Nats, subject: &str) -> Vec<(String, Vec<u8>)> {
     let stream = nats.js.get_stream("LEDGER").await.unwrap();
     let mut out = Vec::new();
     let mut from = 1;
-    loop {
-        match stream
-            .direct_get_next_for_subject(subject, Some(from))
-            .await
-        {
-            Ok(m) => {
-                from = m.sequence + 1;
-                let headers = format!("{:?}", m.headers);
-                out.push((headers, m.payload.to_vec()));
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return out,
-            Err(e) => panic!("reading {subject}: {e}"),
-        }
+    while let Some(m) = next_on_subject(&stream, subject, from)
+        .await
+        .unwrap_or_else(|e| panic!("reading {subject}: {e}"))
+    {
+        from = m.sequence + 1;
+        out.push((format!("{:?}", m.headers), m.payload.to_vec()));
     }
+    out
+}
+
+/// Publishes the postings of `events` under `settings` and starts a
+/// dispatcher (its options changed by `tweak`); returns the postings.
+async fn dispatch(
+    nats: &Nats,
+    settings: &Settings,
+    events: &[String],
+    tweak: impl FnOnce(&mut DispatcherOptions),
+) -> (Vec<Posting>, Dispatcher) {
+    let postings = engine::postings(settings, events);
+    Publisher::new(nats).publish(&postings).await;
+    (postings, start(nats, settings, tweak))
+}
+
+/// The sample receiver answering after 0 to `jitter_ms` ms.
+async fn jittery_receiver(jitter_ms: u64) -> (Receiver, String) {
+    let failure = FailureMode {
+        jitter_ms,
+        ..FailureMode::default()
+    };
+    support::receiver(None, failure).await
+}
+
+/// Each posting's idempotency key → its order and seq.
+fn seq_of(postings: &[Posting]) -> HashMap<String, (String, u64)> {
+    let place = |p: &Posting| (p.order_id.as_str().to_owned(), p.seq);
+    postings
+        .iter()
+        .map(|p| (p.idempotency_key.to_string(), place(p)))
+        .collect()
+}
+
+/// Versions 1 to `n` of a ticket order, version `v` for `v` adults.
+fn versions(order: &str, n: u64) -> Vec<String> {
+    (1..=n).map(|v| ticket_event(order, v, v as u32)).collect()
+}
+
+/// The first version of a ticket order for each of `orders`.
+fn first_tickets(orders: impl Iterator<Item = String>) -> Vec<String> {
+    orders.map(|o| ticket_event(&o, 1, 1)).collect()
+}
+
+/// Every order's delivery row.
+async fn all_deliveries(nats: &Nats) -> Vec<ledgerline::dispatcher::state::OrderDeliveries> {
+    list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
+        .await
+        .expect("deliveries list reads every order")
+}
+
+/// Waits (failing after `limit_s` s) until each order of `want` has its
+/// status in `deliveries list`.
+async fn until_statuses(nats: &Nats, want: &[(&str, Status)], limit_s: u64) {
+    let what = format!("the statuses {want:?}");
+    support::eventually(&what, Duration::from_secs(limit_s), || async {
+        let rows = all_deliveries(nats).await;
+        let has = |(order, status): &(&str, Status)| {
+            rows.iter()
+                .any(|r| r.order_id == *order && r.status == *status)
+        };
+        want.iter().all(has)
+    })
+    .await;
+}
+
+/// Waits (naming `what`, failing after `limit_s` s) until `rx` has accepted
+/// every one of `postings`; returns every request it received.
+async fn every_key_received(
+    rx: &Receiver,
+    postings: &[Posting],
+    what: &str,
+    limit_s: u64,
+) -> Vec<ledgerline::receiver::Received> {
+    let total = postings.len() as u64;
+    support::eventually(what, Duration::from_secs(limit_s), || async {
+        rx.stats().distinct_keys == total
+    })
+    .await;
+    rx.received()
 }
 
 /// A dispatcher running in this process.
@@ -225,29 +334,25 @@ fn assert_no_secret(haystack: &str, secrets: &[&str], where_: &str) {
 async fn the_reference_example_reaches_the_receiver_byte_exact_with_every_header() {
     let nats = support::nats().await;
     let (rx, url) = support::receiver(Some(SECRET), FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[[registry]]
-id = "reference"
-url = "{url}/hooks/orders"
-signing_secret = "{SECRET}"
-headers = {{ "authenticationToken" = "api-key-7f3a9c" }}
-query = {{ "tenant" = "eu" }}
-"#
-        ),
-    );
+    let settings = TestConfig::new()
+        .registry(
+            "reference",
+            &format!("{url}/hooks/orders"),
+            &format!(
+                "signing_secret = \"{SECRET}\"\n\
+                 headers = {{ \"authenticationToken\" = \"api-key-7f3a9c\" }}\n\
+                 query = {{ \"tenant\" = \"eu\" }}"
+            ),
+        )
+        .settings(&nats.server);
     let dir = repo().join("fixtures/golden/reference");
     let events: Vec<String> = std::fs::read_to_string(dir.join("events.ndjson"))
         .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();
-    let postings = engine::postings(&settings, &events);
+    let (postings, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     assert_eq!(postings.len(), 1);
-    Publisher::new(&nats).publish(&postings).await;
-    let d = start(&nats, &settings, |_| {});
     // Received, and its attempt and reply stored (written after the reply).
     support::eventually(
         "the posting and its records",
@@ -317,19 +422,14 @@ query = {{ "tenant" = "eu" }}
 async fn each_posting_carries_the_registry_data_the_previous_reply_returned() {
     let nats = support::nats().await;
     let (rx, url) = support::receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
-    );
+    let settings = books(&nats, &format!("{url}/hook"));
     let events = vec![
         ticket_event("o-chain", 1, 2),
         ticket_event("o-chain", 2, 3),
         ticket_event("o-chain", 3, 1),
     ];
-    let postings = engine::postings(&settings, &events);
+    let (postings, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     assert_eq!(postings.len(), 3);
-    Publisher::new(&nats).publish(&postings).await;
-    let d = start(&nats, &settings, |_| {});
     support::eventually("3 postings", Duration::from_secs(10), || async {
         rx.received().len() == 3
     })
@@ -346,9 +446,7 @@ async fn each_posting_carries_the_registry_data_the_previous_reply_returned() {
     let seqs: Vec<u64> = rd.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(rd[2].registry_data["revision"], 3);
-    let rows = list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
-        .await
-        .unwrap();
+    let rows = all_deliveries(&nats).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(
         (rows[0].status, rows[0].postings, rows[0].delivered),
@@ -362,18 +460,10 @@ async fn two_hundred_orders_in_flight_stay_in_order_while_replies_come_back_shuf
     const ORDERS: usize = 200;
     const PER_ORDER: u64 = 3;
     let nats = support::nats().await;
-    let (rx, url) = support::receiver(
-        None,
-        FailureMode {
-            jitter_ms: 25,
-            ..FailureMode::default()
-        },
-    )
-    .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\nrate_limit_per_s = 10000\n"),
-    );
+    let (rx, url) = jittery_receiver(25).await;
+    let settings = TestConfig::new()
+        .registry("books", &format!("{url}/hook"), "rate_limit_per_s = 10000")
+        .settings(&nats.server);
     // Interleaved: posting 1 of every order, then every 2, then every 3.
     let mut events = Vec::new();
     for v in 1..=PER_ORDER {
@@ -382,15 +472,7 @@ async fn two_hundred_orders_in_flight_stay_in_order_while_replies_come_back_shuf
         }
     }
     let postings = engine::postings(&settings, &events);
-    let seq_of: HashMap<String, (String, u64)> = postings
-        .iter()
-        .map(|p| {
-            (
-                p.idempotency_key.to_string(),
-                (p.order_id.as_str().to_owned(), p.seq),
-            )
-        })
-        .collect();
+    let seq_of = seq_of(&postings);
     let d = start(&nats, &settings, |o| o.max_in_flight = 256);
     let started = Instant::now();
     Publisher::new(&nats).publish(&postings).await;
@@ -453,25 +535,13 @@ async fn a_500_a_timeout_a_reset_and_a_429_are_retried_with_the_same_key_and_bod
         }
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[delivery]
-retry_schedule = ["100ms", "200ms"]
-[[registry]]
-id = "books"
-url = "{}"
-timeout_ms = 500
-"#,
-            server.url("/hook")
-        ),
-    );
+    let settings = TestConfig::new()
+        .delivery(r#"retry_schedule = ["100ms", "200ms"]"#)
+        .registry("books", &server.url("/hook"), "timeout_ms = 500")
+        .settings(&nats.server);
     let orders = ["o-500", "o-timeout", "o-reset", "o-429"];
     let events: Vec<String> = orders.iter().map(|o| ticket_event(o, 1, 2)).collect();
-    let postings = engine::postings(&settings, &events);
-    Publisher::new(&nats).publish(&postings).await;
-    let d = start(&nats, &settings, |_| {});
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     support::eventually("every order delivered", Duration::from_secs(15), || async {
         let rd: Vec<RegistryDataRecord> = stored(&nats, "ledger.registry_data.books.>").await;
         rd.len() == orders.len()
@@ -547,57 +617,28 @@ async fn a_4xx_dead_letters_holds_later_postings_alerts_emails_and_redeliver_rel
         reply(200, json!({"journal": req.order(), "n": history.len()}))
     })
     .await;
-    let toml = format!(
-        r#"
-[smtp]
-host = "127.0.0.1"
-port = {port}
-from = "ledgerline@example.com"
-[delivery]
-retry_schedule = ["100ms"]
-[[registry]]
-id = "books"
-name = "Books EU"
-url = "{url}"
+    let toml = TestConfig::new()
+        .smtp(smtp.port)
+        .delivery(r#"retry_schedule = ["100ms"]"#)
+        .registry(
+            "books",
+            &server.url("/hook"),
+            &format!(
+                r#"name = "Books EU"
 notify_emails = ["ops@example.com", "accounting@example.com"]
 signing_secret = "{SECRET}"
-headers = {{ "authenticationToken" = "tok-header-secret-1" }}
-[registry.auth]
-type = "basic"
-username = "shop"
-password = "basic-password-secret-2"
-"#,
-        port = smtp.port,
-        url = server.url("/hook")
-    );
+headers = {{ "authenticationToken" = "tok-header-secret-1" }}"#
+            ),
+        )
+        .basic_auth("shop", "basic-password-secret-2")
+        .text();
     let settings = support::settings(&nats.server, &toml);
-    let events = vec![
-        ticket_event("o-dead", 1, 1),
-        ticket_event("o-dead", 2, 2),
-        ticket_event("o-dead", 3, 3),
-        ticket_event("o-ok", 1, 1),
-        ticket_event("o-ok", 2, 2),
-    ];
-    let postings = engine::postings(&settings, &events);
-    Publisher::new(&nats).publish(&postings).await;
-    let d = start(&nats, &settings, |_| {});
+    let events = [versions("o-dead", 3), versions("o-ok", 2)].concat();
+    let (postings, d) = dispatch(&nats, &settings, &events, |_| {}).await;
 
     // o-dead: 1 delivered, 2 dead at once, 3 held; o-ok goes on.
-    support::eventually(
-        "the dead letter and the other order",
-        Duration::from_secs(10),
-        || async {
-            let rows = list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
-                .await
-                .unwrap();
-            rows.iter()
-                .any(|r| r.order_id == "o-dead" && r.status == Status::Dead)
-                && rows
-                    .iter()
-                    .any(|r| r.order_id == "o-ok" && r.status == Status::Delivered)
-        },
-    )
-    .await;
+    let want = [("o-dead", Status::Dead), ("o-ok", Status::Delivered)];
+    until_statuses(&nats, &want, 10).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = server.requests_for("o-dead");
     assert_eq!(sent.len(), 2, "posting 2 tried once, posting 3 held");
@@ -768,14 +809,12 @@ async fn an_oauth2_token_serves_100_deliveries_and_is_refreshed_after_a_401_and_
         reply(200, json!({}))
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[[registry]]
-id = "bi"
-url = "{url}"
-rate_limit_per_s = 10000
+    let settings = TestConfig::new()
+        .registry(
+            "bi",
+            &server.url("/hook"),
+            &format!(
+                r#"rate_limit_per_s = 10000
 [registry.auth]
 type = "oauth2_client_credentials"
 token_url = "{token_url}"
@@ -787,17 +826,14 @@ expires_field = "expires_in"
 token_type = "Bearer"
 extra_body = {{ audience = "books" }}
 headers = {{ "X-Tenant" = "eu" }}
-params = {{ region = "west" }}
-"#,
-            url = server.url("/hook"),
-            token_url = server.url("/oauth/token")
-        ),
-    );
+params = {{ region = "west" }}"#,
+                token_url = server.url("/oauth/token")
+            ),
+        )
+        .settings(&nats.server);
     let d = start(&nats, &settings, |_| {});
     let mut publisher = Publisher::new(&nats);
-    let events: Vec<String> = (0..100)
-        .map(|i| ticket_event(&format!("o-{i:03}"), 1, 1))
-        .collect();
+    let events = first_tickets((0..100).map(|i| format!("o-{i:03}")));
     let postings = engine::postings(&settings, &events);
     publisher.publish(&postings).await;
     let delivered = |n: usize| {
@@ -892,32 +928,21 @@ async fn signatures_pass_the_standardwebhooks_package_with_both_keys_during_a_ro
     let past = (time::OffsetDateTime::now_utc() - Duration::from_secs(60))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[[registry]]
-id = "rotating"
-url = "{url}/rotating"
-signing_secret = "{SECRET}"
-signing_secret_previous = "{PREVIOUS_SECRET}"
-signing_secret_previous_until = "{future}"
-[[registry]]
-id = "rotated"
-url = "{url}/rotated"
-signing_secret = "{SECRET}"
-signing_secret_previous = "{PREVIOUS_SECRET}"
-signing_secret_previous_until = "{past}"
-"#
-        ),
-    );
+    let rotation = |until: &str| {
+        format!(
+            "signing_secret = \"{SECRET}\"\n\
+             signing_secret_previous = \"{PREVIOUS_SECRET}\"\n\
+             signing_secret_previous_until = \"{until}\""
+        )
+    };
+    let settings = TestConfig::new()
+        .registry("rotating", &format!("{url}/rotating"), &rotation(&future))
+        .registry("rotated", &format!("{url}/rotated"), &rotation(&past))
+        .settings(&nats.server);
     let events: Vec<String> = (1..=3)
         .map(|v| ticket_event("o-sig", v, v as u32))
         .collect();
-    Publisher::new(&nats)
-        .publish(&engine::postings(&settings, &events))
-        .await;
-    let d = start(&nats, &settings, |_| {});
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     support::eventually("6 postings", Duration::from_secs(10), || async {
         rx.received().len() == 6
     })
@@ -988,30 +1013,21 @@ async fn a_status_0_reply_is_refused_by_the_accept_rule_and_its_message_kept() {
         _ => reply(200, json!({"status": "1", "message": "Order synchronised"})),
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[delivery]
-retry_schedule = ["100ms"]
-[[registry]]
-id = "komet"
-url = "{}"
-[registry.accept]
+    let settings = TestConfig::new()
+        .delivery(r#"retry_schedule = ["100ms"]"#)
+        .registry(
+            "komet",
+            &server.url("/webhook"),
+            r#"[registry.accept]
 json_pointer = "/status"
-success_values = ["1", 1, true, "success"]
-"#,
-            server.url("/webhook")
-        ),
-    );
+success_values = ["1", 1, true, "success"]"#,
+        )
+        .settings(&nats.server);
     let events = vec![
         ticket_event("o-refused", 1, 1),
         ticket_event("o-fine", 1, 1),
     ];
-    Publisher::new(&nats)
-        .publish(&engine::postings(&settings, &events))
-        .await;
-    let d = start(&nats, &settings, |_| {});
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     support::eventually("both settled", Duration::from_secs(10), || async {
         let r: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.komet.>").await;
         r.len() == 2
@@ -1060,25 +1076,12 @@ async fn private_targets_foreign_redirects_and_oversized_replies_are_failures() 
     .await;
     // Validated with loopback allowed, dispatched with it refused: the
     // guard acts when connecting, on the resolved address.
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[delivery]
-retry_schedule = ["10s"]
-[[registry]]
-id = "by-name"
-url = "http://localhost:{port}/hook"
-[[registry]]
-id = "by-ip"
-url = "{url}/hook"
-[[registry]]
-id = "scripted"
-url = "{scripted}"
-"#,
-            scripted = server.url("/hook")
-        ),
-    );
+    let settings = TestConfig::new()
+        .delivery(r#"retry_schedule = ["10s"]"#)
+        .registry("by-name", &format!("http://localhost:{port}/hook"), "")
+        .registry("by-ip", &format!("{url}/hook"), "")
+        .registry("scripted", &server.url("/hook"), "")
+        .settings(&nats.server);
     let strict = TargetPolicy {
         allow_insecure_http: true,
         allow_private_targets: vec![],
@@ -1129,20 +1132,16 @@ url = "{scripted}"
     })
     .await;
     let records: Vec<DeliveryRecord> = stored(&nats, "ledger.deliveries.scripted.>").await;
-    let redirect = records.iter().find(|r| r.order_id == "o-redirect").unwrap();
-    assert_eq!(redirect.outcome, AttemptOutcome::Dead);
-    assert!(
-        redirect.error.as_deref().unwrap().contains("another host"),
-        "{:?}",
-        redirect.error
-    );
-    let huge = records.iter().find(|r| r.order_id == "o-huge").unwrap();
-    assert_eq!(huge.outcome, AttemptOutcome::Retrying);
-    assert!(
-        huge.error.as_deref().unwrap().contains("over 256 KiB"),
-        "{:?}",
-        huge.error
-    );
+    let of = |order: &str| records.iter().find(|r| r.order_id == order).unwrap();
+    for (order, outcome, says) in [
+        ("o-redirect", AttemptOutcome::Dead, "another host"),
+        ("o-huge", AttemptOutcome::Retrying, "over 256 KiB"),
+    ] {
+        assert_eq!(of(order).outcome, outcome, "{order}");
+        let error = of(order).error.as_deref().unwrap();
+        assert!(error.contains(says), "{order}: {error}");
+    }
+    let huge = of("o-huge");
     assert!(huge.response_excerpt.as_deref().unwrap().len() <= 1024);
     d.stop().await;
 }
@@ -1160,29 +1159,12 @@ async fn a_failing_registry_trips_its_breaker_and_is_probed_not_hammered() {
         }
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            r#"
-[delivery]
-retry_schedule = ["100ms"]
-breaker_failures = 3
-breaker_cool_down = "1s"
-[[registry]]
-id = "flaky"
-url = "{}"
-max_attempts = 100
-"#,
-            server.url("/hook")
-        ),
-    );
-    let events: Vec<String> = (0..10)
-        .map(|i| ticket_event(&format!("o-{i}"), 1, 1))
-        .collect();
-    Publisher::new(&nats)
-        .publish(&engine::postings(&settings, &events))
-        .await;
-    let d = start(&nats, &settings, |_| {});
+    let settings = TestConfig::new()
+        .delivery("retry_schedule = [\"100ms\"]\nbreaker_failures = 3\nbreaker_cool_down = \"1s\"")
+        .registry("flaky", &server.url("/hook"), "max_attempts = 100")
+        .settings(&nats.server);
+    let events = first_tickets((0..10).map(|i| format!("o-{i}")));
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let during = server.requests().len();
     // Without the breaker: 10 orders retrying every ~100 ms ≈ 250 requests.
@@ -1204,20 +1186,11 @@ max_attempts = 100
 async fn a_registry_rate_limit_spaces_its_requests() {
     let nats = support::nats().await;
     let server = Scripted::start(|_, _| reply(200, json!({}))).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[[registry]]\nid = \"slow\"\nurl = \"{}\"\nrate_limit_per_s = 10\n",
-            server.url("/hook")
-        ),
-    );
-    let events: Vec<String> = (0..20)
-        .map(|i| ticket_event(&format!("o-{i:02}"), 1, 1))
-        .collect();
-    Publisher::new(&nats)
-        .publish(&engine::postings(&settings, &events))
-        .await;
-    let d = start(&nats, &settings, |_| {});
+    let settings = TestConfig::new()
+        .registry("slow", &server.url("/hook"), "rate_limit_per_s = 10")
+        .settings(&nats.server);
+    let events = first_tickets((0..20).map(|i| format!("o-{i:02}")));
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     support::eventually("20 deliveries", Duration::from_secs(10), || async {
         server.requests().len() == 20
     })
@@ -1236,29 +1209,21 @@ async fn a_registry_rate_limit_spaces_its_requests() {
 async fn deliveries_go_on_in_order_through_a_nats_server_crash() {
     const ORDERS: usize = 40;
     let mut nats = support::nats().await;
-    let (rx, url) = support::receiver(
-        None,
-        FailureMode {
-            jitter_ms: 30,
-            ..FailureMode::default()
-        },
-    )
-    .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[delivery]\nretry_schedule = [\"200ms\"]\n[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\nrate_limit_per_s = 10000\n"
-        ),
-    );
+    let (rx, url) = jittery_receiver(30).await;
+    let settings = TestConfig::new()
+        .delivery(r#"retry_schedule = ["200ms"]"#)
+        .registry("books", &format!("{url}/hook"), "rate_limit_per_s = 10000")
+        .settings(&nats.server);
     let mut events = Vec::new();
     for v in 1..=3u64 {
         for o in 0..ORDERS {
             events.push(ticket_event(&format!("o-{o:02}"), v, v as u32));
         }
     }
-    let postings = engine::postings(&settings, &events);
-    Publisher::new(&nats).publish(&postings).await;
-    let d = start(&nats, &settings, |o| o.ack_wait = Duration::from_secs(3));
+    let (postings, d) = dispatch(&nats, &settings, &events, |o| {
+        o.ack_wait = Duration::from_secs(3)
+    })
+    .await;
     support::eventually("some deliveries", Duration::from_secs(10), || async {
         rx.stats().accepted >= 20
     })
@@ -1275,23 +1240,8 @@ async fn deliveries_go_on_in_order_through_a_nats_server_crash() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.server.restart().await.unwrap();
-    let total = postings.len() as u64;
-    support::eventually(
-        "every posting after the crash",
-        Duration::from_secs(60),
-        || async { rx.stats().distinct_keys == total },
-    )
-    .await;
-    let got = rx.received();
-    let seq_of: HashMap<String, (String, u64)> = postings
-        .iter()
-        .map(|p| {
-            (
-                p.idempotency_key.to_string(),
-                (p.order_id.as_str().to_owned(), p.seq),
-            )
-        })
-        .collect();
+    let got = every_key_received(&rx, &postings, "every posting after the crash", 60).await;
+    let seq_of = seq_of(&postings);
     let mut bodies: HashMap<&str, &str> = HashMap::new();
     let mut firsts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in got.iter().filter(|r| r.status == 200) {
@@ -1326,21 +1276,21 @@ async fn a_dispatcher_killed_mid_retry_loses_nothing_and_never_resends_early_or_
     let (rx, url) = support::receiver(Some(SECRET), FailureMode::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("dispatch.log");
-    let registry_toml = format!(
-        r#"
-[delivery]
-retry_schedule = ["2s"]
-[[registry]]
-id = "erp"
-url = "{url}/hook"
-max_attempts = 20
+    let registry_toml = TestConfig::new()
+        .delivery(r#"retry_schedule = ["2s"]"#)
+        .registry(
+            "erp",
+            &format!("{url}/hook"),
+            &format!(
+                r#"max_attempts = 20
 signing_secret = "{SECRET}"
 headers = {{ "authenticationToken" = "header-secret-value-4" }}
 [registry.auth]
 type = "bearer"
-token = "bearer-secret-value-5"
-"#
-    );
+token = "bearer-secret-value-5""#
+            ),
+        )
+        .text();
     let config = process::config_file(dir.path(), &nats.server.url(), &registry_toml);
     let settings = support::settings(&nats.server, &registry_toml);
     let orders: Vec<String> = (0..5).map(|i| format!("o-kill-{i}")).collect();
@@ -1403,14 +1353,7 @@ token = "bearer-secret-value-5"
     let mut child = spawn_dispatch(&config, &log);
     rx.set_failure(FailureMode::default()).unwrap();
 
-    let total = postings.len() as u64;
-    support::eventually(
-        "every posting delivered",
-        Duration::from_secs(20),
-        || async { rx.stats().distinct_keys == total },
-    )
-    .await;
-    let got = rx.received();
+    let got = every_key_received(&rx, &postings, "every posting delivered", 20).await;
     // Nothing resent before its scheduled time (a restart is no reason).
     for (o, due) in orders.iter().zip(&due) {
         let key2 = postings
@@ -1505,24 +1448,19 @@ async fn a_scheduled_retry_is_never_lost_when_wake_ups_are_handed_out_twice() {
         }
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[delivery]\nretry_schedule = [\"100ms\"]\nbreaker_failures = 1000\nmax_in_flight = 2\n\
-             [[registry]]\nid = \"books\"\nurl = \"{}\"\nrate_limit_per_s = 10000\n",
-            server.url("/hook")
-        ),
-    );
+    let settings = TestConfig::new()
+        .delivery("retry_schedule = [\"100ms\"]\nbreaker_failures = 1000\nmax_in_flight = 2")
+        .registry("books", &server.url("/hook"), "rate_limit_per_s = 10000")
+        .settings(&nats.server);
     let orders: Vec<String> = (0..ORDERS).map(|i| format!("o-{i:02}")).collect();
     let mut events = Vec::new();
     for v in 1..=3u64 {
         events.extend(orders.iter().map(|o| ticket_event(o, v, v as u32)));
     }
-    let postings = engine::postings(&settings, &events);
-    Publisher::new(&nats).publish(&postings).await;
-    let d = start(&nats, &settings, |o| {
+    let (postings, d) = dispatch(&nats, &settings, &events, |o| {
         o.ack_wait = Duration::from_millis(600)
-    });
+    })
+    .await;
     let keys: std::collections::HashSet<String> = postings
         .iter()
         .map(|p| p.idempotency_key.to_string())
@@ -1576,13 +1514,7 @@ async fn a_scheduled_retry_is_never_lost_when_wake_ups_are_handed_out_twice() {
 async fn the_sweep_wakes_an_overdue_retry_that_nothing_would_bring_back() {
     let nats = support::nats().await;
     let server = Scripted::start(|_, _| reply(200, json!({"journal": "J-1"}))).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
-            server.url("/hook")
-        ),
-    );
+    let settings = books(&nats, &server.url("/hook"));
     let postings = engine::postings(&settings, &[ticket_event("o-lost", 1, 2)]);
     Publisher::new(&nats).publish(&postings).await;
     let long_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
@@ -1662,23 +1594,15 @@ async fn a_slow_registry_does_not_hold_back_another() {
     })
     .await;
     let fast = Scripted::start(|_, _| reply(200, json!({}))).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[delivery]\nmax_in_flight = 2\n\
-             [[registry]]\nid = \"slow\"\nurl = \"{}\"\ntimeout_ms = 5000\n\
-             [[registry]]\nid = \"fast\"\nurl = \"{}\"\n",
-            slow.url("/hook"),
-            fast.url("/hook")
-        ),
-    );
+    let settings = TestConfig::new()
+        .delivery("max_in_flight = 2")
+        .registry("slow", &slow.url("/hook"), "timeout_ms = 5000")
+        .registry("fast", &fast.url("/hook"), "")
+        .settings(&nats.server);
     let events: Vec<String> = (0..ORDERS)
         .map(|i| ticket_event(&format!("o-{i}"), 1, 1))
         .collect();
-    Publisher::new(&nats)
-        .publish(&engine::postings(&settings, &events))
-        .await;
-    let d = start(&nats, &settings, |_| {});
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
     support::eventually(
         "the fast registry's deliveries",
         Duration::from_secs(30),
@@ -1716,34 +1640,11 @@ async fn a_reply_nested_too_deep_dead_letters_its_posting_and_wedges_nothing() {
         }
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
-            server.url("/hook")
-        ),
-    );
-    let events = [
-        ticket_event("o-deep", 1, 1),
-        ticket_event("o-deep", 2, 2),
-        ticket_event("o-fine", 1, 1),
-    ];
-    Publisher::new(&nats)
-        .publish(&engine::postings(&settings, &events))
-        .await;
-    let d = start(&nats, &settings, |_| {});
-    support::eventually(
-        "o-fine delivered, o-deep dead",
-        Duration::from_secs(15),
-        || async {
-            let list = list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
-                .await
-                .expect("deliveries list reads every order");
-            let status = |o: &str| list.iter().find(|l| l.order_id == o).map(|l| l.status);
-            status("o-fine") == Some(Status::Delivered) && status("o-deep") == Some(Status::Dead)
-        },
-    )
-    .await;
+    let settings = books(&nats, &server.url("/hook"));
+    let events = [versions("o-deep", 2), versions("o-fine", 1)].concat();
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
+    let want = [("o-fine", Status::Delivered), ("o-deep", Status::Dead)];
+    until_statuses(&nats, &want, 15).await;
     let records: Vec<DeliveryRecord> =
         stored(&nats, &subjects::deliveries("books", "o-deep")).await;
     let last = records.last().unwrap();
@@ -1783,17 +1684,8 @@ async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
         },
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
-            server.url("/hook")
-        ),
-    );
-    let postings = engine::postings(
-        &settings,
-        &[ticket_event("o-race", 1, 1), ticket_event("o-race", 2, 2)],
-    );
+    let settings = books(&nats, &server.url("/hook"));
+    let postings = engine::postings(&settings, &versions("o-race", 2));
     let mut publisher = Publisher::new(&nats);
     publisher.publish(&postings[..1]).await;
     let first_posting_seq = publisher.last[&subjects::postings("books", "o-race")];
@@ -1804,33 +1696,8 @@ async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
     })
     .await;
     // The other dispatcher's reply to posting 1, stored while ours waits.
-    let theirs = RegistryDataRecord {
-        registry_id: "books".into(),
-        order_id: "o-race".into(),
-        seq: 1,
-        idempotency_key: postings[0].idempotency_key,
-        registry_data: json!({"by": "the other dispatcher"}),
-        received_at: time::OffsetDateTime::now_utc(),
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("registry_data:{}", postings[0].idempotency_key).as_str(),
-    );
-    headers.insert(
-        "Ledgerline-Posting-Stream-Seq",
-        first_posting_seq.to_string().as_str(),
-    );
-    nats.js
-        .publish_with_headers(
-            subjects::registry_data("books", "o-race"),
-            headers,
-            serde_json::to_vec(&theirs).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let posting_seq: HeaderName = "Ledgerline-Posting-Stream-Seq".parse().unwrap();
+    store_theirs(&nats, &postings[0], (posting_seq, first_posting_seq)).await;
     support::eventually("posting 2 requested", Duration::from_secs(10), || async {
         server
             .requests_for("o-race")
@@ -1904,18 +1771,9 @@ async fn a_reply_too_large_to_store_is_dead_lettered_not_resent_forever() {
         delay: Duration::ZERO,
     })
     .await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[[registry]]\nid = \"books\"\nurl = \"{}\"\n",
-            replies.url("/hook")
-        ),
-    );
+    let settings = books(&nats, &replies.url("/hook"));
     Publisher::new(&nats)
-        .publish(&engine::postings(
-            &settings,
-            &[ticket_event("o-big", 1, 1), ticket_event("o-big", 2, 2)],
-        ))
+        .publish(&engine::postings(&settings, &versions("o-big", 2)))
         .await;
     let d = start(&nats, &settings, |_| {});
     support::eventually(
@@ -1968,10 +1826,7 @@ async fn order_with_posting_1_delivered(
 ) -> (Nats, Receiver, Vec<Posting>, Publisher, Dispatcher) {
     let nats = support::nats().await;
     let (rx, url) = support::receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{url}/hook\"\n"),
-    );
+    let settings = books(&nats, &format!("{url}/hook"));
     let postings = engine::postings(
         &settings,
         &[
@@ -2051,33 +1906,8 @@ async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
         .await
         .unwrap()
         .sequence;
-    let theirs = RegistryDataRecord {
-        registry_id: "books".into(),
-        order_id: "o-stale".into(),
-        seq: 2,
-        idempotency_key: postings[1].idempotency_key,
-        registry_data: json!({"by": "the other dispatcher"}),
-        received_at: time::OffsetDateTime::now_utc(),
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("registry_data:{}", postings[1].idempotency_key).as_str(),
-    );
-    headers.insert(
-        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        last_rd.to_string().as_str(),
-    );
-    nats.js
-        .publish_with_headers(
-            rd_subject.clone(),
-            headers,
-            serde_json::to_vec(&theirs).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
+    store_theirs(&nats, &postings[1], (guard, last_rd)).await;
     publisher.publish(&postings[1..]).await;
     support::eventually("posting 3 delivered", Duration::from_secs(10), || async {
         rx.received()

@@ -75,8 +75,10 @@ async fn create_stream_and_publish(js: &jetstream::Context, bodies: &[&str]) -> 
     Ok(())
 }
 
-/// Reads stream `ORDERS` back and checks it holds exactly `bodies`.
-async fn assert_stream_holds(js: &jetstream::Context, bodies: &[&str]) -> Result<()> {
+/// Reads stream `ORDERS` of `server` back (over a new connection) and
+/// checks it holds exactly `bodies`.
+async fn assert_stream_holds(server: &NatsServer, bodies: &[&str]) -> Result<()> {
+    let js = jetstream::new(connect(server).await?);
     let mut orders = js.get_stream("ORDERS").await?;
     let messages = orders.info().await?.state.messages;
     ensure!(
@@ -102,7 +104,7 @@ async fn a_started_server_accepts_jetstream_publishes() -> Result<()> {
         let js = jetstream::new(connect(&server).await?);
 
         create_stream_and_publish(&js, &["one", "two", "three"]).await?;
-        assert_stream_holds(&js, &["one", "two", "three"]).await?;
+        assert_stream_holds(&server, &["one", "two", "three"]).await?;
 
         let log = std::fs::read_to_string(server.log_path())?;
         ensure!(log.contains("Server is ready"), "log:\n{log}");
@@ -131,8 +133,7 @@ async fn a_restarted_server_keeps_its_stream_data_on_the_same_port() -> Result<(
         server.restart().await?;
 
         ensure!(server.url() == url && server.port() == port);
-        let js = jetstream::new(connect(&server).await?);
-        assert_stream_holds(&js, &["a", "b"]).await?;
+        assert_stream_holds(&server, &["a", "b"]).await?;
         Ok(())
     })
     .await
@@ -158,9 +159,8 @@ async fn a_killed_server_refuses_connections_until_restarted() -> Result<()> {
         ensure!(connect(&server).await.is_err());
 
         server.restart().await?;
-        let js = jetstream::new(connect(&server).await?);
         // Acked writes survive SIGKILL: they are in the store files already.
-        assert_stream_holds(&js, &["acked before the crash"]).await?;
+        assert_stream_holds(&server, &["acked before the crash"]).await?;
         Ok(())
     })
     .await
@@ -216,8 +216,7 @@ async fn a_server_started_with_a_given_store_dir_leaves_its_data_there() -> Resu
 
         // A new server (on new ports) over the same store finds the stream.
         let server = NatsServer::start_with(Some(store)).await?;
-        let js = jetstream::new(connect(&server).await?);
-        assert_stream_holds(&js, &["kept"]).await?;
+        assert_stream_holds(&server, &["kept"]).await?;
         Ok(())
     })
     .await

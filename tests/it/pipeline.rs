@@ -77,7 +77,14 @@ fn spawn_aggregator(nats: &Nats, settings: &Settings) -> Aggregator {
     let handle = tokio::spawn(async move {
         task.await.unwrap().unwrap();
     });
-    (token, handle)
+    Aggregator { token, handle }
+}
+
+/// A server and the settings of [`CONFIG`] on it.
+async fn nats_and_settings() -> (Nats, Settings) {
+    let nats = support::nats().await;
+    let settings = support::settings(&nats.server, CONFIG);
+    (nats, settings)
 }
 
 /// The `Ledgerline-Message` header of a rejection record.
@@ -87,8 +94,20 @@ fn message_of(record: &(String, Option<async_nats::HeaderMap>, bytes::Bytes)) ->
     message.as_str().to_owned()
 }
 
-/// The aggregator (its stop token and task) as the tests spawn it.
-type Aggregator = (CancellationToken, tokio::task::JoinHandle<()>);
+/// The aggregator as the tests spawn it: its task fails the test if the
+/// aggregator returns an error.
+struct Aggregator {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Aggregator {
+    /// Stops it and waits until it has stopped.
+    async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap();
+    }
+}
 
 /// A nats-server with an aggregator running under [`CONFIG`], and the
 /// sample events with what the offline command posts for them:
@@ -100,8 +119,7 @@ async fn fixtures_with_an_aggregator() -> (
     BTreeMap<PostingKey, String>,
     Aggregator,
 ) {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
+    let (nats, settings) = nats_and_settings().await;
     let events = engine::fixture_events();
     let want = offline(&settings, &events);
     let aggregator = spawn_aggregator(&nats, &settings);
@@ -114,7 +132,7 @@ async fn ledger_stream(nats: &Nats) -> Stream {
 
 #[tokio::test]
 async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
-    let (nats, settings, events, want, (token, handle)) = fixtures_with_an_aggregator().await;
+    let (nats, settings, events, want, aggregator) = fixtures_with_an_aggregator().await;
 
     let first = support::publish_events(&nats, &events).await;
     // The fixture repeats one event id on purpose; JetStream drops it.
@@ -142,8 +160,7 @@ async fn published_fixtures_post_exactly_what_the_offline_engine_computes() {
     assert_eq!(count(&ledger, "ledger.rejected.stale").await, 1);
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 1);
 
-    token.cancel();
-    handle.await.unwrap();
+    aggregator.stop().await;
 
     let report = support::verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}: {:?}", report.mismatches);
@@ -158,9 +175,8 @@ fn good_event(order: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn poison_messages_land_in_rejected_with_reasons_while_good_ones_flow() {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
-    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let (nats, settings) = nats_and_settings().await;
+    let aggregator = spawn_aggregator(&nats, &settings);
 
     let mutate = |f: fn(&mut Value)| {
         let mut v = good_event("poison", "p");
@@ -283,8 +299,7 @@ async fn poison_messages_land_in_rejected_with_reasons_while_good_ones_flow() {
             "original bytes of case {i} are kept"
         );
     }
-    token.cancel();
-    handle.await.unwrap();
+    aggregator.stop().await;
 }
 
 #[tokio::test]
@@ -398,12 +413,11 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
 
 #[tokio::test]
 async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
-    let (nats, settings, events, want, (token, handle)) = fixtures_with_an_aggregator().await;
+    let (nats, settings, events, want, aggregator) = fixtures_with_an_aggregator().await;
     support::publish_events(&nats, &events).await;
     let ledger = ledger_stream(&nats).await;
     wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
-    token.cancel();
-    handle.await.unwrap();
+    aggregator.stop().await;
 
     let verify = || support::verify(&nats, &settings);
     assert!(verify().await.unwrap().ok());
@@ -475,9 +489,8 @@ async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
 /// event is rejected `too_large` with the reason, and nothing else waits.
 #[tokio::test]
 async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
-    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let (nats, settings) = nats_and_settings().await;
+    let aggregator = spawn_aggregator(&nats, &settings);
     let lines: Vec<Value> = (0..1000)
         .map(|i| {
             json!({"id": format!("l{i}"), "product_id": format!("p{i}"),
@@ -508,8 +521,7 @@ async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
     let posted = support::stored_postings(&nats.js).await;
     assert!(posted.contains_key(&("books".to_owned(), "huge".to_owned(), 1)));
     assert!(!posted.contains_key(&("books".to_owned(), "huge".to_owned(), 2)));
-    token.cancel();
-    handle.await.unwrap();
+    aggregator.stop().await;
 }
 
 /// Reliability defect 5: an unreadable stored posting used to be retried
@@ -518,8 +530,7 @@ async fn an_event_whose_posting_would_be_too_large_is_rejected_not_stuck() {
 /// every other order flows.
 #[tokio::test]
 async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_else() {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
+    let (nats, settings) = nats_and_settings().await;
     nats.js
         .publish(
             subjects::postings("books", "broken"),
@@ -529,7 +540,7 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
         .unwrap()
         .await
         .unwrap();
-    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let aggregator = spawn_aggregator(&nats, &settings);
     let mut input = good_event("broken", "b1").to_string();
     for i in 0..40 {
         input.push('\n');
@@ -546,8 +557,7 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
         message.contains("ledger.postings.books.broken") && message.contains("unreadable"),
         "{message}"
     );
-    token.cancel();
-    handle.await.unwrap();
+    aggregator.stop().await;
 }
 
 /// A previous instance pulled an order's events and handed them back (nak,
@@ -557,8 +567,7 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
 /// one overtook it.
 #[tokio::test]
 async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
-    let nats = support::nats().await;
-    let settings = support::settings(&nats.server, CONFIG);
+    let (nats, settings) = nats_and_settings().await;
     let events = engine::many_events(1);
     let want = offline(&settings, &events);
     assert_eq!(support::publish_events(&nats, &events).await.published, 5);
@@ -594,11 +603,10 @@ async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
             .unwrap();
     }
 
-    let (token, handle) = spawn_aggregator(&nats, &settings);
+    let aggregator = spawn_aggregator(&nats, &settings);
     let ledger = ledger_stream(&nats).await;
     wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
     assert_eq!(support::stored_postings(&nats.js).await, want);
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 0);
-    token.cancel();
-    handle.await.unwrap();
+    aggregator.stop().await;
 }

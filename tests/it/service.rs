@@ -15,6 +15,7 @@ use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
 use ledgerline::service::Component;
 use ledgerline::streams::subjects;
 
+use crate::support::config::TestConfig;
 use crate::support::engine::{self, ticket_event};
 use crate::support::process::{service_config, spawn_run, tail};
 use crate::support::{self, ADMIN_TOKEN, Service, eventually};
@@ -26,26 +27,18 @@ const PASSWORD_SECRET: &str = "basic-pass-91be22";
 /// Two registries, each with its own receiver: `books` signed and with
 /// custom-header and basic-auth secrets, `detail` grouped finer.
 fn two_registries(books_url: &str, detail_url: &str) -> String {
-    format!(
-        r#"
-[[registry]]
-id = "books"
-url = "{books_url}"
-event_types = ["*"]
+    let books = format!(
+        r#"event_types = ["*"]
 signing_secret = "{SIGNING_SECRET}"
-headers = {{ "authenticationToken" = "{HEADER_SECRET}" }}
-[registry.auth]
-type = "basic"
-username = "ledger"
-password = "{PASSWORD_SECRET}"
-
-[[registry]]
-id = "detail"
-url = "{detail_url}"
-event_types = ["order.*", "payment.created"]
-group_by = ["currency", "product_id", "payment_method"]
-"#
-    )
+headers = {{ "authenticationToken" = "{HEADER_SECRET}" }}"#
+    );
+    let detail = r#"event_types = ["order.*", "payment.created"]
+group_by = ["currency", "product_id", "payment_method"]"#;
+    TestConfig::new()
+        .registry("books", books_url, &books)
+        .basic_auth("ledger", PASSWORD_SECRET)
+        .registry("detail", detail_url, detail)
+        .text()
 }
 
 /// What a receiver accepted: idempotency key → bodies (more than one if
@@ -262,10 +255,9 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     let nats = support::nats().await;
     let (books, books_url) = support::receiver(None, FailureMode::default()).await;
     let (late, late_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
-    );
+    let settings = TestConfig::new()
+        .registry("books", &format!("{books_url}/hooks"), "")
+        .settings(&nats.server);
     let svc = Service::start(settings, &Component::ALL).await;
     let postings = |r: &str| format!("ledger.postings.{r}.o-1");
     let js = nats.js.clone();

@@ -3,8 +3,10 @@
 //! this process, LEDGER readers, the sample receiver and `eventually`;
 //! the offline engine as reference and test events ([`engine`]); the
 //! `ledgerline` binary as a child process ([`process`]); a scripted HTTP
-//! server that can answer anything, hang or reset ([`scripted`]).
+//! server that can answer anything, hang or reset ([`scripted`]); test
+//! configurations built a table at a time ([`config`]).
 
+pub mod config;
 pub mod engine;
 pub mod process;
 pub mod scripted;
@@ -40,14 +42,7 @@ pub async fn nats() -> Nats {
 /// Settings from TOML text, with `nats_url` pointing at `server` and
 /// loopback targets allowed (test receivers listen on 127.0.0.1).
 pub fn settings(server: &NatsServer, toml_text: &str) -> Settings {
-    let text = format!(
-        "nats_url = \"{}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{toml_text}",
-        server.url()
-    );
-    Config::from_toml_with_env(&text, "test.toml", std::iter::empty())
-        .expect("test config parses")
-        .validate()
-        .expect("test config is valid")
+    Settings::on_loopback(&server.url(), toml_text, "test.toml").expect("test config is valid")
 }
 
 /// A registry watch over the settings' registries.

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::support::config::TestConfig;
 use crate::support::engine::ticket_event;
 use crate::support::{self, process};
 
@@ -247,25 +248,18 @@ async fn the_dispatcher_delivers_over_https_trusting_a_private_ca_from_ssl_cert_
     // allow_insecure_http stays false: only https:// targets are accepted.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ledgerline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"nats_url = "{}"
-allow_private_targets = ["127.0.0.0/8"]
-[delivery]
-retry_schedule = ["1s"]
-[[registry]]
-id = "books"
-url = "{url}/hook"
-[[registry]]
-id = "untrusted"
-url = "{url_untrusted}/hook"
-max_attempts = 50
-"#,
-            nats.server.url()
-        ),
-    )
-    .unwrap();
+    let text = TestConfig::new()
+        .top(&format!("nats_url = \"{}\"", nats.server.url()))
+        .top(r#"allow_private_targets = ["127.0.0.0/8"]"#)
+        .delivery(r#"retry_schedule = ["1s"]"#)
+        .registry("books", &format!("{url}/hook"), "")
+        .registry(
+            "untrusted",
+            &format!("{url_untrusted}/hook"),
+            "max_attempts = 50",
+        )
+        .text();
+    std::fs::write(&config, text).unwrap();
     let log = dir.path().join("run.log");
     let mut run = process::run("info,async_nats=warn")
         .only("aggregator,dispatcher")
