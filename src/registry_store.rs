@@ -1039,10 +1039,7 @@ pub fn fixed_registries(registries: Vec<Registry>) -> RegistryWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(text: &str) -> RegistryConfig {
-        toml::from_str(text).unwrap()
-    }
+    use crate::registry::config_from_toml as config;
 
     #[test]
     fn markers_keep_the_stored_secret_and_are_refused_without_one() {

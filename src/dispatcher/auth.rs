@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn every_secret_of_a_registry_is_redacted_from_text() {
-        let r: crate::registry::RegistryConfig = toml::from_str(
+        let r = crate::registry::config_from_toml(
             r#"
             id = "r"
             url = "https://x.example"
@@ -399,8 +399,7 @@ mod tests {
             username = "shop"
             password = "hunter22"
             "#,
-        )
-        .unwrap();
+        );
         let red = Redactor::for_registry(&r);
         let echoed = "auth=Basic c2hvcDpodW50ZXIyMg== key=api-key-123 pw=hunter22 \
                       sec=MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw tok=abcd-token";

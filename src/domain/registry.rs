@@ -825,18 +825,23 @@ impl RegistryConfig {
     }
 }
 
+/// A registry config from TOML text: the one helper of the crate's tests.
+#[cfg(test)]
+pub(crate) fn config_from_toml(text: &str) -> RegistryConfig {
+    toml::from_str(text).expect("the test's registry TOML parses")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn base() -> RegistryConfig {
-        toml::from_str(
+        config_from_toml(
             r#"
             id = "xero-eu"
             url = "https://accounting.example/hooks/orders"
             "#,
         )
-        .unwrap()
     }
 
     fn policy() -> TargetPolicy {
