@@ -23,9 +23,10 @@ use crate::posting::{GroupedEntry, Posting};
 ///
 /// Read without `#[serde(flatten)]` (which buffers the whole record into an
 /// intermediate tree before building the posting): through
-/// [`StoredPostingFields`], the same JSON object field by field. It is read
-/// for every wake-up the dispatcher takes, and (its `cumulative` skipped)
-/// for every posting the export writes.
+/// `StoredPostingFields`, the same JSON object field by field: whole by
+/// the aggregator and `verify`, and without its `cumulative`
+/// ([`StoredPosting::read_without_cumulative`]) for every wake-up the
+/// dispatcher takes and every posting the export writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StoredPostingFields<Vec<GroupedEntry>>")]
 pub struct StoredPosting {
