@@ -32,12 +32,17 @@ pub const CONFIG_MAX_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
+    /// The SMTP server's host name.
     pub host: String,
+    /// Its port (default 25).
     #[serde(default = "default_smtp_port")]
     pub port: u16,
+    /// The sender address of every failure email.
     pub from: String,
+    /// Login name, when the server wants one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Password for `username` (shown as `***`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
     /// `none` (plain, for local sinks), `starttls` or `tls`.

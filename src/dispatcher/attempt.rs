@@ -60,12 +60,15 @@ pub enum Outcome {
 /// An attempt's outcome and what to record about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptReport {
+    /// What the dispatcher does next.
     pub outcome: Outcome,
+    /// The reply's status (`None`: no reply).
     pub http_status: Option<u16>,
     /// Why it failed, redacted.
     pub error: Option<String>,
     /// The start of the reply, redacted.
     pub response_excerpt: Option<String>,
+    /// How long the attempt took.
     pub duration: Duration,
     /// For the circuit breaker.
     pub health: Health,

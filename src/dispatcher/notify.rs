@@ -36,15 +36,23 @@ pub const EMAIL_WINDOW: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     pub registry_id: String,
+    /// The registry's display name, for the subject line.
     pub registry_name: String,
+    /// The registry's `notify_emails`.
     pub to: Vec<String>,
     pub order_id: String,
+    /// The dead-lettered posting.
     pub seq: u64,
     pub idempotency_key: String,
+    /// Why it was dead-lettered, in words.
     pub reason: String,
+    /// The last reply's status, if there was a reply.
     pub http_status: Option<u16>,
+    /// The receiver's own message, when its reply carried one.
     pub receiver_message: Option<String>,
+    /// Later postings of the order it holds back.
     pub held: u64,
+    /// When the last attempt was made.
     pub at: OffsetDateTime,
 }
 
