@@ -19,7 +19,7 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test chaos tools build lint lint-fast clippy run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
+.PHONY: demo test chaos tools build lint lint-fast clippy doc run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
 
 tools:
 	@scripts/install-tools.sh
@@ -29,13 +29,19 @@ build:
 
 # cargo deny: licences, banned crates (a second TLS stack) and sources, per
 # deny.toml. Advisories need github.com (RustSec), so they are not run here;
-# see README, Tests. Clippy has its own target folder, so it can run while
+# see README, Tests. Clippy (then rustdoc, every doc link checked) has its
+# own target folder, so it can run while
 # the tests do (cargo locks a target folder for the whole command).
 CLIPPY_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)/clippy
 lint: tools lint-fast clippy
 
 clippy:
 	CARGO_TARGET_DIR=$(CLIPPY_TARGET_DIR) cargo clippy --locked --all-targets -- -D warnings
+	CARGO_TARGET_DIR=$(CLIPPY_TARGET_DIR) RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
+
+# The code's documentation (module docs included), in target/doc.
+doc:
+	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
 
 lint-fast:
 	cargo fmt --check

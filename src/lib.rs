@@ -44,13 +44,17 @@
 //! - [`offline`]: `ledgerline postings`, the engine over a file.
 //! - [`receiver`]: `ledgerline receiver`, a sample accounting webhook.
 //! - [`demo`]: `ledgerline demo` and its deterministic dataset.
-//! - [`bench`]: `ledgerline bench`, the pipeline measured beside what
+//! - [`bench`](mod@bench): `ledgerline bench`, the pipeline measured beside what
 //!   JetStream and HTTP alone can do on this machine.
 //! - [`config`]: the TOML file, environment overrides, validation.
 //! - [`secret`]: values that never print.
 //! - [`tls`]: the one TLS crypto provider (ring) of the binary.
 //! - [`fifo`]: a bounded map evicting the oldest-inserted first (the
 //!   aggregator's books, the export's delivery summaries).
+
+// Module docs are the developers' map of the code and link to private
+// items; `make doc` renders them with `--document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod bench;

@@ -1,6 +1,6 @@
 //! The ledger of an order (SPEC 2): exact decimal math, pure.
 //!
-//! [`derive`] turns an [`OrderState`] into its ledger: a list of entries, each
+//! [`derive()`] turns an [`OrderState`] into its ledger: a list of entries, each
 //! a debit or a credit with every dimension a registry may group by. Entries
 //! are ordered by entry type (the table of SPEC 2), then by where they come
 //! from (line items, fees, payments; tax by rate ascending). The ledger always
