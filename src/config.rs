@@ -16,6 +16,7 @@ use crate::ledger::{LedgerOptions, TaxRounding};
 use crate::money::Rounding;
 use crate::registry::{FieldError, Registry, RegistryConfig, TargetPolicy};
 use crate::secret::Secret;
+use crate::source::{Source, SourceConfig};
 
 /// Environment variables with the `LEDGERLINE_` prefix that are not config
 /// keys (they steer logging and the CLI).
@@ -123,6 +124,11 @@ pub struct Config {
     pub subject_prefix: String,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// Where inbound webhooks are taken (SPEC 10), default
+    /// [`INGEST_LISTEN_DEFAULT`]. `run` serves it when this is set or a
+    /// `[[source]]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_listen: Option<String>,
     /// How long the active instance's lease lives without renewal: a
     /// standby takes over about this long after the active one dies
     /// ([`crate::lease`]).
@@ -144,6 +150,26 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub registry: Vec<RegistryConfig>,
+    #[serde(default)]
+    pub source: Vec<SourceConfig>,
+}
+
+/// The inbound webhooks' address when `ingest_listen` is not set (SPEC 7).
+pub const INGEST_LISTEN_DEFAULT: &str = "127.0.0.1:8089";
+
+impl Config {
+    /// The inbound listener's address: `ingest_listen`, else the default.
+    pub fn ingest_addr(&self) -> &str {
+        self.ingest_listen
+            .as_deref()
+            .unwrap_or(INGEST_LISTEN_DEFAULT)
+    }
+
+    /// True when `run` serves inbound webhooks: `ingest_listen` is set or
+    /// a `[[source]]` is configured.
+    pub fn serves_ingest(&self) -> bool {
+        self.ingest_listen.is_some() || !self.source.is_empty()
+    }
 }
 
 fn default_nats_url() -> String {
@@ -195,6 +221,7 @@ pub struct Settings {
     pub ledger: LedgerOptions,
     pub policy: TargetPolicy,
     pub registries: Vec<Registry>,
+    pub sources: Vec<Source>,
 }
 
 /// A TOML syntax error as "line L, column C: what". Never the error's own
@@ -211,8 +238,9 @@ fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "nats_url",
+    "ingest_listen",
     "lease_ttl",
     "nats_creds",
     "nats_token",
@@ -425,6 +453,15 @@ impl Config {
             )
             .into());
         }
+        if let Some(addr) = &self.ingest_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(FieldError::new(
+                "ingest_listen",
+                format!("{addr:?} is not an address like \"{INGEST_LISTEN_DEFAULT}\""),
+            )
+            .into());
+        }
         for (i, d) in self.delivery.retry_schedule.iter().enumerate() {
             let field = || format!("delivery.retry_schedule[{i}]");
             let delay = humantime::parse_duration(d)
@@ -481,7 +518,21 @@ impl Config {
             }
             registries.push(reg);
         }
+        let mut sources: Vec<Source> = Vec::new();
+        for (i, c) in self.source.iter().enumerate() {
+            let at = format!("source[{i}]");
+            let source = c.validate().map_err(|e| e.within(&at))?;
+            if sources.iter().any(|o| o.id() == source.id()) {
+                return Err(FieldError::new(
+                    format!("{at}.id"),
+                    format!("{:?} is used by another source", source.id()),
+                )
+                .into());
+            }
+            sources.push(source);
+        }
         Ok(Settings {
+            sources,
             ledger: LedgerOptions {
                 rounding: self.rounding,
                 tax_rounding: self.tax_rounding,
@@ -629,6 +680,35 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("pw-in-file"), "{e}");
+    }
+
+    #[test]
+    fn sources_are_validated_naming_the_source_and_field() {
+        let s = load(
+            "[[source]]\nid = \"pos\"\nkind = \"pos_payments\"\ncurrency = \"IDR\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.sources.len(), 1);
+        assert!(s.config.serves_ingest());
+        assert_eq!(s.config.ingest_addr(), INGEST_LISTEN_DEFAULT);
+        let e = load("[[source]]\nid = \"pos\"\nkind = \"pos_payments\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("config source[0].currency:"),
+            "{e}"
+        );
+        let t = "[[source]]\nid = \"a\"\nkind = \"events\"\n[[source]]\nid = \"a\"\nkind = \"events\"\n";
+        assert!(
+            load(t, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("source[1].id")
+        );
+        let e = load("", &[("LEDGERLINE_INGEST_LISTEN", "nowhere")]).unwrap_err();
+        assert!(e.to_string().starts_with("config ingest_listen:"), "{e}");
+        let s = load("", &[("LEDGERLINE_INGEST_LISTEN", "127.0.0.1:0")]).unwrap();
+        assert!(s.config.serves_ingest());
+        assert!(!load("", &[]).unwrap().config.serves_ingest());
     }
 
     #[test]

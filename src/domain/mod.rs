@@ -16,3 +16,4 @@ pub mod money;
 pub mod order;
 pub mod posting;
 pub mod registry;
+pub mod source;
