@@ -68,6 +68,7 @@ pub mod service;
 pub mod tls;
 
 pub use dispatcher::{notify, signing};
+pub use domain::inbound as mapping;
 pub use domain::{engine, events, ledger, money, order, posting, registry, source};
 pub use export::verify;
 pub use ingest::{aggregator, publish};

@@ -11,6 +11,7 @@
 
 pub mod engine;
 pub mod events;
+pub mod inbound;
 pub mod ledger;
 pub mod money;
 pub mod order;
