@@ -82,3 +82,372 @@ fn every_reference_payload_maps_to_exactly_its_golden_events() {
     }
     assert!(checked >= 20, "only {checked} cases");
 }
+
+// ── The listener, end to end ────────────────────────────────────────────
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use ledgerline::config::Settings;
+use ledgerline::receiver::FailureMode;
+use ledgerline::service::{Component, Listeners};
+use serde_json::{Value, json};
+
+use crate::support::{self, eventually};
+
+/// `ledgerline run` in this process, every component, the ingest API and
+/// the admin API each on a free loopback port.
+struct Running {
+    base: String,
+    http: reqwest::Client,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ledgerline::service::ServiceError>>,
+}
+
+impl Running {
+    async fn start(mut settings: Settings) -> Running {
+        settings.config.admin_token = Some(ledgerline::secret::Secret::new(support::ADMIN_TOKEN));
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", ingest.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(ledgerline::service::run_with_listeners(
+            settings,
+            Component::ALL.into_iter().collect(),
+            Listeners {
+                admin: Some(admin),
+                ingest: Some(ingest),
+            },
+            shutdown.clone(),
+        ));
+        let running = Running {
+            base,
+            http: support::http_client(),
+            shutdown,
+            task,
+        };
+        let probe = format!("{}/v1/ingest/no-such-source", running.base);
+        eventually("the ingest API answers", Duration::from_secs(20), || {
+            let req = running.http.post(&probe).send();
+            async move { req.await.is_ok_and(|r| r.status() == 404) }
+        })
+        .await;
+        running
+    }
+
+    /// POSTs `body` to `/v1/ingest/<path>` with `headers`: (status, JSON).
+    async fn post(&self, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/ingest/{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the service stops within 30 s")
+            .unwrap()
+            .expect("the service stops cleanly");
+    }
+}
+
+fn fixture(kind: &str, name: &str) -> Vec<u8> {
+    std::fs::read(inbound_dir().join(kind).join(format!("{name}.json"))).unwrap()
+}
+
+/// Hex HMAC-SHA256 of `body` under `key`: the gateway's `X-Signature`.
+fn hex_hmac(key: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Messages stored on ORDERS under `subject`.
+async fn count_orders(js: &async_nats::jetstream::Context, subject: &str) -> u64 {
+    use futures::TryStreamExt;
+    let stream = js
+        .get_stream(ledgerline::streams::ORDERS_STREAM)
+        .await
+        .unwrap();
+    stream
+        .info_with_subjects(subject)
+        .await
+        .unwrap()
+        .try_fold(0u64, |n, (_, c)| async move { Ok(n + c as u64) })
+        .await
+        .unwrap()
+}
+
+/// A SPEC 1 `order.confirmed` of one line, as a shop posts it.
+fn confirmed(order: &str, currency: &str, price: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_id": format!("{order}-confirmed"),
+        "type": "order.confirmed",
+        "order_id": order,
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "order": {
+            "version": 1, "currency": currency, "prices_include_tax": true,
+            "line_items": [{"id": "li-1", "description": "Ticket", "quantity": 1,
+                            "unit_price": price, "tax_rate": "0"}],
+            "fees": []
+        }
+    }))
+    .unwrap()
+}
+
+const SOURCES: &str = r#"
+[[source]]
+id = "venti"
+kind = "marketplace_orders"
+currency = "MXN"
+[source.auth]
+type = "header"
+header = "authenticationToken"
+value = "venti-key-0123456789"
+
+[[source]]
+id = "pos"
+kind = "pos_payments"
+currency = "IDR"
+[source.auth]
+type = "basic"
+username = "pos"
+password = "pos-pass-0123456789"
+
+[[source]]
+id = "gateway"
+kind = "gateway"
+currency = "USD"
+order_id_pointer = "/event_body/object/invoice"
+[source.auth]
+type = "signature"
+secret = "gateway-secret-0123456789"
+
+[[source]]
+id = "shop"
+kind = "events"
+[source.auth]
+type = "bearer"
+token = "shop-token-0123456789"
+"#;
+
+const POS_ORDER: &str = "008cdf4c-f5c1-449c-94dd-c2f3741fb1ab";
+
+#[tokio::test]
+async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry() {
+    let nats = support::nats().await;
+    let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{SOURCES}"
+        ),
+    );
+    let svc = Running::start(settings.clone()).await;
+    let shop = [("authorization", "Bearer shop-token-0123456789".to_owned())];
+    let venti = [("authenticationToken", "venti-key-0123456789".to_owned())];
+    let pos_basic = format!("Basic {}", {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("pos:pos-pass-0123456789")
+    });
+    let pos = [("authorization", pos_basic)];
+
+    // Our own events: the orders the POS and the gateway pay.
+    for body in [
+        confirmed(POS_ORDER, "IDR", "100000"),
+        confirmed("INV-1001", "USD", "5.00"),
+    ] {
+        let (status, reply) = svc.post("shop", &shop, &body).await;
+        assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+    }
+
+    // The marketplace: a snapshot, its retry (dropped), a newer snapshot.
+    let created = fixture("marketplace_orders", "orders_created");
+    let (status, reply) = svc.post("venti/orders/created", &venti, &created).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply,
+        json!({"status": "success", "stored": 1, "duplicates": 0})
+    );
+    let (status, reply) = svc.post("venti/orders/created", &venti, &created).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply,
+        json!({"status": "success", "stored": 0, "duplicates": 1})
+    );
+    let updated = fixture("marketplace_orders", "orders_updated");
+    let (status, _) = svc.post("venti/orders/updated", &venti, &updated).await;
+    assert_eq!(status, 200);
+    assert_eq!(count_orders(&nats.js, "orders.1234").await, 2);
+
+    // The POS answers exactly what its reference expects.
+    let payment = fixture("pos_payments", "payment");
+    let (status, reply) = svc.post("pos/payment/created", &pos, &payment).await;
+    assert_eq!((status, reply), (200, json!({"status": "success"})));
+
+    // The gateway: a bad signature stores nothing; the right one does.
+    let sale = fixture("gateway", "sale_success");
+    let bad = [("X-Signature", hex_hmac("not-the-secret", &sale))];
+    let (status, reply) = svc.post("gateway", &bad, &sale).await;
+    assert_eq!(status, 401, "{reply}");
+    assert_eq!(reply["error"]["field"], "X-Signature");
+    assert_eq!(count_orders(&nats.js, "orders.INV-1001").await, 1);
+    let good = [("X-Signature", hex_hmac("gateway-secret-0123456789", &sale))];
+    let (status, reply) = svc.post("gateway", &good, &sale).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(count_orders(&nats.js, "orders.INV-1001").await, 2);
+
+    // Wrong credentials: 401, nothing stored, nothing rejected.
+    let wrong = [("authenticationToken", "guess".to_owned())];
+    let (status, reply) = svc.post("venti/orders/updated", &wrong, &updated).await;
+    assert_eq!(
+        (status, &reply["error"]["field"]),
+        (401, &json!("authenticationToken"))
+    );
+    let (status, _) = svc.post("pos/payment/created", &[], &payment).await;
+    assert_eq!(status, 401);
+
+    // A bad payload: 422 naming the field, its raw body kept as rejected.
+    let mismatch = fixture("marketplace_orders", "total_mismatch");
+    let (status, reply) = svc.post("venti/orders/created", &venti, &mismatch).await;
+    assert_eq!(
+        (status, &reply["error"]["field"]),
+        (422, &json!("total")),
+        "{reply}"
+    );
+    let rejected = support::read_ledger(&nats.js, "ledger.rejected.invalid_field").await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].1.as_ref(), mismatch.as_slice());
+    let (status, _) = svc.post("venti/orders/created", &venti, b"{not json").await;
+    assert_eq!(status, 400);
+
+    // Unknown topics are acknowledged, not stored; unknown sources are 404.
+    let (status, reply) = svc.post("venti/orders/billing", &venti, &created).await;
+    assert_eq!((status, &reply["ignored"]), (200, &json!("orders/billing")));
+    let (status, _) = svc.post("nobody/orders/created", &venti, &created).await;
+    assert_eq!(status, 404);
+    assert_eq!(count_orders(&nats.js, "orders.>").await, 6);
+
+    // Six events, six postings, each what a replay of ORDERS gives.
+    eventually("six postings delivered", Duration::from_secs(30), || {
+        let n = rx.received().iter().filter(|r| r.status == 200).count();
+        async move { n >= 6 }
+    })
+    .await;
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.expected, report.stored), (6, 6), "{report}");
+    let body_of = |order: &str| -> Vec<Value> {
+        rx.received()
+            .iter()
+            .filter(|r| r.order_id.as_deref() == Some(order))
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect()
+    };
+    let cashflow = |b: &Value| -> Vec<String> {
+        b["ledger_entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["description"] == "Cashflow")
+            .map(|e| e["debit"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let pos_bodies = body_of(POS_ORDER);
+    assert_eq!(cashflow(pos_bodies.last().unwrap()), ["100000.00"]);
+    let gateway_bodies = body_of("INV-1001");
+    assert_eq!(cashflow(gateway_bodies.last().unwrap()), ["5.00"]);
+    // The paid marketplace order: 660.00 paid, then 200.00 more.
+    let venti_bodies = body_of("1234");
+    assert_eq!(venti_bodies.len(), 2);
+    assert_eq!(cashflow(&venti_bodies[0]), ["660.00"]);
+    assert_eq!(cashflow(&venti_bodies[1]), ["200.00"]);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn with_nats_down_a_webhook_is_answered_503_and_its_retry_is_stored_once() {
+    let mut nats = support::nats().await;
+    let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
+    // A lease that outlives the outage: this test is about the webhook, not
+    // about the active instance losing its lease (which stops `run`).
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "lease_ttl = \"60s\"\n[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{SOURCES}"
+        ),
+    );
+    let svc = Running::start(settings.clone()).await;
+    let shop = [("authorization", "Bearer shop-token-0123456789".to_owned())];
+    let (status, _) = svc
+        .post("shop", &shop, &confirmed("o-1", "EUR", "10.00"))
+        .await;
+    assert_eq!(status, 200);
+    // The pipeline is up and running before NATS goes away.
+    eventually(
+        "the first posting delivered",
+        Duration::from_secs(30),
+        || {
+            let n = rx.received().iter().filter(|r| r.status == 200).count();
+            async move { n >= 1 }
+        },
+    )
+    .await;
+
+    nats.server.stop().await;
+    let second = confirmed("o-2", "EUR", "20.00");
+    let started = std::time::Instant::now();
+    let (status, reply) = svc.post("shop", &shop, &second).await;
+    assert_eq!(status, 503, "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered in time"
+    );
+
+    nats.server.restart().await.unwrap();
+    // The vendor retries until it is answered 2xx.
+    let mut answered = 0;
+    for _ in 0..100 {
+        let (status, _) = svc.post("shop", &shop, &second).await;
+        answered = status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answered, 200);
+    let client = async_nats::connect(nats.server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    assert_eq!(count_orders(&js, "orders.o-2").await, 1, "stored once");
+    eventually("both postings delivered", Duration::from_secs(60), || {
+        let n = rx.received().iter().filter(|r| r.status == 200).count();
+        async move { n >= 2 }
+    })
+    .await;
+    let nats = support::Nats {
+        client,
+        js,
+        server: nats.server,
+    };
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.expected, report.stored), (2, 2), "{report}");
+    svc.stop().await;
+}
