@@ -307,6 +307,45 @@ fn check_admin_token(token: &Secret) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Something validated with an id that must be unique among its kind.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl HasId for Registry {
+    fn id(&self) -> &str {
+        Registry::id(self)
+    }
+}
+
+impl HasId for Source {
+    fn id(&self) -> &str {
+        Source::id(self)
+    }
+}
+
+/// Validates each `[[<what>]]` entry, naming `<what>[i].<field>` on error
+/// and refusing an id used twice.
+fn validate_each<C, T: HasId>(
+    list: &[C],
+    what: &str,
+    validate: impl Fn(&C) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    let mut out: Vec<T> = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let at = format!("{what}[{i}]");
+        let item = validate(c).map_err(|e| e.within(&at))?;
+        if out.iter().any(|o| o.id() == item.id()) {
+            return Err(FieldError::new(
+                format!("{at}.id"),
+                format!("{:?} is used by another {what}", item.id()),
+            ));
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
 impl Config {
     /// Reads `path` (or only defaults when `None`), overlays the
     /// `LEDGERLINE_*` variables of `env`, and parses the result.
@@ -505,32 +544,8 @@ impl Config {
             allow_insecure_http: self.allow_insecure_http,
             allow_private_targets: nets,
         };
-        let mut registries: Vec<Registry> = Vec::new();
-        for (i, r) in self.registry.iter().enumerate() {
-            let at = format!("registry[{i}]");
-            let reg = r.validate(&policy).map_err(|e| e.within(&at))?;
-            if registries.iter().any(|o| o.id() == reg.id()) {
-                return Err(FieldError::new(
-                    format!("{at}.id"),
-                    format!("{:?} is used by another registry", reg.id()),
-                )
-                .into());
-            }
-            registries.push(reg);
-        }
-        let mut sources: Vec<Source> = Vec::new();
-        for (i, c) in self.source.iter().enumerate() {
-            let at = format!("source[{i}]");
-            let source = c.validate().map_err(|e| e.within(&at))?;
-            if sources.iter().any(|o| o.id() == source.id()) {
-                return Err(FieldError::new(
-                    format!("{at}.id"),
-                    format!("{:?} is used by another source", source.id()),
-                )
-                .into());
-            }
-            sources.push(source);
-        }
+        let registries = validate_each(&self.registry, "registry", |r| r.validate(&policy))?;
+        let sources = validate_each(&self.source, "source", SourceConfig::validate)?;
         Ok(Settings {
             sources,
             ledger: LedgerOptions {
@@ -697,13 +712,9 @@ mod tests {
             e.to_string().starts_with("config source[0].currency:"),
             "{e}"
         );
-        let t = "[[source]]\nid = \"a\"\nkind = \"events\"\n[[source]]\nid = \"a\"\nkind = \"events\"\n";
-        assert!(
-            load(t, &[])
-                .unwrap_err()
-                .to_string()
-                .contains("source[1].id")
-        );
+        let twice = "[[source]]\nid = \"a\"\nkind = \"events\"\n".repeat(2);
+        let e = load(&twice, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config source[1].id:"), "{e}");
         let e = load("", &[("LEDGERLINE_INGEST_LISTEN", "nowhere")]).unwrap_err();
         assert!(e.to_string().starts_with("config ingest_listen:"), "{e}");
         let s = load("", &[("LEDGERLINE_INGEST_LISTEN", "127.0.0.1:0")]).unwrap();

@@ -173,10 +173,10 @@ pub enum AuthConfig {
     },
 }
 
-fn default_token_field() -> String {
+pub(crate) fn default_token_field() -> String {
     "access_token".to_owned()
 }
-fn default_expires_field() -> String {
+pub(crate) fn default_expires_field() -> String {
     "expires_in".to_owned()
 }
 fn default_token_type() -> String {

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::MESSAGE_MAX_BYTES;
 use crate::money::Currency;
-use crate::registry::{FieldError, check_header_value, check_id};
+use crate::registry::{
+    FieldError, check_header_value, check_id, default_expires_field, default_token_field,
+};
 use crate::secret::Secret;
 
 /// Default `token_ttl_s` of an `oauth2` source: an hour, as most
@@ -134,12 +136,6 @@ impl SourceAuth {
     }
 }
 
-fn default_token_field() -> String {
-    "access_token".to_owned()
-}
-fn default_expires_field() -> String {
-    "expires_in".to_owned()
-}
 fn default_token_ttl_s() -> u64 {
     TOKEN_TTL_S_DEFAULT
 }

@@ -96,12 +96,11 @@ use serde_json::{Value, json};
 use crate::support::{self, eventually};
 
 /// `ledgerline run` in this process, every component, the ingest API and
-/// the admin API each on a free loopback port.
+/// the admin API (`service`) each on a free loopback port.
 struct Running {
+    /// `http://127.0.0.1:<port>` of the ingest API.
     base: String,
-    http: reqwest::Client,
-    shutdown: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), ledgerline::service::ServiceError>>,
+    service: support::Service,
 }
 
 impl Running {
@@ -109,6 +108,7 @@ impl Running {
         settings.config.admin_token = Some(ledgerline::secret::Secret::new(support::ADMIN_TOKEN));
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_base = format!("http://{}", admin.local_addr().unwrap());
         let base = format!("http://{}", ingest.local_addr().unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(ledgerline::service::run_with_listeners(
@@ -120,15 +120,16 @@ impl Running {
             },
             shutdown.clone(),
         ));
-        let running = Running {
-            base,
-            http: support::http_client(),
+        let service = support::Service {
+            base: admin_base,
             shutdown,
             task,
+            http: support::http_client(),
         };
+        let running = Running { base, service };
         let probe = format!("{}/v1/ingest/no-such-source", running.base);
         eventually("the ingest API answers", Duration::from_secs(20), || {
-            let req = running.http.post(&probe).send();
+            let req = running.service.http.post(&probe).send();
             async move { req.await.is_ok_and(|r| r.status() == 404) }
         })
         .await;
@@ -138,6 +139,7 @@ impl Running {
     /// POSTs `body` to `/v1/ingest/<path>` with `headers`: (status, JSON).
     async fn post(&self, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
         let mut req = self
+            .service
             .http
             .post(format!("{}/v1/ingest/{path}", self.base))
             .header("content-type", "application/json")
@@ -155,12 +157,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the service stops within 30 s")
-            .unwrap()
-            .expect("the service stops cleanly");
+        self.service.stop().await;
     }
 }
 
@@ -248,18 +245,38 @@ type = "bearer"
 token = "shop-token-0123456789"
 "#;
 
-const POS_ORDER: &str = "008cdf4c-f5c1-449c-94dd-c2f3741fb1ab";
-
-#[tokio::test]
-async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry() {
+/// A nats-server, a sample receiver behind registry `books` (every event
+/// type) and the settings: `extra` TOML, then [`SOURCES`].
+async fn setup(extra: &str) -> (support::Nats, ledgerline::receiver::Receiver, Settings) {
     let nats = support::nats().await;
     let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
     let settings = support::settings(
         &nats.server,
         &format!(
-            "[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{SOURCES}"
+            "{extra}[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{SOURCES}"
         ),
     );
+    (nats, rx, settings)
+}
+
+/// Waits until the receiver has accepted `n` postings.
+async fn delivered(rx: &ledgerline::receiver::Receiver, n: usize) {
+    eventually(
+        &format!("{n} postings delivered"),
+        Duration::from_secs(60),
+        || {
+            let got = rx.received().iter().filter(|r| r.status == 200).count();
+            async move { got >= n }
+        },
+    )
+    .await;
+}
+
+const POS_ORDER: &str = "008cdf4c-f5c1-449c-94dd-c2f3741fb1ab";
+
+#[tokio::test]
+async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry() {
+    let (nats, rx, settings) = setup("").await;
     let svc = Running::start(settings.clone()).await;
     let shop = [("authorization", "Bearer shop-token-0123456789".to_owned())];
     let venti = [("authenticationToken", "venti-key-0123456789".to_owned())];
@@ -346,11 +363,7 @@ async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry
     assert_eq!(count_orders(&nats.js, "orders.>").await, 6);
 
     // Six events, six postings, each what a replay of ORDERS gives.
-    eventually("six postings delivered", Duration::from_secs(30), || {
-        let n = rx.received().iter().filter(|r| r.status == 200).count();
-        async move { n >= 6 }
-    })
-    .await;
+    delivered(&rx, 6).await;
     let report = support::verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!((report.expected, report.stored), (6, 6), "{report}");
@@ -384,16 +397,9 @@ async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry
 
 #[tokio::test]
 async fn with_nats_down_a_webhook_is_answered_503_and_its_retry_is_stored_once() {
-    let mut nats = support::nats().await;
-    let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
     // A lease that outlives the outage: this test is about the webhook, not
     // about the active instance losing its lease (which stops `run`).
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "lease_ttl = \"60s\"\n[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{SOURCES}"
-        ),
-    );
+    let (mut nats, rx, settings) = setup("lease_ttl = \"60s\"\n").await;
     let svc = Running::start(settings.clone()).await;
     let shop = [("authorization", "Bearer shop-token-0123456789".to_owned())];
     let (status, _) = svc
@@ -401,15 +407,7 @@ async fn with_nats_down_a_webhook_is_answered_503_and_its_retry_is_stored_once()
         .await;
     assert_eq!(status, 200);
     // The pipeline is up and running before NATS goes away.
-    eventually(
-        "the first posting delivered",
-        Duration::from_secs(30),
-        || {
-            let n = rx.received().iter().filter(|r| r.status == 200).count();
-            async move { n >= 1 }
-        },
-    )
-    .await;
+    delivered(&rx, 1).await;
 
     nats.server.stop().await;
     let second = confirmed("o-2", "EUR", "20.00");
@@ -436,11 +434,7 @@ async fn with_nats_down_a_webhook_is_answered_503_and_its_retry_is_stored_once()
     let client = async_nats::connect(nats.server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     assert_eq!(count_orders(&js, "orders.o-2").await, 1, "stored once");
-    eventually("both postings delivered", Duration::from_secs(60), || {
-        let n = rx.received().iter().filter(|r| r.status == 200).count();
-        async move { n >= 2 }
-    })
-    .await;
+    delivered(&rx, 2).await;
     let nats = support::Nats {
         client,
         js,

@@ -18,7 +18,7 @@
 use serde_json::json;
 
 use super::json::{rfc3339, root};
-use super::{Plan, event};
+use super::{Plan, event, source_currency};
 use crate::events::{RejectReason, Rejection};
 use crate::source::Source;
 
@@ -37,13 +37,7 @@ pub(super) fn plan(source: &Source, body: &[u8]) -> Result<Plan, Rejection> {
         "transaction.refund.voided" => ("payment.deleted", true),
         _ => return Ok(Plan::Ignored { topic: event_type }),
     };
-    let currency = source.currency.ok_or_else(|| {
-        Rejection::new(
-            RejectReason::MissingField,
-            "currency",
-            "the source sets no currency",
-        )
-    })?;
+    let currency = source_currency(source)?;
     let pointer = source.config.order_id_pointer.as_deref().ok_or_else(|| {
         Rejection::new(
             RejectReason::MissingField,

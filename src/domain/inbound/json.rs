@@ -15,8 +15,7 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
 use crate::events::{
-    AMOUNT_MAX_ABS, ID_MAX_CHARS, MESSAGE_MAX_BYTES, OrderId, RejectReason, Rejection,
-    TEXT_MAX_CHARS,
+    AMOUNT_MAX_ABS, ID_MAX_CHARS, OrderId, RejectReason, Rejection, TEXT_MAX_CHARS,
 };
 use crate::money::{Currency, parse_decimal_str};
 
@@ -33,18 +32,10 @@ fn invalid(path: String, message: impl Into<String>) -> Rejection {
     Rejection::new(RejectReason::InvalidField, path, message)
 }
 
-/// The payload as an object, or `malformed_json`.
+/// The payload as an object, or `malformed_json`. Its size is bounded by
+/// the listener, and every event mapped from it is checked against
+/// [`crate::events::MESSAGE_MAX_BYTES`] by the event parser.
 pub(crate) fn root(body: &[u8]) -> Result<Obj<'_>, Rejection> {
-    if body.len() > MESSAGE_MAX_BYTES {
-        return Err(Rejection::new(
-            RejectReason::TooLarge,
-            "",
-            format!(
-                "the body is {} bytes, over the {MESSAGE_MAX_BYTES} byte limit",
-                body.len()
-            ),
-        ));
-    }
     let members: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
         Rejection::new(
             RejectReason::MalformedJson,

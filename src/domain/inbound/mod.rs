@@ -159,6 +159,18 @@ pub fn plan(source: &Source, topic: Option<&str>, body: &[u8]) -> Result<Plan, R
     Ok(plan)
 }
 
+/// The source's `currency` (validation requires it for the kinds that
+/// call this; still a named refusal rather than a panic).
+fn source_currency(source: &Source) -> Result<crate::money::Currency, Rejection> {
+    source.currency.ok_or_else(|| {
+        Rejection::new(
+            RejectReason::MissingField,
+            "currency",
+            "the source sets no currency",
+        )
+    })
+}
+
 fn required(topic: Option<&str>) -> Result<&str, Rejection> {
     topic.ok_or_else(|| {
         Rejection::new(

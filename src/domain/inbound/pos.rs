@@ -16,8 +16,8 @@
 use serde_json::json;
 
 use super::json::{rfc3339, root};
-use super::{Plan, event, message_id};
-use crate::events::{RejectReason, Rejection};
+use super::{Plan, event, message_id, source_currency};
+use crate::events::Rejection;
 use crate::source::Source;
 
 pub(super) fn plan(source: &Source, topic: &str, body: &[u8]) -> Result<Plan, Rejection> {
@@ -32,14 +32,7 @@ pub(super) fn plan(source: &Source, topic: &str, body: &[u8]) -> Result<Plan, Re
             });
         }
     };
-    let currency = source.currency.ok_or_else(|| {
-        // Validation requires it for this kind; kept as a named refusal.
-        Rejection::new(
-            RejectReason::MissingField,
-            "currency",
-            "the source sets no currency",
-        )
-    })?;
+    let currency = source_currency(source)?;
     let o = root(body)?;
     let order_id = o.order_id("InvoiceID")?;
     let payment_id = o.id("ID")?;
