@@ -445,3 +445,87 @@ async fn with_nats_down_a_webhook_is_answered_503_and_its_retry_is_stored_once()
     assert_eq!((report.expected, report.stored), (2, 2), "{report}");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn an_oauth2_source_takes_only_the_tokens_it_issued() {
+    let (_nats, _rx, settings) = setup(
+        r#"
+[[source]]
+id = "venti-oauth"
+kind = "marketplace_orders"
+[source.auth]
+type = "oauth2"
+client_id = "venti"
+client_secret = "venti-secret-0123456789"
+token_field = "auth_token"
+token_ttl_s = 600
+"#,
+    )
+    .await;
+    let svc = Running::start(settings).await;
+    let token_url = format!("{}/v1/ingest/venti-oauth/token", svc.base);
+    let http = &svc.service.http;
+    let form = "grant_type=client_credentials&client_id=venti&client_secret=wrong";
+    let resp = http
+        .post(&token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = http
+        .post(&token_url)
+        .json(
+            &json!({"grant_type": "client_credentials", "client_id": "venti",
+                      "client_secret": "venti-secret-0123456789"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reply: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (&reply["expires_in"], &reply["token_type"]),
+        (&json!(600), &json!("Bearer"))
+    );
+    let token = reply["auth_token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 64);
+
+    let created = fixture("marketplace_orders", "orders_created");
+    let bearer = |t: &str| [("authorization", format!("Bearer {t}"))];
+    let (status, _) = svc
+        .post("venti-oauth/orders/created", &bearer("made-up"), &created)
+        .await;
+    assert_eq!(status, 401);
+    let (status, reply) = svc
+        .post("venti-oauth/orders/created", &bearer(&token), &created)
+        .await;
+    assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+    // Another source's token endpoint does not exist.
+    let resp = http
+        .post(format!("{}/v1/ingest/shop/token", svc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_is_held_to_the_source_rate_and_bodies_to_their_limit() {
+    let (_nats, _rx, settings) =
+        setup("[[source]]\nid = \"slow\"\nkind = \"events\"\nrate_limit_per_s = 5\n").await;
+    let svc = Running::start(settings).await;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..50 {
+        let (status, _) = svc.post("slow", &[], b"{}").await;
+        *statuses.entry(status).or_default() += 1;
+    }
+    let limited = statuses.get(&429).copied().unwrap_or(0);
+    assert!(limited >= 40, "{statuses:?}");
+    let big = vec![b' '; ledgerline::source::SOURCE_BODY_MAX_BYTES + 1];
+    let (status, _) = svc.post("slow", &[], &big).await;
+    assert_eq!(status, 413);
+    svc.stop().await;
+}
