@@ -529,3 +529,84 @@ async fn a_flood_is_held_to_the_source_rate_and_bodies_to_their_limit() {
     assert_eq!(status, 413);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_sigkill_mid_flood_never_loses_an_acknowledged_webhook() {
+    let nats = support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = support::process::service_config(
+        dir.path(),
+        &nats.server.url(),
+        &format!(
+            "ingest_listen = \"127.0.0.1:{port}\"\n[[source]]\nid = \"shop\"\nkind = \"events\"\nrate_limit_per_s = 10000\n"
+        ),
+    );
+    let log = dir.path().join("run.log");
+    let mut run = support::process::run("info")
+        .only("ingest")
+        .spawn(&config, &log);
+    let http = support::http_client();
+    let url = format!("http://127.0.0.1:{port}/v1/ingest/shop");
+    eventually("the ingest API answers", Duration::from_secs(30), || {
+        let req = http.post(&url).body("{}").send();
+        async move { req.await.is_ok_and(|r| r.status() == 422) }
+    })
+    .await;
+
+    // 400 webhooks, 16 at a time; the process is killed once 100 are
+    // acknowledged, whatever is in flight.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let (http, url, acked, gate) = (http.clone(), url.clone(), acked.clone(), gate.clone());
+        requests.spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            let order = format!("k-{i}");
+            let sent = http
+                .post(&url)
+                .body(confirmed(&order, "EUR", "1.00"))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await;
+            let ok = sent.is_ok_and(|r| r.status() == 200);
+            if ok {
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            (order, ok)
+        });
+    }
+    eventually("100 webhooks acknowledged", Duration::from_secs(60), || {
+        let n = acked.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n >= 100 }
+    })
+    .await;
+    run.start_kill().unwrap();
+    let _ = run.wait().await;
+
+    let mut answered = Vec::new();
+    let mut unanswered = 0;
+    while let Some(done) = requests.join_next().await {
+        match done.unwrap() {
+            (order, true) => answered.push(order),
+            (_, false) => unanswered += 1,
+        }
+    }
+    assert!(
+        answered.len() >= 100 && unanswered > 0,
+        "{} answered, {unanswered} not",
+        answered.len()
+    );
+    for order in &answered {
+        assert_eq!(
+            count_orders(&nats.js, &format!("orders.{order}")).await,
+            1,
+            "acknowledged webhook for {order} is stored once"
+        );
+    }
+}
