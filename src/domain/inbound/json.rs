@@ -15,7 +15,7 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
 use crate::events::{
-    AMOUNT_MAX_ABS, ID_MAX_CHARS, OrderId, RejectReason, Rejection, TEXT_MAX_CHARS,
+    AMOUNT_MAX_ABS, ID_MAX_CHARS, OrderId, QUANTITY_MAX, RejectReason, Rejection, TEXT_MAX_CHARS,
 };
 use crate::money::{Currency, parse_decimal_str};
 
@@ -199,7 +199,8 @@ impl<'a> Obj<'a> {
         number_text(text, &path)
     }
 
-    /// Member `key` as a non-negative integer (a quantity).
+    /// Member `key` as a quantity: a whole number from 0 to
+    /// [`QUANTITY_MAX`] (so quantity × price cannot overflow).
     pub(crate) fn count(&self, key: &str) -> Result<u64, Rejection> {
         let d = self.decimal(key)?;
         let path = self.path(key);
@@ -213,7 +214,10 @@ impl<'a> Obj<'a> {
         if d.fract() != Decimal::ZERO {
             return Err(invalid(path, format!("{d} is not a whole number")));
         }
-        u64::try_from(d.trunc()).map_err(|_| invalid(path, format!("{d} is out of range")))
+        u64::try_from(d.trunc())
+            .ok()
+            .filter(|q| *q <= QUANTITY_MAX)
+            .ok_or_else(|| invalid(path, format!("{d} is over {QUANTITY_MAX}")))
     }
 
     /// Member `key` as a timestamp: RFC 3339, or a date and time without
@@ -319,32 +323,37 @@ fn number_text(text: &str, path: &str) -> Result<Decimal, Rejection> {
     parsed.map_err(|_| invalid(path.to_owned(), format!("{text} is out of range")))
 }
 
-/// A vendor's timestamp, in the formats the references use.
+/// A vendor's timestamp, in the formats the references use, in UTC; `None`
+/// when unreadable or outside the years 1 to 9999 (which RFC 3339 cannot
+/// write).
 pub(crate) fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
-    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Some(t);
-    }
     let local = [
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
         format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]"),
         format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]"),
     ];
-    for f in local {
-        if let Ok(t) = PrimitiveDateTime::parse(s, f) {
-            return Some(t.assume_utc());
-        }
-    }
-    Date::parse(s, format_description!("[year]-[month]-[day]"))
+    let t = OffsetDateTime::parse(s, &Rfc3339)
         .ok()
-        .map(|d| d.midnight().assume_utc())
+        .or_else(|| {
+            local
+                .iter()
+                .find_map(|f| PrimitiveDateTime::parse(s, f).ok())
+                .map(PrimitiveDateTime::assume_utc)
+        })
+        .or_else(|| {
+            Date::parse(s, format_description!("[year]-[month]-[day]"))
+                .ok()
+                .map(|d| d.midnight().assume_utc())
+        })?
+        .checked_to_offset(time::UtcOffset::UTC)?;
+    (1..=9999).contains(&t.year()).then_some(t)
 }
 
-/// A timestamp as SPEC 1's `occurred_at` text (RFC 3339, UTC).
+/// A timestamp from [`parse_timestamp`] as SPEC 1's `occurred_at` text.
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| unreachable!("a year in 0..=9999 always formats as RFC 3339"))
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| unreachable!("parse_timestamp keeps UTC times in years 1 to 9999"))
 }
 
 #[cfg(test)]
@@ -397,6 +406,27 @@ mod tests {
         let e = o.money("missing", eur()).unwrap_err();
         assert_eq!(e.reason, RejectReason::MissingField);
         assert_eq!(o.money("z", eur()).unwrap().to_string(), "0.100");
+        let far =
+            root(br#"{"big": 1e400, "small": 1e-400, "wide": 99999999999999999999999999999999}"#)
+                .unwrap();
+        for k in ["big", "small", "wide"] {
+            assert!(far.money(k, eur()).is_err(), "{k}");
+        }
+        let q =
+            root(br#"{"ok": 3, "half": 1.5, "huge": 18446744073709551615, "neg": -1}"#).unwrap();
+        assert_eq!(q.count("ok").unwrap(), 3);
+        assert_eq!(
+            q.count("half").unwrap_err().reason,
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            q.count("huge").unwrap_err().reason,
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            q.count("neg").unwrap_err().reason,
+            RejectReason::NegativeValue
+        );
     }
 
     #[test]
@@ -423,5 +453,7 @@ mod tests {
             assert_eq!(rfc3339(parse_timestamp(s).unwrap()), want, "{s}");
         }
         assert!(parse_timestamp("yesterday").is_none());
+        // Past the last year RFC 3339 can write once in UTC: refused, not a panic.
+        assert!(parse_timestamp("9999-12-31T23:59:59-01:00").is_none());
     }
 }
