@@ -8,6 +8,8 @@
 //!
 //! In flow order: [`money`] → [`events`] → [`order`] → [`ledger`] →
 //! [`posting`] (with the [`registry`] schema) → [`engine`].
+//! Beside them, inbound webhooks: the [`source`] schema, and [`inbound`]
+//! mapping a source's payloads to [`events`].
 
 pub mod engine;
 pub mod events;
