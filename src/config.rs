@@ -16,6 +16,7 @@ use crate::ledger::{LedgerOptions, TaxRounding};
 use crate::money::Rounding;
 use crate::registry::{FieldError, Registry, RegistryConfig, TargetPolicy};
 use crate::secret::Secret;
+use crate::source::{Source, SourceConfig};
 
 /// Environment variables with the `LEDGERLINE_` prefix that are not config
 /// keys (they steer logging and the CLI).
@@ -126,6 +127,11 @@ pub struct Config {
     /// Prefix of input subjects: `<prefix>.<order_id>`.
     pub subject_prefix: String,
     pub admin_listen: String,
+    /// Where inbound webhooks are taken (SPEC 10), default
+    /// [`INGEST_LISTEN_DEFAULT`]. `run` serves it when this is set or a
+    /// `[[source]]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_listen: Option<String>,
     /// How long the active instance's lease lives without renewal: a
     /// standby takes over about this long after the active one dies
     /// ([`crate::lease`]).
@@ -140,6 +146,26 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     pub delivery: DeliveryConfig,
     pub registry: Vec<RegistryConfig>,
+    #[serde(default)]
+    pub source: Vec<SourceConfig>,
+}
+
+/// The inbound webhooks' address when `ingest_listen` is not set (SPEC 7).
+pub const INGEST_LISTEN_DEFAULT: &str = "127.0.0.1:8089";
+
+impl Config {
+    /// The inbound listener's address: `ingest_listen`, else the default.
+    pub fn ingest_addr(&self) -> &str {
+        self.ingest_listen
+            .as_deref()
+            .unwrap_or(INGEST_LISTEN_DEFAULT)
+    }
+
+    /// True when `run` serves inbound webhooks: `ingest_listen` is set or
+    /// a `[[source]]` is configured.
+    pub fn serves_ingest(&self) -> bool {
+        self.ingest_listen.is_some() || !self.source.is_empty()
+    }
 }
 
 impl Default for Config {
@@ -160,6 +186,8 @@ impl Default for Config {
             smtp: None,
             delivery: DeliveryConfig::default(),
             registry: Vec::new(),
+            ingest_listen: None,
+            source: Vec::new(),
         }
     }
 }
@@ -192,6 +220,7 @@ pub struct Settings {
     pub ledger: LedgerOptions,
     pub policy: TargetPolicy,
     pub registries: Vec<Registry>,
+    pub sources: Vec<Source>,
 }
 
 impl Settings {
@@ -225,8 +254,9 @@ fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "nats_url",
+    "ingest_listen",
     "lease_ttl",
     "nats_creds",
     "nats_token",
@@ -291,6 +321,45 @@ fn check_admin_token(token: &Secret) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+/// Something validated with an id that must be unique among its kind.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl HasId for Registry {
+    fn id(&self) -> &str {
+        Registry::id(self)
+    }
+}
+
+impl HasId for Source {
+    fn id(&self) -> &str {
+        Source::id(self)
+    }
+}
+
+/// Validates each `[[<what>]]` entry, naming `<what>[i].<field>` on error
+/// and refusing an id used twice.
+fn validate_each<C, T: HasId>(
+    list: &[C],
+    what: &str,
+    validate: impl Fn(&C) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    let mut out: Vec<T> = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let at = format!("{what}[{i}]");
+        let item = validate(c).map_err(|e| e.within(&at))?;
+        if out.iter().any(|o| o.id() == item.id()) {
+            return Err(FieldError::new(
+                format!("{at}.id"),
+                format!("{:?} is used by another {what}", item.id()),
+            ));
+        }
+        out.push(item);
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -439,6 +508,15 @@ impl Config {
             )
             .into());
         }
+        if let Some(addr) = &self.ingest_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(FieldError::new(
+                "ingest_listen",
+                format!("{addr:?} is not an address like \"{INGEST_LISTEN_DEFAULT}\""),
+            )
+            .into());
+        }
         for (i, d) in self.delivery.retry_schedule.iter().enumerate() {
             let field = || format!("delivery.retry_schedule[{i}]");
             let delay = humantime::parse_duration(d)
@@ -482,20 +560,10 @@ impl Config {
             allow_insecure_http: self.allow_insecure_http,
             allow_private_targets: nets,
         };
-        let mut registries: Vec<Registry> = Vec::new();
-        for (i, r) in self.registry.iter().enumerate() {
-            let at = format!("registry[{i}]");
-            let reg = r.validate(&policy).map_err(|e| e.within(&at))?;
-            if registries.iter().any(|o| o.id() == reg.id()) {
-                return Err(FieldError::new(
-                    format!("{at}.id"),
-                    format!("{:?} is used by another registry", reg.id()),
-                )
-                .into());
-            }
-            registries.push(reg);
-        }
+        let registries = validate_each(&self.registry, "registry", |r| r.validate(&policy))?;
+        let sources = validate_each(&self.source, "source", SourceConfig::validate)?;
         Ok(Settings {
+            sources,
             ledger: LedgerOptions {
                 rounding: self.rounding,
                 tax_rounding: self.tax_rounding,
@@ -669,6 +737,31 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("pw-in-file"), "{e}");
+    }
+
+    #[test]
+    fn sources_are_validated_naming_the_source_and_field() {
+        let s = load(
+            "[[source]]\nid = \"pos\"\nkind = \"pos_payments\"\ncurrency = \"IDR\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.sources.len(), 1);
+        assert!(s.config.serves_ingest());
+        assert_eq!(s.config.ingest_addr(), INGEST_LISTEN_DEFAULT);
+        let e = load("[[source]]\nid = \"pos\"\nkind = \"pos_payments\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("config source[0].currency:"),
+            "{e}"
+        );
+        let twice = "[[source]]\nid = \"a\"\nkind = \"events\"\n".repeat(2);
+        let e = load(&twice, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config source[1].id:"), "{e}");
+        let e = load("", &[("LEDGERLINE_INGEST_LISTEN", "nowhere")]).unwrap_err();
+        assert!(e.to_string().starts_with("config ingest_listen:"), "{e}");
+        let s = load("", &[("LEDGERLINE_INGEST_LISTEN", "127.0.0.1:0")]).unwrap();
+        assert!(s.config.serves_ingest());
+        assert!(!load("", &[]).unwrap().config.serves_ingest());
     }
 
     #[test]

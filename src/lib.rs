@@ -13,6 +13,8 @@
 //! - [`order`]: the fold of an order's events into its state.
 //! - [`ledger`]: an order state's ledger, balanced (SPEC 2).
 //! - [`registry`]: the registry schema and its validation.
+//! - [`source`]: the inbound source schema (SPEC 10); [`mapping`] turns a
+//!   source's payloads into events.
 //! - [`posting`]: a registry's view of the ledger: grouping, ledger codes,
 //!   delta or full postings, idempotency keys, size limit.
 //! - [`engine`]: the one fold: an event planned against an order's book,
@@ -32,6 +34,9 @@
 //!   headers), [`records`] (what is stored on each LEDGER subject),
 //!   [`lease`] (one active instance, every other a fenced hot standby),
 //!   [`natsd`] (a real `nats-server` for tests, demo and benches).
+//! - [`inbound`]: the sales channels' own webhooks (SPEC 10) on their own
+//!   listener, mapped by [`mapping`] to events on ORDERS; [`source`] is
+//!   their schema.
 //! - [`registry_store`]: the registries in a JetStream KV bucket (with
 //!   history), validated writes, the live set read by every component.
 //! - [`service`]: `ledgerline run`, the components in one process.
@@ -65,6 +70,7 @@ pub mod dispatcher;
 pub mod domain;
 pub mod export;
 pub mod fifo;
+pub mod inbound;
 pub mod ingest;
 pub mod nats;
 pub mod offline;
@@ -75,7 +81,8 @@ pub mod service;
 pub mod tls;
 
 pub use dispatcher::{notify, signing};
-pub use domain::{engine, events, ledger, money, order, posting, registry};
+pub use domain::inbound as mapping;
+pub use domain::{engine, events, ledger, money, order, posting, registry, source};
 pub use export::verify;
 pub use ingest::{aggregator, publish};
 pub use nats::{lease, natsd, records, streams};

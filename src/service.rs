@@ -11,7 +11,9 @@
 //! 4. follow the bucket: the live registry set every component reads, so a
 //!    registry created, changed, disabled or deleted (API or CLI) is picked
 //!    up without a restart;
-//! 5. start each component with that set and the shutdown token;
+//! 5. start each component with that set and the shutdown token (the
+//!    ingest API for inbound webhooks only when sources are configured or
+//!    `ingest_listen` is set: [`crate::inbound`]);
 //! 6. wait.
 //!
 //! Steps 2–4 are retried while NATS is unreachable. On shutdown every
@@ -56,14 +58,18 @@ pub enum Component {
     Dispatcher,
     /// The admin HTTP API.
     Admin,
+    /// Inbound webhooks (SPEC 10) on `ingest_listen`: started only when
+    /// the config has a `[[source]]` or sets `ingest_listen`.
+    Ingest,
 }
 
 impl Component {
     /// Every component: what `run` starts by default.
-    pub const ALL: [Component; 3] = [
+    pub const ALL: [Component; 4] = [
         Component::Aggregator,
         Component::Dispatcher,
         Component::Admin,
+        Component::Ingest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +77,7 @@ impl Component {
             Component::Aggregator => "aggregator",
             Component::Dispatcher => "dispatcher",
             Component::Admin => "admin",
+            Component::Ingest => "ingest",
         }
     }
 }
@@ -99,6 +106,14 @@ pub enum ServiceError {
     },
     #[error("admin API: {0}")]
     Admin(#[source] std::io::Error),
+    #[error("cannot listen on {addr} for inbound webhooks (ingest_listen): {source}")]
+    ListenIngest {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingest API: {0}")]
+    Ingest(#[source] std::io::Error),
     #[error("lease: {0}")]
     Lease(#[from] crate::lease::LeaseError),
     #[error("component {component:?} stopped: {message}")]
@@ -115,6 +130,7 @@ impl ServiceError {
             self,
             ServiceError::MissingAdminToken
                 | ServiceError::Listen { .. }
+                | ServiceError::ListenIngest { .. }
                 | ServiceError::Registries(StoreError::Invalid(_))
         )
     }
@@ -198,7 +214,19 @@ pub async fn run(
     } else {
         None
     };
-    run_with_listener(settings, components, listener, shutdown).await
+    let listeners = Listeners {
+        admin: listener,
+        ingest: None,
+    };
+    run_with_listeners(settings, components, listeners, shutdown).await
+}
+
+/// Listeners bound by the caller (tests bind `127.0.0.1:0`); a component
+/// whose listener is `None` binds its configured address.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub admin: Option<TcpListener>,
+    pub ingest: Option<TcpListener>,
 }
 
 fn admin_token(settings: &Settings) -> Result<crate::secret::Secret, ServiceError> {
@@ -217,9 +245,41 @@ pub async fn run_with_listener(
     admin_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    let listeners = Listeners {
+        admin: admin_listener,
+        ingest: None,
+    };
+    run_with_listeners(settings, components, listeners, shutdown).await
+}
+
+/// [`run`] with the listeners given (each required only when its
+/// component is chosen; `None` binds the configured address).
+pub async fn run_with_listeners(
+    settings: Settings,
+    mut components: BTreeSet<Component>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    // Inbound webhooks are served only where sources are configured.
+    if !settings.config.serves_ingest() && listeners.ingest.is_none() {
+        components.remove(&Component::Ingest);
+    }
     // Everything that can be refused is checked before anything starts.
     let admin_parts = if components.contains(&Component::Admin) {
-        Some(admin_parts(&settings, admin_listener).await?)
+        Some(admin_parts(&settings, listeners.admin).await?)
+    } else {
+        None
+    };
+    let ingest_listener = if components.contains(&Component::Ingest) {
+        Some(match listeners.ingest {
+            Some(l) => l,
+            None => {
+                let addr = settings.config.ingest_addr().to_owned();
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServiceError::ListenIngest { addr, source })?
+            }
+        })
     } else {
         None
     };
@@ -255,7 +315,7 @@ pub async fn run_with_listener(
     let active: Vec<Component> = components
         .iter()
         .copied()
-        .filter(|c| *c != Component::Admin)
+        .filter(|c| !matches!(c, Component::Admin | Component::Ingest))
         .collect();
     // One lease per component: `--only aggregator` and `--only dispatcher`
     // in separate processes each hold their own.
@@ -290,6 +350,22 @@ pub async fn run_with_listener(
         });
         names.insert(handle.id(), Component::Admin);
         health.set(Component::Admin.name(), ComponentState::Running);
+    }
+    if let Some(listener) = ingest_listener {
+        let sources = crate::inbound::fixed_sources(settings.sources.clone());
+        let state = crate::inbound::InboundState::new(
+            client.clone(),
+            &settings.config.subject_prefix,
+            sources,
+        );
+        let shutdown = shutdown.clone();
+        let handle = tasks.spawn(async move {
+            crate::inbound::serve(listener, state, shutdown)
+                .await
+                .map_err(ServiceError::Ingest)
+        });
+        names.insert(handle.id(), Component::Ingest);
+        health.set(Component::Ingest.name(), ComponentState::Running);
     }
 
     let first_error = join_components(&mut tasks, &names, &shutdown, &health).await;
@@ -382,7 +458,7 @@ impl ActiveParts {
                         .map_err(ServiceError::from)
                 }))
             }
-            Component::Admin => None,
+            Component::Admin | Component::Ingest => None,
         }
     }
 }

@@ -49,8 +49,8 @@ impl NatsArgs {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the service: aggregator, dispatcher and admin API (or some of
-    /// them) until SIGTERM or Ctrl-C.
+    /// Run the service: aggregator, dispatcher, admin API and, with sources,
+    /// inbound webhooks (or some of them) until SIGTERM or Ctrl-C.
     Run {
         #[command(flatten)]
         nats: NatsArgs,
@@ -61,6 +61,10 @@ pub enum Command {
         /// LEDGERLINE_ADMIN_LISTEN (port 0: any free port, logged).
         #[arg(long)]
         admin_listen: Option<String>,
+        /// Address of the inbound webhooks (docs/inbound.md), overriding the
+        /// file and LEDGERLINE_INGEST_LISTEN; served even without a [[source]].
+        #[arg(long)]
+        ingest_listen: Option<String>,
     },
     /// Registries in the registry bucket: apply a file, list, show, delete.
     /// Changes reach a running service at once.

@@ -118,9 +118,10 @@ pub fn execute(command: Command) -> Result<Exit, CliError> {
             nats,
             only,
             admin_listen,
+            ingest_listen,
         } => {
             init_logging("info");
-            run::run(&nats, only, admin_listen)
+            run::run(&nats, only, admin_listen, ingest_listen)
         }
         Command::Registry { command } => {
             init_logging("warn");

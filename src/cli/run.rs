@@ -15,10 +15,14 @@ pub fn run(
     nats: &NatsArgs,
     only: Vec<Component>,
     admin_listen: Option<String>,
+    ingest_listen: Option<String>,
 ) -> Result<Exit, CliError> {
     let settings = nats.settings_with(|c| {
         if let Some(a) = admin_listen {
             c.admin_listen = a;
+        }
+        if let Some(a) = ingest_listen {
+            c.ingest_listen = Some(a);
         }
     });
     let Some(settings) = settings_or_report(settings) else {

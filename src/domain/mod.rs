@@ -8,11 +8,15 @@
 //!
 //! In flow order: [`money`] → [`events`] → [`order`] → [`ledger`] →
 //! [`posting`] (with the [`registry`] schema) → [`engine`].
+//! Beside them, inbound webhooks: the [`source`] schema, and [`inbound`]
+//! mapping a source's payloads to [`events`].
 
 pub mod engine;
 pub mod events;
+pub mod inbound;
 pub mod ledger;
 pub mod money;
 pub mod order;
 pub mod posting;
 pub mod registry;
+pub mod source;

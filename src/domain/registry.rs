@@ -173,10 +173,10 @@ pub enum AuthConfig {
     },
 }
 
-fn default_token_field() -> String {
+pub(crate) fn default_token_field() -> String {
     "access_token".to_owned()
 }
-fn default_expires_field() -> String {
+pub(crate) fn default_expires_field() -> String {
     "expires_in".to_owned()
 }
 fn default_token_type() -> String {
@@ -428,7 +428,7 @@ impl Registry {
     }
 }
 
-fn check_id(id: &str) -> Result<(), FieldError> {
+pub(crate) fn check_id(id: &str) -> Result<(), FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -669,7 +669,7 @@ fn check_header_name(field: &str, name: &str) -> Result<(), FieldError> {
 /// A header value must be what an HTTP request can carry: visible ASCII,
 /// spaces and tabs. A line break would otherwise make every delivery of the
 /// registry fail. The value is a secret: the error does not show it.
-fn check_header_value(field: &str, value: &Secret) -> Result<(), FieldError> {
+pub(crate) fn check_header_value(field: &str, value: &Secret) -> Result<(), FieldError> {
     match value
         .expose()
         .bytes()

@@ -13,6 +13,7 @@ mod dispatcher;
 mod export;
 mod fence;
 mod golden;
+mod inbound;
 mod layout;
 mod natsd;
 mod pipeline;
