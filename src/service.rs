@@ -44,8 +44,7 @@ use crate::registry_store::{self, RegistryStore, RegistryWatcher, StoreError};
 use crate::streams;
 
 /// Backoff between start-up attempts while NATS is unreachable: first, cap.
-pub const START_RETRY_MIN: Duration = Duration::from_millis(250);
-pub const START_RETRY_MAX: Duration = Duration::from_secs(5);
+pub use crate::streams::{START_RETRY_MAX, START_RETRY_MIN};
 /// Longest the last flush to NATS may take at shutdown.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -162,8 +162,6 @@ pub enum DispatchError {
     Schedule(#[from] ScheduleError),
     #[error("delivery.breaker_cool_down: {0:?} is not a duration like \"30s\"")]
     CoolDown(String),
-    #[error("cannot open the {LEDGER_STREAM} stream (run `ledgerline run` once to create it): {0}")]
-    Stream(#[source] async_nats::jetstream::context::GetStreamError),
     #[error(transparent)]
     Client(#[from] http::ClientError),
     #[error(transparent)]
@@ -202,7 +200,8 @@ struct Running {
 /// lets attempts in flight finish (each bounded by its registry's timeout)
 /// and records them, hands back every message it holds, and returns.
 ///
-/// The LEDGER stream must exist (`streams::ensure_streams`). Registries are
+/// The LEDGER stream must exist (`streams::ensure_streams`); until it can
+/// be opened (NATS away) the dispatcher waits, retrying. Registries are
 /// followed live: a changed registry's consumer is restarted with the new
 /// settings, a removed or disabled one is stopped (its postings wait).
 pub async fn run_dispatcher(
@@ -212,10 +211,16 @@ pub async fn run_dispatcher(
     shutdown: CancellationToken,
 ) -> Result<(), DispatchError> {
     let js = jetstream::new(client);
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(DispatchError::Stream)?;
+    let open = || js.get_stream(LEDGER_STREAM);
+    let Some(ledger) = crate::streams::until_ready(
+        "opening the LEDGER stream for the dispatcher",
+        &shutdown,
+        open,
+    )
+    .await
+    else {
+        return Ok(());
+    };
     let http = http::build_client(&options.policy)?;
     let (notifier, notifier_task) = match &options.smtp {
         Some(smtp) => {

@@ -185,26 +185,34 @@ pub async fn run_aggregator(
     shutdown: CancellationToken,
 ) -> Result<(), AggregatorError> {
     let js = jetstream::new(client.clone());
-    let (orders, ledger) = streams::ensure_streams(&js, &options.subject_prefix).await?;
-    let consumer = orders
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                description: Some("ledgerline aggregator: events → postings".to_owned()),
-                filter_subject: format!("{}.>", options.subject_prefix),
-                ack_policy: AckPolicy::Explicit,
-                deliver_policy: DeliverPolicy::All,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                // Never give up on an event: a poison message is rejected
-                // (and acked) by the lane, never dropped by the server.
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(AggregatorError::Consumer)?;
+    let open = || async {
+        let (orders, ledger) = streams::ensure_streams(&js, &options.subject_prefix).await?;
+        let consumer = orders
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    description: Some("ledgerline aggregator: events → postings".to_owned()),
+                    filter_subject: format!("{}.>", options.subject_prefix),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: ACK_WAIT,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    // Never give up on an event: a poison message is rejected
+                    // (and acked) by the lane, never dropped by the server.
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(AggregatorError::Consumer)?;
+        Ok::<_, AggregatorError>((orders, ledger, consumer))
+    };
+    let Some((orders, ledger, consumer)) =
+        streams::until_ready("starting the aggregator", &shutdown, open).await
+    else {
+        return Ok(());
+    };
 
     let shared = Arc::new(Shared {
         js: js.clone(),

@@ -69,6 +69,47 @@ pub const H_ORIGINAL_SHA256: &str = "Ledgerline-Original-Sha256";
 /// Header: the record kind on LEDGER subjects (`posting`, `delivery`, …).
 pub const H_KIND: &str = "Ledgerline-Kind";
 
+/// Backoff between tries of a start-up step while NATS is unreachable:
+/// first, cap.
+pub const START_RETRY_MIN: Duration = Duration::from_millis(250);
+pub const START_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs a start-up `step` until it succeeds, waiting [`START_RETRY_MIN`]
+/// (doubling up to [`START_RETRY_MAX`]) after each failure, which is logged
+/// with `what`; `None` once `shutdown` is cancelled. A component that
+/// (re)starts while NATS is away waits for it instead of failing the whole
+/// process.
+pub async fn until_ready<T, E, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut step: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = START_RETRY_MIN;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = step() => r,
+        };
+        match result {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "{what} failed (NATS unreachable?); retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(START_RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// The first message on `subject` at or after stream sequence `from` (one
 /// Direct Get), or `None` when there is none.
 pub async fn next_on_subject(

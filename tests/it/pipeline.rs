@@ -610,3 +610,27 @@ async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 0);
     aggregator.stop().await;
 }
+
+/// An aggregator that (re)starts while NATS is away waits for it rather
+/// than failing (which would stop every component of `ledgerline run`),
+/// then handles what was published.
+#[tokio::test]
+async fn an_aggregator_started_while_nats_is_down_waits_for_it_then_posts() {
+    let (mut nats, settings) = nats_and_settings().await;
+    nats.server.stop().await;
+    let aggregator = spawn_aggregator(&nats, &settings);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !aggregator.handle.is_finished(),
+        "the aggregator gave up while NATS was down"
+    );
+    nats.server.restart().await.expect("nats-server restarts");
+    let event = engine::ticket_event("o-late", 1, 2);
+    let want = engine::postings(&settings, &[&event]).len() as u64;
+    assert!(want > 0);
+    let first = support::publish_events(&nats, &event).await;
+    assert_eq!(first.published, 1);
+    let ledger = ledger_stream(&nats).await;
+    wait_for(&ledger, subjects::POSTINGS_ALL, want).await;
+    aggregator.stop().await;
+}
