@@ -548,6 +548,10 @@ pub(super) async fn redeliver(
             "order {order_id} is not dead-lettered at {id} (status: {}); nothing to redeliver",
             status.as_str()
         ))),
+        Ok(RedeliverOutcome::Unsendable { seq, reason }) => Err(ApiError::conflict(format!(
+            "posting {seq} of order {order_id} at {id} cannot be sent ({reason}); \
+             a redelivery would fail the same way (run `ledgerline verify`)"
+        ))),
         Ok(RedeliverOutcome::Unknown) => Err(ApiError::not_found(format!(
             "registry {id} has no postings for order {order_id}"
         ))),

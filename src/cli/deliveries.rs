@@ -39,6 +39,10 @@ pub fn redeliver(nats: &NatsArgs, registry: &str, order: &str) -> Result<Exit, C
                 "order {order} is not dead-lettered at {registry} (status: {}); nothing to redeliver",
                 status.as_str()
             )),
+            RedeliverOutcome::Unsendable { seq, reason } => report_failure(format_args!(
+                "posting {seq} of order {order} at {registry} cannot be sent ({reason}); \
+                 a redelivery would fail the same way (run `ledgerline verify`)"
+            )),
             RedeliverOutcome::Unknown => report_failure(format_args!(
                 "registry {registry} has no postings for order {order}"
             )),

@@ -103,6 +103,10 @@ pub enum RedeliverOutcome {
     },
     /// Nothing is dead-lettered for this (registry, order).
     NotDead { status: DeliveryStatus },
+    /// Posting `seq` is dead-lettered because it cannot be sent at all
+    /// (`reason`: missing or unreadable on LEDGER); a redelivery would fail
+    /// the same way, so none is requested.
+    Unsendable { seq: u64, reason: String },
     /// No postings for this (registry, order).
     Unknown,
 }
@@ -110,9 +114,10 @@ pub enum RedeliverOutcome {
 async fn posting_count(ledger: &Stream, registry: &str, order: &str) -> Result<u64, StatusError> {
     let subject = subjects::postings(registry, order);
     match ledger.direct_get_last_for_subject(subject.as_str()).await {
+        // A posting is there even when it cannot be read: count it.
         Ok(m) => Ok(StoredPosting::read_without_cumulative(&m.payload)
             .map(|sp| sp.posting.seq)
-            .unwrap_or(0)),
+            .unwrap_or(1)),
         Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(0),
         Err(source) => Err(StateError::Read { subject, source }.into()),
     }
@@ -147,6 +152,17 @@ pub async fn request_redeliver(
         });
     };
     let seq = progress.next_seq();
+    let not_sent = progress
+        .last_delivery
+        .as_ref()
+        .and_then(|d| d.record.error.as_deref())
+        .and_then(|e| e.strip_prefix(crate::records::NOT_SENT));
+    if let Some(reason) = not_sent {
+        return Ok(RedeliverOutcome::Unsendable {
+            seq,
+            reason: reason.to_owned(),
+        });
+    }
     let record = ControlRecord::Redeliver {
         registry_id: registry.to_owned(),
         order_id: order.to_owned(),

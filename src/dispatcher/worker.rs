@@ -950,7 +950,7 @@ impl Worker {
             outcome: AttemptOutcome::Dead,
             http_status: None,
             duration_ms: 0,
-            error: Some(format!("not sent: {why}")),
+            error: Some(format!("{}{why}", crate::records::NOT_SENT)),
             response_excerpt: None,
             next_attempt_at: None,
             at: round.round_started_at,

@@ -126,6 +126,11 @@ impl StoredPosting {
     }
 }
 
+/// How the `error` of a `dead` record begins when its posting was never
+/// sent because it cannot be (missing or unreadable on LEDGER: a bug
+/// upstream); a redelivery could only fail the same way.
+pub const NOT_SENT: &str = "not sent: ";
+
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1003,3 +1003,42 @@ async fn consumers_created_anew_replay_everything_without_a_second_posting_or_re
     let report = support::verify(&nats, &settings).await.unwrap();
     assert!(report.ok(), "{report}: {:?}", report.mismatches);
 }
+
+/// A posting that can never be sent (unreadable on LEDGER) is dead-lettered
+/// once; asking to redeliver it is refused with the reason, not accepted
+/// and silently dropped.
+#[tokio::test]
+async fn redelivering_a_posting_that_cannot_be_sent_is_refused_with_its_reason() {
+    let nats = support::nats().await;
+    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
+    );
+    let svc = Service::start(settings, &Component::ALL).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, "corrupt-posting-1");
+    nats.js
+        .publish_with_headers(
+            "ledger.postings.books.o-bad",
+            headers,
+            "{\"not\": \"a posting\"}".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = wait_listed(&svc, "books", "dead", Duration::from_secs(15)).await;
+    assert_eq!(dead["deliveries"][0]["order_id"], "o-bad", "{dead}");
+    let (status, body) = svc
+        .post_empty("/v1/registries/books/orders/o-bad/redeliver")
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body.to_string();
+    assert!(
+        message.contains("cannot be sent") && message.contains("unreadable"),
+        "{message}"
+    );
+    assert!(books.received().is_empty(), "nothing was sent");
+    svc.stop().await;
+}
