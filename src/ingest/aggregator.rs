@@ -51,7 +51,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -90,6 +90,16 @@ pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Order books kept in memory (all lanes together); a miss rebuilds from
 /// JetStream, so this bounds memory, not correctness.
 pub const CACHE_ORDERS: usize = 10_000;
+/// Books held by every lane's cache in this process (see [`cached_books`]).
+static BOOKS_CACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Order books held in the lanes' caches of every aggregator running in this
+/// process: at most `cache_orders` (default [`CACHE_ORDERS`]) per aggregator.
+/// `ledgerline bench` reports it after its scale run.
+pub fn cached_books() -> usize {
+    BOOKS_CACHED.load(Ordering::Relaxed)
+}
+
 /// Backoff between attempts at a transiently failing event: first, cap.
 pub const RETRY_FIRST: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -435,17 +445,24 @@ impl BookCache {
     }
 
     fn take(&mut self, id: &OrderId) -> Option<LaneBook> {
-        self.books.remove(id)
+        let book = self.books.remove(id);
+        if book.is_some() {
+            BOOKS_CACHED.fetch_sub(1, Ordering::Relaxed);
+        }
+        book
     }
 
     fn put(&mut self, id: OrderId, book: LaneBook) {
         if self.books.insert(id.clone(), book).is_none() {
+            BOOKS_CACHED.fetch_add(1, Ordering::Relaxed);
             self.order.push_back(id);
         }
         while self.books.len() > self.max {
             match self.order.pop_front() {
                 Some(old) => {
-                    self.books.remove(&old);
+                    if self.books.remove(&old).is_some() {
+                        BOOKS_CACHED.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 None => break,
             }
@@ -455,6 +472,12 @@ impl BookCache {
             let books = &self.books;
             self.order.retain(|id| books.contains_key(id));
         }
+    }
+}
+
+impl Drop for BookCache {
+    fn drop(&mut self) {
+        BOOKS_CACHED.fetch_sub(self.books.len(), Ordering::Relaxed);
     }
 }
 
@@ -929,4 +952,56 @@ fn parse_stored(
             source,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(id: &str) -> (OrderId, LaneBook) {
+        let id = OrderId::parse(id).expect("a valid order id");
+        let lb = LaneBook {
+            book: OrderBook::new(id.clone()),
+            last_seq: 1,
+            regs: HashMap::new(),
+        };
+        (id, lb)
+    }
+
+    #[test]
+    fn the_book_cache_holds_at_most_its_bound_whatever_the_orders() {
+        let mut cache = BookCache::new(100);
+        for i in 0..10_000 {
+            let (id, lb) = book(&format!("o{i}"));
+            cache.put(id, lb);
+            assert!(cache.books.len() <= 100);
+        }
+        assert!(cache.take(&book("o0").0).is_none(), "the oldest is evicted");
+        assert!(cache.take(&book("o9999").0).is_some(), "the newest is kept");
+        // Books taken (being worked on) and put back under new ids: the
+        // eviction queue, which may name taken books, stays bounded too.
+        for i in 0..10_000 {
+            let (id, lb) = book(&format!("t{i}"));
+            cache.put(id.clone(), lb);
+            let _ = cache.take(&id);
+            assert!(cache.order.len() <= 2 * 100 + 1, "{}", cache.order.len());
+        }
+        assert!(cache.books.len() <= 100);
+    }
+
+    #[test]
+    fn the_books_cached_are_counted_for_the_bench() {
+        // No other unit test holds a book cache, so the count moves only here.
+        let before = cached_books();
+        let mut cache = BookCache::new(10);
+        for i in 0..25 {
+            let (id, lb) = book(&format!("c{i}"));
+            cache.put(id, lb);
+        }
+        assert_eq!(cached_books(), before + 10);
+        assert!(cache.take(&book("c24").0).is_some());
+        assert_eq!(cached_books(), before + 9);
+        drop(cache);
+        assert_eq!(cached_books(), before);
+    }
 }
