@@ -363,17 +363,22 @@ fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::R
         s.postings,
         s.elapsed.as_secs_f64()
     )?;
-    writeln!(f, "    postings/s                {:.0}", s.postings_per_s)?;
+    writeln!(
+        f,
+        "    postings/s                {:.0}",
+        raw::rate(s.postings as usize, s.elapsed)
+    )?;
+    let m = &s.memory;
     writeln!(
         f,
         "    RSS of this process       start {} · after {} orders {} · after {} orders {} · peak {} ({})",
-        mib(s.rss_start),
+        mib(m.rss[0]),
         s.orders.div_ceil(2),
-        mib(s.rss_half),
+        mib(m.rss[1]),
         s.orders,
-        mib(s.rss_end),
-        mib(s.peak_rss),
-        if s.peak_is_the_stage_own {
+        mib(m.rss[2]),
+        mib(m.peak),
+        if m.peak_is_the_stage_own {
             "of this stage"
         } else {
             "of the whole process: it could not be reset"
@@ -382,9 +387,9 @@ fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::R
     writeln!(
         f,
         "    (aggregator, dispatcher, publisher and a minimal receiver that keeps nothing) · nats-server peak {}",
-        mib(s.peak_rss_nats)
+        mib(m.nats_peak)
     )?;
-    let caches: Vec<String> = s
+    let caches: Vec<String> = m
         .caches
         .iter()
         .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
@@ -405,8 +410,8 @@ fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::R
             e.format,
             e.rows,
             e.elapsed.as_secs_f64(),
-            e.rows_per_s(),
-            e.postings_per_s(),
+            raw::rate(e.rows as usize, e.elapsed),
+            raw::rate(e.postings as usize, e.elapsed),
             mib(e.peak_rss)
         )?;
     }

@@ -136,45 +136,62 @@ async fn start_receiver(
         .map_err(err("binding a receiver port"))
 }
 
+/// One `[[registry]]` of a bench configuration: every event type, no
+/// rate limit to speak of (its maximum), `extra` TOML lines appended.
+pub(super) fn registry_toml(id: &str, url: &str, group_by: &[&str], extra: &str) -> String {
+    let url = toml::Value::String(url.to_owned());
+    let group_by = toml::Value::Array(
+        group_by
+            .iter()
+            .map(|g| toml::Value::String((*g).to_owned()))
+            .collect(),
+    );
+    format!(
+        "\n[[registry]]\nid = \"{id}\"\nurl = {url}\nevent_types = [\"*\"]\ngroup_by = {group_by}\nrate_limit_per_s = {}\n{extra}",
+        crate::registry::RATE_LIMIT_PER_S_MAX
+    )
+}
+
+/// The configuration of a bench pipeline: nats-server at `nats_url`,
+/// receivers on loopback over plain HTTP, `max_in_flight`, and
+/// `registries` (from [`registry_toml`]).
+pub(super) fn bench_config(
+    nats_url: &str,
+    max_in_flight: usize,
+    registries: &[String],
+) -> Result<Settings, BenchError> {
+    let nats_url = toml::Value::String(nats_url.to_owned());
+    let text = format!(
+        "nats_url = {nats_url}\nallow_insecure_http = true\n\
+         allow_private_targets = [\"127.0.0.0/8\"]\n\n\
+         [delivery]\nmax_in_flight = {max_in_flight}\n{}",
+        registries.concat()
+    );
+    Config::from_toml_with_env(&text, "bench", std::iter::empty())
+        .map_err(err("bench configuration"))?
+        .validate()
+        .map_err(err("bench configuration"))
+}
+
 fn bench_settings(
     nats_url: &str,
     journal: &Served,
     detail: &Served,
     max_in_flight: usize,
 ) -> Result<Settings, BenchError> {
-    let nats_url = toml::Value::String(nats_url.to_owned());
-    let text = format!(
-        r#"
-nats_url = {nats_url}
-allow_insecure_http = true
-allow_private_targets = ["127.0.0.0/8"]
-
-[delivery]
-max_in_flight = {max_in_flight}
-
-[[registry]]
-id = "journal"
-url = "http://{journal}/journal"
-event_types = ["*"]
-group_by = ["currency"]
-signing_secret = "{BENCH_SECRET}"
-rate_limit_per_s = {rate}
-
-[[registry]]
-id = "detail"
-url = "http://{detail}/detail"
-event_types = ["*"]
-group_by = ["currency", "product_id", "payment_method"]
-rate_limit_per_s = {rate}
-"#,
-        journal = journal.addr,
-        detail = detail.addr,
-        rate = crate::registry::RATE_LIMIT_PER_S_MAX,
+    let journal = registry_toml(
+        "journal",
+        &format!("http://{}/journal", journal.addr),
+        &["currency"],
+        &format!("signing_secret = \"{BENCH_SECRET}\"\n"),
     );
-    Config::from_toml_with_env(&text, "bench", std::iter::empty())
-        .map_err(err("bench configuration"))?
-        .validate()
-        .map_err(err("bench configuration"))
+    let detail = registry_toml(
+        "detail",
+        &format!("http://{}/detail", detail.addr),
+        &["currency", "product_id", "payment_method"],
+        "",
+    );
+    bench_config(nats_url, max_in_flight, &[journal, detail])
 }
 
 /// Publishes `lines` (NDJSON events; unroutable ones skipped; `total` of
@@ -378,11 +395,11 @@ impl Running {
         let client = streams::connect_once(&settings.config).await?;
         let js = jetstream::new(client.clone());
         streams::ensure_streams(&js, &prefix).await?;
+        let stop = CancellationToken::new();
         let ledger = js
             .get_stream(LEDGER_STREAM)
             .await
             .map_err(err("reading LEDGER"))?;
-        let stop = CancellationToken::new();
         let service = tokio::spawn(crate::service::run_with_listener(
             settings,
             [Component::Aggregator, Component::Dispatcher]

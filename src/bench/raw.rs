@@ -45,7 +45,8 @@ pub struct HttpFigures {
     pub per_s: f64,
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
+/// `n` per second of `d`.
+pub(super) fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 

@@ -34,11 +34,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::pipeline::{Running, publish_events, settle};
+use super::pipeline::{Running, bench_config, publish_events, registry_toml, settle};
 use super::raw::Minimal;
 use super::usage;
 use super::{BenchError, BenchProgress, err};
-use crate::config::{Config, Settings};
+use crate::config::Settings;
 use crate::natsd::NatsServer;
 
 /// The scale run's one registry.
@@ -77,37 +77,34 @@ pub struct ExportFigures {
     pub peak_rss: Option<u64>,
 }
 
-impl ExportFigures {
-    pub fn rows_per_s(&self) -> f64 {
-        self.rows as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    pub fn postings_per_s(&self) -> f64 {
-        self.postings as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
 /// What (d) and (e) measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaleFigures {
+    /// Distinct orders published.
     pub orders: usize,
+    /// Postings stored, every one delivered.
     pub postings: u64,
+    /// From the first publish to the last delivery seen.
     pub elapsed: Duration,
-    pub postings_per_s: f64,
-    /// This process's RSS when the stage started.
-    pub rss_start: Option<u64>,
-    /// … when half the orders had been delivered.
-    pub rss_half: Option<u64>,
-    /// … when every order had been delivered (the service still running).
-    pub rss_end: Option<u64>,
-    /// This process's peak RSS during the stage.
-    pub peak_rss: Option<u64>,
-    /// False when the kernel's peak could not be reset: `peak_rss` is then
-    /// the peak of the process's whole life.
-    pub peak_is_the_stage_own: bool,
-    pub peak_rss_nats: Option<u64>,
-    pub caches: Vec<CacheSize>,
+    pub memory: Memory,
+    /// (e), empty when not run.
     pub exports: Vec<ExportFigures>,
+}
+
+/// Memory in (d).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memory {
+    /// This process's RSS when the stage started, when half the orders had
+    /// been delivered, and when all were (the service still running).
+    pub rss: [Option<u64>; 3],
+    /// This process's peak RSS during the stage.
+    pub peak: Option<u64>,
+    /// False when the kernel's peak could not be reset: `peak` is then the
+    /// peak of the process's whole life.
+    pub peak_is_the_stage_own: bool,
+    pub nats_peak: Option<u64>,
+    /// The caches that hold orders, at the end.
+    pub caches: Vec<CacheSize>,
 }
 
 /// The event of order `i`: an `order.confirmed` of one line, with its
@@ -132,30 +129,8 @@ fn scale_settings(
     receiver_url: &str,
     max_in_flight: usize,
 ) -> Result<Settings, BenchError> {
-    let nats_url = toml::Value::String(nats_url.to_owned());
-    let url = toml::Value::String(receiver_url.to_owned());
-    let text = format!(
-        r#"
-nats_url = {nats_url}
-allow_insecure_http = true
-allow_private_targets = ["127.0.0.0/8"]
-
-[delivery]
-max_in_flight = {max_in_flight}
-
-[[registry]]
-id = "{REGISTRY}"
-url = {url}
-event_types = ["*"]
-group_by = ["currency"]
-rate_limit_per_s = {rate}
-"#,
-        rate = crate::registry::RATE_LIMIT_PER_S_MAX,
-    );
-    Config::from_toml_with_env(&text, "bench scale", std::iter::empty())
-        .map_err(err("scale configuration"))?
-        .validate()
-        .map_err(err("scale configuration"))
+    let registry = registry_toml(REGISTRY, receiver_url, &["currency"], "");
+    bench_config(nats_url, max_in_flight, &[registry])
 }
 
 /// The caches of this process that hold orders, with their bounds for
@@ -180,11 +155,11 @@ pub async fn run(
     opts: &ScaleOptions,
     progress: &mut dyn FnMut(&BenchProgress),
 ) -> Result<ScaleFigures, BenchError> {
+    let receiver = Minimal::start().await?;
     progress(&BenchProgress::stage(
         "(d) starting nats-server and the pipeline",
     ));
     let server = NatsServer::start().await?;
-    let receiver = Minimal::start().await?;
     let settings = scale_settings(&server.url(), &receiver.url, opts.max_in_flight)?;
     let mut running = Running::start(server, settings, &[REGISTRY]).await?;
     let mut figures = measure(opts, &running, &receiver, progress).await;
@@ -248,17 +223,16 @@ async fn measure(
         orders: opts.orders,
         postings,
         elapsed,
-        postings_per_s: postings as f64 / elapsed.as_secs_f64().max(1e-9),
-        rss_start,
-        rss_half,
-        rss_end: usage::current_rss(),
-        peak_rss: usage::peak_rss(),
-        peak_is_the_stage_own,
-        peak_rss_nats: running
-            .nats_pid()
-            .and_then(usage::of_pid)
-            .and_then(|u| u.peak_rss),
-        caches: caches(1),
+        memory: Memory {
+            rss: [rss_start, rss_half, usage::current_rss()],
+            peak: usage::peak_rss(),
+            peak_is_the_stage_own,
+            nats_peak: running
+                .nats_pid()
+                .and_then(usage::of_pid)
+                .and_then(|u| u.peak_rss),
+            caches: caches(1),
+        },
         exports: Vec::new(),
     })
 }
