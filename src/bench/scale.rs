@@ -264,8 +264,16 @@ async fn export_child(
 ) -> Result<ExportFigures, BenchError> {
     let exe = std::env::current_exe().map_err(err("finding the ledgerline binary"))?;
     let summary = dir.join(format!("summary-{format}.txt"));
+    let mut command = tokio::process::Command::new(exe);
+    // The bench's own server, whatever this shell's configuration says
+    // (`LEDGERLINE_CONFIG`, credentials, TLS or prefix overrides).
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LEDGERLINE_") {
+            command.env_remove(key);
+        }
+    }
     let started = Instant::now();
-    let out = tokio::process::Command::new(exe)
+    let out = command
         .args([
             "export",
             "--nats-url",
