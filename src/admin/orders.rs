@@ -12,7 +12,7 @@
 //! Everything is read from JetStream on each request; nothing is cached,
 //! so the views are never stale and any instance can answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use std::time::Duration;
 
@@ -457,6 +457,48 @@ fn parse_page_query(raw: Option<&str>) -> Result<PageQuery, ApiError> {
     Ok(q)
 }
 
+/// The `k` smallest order ids after `after` (all when `None`), with their
+/// posting counts, from orders offered in any order: a max-heap of at most
+/// `k`, so memory is bounded by `k` whatever the number offered.
+struct FirstOrders {
+    after: Option<String>,
+    k: usize,
+    heap: BinaryHeap<(String, u64)>,
+    /// Orders offered (after or not).
+    seen: u64,
+}
+
+impl FirstOrders {
+    fn new(after: Option<String>, k: usize) -> Self {
+        Self {
+            after,
+            k,
+            heap: BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16)),
+            seen: 0,
+        }
+    }
+
+    fn offer(&mut self, order: &str, count: u64) {
+        self.seen += 1;
+        if self.after.as_deref().is_some_and(|a| order <= a) || self.k == 0 {
+            return;
+        }
+        if self.heap.len() == self.k {
+            match self.heap.peek() {
+                Some((largest, _)) if order < largest.as_str() => {
+                    self.heap.pop();
+                }
+                _ => return,
+            }
+        }
+        self.heap.push((order.to_owned(), count));
+    }
+
+    fn into_sorted(self) -> Vec<(String, u64)> {
+        self.heap.into_sorted_vec()
+    }
+}
+
 /// `GET /v1/registries/{id}/deliveries?status=&limit=&after=`: one row per
 /// order with postings for the registry (deleted registries included:
 /// their postings stay), by order id.
@@ -476,34 +518,36 @@ pub(super) async fn deliveries(
         .get_stream(LEDGER_STREAM)
         .await
         .map_err(|e| nats_err("opening LEDGER", e))?;
-    let mut orders: Vec<(String, u64)> = ledger
+    // Only the first orders after `after` are ever examined (at most
+    // DELIVERIES_SCAN_MAX + 1, see below), so only those are kept while
+    // the registry's subjects are read: a page's memory does not grow with
+    // the registry's number of orders.
+    let mut subjects = ledger
         .info_with_subjects(format!("ledger.postings.{id}.*"))
         .await
-        .map_err(|e| nats_err("listing postings", e))?
-        .try_collect::<Vec<(String, usize)>>()
+        .map_err(|e| nats_err("listing postings", e))?;
+    let mut first = FirstOrders::new(q.after.clone(), DELIVERIES_SCAN_MAX + 1);
+    while let Some((subject, count)) = subjects
+        .try_next()
         .await
         .map_err(|e| nats_err("listing postings", e))?
-        .into_iter()
-        .filter_map(|(subject, count)| {
-            let (_, _, o) = crate::streams::subjects::parse_order_subject(&subject)?;
-            Some((o.to_owned(), count as u64))
-        })
-        .collect();
-    if orders.is_empty() && st.store().get(&id).await?.is_none() {
+    {
+        if let Some((_, _, o)) = crate::streams::subjects::parse_order_subject(&subject) {
+            first.offer(o, count as u64);
+        }
+    }
+    if first.seen == 0 && st.store().get(&id).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "registry {id:?} does not exist and has no postings"
         )));
     }
-    orders.sort();
-    let start = match &q.after {
-        Some(after) => orders.partition_point(|(o, _)| o.as_str() <= after.as_str()),
-        None => 0,
-    };
+    let orders = first.into_sorted();
     let mut rows = Vec::new();
     let mut next_after = None;
-    for (i, (order, count)) in orders.iter().enumerate().skip(start) {
-        if rows.len() == q.limit || i - start == DELIVERIES_SCAN_MAX {
-            // More remain: continue after the last one examined.
+    for (i, (order, count)) in orders.iter().enumerate() {
+        if rows.len() == q.limit || i == DELIVERIES_SCAN_MAX {
+            // More remain: continue after the last one examined (i ≥ 1:
+            // the limit is at least 1).
             next_after = orders.get(i.wrapping_sub(1)).map(|(o, _)| o.clone());
             break;
         }
@@ -566,6 +610,38 @@ pub(super) async fn redeliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deliveries_page_keeps_only_the_first_orders_after_its_cursor() {
+        // 100,000 orders offered in a scrambled order; 10 kept.
+        let ids: Vec<String> = (0..100_000u64)
+            .map(|i| format!("o{:06}", (i * 7_919) % 100_000))
+            .collect();
+        let mut first = FirstOrders::new(Some("o049999".to_owned()), 10);
+        for (i, id) in ids.iter().enumerate() {
+            first.offer(id, i as u64);
+            assert!(first.heap.len() <= 10);
+        }
+        assert_eq!(first.seen, 100_000);
+        let got: Vec<String> = first.into_sorted().into_iter().map(|(o, _)| o).collect();
+        let want: Vec<String> = (50_000..50_010).map(|i| format!("o{i:06}")).collect();
+        assert_eq!(got, want);
+        // Without a cursor: the first ones overall; fewer than k: all.
+        let mut all = FirstOrders::new(None, 5);
+        for id in ["c", "a", "e", "b", "d", "f"] {
+            all.offer(id, 1);
+        }
+        let got: Vec<String> = all.into_sorted().into_iter().map(|(o, _)| o).collect();
+        assert_eq!(got, ["a", "b", "c", "d", "e"]);
+        let mut few = FirstOrders::new(Some("a".to_owned()), 5);
+        for id in ["a", "c", "b"] {
+            few.offer(id, 1);
+        }
+        assert_eq!(
+            few.into_sorted(),
+            [("b".to_owned(), 1), ("c".to_owned(), 1)]
+        );
+    }
     use crate::dispatcher::state::LastDelivery;
     use crate::events::EventType;
     use crate::posting::Posting;

@@ -18,10 +18,20 @@
 //! `limit = 1 / (3/publish + 2/consume + 1/post)` postings/s. The last line
 //! of the report is `end-to-end/limit ratio: 0.NN`.
 //!
-//! `--quick` is a small run, the smoke test of the test suite.
+//! 4. (d) [`scale`]: N distinct orders (one cheap event each) through the
+//!    pipeline to a receiver that keeps nothing: postings/s, this
+//!    process's RSS at the start, halfway and at the end, its peak, and the
+//!    size of every cache that holds orders against its bound (issue 12:
+//!    memory bounded whatever the number of orders).
+//! 5. (e) the export of those postings, CSV and beancount, each as a child
+//!    `ledgerline export` process: rows/s and its peak RSS.
+//!
+//! (d) and (e) are printed before the last line. `--quick` is a small run,
+//! the smoke test of the test suite.
 
 pub mod pipeline;
 pub mod raw;
+pub mod scale;
 pub mod usage;
 
 use std::io::IsTerminal;
@@ -30,6 +40,7 @@ use std::time::Duration;
 
 use self::pipeline::{Percentiles, PipelineFigures, PipelineOptions};
 use self::raw::{HttpFigures, JetStreamFigures};
+use self::scale::{ScaleFigures, ScaleOptions};
 
 /// Orders of a full run (≈ 9,000 events, ≈ 14,000 postings).
 pub const ORDERS_DEFAULT: usize = 2_000;
@@ -39,6 +50,12 @@ pub const ORDERS_QUICK: usize = 60;
 pub const RAW_DEFAULT: usize = 50_000;
 /// Raw messages and requests of a `--quick` run.
 pub const RAW_QUICK: usize = 2_000;
+/// Distinct orders of the scale stage (d) in a full run: about a minute on
+/// the 2-core machine (≈ 2,000 postings/s for distinct orders); the issue's
+/// 1,000,000 is `--scale-orders 1000000` (≈ 8 minutes, BENCHMARKS.md).
+pub const SCALE_ORDERS_DEFAULT: usize = 100_000;
+/// Distinct orders of the scale stage (d) in a `--quick` run.
+pub const SCALE_ORDERS_QUICK: usize = 300;
 /// `max_in_flight` per registry, and so the raw HTTP concurrency
 /// (× the registries).
 pub const CONCURRENCY_DEFAULT: usize = 64;
@@ -62,6 +79,11 @@ pub struct BenchArgs {
     /// Seconds of the paced run at half the burst rate (0: none; default 5, 1 with --quick).
     #[arg(long)]
     pub paced_seconds: Option<f64>,
+    /// Distinct orders of the scale stage (d), one event and one posting
+    /// each, then exported (e) (default 100,000; 300 with --quick; 0: skip
+    /// both; the issue's figure is 1000000).
+    #[arg(long)]
+    pub scale_orders: Option<usize>,
 }
 
 /// Why the bench could not run.
@@ -115,6 +137,8 @@ pub struct BenchReport {
     pub pipeline: PipelineFigures,
     pub jetstream: JetStreamFigures,
     pub http: HttpFigures,
+    /// (d) and (e), unless skipped.
+    pub scale: Option<ScaleFigures>,
 }
 
 impl BenchReport {
@@ -179,6 +203,24 @@ pub async fn run_bench(
     let jetstream = raw::jetstream(&pipeline.posting_sizes, raw_n).await?;
     progress(&BenchProgress::stage("(b) raw HTTP POSTs"));
     let http = raw::http(&pipeline.bodies, raw_n, concurrency * pipeline::REGISTRIES).await?;
+    let scale_orders = args.scale_orders.unwrap_or(if args.quick {
+        SCALE_ORDERS_QUICK
+    } else {
+        SCALE_ORDERS_DEFAULT
+    });
+    let scale = if scale_orders > 0 {
+        let opts = ScaleOptions {
+            orders: scale_orders,
+            max_in_flight: concurrency,
+            // A stalled pipeline is reported, not waited for forever: at
+            // least 200 postings/s (the issue's figure was 95/s).
+            settle_limit: Duration::from_secs(120 + scale_orders as u64 / 200),
+            export: true,
+        };
+        Some(scale::run(&opts, &mut progress).await?)
+    } else {
+        None
+    };
     Ok(BenchReport {
         at,
         cpus: std::thread::available_parallelism()
@@ -188,6 +230,7 @@ pub async fn run_bench(
         pipeline,
         jetstream,
         http,
+        scale,
     })
 }
 
@@ -306,8 +349,75 @@ impl std::fmt::Display for BenchReport {
             "    (one posting ≈ 3 JetStream writes: posting, registry_data, delivery record; \
              2 consumes: the event, the dispatcher's wake-up; 1 POST)"
         )?;
+        if let Some(s) = &self.scale {
+            write_scale(f, s)?;
+        }
         write!(f, "end-to-end/limit ratio: {:.2}", self.ratio())
     }
+}
+
+/// (d) and (e) of the report.
+fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::Result {
+    writeln!(
+        f,
+        "(d) scale: {} distinct orders (one order.confirmed each: 1 line, its payment) → {} postings delivered to 1 registry in {:.1} s",
+        s.orders,
+        s.postings,
+        s.elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        f,
+        "    postings/s                {:.0}",
+        raw::rate(s.postings as usize, s.elapsed)
+    )?;
+    let m = &s.memory;
+    writeln!(
+        f,
+        "    RSS of this process       start {} · after {} orders {} · after {} orders {} · peak {} ({})",
+        mib(m.rss[0]),
+        s.orders.div_ceil(2),
+        mib(m.rss[1]),
+        s.orders,
+        mib(m.rss[2]),
+        mib(m.peak),
+        if m.peak_is_the_stage_own {
+            "of this stage"
+        } else {
+            "of the whole process: it could not be reset"
+        }
+    )?;
+    writeln!(
+        f,
+        "    (aggregator, dispatcher, publisher and a minimal receiver that keeps nothing) · nats-server peak {}",
+        mib(m.nats_peak)
+    )?;
+    let caches: Vec<String> = m
+        .caches
+        .iter()
+        .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
+        .collect();
+    writeln!(f, "    caches at the end         {}", caches.join(" · "))?;
+    if s.exports.is_empty() {
+        return writeln!(f, "(e) export: not run");
+    }
+    writeln!(
+        f,
+        "(e) export of the {} postings (`ledgerline export --out /dev/null` as a child process; its wall time, its own peak RSS):",
+        s.postings
+    )?;
+    for e in &s.exports {
+        writeln!(
+            f,
+            "    {:<9} {} rows in {:.2} s: {:.0} rows/s ({:.0} postings/s), peak RSS {}",
+            e.format,
+            e.rows,
+            e.elapsed.as_secs_f64(),
+            raw::rate(e.rows as usize, e.elapsed),
+            raw::rate(e.postings as usize, e.elapsed),
+            mib(e.peak_rss)
+        )?;
+    }
+    Ok(())
 }
 
 /// `ledgerline bench`: runs it with a progress line on a TTY, prints the

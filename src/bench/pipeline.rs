@@ -40,7 +40,7 @@ pub const BENCH_SECRET: &str = "whsec_YmVuY2gtc2VjcmV0LWZvci1sZWRnZXJsaW5lISE=";
 /// Registries the pipeline delivers to.
 pub const REGISTRIES: usize = 2;
 /// Publish acks awaited at once (as `ledgerline publish`).
-const PUBLISH_WINDOW: usize = 256;
+pub const PUBLISH_WINDOW: usize = 256;
 /// Request bodies kept for the raw HTTP run.
 const BODIES_KEPT: usize = 2_000;
 
@@ -136,40 +136,36 @@ async fn start_receiver(
         .map_err(err("binding a receiver port"))
 }
 
-fn bench_settings(
+/// One `[[registry]]` of a bench configuration: every event type, no
+/// rate limit to speak of (its maximum), `extra` TOML lines appended.
+pub(super) fn registry_toml(id: &str, url: &str, group_by: &[&str], extra: &str) -> String {
+    let url = toml::Value::String(url.to_owned());
+    let group_by = toml::Value::Array(
+        group_by
+            .iter()
+            .map(|g| toml::Value::String((*g).to_owned()))
+            .collect(),
+    );
+    format!(
+        "\n[[registry]]\nid = \"{id}\"\nurl = {url}\nevent_types = [\"*\"]\ngroup_by = {group_by}\nrate_limit_per_s = {}\n{extra}",
+        crate::registry::RATE_LIMIT_PER_S_MAX
+    )
+}
+
+/// The configuration of a bench pipeline: nats-server at `nats_url`,
+/// receivers on loopback over plain HTTP, `max_in_flight`, and
+/// `registries` (from [`registry_toml`]).
+pub(super) fn bench_config(
     nats_url: &str,
-    journal: &Served,
-    detail: &Served,
     max_in_flight: usize,
+    registries: &[String],
 ) -> Result<Settings, BenchError> {
     let nats_url = toml::Value::String(nats_url.to_owned());
     let text = format!(
-        r#"
-nats_url = {nats_url}
-allow_insecure_http = true
-allow_private_targets = ["127.0.0.0/8"]
-
-[delivery]
-max_in_flight = {max_in_flight}
-
-[[registry]]
-id = "journal"
-url = "http://{journal}/journal"
-event_types = ["*"]
-group_by = ["currency"]
-signing_secret = "{BENCH_SECRET}"
-rate_limit_per_s = {rate}
-
-[[registry]]
-id = "detail"
-url = "http://{detail}/detail"
-event_types = ["*"]
-group_by = ["currency", "product_id", "payment_method"]
-rate_limit_per_s = {rate}
-"#,
-        journal = journal.addr,
-        detail = detail.addr,
-        rate = crate::registry::RATE_LIMIT_PER_S_MAX,
+        "nats_url = {nats_url}\nallow_insecure_http = true\n\
+         allow_private_targets = [\"127.0.0.0/8\"]\n\n\
+         [delivery]\nmax_in_flight = {max_in_flight}\n{}",
+        registries.concat()
     );
     Config::from_toml_with_env(&text, "bench", std::iter::empty())
         .map_err(err("bench configuration"))?
@@ -177,8 +173,83 @@ rate_limit_per_s = {rate}
         .map_err(err("bench configuration"))
 }
 
-/// Publishes `lines` (NDJSON events; unroutable ones skipped), at most
-/// `pace` events/s when given; records when each ORDERS sequence was sent.
+fn bench_settings(
+    nats_url: &str,
+    journal: &Served,
+    detail: &Served,
+    max_in_flight: usize,
+) -> Result<Settings, BenchError> {
+    let journal = registry_toml(
+        "journal",
+        &format!("http://{}/journal", journal.addr),
+        &["currency"],
+        &format!("signing_secret = \"{BENCH_SECRET}\"\n"),
+    );
+    let detail = registry_toml(
+        "detail",
+        &format!("http://{}/detail", detail.addr),
+        &["currency", "product_id", "payment_method"],
+        "",
+    );
+    bench_config(nats_url, max_in_flight, &[journal, detail])
+}
+
+/// Publishes `lines` (NDJSON events; unroutable ones skipped; `total` of
+/// them, for progress), at most `pace` events/s when given, with
+/// [`PUBLISH_WINDOW`] acks awaited at once; `on_ack` learns when each ORDERS
+/// sequence was sent.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn publish_events(
+    js: &jetstream::Context,
+    prefix: &str,
+    lines: impl Iterator<Item = String>,
+    total: usize,
+    pace: Option<f64>,
+    mut on_ack: impl FnMut(OffsetDateTime, u64),
+    progress: &mut dyn FnMut(&BenchProgress),
+    stage: &str,
+) -> Result<usize, BenchError> {
+    let started = tokio::time::Instant::now();
+    let mut window: VecDeque<(OffsetDateTime, PublishAckFuture)> =
+        VecDeque::with_capacity(PUBLISH_WINDOW);
+    let mut published = 0;
+    for (i, line) in lines.enumerate() {
+        let Ok((order_id, event_id)) = crate::publish::route(line.as_bytes()) else {
+            continue;
+        };
+        let subject = format!("{prefix}.{order_id}");
+        let message = PublishMessage::build().message_id(event_id);
+        if let Some(rate) = pace {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        if window.len() >= PUBLISH_WINDOW
+            && let Some((sent, ack)) = window.pop_front()
+        {
+            on_ack(sent, ack.await.map_err(err("publishing events"))?.sequence);
+        }
+        let sent = OffsetDateTime::now_utc();
+        let ack = js
+            .send_publish(subject, message.payload(Bytes::from(line)))
+            .await
+            .map_err(err("publishing events"))?;
+        window.push_back((sent, ack));
+        published += 1;
+        if published % 500 == 0 {
+            progress(&BenchProgress {
+                stage: stage.to_owned(),
+                done: published as u64,
+                total: total as u64,
+            });
+        }
+    }
+    for (sent, ack) in window {
+        on_ack(sent, ack.await.map_err(err("publishing events"))?.sequence);
+    }
+    Ok(published)
+}
+
+/// Publishes `lines` as [`publish_events`] does, recording in `sent_at`
+/// when each ORDERS sequence was sent.
 async fn publish_lines(
     js: &jetstream::Context,
     prefix: &str,
@@ -188,47 +259,20 @@ async fn publish_lines(
     progress: &mut dyn FnMut(&BenchProgress),
     stage: &str,
 ) -> Result<usize, BenchError> {
-    let started = tokio::time::Instant::now();
-    let mut window: VecDeque<(OffsetDateTime, PublishAckFuture)> =
-        VecDeque::with_capacity(PUBLISH_WINDOW);
-    let mut published = 0;
-    let mut settle = |sent: OffsetDateTime, ack: async_nats::jetstream::publish::PublishAck| {
-        sent_at.entry(ack.sequence).or_insert(sent);
+    let on_ack = |sent: OffsetDateTime, seq: u64| {
+        sent_at.entry(seq).or_insert(sent);
     };
-    for (i, line) in lines.iter().enumerate() {
-        let Ok((order_id, event_id)) = crate::publish::route(line.as_bytes()) else {
-            continue;
-        };
-        if let Some(rate) = pace {
-            tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
-        }
-        if window.len() >= PUBLISH_WINDOW
-            && let Some((sent, ack)) = window.pop_front()
-        {
-            settle(sent, ack.await.map_err(err("publishing events"))?);
-        }
-        let message = PublishMessage::build()
-            .message_id(event_id)
-            .payload(Bytes::from(line.clone()));
-        let sent = OffsetDateTime::now_utc();
-        let ack = js
-            .send_publish(format!("{prefix}.{order_id}"), message)
-            .await
-            .map_err(err("publishing events"))?;
-        window.push_back((sent, ack));
-        published += 1;
-        if published % 500 == 0 {
-            progress(&BenchProgress {
-                stage: stage.to_owned(),
-                done: published as u64,
-                total: lines.len() as u64,
-            });
-        }
-    }
-    for (sent, ack) in window {
-        settle(sent, ack.await.map_err(err("publishing events"))?);
-    }
-    Ok(published)
+    publish_events(
+        js,
+        prefix,
+        lines.iter().cloned(),
+        lines.len(),
+        pace,
+        on_ack,
+        progress,
+        stage,
+    )
+    .await
 }
 
 /// Whether `consumer` on `stream` has nothing pending and nothing un-acked.
@@ -248,12 +292,13 @@ async fn consumer_idle(js: &jetstream::Context, stream: &str, consumer: &str) ->
 
 /// Waits until the aggregator has handled every event and every posting
 /// has its registry_data stored. Polled cheaply (consumer infos, the
-/// receivers' counts) so the measured CPU is the pipeline's; LEDGER is
-/// counted once everything looks idle.
-async fn settle(
+/// receivers' count of accepted postings, `accepted`) so the measured CPU is
+/// the pipeline's; LEDGER is counted once everything looks idle.
+pub(super) async fn settle(
     js: &jetstream::Context,
     ledger: &Stream,
-    receivers: &[&Receiver],
+    registries: &[&str],
+    accepted: &dyn Fn() -> u64,
     limit: Duration,
     progress: &mut dyn FnMut(&BenchProgress),
     stage: &str,
@@ -261,14 +306,13 @@ async fn settle(
     let started = Instant::now();
     loop {
         let mut idle = consumer_idle(js, ORDERS_STREAM, crate::aggregator::CONSUMER).await;
-        for r in ["journal", "detail"] {
+        for r in registries {
             let name = format!("{}{r}", crate::dispatcher::CONSUMER_PREFIX);
             idle = idle && consumer_idle(js, LEDGER_STREAM, &name).await;
         }
-        let accepted: u64 = receivers.iter().map(|r| r.stats().accepted).sum();
         progress(&BenchProgress {
             stage: stage.to_owned(),
-            done: accepted,
+            done: accepted(),
             total: 0,
         });
         if idle {
@@ -325,6 +369,94 @@ async fn read_postings(ledger: &Stream) -> Result<HashMap<String, (u64, usize)>,
     Ok(out)
 }
 
+/// The service (aggregator and dispatcher) running in this process
+/// against its own nats-server, as `ledgerline run` runs it.
+pub(super) struct Running {
+    server: NatsServer,
+    pub js: jetstream::Context,
+    pub ledger: Stream,
+    pub prefix: String,
+    /// `None` once stopped.
+    pipeline: Option<InProcess>,
+}
+
+impl Running {
+    /// Creates the streams on `server`, starts the service with `settings`
+    /// and waits until the aggregator and the consumers of `registries`
+    /// exist.
+    pub async fn start(
+        server: NatsServer,
+        settings: Settings,
+        registries: &[&str],
+    ) -> Result<Running, BenchError> {
+        let components = [Component::Aggregator, Component::Dispatcher];
+        let pipeline = InProcess::start(&settings, &components).await?;
+        let running = Running {
+            server,
+            js: pipeline.js.clone(),
+            ledger: pipeline.ledger.clone(),
+            prefix: settings.config.subject_prefix.clone(),
+            pipeline: Some(pipeline),
+        };
+        let ready_since = Instant::now();
+        loop {
+            let agg = running
+                .js
+                .get_consumer_from_stream::<pull::Config, _, _>(
+                    crate::aggregator::CONSUMER,
+                    ORDERS_STREAM,
+                )
+                .await
+                .is_ok();
+            let mut disp = true;
+            for r in registries {
+                let name = format!("{}{r}", crate::dispatcher::CONSUMER_PREFIX);
+                disp &= running
+                    .ledger
+                    .get_consumer::<pull::Config>(&name)
+                    .await
+                    .is_ok();
+            }
+            if agg && disp {
+                return Ok(running);
+            }
+            if ready_since.elapsed() > Duration::from_secs(30)
+                || running.pipeline.as_ref().is_none_or(|p| p.is_finished())
+            {
+                running.stop().await;
+                return Err(BenchError::Step {
+                    what: "starting the pipeline",
+                    message: "the aggregator and dispatcher did not start within 30 s".to_owned(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The nats-server's pid, for its CPU and memory.
+    pub fn nats_pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
+    /// The nats-server's URL.
+    pub fn nats_url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Stops the service (the nats-server keeps running).
+    pub async fn stop_service(&mut self) {
+        if let Some(pipeline) = self.pipeline.take() {
+            pipeline.stop().await;
+        }
+    }
+
+    /// Stops the service, then the nats-server.
+    pub async fn stop(mut self) {
+        self.stop_service().await;
+        self.server.stop().await;
+    }
+}
+
 /// Runs (c). `progress` is called often.
 pub async fn run(
     opts: &PipelineOptions,
@@ -333,52 +465,24 @@ pub async fn run(
     progress(&BenchProgress::stage(
         "(c) starting nats-server and the pipeline",
     ));
-    let mut server = NatsServer::start().await?;
+    let server = NatsServer::start().await?;
     let stop_receivers = CancellationToken::new();
     let secret = Secret::new(BENCH_SECRET);
     let journal = start_receiver(Some(&secret), stop_receivers.clone()).await?;
     let detail = start_receiver(None, stop_receivers.clone()).await?;
     let settings = bench_settings(&server.url(), &journal, &detail, opts.max_in_flight)?;
-    let prefix = settings.config.subject_prefix.clone();
-    let components = [Component::Aggregator, Component::Dispatcher];
-    let pipeline = InProcess::start(&settings, &components).await?;
-    let (js, ledger) = (pipeline.js.clone(), pipeline.ledger.clone());
-    // Ready once the aggregator and every dispatcher consumer exist.
-    let ready_since = Instant::now();
-    loop {
-        let agg = js
-            .get_consumer_from_stream::<pull::Config, _, _>(
-                crate::aggregator::CONSUMER,
-                ORDERS_STREAM,
-            )
-            .await
-            .is_ok();
-        let mut disp = true;
-        for r in ["journal", "detail"] {
-            let name = format!("{}{r}", crate::dispatcher::CONSUMER_PREFIX);
-            disp &= ledger.get_consumer::<pull::Config>(&name).await.is_ok();
-        }
-        if agg && disp {
-            break;
-        }
-        if ready_since.elapsed() > Duration::from_secs(30) || pipeline.is_finished() {
-            return Err(BenchError::Step {
-                what: "starting the pipeline",
-                message: "the aggregator and dispatcher did not start within 30 s".to_owned(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let running = Running::start(server, settings, &["journal", "detail"]).await?;
+    let (js, ledger, prefix) = (&running.js, &running.ledger, running.prefix.as_str());
 
     // Burst.
     let lines = dataset::generate(opts.orders, dataset::SEED);
     let mut sent_at: HashMap<u64, OffsetDateTime> = HashMap::new();
     let before_own = usage::own();
-    let before_nats = server.pid().and_then(usage::of_pid);
+    let before_nats = running.nats_pid().and_then(usage::of_pid);
     let burst_started = OffsetDateTime::now_utc();
     let events = publish_lines(
-        &js,
-        &prefix,
+        js,
+        prefix,
         &lines,
         None,
         &mut sent_at,
@@ -387,17 +491,19 @@ pub async fn run(
     )
     .await?;
     let receivers = [&journal.receiver, &detail.receiver];
+    let accepted = || -> u64 { receivers.iter().map(|r| r.stats().accepted).sum() };
     let postings = settle(
-        &js,
-        &ledger,
-        &receivers,
+        js,
+        ledger,
+        &["journal", "detail"],
+        &accepted,
         opts.settle_limit,
         progress,
         "(c) delivering the burst",
     )
     .await?;
     let after_own = usage::own();
-    let after_nats = server.pid().and_then(usage::of_pid);
+    let after_nats = running.nats_pid().and_then(usage::of_pid);
     let burst_last_seq = sent_at.keys().copied().max().unwrap_or(0);
     let burst_end = receivers
         .iter()
@@ -422,8 +528,8 @@ pub async fn run(
             .map(|l| l.replace("\"ord-", "\"paced-ord-"))
             .collect();
         let published = publish_lines(
-            &js,
-            &prefix,
+            js,
+            prefix,
             &lines,
             Some(rate),
             &mut sent_at,
@@ -432,9 +538,10 @@ pub async fn run(
         )
         .await?;
         settle(
-            &js,
-            &ledger,
-            &receivers,
+            js,
+            ledger,
+            &["journal", "detail"],
+            &accepted,
             opts.settle_limit,
             progress,
             "(c) delivering the paced run",
@@ -445,7 +552,7 @@ pub async fn run(
 
     // Latencies, sizes, bodies.
     progress(&BenchProgress::stage("(c) reading what was delivered"));
-    let stored = read_postings(&ledger).await?;
+    let stored = read_postings(ledger).await?;
     let mut burst_lat = Vec::new();
     let mut paced_lat = Vec::new();
     let mut paced_first: Option<OffsetDateTime> = None;
@@ -513,8 +620,8 @@ pub async fn run(
         cpu_own: own.cpu,
         cpu_nats: nats_cpu,
         peak_rss_own: own.peak_rss,
-        peak_rss_nats: server
-            .pid()
+        peak_rss_nats: running
+            .nats_pid()
             .and_then(usage::of_pid)
             .and_then(|u| u.peak_rss),
         posting_sizes: stored.values().map(|(_, size)| *size).collect(),
@@ -522,9 +629,8 @@ pub async fn run(
     };
 
     progress(&BenchProgress::stage("(c) stopping the pipeline"));
-    pipeline.stop().await;
     stop_receivers.cancel();
-    server.stop().await;
+    running.stop().await;
     Ok(figures)
 }
 

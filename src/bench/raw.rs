@@ -4,6 +4,8 @@
 //! receiver. Together they give the limit the pipeline is compared with.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -43,7 +45,8 @@ pub struct HttpFigures {
     pub per_s: f64,
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
+/// `n` per second of `d`.
+pub(super) fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
@@ -134,6 +137,64 @@ pub async fn jetstream(sizes: &[usize], count: usize) -> Result<JetStreamFigures
     })
 }
 
+/// A minimal receiver on loopback: every POST to `/hooks` is counted and
+/// answered with the same small JSON object (registry_data), at once. It
+/// keeps nothing, so its memory does not grow with what it receives.
+pub(super) struct Minimal {
+    pub url: String,
+    accepted: Arc<AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Minimal {
+    pub async fn start() -> Result<Minimal, BenchError> {
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        let router = axum::Router::new().route(
+            "/hooks",
+            post(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { Json(json!({"journal_id": "J-1", "revision": 1})) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(err("binding the minimal receiver"))?;
+        let url = format!(
+            "http://{}/hooks",
+            listener
+                .local_addr()
+                .map_err(err("binding the minimal receiver"))?
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        });
+        Ok(Minimal {
+            url,
+            accepted,
+            stop,
+            server,
+        })
+    }
+
+    /// POSTs answered so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+    }
+}
+
 /// (b): `count` POSTs cycling through `bodies`, `concurrency` at once,
 /// from one reqwest client (pooled keep-alive connections) to an axum
 /// receiver on loopback that answers a small JSON object at once.
@@ -148,28 +209,8 @@ pub async fn http(
         bodies.to_vec()
     };
     let concurrency = concurrency.max(1);
-    let router = axum::Router::new().route(
-        "/hooks",
-        post(|| async { Json(json!({"journal_id": "J-1", "revision": 1})) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(err("binding the raw receiver"))?;
-    let url = format!(
-        "http://{}/hooks",
-        listener
-            .local_addr()
-            .map_err(err("binding the raw receiver"))?
-    );
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    });
+    let receiver = Minimal::start().await?;
+    let url = receiver.url.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .no_proxy()
@@ -204,8 +245,7 @@ pub async fn http(
         }
     }
     let took = started.elapsed();
-    stop.cancel();
-    let _ = server.await;
+    receiver.stop().await;
     Ok(HttpFigures {
         requests: ok,
         concurrency,

@@ -1,6 +1,8 @@
 //! CPU time and peak memory of this process (`getrusage`) and of another
 //! one by pid (`/proc/<pid>/stat` and `status`, Linux only), for the
-//! bench's CPU-per-posting and RSS figures.
+//! bench's CPU-per-posting and RSS figures; this process's current RSS
+//! and a peak that can be reset (`/proc/self/status`, `clear_refs`), so a
+//! stage's peak is its own.
 
 use std::time::Duration;
 
@@ -66,9 +68,34 @@ fn parse_stat_cpu(stat: &str, ticks_per_s: u64) -> Option<Duration> {
 
 /// `VmHWM` (peak RSS) of a `/proc/<pid>/status` text, in bytes.
 fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    parse_status_kib(status, "VmHWM:")
+}
+
+/// A `<field> <n> kB` line of a `/proc/<pid>/status` text, in bytes.
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// This process's resident set now (`VmRSS`), in bytes.
+pub fn current_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kib(&status, "VmRSS:")
+}
+
+/// This process's peak resident set (`VmHWM`) since it started or since
+/// the last successful [`reset_peak_rss`], in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// Resets this process's peak resident set to its current one (writing
+/// `5` to `/proc/self/clear_refs`, Linux ≥ 4.0); false when it cannot,
+/// and [`peak_rss`] is then the peak of the process's whole life.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 #[cfg(test)]
@@ -87,6 +114,25 @@ mod tests {
         let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    2048 kB\n";
         assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
+    }
+
+    #[test]
+    fn the_current_and_peak_rss_are_read_and_the_peak_can_be_reset() {
+        let status = "VmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(1024 * 1024));
+        let now = current_rss().expect("Linux /proc");
+        assert!(now > 0);
+        // Touch 64 MiB, give it back: the peak stays above the current RSS
+        // until it is reset (the test threads around may move both a bit).
+        let big = vec![1u8; 64 << 20];
+        assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
+        drop(big);
+        let before = peak_rss().expect("Linux /proc");
+        assert!(before >= now + (32 << 20), "{before} < {now} + 32 MiB");
+        if reset_peak_rss() {
+            let after = peak_rss().expect("Linux /proc");
+            assert!(after < before, "{after} >= {before}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! [`IDLE_REGISTRY_DATA_MAX_BYTES`] is not kept (it is read back instead).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -33,6 +34,16 @@ pub const IDLE_ORDERS_MAX: usize = 4_096;
 /// Largest registry_data kept (estimated), so the cache stays within
 /// `IDLE_ORDERS_MAX` × this (16 MiB) per registry whatever receivers answer.
 pub const IDLE_REGISTRY_DATA_MAX_BYTES: usize = 4 * 1024;
+
+/// States kept by every registry's cache in this process (see [`kept_orders`]).
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// Caught-up orders' states kept by every registry's cache in this process:
+/// at most [`IDLE_ORDERS_MAX`] per registry. `ledgerline bench` reports it
+/// after its scale run.
+pub fn kept_orders() -> usize {
+    KEPT.load(Ordering::Relaxed)
+}
 
 /// Caught-up orders' [`Progress`], shared by a registry's workers.
 #[derive(Clone, Default)]
@@ -47,6 +58,12 @@ struct Inner {
     order: VecDeque<String>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        KEPT.fetch_sub(self.by_order.len(), Ordering::Relaxed);
+    }
+}
+
 impl IdleOrders {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Plain data: valid whatever a panicking holder did.
@@ -55,7 +72,11 @@ impl IdleOrders {
 
     /// Takes the kept state of `order_id`, if any.
     pub fn take(&self, order_id: &str) -> Option<Progress> {
-        self.lock().by_order.remove(order_id)
+        let p = self.lock().by_order.remove(order_id);
+        if p.is_some() {
+            KEPT.fetch_sub(1, Ordering::Relaxed);
+        }
+        p
     }
 
     /// Keeps `p` (the state of a caught-up order) for its next worker.
@@ -68,13 +89,16 @@ impl IdleOrders {
         let mut inner = self.lock();
         let key = p.order_id.clone();
         if inner.by_order.insert(key.clone(), p).is_none() {
+            KEPT.fetch_add(1, Ordering::Relaxed);
             inner.order.push_back(key);
         }
         while inner.by_order.len() > IDLE_ORDERS_MAX {
             let Some(oldest) = inner.order.pop_front() else {
                 break;
             };
-            inner.by_order.remove(&oldest);
+            if inner.by_order.remove(&oldest).is_some() {
+                KEPT.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         // Names of taken orders linger in `order`; drop them when they
         // outnumber the live entries, so it stays bounded too.

@@ -49,6 +49,7 @@ pub mod breaker;
 mod decide;
 pub mod http;
 mod idle;
+pub use self::idle::{IDLE_ORDERS_MAX, kept_orders};
 pub mod notify;
 pub mod schedule;
 pub mod signing;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::fifo::FifoMap;
 use crate::records::DeliveryRecord;
 use crate::records::{SeqDeliveries, SeqDelivery};
-use crate::streams::direct::DirectGet;
+use crate::streams::direct::{DirectGet, SharedInbox};
 use crate::streams::{LEDGER_STREAM, subjects};
 
 use super::ExportError;
@@ -81,17 +81,26 @@ impl DeliveryCache {
 #[derive(Debug, Clone)]
 pub struct DeliveryLookup {
     client: async_nats::Client,
+    /// Every lookup's replies arrive on it (no subscription per order).
+    inbox: SharedInbox,
     snapshot_seq: u64,
     cache: Arc<Mutex<DeliveryCache>>,
 }
 
 impl DeliveryLookup {
-    pub fn new(client: async_nats::Client, snapshot_seq: u64) -> Self {
-        Self {
+    pub async fn new(client: async_nats::Client, snapshot_seq: u64) -> Result<Self, ExportError> {
+        let inbox = SharedInbox::new(&client)
+            .await
+            .map_err(|source| ExportError::DirectGet {
+                subject: subjects::DELIVERIES_ALL.to_owned(),
+                source,
+            })?;
+        Ok(Self {
             client,
+            inbox,
             snapshot_seq,
             cache: Arc::new(Mutex::new(DeliveryCache::new(DELIVERY_CACHE_ORDERS))),
-        }
+        })
     }
 
     /// The delivery state of posting `seq` of (registry, order).
@@ -111,8 +120,16 @@ impl DeliveryLookup {
         let d = match cached {
             Some(d) => d,
             None => {
-                let d =
-                    Arc::new(fetch_order(&self.client, registry, order, self.snapshot_seq).await?);
+                let d = Arc::new(
+                    fetch_order_on(
+                        &self.client,
+                        Some(&self.inbox),
+                        registry,
+                        order,
+                        self.snapshot_seq,
+                    )
+                    .await?,
+                );
                 self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     registry,
                     order,
@@ -133,10 +150,24 @@ pub async fn fetch_order(
     order: &str,
     snapshot_seq: u64,
 ) -> Result<SeqDeliveries, ExportError> {
+    fetch_order_on(client, None, registry, order, snapshot_seq).await
+}
+
+/// [`fetch_order`], its replies on `inbox` when given.
+async fn fetch_order_on(
+    client: &async_nats::Client,
+    inbox: Option<&SharedInbox>,
+    registry: &str,
+    order: &str,
+    snapshot_seq: u64,
+) -> Result<SeqDeliveries, ExportError> {
     let subject = subjects::deliveries(registry, order);
     let mut records = DirectGet::new(client, LEDGER_STREAM, &subject, DIRECT_GET_TIMEOUT)
         .max_bytes(DIRECT_GET_BATCH_BYTES)
         .up_to_seq(snapshot_seq);
+    if let Some(inbox) = inbox {
+        records = records.shared_inbox(inbox);
+    }
     let mut out = SeqDeliveries::default();
     loop {
         let m = match records.next().await {

@@ -320,7 +320,7 @@ async fn run(
                 .messages()
                 .await
                 .map_err(|e| ExportError::Read { source: e.into() })?;
-            let lookup = DeliveryLookup::new(client.clone(), snapshot_seq);
+            let lookup = DeliveryLookup::new(client.clone(), snapshot_seq).await?;
             let postings = futures::stream::unfold(Some(messages), move |state| async move {
                 let mut messages = state?;
                 match next_posting(&mut messages, snapshot_seq, opts.to).await {

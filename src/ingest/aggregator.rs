@@ -54,7 +54,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -93,6 +93,16 @@ pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Order books kept in memory (all lanes together); a miss rebuilds from
 /// JetStream, so this bounds memory, not correctness.
 pub const CACHE_ORDERS: usize = 10_000;
+/// Books held by every lane's cache in this process (see [`cached_books`]).
+static BOOKS_CACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Order books held in the lanes' caches of every aggregator running in this
+/// process: at most `cache_orders` (default [`CACHE_ORDERS`]) per aggregator.
+/// `ledgerline bench` reports it after its scale run.
+pub fn cached_books() -> usize {
+    BOOKS_CACHED.load(Ordering::Relaxed)
+}
+
 /// Backoff between attempts at a transiently failing event: first, cap.
 pub const RETRY_FIRST: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -441,8 +451,41 @@ impl LaneBook {
 }
 
 /// The books of recently handled orders; the oldest-inserted is evicted
-/// first (taken out while an event is handled, put back after).
-type BookCache = crate::fifo::FifoMap<OrderId, LaneBook>;
+/// first (taken out while an event is handled, put back after). Counted in
+/// [`cached_books`].
+struct BookCache(crate::fifo::FifoMap<OrderId, LaneBook>);
+
+impl BookCache {
+    fn new(max: usize) -> Self {
+        BookCache(crate::fifo::FifoMap::new(max))
+    }
+
+    fn remove(&mut self, id: &OrderId) -> Option<LaneBook> {
+        let book = self.0.remove(id);
+        if book.is_some() {
+            BOOKS_CACHED.fetch_sub(1, Ordering::Relaxed);
+        }
+        book
+    }
+
+    /// Puts `book` back; the map evicts the oldest past its bound.
+    fn insert(&mut self, id: OrderId, book: LaneBook) {
+        let before = self.0.len();
+        self.0.insert(id, book);
+        let after = self.0.len();
+        if after > before {
+            BOOKS_CACHED.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            BOOKS_CACHED.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for BookCache {
+    fn drop(&mut self) {
+        BOOKS_CACHED.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
+}
 
 struct Lane {
     shared: Arc<Shared>,
@@ -953,4 +996,35 @@ fn parse_stored(
             source,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(id: &str) -> (OrderId, LaneBook) {
+        let id = OrderId::parse(id).expect("a valid order id");
+        let lb = LaneBook {
+            book: OrderBook::new(id.clone()),
+            last_seq: 1,
+            regs: HashMap::new(),
+        };
+        (id, lb)
+    }
+
+    #[test]
+    fn the_books_cached_are_counted_for_the_bench() {
+        // No other unit test holds a book cache, so the count moves only here.
+        let before = cached_books();
+        let mut cache = BookCache::new(10);
+        for i in 0..25 {
+            let (id, lb) = book(&format!("c{i}"));
+            cache.insert(id, lb);
+        }
+        assert_eq!(cached_books(), before + 10);
+        assert!(cache.remove(&book("c24").0).is_some());
+        assert_eq!(cached_books(), before + 9);
+        drop(cache);
+        assert_eq!(cached_books(), before);
+    }
 }

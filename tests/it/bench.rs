@@ -33,6 +33,14 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
         "CPU per 1,000 postings",
         "peak RSS",
         "limit = 1 / (3/publish + 2/consume + 1/POST)",
+        "(d) scale: 300 distinct orders",
+        "→ 300 postings delivered to 1 registry",
+        "RSS of this process",
+        "caches at the end",
+        "(e) export of the 300 postings",
+        "csv ",
+        "beancount ",
+        "rows/s",
     ] {
         assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
     }

@@ -9,6 +9,13 @@
 //! A server without batch support answers one message per request (no
 //! `Nats-Num-Pending`), and is read one message at a time.
 //!
+//! Each request gets its replies on a fresh inbox subscription, unless the
+//! reader was given a [`SharedInbox`]: one wildcard subscription whose
+//! replies are routed to their request by the last token of the reply
+//! subject, so a caller making many small reads (the export: one per
+//! order) does not pay a subscribe and an unsubscribe per request, on the
+//! client and on the server.
+//!
 //! The reader stops at a stream sequence (`up_to_seq`, a snapshot), after a
 //! number of messages (`limit`), or after [`PAGES_MAX`] requests; each reply
 //! is awaited at most `reply_timeout`. Used by the export (delivery records
@@ -17,12 +24,16 @@
 //! ([`request`], [`classify`]), unit-tested here; the exchange with a server
 //! is covered by the export and admin integration tests.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 
 /// Most messages asked for in one request: a few round trips for an order
 /// with hundreds of records, and a reply burst the client buffers easily.
@@ -145,6 +156,115 @@ pub fn classify(message: &Message) -> Result<Reply, DirectGetError> {
     }
 }
 
+/// Requests waiting for replies on a [`SharedInbox`], by id.
+type Waiting = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+
+fn lock_waiting(
+    w: &Waiting,
+) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Message>>> {
+    // Plain data: valid whatever a panicking holder did.
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One reply subscription (`<inbox>.*`) shared by many Direct Get reads:
+/// request `n` is answered on `<inbox>.<n>` and a task routes each reply
+/// to the read waiting for it (a reply for a read that has stopped is
+/// dropped). Cheap to clone; the subscription ends with the last clone.
+#[derive(Clone, Debug)]
+pub struct SharedInbox {
+    inner: Arc<InboxInner>,
+}
+
+#[derive(Debug)]
+struct InboxInner {
+    prefix: String,
+    next: AtomicU64,
+    waiting: Waiting,
+    router: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for InboxInner {
+    fn drop(&mut self) {
+        self.router.abort();
+    }
+}
+
+impl SharedInbox {
+    /// Subscribes to a new wildcard inbox on `client`.
+    pub async fn new(client: &Client) -> Result<SharedInbox, DirectGetError> {
+        let prefix = client.new_inbox();
+        let mut replies = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(DirectGetError::Subscribe)?;
+        let waiting: Waiting = Arc::default();
+        let router = tokio::spawn({
+            let waiting = waiting.clone();
+            async move {
+                while let Some(m) = replies.next().await {
+                    let id = m.subject.rsplit('.').next().and_then(|t| t.parse().ok());
+                    if let Some(tx) = id.and_then(|id| lock_waiting(&waiting).get(&id).cloned()) {
+                        let _ = tx.send(m);
+                    }
+                }
+            }
+        });
+        Ok(SharedInbox {
+            inner: Arc::new(InboxInner {
+                prefix,
+                next: AtomicU64::new(0),
+                waiting,
+                router,
+            }),
+        })
+    }
+
+    /// A new reply subject and what arrives on it.
+    fn open(&self) -> (String, Registration) {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock_waiting(&self.inner.waiting).insert(id, tx);
+        (
+            format!("{}.{id}", self.inner.prefix),
+            Registration {
+                id,
+                rx,
+                inbox: self.clone(),
+            },
+        )
+    }
+}
+
+/// The replies of one request on a [`SharedInbox`]; forgotten when dropped.
+#[derive(Debug)]
+struct Registration {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Message>,
+    inbox: SharedInbox,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock_waiting(&self.inbox.inner.waiting).remove(&self.id);
+    }
+}
+
+/// Where the replies of the request in flight arrive.
+#[derive(Debug)]
+enum Replies {
+    Own(Subscriber),
+    Shared(Registration),
+}
+
+impl Replies {
+    async fn next(&mut self) -> Option<Message> {
+        match self {
+            Replies::Own(s) => s.next().await,
+            Replies::Shared(r) => r.rx.recv().await,
+        }
+    }
+}
+
 /// Reads every message of a subject, page by page: call [`DirectGet::next`]
 /// until it answers `None`.
 #[derive(Debug)]
@@ -159,7 +279,9 @@ pub struct DirectGet {
     /// Where the next request starts.
     from_seq: u64,
     /// The replies of the request in flight.
-    replies: Option<Subscriber>,
+    replies: Option<Replies>,
+    /// Where replies arrive, when shared.
+    inbox: Option<SharedInbox>,
     /// The last message of the current page.
     page_last_seq: Option<u64>,
     pages: usize,
@@ -181,6 +303,7 @@ impl DirectGet {
             limit: usize::MAX,
             from_seq: 1,
             replies: None,
+            inbox: None,
             page_last_seq: None,
             pages: 0,
             read: 0,
@@ -192,6 +315,12 @@ impl DirectGet {
     /// pages the rest), so huge messages cannot flood the connection.
     pub fn max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Replies arrive on `inbox` instead of a subscription per request.
+    pub fn shared_inbox(mut self, inbox: &SharedInbox) -> Self {
+        self.inbox = Some(inbox.clone());
         self
     }
 
@@ -248,17 +377,26 @@ impl DirectGet {
     }
 
     /// Sends the request of the next page and returns its replies.
-    async fn send_request(&mut self) -> Result<Subscriber, DirectGetError> {
+    async fn send_request(&mut self) -> Result<Replies, DirectGetError> {
         if self.pages == PAGES_MAX {
             return Err(DirectGetError::TooManyPages(PAGES_MAX));
         }
         self.pages += 1;
-        let inbox = self.client.new_inbox();
-        let replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(DirectGetError::Subscribe)?;
+        let (inbox, replies) = match &self.inbox {
+            Some(shared) => {
+                let (subject, registration) = shared.open();
+                (subject, Replies::Shared(registration))
+            }
+            None => {
+                let inbox = self.client.new_inbox();
+                let replies = self
+                    .client
+                    .subscribe(inbox.clone())
+                    .await
+                    .map_err(DirectGetError::Subscribe)?;
+                (inbox, Replies::Own(replies))
+            }
+        };
         let batch = BATCH_MESSAGES.min(self.limit - self.read);
         self.client
             .publish_with_reply(
