@@ -492,16 +492,19 @@ pub async fn run(
     .await?;
     let receivers = [&journal.receiver, &detail.receiver];
     let accepted = || -> u64 { receivers.iter().map(|r| r.stats().accepted).sum() };
-    let postings = settle(
-        js,
-        ledger,
-        &["journal", "detail"],
-        &accepted,
-        opts.settle_limit,
-        progress,
-        "(c) delivering the burst",
-    )
-    .await?;
+    let delivered = async |progress: &mut dyn FnMut(&BenchProgress), stage: &'static str| {
+        settle(
+            js,
+            ledger,
+            &["journal", "detail"],
+            &accepted,
+            opts.settle_limit,
+            progress,
+            stage,
+        )
+        .await
+    };
+    let postings = delivered(progress, "(c) delivering the burst").await?;
     let after_own = usage::own();
     let after_nats = running.nats_pid().and_then(usage::of_pid);
     let burst_last_seq = sent_at.keys().copied().max().unwrap_or(0);
@@ -537,16 +540,7 @@ pub async fn run(
             "(c) publishing at half the rate",
         )
         .await?;
-        settle(
-            js,
-            ledger,
-            &["journal", "detail"],
-            &accepted,
-            opts.settle_limit,
-            progress,
-            "(c) delivering the paced run",
-        )
-        .await?;
+        delivered(progress, "(c) delivering the paced run").await?;
         paced_rate = Some((rate, published));
     }
 

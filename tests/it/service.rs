@@ -922,12 +922,7 @@ fn nats_url_credentials_never_reach_stderr() {
 /// stored twice, and a posting sent again carries its one key and body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_created_anew_replay_everything_without_a_second_posting_or_record() {
-    let nats = support::nats().await;
-    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
-    );
+    let (nats, books, settings) = one_registry_books().await;
     let events: Vec<String> = (1..=4)
         .flat_map(|o| (1..=3).map(move |v| ticket_event(&format!("o-{o}"), v, v as u32)))
         .collect();
@@ -1009,12 +1004,7 @@ async fn consumers_created_anew_replay_everything_without_a_second_posting_or_re
 /// and silently dropped.
 #[tokio::test]
 async fn redelivering_a_posting_that_cannot_be_sent_is_refused_with_its_reason() {
-    let nats = support::nats().await;
-    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
-    );
+    let (nats, books, settings) = one_registry_books().await;
     let svc = Service::start(settings, &Component::ALL).await;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, "corrupt-posting-1");
@@ -1041,4 +1031,16 @@ async fn redelivering_a_posting_that_cannot_be_sent_is_refused_with_its_reason()
     );
     assert!(books.received().is_empty(), "nothing was sent");
     svc.stop().await;
+}
+
+/// A server, a receiver and the settings of one registry `books` posting to
+/// it.
+async fn one_registry_books() -> (support::Nats, Receiver, ledgerline::config::Settings) {
+    let nats = support::nats().await;
+    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!("[[registry]]\nid = \"books\"\nurl = \"{books_url}/hooks\"\n"),
+    );
+    (nats, books, settings)
 }
