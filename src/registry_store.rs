@@ -372,15 +372,14 @@ struct Current<T> {
     entry: Option<Entry<T>>,
 }
 
-impl RegistryStore {
-    /// The same store, knowing whether the instance has `[smtp]`.
+impl<T: Item> KvStore<T> {
+    /// The same store, knowing whether the instance has `[smtp]` (what
+    /// registries warn about; nothing to other items).
     pub fn with_smtp_configured(mut self, configured: bool) -> Self {
         self.smtp_configured = configured;
         self
     }
-}
 
-impl<T: Item> KvStore<T> {
     /// Opens the bucket, creating it when missing.
     pub async fn open(js: &jetstream::Context, policy: T::Policy) -> Result<Self, StoreError> {
         let bucket_err = |e: async_nats::Error| StoreError::Bucket {
