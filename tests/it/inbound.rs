@@ -502,6 +502,45 @@ token_ttl_s = 600
         .post("venti-oauth/orders/created", &bearer(&token), &created)
         .await;
     assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+
+    // A new client secret over the admin API: the tokens minted under the
+    // old one, and the old one itself, are refused from then on.
+    let (status, body) = svc
+        .service
+        .put(
+            "/v1/sources/venti-oauth",
+            &json!({"kind": "marketplace_orders", "auth": {"type": "oauth2",
+                    "client_id": "venti", "client_secret": "venti-secret-rotated-42",
+                    "token_field": "auth_token", "token_ttl_s": 600}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("updated")),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("venti-secret-rotated-42"),
+        "{body}"
+    );
+    eventually("the old token refused", Duration::from_secs(20), || async {
+        let (status, _) = svc
+            .post("venti-oauth/orders/created", &bearer(&token), &created)
+            .await;
+        status == 401
+    })
+    .await;
+    let old = http
+        .post(&token_url)
+        .json(
+            &json!({"grant_type": "client_credentials", "client_id": "venti",
+                      "client_secret": "venti-secret-0123456789"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 401);
+
     // Another source's token endpoint does not exist.
     let resp = http
         .post(format!("{}/v1/ingest/shop/token", svc.base))
