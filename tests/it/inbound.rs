@@ -474,15 +474,15 @@ token_ttl_s = 600
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let resp = http
-        .post(&token_url)
-        .json(
-            &json!({"grant_type": "client_credentials", "client_id": "venti",
-                      "client_secret": "venti-secret-0123456789"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let ask_token = |secret: &str| {
+        http.post(&token_url)
+            .json(
+                &json!({"grant_type": "client_credentials", "client_id": "venti",
+                          "client_secret": secret}),
+            )
+            .send()
+    };
+    let resp = ask_token("venti-secret-0123456789").await.unwrap();
     assert_eq!(resp.status(), 200);
     let reply: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -530,16 +530,10 @@ token_ttl_s = 600
         status == 401
     })
     .await;
-    let old = http
-        .post(&token_url)
-        .json(
-            &json!({"grant_type": "client_credentials", "client_id": "venti",
-                      "client_secret": "venti-secret-0123456789"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let old = ask_token("venti-secret-0123456789").await.unwrap();
     assert_eq!(old.status(), 401);
+    let new = ask_token("venti-secret-rotated-42").await.unwrap();
+    assert_eq!(new.status(), 200);
 
     // Another source's token endpoint does not exist.
     let resp = http
