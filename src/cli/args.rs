@@ -63,6 +63,8 @@ pub enum Command {
         admin_listen: Option<String>,
         /// Address of the inbound webhooks (docs/inbound.md), overriding the
         /// file and LEDGERLINE_INGEST_LISTEN; served even without a [[source]].
+        // `[[source]]` is TOML in the --help text, not a doc link.
+        #[allow(rustdoc::broken_intra_doc_links)]
         #[arg(long)]
         ingest_listen: Option<String>,
     },
