@@ -648,9 +648,11 @@ async fn prepare(
                 );
                 return Ok(Some(ready));
             }
-            Err(e @ (ServiceError::Registries(_) | ServiceError::Sources(_))) if matches!(&e, ServiceError::Registries(s) | ServiceError::Sources(s) if s.is_caller_error()) =>
-            {
-                return Err(e);
+            Err(ServiceError::Registries(s)) if s.is_caller_error() => {
+                return Err(ServiceError::Registries(s));
+            }
+            Err(ServiceError::Sources(s)) if s.is_caller_error() => {
+                return Err(ServiceError::Sources(s));
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "start-up step failed (NATS unreachable?); retrying");
