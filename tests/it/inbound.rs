@@ -757,6 +757,13 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     );
     seen.push_str(&history.to_string());
 
+    // The bucket, not the file, holds it: a restart serves it still.
+    let settings = support::settings(&nats.server, "");
+    svc.stop().await;
+    let svc = Running::start(settings).await;
+    let admin = &svc.service;
+    ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
+
     // DELETE: its route answers 404, its history stays.
     let (status, body) = admin.delete("/v1/sources/web").await;
     assert_eq!(
