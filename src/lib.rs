@@ -78,6 +78,7 @@ pub mod receiver;
 pub mod registry_store;
 pub mod secret;
 pub mod service;
+pub mod source_store;
 pub mod tls;
 
 pub use dispatcher::{notify, signing};

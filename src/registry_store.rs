@@ -39,6 +39,15 @@
 //! - A stored registry that fails validation when read back (say the policy
 //!   became stricter) is logged and left out of the live set; it never
 //!   stops the service.
+//!
+//! # Other items
+//!
+//! The store is generic over what it keeps ([`Item`]): registries here,
+//! inbound sources in [`crate::source_store`] (bucket `ledgerline_sources`,
+//! SPEC 10). Every rule above holds for each; what differs per item (its
+//! validation, where its secrets are and which of them may be kept, the
+//! stored value's JSON shape, the set in force) is the item's [`Item`]
+//! implementation. [`RegistryStore`] is `KvStore<RegistryConfig>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +56,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -76,11 +86,12 @@ pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangedBy {
-    /// The `[[registry]]` entries of the config file, at start-up.
+    /// The `[[registry]]` (`[[source]]`) entries of the config file, at
+    /// start-up.
     Config,
     /// The admin HTTP API.
     Api,
-    /// `ledgerline registry apply|delete`.
+    /// `ledgerline registry|source apply|delete`.
     Cli,
 }
 
@@ -94,6 +105,95 @@ impl ChangedBy {
     }
 }
 
+/// What a [`KvStore`] keeps: a configured item (a registry, a source) with
+/// an id, validated against a policy, holding secrets.
+pub trait Item:
+    Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// The item in messages: `registry`, `source`.
+    const KIND: &'static str;
+    /// Its plural, for logs: `registries`, `sources`.
+    const PLURAL: &'static str;
+    /// The KV bucket.
+    const BUCKET: &'static str;
+    /// The bucket's description.
+    const DESCRIPTION: &'static str;
+    /// What the item is validated against.
+    type Policy: Send + Sync + 'static;
+    /// A validated item.
+    type Valid: Send + Sync + 'static;
+    /// The items in force, as the readers of the live watch want them.
+    type Set: Send + Sync + 'static;
+    /// The value stored under the item's key (its JSON is the KV format).
+    type Stored: Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync;
+
+    fn id(&self) -> &str;
+    /// Validates every field; the error names the first bad one.
+    fn validate(&self, policy: &Self::Policy) -> Result<Self::Valid, FieldError>;
+    /// Replaces each redaction marker by the secret stored at the same
+    /// place in `old`, or refuses it naming the field.
+    fn keep_stored_secrets(&mut self, old: Option<&Self>) -> Result<(), FieldError>;
+    /// The stored value of the item.
+    fn to_stored(self, created_at: OffsetDateTime, changed_by: ChangedBy) -> Self::Stored;
+    /// The item, its creation time and what last changed it.
+    fn from_stored(stored: &Self::Stored) -> (&Self, OffsetDateTime, ChangedBy);
+    /// The set in force of validated items (by creation, then id).
+    fn set(valid: Vec<Self::Valid>) -> Self::Set;
+    /// The ids of a set, for the log.
+    fn set_ids(set: &Self::Set) -> Vec<&str>;
+    /// True when two sets hold the same items.
+    fn same_set(a: &Self::Set, b: &Self::Set) -> bool;
+    /// What the owner should know although the item is valid (see
+    /// [`registry_warnings`]).
+    fn warnings(&self, _store: &KvStore<Self>) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+impl Item for RegistryConfig {
+    const KIND: &'static str = "registry";
+    const PLURAL: &'static str = "registries";
+    const BUCKET: &'static str = BUCKET;
+    const DESCRIPTION: &'static str =
+        "ledgerline registries: key = registry id; every revision is kept for audit";
+    type Policy = TargetPolicy;
+    type Valid = Registry;
+    type Set = RegistrySet;
+    type Stored = StoredRegistry;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn validate(&self, policy: &TargetPolicy) -> Result<Registry, FieldError> {
+        RegistryConfig::validate(self, policy)
+    }
+    fn keep_stored_secrets(&mut self, old: Option<&Self>) -> Result<(), FieldError> {
+        keep_stored_secrets(self, old)
+    }
+    fn to_stored(self, created_at: OffsetDateTime, changed_by: ChangedBy) -> StoredRegistry {
+        StoredRegistry {
+            registry: self,
+            created_at,
+            changed_by,
+        }
+    }
+    fn from_stored(s: &StoredRegistry) -> (&Self, OffsetDateTime, ChangedBy) {
+        (&s.registry, s.created_at, s.changed_by)
+    }
+    fn set(valid: Vec<Registry>) -> RegistrySet {
+        RegistrySet::new(valid)
+    }
+    fn set_ids(set: &RegistrySet) -> Vec<&str> {
+        set.all().iter().map(|r| r.id()).collect()
+    }
+    fn same_set(a: &RegistrySet, b: &RegistrySet) -> bool {
+        a.all() == b.all()
+    }
+    fn warnings(&self, store: &KvStore<Self>) -> Vec<FieldError> {
+        registry_warnings(self, store.smtp_configured)
+    }
+}
+
 /// The value stored under a registry's key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRegistry {
@@ -104,10 +204,10 @@ pub struct StoredRegistry {
     pub changed_by: ChangedBy,
 }
 
-/// A registry as stored, with its revision.
+/// An item as stored, with its revision.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RegistryEntry {
-    pub config: RegistryConfig,
+pub struct Entry<T> {
+    pub config: T,
     /// The KV revision of this value (a stream sequence: increases with
     /// every change to any registry).
     pub revision: u64,
@@ -117,22 +217,25 @@ pub struct RegistryEntry {
     pub changed_by: ChangedBy,
 }
 
-impl RegistryEntry {
-    /// Why the registry is not in force under `policy`, if it is not.
-    pub fn problem(&self, policy: &TargetPolicy) -> Option<FieldError> {
+/// A registry as stored, with its revision.
+pub type RegistryEntry = Entry<RegistryConfig>;
+
+impl<T: Item> Entry<T> {
+    /// Why the item is not in force under `policy`, if it is not.
+    pub fn problem(&self, policy: &T::Policy) -> Option<FieldError> {
         self.config.validate(policy).err()
     }
 }
 
-/// One revision of a registry, for the audit trail.
+/// One revision of an item, for the audit trail.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HistoryEntry {
+pub struct HistoryEntry<T: Item = RegistryConfig> {
     pub revision: u64,
     pub at: OffsetDateTime,
     /// `put` or `delete`.
     pub operation: &'static str,
     /// The value written (none for a deletion, or when unreadable).
-    pub stored: Option<StoredRegistry>,
+    pub stored: Option<T::Stored>,
 }
 
 /// What a write did.
@@ -155,35 +258,47 @@ impl PutOutcome {
     }
 }
 
-/// Why a registry operation failed. The first four are the caller's
+/// Why a store operation failed (`kind`: `registry`, `source`). The first four are the caller's
 /// mistakes (4xx over HTTP, exit 2 or 1 in the CLI); the rest are NATS
 /// trouble worth retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     Invalid(#[from] FieldError),
-    #[error("registry {id:?} already exists")]
-    Exists { id: String },
-    #[error("registry {id:?} does not exist")]
-    NotFound { id: String },
-    #[error("registry {id:?} was changed meanwhile: its revision is {actual}, not {expected}")]
+    #[error("{kind} {id:?} already exists")]
+    Exists { kind: &'static str, id: String },
+    #[error("{kind} {id:?} does not exist")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} was changed meanwhile: its revision is {actual}, not {expected}")]
     Conflict {
+        kind: &'static str,
         id: String,
         expected: u64,
         actual: u64,
     },
-    #[error("cannot open the registry bucket {BUCKET}: {0}")]
-    Bucket(#[source] async_nats::Error),
-    #[error("cannot read the registry bucket: {0}")]
-    Read(#[source] async_nats::Error),
-    #[error("cannot write registry {id:?}: {source}")]
+    #[error("cannot open the {kind} bucket {bucket}: {source}")]
+    Bucket {
+        kind: &'static str,
+        bucket: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("cannot read the {kind} bucket: {source}")]
+    Read {
+        kind: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("cannot write {kind} {id:?}: {source}")]
     Write {
+        kind: &'static str,
         id: String,
         #[source]
         source: async_nats::Error,
     },
-    #[error("registry {key:?} revision {revision} is unreadable: {source}")]
+    #[error("{kind} {key:?} revision {revision} is unreadable: {source}")]
     Corrupt {
+        kind: &'static str,
         key: String,
         revision: u64,
         #[source]
@@ -204,16 +319,23 @@ impl StoreError {
     }
 }
 
-fn read_err(e: impl Into<async_nats::Error>) -> StoreError {
-    StoreError::Read(e.into())
+fn read_err<T: Item>(e: impl Into<async_nats::Error>) -> StoreError {
+    StoreError::Read {
+        kind: T::KIND,
+        source: e.into(),
+    }
 }
 
-/// The bucket configuration.
+/// The bucket configuration of the registries.
 pub fn bucket_config() -> kv::Config {
+    item_bucket_config::<RegistryConfig>()
+}
+
+/// The bucket configuration of an item.
+pub fn item_bucket_config<T: Item>() -> kv::Config {
     kv::Config {
-        bucket: BUCKET.to_owned(),
-        description: "ledgerline registries: key = registry id; every revision is kept for audit"
-            .to_owned(),
+        bucket: T::BUCKET.to_owned(),
+        description: T::DESCRIPTION.to_owned(),
         history: HISTORY,
         max_value_size: VALUE_MAX_BYTES,
         storage: jetstream::stream::StorageType::File,
@@ -221,33 +343,57 @@ pub fn bucket_config() -> kv::Config {
     }
 }
 
-/// The registries of an instance: reads, validated writes, the live watch.
-/// Cheap to clone.
-#[derive(Clone)]
-pub struct RegistryStore {
+/// The items of an instance in their bucket: reads, validated writes, the
+/// live watch. Cheap to clone.
+pub struct KvStore<T: Item> {
     kv: kv::Store,
-    policy: Arc<TargetPolicy>,
+    policy: Arc<T::Policy>,
     /// Whether this instance can send failure emails (`[smtp]`), for the
-    /// warnings of [`registry_warnings`].
+    /// warnings of [`registry_warnings`] (registries only).
     smtp_configured: bool,
 }
 
-/// The last state of a key: a value (`Some`) or a deletion (`None`).
-struct Current {
-    revision: u64,
-    entry: Option<RegistryEntry>,
+impl<T: Item> Clone for KvStore<T> {
+    fn clone(&self) -> Self {
+        Self {
+            kv: self.kv.clone(),
+            policy: self.policy.clone(),
+            smtp_configured: self.smtp_configured,
+        }
+    }
 }
 
-impl RegistryStore {
+/// The registries of an instance: reads, validated writes, the live watch.
+pub type RegistryStore = KvStore<RegistryConfig>;
+
+/// The last state of a key: a value (`Some`) or a deletion (`None`).
+struct Current<T> {
+    revision: u64,
+    entry: Option<Entry<T>>,
+}
+
+impl<T: Item> KvStore<T> {
+    /// The same store, knowing whether the instance has `[smtp]` (what
+    /// registries warn about; nothing to other items).
+    pub fn with_smtp_configured(mut self, configured: bool) -> Self {
+        self.smtp_configured = configured;
+        self
+    }
+
     /// Opens the bucket, creating it when missing.
-    pub async fn open(js: &jetstream::Context, policy: TargetPolicy) -> Result<Self, StoreError> {
-        let kv = match js.get_key_value(BUCKET).await {
+    pub async fn open(js: &jetstream::Context, policy: T::Policy) -> Result<Self, StoreError> {
+        let bucket_err = |e: async_nats::Error| StoreError::Bucket {
+            kind: T::KIND,
+            bucket: T::BUCKET,
+            source: e,
+        };
+        let kv = match js.get_key_value(T::BUCKET).await {
             Ok(kv) => kv,
             Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => js
-                .create_key_value(bucket_config())
+                .create_key_value(item_bucket_config::<T>())
                 .await
-                .map_err(|e| StoreError::Bucket(e.into()))?,
-            Err(e) => return Err(StoreError::Bucket(e.into())),
+                .map_err(|e| bucket_err(e.into()))?,
+            Err(e) => return Err(bucket_err(e.into())),
         };
         Ok(Self {
             kv,
@@ -256,25 +402,19 @@ impl RegistryStore {
         })
     }
 
-    /// The same store, knowing whether the instance has `[smtp]`.
-    pub fn with_smtp_configured(mut self, configured: bool) -> Self {
-        self.smtp_configured = configured;
-        self
-    }
-
-    /// The rules registries are validated against.
-    pub fn policy(&self) -> &TargetPolicy {
+    /// The rules items are validated against.
+    pub fn policy(&self) -> &T::Policy {
         &self.policy
     }
 
-    /// What the owner of a stored registry should know although it is in
+    /// What the owner of a stored item should know although it is in
     /// force ([`registry_warnings`] for this instance).
-    pub fn warnings(&self, config: &RegistryConfig) -> Vec<FieldError> {
-        registry_warnings(config, self.smtp_configured)
+    pub fn warnings(&self, config: &T) -> Vec<FieldError> {
+        config.warnings(self)
     }
 
-    /// The registry `id`, if it exists.
-    pub async fn get(&self, id: &str) -> Result<Option<RegistryEntry>, StoreError> {
+    /// The item `id`, if it exists.
+    pub async fn get(&self, id: &str) -> Result<Option<Entry<T>>, StoreError> {
         if !valid_key(id) {
             return Ok(None);
         }
@@ -283,7 +423,7 @@ impl RegistryStore {
 
     /// Every registry, ordered by creation (then id). Unreadable values are
     /// logged and left out.
-    pub async fn list(&self) -> Result<Vec<RegistryEntry>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<Entry<T>>, StoreError> {
         let keys = self.keys().await?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
@@ -296,24 +436,20 @@ impl RegistryStore {
     }
 
     /// Creates a registry; refused when one with the same id exists.
-    pub async fn create(
-        &self,
-        config: RegistryConfig,
-        by: ChangedBy,
-    ) -> Result<RegistryEntry, StoreError> {
-        let id = config.id.clone();
+    pub async fn create(&self, config: T, by: ChangedBy) -> Result<Entry<T>, StoreError> {
+        let id = config.id().to_owned();
         let current = self.current_for_write(&id).await?;
         if current.as_ref().is_some_and(|c| c.entry.is_some()) {
-            return Err(StoreError::Exists { id });
+            return Err(StoreError::Exists { kind: T::KIND, id });
         }
         let mut config = config;
-        keep_stored_secrets(&mut config, None)?;
+        config.keep_stored_secrets(None)?;
         config.validate(&self.policy)?;
         let revision = current.map_or(0, |c| c.revision);
         match self.write(config, None, revision, by).await {
             Ok((entry, _)) => Ok(entry),
             // Created by someone else in between.
-            Err(StoreError::Conflict { .. }) => Err(StoreError::Exists { id }),
+            Err(StoreError::Conflict { .. }) => Err(StoreError::Exists { kind: T::KIND, id }),
             Err(e) => Err(e),
         }
     }
@@ -323,11 +459,11 @@ impl RegistryStore {
     /// Writing what is stored already writes nothing.
     pub async fn put(
         &self,
-        config: RegistryConfig,
+        config: T,
         expected_revision: Option<u64>,
         by: ChangedBy,
-    ) -> Result<(RegistryEntry, PutOutcome), StoreError> {
-        let id = config.id.clone();
+    ) -> Result<(Entry<T>, PutOutcome), StoreError> {
+        let id = config.id().to_owned();
         let mut attempt = 0;
         loop {
             let current = self.current_for_write(&id).await?;
@@ -336,6 +472,7 @@ impl RegistryStore {
                 let actual = stored.as_ref().map_or(0, |e| e.revision);
                 if actual != expected {
                     return Err(StoreError::Conflict {
+                        kind: T::KIND,
                         id,
                         expected,
                         actual,
@@ -343,7 +480,7 @@ impl RegistryStore {
                 }
             }
             let mut config = config.clone();
-            keep_stored_secrets(&mut config, stored.as_ref().map(|e| &e.config))?;
+            config.keep_stored_secrets(stored.as_ref().map(|e| &e.config))?;
             config.validate(&self.policy)?;
             if let Some(s) = &stored
                 && s.config == config
@@ -368,22 +505,20 @@ impl RegistryStore {
     /// Writes `config` over the key's `revision` (0: none).
     async fn write(
         &self,
-        config: RegistryConfig,
-        stored: Option<&RegistryEntry>,
+        config: T,
+        stored: Option<&Entry<T>>,
         revision: u64,
         by: ChangedBy,
-    ) -> Result<(RegistryEntry, PutOutcome), StoreError> {
-        let id = config.id.clone();
+    ) -> Result<(Entry<T>, PutOutcome), StoreError> {
+        let id = config.id().to_owned();
         let now = OffsetDateTime::now_utc();
-        let value = StoredRegistry {
-            registry: config,
-            created_at: stored.map_or(now, |s| s.created_at),
-            changed_by: by,
-        };
+        let created_at = stored.map_or(now, |s| s.created_at);
+        let value = config.clone().to_stored(created_at, by);
         // The one place secrets are serialised with their values: our own
         // bucket. Synchronous, so the reveal cannot leak across an await.
         let bytes =
             reveal_secrets(|| serde_json::to_vec(&value)).map_err(|e| StoreError::Write {
+                kind: T::KIND,
                 id: id.clone(),
                 source: e.into(),
             })?;
@@ -392,6 +527,7 @@ impl RegistryStore {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 let actual = self.current(&id).await?.map_or(0, |c| c.revision);
                 return Err(StoreError::Conflict {
+                    kind: T::KIND,
                     id,
                     expected: revision,
                     actual,
@@ -399,6 +535,7 @@ impl RegistryStore {
             }
             Err(e) => {
                 return Err(StoreError::Write {
+                    kind: T::KIND,
                     id,
                     source: e.into(),
                 });
@@ -409,12 +546,12 @@ impl RegistryStore {
         } else {
             PutOutcome::Created
         };
-        info!(registry_id = %id, revision = new_revision, changed_by = by.as_str(), outcome = outcome.as_str(), "registry stored");
+        info!(id = %id, revision = new_revision, changed_by = by.as_str(), outcome = outcome.as_str(), "{} stored", T::KIND);
         Ok((
-            RegistryEntry {
-                config: value.registry,
+            Entry {
+                config,
                 revision: new_revision,
-                created_at: value.created_at,
+                created_at,
                 updated_at: now,
                 changed_by: by,
             },
@@ -429,8 +566,11 @@ impl RegistryStore {
         &self,
         id: &str,
         expected_revision: Option<u64>,
-    ) -> Result<RegistryEntry, StoreError> {
-        let not_found = || StoreError::NotFound { id: id.to_owned() };
+    ) -> Result<Entry<T>, StoreError> {
+        let not_found = || StoreError::NotFound {
+            kind: T::KIND,
+            id: id.to_owned(),
+        };
         if !valid_key(id) {
             return Err(not_found());
         }
@@ -440,6 +580,7 @@ impl RegistryStore {
             && expected != entry.revision
         {
             return Err(StoreError::Conflict {
+                kind: T::KIND,
                 id: id.to_owned(),
                 expected,
                 actual: entry.revision,
@@ -450,35 +591,34 @@ impl RegistryStore {
             .await
             .map_err(|e| match e.kind() {
                 kv::DeleteErrorKind::WrongLastRevision => StoreError::Conflict {
+                    kind: T::KIND,
                     id: id.to_owned(),
                     expected: entry.revision,
                     // Changed by someone else in between; re-read to see.
                     actual: 0,
                 },
                 _ => StoreError::Write {
+                    kind: T::KIND,
                     id: id.to_owned(),
                     source: e.into(),
                 },
             })?;
-        info!(registry_id = %id, revision = entry.revision, "registry deleted");
+        info!(id = %id, revision = entry.revision, "{} deleted", T::KIND);
         Ok(entry)
     }
 
     /// Every kept revision of a registry, oldest first (empty when it never
     /// existed).
-    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry<T>>, StoreError> {
         if !valid_key(id) {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        let mut entries = self.kv.history(id).await.map_err(read_err)?;
+        let mut entries = self.kv.history(id).await.map_err(read_err::<T>)?;
         while let Some(e) = entries.next().await {
-            let e = e.map_err(read_err)?;
+            let e = e.map_err(read_err::<T>)?;
             let (operation, stored) = match e.operation {
-                kv::Operation::Put => (
-                    "put",
-                    serde_json::from_slice::<StoredRegistry>(&e.value).ok(),
-                ),
+                kv::Operation::Put => ("put", serde_json::from_slice::<T::Stored>(&e.value).ok()),
                 kv::Operation::Delete | kv::Operation::Purge => ("delete", None),
             };
             out.push(HistoryEntry {
@@ -497,23 +637,23 @@ impl RegistryStore {
     /// no id twice) before any is written; errors name `registry[i]`.
     pub async fn apply(
         &self,
-        configs: &[RegistryConfig],
+        configs: &[T],
         by: ChangedBy,
-    ) -> Result<Vec<(RegistryEntry, PutOutcome)>, StoreError> {
+    ) -> Result<Vec<(Entry<T>, PutOutcome)>, StoreError> {
         let mut resolved = Vec::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
-            let at = format!("registry[{i}]");
+            let at = format!("{}[{i}]", T::KIND);
             let mut c = c.clone();
-            let stored = match self.current_for_write(&c.id).await {
+            let stored = match self.current_for_write(c.id()).await {
                 Ok(cur) => cur.and_then(|cur| cur.entry),
                 Err(StoreError::Invalid(e)) => return Err(e.within(&at).into()),
                 Err(e) => return Err(e),
             };
-            keep_stored_secrets(&mut c, stored.as_ref().map(|e| &e.config))
+            c.keep_stored_secrets(stored.as_ref().map(|e| &e.config))
                 .map_err(|e| e.within(&at))?;
             resolved.push(c);
         }
-        check_batch(&resolved, &self.policy)?;
+        check_item_batch(&resolved, &self.policy)?;
         let mut out = Vec::with_capacity(configs.len());
         for c in configs {
             out.push(self.put(c.clone(), None, by).await?);
@@ -523,16 +663,16 @@ impl RegistryStore {
 
     /// The last state of a key, from the stream (a value, a deletion, or
     /// nothing ever).
-    async fn current(&self, key: &str) -> Result<Option<Current>, StoreError> {
-        let Some(e) = self.kv.entry(key).await.map_err(read_err)? else {
+    async fn current(&self, key: &str) -> Result<Option<Current<T>>, StoreError> {
+        let Some(e) = self.kv.entry(key).await.map_err(read_err::<T>)? else {
             return Ok(None);
         };
-        Ok(Some(parse_current(&e)?))
+        Ok(Some(parse_current::<T>(&e)?))
     }
 
     /// Like [`Self::current`] for a key about to be written: an invalid id
     /// is the caller's mistake.
-    async fn current_for_write(&self, id: &str) -> Result<Option<Current>, StoreError> {
+    async fn current_for_write(&self, id: &str) -> Result<Option<Current<T>>, StoreError> {
         if !valid_key(id) {
             return Err(
                 FieldError::new("id", format!("{id:?} must match [a-z0-9_-]{{1,64}}")).into(),
@@ -545,8 +685,8 @@ impl RegistryStore {
     /// (already holding the current set) and the task that keeps it up to
     /// date until `shutdown`. The task survives NATS restarts (it
     /// resubscribes and re-reads the bucket).
-    pub async fn watch(&self, shutdown: CancellationToken) -> Result<RegistryWatcher, StoreError> {
-        let updates = self.kv.watch_all().await.map_err(read_err)?;
+    pub async fn watch(&self, shutdown: CancellationToken) -> Result<Watcher<T>, StoreError> {
+        let updates = self.kv.watch_all().await.map_err(read_err::<T>)?;
         let known = self.snapshot().await?;
         let (tx, rx) = watch::channel(Arc::new(self.build_set(&known)));
         let healthy = Arc::new(AtomicBool::new(true));
@@ -558,7 +698,7 @@ impl RegistryStore {
             healthy.clone(),
             shutdown,
         ));
-        Ok(RegistryWatcher {
+        Ok(Watcher {
             registries: rx,
             healthy,
             task,
@@ -566,7 +706,7 @@ impl RegistryStore {
     }
 
     /// Every key's last state.
-    async fn snapshot(&self) -> Result<BTreeMap<String, Current>, StoreError> {
+    async fn snapshot(&self) -> Result<BTreeMap<String, Current<T>>, StoreError> {
         let keys = self.keys().await?;
         let mut out = BTreeMap::new();
         for key in keys {
@@ -580,22 +720,23 @@ impl RegistryStore {
     /// Every key of the bucket.
     async fn keys(&self) -> Result<Vec<String>, StoreError> {
         match self.kv.keys().await {
-            Ok(k) => k.try_collect().await.map_err(read_err),
-            Err(e) => Err(read_err(e)),
+            Ok(k) => k.try_collect().await.map_err(read_err::<T>),
+            Err(e) => Err(read_err::<T>(e)),
         }
     }
 
     /// [`Self::current`], with a stored registry that cannot be read
     /// logged and kept as its revision without an entry (left out of
     /// what is in force, its revision still known).
-    async fn current_or_unreadable(&self, key: &str) -> Result<Option<Current>, StoreError> {
+    async fn current_or_unreadable(&self, key: &str) -> Result<Option<Current<T>>, StoreError> {
         match self.current(key).await {
             Err(StoreError::Corrupt {
                 key,
                 revision,
                 source,
+                ..
             }) => {
-                error!(registry_id = %key, revision, error = %source, "stored registry is unreadable; left out");
+                error!(id = %key, revision, error = %source, "stored {} is unreadable; left out", T::KIND);
                 Ok(Some(Current {
                     revision,
                     entry: None,
@@ -607,21 +748,20 @@ impl RegistryStore {
 
     /// The registries in force: every stored one that validates, by
     /// creation. One that does not is logged and left out.
-    fn build_set(&self, known: &BTreeMap<String, Current>) -> RegistrySet {
-        let mut entries: Vec<RegistryEntry> =
-            known.values().filter_map(|c| c.entry.clone()).collect();
+    fn build_set(&self, known: &BTreeMap<String, Current<T>>) -> T::Set {
+        let mut entries: Vec<Entry<T>> = known.values().filter_map(|c| c.entry.clone()).collect();
         sort_entries(&mut entries);
-        let mut registries: Vec<Registry> = Vec::with_capacity(entries.len());
+        let mut valid = Vec::with_capacity(entries.len());
         for e in entries {
             match e.config.validate(&self.policy) {
-                Ok(r) => registries.push(r),
+                Ok(r) => valid.push(r),
                 Err(err) => {
-                    error!(registry_id = %e.config.id, revision = e.revision, field = %err.field, error = %err,
-                           "stored registry is not valid under this instance's policy; it is not in force until fixed");
+                    error!(id = %e.config.id(), revision = e.revision, field = %err.field, error = %err,
+                           "stored {} is not valid under this instance's policy; it is not in force until fixed", T::KIND);
                 }
             }
         }
-        RegistrySet::new(registries)
+        T::set(valid)
     }
 }
 
@@ -636,12 +776,22 @@ pub async fn start(
     let store = RegistryStore::open(js, settings.policy.clone())
         .await?
         .with_smtp_configured(settings.config.smtp.is_some());
-    for (entry, outcome) in store
-        .apply(&settings.config.registry, ChangedBy::Config)
-        .await?
-    {
-        info!(registry_id = %entry.config.id, revision = entry.revision,
-              outcome = outcome.as_str(), "config registry applied");
+    apply_and_watch(store, &settings.config.registry, shutdown).await
+}
+
+/// Applies the config file's items to the bucket (idempotently: only what
+/// changed is written), then follows the bucket until `shutdown`: the
+/// bucket is the one place the items in force come from, so one created
+/// over the API or the CLI is in force at once, and a config file entry
+/// wins at start-up over what the bucket held under the same id.
+pub async fn apply_and_watch<T: Item>(
+    store: KvStore<T>,
+    configs: &[T],
+    shutdown: CancellationToken,
+) -> Result<(KvStore<T>, Watcher<T>), StoreError> {
+    for (entry, outcome) in store.apply(configs, ChangedBy::Config).await? {
+        info!(id = %entry.config.id(), revision = entry.revision,
+              outcome = outcome.as_str(), "config {} applied", T::KIND);
     }
     let watcher = store.watch(shutdown).await?;
     Ok((store, watcher))
@@ -691,8 +841,12 @@ pub fn log_startup_warnings(settings: &crate::config::Settings, registries: &Reg
 }
 
 /// The live registries and the task that follows the bucket.
-pub struct RegistryWatcher {
-    pub registries: RegistryWatch,
+pub type RegistryWatcher = Watcher<RegistryConfig>;
+
+/// The live items and the task that follows the bucket.
+pub struct Watcher<T: Item> {
+    /// The set in force (named for the first item kept this way).
+    pub registries: watch::Receiver<Arc<T::Set>>,
     /// False while the bucket cannot be followed (NATS unreachable): the
     /// set in force is then the last one read.
     pub healthy: Arc<AtomicBool>,
@@ -700,11 +854,11 @@ pub struct RegistryWatcher {
 }
 
 /// Keeps `tx` up to date with the bucket until `shutdown`.
-async fn follow(
-    store: RegistryStore,
+async fn follow<T: Item>(
+    store: KvStore<T>,
     mut updates: kv::Watch,
-    mut known: BTreeMap<String, Current>,
-    tx: watch::Sender<Arc<RegistrySet>>,
+    mut known: BTreeMap<String, Current<T>>,
+    tx: watch::Sender<Arc<T::Set>>,
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
@@ -718,13 +872,13 @@ async fn follow(
             Some(Ok(e)) => {
                 let stale = known.get(&e.key).is_some_and(|c| c.revision >= e.revision);
                 if !stale {
-                    match parse_current(&e) {
+                    match parse_current::<T>(&e) {
                         Ok(c) => {
-                            debug!(registry_id = %e.key, revision = e.revision, "registry changed");
+                            debug!(id = %e.key, revision = e.revision, "{} changed", T::KIND);
                             known.insert(e.key.clone(), c);
                         }
                         Err(err) => {
-                            error!(registry_id = %e.key, revision = e.revision, error = %err, "stored registry is unreadable; left out");
+                            error!(id = %e.key, revision = e.revision, error = %err, "stored {} is unreadable; left out", T::KIND);
                             known.insert(
                                 e.key.clone(),
                                 Current {
@@ -744,10 +898,10 @@ async fn follow(
                 continue;
             }
             Some(Err(e)) => {
-                warn!(error = %e, "registry watch interrupted; re-reading the bucket");
+                warn!(error = %e, "{} watch interrupted; re-reading the bucket", T::KIND);
             }
             None => {
-                warn!("registry watch ended; re-reading the bucket");
+                warn!("{} watch ended; re-reading the bucket", T::KIND);
             }
         }
         // Resubscribe, then re-read everything: nothing missed in between.
@@ -755,7 +909,7 @@ async fn follow(
         let mut backoff = WATCH_RETRY_MIN;
         loop {
             let attempt = async {
-                let u = store.kv.watch_all().await.map_err(read_err)?;
+                let u = store.kv.watch_all().await.map_err(read_err::<T>)?;
                 let k = store.snapshot().await?;
                 Ok::<_, StoreError>((u, k))
             };
@@ -770,11 +924,11 @@ async fn follow(
                     publish(&store, &known, &tx);
                     dirty = false;
                     healthy.store(true, Ordering::Relaxed);
-                    info!("registry watch resumed");
+                    info!("{} watch resumed", T::KIND);
                     break;
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot follow the registry bucket yet");
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot follow the {} bucket yet", T::KIND);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -787,56 +941,55 @@ async fn follow(
 }
 
 /// Sends the set built from `known` when it differs from the one in force.
-fn publish(
-    store: &RegistryStore,
-    known: &BTreeMap<String, Current>,
-    tx: &watch::Sender<Arc<RegistrySet>>,
+fn publish<T: Item>(
+    store: &KvStore<T>,
+    known: &BTreeMap<String, Current<T>>,
+    tx: &watch::Sender<Arc<T::Set>>,
 ) {
     let set = store.build_set(known);
     tx.send_if_modified(|current| {
-        if current.all() == set.all() {
+        if T::same_set(current, &set) {
             false
         } else {
-            info!(
-                registries = set.all().len(),
-                ids = ?set.all().iter().map(|r| r.id()).collect::<Vec<_>>(),
-                "registries in force changed"
-            );
+            let ids = T::set_ids(&set);
+            info!(count = ids.len(), ids = ?ids, "{} in force changed", T::PLURAL);
             *current = Arc::new(set);
             true
         }
     });
 }
 
-fn parse_current(e: &kv::Entry) -> Result<Current, StoreError> {
+fn parse_current<T: Item>(e: &kv::Entry) -> Result<Current<T>, StoreError> {
     match e.operation {
         kv::Operation::Delete | kv::Operation::Purge => Ok(Current {
             revision: e.revision,
             entry: None,
         }),
         kv::Operation::Put => {
-            let stored: StoredRegistry =
+            let stored: T::Stored =
                 serde_json::from_slice(&e.value).map_err(|source| StoreError::Corrupt {
+                    kind: T::KIND,
                     key: e.key.clone(),
                     revision: e.revision,
                     source,
                 })?;
+            let (config, created_at, changed_by) = T::from_stored(&stored);
             Ok(Current {
                 revision: e.revision,
-                entry: Some(RegistryEntry {
-                    config: stored.registry,
+                entry: Some(Entry {
+                    config: config.clone(),
                     revision: e.revision,
-                    created_at: stored.created_at,
+                    created_at,
                     updated_at: e.created,
-                    changed_by: stored.changed_by,
+                    changed_by,
                 }),
             })
         }
     }
 }
 
-fn sort_entries(entries: &mut [RegistryEntry]) {
-    entries.sort_by(|a, b| (a.created_at, &a.config.id).cmp(&(b.created_at, &b.config.id)));
+fn sort_entries<T: Item>(entries: &mut [Entry<T>]) {
+    entries.sort_by(|a, b| (a.created_at, a.config.id()).cmp(&(b.created_at, b.config.id())));
 }
 
 /// A registry id is a valid KV key (and subject token) when it has the
@@ -853,13 +1006,22 @@ fn valid_key(id: &str) -> bool {
 /// id twice. Errors name `registry[i].<field>`. Redaction markers must be
 /// resolved first ([`keep_stored_secrets`]).
 pub fn check_batch(configs: &[RegistryConfig], policy: &TargetPolicy) -> Result<(), FieldError> {
+    check_item_batch(configs, policy)
+}
+
+/// [`check_batch`] for any item: errors name `<kind>[i].<field>`.
+pub fn check_item_batch<T: Item>(configs: &[T], policy: &T::Policy) -> Result<(), FieldError> {
     for (i, c) in configs.iter().enumerate() {
-        let at = format!("registry[{i}]");
+        let at = format!("{}[{i}]", T::KIND);
         c.validate(policy).map_err(|e| e.within(&at))?;
-        if configs[..i].iter().any(|o| o.id == c.id) {
+        if configs[..i].iter().any(|o| o.id() == c.id()) {
             return Err(FieldError::new(
                 format!("{at}.id"),
-                format!("{:?} is used by another registry in the same file", c.id),
+                format!(
+                    "{:?} is used by another {} in the same file",
+                    c.id(),
+                    T::KIND
+                ),
             ));
         }
     }
@@ -915,6 +1077,37 @@ fn moved_error(field: String, m: &Moved) -> FieldError {
     )
 }
 
+/// Replaces a redaction marker in `slot` by `stored`, the secret at the same
+/// place in what is stored: refused naming the field when nothing is
+/// stored there, or (with `moved`) when the secret's destination moved.
+fn keep(
+    slot: &mut Secret,
+    stored: Option<&Secret>,
+    moved: Option<&Moved>,
+    field: impl FnOnce() -> String,
+) -> Result<(), FieldError> {
+    if slot.is_redacted_marker() {
+        match (stored, moved) {
+            (Some(s), None) if !s.is_redacted_marker() => *slot = s.clone(),
+            (Some(s), Some(m)) if !s.is_redacted_marker() => {
+                return Err(moved_error(field(), m));
+            }
+            _ => return Err(marker_error(field())),
+        }
+    }
+    Ok(())
+}
+
+/// [`keep`] for a secret that is never sent anywhere (it verifies or
+/// signs): a marker keeps the stored one wherever the item points.
+pub fn keep_secret(
+    slot: &mut Secret,
+    stored: Option<&Secret>,
+    field: impl FnOnce() -> String,
+) -> Result<(), FieldError> {
+    keep(slot, stored, None, field)
+}
+
 /// Replaces each redaction marker in `new` by the secret stored at the same
 /// place in `old`; a marker with nothing to keep is refused, and so is a
 /// marker for a secret whose destination moved to another origin (see the
@@ -923,23 +1116,6 @@ pub fn keep_stored_secrets(
     new: &mut RegistryConfig,
     old: Option<&RegistryConfig>,
 ) -> Result<(), FieldError> {
-    fn keep(
-        slot: &mut Secret,
-        stored: Option<&Secret>,
-        moved: Option<&Moved>,
-        field: impl FnOnce() -> String,
-    ) -> Result<(), FieldError> {
-        if slot.is_redacted_marker() {
-            match (stored, moved) {
-                (Some(s), None) if !s.is_redacted_marker() => *slot = s.clone(),
-                (Some(s), Some(m)) if !s.is_redacted_marker() => {
-                    return Err(moved_error(field(), m));
-                }
-                _ => return Err(marker_error(field())),
-            }
-        }
-        Ok(())
-    }
     fn keep_map(
         map: &mut BTreeMap<String, Secret>,
         stored: Option<&BTreeMap<String, Secret>>,

@@ -4,16 +4,19 @@
 //!
 //! Start-up reads top to bottom:
 //! 1. connect (retrying until NATS is up);
-//! 2. make sure the ORDERS and LEDGER streams and the registry bucket exist;
-//! 3. apply the config file's `[[registry]]` entries to the bucket, each
-//!    written only if it differs from what is stored (so every start-up is
-//!    idempotent; the file wins over API edits of the same registry);
-//! 4. follow the bucket: the live registry set every component reads, so a
-//!    registry created, changed, disabled or deleted (API or CLI) is picked
-//!    up without a restart;
+//! 2. make sure the ORDERS and LEDGER streams and the registry and source
+//!    buckets exist;
+//! 3. apply the config file's `[[registry]]` and `[[source]]` entries to
+//!    their buckets, each written only if it differs from what is stored
+//!    (so every start-up is idempotent; the file wins over API edits of the
+//!    same registry or source);
+//! 4. follow the buckets: the live registry set every component reads and
+//!    the live sources the ingest API serves, so a registry or source
+//!    created, changed, disabled or deleted (API or CLI) is picked up
+//!    without a restart;
 //! 5. start each component with that set and the shutdown token (the
-//!    ingest API for inbound webhooks only when sources are configured or
-//!    `ingest_listen` is set: [`crate::inbound`]);
+//!    ingest API for inbound webhooks only when sources are configured in
+//!    the file or the bucket, or `ingest_listen` is set: [`crate::inbound`]);
 //! 6. wait.
 //!
 //! Steps 2–4 are retried while NATS is unreachable. On shutdown every
@@ -41,6 +44,7 @@ use crate::aggregator::{AggregatorOptions, run_aggregator};
 use crate::config::Settings;
 use crate::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
 use crate::registry_store::{self, RegistryStore, RegistryWatcher, StoreError};
+use crate::source_store::{self, SourceStore, SourceWatcher};
 use crate::streams;
 
 /// Backoff between start-up attempts while NATS is unreachable: first, cap.
@@ -88,6 +92,8 @@ pub enum ServiceError {
     Nats(#[from] streams::NatsError),
     #[error("registries: {0}")]
     Registries(#[from] StoreError),
+    #[error("sources: {0}")]
+    Sources(#[source] StoreError),
     #[error("aggregator: {0}")]
     Aggregator(#[from] crate::aggregator::AggregatorError),
     #[error("dispatcher: {0}")]
@@ -131,6 +137,7 @@ impl ServiceError {
                 | ServiceError::Listen { .. }
                 | ServiceError::ListenIngest { .. }
                 | ServiceError::Registries(StoreError::Invalid(_))
+                | ServiceError::Sources(StoreError::Invalid(_))
         )
     }
 }
@@ -259,7 +266,10 @@ pub async fn run_with_listeners(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    // Inbound webhooks are served only where sources are configured.
+    // Inbound webhooks are served only where sources are configured: in
+    // the file (or `ingest_listen`) as checked here, or in the bucket as
+    // found once it is read (below).
+    let ingest_chosen = components.contains(&Component::Ingest);
     if !settings.config.serves_ingest() && listeners.ingest.is_none() {
         components.remove(&Component::Ingest);
     }
@@ -299,9 +309,25 @@ pub async fn run_with_listeners(
         "ledgerline starting"
     );
     let js = jetstream::new(client.clone());
-    let Some((store, watcher)) = prepare(&js, &settings, &shutdown).await? else {
+    let Some(((store, watcher), (source_store, source_watcher))) =
+        prepare(&js, &settings, &shutdown).await?
+    else {
         info!("shutdown requested during start-up; ledgerline stopped");
         return Ok(());
+    };
+    let sources = source_watcher.registries.clone();
+    // Sources created over the API or the CLI before this start-up.
+    let ingest_listener = match ingest_listener {
+        None if ingest_chosen && !sources.borrow().is_empty() => {
+            let addr = settings.config.ingest_addr().to_owned();
+            let l = TcpListener::bind(&addr)
+                .await
+                .map_err(|source| ServiceError::ListenIngest { addr, source })?;
+            components.insert(Component::Ingest);
+            health.set(Component::Ingest.name(), ComponentState::Starting);
+            Some(l)
+        }
+        other => other,
     };
     health.set_registry_watch(watcher.healthy.clone());
     let registries = watcher.registries.clone();
@@ -336,6 +362,7 @@ pub async fn run_with_listeners(
             client: client.clone(),
             store: store.clone(),
             registries: registries.clone(),
+            sources: source_store,
             token,
             subject_prefix: settings.config.subject_prefix.clone(),
             ledger: settings.ledger,
@@ -351,7 +378,6 @@ pub async fn run_with_listeners(
         health.set(Component::Admin.name(), ComponentState::Running);
     }
     if let Some(listener) = ingest_listener {
-        let sources = crate::inbound::fixed_sources(settings.sources.clone());
         let state = crate::inbound::InboundState::new(
             client.clone(),
             &settings.config.subject_prefix,
@@ -371,6 +397,7 @@ pub async fn run_with_listeners(
     // The watcher follows the same token; wait for it to let go.
     shutdown.cancel();
     let _ = watcher.task.await;
+    let _ = source_watcher.task.await;
     flush(&client).await;
     info!("ledgerline stopped");
     match first_error {
@@ -584,19 +611,28 @@ async fn join_components(
     first_error
 }
 
+/// The stores and live watches of the registries and the sources.
+type Prepared = (
+    (RegistryStore, RegistryWatcher),
+    (SourceStore, SourceWatcher),
+);
+
 /// Start-up steps 2–4, retried while NATS is unreachable. `None` when
 /// shutdown was requested meanwhile.
 async fn prepare(
     js: &jetstream::Context,
     settings: &Settings,
     shutdown: &CancellationToken,
-) -> Result<Option<(RegistryStore, RegistryWatcher)>, ServiceError> {
+) -> Result<Option<Prepared>, ServiceError> {
     let mut backoff = START_RETRY_MIN;
     loop {
         let attempt = async {
             streams::ensure_streams(js, &settings.config.subject_prefix).await?;
             let ready = registry_store::start(js, settings, shutdown.clone()).await?;
-            Ok::<_, ServiceError>(ready)
+            let sources = source_store::start(js, settings, shutdown.clone())
+                .await
+                .map_err(ServiceError::Sources)?;
+            Ok::<_, ServiceError>((ready, sources))
         };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
@@ -605,13 +641,17 @@ async fn prepare(
         match result {
             Ok(ready) => {
                 info!(
-                    registries = ready.1.registries.borrow().all().len(),
-                    "registries loaded"
+                    registries = (ready.0).1.registries.borrow().all().len(),
+                    sources = (ready.1).1.registries.borrow().len(),
+                    "registries and sources loaded"
                 );
                 return Ok(Some(ready));
             }
             Err(ServiceError::Registries(s)) if s.is_caller_error() => {
                 return Err(ServiceError::Registries(s));
+            }
+            Err(ServiceError::Sources(s)) if s.is_caller_error() => {
+                return Err(ServiceError::Sources(s));
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "start-up step failed (NATS unreachable?); retrying");

@@ -9,6 +9,9 @@
 //! | `GET /v1/registries/{id}/history` | every kept revision (the audit trail) |
 //! | `GET /v1/registries/{id}/deliveries?status=` | delivery state per order ([`orders`]) |
 //! | `POST /v1/registries/{id}/orders/{order_id}/redeliver` | retry a dead letter |
+//! | `GET/POST /v1/sources` | inbound sources (SPEC 10): list, create ([`sources`]) |
+//! | `GET/PUT/DELETE /v1/sources/{id}` | read, create or replace, delete |
+//! | `GET /v1/sources/{id}/history` | every kept revision |
 //! | `GET /v1/orders/{order_id}/ledger` | the order's ledger, postings and their delivery |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`health`]) |
 //! | `GET /metrics` | Prometheus ([`metrics`]) |
@@ -16,8 +19,8 @@
 //! Every `/v1` route needs `Authorization: Bearer <admin_token>` ([`auth`]);
 //! the probes and metrics do not. Every error is JSON naming the field at
 //! fault ([`ApiError`]). Bodies are limited to [`BODY_MAX_BYTES`], requests
-//! to [`REQUEST_TIMEOUT`]. Secrets are never in a response: registries are
-//! serialised with `***` in place of every secret.
+//! to [`REQUEST_TIMEOUT`]. Secrets are never in a response: registries and
+//! sources are serialised with `***` in place of every secret.
 
 pub mod auth;
 mod error;
@@ -25,6 +28,7 @@ pub mod health;
 pub mod metrics;
 mod orders;
 pub mod registries;
+mod sources;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,9 +45,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ledger::LedgerOptions;
+use crate::registry::RegistryConfig;
 use crate::registry_store::RegistryStore;
 use crate::registry_store::RegistryWatch;
 use crate::secret::Secret;
+use crate::source::SourceConfig;
+use crate::source_store::SourceStore;
 
 pub use error::ApiError;
 pub use health::{ComponentState, Health};
@@ -67,6 +74,7 @@ struct Inner {
     js: jetstream::Context,
     store: RegistryStore,
     registries: RegistryWatch,
+    sources: SourceStore,
     token: Secret,
     subject_prefix: String,
     ledger: LedgerOptions,
@@ -79,6 +87,8 @@ pub struct AdminConfig {
     pub client: async_nats::Client,
     pub store: RegistryStore,
     pub registries: RegistryWatch,
+    /// The inbound sources' bucket (`/v1/sources`).
+    pub sources: SourceStore,
     /// The bearer token (`admin_token`).
     pub token: Secret,
     pub subject_prefix: String,
@@ -94,6 +104,7 @@ impl AdminState {
                 client: c.client,
                 store: c.store,
                 registries: c.registries,
+                sources: c.sources,
                 token: c.token,
                 subject_prefix: c.subject_prefix,
                 ledger: c.ledger,
@@ -111,6 +122,9 @@ impl AdminState {
     }
     pub(crate) fn store(&self) -> &RegistryStore {
         &self.inner.store
+    }
+    pub(crate) fn sources(&self) -> &SourceStore {
+        &self.inner.sources
     }
     pub(crate) fn registries(&self) -> &RegistryWatch {
         &self.inner.registries
@@ -135,19 +149,36 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
     vec![
         (
             "/v1/registries",
-            get(registries::list).post(registries::create),
+            get(registries::list::<RegistryConfig>).post(registries::create::<RegistryConfig>),
         ),
         (
             "/v1/registries/{id}",
-            get(registries::show)
-                .put(registries::replace)
-                .delete(registries::delete),
+            get(registries::show::<RegistryConfig>)
+                .put(registries::replace::<RegistryConfig>)
+                .delete(registries::delete::<RegistryConfig>),
         ),
-        ("/v1/registries/{id}/history", get(registries::history)),
+        (
+            "/v1/registries/{id}/history",
+            get(registries::history::<RegistryConfig>),
+        ),
         ("/v1/registries/{id}/deliveries", get(orders::deliveries)),
         (
             "/v1/registries/{id}/orders/{order_id}/redeliver",
             post(orders::redeliver),
+        ),
+        (
+            "/v1/sources",
+            get(registries::list::<SourceConfig>).post(registries::create::<SourceConfig>),
+        ),
+        (
+            "/v1/sources/{id}",
+            get(registries::show::<SourceConfig>)
+                .put(registries::replace::<SourceConfig>)
+                .delete(registries::delete::<SourceConfig>),
+        ),
+        (
+            "/v1/sources/{id}/history",
+            get(registries::history::<SourceConfig>),
         ),
         ("/v1/orders/{order_id}/ledger", get(orders::ledger)),
         ("/healthz", get(health::healthz)),

@@ -12,6 +12,10 @@
 //!   the URL it is sent to changed (then it must be sent again; see
 //!   [`crate::registry_store`]);
 //! - the body may be the registry itself or wrapped as `{"registry": …}`.
+//!
+//! The handlers are generic over what they manage ([`Managed`]): the same
+//! serve `/v1/sources` ([`super::sources`]), a source in place of a
+//! registry (`{"source": …}`, `"sources"`, `source_id`).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -24,7 +28,22 @@ use serde_json::{Map, Value, json};
 use super::AdminState;
 use super::error::ApiError;
 use crate::registry::RegistryConfig;
-use crate::registry_store::{ChangedBy, HistoryEntry, PutOutcome, RegistryEntry, RegistryStore};
+use crate::registry_store::{ChangedBy, Entry, HistoryEntry, Item, KvStore, PutOutcome};
+
+/// An item the admin API manages in its bucket, under `/v1/<plural>`.
+pub(super) trait Managed: Item {
+    /// This item's store.
+    fn store(st: &AdminState) -> &KvStore<Self>;
+    /// The `message` of a deletion: what stays.
+    const DELETED: &'static str;
+}
+
+impl Managed for RegistryConfig {
+    fn store(st: &AdminState) -> &KvStore<Self> {
+        st.store()
+    }
+    const DELETED: &'static str = "registry deleted: no new postings; its postings stay in LEDGER and its history in the registry bucket";
+}
 
 /// Fields a client may send back from a read, ignored on write.
 const READ_ONLY: [&str; 5] = [
@@ -43,7 +62,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 /// A registry as the API shows it: secrets as `***`, with its metadata,
 /// `invalid` when it fails validation and `warnings` when something it asks
 /// for will not happen (e.g. `notify_emails` without `[smtp]`).
-pub(super) fn view(e: &RegistryEntry, store: &RegistryStore) -> Value {
+pub(super) fn view<T: Item>(e: &Entry<T>, store: &KvStore<T>) -> Value {
     let policy = store.policy();
     // Outside `reveal_secrets`, every secret serialises as "***".
     let mut v = serde_json::to_value(&e.config).unwrap_or_else(|_| json!({}));
@@ -67,11 +86,11 @@ pub(super) fn view(e: &RegistryEntry, store: &RegistryStore) -> Value {
 }
 
 /// The registry and optional expected revision of a write body.
-fn parse_body(
+fn parse_body<T: Item>(
     body: Result<Bytes, BytesRejection>,
     headers: &HeaderMap,
     path_id: Option<&str>,
-) -> Result<(RegistryConfig, Option<u64>), ApiError> {
+) -> Result<(T, Option<u64>), ApiError> {
     let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     if let Some(ct) = headers.get(header::CONTENT_TYPE)
         && !ct
@@ -80,18 +99,22 @@ fn parse_body(
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the registry as JSON (Content-Type: application/json)",
+            format!(
+                "send the {} as JSON (Content-Type: application/json)",
+                T::KIND
+            ),
         )
         .with_field("Content-Type"));
     }
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
-        return Err(ApiError::bad_request(
-            "the body must be a JSON object: a registry, or {\"registry\": {…}}",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "the body must be a JSON object: a {kind}, or {{\"{kind}\": {{…}}}}",
+            kind = T::KIND
+        )));
     };
-    obj = registry_object(obj);
+    obj = item_object(obj, T::KIND);
     let revision = match obj.remove("revision") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
@@ -119,9 +142,9 @@ fn parse_body(
     Ok((config, revision))
 }
 
-/// Deserialises a registry, naming the field of any mismatch.
-fn deserialize(obj: Map<String, Value>) -> Result<RegistryConfig, ApiError> {
-    serde_path_to_error::deserialize::<_, RegistryConfig>(Value::Object(obj)).map_err(|e| {
+/// Deserialises an item, naming the field of any mismatch.
+fn deserialize<T: Item>(obj: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize::<_, T>(Value::Object(obj)).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         // The path of an unknown field ends with it; a missing field is
@@ -140,29 +163,49 @@ fn deserialize(obj: Map<String, Value>) -> Result<RegistryConfig, ApiError> {
 }
 
 /// `GET /v1/registries`.
-pub(super) async fn list(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let entries = st.store().list().await?;
-    Ok(Json(json!({
-        "registries": entries.iter().map(|e| view(e, st.store())).collect::<Vec<_>>()
-    })))
+pub(super) async fn list<T: Managed>(
+    State(st): State<AdminState>,
+) -> Result<Json<Value>, ApiError> {
+    let store = T::store(&st);
+    let entries = store.list().await?;
+    let mut out = Map::new();
+    out.insert(
+        T::PLURAL.to_owned(),
+        entries.iter().map(|e| view(e, store)).collect(),
+    );
+    Ok(Json(Value::Object(out)))
+}
+
+/// `{"<kind>": value}` and more fields, in this order.
+fn one(key: &str, value: Value, rest: Value) -> Value {
+    let mut out = Map::new();
+    out.insert(key.to_owned(), value);
+    if let Value::Object(rest) = rest {
+        out.extend(rest);
+    }
+    Value::Object(out)
 }
 
 /// `POST /v1/registries`.
-pub(super) async fn create(
+pub(super) async fn create<T: Managed>(
     State(st): State<AdminState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (config, _) = parse_body(body, &headers, None)?;
-    let entry = st.store().create(config, ChangedBy::Api).await?;
-    let location = format!("/v1/registries/{}", entry.config.id);
+    let store = T::store(&st);
+    let (config, _) = parse_body::<T>(body, &headers, None)?;
+    let entry = store.create(config, ChangedBy::Api).await?;
+    let location = format!("/v1/{}/{}", T::PLURAL, entry.config.id());
     let mut resp = (
         StatusCode::CREATED,
-        Json(json!({
-            "registry": view(&entry, st.store()),
-            "result": PutOutcome::Created,
-            "message": "registry created",
-        })),
+        Json(one(
+            T::KIND,
+            view(&entry, store),
+            json!({
+                "result": PutOutcome::Created,
+                "message": format!("{} created", T::KIND),
+            }),
+        )),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -172,91 +215,120 @@ pub(super) async fn create(
 }
 
 /// `GET /v1/registries/{id}`.
-pub(super) async fn show(
+pub(super) async fn show<T: Managed>(
     State(st): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match st.store().get(&id).await? {
-        Some(e) => Ok(Json(json!({ "registry": view(&e, st.store()) }))),
+    let store = T::store(&st);
+    match store.get(&id).await? {
+        Some(e) => Ok(Json(one(T::KIND, view(&e, store), Value::Null))),
         None => Err(ApiError::not_found(format!(
-            "registry {id:?} does not exist"
+            "{} {id:?} does not exist",
+            T::KIND
         ))),
     }
 }
 
 /// `PUT /v1/registries/{id}`: create or replace.
-pub(super) async fn replace(
+pub(super) async fn replace<T: Managed>(
     State(st): State<AdminState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (config, revision) = parse_body(body, &headers, Some(&id))?;
-    let (entry, outcome) = st.store().put(config, revision, ChangedBy::Api).await?;
+    let store = T::store(&st);
+    let (config, revision) = parse_body::<T>(body, &headers, Some(&id))?;
+    let (entry, outcome) = store.put(config, revision, ChangedBy::Api).await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Updated | PutOutcome::Unchanged => StatusCode::OK,
     };
     Ok((
         status,
-        Json(json!({
-            "registry": view(&entry, st.store()),
-            "result": outcome,
-            "message": format!("registry {}", outcome.as_str()),
-        })),
+        Json(one(
+            T::KIND,
+            view(&entry, store),
+            json!({
+                "result": outcome,
+                "message": format!("{} {}", T::KIND, outcome.as_str()),
+            }),
+        )),
     )
         .into_response())
 }
 
 /// `DELETE /v1/registries/{id}`: no new postings from now on; what was
 /// posted stays in LEDGER (exportable), and the registry's history stays.
-pub(super) async fn delete(
+pub(super) async fn delete<T: Managed>(
     State(st): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = st.store().delete(&id, None).await?;
-    Ok(Json(json!({
-        "registry": view(&entry, st.store()),
-        "result": "deleted",
-        "message": "registry deleted: no new postings; its postings stay in LEDGER and its history in the registry bucket",
-    })))
+    let store = T::store(&st);
+    let entry = store.delete(&id, None).await?;
+    Ok(Json(one(
+        T::KIND,
+        view(&entry, store),
+        json!({
+            "result": "deleted",
+            "message": T::DELETED,
+        }),
+    )))
 }
 
-fn history_view(h: &HistoryEntry) -> Value {
-    json!({
+fn history_view<T: Item>(h: &HistoryEntry<T>) -> Value {
+    let stored = h.stored.as_ref().map(T::from_stored);
+    let mut v = json!({
         "revision": h.revision,
         "at": rfc3339(h.at),
         "operation": h.operation,
-        "changed_by": h.stored.as_ref().map(|s| s.changed_by.as_str()),
+        "changed_by": stored.map(|s| s.2.as_str()),
+    });
+    if let Value::Object(m) = &mut v {
         // Outside `reveal_secrets`: secrets as "***".
-        "registry": h.stored.as_ref().map(|s| serde_json::to_value(&s.registry).unwrap_or(Value::Null)),
-    })
+        m.insert(
+            T::KIND.to_owned(),
+            stored.map_or(Value::Null, |s| {
+                serde_json::to_value(s.0).unwrap_or(Value::Null)
+            }),
+        );
+    }
+    v
 }
 
 /// `GET /v1/registries/{id}/history`: every kept revision, oldest first.
-pub(super) async fn history(
+pub(super) async fn history<T: Managed>(
     State(st): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = st.store().history(&id).await?;
+    let h = T::store(&st).history(&id).await?;
     if h.is_empty() {
         return Err(ApiError::not_found(format!(
-            "registry {id:?} has no history: it never existed"
+            "{} {id:?} has no history: it never existed",
+            T::KIND
         )));
     }
-    Ok(Json(json!({
-        "registry_id": id,
-        "history": h.iter().map(history_view).collect::<Vec<_>>(),
-    })))
+    Ok(Json(one(
+        &format!("{}_id", T::KIND),
+        Value::String(id),
+        json!({ "history": h.iter().map(history_view).collect::<Vec<_>>() }),
+    )))
 }
 
 /// A registry body as the admin API reads it: the object itself or
 /// `{"registry": {…}}`, with the read-only fields (timestamps, who changed
 /// it, `invalid`) dropped.
-pub fn registry_object(mut obj: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+pub fn registry_object(obj: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    item_object(obj, "registry")
+}
+
+/// [`registry_object`] for any item: `{"<kind>": {…}}` or the item itself.
+pub fn item_object(
+    mut obj: serde_json::Map<String, Value>,
+    kind: &str,
+) -> serde_json::Map<String, Value> {
     if obj.len() == 1
-        && let Some(Value::Object(_)) = obj.get("registry")
-        && let Some(Value::Object(inner)) = obj.remove("registry")
+        && let Some(Value::Object(_)) = obj.get(kind)
+        && let Some(Value::Object(inner)) = obj.remove(kind)
     {
         obj = inner;
     }

@@ -63,6 +63,8 @@ pub enum Command {
         admin_listen: Option<String>,
         /// Address of the inbound webhooks (docs/inbound.md), overriding the
         /// file and LEDGERLINE_INGEST_LISTEN; served even without a [[source]].
+        // `[[source]]` is TOML in the --help text, not a doc link.
+        #[allow(rustdoc::broken_intra_doc_links)]
         #[arg(long)]
         ingest_listen: Option<String>,
     },
@@ -71,6 +73,12 @@ pub enum Command {
     Registry {
         #[command(subcommand)]
         command: RegistryCommand,
+    },
+    /// Inbound sources (docs/inbound.md) in the source bucket: apply a file,
+    /// list, show, delete. Changes reach a running service at once.
+    Source {
+        #[command(subcommand)]
+        command: SourceCommand,
     },
     /// Publish an NDJSON events file (or - for stdin) to ORDERS.
     Publish {
@@ -191,6 +199,104 @@ impl RegistryCommand {
             | RegistryCommand::List { nats, .. }
             | RegistryCommand::Show { nats, .. }
             | RegistryCommand::Delete { nats, .. } => nats,
+        }
+    }
+
+    /// Where NATS is, and what to do.
+    pub fn into_op(self) -> (NatsArgs, ItemOp) {
+        match self {
+            RegistryCommand::Apply { file, nats } => (nats, ItemOp::Apply { file }),
+            RegistryCommand::List { json, nats } => (nats, ItemOp::List { json }),
+            RegistryCommand::Show { id, format, nats } => (nats, ItemOp::Show { id, format }),
+            RegistryCommand::Delete { id, nats } => (nats, ItemOp::Delete { id }),
+        }
+    }
+}
+
+/// What `registry` and `source` do, whichever the items.
+pub enum ItemOp {
+    Apply {
+        file: PathBuf,
+    },
+    List {
+        json: bool,
+    },
+    Show {
+        id: String,
+        format: super::registry::ShowFormat,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SourceCommand {
+    /// Create or update the sources of a file: TOML `[[source]]` entries (a
+    /// whole config file works) or JSON. All are validated before any is
+    /// written; unchanged ones are not rewritten. `"***"` for a secret keeps
+    /// the stored one.
+    Apply {
+        /// The source file, or - for stdin.
+        #[arg(value_name = "FILE", required_unless_present = "file_flag")]
+        file: Option<PathBuf>,
+        /// The same, as `registry apply -f` takes it.
+        #[arg(
+            short = 'f',
+            long = "file",
+            id = "file_flag",
+            value_name = "FILE",
+            conflicts_with = "file"
+        )]
+        file_flag: Option<PathBuf>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// A table of the sources: id, kind, auth, currency, revision, updated.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// One source, secrets shown as "***".
+    Show {
+        /// The source id.
+        id: String,
+        /// JSON (with revision and times) or a TOML entry to edit and apply.
+        #[arg(long, value_enum, default_value = "json")]
+        format: super::registry::ShowFormat,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Delete a source: its route answers 404 from now on; what it sent
+    /// stays in ORDERS and its history in the bucket.
+    Delete {
+        /// The source id.
+        id: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+impl SourceCommand {
+    /// Where NATS is, and what to do.
+    pub fn into_op(self) -> (NatsArgs, ItemOp) {
+        match self {
+            SourceCommand::Apply {
+                file,
+                file_flag,
+                nats,
+            } => {
+                // clap requires one of the two; an empty path would be
+                // refused as unreadable, naming it.
+                let file = file.or(file_flag).unwrap_or_default();
+                (nats, ItemOp::Apply { file })
+            }
+            SourceCommand::List { json, nats } => (nats, ItemOp::List { json }),
+            SourceCommand::Show { id, format, nats } => (nats, ItemOp::Show { id, format }),
+            SourceCommand::Delete { id, nats } => (nats, ItemOp::Delete { id }),
         }
     }
 }

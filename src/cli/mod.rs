@@ -18,6 +18,7 @@ pub mod publish;
 pub mod receiver;
 pub mod registry;
 pub mod run;
+pub mod source;
 pub mod verify;
 
 use std::fmt::Display;
@@ -126,6 +127,10 @@ pub fn execute(command: Command) -> Result<Exit, CliError> {
         Command::Registry { command } => {
             init_logging("warn");
             registry::registry(command)
+        }
+        Command::Source { command } => {
+            init_logging("warn");
+            source::source(command)
         }
         Command::Publish { file, nats, strict } => {
             init_logging("warn");

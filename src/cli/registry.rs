@@ -6,27 +6,83 @@
 //! config file works: only its registries are applied) or JSON: one
 //! registry, an array of them, or `{"registry": [...]}`. Nothing printed
 //! here ever shows a secret: registries serialise with `***`.
+//!
+//! The commands are generic over what they manage ([`CliItem`]): the same
+//! serve `ledgerline source …` ([`super::source`]), a `[[source]]` in place
+//! of a `[[registry]]`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::args::RegistryCommand;
+use super::args::{ItemOp, RegistryCommand};
 use super::{CliError, Exit, report_failure, report_usage, settings_or_report, with_nats};
-use crate::config::{CONFIG_MAX_BYTES, Config};
+use crate::config::{CONFIG_MAX_BYTES, Config, Settings};
 use crate::registry::{FieldError, RegistryConfig};
-use crate::registry_store::{ChangedBy, RegistryEntry, RegistryStore, StoreError};
+use crate::registry_store::{ChangedBy, Entry, Item, KvStore, RegistryEntry, StoreError};
+
+/// An item the CLI manages in its bucket.
+pub trait CliItem: Item {
+    /// What its bucket validates against on this instance.
+    fn policy(settings: &Settings) -> Self::Policy;
+    /// Its entries in a config file (`[[registry]]`, `[[source]]`).
+    fn of_config(config: Config) -> Vec<Self>;
+    /// The `list` columns before REVISION and UPDATED.
+    const COLUMNS: &'static [&'static str];
+    /// The cells of those columns.
+    fn cells(&self) -> Vec<String>;
+    /// What `delete` says stays, after the revision.
+    const DELETED: &'static str;
+    /// The item as a one-entry TOML file (secrets as `***`).
+    fn toml_entry(&self) -> Result<String, toml::ser::Error>;
+}
+
+impl CliItem for RegistryConfig {
+    fn policy(settings: &Settings) -> Self::Policy {
+        settings.policy.clone()
+    }
+    fn of_config(config: Config) -> Vec<Self> {
+        config.registry
+    }
+    const COLUMNS: &'static [&'static str] = &["ID", "NAME", "URL", "ENABLED"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.url.clone(),
+            self.enabled.to_string(),
+        ]
+    }
+    const DELETED: &'static str = "its postings stay in LEDGER";
+    fn toml_entry(&self) -> Result<String, toml::ser::Error> {
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            registry: [&'a RegistryConfig; 1],
+        }
+        toml::to_string_pretty(&File { registry: [self] })
+    }
+}
 
 /// `ledgerline registry …`: exit 0 done, 1 NATS trouble or no such
 /// registry, 2 an invalid file or registry (the message names the field).
 pub fn registry(command: RegistryCommand) -> Result<Exit, CliError> {
-    let Some(settings) = settings_or_report(command.nats().settings()) else {
+    let (nats, op) = command.into_op();
+    run_op::<RegistryConfig>(&nats, op)
+}
+
+/// One command on the items of type `T`: exit 0 done, 1 NATS trouble or
+/// no such item, 2 an invalid file or item (the message names the field).
+pub(super) fn run_op<T: CliItem>(
+    nats: &super::args::NatsArgs,
+    op: ItemOp,
+) -> Result<Exit, CliError> {
+    let Some(settings) = settings_or_report(nats.settings()) else {
         return Ok(Exit::Usage);
     };
     // Read the file before connecting: a bad file is exit 2 either way.
-    let configs = match &command {
-        RegistryCommand::Apply { file, .. } => match read_registry_file(file) {
+    let configs = match &op {
+        ItemOp::Apply { file } => match read_item_file::<T>(file) {
             Ok(f) => f,
             Err(e) => return Ok(report_usage(e)),
         },
@@ -34,15 +90,15 @@ pub fn registry(command: RegistryCommand) -> Result<Exit, CliError> {
     };
     with_nats(&settings.config, async |client| {
         let js = async_nats::jetstream::new(client.clone());
-        let store = RegistryStore::open(&js, settings.policy.clone())
+        let store = KvStore::<T>::open(&js, T::policy(&settings))
             .await?
             .with_smtp_configured(settings.config.smtp.is_some());
         let mut out = std::io::stdout().lock();
-        let exit = match command {
-            RegistryCommand::Apply { .. } => apply(&store, &configs, &mut out).await?,
-            RegistryCommand::List { json, .. } => list(&store, json, &mut out).await?,
-            RegistryCommand::Show { id, format, .. } => show(&store, &id, format, &mut out).await?,
-            RegistryCommand::Delete { id, .. } => delete(&store, &id, &mut out).await?,
+        let exit = match op {
+            ItemOp::Apply { .. } => apply(&store, &configs, &mut out).await?,
+            ItemOp::List { json } => list(&store, json, &mut out).await?,
+            ItemOp::Show { id, format } => show(&store, &id, format, &mut out).await?,
+            ItemOp::Delete { id } => delete(&store, &id, &mut out).await?,
         };
         out.flush()?;
         client
@@ -54,9 +110,9 @@ pub fn registry(command: RegistryCommand) -> Result<Exit, CliError> {
 }
 
 /// `registry apply`: one line per registry with what was done to it.
-async fn apply(
-    store: &RegistryStore,
-    configs: &[RegistryConfig],
+async fn apply<T: CliItem>(
+    store: &KvStore<T>,
+    configs: &[T],
     out: &mut impl Write,
 ) -> Result<Exit, CliError> {
     match store.apply(configs, ChangedBy::Cli).await {
@@ -66,7 +122,7 @@ async fn apply(
                     out,
                     "{} {} (revision {})",
                     outcome.as_str(),
-                    e.config.id,
+                    e.config.id(),
                     e.revision
                 )?;
             }
@@ -79,28 +135,33 @@ async fn apply(
 }
 
 /// `registry list`: a table, or one JSON object per line.
-async fn list(store: &RegistryStore, json: bool, out: &mut impl Write) -> Result<Exit, CliError> {
+async fn list<T: CliItem>(
+    store: &KvStore<T>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<Exit, CliError> {
     let entries = store.list().await?;
     if json {
         for e in &entries {
             writeln!(out, "{}", render_json_line(e))?;
         }
     } else {
-        write!(out, "{}", render_table(&entries))?;
+        write!(out, "{}", render_item_table(&entries))?;
     }
     Ok(Exit::Success)
 }
 
 /// `registry show`: the registry on stdout, its warnings on stderr.
-async fn show(
-    store: &RegistryStore,
+async fn show<T: CliItem>(
+    store: &KvStore<T>,
     id: &str,
     format: ShowFormat,
     out: &mut impl Write,
 ) -> Result<Exit, CliError> {
     let Some(e) = store.get(id).await? else {
         return Ok(report_failure(format_args!(
-            "registry {id:?} does not exist"
+            "{} {id:?} does not exist",
+            T::KIND
         )));
     };
     match render_show(&e, format) {
@@ -108,7 +169,7 @@ async fn show(
             write!(out, "{text}")?;
             // On stderr: stdout stays valid JSON or TOML.
             for w in store.warnings(&e.config) {
-                eprintln!("ledgerline: warning: registry {id}: {w}");
+                eprintln!("ledgerline: warning: {} {id}: {w}", T::KIND);
             }
             Ok(Exit::Success)
         }
@@ -117,13 +178,19 @@ async fn show(
 }
 
 /// `registry delete`: its postings stay in LEDGER.
-async fn delete(store: &RegistryStore, id: &str, out: &mut impl Write) -> Result<Exit, CliError> {
+async fn delete<T: CliItem>(
+    store: &KvStore<T>,
+    id: &str,
+    out: &mut impl Write,
+) -> Result<Exit, CliError> {
     match store.delete(id, None).await {
         Ok(e) => {
             writeln!(
                 out,
-                "deleted {} (was revision {}); its postings stay in LEDGER",
-                e.config.id, e.revision
+                "deleted {} (was revision {}); {}",
+                e.config.id(),
+                e.revision,
+                T::DELETED
             )?;
             Ok(Exit::Success)
         }
@@ -156,18 +223,33 @@ pub enum RegistryFileError {
 /// Reads the registries of a TOML or JSON file (not yet validated against
 /// a policy: see [`crate::registry_store::check_batch`]).
 pub fn read_registry_file(path: &Path) -> Result<Vec<RegistryConfig>, RegistryFileError> {
+    read_item_file(path)
+}
+
+/// [`read_registry_file`] for any item; `-` reads stdin.
+pub(super) fn read_item_file<T: CliItem>(path: &Path) -> Result<Vec<T>, RegistryFileError> {
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| RegistryFileError::Io {
+    let io = |source| RegistryFileError::Io {
         path: shown.clone(),
         source,
-    })?;
-    if meta.len() > CONFIG_MAX_BYTES {
+    };
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .take(CONFIG_MAX_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        text
+    } else {
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.len() > CONFIG_MAX_BYTES {
+            return Err(RegistryFileError::TooLarge { path: shown });
+        }
+        std::fs::read_to_string(path).map_err(io)?
+    };
+    if text.len() as u64 > CONFIG_MAX_BYTES {
         return Err(RegistryFileError::TooLarge { path: shown });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| RegistryFileError::Io {
-        path: shown.clone(),
-        source,
-    })?;
     let start = text.trim_start();
     let is_json = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => true,
@@ -179,7 +261,7 @@ pub fn read_registry_file(path: &Path) -> Result<Vec<RegistryConfig>, RegistryFi
         }
     };
     if is_json {
-        parse_json(&text, &shown)
+        parse_json::<T>(&text, &shown)
     } else {
         // Environment overrides do not apply to a file of registries.
         let config =
@@ -189,17 +271,19 @@ pub fn read_registry_file(path: &Path) -> Result<Vec<RegistryConfig>, RegistryFi
                     message: e.to_string(),
                 }
             })?;
-        if config.registry.is_empty() {
+        let items = T::of_config(config);
+        if items.is_empty() {
             return Err(RegistryFileError::Parse {
                 path: shown,
-                message: "no [[registry]] entries".to_owned(),
+                message: format!("no [[{}]] entries", T::KIND),
             });
         }
-        Ok(config.registry)
+        Ok(items)
     }
 }
 
-fn parse_json(text: &str, shown: &str) -> Result<Vec<RegistryConfig>, RegistryFileError> {
+fn parse_json<T: CliItem>(text: &str, shown: &str) -> Result<Vec<T>, RegistryFileError> {
+    let kind = T::KIND;
     let parse_err = |message: String| RegistryFileError::Parse {
         path: shown.to_owned(),
         message,
@@ -208,33 +292,31 @@ fn parse_json(text: &str, shown: &str) -> Result<Vec<RegistryConfig>, RegistryFi
         serde_json::from_str(text).map_err(|e| parse_err(format!("not valid JSON: {e}")))?;
     let list = match value {
         Value::Array(a) => a,
-        Value::Object(mut o) if o.len() == 1 && o.contains_key("registry") => {
-            match o.remove("registry") {
-                Some(Value::Array(a)) => a,
-                Some(one @ Value::Object(_)) => vec![one],
-                _ => {
-                    return Err(parse_err(
-                        "\"registry\" must be an array or an object".into(),
-                    ));
-                }
+        Value::Object(mut o) if o.len() == 1 && o.contains_key(kind) => match o.remove(kind) {
+            Some(Value::Array(a)) => a,
+            Some(one @ Value::Object(_)) => vec![one],
+            _ => {
+                return Err(parse_err(format!(
+                    "\"{kind}\" must be an array or an object"
+                )));
             }
-        }
+        },
         one @ Value::Object(_) => vec![one],
         _ => {
-            return Err(parse_err(
-                "expected a registry, an array of them, or {\"registry\": [...]}".into(),
-            ));
+            return Err(parse_err(format!(
+                "expected a {kind}, an array of them, or {{\"{kind}\": [...]}}"
+            )));
         }
     };
     list.into_iter()
         .enumerate()
         .map(|(i, v)| {
-            serde_path_to_error::deserialize::<_, RegistryConfig>(v).map_err(|e| {
+            serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
                 let path = e.path().to_string();
                 let at = if path == "." {
-                    format!("registry[{i}]")
+                    format!("{kind}[{i}]")
                 } else {
-                    format!("registry[{i}].{path}")
+                    format!("{kind}[{i}].{path}")
                 };
                 RegistryFileError::Field {
                     path: shown.to_owned(),
@@ -252,21 +334,26 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 
 /// `registry list`: a table of id, name, url, enabled, revision, updated.
 pub fn render_table(entries: &[RegistryEntry]) -> String {
-    let rows: Vec<[String; 6]> = entries
+    render_item_table(entries)
+}
+
+/// [`render_table`] for any item: its columns, then revision and updated.
+pub(super) fn render_item_table<T: CliItem>(entries: &[Entry<T>]) -> String {
+    let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            [
-                e.config.id.clone(),
-                e.config.name.clone(),
-                e.config.url.clone(),
-                e.config.enabled.to_string(),
-                e.revision.to_string(),
-                rfc3339(e.updated_at),
-            ]
+            let mut r = e.config.cells();
+            r.push(e.revision.to_string());
+            r.push(rfc3339(e.updated_at));
+            r
         })
         .collect();
-    let header = ["ID", "NAME", "URL", "ENABLED", "REVISION", "UPDATED"];
-    let mut widths = header.map(str::len);
+    let header: Vec<String> = T::COLUMNS
+        .iter()
+        .chain(&["REVISION", "UPDATED"])
+        .map(|h| (*h).to_owned())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -274,7 +361,7 @@ pub fn render_table(entries: &[RegistryEntry]) -> String {
     }
     let line = |cells: &[String]| {
         let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (c, &w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
@@ -283,7 +370,7 @@ pub fn render_table(entries: &[RegistryEntry]) -> String {
         }
         s.trim_end().to_owned()
     };
-    let mut out = line(&header.map(str::to_owned));
+    let mut out = line(&header);
     out.push('\n');
     for r in &rows {
         out.push_str(&line(r));
@@ -294,11 +381,11 @@ pub fn render_table(entries: &[RegistryEntry]) -> String {
 
 /// One JSON line per registry (`registry list --json`): the registry,
 /// secrets as `***`, with its revision and times.
-pub fn render_json_line(e: &RegistryEntry) -> String {
+pub fn render_json_line<T: Item>(e: &Entry<T>) -> String {
     serde_json::to_string(&with_meta(e)).unwrap_or_default()
 }
 
-fn with_meta(e: &RegistryEntry) -> Value {
+fn with_meta<T: Item>(e: &Entry<T>) -> Value {
     let mut v = serde_json::to_value(&e.config).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.insert("revision".into(), e.revision.into());
@@ -319,25 +406,22 @@ pub enum ShowFormat {
 /// `registry show`: the registry (secrets as `***`), as pretty JSON with
 /// its metadata, or as a TOML `[[registry]]` entry ready to edit and apply
 /// (the `***` markers keep the stored secrets).
-pub fn render_show(e: &RegistryEntry, format: ShowFormat) -> Result<String, String> {
+pub fn render_show<T: CliItem>(e: &Entry<T>, format: ShowFormat) -> Result<String, String> {
     match format {
         ShowFormat::Json => serde_json::to_string_pretty(&with_meta(e))
             .map(|s| s + "\n")
             .map_err(|err| err.to_string()),
         ShowFormat::Toml => {
-            #[derive(serde::Serialize)]
-            struct File<'a> {
-                registry: [&'a RegistryConfig; 1],
-            }
-            let body = toml::to_string_pretty(&File {
-                registry: [&e.config],
-            })
-            .map_err(|err| {
-                format!("cannot show this registry as TOML ({err}); use --format json")
+            let body = e.config.toml_entry().map_err(|err| {
+                format!(
+                    "cannot show this {} as TOML ({err}); use --format json",
+                    T::KIND
+                )
             })?;
             Ok(format!(
-                "# registry {} revision {}, updated {} by {}\n{body}",
-                e.config.id,
+                "# {} {} revision {}, updated {} by {}\n{body}",
+                T::KIND,
+                e.config.id(),
                 e.revision,
                 rfc3339(e.updated_at),
                 e.changed_by.as_str()

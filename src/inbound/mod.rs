@@ -56,16 +56,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// made-up ids cannot create series.
 pub const UNKNOWN_SOURCE: &str = "unknown";
 
-/// The sources in force, by id (the config's, later the bucket's).
+/// The sources in force, by id: the source bucket's, config file's
+/// included ([`crate::source_store`]), followed live by `ledgerline run`.
 pub type SourceWatch = watch::Receiver<Arc<Vec<Source>>>;
-
-/// A fixed set of sources (the config file's, or a test's).
-pub fn fixed_sources(sources: Vec<Source>) -> SourceWatch {
-    let (tx, rx) = watch::channel(Arc::new(sources));
-    // The receiver keeps the last value after the sender is gone.
-    drop(tx);
-    rx
-}
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -252,7 +245,7 @@ async fn handle(
         return (Outcome::RateLimited, resp);
     }
     if let Err(r) = auth::check(source, headers, body, |t| {
-        st.inner.tokens.valid(source.id(), t)
+        st.inner.tokens.valid(&tokens::token_key(source), t)
     }) {
         warn!(field = %r.field, "inbound request refused: {}", r.message);
         return (

@@ -15,6 +15,11 @@
 //! credentials out of a store that every instance and operator can read.
 //! Bounded: at most [`TOKENS_PER_SOURCE_MAX`] live tokens per source (the
 //! oldest goes first).
+//!
+//! A token is bound to the credentials it was issued for ([`token_key`]):
+//! once a source's `client_id` or `client_secret` changes (the admin API or
+//! the CLI, served at once), or the source is deleted and made again, the
+//! tokens minted under the old ones are refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -30,7 +35,7 @@ use sha2::{Digest, Sha256};
 use super::{InboundState, Outcome, count};
 use crate::admin::ApiError;
 use crate::admin::auth::token_matches;
-use crate::source::SourceAuth;
+use crate::source::{Source, SourceAuth};
 
 /// Live tokens kept per source: a client asking for more than this many
 /// within a token's lifetime is misbehaving; its oldest tokens expire early.
@@ -49,11 +54,34 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// What the tokens of `source` are kept under: its id and a digest of its
+/// client credentials (none for a source without oauth2: it has no
+/// tokens to match).
+pub fn token_key(source: &Source) -> String {
+    let SourceAuth::Oauth2 {
+        client_id,
+        client_secret,
+        ..
+    } = &source.config.auth
+    else {
+        return source.id().to_owned();
+    };
+    let mut h = Sha256::new();
+    h.update(client_id.as_bytes());
+    h.update([0]);
+    h.update(client_secret.expose().as_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}/{hex}", source.id())
+}
+
 impl TokenStore {
     /// Records `token` for `source_id` until `ttl` from now.
     pub fn insert(&self, source_id: &str, token: &str, ttl: Duration) {
         let now = Instant::now();
         let mut map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        // Keys of old credentials go once their tokens have expired.
+        map.retain(|_, list| list.iter().any(|(_, until)| *until > now));
         let list = map.entry(source_id.to_owned()).or_default();
         list.retain(|(_, until)| *until > now);
         while list.len() >= TOKENS_PER_SOURCE_MAX {
@@ -176,9 +204,11 @@ pub(super) async fn issue(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    st.inner
-        .tokens
-        .insert(source.id(), &token, Duration::from_secs(*token_ttl_s));
+    st.inner.tokens.insert(
+        &token_key(&source),
+        &token,
+        Duration::from_secs(*token_ttl_s),
+    );
     count(source.id(), Outcome::Token);
     let mut reply = Map::new();
     reply.insert(token_field.clone(), Value::String(token));

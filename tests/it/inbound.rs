@@ -474,15 +474,15 @@ token_ttl_s = 600
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let resp = http
-        .post(&token_url)
-        .json(
-            &json!({"grant_type": "client_credentials", "client_id": "venti",
-                      "client_secret": "venti-secret-0123456789"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let ask_token = |secret: &str| {
+        http.post(&token_url)
+            .json(
+                &json!({"grant_type": "client_credentials", "client_id": "venti",
+                          "client_secret": secret}),
+            )
+            .send()
+    };
+    let resp = ask_token("venti-secret-0123456789").await.unwrap();
     assert_eq!(resp.status(), 200);
     let reply: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -502,6 +502,39 @@ token_ttl_s = 600
         .post("venti-oauth/orders/created", &bearer(&token), &created)
         .await;
     assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+
+    // A new client secret over the admin API: the tokens minted under the
+    // old one, and the old one itself, are refused from then on.
+    let (status, body) = svc
+        .service
+        .put(
+            "/v1/sources/venti-oauth",
+            &json!({"kind": "marketplace_orders", "auth": {"type": "oauth2",
+                    "client_id": "venti", "client_secret": "venti-secret-rotated-42",
+                    "token_field": "auth_token", "token_ttl_s": 600}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("updated")),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("venti-secret-rotated-42"),
+        "{body}"
+    );
+    eventually("the old token refused", Duration::from_secs(20), || async {
+        let (status, _) = svc
+            .post("venti-oauth/orders/created", &bearer(&token), &created)
+            .await;
+        status == 401
+    })
+    .await;
+    let old = ask_token("venti-secret-0123456789").await.unwrap();
+    assert_eq!(old.status(), 401);
+    let new = ask_token("venti-secret-rotated-42").await.unwrap();
+    assert_eq!(new.status(), 200);
+
     // Another source's token endpoint does not exist.
     let resp = http
         .post(format!("{}/v1/ingest/shop/token", svc.base))
@@ -608,5 +641,271 @@ async fn a_sigkill_mid_flood_never_loses_an_acknowledged_webhook() {
             1,
             "acknowledged webhook for {order} is stored once"
         );
+    }
+}
+
+// ── Sources in the bucket (admin API and CLI) ───────────────────────────
+
+const TOKEN_ONE: &str = "web-token-one-0123456789";
+const TOKEN_TWO: &str = "web-token-two-9876543210";
+
+/// POSTs one SPEC 1 event to source `web` with `token` until the answer is
+/// `want` (the running service follows the bucket; a change is in force
+/// within moments): the last (status, reply).
+async fn ingest_until(svc: &Running, token: &str, order: &str, want: u16) -> (u16, Value) {
+    let auth = [("authorization", format!("Bearer {token}"))];
+    let mut last = (0, Value::Null);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        last = svc
+            .post("web", &auth, &confirmed(order, "EUR", "10.00"))
+            .await;
+        if last.0 == want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("source web with {token}: never {want}, last {last:?}");
+}
+
+#[tokio::test]
+async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_without_a_restart() {
+    let nats = support::nats().await;
+    // No [[source]] in the file: the bucket is the only place it comes from.
+    let settings = support::settings(&nats.server, "");
+    let svc = Running::start(settings).await;
+    let admin = &svc.service;
+    let mut seen = String::new();
+
+    let (status, body) = admin
+        .post(
+            "/v1/sources",
+            &json!({"id": "web", "kind": "events",
+                    "auth": {"type": "bearer", "token": TOKEN_ONE}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["source"]["auth"]["token"], "***");
+    assert_eq!(body["source"]["changed_by"], "api");
+    assert_eq!(body["message"], "source created");
+    seen.push_str(&body.to_string());
+
+    // Served at once by the running service, and stored on ORDERS.
+    let (_, reply) = ingest_until(&svc, TOKEN_ONE, "WEB-1", 200).await;
+    assert_eq!(reply["stored"], json!(1), "{reply}");
+    assert_eq!(count_orders(&nats.js, "orders.WEB-1").await, 1);
+
+    // A bad body names the field; the id is taken from the URL on PUT.
+    let (status, body) = admin
+        .post("/v1/sources", &json!({"id": "bad", "kind": "fax"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("kind")),
+        "{body}"
+    );
+    let (status, body) = admin
+        .post("/v1/sources", &json!({"id": "web", "kind": "events"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (409, Some("id")),
+        "{body}"
+    );
+
+    // Read back and sent back with "***": the stored secret is kept.
+    let (status, read) = admin.get("/v1/sources/web").await;
+    assert_eq!(status, 200, "{read}");
+    seen.push_str(&read.to_string());
+    let mut same = read["source"].clone();
+    same["rate_limit_per_s"] = json!(50);
+    let (status, body) = admin.put("/v1/sources/web", &same).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("updated")),
+        "{body}"
+    );
+    seen.push_str(&body.to_string());
+    ingest_until(&svc, TOKEN_ONE, "WEB-2", 200).await;
+
+    // PUT a new secret: the old one is refused from then on.
+    let (status, body) = admin
+        .put(
+            "/v1/sources/web",
+            &json!({"kind": "events", "auth": {"type": "bearer", "token": TOKEN_TWO}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("updated")),
+        "{body}"
+    );
+    seen.push_str(&body.to_string());
+    ingest_until(&svc, TOKEN_ONE, "WEB-3", 401).await;
+    ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
+
+    let (status, list) = admin.get("/v1/sources").await;
+    assert_eq!(status, 200);
+    assert_eq!(support::str_fields(&list["sources"], "id"), ["web"]);
+    seen.push_str(&list.to_string());
+    let (status, history) = admin.get("/v1/sources/web/history").await;
+    assert_eq!((status, history["source_id"].as_str()), (200, Some("web")));
+    assert_eq!(
+        history["history"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
+    seen.push_str(&history.to_string());
+
+    // The bucket, not the file, holds it: a restart serves it still.
+    let settings = support::settings(&nats.server, "");
+    svc.stop().await;
+    let svc = Running::start(settings).await;
+    let admin = &svc.service;
+    ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
+
+    // DELETE: its route answers 404, its history stays.
+    let (status, body) = admin.delete("/v1/sources/web").await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("deleted")),
+        "{body}"
+    );
+    seen.push_str(&body.to_string());
+    ingest_until(&svc, TOKEN_TWO, "WEB-4", 404).await;
+    assert_eq!(admin.get("/v1/sources/web").await.0, 404);
+    assert_eq!(admin.get("/v1/sources/web/history").await.0, 200);
+
+    for secret in [TOKEN_ONE, TOKEN_TWO] {
+        assert!(!seen.contains(secret), "{secret} in an API response");
+    }
+    // The registries' API is untouched by the sources beside it.
+    assert_eq!(
+        admin.get("/v1/registries").await.1,
+        json!({"registries": []})
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret() {
+    let nats = support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::process::config_file(dir.path(), &nats.server.url(), "");
+    let mut seen = String::new();
+    let mut run = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut cmd = support::process::ledgerline(args);
+        cmd.arg("--config")
+            .arg(&config)
+            .env("LEDGERLINE_LOG", "debug")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        seen.push_str(&o);
+        seen.push_str(&e);
+        (out.status.code(), o, e)
+    };
+    let file = dir.path().join("sources.toml");
+    std::fs::write(&file, SOURCES).unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    let (code, out, err) = run(&["source", "apply", file_arg], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("created venti (revision "), "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let (code, out, _) = run(&["source", "apply", "-f", file_arg], None);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("unchanged ")).count(),
+        4,
+        "{out}"
+    );
+
+    let (code, out, _) = run(&["source", "list"], None);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("KIND") && lines[0].contains("REVISION"),
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("gateway ")
+            && lines[3].contains("signature")
+            && lines[3].contains("USD"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["source", "list", "--json"], None);
+    assert_eq!(out.lines().count(), 4);
+
+    // show → edit → apply from stdin: the "***" markers keep the secrets.
+    let (code, shown, err) = run(&["source", "show", "gateway", "--format", "toml"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(shown.starts_with("# source gateway revision "), "{shown}");
+    assert!(shown.contains("secret = \"***\""), "{shown}");
+    let edited = shown.replace("currency = \"USD\"", "currency = \"EUR\"");
+    let (code, out, err) = run(&["source", "apply", "-"], Some(&edited));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("updated gateway"), "{out}");
+    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
+        .await
+        .unwrap();
+    let gateway = store.get("gateway").await.unwrap().unwrap();
+    assert_eq!(gateway.config.currency.as_deref(), Some("EUR"));
+    assert_eq!(
+        gateway.changed_by,
+        ledgerline::registry_store::ChangedBy::Cli
+    );
+    assert!(
+        matches!(&gateway.config.auth, ledgerline::source::SourceAuth::Signature { secret, .. }
+                 if secret.expose() == "gateway-secret-0123456789"),
+        "{:?}",
+        gateway.config.auth
+    );
+    let (code, out, _) = run(&["source", "show", "pos"], None);
+    assert_eq!(code, Some(0));
+    let pos: Value = serde_json::from_str(&out).expect("show prints JSON");
+    assert_eq!(
+        (pos["auth"]["password"].as_str(), pos["kind"].as_str()),
+        (Some("***"), Some("pos_payments"))
+    );
+
+    // Invalid: exit 2 naming the entry and the field; nothing written.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[source]]\nid = \"ok\"\nkind = \"events\"\n[[source]]\nid = \"nocur\"\nkind = \"gateway\"\n").unwrap();
+    let (code, _, err) = run(&["source", "apply", bad.to_str().unwrap()], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("source[1].currency"), "{err}");
+    assert!(store.get("ok").await.unwrap().is_none());
+
+    let (code, out, _) = run(&["source", "delete", "pos"], None);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("deleted pos (was revision "), "{out}");
+    assert!(out.contains("its route answers 404"), "{out}");
+    let (code, _, err) = run(&["source", "show", "pos"], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("ledgerline: source \"pos\" does not exist\n"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["source", "delete", "pos"], None);
+    assert_eq!(code, Some(1), "{err}");
+
+    for secret in [
+        "venti-key-0123456789",
+        "pos-pass-0123456789",
+        "gateway-secret-0123456789",
+        "shop-token-0123456789",
+    ] {
+        assert!(!seen.contains(secret), "{secret} in CLI output");
     }
 }
