@@ -293,28 +293,28 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
             payment_method: Some(Text::clone(&p.method)),
             ..base.clone()
         };
-        match p.kind {
-            PaymentKind::Paid => {
-                totals.paid += p.amount;
-                cashflow.push(Entry {
-                    entry_type: EntryType::Cashflow,
-                    description: Text::clone(&CASHFLOW),
-                    quantity: 0,
-                    amount: p.amount,
-                    dims,
-                });
-            }
-            PaymentKind::WrittenOff => {
-                totals.written_off += p.amount;
-                write_off.push(Entry {
-                    entry_type: EntryType::WriteOff,
-                    description: Text::clone(&WRITE_OFF),
-                    quantity: 0,
-                    amount: p.amount,
-                    dims,
-                });
-            }
-        }
+        let (list, total, entry_type, description) = match p.kind {
+            PaymentKind::Paid => (
+                &mut cashflow,
+                &mut totals.paid,
+                EntryType::Cashflow,
+                &CASHFLOW,
+            ),
+            PaymentKind::WrittenOff => (
+                &mut write_off,
+                &mut totals.written_off,
+                EntryType::WriteOff,
+                &WRITE_OFF,
+            ),
+        };
+        *total += p.amount;
+        list.push(Entry {
+            entry_type,
+            description: Text::clone(description),
+            quantity: 0,
+            amount: p.amount,
+            dims,
+        });
     }
 
     // total = Σrevenue − Σdiscount + Σtax + Σfees, with fees ex tax: their
@@ -509,24 +509,41 @@ mod tests {
             .collect()
     }
 
+    /// Inclusive prices: the tax is split out exactly and discounts are
+    /// booked ex tax. Each case: one line, each `(type, amount)` as that
+    /// type's only entry, the order total.
     #[test]
-    fn inclusive_prices_split_out_tax_exactly() {
-        // 1 × 11.60 incl. 16%: tax = 11.60 × 0.16 / 1.16 = 1.60, revenue 10.00.
-        let l = derived(true, json!([line("A", 1, "11.60", "0", "0.16")]));
-        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-10.00")]);
-        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.60")]);
-        assert_eq!(amounts(&l, EntryType::Receivable), vec![dec("11.60")]);
-    }
-
-    #[test]
-    fn inclusive_discounts_are_booked_ex_tax() {
-        // 2 × 10.00 − 2.00 incl. 7.5%: net 18.00, tax round(18 × .075/1.075) = 1.26,
-        // discount_ex round(2/1.075) = 1.86, revenue 18 − 1.26 + 1.86 = 18.60.
-        let l = derived(true, json!([line("A", 2, "10.00", "2.00", "0.075")]));
-        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-18.60")]);
-        assert_eq!(amounts(&l, EntryType::Discount), vec![dec("1.86")]);
-        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.26")]);
-        assert_eq!(l.totals.total, dec("18.00"));
+    fn inclusive_prices_split_out_tax_and_book_discounts_ex_tax() {
+        let cases: [(_, &[(EntryType, &str)], &str); 2] = [
+            // 1 × 11.60 incl. 16%: tax = 11.60 × 0.16 / 1.16 = 1.60, revenue 10.00.
+            (
+                line("A", 1, "11.60", "0", "0.16"),
+                &[
+                    (EntryType::Revenue, "-10.00"),
+                    (EntryType::Tax, "-1.60"),
+                    (EntryType::Receivable, "11.60"),
+                ],
+                "11.60",
+            ),
+            // 2 × 10.00 − 2.00 incl. 7.5%: net 18.00, tax round(18 × .075/1.075) = 1.26,
+            // discount_ex round(2/1.075) = 1.86, revenue 18 − 1.26 + 1.86 = 18.60.
+            (
+                line("A", 2, "10.00", "2.00", "0.075"),
+                &[
+                    (EntryType::Revenue, "-18.60"),
+                    (EntryType::Discount, "1.86"),
+                    (EntryType::Tax, "-1.26"),
+                ],
+                "18.00",
+            ),
+        ];
+        for (line, want, total) in cases {
+            let l = derived(true, json!([line]));
+            for (t, amount) in want {
+                assert_eq!(amounts(&l, *t), vec![dec(amount)], "{t} of {line}");
+            }
+            assert_eq!(l.totals.total, dec(total), "total of {line}");
+        }
     }
 
     #[test]
