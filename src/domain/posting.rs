@@ -9,6 +9,7 @@
 //! same across retries, restarts and replays. Pure: no I/O.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
 use rust_decimal::Decimal;
@@ -51,12 +52,30 @@ impl GroupedEntry {
 
 /// A group key borrowed from an entry, so grouping makes a key only once
 /// per group rather than once per entry.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 struct KeyRef<'a> {
     entry_type: EntryType,
     ledger_code: Option<&'a str>,
     description: &'a str,
     columns: [Option<ColumnValue<'a>>; Column::ALL.len()],
+}
+
+/// Hashes what tells keys apart cheaply: equal keys hash equally, and a
+/// rate is left out (hashing a `Decimal` normalises it, the largest cost
+/// of grouping): keys that differ only by rate are told apart by `Eq`.
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.entry_type.hash(h);
+        self.ledger_code.hash(h);
+        self.description.hash(h);
+        for value in self.columns.iter().flatten() {
+            match value {
+                ColumnValue::Text(t) => t.hash(h),
+                ColumnValue::Currency(c) => c.hash(h),
+                ColumnValue::Rate(_) => {}
+            }
+        }
+    }
 }
 
 /// The texts of the column values that are not held as text by the ledger
