@@ -2,12 +2,21 @@
 //! for an order of 5 lines, 2 tax rates and 2 payments (the figure in BENCHMARKS.md).
 //! Pure CPU: parse, fold, ledger, group, delta, body rendering.
 //!
-//! `engine/event_to_3_postings_with_bodies` is the whole path; the `stage/…`
-//! benches time each step of it alone on the same event, so a change shows
-//! where it moved the time: parse (bytes → `Event`), fold
-//! (`OrderState::apply`), ledger (`derive`), grouping (`group`, the 3
-//! registries), build (the 3 postings: grouping, delta, keys), body
-//! serialisation (the 3 bodies) and signing (one body, HMAC-SHA256).
+//! `engine/event_to_3_postings_with_bodies` is the whole path as the
+//! pipeline runs it: parse, `OrderBook::plan`, the request body of each
+//! posting (`serde_json::to_vec(&posting.body(..))`, what the dispatcher
+//! sends), `OrderBook::commit`. `engine/event_to_3_stored_postings` is the
+//! aggregator's share: the same with each posting encoded as the
+//! `StoredPosting` it publishes instead of the bodies.
+//! `engine/event_to_1_delta_posting_with_body` is the whole path for one
+//! `delta` registry, the typical subscription. The `stage/…` benches time
+//! each step alone on the same event, so a change shows where it moved the
+//! time: parse (bytes → `Event`), fold (`OrderState::apply`), ledger
+//! (`derive`), grouping (`group`, the 3 registries), build (the 3 postings:
+//! grouping, delta, keys), body serialisation (the 3 bodies) and signing
+//! (one body, HMAC-SHA256).
+//!
+//! The allocator is mimalloc, as in the `ledgerline` binary (`src/main.rs`).
 
 use std::hint::black_box;
 
@@ -18,7 +27,12 @@ use ledgerline::engine::OrderBook;
 use ledgerline::events::{OrderId, parse_event};
 use ledgerline::ledger::{LedgerOptions, derive};
 use ledgerline::posting::{build, group};
-use ledgerline::registry::{RegistryConfig, TargetPolicy};
+use ledgerline::records::StoredPosting;
+use ledgerline::registry::{Registry, RegistryConfig, TargetPolicy};
+
+/// The binary's allocator, so the figures are the pipeline's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn snapshot(version: u64, event_id: &str) -> Vec<u8> {
     let lines: Vec<_> = (0..5)
@@ -64,17 +78,42 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
+    // What the pipeline does per event: the aggregator plans and commits,
+    // the dispatcher renders each posting's body.
+    let whole = |mut book: OrderBook, registries: &[Registry]| {
+        let ev = parse_event(black_box(&update), Some("bench-order")).unwrap();
+        let plan = book.plan(&ev, registries, &opts, |_| false).unwrap();
+        let bodies: Vec<Vec<u8>> = plan
+            .postings
+            .iter()
+            .map(|p| serde_json::to_vec(&p.body(&serde_json::Value::Null)).unwrap())
+            .collect();
+        book.commit(plan);
+        black_box((book, bodies))
+    };
     g.bench_function("event_to_3_postings_with_bodies", |b| {
+        b.iter_batched(
+            || book.clone(),
+            |book| whole(book, &registries),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("event_to_1_delta_posting_with_body", |b| {
+        b.iter_batched(
+            || book.clone(),
+            |book| whole(book, &registries[..1]),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("event_to_3_stored_postings", |b| {
         b.iter_batched(
             || book.clone(),
             |mut book| {
                 let ev = parse_event(black_box(&update), Some("bench-order")).unwrap();
-                let postings = book.apply(&ev, &registries, &opts).unwrap();
-                let bodies: Vec<Vec<u8>> = postings
-                    .iter()
-                    .map(|p| serde_json::to_vec(&p.body(&serde_json::Value::Null)).unwrap())
-                    .collect();
-                black_box(bodies)
+                let plan = book.plan(&ev, &registries, &opts, |_| false).unwrap();
+                let stored: Vec<Vec<u8>> = plan.postings.iter().map(stored_bytes).collect();
+                book.commit(plan);
+                black_box((book, stored))
             },
             BatchSize::SmallInput,
         )
@@ -138,6 +177,14 @@ fn bench(c: &mut Criterion) {
                 .collect::<Vec<_>>()
         })
     });
+    g.bench_function("stored_3_postings", |b| {
+        b.iter(|| {
+            black_box(&postings)
+                .iter()
+                .map(stored_bytes)
+                .collect::<Vec<_>>()
+        })
+    });
     g.bench_function("signing_1_body", |b| {
         b.iter(|| {
             ledgerline::signing::sign(
@@ -149,6 +196,16 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The record the aggregator publishes for `posting` (`ingest::aggregator`).
+fn stored_bytes(posting: &ledgerline::posting::Posting) -> Vec<u8> {
+    let stored = StoredPosting {
+        source_seq: 7,
+        previous_subject_seq: 3,
+        posting: posting.clone(),
+    };
+    serde_json::to_vec(&stored).unwrap()
 }
 
 criterion_group!(benches, bench);

@@ -286,14 +286,14 @@ fn entry_view(e: &Entry, currency: Currency) -> Value {
         ("product_id", d.product_id.clone()),
         ("option_id", d.option_id.clone()),
         ("unit_type", d.unit_type.clone()),
-        ("tax_rate", d.tax_rate.map(rate_text)),
+        ("tax_rate", d.tax_rate.map(|r| rate_text(r).into())),
         ("payment_method", d.payment_method.clone()),
         ("fee_kind", d.fee_kind.clone()),
     ];
     if let Value::Object(m) = &mut v {
         for (k, val) in dims {
             if let Some(val) = val {
-                m.insert(k.into(), Value::String(val));
+                m.insert(k.into(), Value::String(val.to_string()));
             }
         }
     }

@@ -64,12 +64,11 @@ impl OrderBook {
         state.apply(event)?;
         let ledger = derive(&state, opts)?;
         let mut postings = Vec::new();
-        let mut cursors = Vec::new();
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             if posted(r.id()) {
                 continue;
             }
-            let (posting, next) = match self.cursors.get(r.id()) {
+            let posting = match self.cursors.get(r.id()) {
                 Some(cursor) => build(r, event, &ledger, cursor)?,
                 None => build(r, event, &ledger, &Cursor::default())?,
             };
@@ -78,20 +77,31 @@ impl OrderBook {
                 rejection
             })?;
             postings.push(posting);
-            cursors.push((r.id().to_owned(), next));
         }
-        Ok(Plan {
-            state,
-            postings,
-            cursors,
-        })
+        Ok(Plan { state, postings })
     }
 
     /// Makes `plan` (made by [`OrderBook::plan`] on this book) the book's
-    /// state, once its postings are stored.
+    /// state, once its postings are stored: each posting's `cumulative`
+    /// becomes its registry's cursor.
     pub fn commit(&mut self, plan: Plan) {
         self.state = plan.state;
-        self.cursors.extend(plan.cursors);
+        for p in plan.postings {
+            let cursor = Cursor {
+                seq: p.seq,
+                posted: p.cumulative,
+            };
+            self.set_cursor(p.registry_id, cursor);
+        }
+    }
+
+    fn set_cursor(&mut self, registry_id: String, cursor: Cursor) {
+        match self.cursors.get_mut(&registry_id) {
+            Some(c) => *c = cursor,
+            None => {
+                self.cursors.insert(registry_id, cursor);
+            }
+        }
     }
 
     /// Applies `event` and returns one posting per subscribed registry, in
@@ -102,10 +112,12 @@ impl OrderBook {
         registries: &[Registry],
         opts: &LedgerOptions,
     ) -> Result<Vec<Posting>, ApplyError> {
-        let mut plan = self.plan(event, registries, opts, |_| false)?;
-        let postings = std::mem::take(&mut plan.postings);
-        self.commit(plan);
-        Ok(postings)
+        let plan = self.plan(event, registries, opts, |_| false)?;
+        self.state = plan.state;
+        for p in &plan.postings {
+            self.set_cursor(p.registry_id.clone(), p.cursor());
+        }
+        Ok(plan.postings)
     }
 }
 
@@ -113,9 +125,9 @@ impl OrderBook {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     state: OrderState,
-    /// The new postings, one per subscribed registry not yet posted.
+    /// The new postings, one per subscribed registry not yet posted; each
+    /// one's `cumulative` is its registry's cursor once committed.
     pub postings: Vec<Posting>,
-    cursors: Vec<(String, Cursor)>,
 }
 
 /// Order books for many orders, in memory.

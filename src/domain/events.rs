@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,11 @@ pub const TEXT_MAX_CHARS: usize = 1_024;
 /// Largest absolute money amount accepted: 10^15 in major units keeps every
 /// sum and product of an order well inside Decimal's 28 digits.
 pub const AMOUNT_MAX_ABS: Decimal = Decimal::from_parts(0xa4c6_8000, 0x0003_8d7e, 0, false, 0);
+
+/// A text of an order (an id, a description, a method…): parsed once and
+/// then shared, never copied, by the order's state, its ledger and the
+/// grouped entries of its postings. Serialised as the string it holds.
+pub type Text = Arc<str>;
 
 /// The seven input event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -157,7 +163,7 @@ pub enum EventBody {
 pub struct OrderSnapshot {
     pub version: u64,
     pub currency: Currency,
-    pub channel: Option<String>,
+    pub channel: Option<Text>,
     pub prices_include_tax: bool,
     pub line_items: Vec<LineItem>,
     pub fees: Vec<Fee>,
@@ -167,11 +173,11 @@ pub struct OrderSnapshot {
 /// One line of an order (kept as it is in the order's state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {
-    pub id: String,
-    pub product_id: Option<String>,
-    pub option_id: Option<String>,
-    pub unit_type: Option<String>,
-    pub description: String,
+    pub id: Text,
+    pub product_id: Option<Text>,
+    pub option_id: Option<Text>,
+    pub unit_type: Option<Text>,
+    pub description: Text,
     pub quantity: u64,
     pub unit_price: Decimal,
     pub discount: Decimal,
@@ -182,8 +188,8 @@ pub struct LineItem {
 /// in the order's state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fee {
-    pub kind: String,
-    pub description: String,
+    pub kind: Text,
+    pub description: Text,
     pub amount: Decimal,
     pub tax_rate: Decimal,
 }
@@ -191,8 +197,8 @@ pub struct Fee {
 /// A payment (a negative amount is a refund paid out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
-    pub payment_id: String,
-    pub method: String,
+    pub payment_id: Text,
+    pub method: Text,
     pub amount: Decimal,
     pub currency: Currency,
     pub date: Option<String>,
@@ -339,7 +345,7 @@ pub fn parse_event(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event
     };
     // The event id comes first so every later rejection can name it.
     let root = Obj::root(map);
-    let event_id = root.id("event_id");
+    let event_id = root.id::<String>("event_id");
     let mut ev = parse_envelope(&root, subject_order_id);
     if let (Err(r), Ok(id)) = (&mut ev, &event_id) {
         r.event_id = Some(id.clone());
@@ -772,7 +778,7 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| self.wrong_type(key, "a string", v))
     }
 
-    fn bounded(&self, key: &str, s: &str, max: usize) -> Result<String, Rejection> {
+    fn bounded<T: From<&'a str>>(&self, key: &str, s: &'a str, max: usize) -> Result<T, Rejection> {
         if s.chars().count() > max {
             return Err(Rejection::new(
                 RejectReason::InvalidField,
@@ -787,11 +793,12 @@ impl<'a> Obj<'a> {
                 "contains control characters",
             ));
         }
-        Ok(s.to_owned())
+        Ok(T::from(s))
     }
 
-    /// A non-empty identifier of at most [`ID_MAX_CHARS`].
-    fn id(&self, key: &str) -> Result<String, Rejection> {
+    /// A non-empty identifier of at most [`ID_MAX_CHARS`] (a `String` or
+    /// a [`Text`]).
+    fn id<T: From<&'a str>>(&self, key: &str) -> Result<T, Rejection> {
         let s = self.str(key)?;
         if s.trim().is_empty() {
             return Err(Rejection::new(
@@ -803,7 +810,7 @@ impl<'a> Obj<'a> {
         self.bounded(key, s, ID_MAX_CHARS)
     }
 
-    fn opt_id(&self, key: &str) -> Result<Option<String>, Rejection> {
+    fn opt_id<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
         match self.opt(key) {
             Some(_) => self.id(key).map(Some),
             None => Ok(None),
@@ -811,12 +818,12 @@ impl<'a> Obj<'a> {
     }
 
     /// Free text of at most [`TEXT_MAX_CHARS`] (may be empty).
-    fn text(&self, key: &str) -> Result<String, Rejection> {
+    fn text<T: From<&'a str>>(&self, key: &str) -> Result<T, Rejection> {
         let s = self.str(key)?;
         self.bounded(key, s, TEXT_MAX_CHARS)
     }
 
-    fn opt_text(&self, key: &str) -> Result<Option<String>, Rejection> {
+    fn opt_text<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
         match self.opt(key) {
             Some(_) => self.text(key).map(Some),
             None => Ok(None),

@@ -7,10 +7,12 @@
 //! balances: Σdebit = Σcredit per currency, checked before it is returned.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::events::Text;
 use crate::money::{Currency, Rounding, rate_percent_text};
 use crate::order::{OrderState, PaymentKind};
 
@@ -91,20 +93,22 @@ pub struct LedgerOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Dims {
     pub currency: Option<Currency>,
-    pub channel: Option<String>,
-    pub product_id: Option<String>,
-    pub option_id: Option<String>,
-    pub unit_type: Option<String>,
+    pub channel: Option<Text>,
+    pub product_id: Option<Text>,
+    pub option_id: Option<Text>,
+    pub unit_type: Option<Text>,
     pub tax_rate: Option<Decimal>,
-    pub payment_method: Option<String>,
-    pub fee_kind: Option<String>,
+    pub payment_method: Option<Text>,
+    pub fee_kind: Option<Text>,
 }
 
 /// One ledger entry before grouping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub entry_type: EntryType,
-    pub description: String,
+    /// Shared with the order's state (a line's or fee's own description)
+    /// and with the grouped entries made from it.
+    pub description: Text,
     /// Revenue: the line's quantity; everything else 0.
     pub quantity: i64,
     /// Signed: a debit is positive, a credit negative.
@@ -217,6 +221,8 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
     let mut revenue = Vec::new();
     let mut discount = Vec::new();
     let mut tax_by_item: Vec<(Decimal, Entry)> = Vec::new();
+    // One description per rate, shared by its tax entries.
+    let mut tax_texts: Vec<(Decimal, Text)> = Vec::new();
     let mut fees = Vec::new();
 
     for (l, t) in state.line_items.iter().zip(&taxables) {
@@ -240,38 +246,42 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
         totals.tax += t.tax;
         revenue.push(Entry {
             entry_type: EntryType::Revenue,
-            description: l.description.clone(),
+            description: Text::clone(&l.description),
             // Bounded by QUANTITY_MAX at parse time, far below i64::MAX.
             quantity: i64::try_from(l.quantity).unwrap_or(i64::MAX),
             amount: -rev,
             dims: dims.clone(),
         });
-        discount.push(Entry {
-            entry_type: EntryType::Discount,
-            description: format!("Discount: {}", l.description),
-            quantity: 0,
-            amount: disc,
-            dims: dims.clone(),
-        });
-        tax_by_item.push((t.rate, tax_entry(t.rate, t.tax, dims)));
+        // A zero discount says nothing (dropped below with every empty
+        // entry): its description is not even written.
+        if !disc.is_zero() {
+            discount.push(Entry {
+                entry_type: EntryType::Discount,
+                description: Text::from(format!("Discount: {}", l.description)),
+                quantity: 0,
+                amount: disc,
+                dims: dims.clone(),
+            });
+        }
+        tax_by_item.push((t.rate, tax_entry(&mut tax_texts, t.rate, t.tax, dims)));
     }
     for (f, t) in state.fees.iter().zip(&taxables[state.line_items.len()..]) {
         let fee_ex = if incl { f.amount - t.tax } else { f.amount };
         let dims = Dims {
             tax_rate: Some(f.tax_rate),
-            fee_kind: Some(f.kind.clone()),
+            fee_kind: Some(Text::clone(&f.kind)),
             ..base.clone()
         };
         totals.fees += fee_ex;
         totals.tax += t.tax;
         fees.push(Entry {
             entry_type: EntryType::Fee,
-            description: f.description.clone(),
+            description: Text::clone(&f.description),
             quantity: 0,
             amount: -fee_ex,
             dims: dims.clone(),
         });
-        tax_by_item.push((t.rate, tax_entry(t.rate, t.tax, dims)));
+        tax_by_item.push((t.rate, tax_entry(&mut tax_texts, t.rate, t.tax, dims)));
     }
     // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
     tax_by_item.sort_by_key(|(rate, _)| *rate);
@@ -280,31 +290,31 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
     let mut write_off = Vec::new();
     for p in &state.payments {
         let dims = Dims {
-            payment_method: Some(p.method.clone()),
+            payment_method: Some(Text::clone(&p.method)),
             ..base.clone()
         };
-        match p.kind {
-            PaymentKind::Paid => {
-                totals.paid += p.amount;
-                cashflow.push(Entry {
-                    entry_type: EntryType::Cashflow,
-                    description: "Cashflow".to_owned(),
-                    quantity: 0,
-                    amount: p.amount,
-                    dims,
-                });
-            }
-            PaymentKind::WrittenOff => {
-                totals.written_off += p.amount;
-                write_off.push(Entry {
-                    entry_type: EntryType::WriteOff,
-                    description: "Write-off".to_owned(),
-                    quantity: 0,
-                    amount: p.amount,
-                    dims,
-                });
-            }
-        }
+        let (list, total, entry_type, description) = match p.kind {
+            PaymentKind::Paid => (
+                &mut cashflow,
+                &mut totals.paid,
+                EntryType::Cashflow,
+                &CASHFLOW,
+            ),
+            PaymentKind::WrittenOff => (
+                &mut write_off,
+                &mut totals.written_off,
+                EntryType::WriteOff,
+                &WRITE_OFF,
+            ),
+        };
+        *total += p.amount;
+        list.push(Entry {
+            entry_type,
+            description: Text::clone(description),
+            quantity: 0,
+            amount: p.amount,
+            dims,
+        });
     }
 
     // total = Σrevenue − Σdiscount + Σtax + Σfees, with fees ex tax: their
@@ -316,7 +326,7 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
     if totals.outstanding > Decimal::ZERO {
         entries.push(Entry {
             entry_type: EntryType::Receivable,
-            description: "Accounts Receivable".to_owned(),
+            description: Text::clone(&RECEIVABLE),
             quantity: 0,
             amount: totals.outstanding,
             dims: base.clone(),
@@ -324,7 +334,7 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
     } else if totals.outstanding < Decimal::ZERO {
         entries.push(Entry {
             entry_type: EntryType::RefundDue,
-            description: "Refund Due".to_owned(),
+            description: Text::clone(&REFUND_DUE),
             quantity: 0,
             amount: totals.outstanding,
             dims: base.clone(),
@@ -372,11 +382,26 @@ impl Ledger {
     }
 }
 
-/// The tax entry of one line or fee: `tax` at `rate`, a credit.
-fn tax_entry(rate: Decimal, tax: Decimal, dims: Dims) -> Entry {
+/// The descriptions of the entries that are not a line's or a fee's.
+static CASHFLOW: LazyLock<Text> = LazyLock::new(|| Text::from("Cashflow"));
+static WRITE_OFF: LazyLock<Text> = LazyLock::new(|| Text::from("Write-off"));
+static RECEIVABLE: LazyLock<Text> = LazyLock::new(|| Text::from("Accounts Receivable"));
+static REFUND_DUE: LazyLock<Text> = LazyLock::new(|| Text::from("Refund Due"));
+
+/// The tax entry of one line or fee: `tax` at `rate`, a credit. `texts`
+/// holds the description of each rate met so far (an order has a few).
+fn tax_entry(texts: &mut Vec<(Decimal, Text)>, rate: Decimal, tax: Decimal, dims: Dims) -> Entry {
+    let description = match texts.iter().find(|(r, _)| *r == rate) {
+        Some((_, text)) => Text::clone(text),
+        None => {
+            let text = Text::from(tax_description(rate));
+            texts.push((rate, Text::clone(&text)));
+            text
+        }
+    };
     Entry {
         entry_type: EntryType::Tax,
-        description: tax_description(rate),
+        description,
         quantity: 0,
         amount: -tax,
         dims,
@@ -484,24 +509,41 @@ mod tests {
             .collect()
     }
 
+    /// Inclusive prices: the tax is split out exactly and discounts are
+    /// booked ex tax. Each case: one line, each `(type, amount)` as that
+    /// type's only entry, the order total.
     #[test]
-    fn inclusive_prices_split_out_tax_exactly() {
-        // 1 × 11.60 incl. 16%: tax = 11.60 × 0.16 / 1.16 = 1.60, revenue 10.00.
-        let l = derived(true, json!([line("A", 1, "11.60", "0", "0.16")]));
-        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-10.00")]);
-        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.60")]);
-        assert_eq!(amounts(&l, EntryType::Receivable), vec![dec("11.60")]);
-    }
-
-    #[test]
-    fn inclusive_discounts_are_booked_ex_tax() {
-        // 2 × 10.00 − 2.00 incl. 7.5%: net 18.00, tax round(18 × .075/1.075) = 1.26,
-        // discount_ex round(2/1.075) = 1.86, revenue 18 − 1.26 + 1.86 = 18.60.
-        let l = derived(true, json!([line("A", 2, "10.00", "2.00", "0.075")]));
-        assert_eq!(amounts(&l, EntryType::Revenue), vec![dec("-18.60")]);
-        assert_eq!(amounts(&l, EntryType::Discount), vec![dec("1.86")]);
-        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-1.26")]);
-        assert_eq!(l.totals.total, dec("18.00"));
+    fn inclusive_prices_split_out_tax_and_book_discounts_ex_tax() {
+        let cases: [(_, &[(EntryType, &str)], &str); 2] = [
+            // 1 × 11.60 incl. 16%: tax = 11.60 × 0.16 / 1.16 = 1.60, revenue 10.00.
+            (
+                line("A", 1, "11.60", "0", "0.16"),
+                &[
+                    (EntryType::Revenue, "-10.00"),
+                    (EntryType::Tax, "-1.60"),
+                    (EntryType::Receivable, "11.60"),
+                ],
+                "11.60",
+            ),
+            // 2 × 10.00 − 2.00 incl. 7.5%: net 18.00, tax round(18 × .075/1.075) = 1.26,
+            // discount_ex round(2/1.075) = 1.86, revenue 18 − 1.26 + 1.86 = 18.60.
+            (
+                line("A", 2, "10.00", "2.00", "0.075"),
+                &[
+                    (EntryType::Revenue, "-18.60"),
+                    (EntryType::Discount, "1.86"),
+                    (EntryType::Tax, "-1.26"),
+                ],
+                "18.00",
+            ),
+        ];
+        for (line, want, total) in cases {
+            let l = derived(true, json!([line]));
+            for (t, amount) in want {
+                assert_eq!(amounts(&l, *t), vec![dec(amount)], "{t} of {line}");
+            }
+            assert_eq!(l.totals.total, dec(total), "total of {line}");
+        }
     }
 
     #[test]

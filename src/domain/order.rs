@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    Event, EventBody, Fee, LineItem, OrderId, OrderSnapshot, Payment, RejectReason, Rejection,
+    Event, EventBody, Fee, LineItem, OrderId, OrderSnapshot, Payment, RejectReason, Rejection, Text,
 };
 use crate::money::Currency;
 
@@ -33,8 +33,8 @@ pub enum PaymentKind {
 /// A payment kept by `payment_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
-    pub payment_id: String,
-    pub method: String,
+    pub payment_id: Text,
+    pub method: Text,
     pub amount: Decimal,
     pub kind: PaymentKind,
 }
@@ -45,7 +45,7 @@ pub struct OrderState {
     pub order_id: OrderId,
     /// Fixed by the first event that names one.
     pub currency: Option<Currency>,
-    pub channel: Option<String>,
+    pub channel: Option<Text>,
     pub prices_include_tax: bool,
     /// Version of the last applied snapshot.
     pub version: Option<u64>,

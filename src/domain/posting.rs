@@ -9,6 +9,7 @@
 //! same across retries, restarts and replays. Pure: no I/O.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
 use rust_decimal::Decimal;
@@ -17,19 +18,20 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::events::{Event, EventType, OrderId};
+use crate::events::{Event, EventType, OrderId, Text};
 use crate::ledger::{EntryType, Ledger};
 use crate::money::Currency;
-use crate::registry::{Column, PostingMode, Registry};
+use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
-/// The key entries are grouped and netted by.
+/// The key entries are grouped and netted by. Its texts are shared with
+/// the ledger they come from (and with the order's state), never copied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GroupKey {
     pub entry_type: EntryType,
-    pub ledger_code: Option<String>,
-    pub description: String,
+    pub ledger_code: Option<Text>,
+    pub description: Text,
     /// The registry's group columns, in its `group_by` order, with values.
-    pub columns: Vec<(Column, Option<String>)>,
+    pub columns: Vec<(Column, Option<Text>)>,
 }
 
 /// A grouped, netted entry.
@@ -48,58 +50,76 @@ impl GroupedEntry {
     }
 }
 
-/// A group key borrowed from an entry, so grouping allocates only once per
-/// group rather than once per entry.
-#[derive(PartialEq, Eq, Hash)]
+/// A group key borrowed from an entry, so grouping makes a key only once
+/// per group rather than once per entry.
+#[derive(PartialEq, Eq)]
 struct KeyRef<'a> {
     entry_type: EntryType,
     ledger_code: Option<&'a str>,
     description: &'a str,
-    columns: [Option<ColumnRef<'a>>; Column::ALL.len()],
+    columns: [Option<ColumnValue<'a>>; Column::ALL.len()],
 }
 
-#[derive(PartialEq, Eq, Hash)]
-enum ColumnRef<'a> {
-    Text(&'a str),
-    Currency(Currency),
-    Rate(Decimal),
-}
-
-fn column_ref(c: Column, d: &crate::ledger::Dims) -> Option<ColumnRef<'_>> {
-    match c {
-        Column::Currency => d.currency.map(ColumnRef::Currency),
-        // Rates are normalised when parsed, so equal rates compare equal.
-        Column::TaxRate => d.tax_rate.map(ColumnRef::Rate),
-        _ => match c {
-            Column::Channel => d.channel.as_deref(),
-            Column::ProductId => d.product_id.as_deref(),
-            Column::OptionId => d.option_id.as_deref(),
-            Column::UnitType => d.unit_type.as_deref(),
-            Column::PaymentMethod => d.payment_method.as_deref(),
-            _ => d.fee_kind.as_deref(),
+/// Hashes what tells keys apart cheaply: equal keys hash equally, and a
+/// rate is left out (hashing a `Decimal` normalises it, the largest cost
+/// of grouping): keys that differ only by rate are told apart by `Eq`.
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.entry_type.hash(h);
+        self.ledger_code.hash(h);
+        self.description.hash(h);
+        for value in self.columns.iter().flatten() {
+            match value {
+                ColumnValue::Text(t) => t.hash(h),
+                ColumnValue::Currency(c) => c.hash(h),
+                ColumnValue::Rate(_) => {}
+            }
         }
-        .map(ColumnRef::Text),
+    }
+}
+
+/// The texts of the column values that are not held as text by the ledger
+/// (currencies and rates), made once per grouping and shared by its groups.
+#[derive(Default)]
+struct ValueTexts {
+    made: Vec<(ColumnValue<'static>, Text)>,
+}
+
+impl ValueTexts {
+    fn text(&mut self, v: ColumnValue<'_>) -> Text {
+        let owned = match v {
+            ColumnValue::Text(t) => return Text::clone(t),
+            ColumnValue::Currency(c) => ColumnValue::Currency(c),
+            ColumnValue::Rate(r) => ColumnValue::Rate(r),
+        };
+        if let Some((_, t)) = self.made.iter().find(|(k, _)| *k == owned) {
+            return Text::clone(t);
+        }
+        let t = Text::from(owned.to_string());
+        self.made.push((owned, Text::clone(&t)));
+        t
     }
 }
 
 /// Groups a ledger as `registry` sees it. Groups keep the order in which
 /// they first appear, which follows the ledger's order (type, then source).
 pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
-    let mut out: Vec<GroupedEntry> = Vec::new();
+    let mut out: Vec<GroupedEntry> = Vec::with_capacity(ledger.entries.len());
     let mut index: HashMap<KeyRef<'_>, usize, RandomState> =
         HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default());
+    let mut texts = ValueTexts::default();
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
             continue;
         }
-        let code = registry.ledger_code(e.entry_type, &e.dims);
-        let mut columns = [const { None }; Column::ALL.len()];
+        let code = registry.code_rule(e.entry_type, &e.dims).map(|r| &r.code);
+        let mut columns = [None; Column::ALL.len()];
         for (slot, c) in columns.iter_mut().zip(&registry.group_by) {
-            *slot = column_ref(*c, &e.dims);
+            *slot = c.of(&e.dims);
         }
         let key = KeyRef {
             entry_type: e.entry_type,
-            ledger_code: code,
+            ledger_code: code.map(|c| &**c),
             description: &e.description,
             columns,
         };
@@ -109,17 +129,19 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
                 out[i].quantity += e.quantity;
             }
             None => {
+                let columns = registry
+                    .group_by
+                    .iter()
+                    .zip(&key.columns)
+                    .map(|(c, v)| (*c, v.map(|v| texts.text(v))))
+                    .collect();
                 index.insert(key, out.len());
                 out.push(GroupedEntry {
                     key: GroupKey {
                         entry_type: e.entry_type,
-                        ledger_code: code.map(str::to_owned),
-                        description: e.description.clone(),
-                        columns: registry
-                            .group_by
-                            .iter()
-                            .map(|c| (*c, c.value(&e.dims)))
-                            .collect(),
+                        ledger_code: code.cloned(),
+                        description: Text::clone(&e.description),
+                        columns,
                     },
                     quantity: e.quantity,
                     amount: e.amount,
@@ -136,6 +158,29 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
 /// Zero differences are dropped. `None` when a difference overflows (only
 /// possible when `posted`, read back from LEDGER, is out of range).
 pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<Vec<GroupedEntry>> {
+    let mut out: Vec<GroupedEntry> = Vec::with_capacity(current.len());
+    let change = |c: &GroupedEntry, quantity: i64, amount: Decimal| {
+        // Unchanged groups are dropped before their key is copied.
+        (quantity != 0 || !amount.is_zero()).then(|| GroupedEntry {
+            key: c.key.clone(),
+            quantity,
+            amount,
+        })
+    };
+    // The usual case, an update that changed amounts only: the same keys
+    // in the same order, so each group is netted against its namesake
+    // without a look-up (and nothing is reversed).
+    if current.len() == posted.len() && current.iter().zip(posted).all(|(c, p)| c.key == p.key) {
+        for (c, p) in current.iter().zip(posted) {
+            let (quantity, amount) = (
+                c.quantity.checked_sub(p.quantity)?,
+                c.amount.checked_sub(p.amount)?,
+            );
+            out.extend(change(c, quantity, amount));
+        }
+        out.sort_by_key(|g| g.key.entry_type);
+        return Some(out);
+    }
     // Key → index of its last posted entry (the one a repeated key, only
     // in a corrupt stored posting, is netted against).
     let mut posted_index: HashMap<&GroupKey, usize, RandomState> =
@@ -143,7 +188,6 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
     posted_index.extend(posted.iter().enumerate().map(|(i, g)| (&g.key, i)));
     // Which of those a current group has: the rest are reversed below.
     let mut in_current = vec![false; posted.len()];
-    let mut out: Vec<GroupedEntry> = Vec::with_capacity(current.len());
     for c in current {
         let (quantity, amount) = match posted_index.get(&c.key) {
             Some(&i) => {
@@ -156,14 +200,7 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
             }
             None => (c.quantity, c.amount),
         };
-        // Unchanged groups are dropped before their key is copied.
-        if quantity != 0 || !amount.is_zero() {
-            out.push(GroupedEntry {
-                key: c.key.clone(),
-                quantity,
-                amount,
-            });
-        }
+        out.extend(change(c, quantity, amount));
     }
     for p in posted {
         // Every posted entry is in the index, under its key's last index.
@@ -289,14 +326,14 @@ pub enum BuildError {
 }
 
 /// Builds the next posting for `registry` after `event`, from the order's
-/// current `ledger` and what was posted before (`cursor`). Returns the posting
-/// and the cursor to keep.
+/// current `ledger` and what was posted before (`cursor`). The posting's
+/// `cumulative` is the cursor to keep after it ([`Posting::cursor`]).
 pub fn build(
     registry: &Registry,
     event: &Event,
     ledger: &Ledger,
     cursor: &Cursor,
-) -> Result<(Posting, Cursor), BuildError> {
+) -> Result<Posting, BuildError> {
     let out_of_range = |why| BuildError::CursorOutOfRange {
         registry_id: registry.id().to_owned(),
         order_id: event.order_id.to_string(),
@@ -309,13 +346,27 @@ pub fn build(
         PostingMode::Delta => difference(&current, &cursor.posted)
             .ok_or_else(|| out_of_range("the difference from it overflows"))?,
     };
-    // The cursor and the posting's `cumulative` are the same list; the
-    // engine keeps the cursor, the posting carries a copy to the stream.
     let seq = cursor
         .seq
         .checked_add(1)
         .ok_or_else(|| out_of_range("its seq is the last one"))?;
-    let posting = Posting {
+    let filtered = !registry.includes_all_entry_types();
+    if !filtered {
+        let sum = entries
+            .iter()
+            .try_fold(Decimal::ZERO, |s, e| s.checked_add(e.amount))
+            .ok_or_else(|| out_of_range("the sum of the difference overflows"))?;
+        if !sum.is_zero() {
+            return Err(UnbalancedPosting {
+                registry_id: registry.id().to_owned(),
+                order_id: event.order_id.to_string(),
+                seq,
+                sum,
+            }
+            .into());
+        }
+    }
+    Ok(Posting {
         registry_id: registry.id().to_owned(),
         order_id: event.order_id.clone(),
         seq,
@@ -325,33 +376,10 @@ pub fn build(
         occurred_at: event.occurred_at,
         mode: registry.config.posting_mode,
         currency: ledger.currency,
-        filtered: !registry.includes_all_entry_types(),
+        filtered,
         entries,
-        cumulative: current.clone(),
-    };
-    if !posting.filtered {
-        let sum = posting
-            .entries
-            .iter()
-            .try_fold(Decimal::ZERO, |s, e| s.checked_add(e.amount))
-            .ok_or_else(|| out_of_range("the sum of the difference overflows"))?;
-        if !sum.is_zero() {
-            return Err(UnbalancedPosting {
-                registry_id: posting.registry_id.clone(),
-                order_id: posting.order_id.to_string(),
-                seq,
-                sum,
-            }
-            .into());
-        }
-    }
-    Ok((
-        posting,
-        Cursor {
-            seq,
-            posted: current,
-        },
-    ))
+        cumulative: current,
+    })
 }
 
 impl Posting {

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use crate::events::EventType;
+use crate::events::{EventType, Text};
 use crate::ledger::{Dims, EntryType};
-use crate::money::{parse_decimal_str, rate_text};
+use crate::money::{Currency, parse_decimal_str, rate_text};
 use crate::secret::Secret;
 
 /// Most notification addresses per registry (SPEC 3).
@@ -80,15 +80,54 @@ impl Column {
     /// The entry's value for this column, as text; `None` where the column
     /// does not apply to the entry.
     pub fn value(self, d: &Dims) -> Option<String> {
+        self.of(d).map(|v| v.to_string())
+    }
+
+    /// The entry's value for this column without copying it; `None` where
+    /// the column does not apply to the entry.
+    pub fn of(self, d: &Dims) -> Option<ColumnValue<'_>> {
+        let text = match self {
+            Column::Currency => return d.currency.map(ColumnValue::Currency),
+            // Rates are normalised when parsed, so equal rates are equal here.
+            Column::TaxRate => return d.tax_rate.map(ColumnValue::Rate),
+            Column::Channel => &d.channel,
+            Column::ProductId => &d.product_id,
+            Column::OptionId => &d.option_id,
+            Column::UnitType => &d.unit_type,
+            Column::PaymentMethod => &d.payment_method,
+            Column::FeeKind => &d.fee_kind,
+        };
+        text.as_ref().map(ColumnValue::Text)
+    }
+}
+
+/// An entry's value for a column ([`Column::of`]), borrowed from the
+/// entry. It displays as the column's text: the code of a currency, a rate
+/// without trailing zeros (`0.16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnValue<'a> {
+    Text(&'a Text),
+    Currency(Currency),
+    Rate(Decimal),
+}
+
+impl ColumnValue<'_> {
+    /// True when the value's text is `want`.
+    pub fn is(&self, want: &str) -> bool {
         match self {
-            Column::Currency => d.currency.map(|c| c.code().to_owned()),
-            Column::Channel => d.channel.clone(),
-            Column::ProductId => d.product_id.clone(),
-            Column::OptionId => d.option_id.clone(),
-            Column::UnitType => d.unit_type.clone(),
-            Column::TaxRate => d.tax_rate.map(rate_text),
-            Column::PaymentMethod => d.payment_method.clone(),
-            Column::FeeKind => d.fee_kind.clone(),
+            ColumnValue::Text(t) => ***t == *want,
+            ColumnValue::Currency(c) => c.code() == want,
+            ColumnValue::Rate(r) => rate_text(*r) == want,
+        }
+    }
+}
+
+impl fmt::Display for ColumnValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnValue::Text(t) => f.write_str(t),
+            ColumnValue::Currency(c) => f.write_str(c.code()),
+            ColumnValue::Rate(r) => fmt::Display::fmt(&r.normalize(), f),
         }
     }
 }
@@ -374,7 +413,8 @@ pub fn is_private(ip: IpAddr) -> bool {
 pub struct CodeRule {
     pub entry_type: Option<EntryType>,
     pub conditions: Vec<(Column, String)>,
-    pub code: String,
+    /// Shared by every grouped entry that carries it.
+    pub code: Text,
 }
 
 impl CodeRule {
@@ -383,7 +423,7 @@ impl CodeRule {
             && self
                 .conditions
                 .iter()
-                .all(|(col, want)| col.value(dims).as_deref() == Some(want.as_str()))
+                .all(|(col, want)| col.of(dims).is_some_and(|v| v.is(want)))
     }
 }
 
@@ -421,10 +461,12 @@ impl Registry {
 
     /// The ledger code of an entry: the first rule that matches, else none.
     pub fn ledger_code(&self, t: EntryType, dims: &Dims) -> Option<&str> {
-        self.ledger_codes
-            .iter()
-            .find(|r| r.matches(t, dims))
-            .map(|r| r.code.as_str())
+        self.code_rule(t, dims).map(|r| &*r.code)
+    }
+
+    /// The rule that gives an entry its ledger code: the first that matches.
+    pub fn code_rule(&self, t: EntryType, dims: &Dims) -> Option<&CodeRule> {
+        self.ledger_codes.iter().find(|r| r.matches(t, dims))
     }
 }
 
@@ -629,7 +671,7 @@ fn check_rules(rules: &[LedgerCodeRule]) -> Result<Vec<CodeRule>, FieldError> {
             Ok(CodeRule {
                 entry_type,
                 conditions,
-                code: r.code.clone(),
+                code: Text::from(r.code.as_str()),
             })
         })
         .collect()

@@ -298,7 +298,7 @@ impl<W: Write> Sink for BeancountSink<W> {
                 AccountSource {
                     registry_id: p.registry_id.clone(),
                     kind: e.key.entry_type.as_str(),
-                    ledger_code: e.key.ledger_code.clone(),
+                    ledger_code: e.key.ledger_code.as_deref().map(str::to_owned),
                 },
             )?;
             let _ = writeln!(t, "  {acc}  {} {code}", p.format(e.amount));

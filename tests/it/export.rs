@@ -396,7 +396,7 @@ ledger_codes = [{ entry_type = "revenue", code = "=1+1" }]
     // directly: the export must carry whatever LEDGER holds.
     for e in &mut ps[0].entries {
         if let Some(i) = e.key.description.strip_prefix("placeholder ") {
-            e.key.description = HOSTILE_DESCRIPTIONS[i.parse::<usize>().unwrap()].to_owned();
+            e.key.description = HOSTILE_DESCRIPTIONS[i.parse::<usize>().unwrap()].into();
         }
     }
     ps
