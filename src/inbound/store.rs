@@ -157,7 +157,7 @@ pub(super) async fn order_lines(
         .line_items
         .iter()
         .map(|l| LineRef {
-            id: l.id.clone(),
+            id: l.id.to_string(),
             quantity: l.quantity,
         })
         .collect())
