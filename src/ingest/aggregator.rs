@@ -74,7 +74,6 @@ use crate::lease::Fence;
 use crate::ledger::LedgerOptions;
 use crate::posting::{Cursor, Posting};
 use crate::records::{StoredPosting, StoredPostingRef};
-use crate::registry::Registry;
 use crate::registry_store::RegistryWatch;
 use crate::streams::{self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
 
@@ -652,7 +651,9 @@ impl Lane {
         subject: &str,
         payload: &[u8],
     ) -> Result<(), LaneError> {
-        let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
+        // The set in force, shared (not copied) for this event.
+        let set = self.shared.registries.borrow().clone();
+        let registries = set.all();
         // Registries added since the book was built: their last postings.
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             if !lb.regs.contains_key(r.id()) {
@@ -666,7 +667,7 @@ impl Lane {
         let regs = &lb.regs;
         let planned = lb
             .book
-            .plan(event, &registries, &self.shared.options.ledger, |id| {
+            .plan(event, registries, &self.shared.options.ledger, |id| {
                 regs.get(id).is_some_and(|m| m.last_src >= seq)
             });
         let plan = match planned {
@@ -730,9 +731,11 @@ impl Lane {
         if first.is_none_or(|m| m.sequence != seq) {
             return Ok(None);
         }
-        let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
+        // The set in force, shared (not copied) for this event.
+        let set = self.shared.registries.borrow().clone();
+        let registries = set.all();
         let mut lb = LaneBook::empty(order_id);
-        for r in &registries {
+        for r in registries {
             lb.book.cursors.insert(r.id().to_owned(), Cursor::default());
             lb.regs.insert(r.id().to_owned(), RegMeta::default());
         }
@@ -754,9 +757,11 @@ impl Lane {
             .map_err(|e| transient("reading the consumer's ack floor", e))?
             .ack_floor
             .stream_sequence;
-        let registries: Vec<Registry> = self.shared.registries.borrow().all().to_vec();
+        // The set in force, shared (not copied) for this event.
+        let set = self.shared.registries.borrow().clone();
+        let registries = set.all();
         let mut lb = LaneBook::empty(order_id);
-        for r in &registries {
+        for r in registries {
             let (cursor, meta) = self.load_last(r.id(), order_id).await?;
             lb.book.cursors.insert(r.id().to_owned(), cursor);
             lb.regs.insert(r.id().to_owned(), meta);
