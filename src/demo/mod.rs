@@ -82,6 +82,9 @@ pub struct DemoSummary {
     pub events: u64,
     pub published: u64,
     pub refused_by_publish: u64,
+    /// Sales-channel webhooks accepted by the ingest listener (one of each
+    /// source kind).
+    pub channel_webhooks: u64,
     pub rejected: u64,
     pub postings: u64,
     pub delivered: u64,
@@ -196,6 +199,75 @@ fn free_port() -> Result<u16, DemoError> {
         .map_err(step("finding a free port"))
 }
 
+/// The secret of the demo's sales-channel sources (not a real secret).
+const DEMO_CHANNEL_SECRET: &str = "demo-channel-secret-0042";
+
+/// One webhook of each source kind the demo configures, from the reference
+/// payloads of `fixtures/inbound`: (source id, topic, body).
+const CHANNEL_WEBHOOKS: [(&str, &str, &str); 4] = [
+    (
+        "shop",
+        "",
+        include_str!("../../fixtures/inbound/events/order_confirmed.json"),
+    ),
+    (
+        "marketplace",
+        "orders/created",
+        include_str!("../../fixtures/inbound/marketplace_orders/orders_created.json"),
+    ),
+    (
+        "pos-main",
+        "payment/created",
+        include_str!("../../fixtures/inbound/pos_payments/payment.json"),
+    ),
+    (
+        "gateway",
+        "",
+        include_str!("../../fixtures/inbound/gateway/sale_success.json"),
+    ),
+];
+
+/// Posts [`CHANNEL_WEBHOOKS`] to the ingest listener at `base`, as each
+/// channel would (its own credentials); each must be answered 2xx, which
+/// the listener does only once its events are stored.
+async fn post_channel_webhooks(base: &str) -> Result<u64, DemoError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(step("building an HTTP client"))?;
+    let mut accepted = 0;
+    for (source, topic, body) in CHANNEL_WEBHOOKS {
+        let url = match topic {
+            "" => format!("{base}/v1/ingest/{source}"),
+            t => format!("{base}/v1/ingest/{source}/{t}"),
+        };
+        let req = client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(body);
+        let req = match source {
+            "marketplace" => req.header("authenticationToken", DEMO_CHANNEL_SECRET),
+            "pos-main" => req.bearer_auth(DEMO_CHANNEL_SECRET),
+            "gateway" => req.basic_auth("gateway", Some(DEMO_CHANNEL_SECRET)),
+            _ => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(step("posting a channel webhook"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(DemoError::Unmet {
+                what: "posting the sales channels' webhooks",
+                message: format!("{source}: {status}: {text}"),
+            });
+        }
+        accepted += 1;
+    }
+    Ok(accepted)
+}
+
 /// The demo's configuration: three registries on loopback.
 fn demo_settings(
     nats_url: &str,
@@ -203,6 +275,7 @@ fn demo_settings(
     oauth: &Served,
     accept: &Served,
     admin_port: u16,
+    ingest_port: u16,
 ) -> Result<Settings, DemoError> {
     // Random per run: the API is on loopback, but a fixed token is a
     // known one.
@@ -211,6 +284,7 @@ fn demo_settings(
         r#"
 admin_listen = "127.0.0.1:{admin_port}"
 admin_token = "{admin_token}"
+ingest_listen = "127.0.0.1:{ingest_port}"
 
 [delivery]
 retry_schedule = ["200ms", "500ms", "1s", "2s", "3s"]
@@ -262,6 +336,38 @@ headers = {{ authenticationToken = "demo-api-key" }}
 [registry.accept]
 json_pointer = "/status"
 success_values = ["1"]
+
+# The sales channels' own webhooks in (docs/inbound.md), one of each kind.
+[[source]]
+id = "shop"
+kind = "events"
+
+[[source]]
+id = "marketplace"
+kind = "marketplace_orders"
+currency = "MXN"
+[source.auth]
+type = "header"
+header = "authenticationToken"
+value = "{DEMO_CHANNEL_SECRET}"
+
+[[source]]
+id = "pos-main"
+kind = "pos_payments"
+currency = "IDR"
+[source.auth]
+type = "bearer"
+token = "{DEMO_CHANNEL_SECRET}"
+
+[[source]]
+id = "gateway"
+kind = "gateway"
+currency = "USD"
+order_id_pointer = "/event_body/object/invoice"
+[source.auth]
+type = "basic"
+username = "gateway"
+password = "{DEMO_CHANNEL_SECRET}"
 "#,
         signed = signed.addr,
         oauth = oauth.addr,
@@ -397,7 +503,15 @@ pub async fn run_demo(
     let signed = start_receiver(Some(&secret), false, false, stop_receivers.clone()).await?;
     let oauth = start_receiver(None, true, false, stop_receivers.clone()).await?;
     let accept = start_receiver(None, false, true, stop_receivers.clone()).await?;
-    let settings = demo_settings(&nats_url, &signed, &oauth, &accept, free_port()?)?;
+    let ingest_port = free_port()?;
+    let settings = demo_settings(
+        &nats_url,
+        &signed,
+        &oauth,
+        &accept,
+        free_port()?,
+        ingest_port,
+    )?;
 
     p.stage = "starting the pipeline".to_owned();
     progress(&p);
@@ -405,6 +519,7 @@ pub async fn run_demo(
         Component::Aggregator,
         Component::Dispatcher,
         Component::Admin,
+        Component::Ingest,
     ];
     let pipeline = InProcess::start(&settings, &components).await?;
     let (client, js, ledger) = (&pipeline.client, &pipeline.js, &pipeline.ledger);
@@ -481,6 +596,13 @@ pub async fn run_demo(
     p.stage = "delivering the redelivered posting".to_owned();
     settle(ledger, &mut progress, &mut p).await?;
 
+    // The sales channels post their own webhooks: one of each kind.
+    p.stage = "webhooks from the sales channels".to_owned();
+    progress(&p);
+    let channel_webhooks =
+        post_channel_webhooks(&format!("http://127.0.0.1:{ingest_port}")).await?;
+    settle(ledger, &mut progress, &mut p).await?;
+
     // Export.
     p.stage = "exporting".to_owned();
     progress(&p);
@@ -529,6 +651,7 @@ pub async fn run_demo(
         events: p.events,
         published: s1.published + s2.published,
         refused_by_publish: s1.refused_total() + s2.refused_total(),
+        channel_webhooks,
         rejected: count(ledger, subjects::REJECTED_ALL).await,
         postings: count(ledger, subjects::POSTINGS_ALL).await,
         delivered: count(ledger, subjects::REGISTRY_DATA_ALL).await,
@@ -571,13 +694,20 @@ impl std::fmt::Display for DemoSummary {
             "ledgerline demo: done in {:.1}s",
             self.elapsed.as_secs_f64()
         )?;
-        let rows: [(&str, String); 11] = [
+        let rows: [(&str, String); 12] = [
             ("orders", self.orders.to_string()),
             (
                 "events published",
                 format!(
                     "{} ({} refused by publish)",
                     self.published, self.refused_by_publish
+                ),
+            ),
+            (
+                "channel webhooks",
+                format!(
+                    "{} accepted (events, marketplace, POS, gateway)",
+                    self.channel_webhooks
                 ),
             ),
             ("rejected", self.rejected.to_string()),

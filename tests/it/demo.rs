@@ -44,6 +44,10 @@ fn a_reduced_demo_runs_end_to_end_and_leaves_its_files() {
     assert_eq!(value("orders"), "60");
     assert_eq!(value("dead letters"), "1", "{stdout}");
     assert_eq!(value("redelivered"), "1", "{stdout}");
+    assert!(
+        value("channel webhooks").starts_with("4 accepted"),
+        "one webhook of each source kind: {stdout}"
+    );
     assert!(value("balanced").starts_with("yes"), "{stdout}");
     let postings: u64 = value("postings").parse().unwrap();
     let delivered: u64 = value("delivered").parse().unwrap();
