@@ -664,10 +664,15 @@ pub async fn run_demo(
             .totals
             .iter()
             .filter(|((r, c), _)| r == "journal-signed" && c.is_some())
-            .map(|((_, c), t)| CurrencyTotal {
-                currency: c.map(|c| c.code().to_owned()).unwrap_or_default(),
-                debit: t.debit,
-                credit: t.credit,
+            .map(|((_, c), t)| {
+                // On the currency's grid, as the export prints them (sums
+                // keep the scale of their inputs: 330.0 + 330.00 = 660.0).
+                let on_scale = |d: Decimal| c.map_or(d, |c| c.on_scale(d));
+                CurrencyTotal {
+                    currency: c.map(|c| c.code().to_owned()).unwrap_or_default(),
+                    debit: on_scale(t.debit),
+                    credit: on_scale(t.credit),
+                }
             })
             .collect(),
         balanced: report.summary.is_ok(),
