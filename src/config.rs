@@ -116,6 +116,10 @@ impl Default for DeliveryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nats_url: String,
+    /// Replicas of the streams and buckets ledgerline creates (SPEC 7): 1
+    /// on a single server, 3 on a cluster. An existing stream or bucket is
+    /// never changed to match; a difference is logged at start-up.
+    pub stream_replicas: usize,
     /// A NATS credentials file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_creds: Option<PathBuf>,
@@ -172,6 +176,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
+            stream_replicas: 1,
             nats_creds: None,
             nats_token: None,
             nats_tls_ca: None,
@@ -254,8 +259,9 @@ fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 14] = [
     "nats_url",
+    "stream_replicas",
     "ingest_listen",
     "lease_ttl",
     "nats_creds",
@@ -269,6 +275,9 @@ const ENV_KEYS: [&str; 13] = [
     "allow_insecure_http",
     "allow_private_targets",
 ];
+
+/// Most replicas JetStream keeps of a stream.
+pub const STREAM_REPLICAS_MAX: usize = 5;
 
 /// Shortest `admin_token` accepted, in characters: 16 random characters
 /// are beyond guessing; a word or a name is not.
@@ -425,6 +434,15 @@ impl Config {
                         });
                     }
                 },
+                "stream_replicas" => match raw.trim().parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => {
+                        return Err(ConfigError::BadEnv {
+                            env: env_key,
+                            message: format!("{raw:?} is not a whole number"),
+                        });
+                    }
+                },
                 "allow_private_targets" => toml::Value::Array(
                     raw.split(',')
                         .map(str::trim)
@@ -479,6 +497,16 @@ impl Config {
             return Err(FieldError::new(
                 "subject_prefix",
                 "must be dot-separated tokens of [A-Za-z0-9_-]",
+            )
+            .into());
+        }
+        if !(1..=STREAM_REPLICAS_MAX).contains(&self.stream_replicas) {
+            return Err(FieldError::new(
+                "stream_replicas",
+                format!(
+                    "is {}; JetStream keeps 1 to {STREAM_REPLICAS_MAX} replicas (1 on a single server, 3 on a cluster)",
+                    self.stream_replicas
+                ),
             )
             .into());
         }

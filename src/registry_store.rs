@@ -326,14 +326,15 @@ fn read_err<T: Item>(e: impl Into<async_nats::Error>) -> StoreError {
     }
 }
 
-/// The bucket configuration of the registries.
-pub fn bucket_config() -> kv::Config {
-    item_bucket_config::<RegistryConfig>()
+/// The bucket configuration of the registries, with `replicas` replicas.
+pub fn bucket_config(replicas: usize) -> kv::Config {
+    item_bucket_config::<RegistryConfig>(replicas)
 }
 
-/// The bucket configuration of an item.
-pub fn item_bucket_config<T: Item>() -> kv::Config {
+/// The bucket configuration of an item, with `replicas` replicas.
+pub fn item_bucket_config<T: Item>(replicas: usize) -> kv::Config {
     kv::Config {
+        num_replicas: replicas.max(1),
         bucket: T::BUCKET.to_owned(),
         description: T::DESCRIPTION.to_owned(),
         history: HISTORY,
@@ -380,17 +381,26 @@ impl<T: Item> KvStore<T> {
         self
     }
 
-    /// Opens the bucket, creating it when missing.
-    pub async fn open(js: &jetstream::Context, policy: T::Policy) -> Result<Self, StoreError> {
+    /// Opens the bucket, creating it with `replicas` replicas
+    /// (`stream_replicas`) when missing. An existing bucket is not changed;
+    /// another replica count is logged.
+    pub async fn open(
+        js: &jetstream::Context,
+        policy: T::Policy,
+        replicas: usize,
+    ) -> Result<Self, StoreError> {
         let bucket_err = |e: async_nats::Error| StoreError::Bucket {
             kind: T::KIND,
             bucket: T::BUCKET,
             source: e,
         };
         let kv = match js.get_key_value(T::BUCKET).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                crate::streams::settings::warn_bucket_replicas(&kv, replicas).await;
+                kv
+            }
             Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => js
-                .create_key_value(item_bucket_config::<T>())
+                .create_key_value(item_bucket_config::<T>(replicas))
                 .await
                 .map_err(|e| bucket_err(e.into()))?,
             Err(e) => return Err(bucket_err(e.into())),
@@ -773,7 +783,7 @@ pub async fn start(
     settings: &crate::config::Settings,
     shutdown: CancellationToken,
 ) -> Result<(RegistryStore, RegistryWatcher), StoreError> {
-    let store = RegistryStore::open(js, settings.policy.clone())
+    let store = RegistryStore::open(js, settings.policy.clone(), settings.config.stream_replicas)
         .await?
         .with_smtp_configured(settings.config.smtp.is_some());
     apply_and_watch(store, &settings.config.registry, shutdown).await

@@ -163,7 +163,12 @@ impl InProcess {
     ) -> Result<InProcess, streams::NatsError> {
         let client = streams::connect_once(&settings.config).await?;
         let js = jetstream::new(client.clone());
-        streams::ensure_streams(&js, &settings.config.subject_prefix).await?;
+        streams::ensure_streams(
+            &js,
+            &settings.config.subject_prefix,
+            settings.config.stream_replicas,
+        )
+        .await?;
         let ledger = js
             .get_stream(streams::LEDGER_STREAM)
             .await
@@ -469,6 +474,7 @@ impl ActiveParts {
                     self.settings.ledger,
                 );
                 options.fence = fence.clone();
+                options.stream_replicas = self.settings.config.stream_replicas;
                 Some(tasks.spawn(async move {
                     run_aggregator(client, options, registries, token)
                         .await
@@ -493,10 +499,11 @@ impl ActiveParts {
 async fn lease_bucket(
     js: &jetstream::Context,
     ttl: Duration,
+    replicas: usize,
     shutdown: &CancellationToken,
 ) -> Result<Option<async_nats::jetstream::kv::Store>, ServiceError> {
     loop {
-        match crate::lease::bucket(js, ttl, 1).await {
+        match crate::lease::bucket(js, ttl, replicas).await {
             Ok(store) => return Ok(Some(store)),
             Err(e @ crate::lease::LeaseError::TtlTooShort { .. }) => return Err(e.into()),
             Err(e) => {
@@ -518,7 +525,14 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
     // Validated with the config: a parse failure cannot happen here.
     let ttl = humantime::parse_duration(&parts.settings.config.lease_ttl)
         .unwrap_or(crate::lease::TTL_DEFAULT);
-    let Some(store) = lease_bucket(&parts.js, ttl, &shutdown).await? else {
+    let Some(store) = lease_bucket(
+        &parts.js,
+        ttl,
+        parts.settings.config.stream_replicas,
+        &shutdown,
+    )
+    .await?
+    else {
         return Ok(());
     };
     let instance = crate::lease::instance_name();
@@ -627,7 +641,12 @@ async fn prepare(
     let mut backoff = START_RETRY_MIN;
     loop {
         let attempt = async {
-            streams::ensure_streams(js, &settings.config.subject_prefix).await?;
+            streams::ensure_streams(
+                js,
+                &settings.config.subject_prefix,
+                settings.config.stream_replicas,
+            )
+            .await?;
             let ready = registry_store::start(js, settings, shutdown.clone()).await?;
             let sources = source_store::start(js, settings, shutdown.clone())
                 .await

@@ -152,7 +152,7 @@ pub async fn start(
     settings: &crate::config::Settings,
     shutdown: CancellationToken,
 ) -> Result<(SourceStore, SourceWatcher), StoreError> {
-    let store = SourceStore::open(js, ()).await?;
+    let store = SourceStore::open(js, (), settings.config.stream_replicas).await?;
     apply_and_watch(store, &settings.config.source, shutdown).await
 }
 

@@ -31,6 +31,7 @@ pub fn publish(nats: &NatsArgs, file: &Path, strict: bool) -> Result<Exit, CliEr
         let summary = crate::publish::publish(
             &client,
             &settings.config.subject_prefix,
+            settings.config.stream_replicas,
             &source,
             input,
             |r| {

@@ -90,7 +90,7 @@ pub(super) fn run_op<T: CliItem>(
     };
     with_nats(&settings.config, async |client| {
         let js = async_nats::jetstream::new(client.clone());
-        let store = KvStore::<T>::open(&js, T::policy(&settings))
+        let store = KvStore::<T>::open(&js, T::policy(&settings), settings.config.stream_replicas)
             .await?
             .with_smtp_configured(settings.config.smtp.is_some());
         let mut out = std::io::stdout().lock();

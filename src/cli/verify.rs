@@ -14,6 +14,7 @@ pub fn verify(nats: &NatsArgs) -> Result<Exit, CliError> {
         let report = crate::verify::verify(
             &client,
             &settings.config.subject_prefix,
+            settings.config.stream_replicas,
             settings.ledger,
             settings.registries.clone(),
             |what, n| {

@@ -158,7 +158,8 @@ async fn publish(
     what: &'static str,
     progress: impl FnMut(&crate::publish::PublishSummary),
 ) -> Result<crate::publish::PublishSummary, DemoError> {
-    crate::publish::publish(client, prefix, "demo", text.as_bytes(), |_| {}, progress)
+    // The demo's own single nats-server: one replica.
+    crate::publish::publish(client, prefix, 1, "demo", text.as_bytes(), |_| {}, progress)
         .await
         .map_err(step(what))
 }
@@ -637,6 +638,7 @@ pub async fn run_demo(
     let verify = crate::verify::verify(
         client,
         &prefix,
+        settings.config.stream_replicas,
         settings.ledger,
         settings.registries.clone(),
         |_, _| {},

@@ -102,13 +102,14 @@ type Key = (String, String, u64);
 pub async fn verify(
     client: &async_nats::Client,
     prefix: &str,
+    replicas: usize,
     options: LedgerOptions,
     registries: Vec<Registry>,
     mut progress: impl FnMut(&str, u64),
 ) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
     let js = jetstream::new(client.clone());
-    let (orders, ledger) = streams::ensure_streams(&js, prefix).await?;
+    let (orders, ledger) = streams::ensure_streams(&js, prefix, replicas).await?;
     let mut report = VerifyReport::default();
     let mut engine = Engine::new(options, registries);
     let expected = replay(&orders, prefix, &mut engine, &mut report, &mut progress).await?;

@@ -112,6 +112,9 @@ pub struct AggregatorOptions {
     pub subject_prefix: String,
     pub ledger: LedgerOptions,
     pub cache_orders: usize,
+    /// Replicas of ORDERS and LEDGER when it is the one to create them
+    /// (`stream_replicas`).
+    pub stream_replicas: usize,
     /// Checked before every write: only the instance holding the lease
     /// writes ([`crate::lease`]). Open (never fenced) by default.
     pub fence: Fence,
@@ -123,6 +126,7 @@ impl AggregatorOptions {
             subject_prefix: subject_prefix.into(),
             ledger,
             cache_orders: CACHE_ORDERS,
+            stream_replicas: 1,
             fence: Fence::open(),
         }
     }
@@ -195,7 +199,8 @@ pub async fn run_aggregator(
 ) -> Result<(), AggregatorError> {
     let js = jetstream::new(client.clone());
     let open = || async {
-        let (orders, ledger) = streams::ensure_streams(&js, &options.subject_prefix).await?;
+        let (orders, ledger) =
+            streams::ensure_streams(&js, &options.subject_prefix, options.stream_replicas).await?;
         let consumer = orders
             .get_or_create_consumer(
                 CONSUMER,

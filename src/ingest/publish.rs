@@ -150,6 +150,7 @@ pub fn route(line: &[u8]) -> Result<(OrderId, String), (RejectReason, String)> {
 pub async fn publish(
     client: &async_nats::Client,
     prefix: &str,
+    replicas: usize,
     source: &str,
     input: impl BufRead,
     mut on_refused: impl FnMut(&Refusal),
@@ -157,7 +158,7 @@ pub async fn publish(
 ) -> Result<PublishSummary, PublishError> {
     let started = Instant::now();
     let js = jetstream::new(client.clone());
-    streams::ensure_streams(&js, prefix).await?;
+    streams::ensure_streams(&js, prefix, replicas).await?;
     let rejected_max = streams::rejected_max_bytes(client);
     let mut summary = PublishSummary::default();
     let mut window: VecDeque<(u64, String, PublishAckFuture)> = VecDeque::with_capacity(ACK_WINDOW);

@@ -134,7 +134,10 @@ pub async fn bucket(
         return Err(LeaseError::TtlTooShort { ttl, min });
     }
     match js.get_key_value(BUCKET).await {
-        Ok(store) => Ok(store),
+        Ok(store) => {
+            crate::streams::settings::warn_bucket_replicas(&store, replicas).await;
+            Ok(store)
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: BUCKET.to_owned(),

@@ -29,6 +29,7 @@ use async_nats::jetstream::{self, stream};
 use crate::config::Config;
 
 pub mod direct;
+pub mod settings;
 
 /// A consumer message handed back when a component stops (or is stopped
 /// for a registry) comes back after this delay, not at once: at once, the
@@ -183,7 +184,7 @@ pub enum NatsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create or update stream {stream}: {source}")]
+    #[error("cannot create stream {stream}: {source}")]
     Stream {
         stream: &'static str,
         #[source]
@@ -194,6 +195,15 @@ pub enum NatsError {
         stream: &'static str,
         #[source]
         source: async_nats::jetstream::context::GetStreamError,
+    },
+    #[error(
+        "stream {stream} exists with settings ledgerline cannot run on ({problems}); \
+         ledgerline never changes an existing stream: fix it with `nats stream edit {stream}` \
+         or your deployment's stream definition"
+    )]
+    StreamSettings {
+        stream: &'static str,
+        problems: String,
     },
 }
 
@@ -325,28 +335,37 @@ pub fn redact_url(url: &str) -> String {
         .join(",")
 }
 
-/// The ORDERS stream configuration for a subject prefix.
-pub fn orders_stream_config(prefix: &str) -> stream::Config {
+/// The ORDERS stream configuration for a subject prefix, with `replicas`
+/// replicas.
+pub fn orders_stream_config(prefix: &str, replicas: usize) -> stream::Config {
     stream_config(
         ORDERS_STREAM,
         "ledgerline input events, one subject per order",
         format!("{prefix}.>"),
+        replicas,
     )
 }
 
-/// The LEDGER stream configuration.
-pub fn ledger_stream_config() -> stream::Config {
+/// The LEDGER stream configuration, with `replicas` replicas.
+pub fn ledger_stream_config(replicas: usize) -> stream::Config {
     stream_config(
         LEDGER_STREAM,
         "ledgerline postings, responses, delivery attempts, rejections, alerts",
         subjects::LEDGER_ALL.to_owned(),
+        replicas,
     )
 }
 
 /// What ORDERS and LEDGER share: file storage kept by limits, the
 /// duplicate window, the message size limit and Direct Get.
-fn stream_config(name: &str, description: &str, subjects: String) -> stream::Config {
+fn stream_config(
+    name: &str,
+    description: &str,
+    subjects: String,
+    replicas: usize,
+) -> stream::Config {
     stream::Config {
+        num_replicas: replicas.max(1),
         name: name.to_owned(),
         description: Some(description.to_owned()),
         subjects: vec![subjects],
@@ -359,35 +378,70 @@ fn stream_config(name: &str, description: &str, subjects: String) -> stream::Con
     }
 }
 
-/// Creates both streams, or updates them to this configuration: idempotent,
-/// safe to run at every start-up.
+/// Opens both streams, creating a missing one with `replicas` replicas
+/// (`stream_replicas`, SPEC 7). An existing stream is never updated: its
+/// settings are the operator's, reviewed by [`settings::review`]; what
+/// ledgerline cannot run on fails here, the rest is logged as a warning.
+/// Safe to run at every start-up.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     prefix: &str,
+    replicas: usize,
 ) -> Result<(stream::Stream, stream::Stream), NatsError> {
-    let orders = ensure_stream(js, ORDERS_STREAM, orders_stream_config(prefix)).await?;
-    let ledger = ensure_stream(js, LEDGER_STREAM, ledger_stream_config()).await?;
+    let orders = ensure_stream(js, ORDERS_STREAM, orders_stream_config(prefix, replicas)).await?;
+    let ledger = ensure_stream(js, LEDGER_STREAM, ledger_stream_config(replicas)).await?;
     Ok((orders, ledger))
 }
 
-/// Creates or updates the stream `name` to `config`, then opens it.
+/// Opens the stream `name`, or creates it with `config` when it does not
+/// exist; an existing one is reviewed against `config`, not changed.
 async fn ensure_stream(
     js: &jetstream::Context,
     name: &'static str,
     config: stream::Config,
 ) -> Result<stream::Stream, NatsError> {
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|source| NatsError::Stream {
+    let get_err = |source| NatsError::GetStream {
+        stream: name,
+        source,
+    };
+    let stream = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) if is_not_found(&e) => match js.create_stream(config.clone()).await {
+            Ok(_) => return js.get_stream(name).await.map_err(get_err),
+            // Another process may have created it meanwhile: review theirs.
+            Err(source) => js.get_stream(name).await.map_err(|_| NatsError::Stream {
+                stream: name,
+                source,
+            })?,
+        },
+        Err(e) => return Err(get_err(e)),
+    };
+    let existing = &stream.cached_info().config;
+    let review = settings::review(existing, &config);
+    for d in &review.warned {
+        tracing::warn!(stream = name, setting = d.setting, "{d}");
+    }
+    if !review.refused.is_empty() {
+        return Err(NatsError::StreamSettings {
             stream: name,
-            source,
-        })?;
-    js.get_stream(name)
-        .await
-        .map_err(|source| NatsError::GetStream {
-            stream: name,
-            source,
-        })
+            problems: review
+                .refused
+                .iter()
+                .map(|d| format!("{}: {}", d.setting, d.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    Ok(stream)
+}
+
+/// True when `e` says the stream does not exist (JetStream error 10059).
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 /// A JetStream publish with our own headers plus a `Nats-Msg-Id` (and,

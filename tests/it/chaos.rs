@@ -412,6 +412,7 @@ fn publish_slowly(
             while let Err(e) = ledgerline::publish::publish(
                 &client,
                 "orders",
+                1,
                 "chaos",
                 chunk.as_bytes(),
                 |_| {},

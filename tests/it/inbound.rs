@@ -856,7 +856,7 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
     let (code, out, err) = run(&["source", "apply", "-"], Some(&edited));
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("updated gateway"), "{out}");
-    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
+    let store = ledgerline::source_store::SourceStore::open(&nats.js, (), 1)
         .await
         .unwrap();
     let gateway = store.get("gateway").await.unwrap().unwrap();

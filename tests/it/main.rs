@@ -21,5 +21,6 @@ mod properties;
 mod receiver;
 mod registry_store;
 mod service;
+mod streams;
 mod support;
 mod tls;

@@ -314,6 +314,7 @@ async fn unroutable_lines_are_refused_by_publish_with_their_line_numbers() {
     let s = ledgerline::publish::publish(
         &nats.client,
         "orders",
+        1,
         "t.ndjson",
         text.as_bytes(),
         |r| refused.push((r.line, r.reason)),
@@ -352,6 +353,7 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
                     match ledgerline::publish::publish(
                         &client,
                         "orders",
+                        1,
                         "test",
                         text.as_bytes(),
                         |_| {},

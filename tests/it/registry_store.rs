@@ -299,7 +299,7 @@ async fn the_watch_follows_creates_changes_and_deletes_without_a_restart() {
 async fn a_registry_the_policy_no_longer_allows_is_left_out_not_fatal() {
     let nats = support::nats().await;
     // Written by an instance that allows loopback targets…
-    let lax = RegistryStore::open(&nats.js, loopback_policy())
+    let lax = RegistryStore::open(&nats.js, loopback_policy(), 1)
         .await
         .unwrap();
     create_at(&lax, "local", "http://127.0.0.1:9/hook", ChangedBy::Api).await;

@@ -581,6 +581,7 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
                 ledgerline::publish::publish(
                     &client,
                     "orders",
+                    1,
                     "test",
                     chunk.join("\n").as_bytes(),
                     |_| {},

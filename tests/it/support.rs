@@ -33,7 +33,7 @@ pub async fn nats() -> Nats {
         .expect("nats-server starts (run `make tools`)");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = jetstream::new(client.clone());
-    ledgerline::streams::ensure_streams(&js, "orders")
+    ledgerline::streams::ensure_streams(&js, "orders", 1)
         .await
         .expect("streams");
     Nats { server, client, js }
@@ -242,6 +242,7 @@ pub async fn publish_events(nats: &Nats, events: &str) -> ledgerline::publish::P
     ledgerline::publish::publish(
         &nats.client,
         "orders",
+        1,
         "test",
         events.as_bytes(),
         |_| {},
@@ -275,6 +276,7 @@ pub async fn registry_store(js: &jetstream::Context) -> ledgerline::registry_sto
     ledgerline::registry_store::RegistryStore::open(
         js,
         ledgerline::registry::TargetPolicy::default(),
+        1,
     )
     .await
     .expect("the registry store opens")
@@ -290,6 +292,7 @@ pub async fn verify(
     ledgerline::verify::verify(
         &nats.client,
         "orders",
+        1,
         settings.ledger,
         settings.registries.clone(),
         |_, _| {},

@@ -1,0 +1,137 @@
+//! Stream settings are the operator's once a stream exists (SPEC 7, 9):
+//! `stream_replicas` is used when ledgerline creates a stream, an existing
+//! stream is never updated at start-up, and one ledgerline cannot run on is
+//! refused with what to change.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use ledgerline::config::Settings;
+use ledgerline::natsd::NatsServer;
+use ledgerline::streams::{self, LEDGER_STREAM, NatsError, ORDERS_STREAM};
+
+async fn server() -> (NatsServer, jetstream::Context) {
+    let server = NatsServer::start().await.expect("nats-server starts");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    (server, jetstream::new(client))
+}
+
+async fn config_of(js: &jetstream::Context, name: &str) -> stream::Config {
+    js.get_stream(name)
+        .await
+        .expect("the stream exists")
+        .info()
+        .await
+        .expect("stream info")
+        .config
+        .clone()
+}
+
+#[tokio::test]
+async fn an_operators_stream_settings_survive_every_start_up() {
+    let (_server, js) = server().await;
+    streams::ensure_streams(&js, "orders", 1)
+        .await
+        .expect("created");
+    // The operator keeps LEDGER for 400 days and at most 1 GiB, and says so.
+    let mut edited = config_of(&js, LEDGER_STREAM).await;
+    edited.max_age = Duration::from_secs(400 * 86_400);
+    edited.max_bytes = 1 << 30;
+    edited.description = Some("ours, kept 400 days".to_owned());
+    js.update_stream(edited).await.expect("operator's edit");
+
+    // Every start-up ensures the streams again: nothing is reverted.
+    for _ in 0..2 {
+        streams::ensure_streams(&js, "orders", 1)
+            .await
+            .expect("a stream with limits is warned about, not refused");
+    }
+    let after = config_of(&js, LEDGER_STREAM).await;
+    assert_eq!(after.max_age, Duration::from_secs(400 * 86_400));
+    assert_eq!(after.max_bytes, 1 << 30);
+    assert_eq!(after.description.as_deref(), Some("ours, kept 400 days"));
+    // ORDERS, untouched by the operator, is as ledgerline created it.
+    let orders = config_of(&js, ORDERS_STREAM).await;
+    assert_eq!(orders.subjects, ["orders.>"]);
+    assert!(orders.allow_direct);
+    assert_eq!(orders.num_replicas, 1);
+    assert!(orders.max_age.is_zero());
+}
+
+#[tokio::test]
+async fn a_stream_ledgerline_cannot_run_on_is_refused_named_and_left_unchanged() {
+    let (_server, js) = server().await;
+    // Someone created ORDERS by hand: work-queue retention, no Direct Get.
+    js.create_stream(stream::Config {
+        name: ORDERS_STREAM.to_owned(),
+        subjects: vec!["orders.>".to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        allow_direct: false,
+        ..Default::default()
+    })
+    .await
+    .expect("created by hand");
+
+    let err = streams::ensure_streams(&js, "orders", 1)
+        .await
+        .expect_err("ledgerline cannot replay a work queue");
+    assert!(
+        matches!(&err, NatsError::StreamSettings { stream, .. } if *stream == ORDERS_STREAM),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for needle in [
+        "stream ORDERS",
+        "retention",
+        "allow_direct",
+        "nats stream edit",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+    let after = config_of(&js, ORDERS_STREAM).await;
+    assert_eq!(after.retention, stream::RetentionPolicy::WorkQueue);
+    assert!(!after.allow_direct, "an existing stream is never changed");
+}
+
+#[tokio::test]
+async fn streams_are_created_with_stream_replicas_and_the_servers_refusal_is_named() {
+    let (_server, js) = server().await;
+    // A single server keeps one replica: asking for three names the stream
+    // and carries the server's reason.
+    let err = streams::ensure_streams(&js, "orders", 3)
+        .await
+        .expect_err("a single server has no room for three replicas");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("cannot create stream ORDERS:"),
+        "{message}"
+    );
+    assert!(
+        js.get_stream(ORDERS_STREAM).await.is_err(),
+        "nothing half-made"
+    );
+
+    streams::ensure_streams(&js, "orders", 1)
+        .await
+        .expect("one replica on one server");
+    assert_eq!(config_of(&js, LEDGER_STREAM).await.num_replicas, 1);
+}
+
+#[test]
+fn stream_replicas_out_of_range_names_the_key() {
+    for (value, ok) in [("0", false), ("1", true), ("3", true), ("6", false)] {
+        let got = Settings::on_loopback(
+            "nats://127.0.0.1:4222",
+            &format!("stream_replicas = {value}"),
+            "test.toml",
+        );
+        match (got, ok) {
+            (Ok(s), true) => assert_eq!(s.config.stream_replicas.to_string(), value),
+            (Err(e), false) => {
+                let e = e.to_string();
+                assert!(e.contains("stream_replicas") && e.contains("1 to 5"), "{e}");
+            }
+            (got, _) => panic!("stream_replicas = {value}: {:?}", got.map(|s| s.config)),
+        }
+    }
+}
