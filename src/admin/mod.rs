@@ -9,6 +9,7 @@
 //! | `GET /v1/registries/{id}/history` | every kept revision (the audit trail) |
 //! | `GET /v1/registries/{id}/deliveries?status=` | delivery state per order ([`orders`]) |
 //! | `POST /v1/registries/{id}/orders/{order_id}/redeliver` | retry a dead letter |
+//! | `POST/GET /v1/registries/{id}/backfill` | post what the registry missed; where it stands ([`backfill`]) |
 //! | `GET/POST /v1/sources` | inbound sources (SPEC 10): list, create ([`sources`]) |
 //! | `GET/PUT/DELETE /v1/sources/{id}` | read, create or replace, delete |
 //! | `GET /v1/sources/{id}/history` | every kept revision |
@@ -23,6 +24,7 @@
 //! sources are serialised with `***` in place of every secret.
 
 pub mod auth;
+mod backfill;
 mod error;
 pub mod health;
 pub mod metrics;
@@ -80,6 +82,7 @@ struct Inner {
     ledger: LedgerOptions,
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
+    backfills: backfill::Jobs,
 }
 
 /// Everything the admin API needs from the service.
@@ -110,6 +113,7 @@ impl AdminState {
                 ledger: c.ledger,
                 health: c.health,
                 metrics: metrics::install(),
+                backfills: backfill::Jobs::default(),
             }),
         }
     }
@@ -141,6 +145,9 @@ impl AdminState {
     pub(crate) fn health(&self) -> &Health {
         &self.inner.health
     }
+    pub(crate) fn backfills(&self) -> &backfill::Jobs {
+        &self.inner.backfills
+    }
 }
 
 /// Every route of the API: the router is built from this list, and the
@@ -165,6 +172,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
         (
             "/v1/registries/{id}/orders/{order_id}/redeliver",
             post(orders::redeliver),
+        ),
+        (
+            "/v1/registries/{id}/backfill",
+            post(backfill::start).get(backfill::show),
         ),
         (
             "/v1/sources",

@@ -189,6 +189,35 @@ pub enum RegistryCommand {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Post the current ledger of the orders a registry missed (it was
+    /// created or enabled after their events) as each order's first
+    /// posting. Throttled by the registry's rate limit; idempotent: run it
+    /// again after a crash and it posts only what is missing.
+    Backfill(BackfillArgs),
+}
+
+/// `ledgerline registry backfill`.
+#[derive(Args)]
+pub struct BackfillArgs {
+    /// The registry id.
+    pub id: String,
+    /// Only orders with an event stored at or after this time (RFC 3339,
+    /// e.g. 2026-11-01T00:00:00Z).
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub from: Option<time::OffsetDateTime>,
+    /// Only the orders of this file: one order id per line (blank lines
+    /// and lines starting with # are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub orders: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// What a `registry` subcommand runs.
+pub enum RegistryRun {
+    /// An operation `source` has too.
+    Item(NatsArgs, ItemOp),
+    Backfill(BackfillArgs),
 }
 
 impl RegistryCommand {
@@ -198,17 +227,20 @@ impl RegistryCommand {
             RegistryCommand::Apply { nats, .. }
             | RegistryCommand::List { nats, .. }
             | RegistryCommand::Show { nats, .. }
-            | RegistryCommand::Delete { nats, .. } => nats,
+            | RegistryCommand::Delete { nats, .. }
+            | RegistryCommand::Backfill(BackfillArgs { nats, .. }) => nats,
         }
     }
 
-    /// Where NATS is, and what to do.
-    pub fn into_op(self) -> (NatsArgs, ItemOp) {
+    /// What to run, and where NATS is.
+    pub fn into_run(self) -> RegistryRun {
+        let item = |nats, op| RegistryRun::Item(nats, op);
         match self {
-            RegistryCommand::Apply { file, nats } => (nats, ItemOp::Apply { file }),
-            RegistryCommand::List { json, nats } => (nats, ItemOp::List { json }),
-            RegistryCommand::Show { id, format, nats } => (nats, ItemOp::Show { id, format }),
-            RegistryCommand::Delete { id, nats } => (nats, ItemOp::Delete { id }),
+            RegistryCommand::Apply { file, nats } => item(nats, ItemOp::Apply { file }),
+            RegistryCommand::List { json, nats } => item(nats, ItemOp::List { json }),
+            RegistryCommand::Show { id, format, nats } => item(nats, ItemOp::Show { id, format }),
+            RegistryCommand::Delete { id, nats } => item(nats, ItemOp::Delete { id }),
+            RegistryCommand::Backfill(args) => RegistryRun::Backfill(args),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! printed by `main.rs` with its causes.
 
 pub mod args;
+pub mod backfill;
 pub mod deliveries;
 pub mod demo;
 pub mod export;

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::args::{ItemOp, RegistryCommand};
+use super::args::{ItemOp, RegistryCommand, RegistryRun};
 use super::{CliError, Exit, report_failure, report_usage, settings_or_report, with_nats};
 use crate::config::{CONFIG_MAX_BYTES, Config, Settings};
 use crate::registry::{FieldError, RegistryConfig};
@@ -67,8 +67,10 @@ impl CliItem for RegistryConfig {
 /// `ledgerline registry …`: exit 0 done, 1 NATS trouble or no such
 /// registry, 2 an invalid file or registry (the message names the field).
 pub fn registry(command: RegistryCommand) -> Result<Exit, CliError> {
-    let (nats, op) = command.into_op();
-    run_op::<RegistryConfig>(&nats, op)
+    match command.into_run() {
+        RegistryRun::Item(nats, op) => run_op::<RegistryConfig>(&nats, op),
+        RegistryRun::Backfill(args) => super::backfill::backfill(args),
+    }
 }
 
 /// One command on the items of type `T`: exit 0 done, 1 NATS trouble or

@@ -3,4 +3,5 @@
 //! fold, crash-safe, in stream order per order).
 
 pub mod aggregator;
+pub mod backfill;
 pub mod publish;

@@ -5,6 +5,7 @@
 //! Add further test modules here (`mod engine;`, ...) as they are written.
 
 mod admin;
+mod backfill;
 mod bench;
 mod chaos;
 mod cli;
