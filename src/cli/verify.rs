@@ -11,17 +11,10 @@ pub fn verify(nats: &NatsArgs) -> Result<Exit, CliError> {
     };
     let bar = progress_bar(None, "verifying");
     let report = with_nats(&settings.config, async |client| {
-        let report = crate::verify::verify(
-            &client,
-            &settings.config.subject_prefix,
-            settings.config.stream_replicas,
-            settings.ledger,
-            settings.registries.clone(),
-            |what, n| {
-                bar.set_message(what.to_owned());
-                bar.set_position(n);
-            },
-        )
+        let report = crate::verify::verify(&client, &settings, |what, n| {
+            bar.set_message(what.to_owned());
+            bar.set_position(n);
+        })
         .await?;
         Ok(report)
     })?;

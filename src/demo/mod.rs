@@ -635,16 +635,9 @@ pub async fn run_demo(
     // Replay ORDERS with the engine and compare with every stored posting.
     p.stage = "verifying".to_owned();
     progress(&p);
-    let verify = crate::verify::verify(
-        client,
-        &prefix,
-        settings.config.stream_replicas,
-        settings.ledger,
-        settings.registries.clone(),
-        |_, _| {},
-    )
-    .await
-    .map_err(step("verifying"))?;
+    let verify = crate::verify::verify(client, &settings, |_, _| {})
+        .await
+        .map_err(step("verifying"))?;
 
     // Count what happened, from the streams.
     let outcomes = attempt_outcomes(ledger).await;

@@ -1,14 +1,32 @@
 //! `ledgerline verify`: replay ORDERS through the engine and check that
 //! every posting stored in LEDGER is reproduced exactly.
 //!
-//! The event log is the source of truth: replaying it with the configured
-//! registries must give, for every (registry, order, seq), a posting equal
-//! in every field (key, event, entries, cumulative) and produced by the same
-//! ORDERS message. Anything else is listed: missing (the replay produced it,
-//! LEDGER does not have it), unexpected (stored but not produced) and
-//! different. Memory holds one 32-byte digest per expected posting.
+//! The event log is the source of truth: replaying it must give, for every
+//! (registry, order, seq), a posting equal in every field (key, event,
+//! entries, cumulative) and produced by the same ORDERS message. Anything
+//! else is listed: missing (the replay produced it, LEDGER does not have
+//! it), unexpected (stored but not produced) and different, naming the
+//! registry's revision the replay used.
+//!
+//! **Registries as they were.** Each event is replayed with the registries
+//! in force when the aggregator handled it: the registry bucket's history
+//! (every revision, created, edited, disabled or deleted through the file,
+//! `registry apply` or the API) at the time the event's first posting was
+//! stored, or, for an event no registry posted, when it was published. A
+//! registry of the configuration the bucket never held (an instance that
+//! never ran, fixed registries) counts from the beginning. The bucket keeps
+//! 64 revisions per registry: older changes are beyond what verify can
+//! replay (docs/registries.md).
+//!
+//! **Backfills.** A posting stored by `registry backfill` (header
+//! `Ledgerline-Backfill`) is replayed as what it is: the registry has
+//! nothing of the order before it, and at its event it gets the order's
+//! whole ledger as posting 1 ([`crate::backfill`]).
+//!
+//! Memory holds one 32-byte digest per stored posting and one order book
+//! per order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -16,12 +34,16 @@ use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::engine::{ApplyError, Engine};
-use crate::events::parse_event;
-use crate::ledger::LedgerOptions;
-use crate::posting::Posting;
+use time::OffsetDateTime;
+
+use crate::config::Settings;
+use crate::engine::{ApplyError, OrderBook};
+use crate::events::{OrderId, parse_event};
+use crate::ledger::{LedgerOptions, derive};
+use crate::posting::{Cursor, Posting, build};
 use crate::records::StoredPosting;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryConfig, TargetPolicy};
+use crate::registry_store::{HistoryEntry, RegistryStore};
 use crate::streams::{self, LEDGER_STREAM, ORDERS_STREAM, subjects};
 
 /// One posting that does not match the replay.
@@ -80,6 +102,8 @@ impl std::fmt::Display for VerifyReport {
 pub enum VerifyError {
     #[error(transparent)]
     Streams(#[from] streams::NatsError),
+    #[error("reading the registries' history: {0}")]
+    Registries(#[source] crate::registry_store::StoreError),
     #[error("reading {stream}: {source}")]
     Read {
         stream: &'static str,
@@ -96,155 +120,409 @@ fn digest(p: &Posting, source_seq: u64) -> [u8; 32] {
     h.finalize().into()
 }
 
+fn cumulative_digest(p: &Posting) -> [u8; 32] {
+    // Plain data, as above.
+    Sha256::digest(serde_json::to_vec(&p.cumulative).unwrap_or_default()).into()
+}
+
 type Key = (String, String, u64);
 
-/// Replays ORDERS and compares with LEDGER.
+/// What is kept of a stored posting while ORDERS is replayed.
+struct Stored {
+    digest: [u8; 32],
+    cumulative: [u8; 32],
+    /// Its debit and credit when it should balance and does not.
+    unbalanced: Option<(rust_decimal::Decimal, rust_decimal::Decimal)>,
+}
+
+/// The registries over time: what was in force from when, as the KV
+/// history of the registries says. Each epoch starts at a change.
+struct Timeline {
+    /// (from, the registries in force, the revision of each) by time.
+    epochs: Vec<(OffsetDateTime, Vec<Registry>, Vec<u64>)>,
+}
+
+impl Timeline {
+    /// From the bucket's history (every revision, in order); a registry of
+    /// the configuration the bucket never had (an instance that never ran,
+    /// or fixed registries) is in force from the beginning, revision 0.
+    fn new(
+        config: Vec<Registry>,
+        history: Vec<(String, HistoryEntry<RegistryConfig>)>,
+        policy: &TargetPolicy,
+    ) -> Timeline {
+        let known: HashSet<&str> = history.iter().map(|(id, _)| id.as_str()).collect();
+        let mut current: BTreeMap<String, (u64, Registry)> = config
+            .into_iter()
+            .filter(|r| !known.contains(r.id()))
+            .map(|r| (r.id().to_owned(), (0, r)))
+            .collect();
+        let snapshot = |current: &BTreeMap<String, (u64, Registry)>| {
+            let (revisions, registries) = current
+                .values()
+                .map(|(rev, r)| (*rev, r.clone()))
+                .unzip::<_, _, Vec<_>, Vec<_>>();
+            (registries, revisions)
+        };
+        let (registries, revisions) = snapshot(&current);
+        let mut epochs = vec![(OffsetDateTime::UNIX_EPOCH, registries, revisions)];
+        for (id, entry) in history {
+            // What the aggregator would have had: a valid stored registry,
+            // nothing after a deletion or an invalid value.
+            let valid = entry
+                .stored
+                .as_ref()
+                .and_then(|s| s.registry.validate(policy).ok());
+            match valid {
+                Some(r) => current.insert(id, (entry.revision, r)),
+                None => current.remove(&id),
+            };
+            let (registries, revisions) = snapshot(&current);
+            epochs.push((entry.at, registries, revisions));
+        }
+        Timeline { epochs }
+    }
+
+    /// The registries in force at `t`, with their revisions.
+    fn at(&self, t: OffsetDateTime) -> (&[Registry], &[u64]) {
+        let i = self.epochs.partition_point(|(from, ..)| *from <= t);
+        let (_, registries, revisions) = &self.epochs[i.saturating_sub(1)];
+        (registries, revisions)
+    }
+
+    /// The last revision of `id` in force at or before `t`.
+    fn last_before(&self, t: OffsetDateTime, id: &str) -> Option<&Registry> {
+        let i = self.epochs.partition_point(|(from, ..)| *from <= t);
+        self.epochs[..i]
+            .iter()
+            .rev()
+            .find_map(|(_, registries, _)| registries.iter().find(|r| r.id() == id))
+    }
+
+    /// The revision of `id` in force at `t`, for messages.
+    fn revision(&self, t: OffsetDateTime, id: &str) -> Option<u64> {
+        let (registries, revisions) = self.at(t);
+        registries
+            .iter()
+            .position(|r| r.id() == id)
+            .map(|i| revisions[i])
+    }
+}
+
+/// A posting stored for an order: its registry, its number, the ORDERS
+/// sequence of its event, when it was stored and whether `registry
+/// backfill` stored it.
+struct Posted {
+    registry_id: String,
+    seq: u64,
+    source_seq: u64,
+    at: OffsetDateTime,
+    backfill: bool,
+}
+
+/// Everything read from LEDGER before the replay.
+#[derive(Default)]
+struct Ledger {
+    stored: HashMap<Key, Stored>,
+    /// ORDERS sequence → when its first posting was stored: when the
+    /// aggregator handled the event, give or take the publish.
+    handled_at: HashMap<u64, OffsetDateTime>,
+    /// Order id → its stored postings.
+    posted: HashMap<String, Vec<Posted>>,
+}
+
+/// Replays ORDERS and compares with LEDGER, each registry as it was when
+/// each event was handled (module doc).
 pub async fn verify(
     client: &async_nats::Client,
-    prefix: &str,
-    replicas: usize,
-    options: LedgerOptions,
-    registries: Vec<Registry>,
+    settings: &Settings,
     mut progress: impl FnMut(&str, u64),
 ) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
     let js = jetstream::new(client.clone());
-    let (orders, ledger) = streams::ensure_streams(&js, prefix, replicas).await?;
+    let prefix = settings.config.subject_prefix.as_str();
+    let (orders, ledger) =
+        streams::ensure_streams(&js, prefix, settings.config.stream_replicas).await?;
+    let history = match js.get_key_value(crate::registry_store::BUCKET).await {
+        Ok(_) => {
+            let store = RegistryStore::open(
+                &js,
+                settings.policy.clone(),
+                settings.config.stream_replicas,
+            )
+            .await
+            .map_err(VerifyError::Registries)?;
+            store.timeline().await.map_err(VerifyError::Registries)?
+        }
+        // No bucket: the instance never ran; the configuration's registries.
+        Err(_) => Vec::new(),
+    };
+    let timeline = Timeline::new(settings.registries.clone(), history, &settings.policy);
     let mut report = VerifyReport::default();
-    let mut engine = Engine::new(options, registries);
-    let expected = replay(&orders, prefix, &mut engine, &mut report, &mut progress).await?;
-    compare(&ledger, expected, &mut engine, &mut report, &mut progress).await?;
+    let stored = read_ledger(&ledger, &mut report, &mut progress).await?;
+    replay(
+        &orders,
+        prefix,
+        &settings.ledger,
+        &timeline,
+        stored,
+        &mut report,
+        &mut progress,
+    )
+    .await?;
+    report.mismatches.sort_by(|a, b| {
+        (&a.registry_id, &a.order_id, a.seq).cmp(&(&b.registry_id, &b.order_id, b.seq))
+    });
     report.elapsed_ms = started.elapsed().as_millis();
     Ok(report)
 }
 
-/// Step 1: replays ORDERS through `engine`; the digest of every posting the
-/// replay makes, by (registry, order, seq).
-async fn replay(
-    orders: &async_nats::jetstream::stream::Stream,
-    prefix: &str,
-    engine: &mut Engine,
+/// Step 1: every stored posting (its digest), when each event was
+/// handled, and the backfills.
+async fn read_ledger(
+    ledger: &Stream,
     report: &mut VerifyReport,
     progress: &mut impl FnMut(&str, u64),
-) -> Result<HashMap<Key, [u8; 32]>, VerifyError> {
-    let mut expected: HashMap<Key, [u8; 32]> = HashMap::new();
+) -> Result<Ledger, VerifyError> {
+    let mut out = Ledger::default();
+    read_all(
+        ledger,
+        LEDGER_STREAM,
+        subjects::POSTINGS_ALL,
+        |msg, _seq, at| {
+            report.stored += 1;
+            progress("reading LEDGER", report.stored);
+            let subject = msg.subject.as_str();
+            let stored: StoredPosting = match serde_json::from_slice(&msg.payload) {
+                Ok(s) => s,
+                Err(e) => {
+                    let (r, o) = subjects::parse_order_subject(subject)
+                        .map(|(_, r, o)| (r.to_owned(), o.to_owned()))
+                        .unwrap_or_default();
+                    report.mismatches.push(Mismatch {
+                        registry_id: r,
+                        order_id: o,
+                        seq: 0,
+                        problem: format!("unreadable posting: {e}"),
+                    });
+                    return;
+                }
+            };
+            let p = &stored.posting;
+            let handled = out.handled_at.entry(stored.source_seq).or_insert(at);
+            *handled = (*handled).min(at);
+            let backfilled = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(crate::backfill::H_BACKFILL))
+                .is_some_and(|v| v.as_str() == "true");
+            out.posted
+                .entry(p.order_id.to_string())
+                .or_default()
+                .push(Posted {
+                    registry_id: p.registry_id.clone(),
+                    seq: p.seq,
+                    source_seq: stored.source_seq,
+                    at,
+                    backfill: backfilled,
+                });
+            let (d, c) = p.debit_credit();
+            out.stored.insert(
+                (p.registry_id.clone(), p.order_id.to_string(), p.seq),
+                Stored {
+                    digest: digest(p, stored.source_seq),
+                    cumulative: cumulative_digest(p),
+                    unbalanced: (!p.filtered && d != c).then_some((d, c)),
+                },
+            );
+        },
+    )
+    .await?;
+    Ok(out)
+}
+
+/// Step 2: replays ORDERS, each event with the registries in force when it
+/// was handled, and checks each posting the replay makes against LEDGER;
+/// what LEDGER has and the replay does not make is reported at the end.
+async fn replay(
+    orders: &Stream,
+    prefix: &str,
+    options: &LedgerOptions,
+    timeline: &Timeline,
+    mut ledger: Ledger,
+    report: &mut VerifyReport,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<(), VerifyError> {
+    let mut books: HashMap<OrderId, OrderBook> = HashMap::new();
     let prefix_dot = format!("{prefix}.");
     read_all(
         orders,
         ORDERS_STREAM,
         &format!("{prefix}.>"),
-        |subject, seq, payload| {
+        |msg, seq, published| {
             report.events += 1;
             progress("replaying ORDERS", report.events);
+            let subject = msg.subject.as_str();
             let token = subject.strip_prefix(&prefix_dot).unwrap_or(subject);
-            let result = parse_event(payload, Some(token))
-                .map_err(ApplyError::from)
-                .and_then(|ev| engine.process(&ev));
-            if let Ok(postings) = result {
-                for p in postings {
-                    let key = (p.registry_id.clone(), p.order_id.to_string(), p.seq);
-                    expected.insert(key, digest(&p, seq));
+            let Ok(event) = parse_event(&msg.payload, Some(token)) else {
+                return;
+            };
+            let at = ledger.handled_at.get(&seq).copied().unwrap_or(published);
+            let book = books
+                .entry(event.order_id.clone())
+                .or_insert_with(|| OrderBook::new(event.order_id.clone()));
+            let posted = ledger.posted.get(event.order_id.as_str());
+            let registries = in_force_for(timeline, at, seq, posted.map_or(&[][..], |p| &p[..]));
+            let Ok(plan) = book.plan(&event, &registries, options, |_| false) else {
+                return;
+            };
+            for p in &plan.postings {
+                check(
+                    p,
+                    seq,
+                    timeline.revision(at, &p.registry_id),
+                    book,
+                    &mut ledger.stored,
+                    report,
+                );
+            }
+            book.commit(plan);
+            let backfills = posted
+                .into_iter()
+                .flatten()
+                .filter(|f| f.backfill && f.source_seq == seq);
+            for f in backfills {
+                let (registries, _) = timeline.at(f.at);
+                let Some(r) = registries.iter().find(|r| r.id() == f.registry_id) else {
+                    continue;
+                };
+                let built = derive(&book.state, options)
+                    .map_err(ApplyError::from)
+                    .and_then(|ledger| Ok(build(r, &event, &ledger, &Cursor::default())?));
+                if let Ok(p) = built {
+                    check(
+                        &p,
+                        seq,
+                        timeline.revision(f.at, r.id()),
+                        book,
+                        &mut ledger.stored,
+                        report,
+                    );
+                    book.cursors.insert(p.registry_id.clone(), p.cursor());
                 }
             }
         },
     )
     .await?;
-    report.expected = expected.len() as u64;
-    Ok(expected)
-}
-
-/// Step 2: compares every stored posting with the replay's; what the replay
-/// made and LEDGER lacks is reported missing.
-async fn compare(
-    ledger: &async_nats::jetstream::stream::Stream,
-    mut expected: HashMap<Key, [u8; 32]>,
-    engine: &mut Engine,
-    report: &mut VerifyReport,
-    progress: &mut impl FnMut(&str, u64),
-) -> Result<(), VerifyError> {
-    let mut seen = 0u64;
-    read_all(ledger, LEDGER_STREAM, subjects::POSTINGS_ALL, |subject, _seq, payload| {
-        seen += 1;
-        progress("checking LEDGER", seen);
-        report.stored += 1;
-        let stored: StoredPosting = match serde_json::from_slice(payload) {
-            Ok(s) => s,
-            Err(e) => {
-                let (r, o) = subjects::parse_order_subject(subject)
-                    .map(|(_, r, o)| (r.to_owned(), o.to_owned()))
-                    .unwrap_or_default();
-                report.mismatches.push(Mismatch { registry_id: r, order_id: o, seq: 0, problem: format!("unreadable posting: {e}") });
-                return;
-            }
-        };
-        let p = &stored.posting;
-        let key = (p.registry_id.clone(), p.order_id.to_string(), p.seq);
-        match expected.remove(&key) {
-            Some(d) if d == digest(p, stored.source_seq) => report.matched += 1,
-            Some(_) => report.mismatches.push(Mismatch {
-                registry_id: key.0,
-                order_id: key.1,
-                seq: key.2,
-                problem: describe_difference(engine, p),
-            }),
-            None => report.mismatches.push(Mismatch {
-                registry_id: key.0,
-                order_id: key.1,
-                seq: key.2,
-                problem: "stored, but the replay does not produce it (unknown registry, or a posting nobody should have made)".to_owned(),
-            }),
-        }
-    })
-    .await?;
-    let mut missing: Vec<Mismatch> = expected
+    let mut left: Vec<Mismatch> = ledger
+        .stored
         .into_keys()
         .map(|(r, o, s)| Mismatch {
             registry_id: r,
             order_id: o,
             seq: s,
-            problem: "missing from LEDGER (the replay produces it)".to_owned(),
+            problem: "stored, but the replay does not produce it (unknown registry, or a posting nobody should have made)".to_owned(),
         })
         .collect();
-    missing.sort_by(|a, b| {
-        (&a.registry_id, &a.order_id, a.seq).cmp(&(&b.registry_id, &b.order_id, b.seq))
-    });
-    report.mismatches.extend(missing);
+    report.mismatches.append(&mut left);
     Ok(())
 }
 
-/// Says what differs between a stored posting and the replay's.
-fn describe_difference(engine: &mut Engine, stored: &Posting) -> String {
-    let Some(book) = engine.book(&stored.order_id) else {
-        return "differs from the replay".to_owned();
+/// The registries to replay the event at ORDERS sequence `seq` of an order
+/// with, handled at `at`, knowing the order's stored postings `posted`:
+/// those in force at `at` (the bucket's history), except
+/// - a registry whose posting 1 for the order comes from a later event:
+///   it starts there (it was created, or the aggregator learned of it,
+///   after this event was handled), or from a backfill at or after this
+///   event (the backfill makes it, [`replay`]);
+///
+/// plus a registry that did post for this event although the history says
+/// it was not in force at `at` (the aggregator learned of a deletion after
+/// handling it), with its last revision before `at`.
+fn in_force_for(
+    timeline: &Timeline,
+    at: OffsetDateTime,
+    seq: u64,
+    posted: &[Posted],
+) -> Vec<Registry> {
+    let starts_later = |id: &str| {
+        posted.iter().any(|p| {
+            p.registry_id == id
+                && p.seq == 1
+                && (seq < p.source_seq || (p.backfill && seq == p.source_seq))
+        })
     };
-    let cursor = book.cursors.get(&stored.registry_id);
-    let mut parts = vec!["differs from the replay".to_owned()];
-    if let Some(c) = cursor
-        && c.seq == stored.seq
-        && c.posted != stored.cumulative
-    {
-        parts.push("its running total does not match the order's ledger".to_owned());
+    let (in_force, _) = timeline.at(at);
+    let mut out: Vec<Registry> = in_force
+        .iter()
+        .filter(|r| !starts_later(r.id()))
+        .cloned()
+        .collect();
+    for p in posted.iter().filter(|p| p.source_seq == seq && !p.backfill) {
+        if !out.iter().any(|r| r.id() == p.registry_id)
+            && let Some(r) = timeline.last_before(at, &p.registry_id)
+        {
+            out.push(r.clone());
+        }
     }
-    let (d, c) = stored.debit_credit();
-    if !stored.filtered && d != c {
-        parts.push(format!("and it does not balance (debit {d}, credit {c})"));
-    }
-    parts.join(": ")
+    out
+}
+
+/// Checks one posting of the replay, made by `revision` of its registry,
+/// against the stored one.
+fn check(
+    p: &Posting,
+    source_seq: u64,
+    revision: Option<u64>,
+    book: &OrderBook,
+    stored: &mut HashMap<Key, Stored>,
+    report: &mut VerifyReport,
+) {
+    report.expected += 1;
+    let key = (p.registry_id.clone(), p.order_id.to_string(), p.seq);
+    let with = match revision {
+        Some(rev) if rev > 0 => format!(" (replayed with revision {rev} of {})", p.registry_id),
+        _ => String::new(),
+    };
+    let problem = match stored.remove(&key) {
+        Some(s) if s.digest == digest(p, source_seq) => {
+            report.matched += 1;
+            return;
+        }
+        Some(s) => {
+            let mut parts = vec![format!("differs from the replay{with}")];
+            let cursor_seq = book.cursors.get(&p.registry_id).map_or(0, |c| c.seq);
+            if cursor_seq + 1 == p.seq && s.cumulative != cumulative_digest(p) {
+                parts.push("its running total does not match the order's ledger".to_owned());
+            }
+            if let Some((d, c)) = s.unbalanced {
+                parts.push(format!("and it does not balance (debit {d}, credit {c})"));
+            }
+            parts.join(": ")
+        }
+        None => format!("missing from LEDGER (the replay produces it{with})"),
+    };
+    report.mismatches.push(Mismatch {
+        registry_id: key.0,
+        order_id: key.1,
+        seq: key.2,
+        problem,
+    });
 }
 
 /// Reads every message of `filter` in `stream` in order with an ordered
-/// consumer, calling `f(subject, stream_seq, payload)`.
+/// consumer, calling `f(message, stream_seq, stored_at)`.
 async fn read_all(
     stream: &Stream,
     name: &'static str,
     filter: &str,
-    mut f: impl FnMut(&str, u64, &[u8]),
+    mut f: impl FnMut(&jetstream::Message, u64, OffsetDateTime),
 ) -> Result<(), VerifyError> {
     let err = |e: async_nats::Error| VerifyError::Read {
         stream: name,
         source: e,
     };
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_owned(),
             deliver_policy: DeliverPolicy::All,
@@ -252,7 +530,6 @@ async fn read_all(
         })
         .await
         .map_err(|e| err(e.into()))?;
-    let mut consumer = consumer;
     let pending = consumer
         .info()
         .await
@@ -265,8 +542,8 @@ async fn read_all(
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(|e| err(e.into()))?;
         let info = msg.info().map_err(err)?;
-        let (seq, left) = (info.stream_sequence, info.pending);
-        f(msg.subject.as_str(), seq, &msg.payload);
+        let (seq, left, at) = (info.stream_sequence, info.pending, info.published);
+        f(&msg, seq, at);
         if left == 0 {
             break;
         }

@@ -200,6 +200,10 @@ async fn a_registry_created_late_gets_each_orders_ledger_once_then_deltas() {
     assert!(!backfilled);
     assert_eq!(json!(second.posting.cumulative), want["ord-0001"]);
     svc.stop().await;
+    // verify replays the backfill as what it is: `late` has nothing of an
+    // order before its backfilled posting 1.
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}: {:?}", report.mismatches);
 }
 
 #[tokio::test]
@@ -329,6 +333,8 @@ async fn a_backfill_racing_the_aggregator_leaves_each_order_posted_once_and_in_s
     for (order, s) in &seqs {
         assert_eq!(*s, (1..=s.len() as u64).collect::<Vec<_>>(), "{order}");
     }
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}: {:?}", report.mismatches);
     // The receiver got each posting once per key, in order per order.
     let delivered: usize = stored.len();
     eventually(

@@ -25,3 +25,4 @@ mod service;
 mod streams;
 mod support;
 mod tls;
+mod verify;

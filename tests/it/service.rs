@@ -277,7 +277,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    in_force(&svc, "late", true).await;
+    svc.in_force("late", true).await;
     publish(&nats, &ticket_event("o-1", 2, 2)).await;
     wait_accepted(&late, 1, "late gets its first posting").await;
     let first_late: Value = serde_json::from_str(&late.received()[0].body).unwrap();
@@ -293,7 +293,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     off["enabled"] = json!(false);
     let (status, body) = svc.put("/v1/registries/books", &off).await;
     assert_eq!(status, 200, "{body}");
-    in_force(&svc, "books", false).await;
+    svc.in_force("books", false).await;
     publish(&nats, &ticket_event("o-1", 3, 3)).await;
     let stored_books = |n: u64| {
         eventually("books posting stored", Duration::from_secs(15), move || {
@@ -325,7 +325,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     // Deleted: no new postings; what was posted stays, shown and listed.
     let (status, _) = svc.delete("/v1/registries/late").await;
     assert_eq!(status, 200);
-    in_force(&svc, "late", false).await;
+    svc.in_force("late", false).await;
     publish(&nats, &ticket_event("o-1", 4, 4)).await;
     stored_books(4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -357,7 +357,7 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
         )
         .await;
     assert_eq!(status, 201);
-    in_force(&svc, "strict", true).await;
+    svc.in_force("strict", true).await;
     publish(
         &nats,
         &format!(
@@ -426,36 +426,6 @@ fn registry_in(view: &Value, registry: &str) -> Value {
         .find(|r| r["registry_id"] == registry)
         .unwrap_or_else(|| panic!("{registry} not in {view}"))
         .clone()
-}
-
-/// Waits until the running service delivers to `registry` (`true`: its
-/// consumer is among the readiness checks, so the dispatcher and the
-/// aggregator, which share the registry set, have it), or no longer does
-/// (`false`: deleted or disabled).
-async fn in_force(svc: &Service, registry: &str, wanted: bool) {
-    let name = format!("consumer LEDGER/dispatcher-{registry}");
-    eventually(
-        &format!("{registry} in force: {wanted}"),
-        Duration::from_secs(10),
-        || {
-            let r = svc.http.get(svc.url("/readyz")).send();
-            let name = name.clone();
-            async move {
-                let v: Value = r.await.unwrap().json().await.unwrap();
-                let check = v["checks"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|c| c["name"] == name.as_str())
-                    .cloned();
-                match check {
-                    Some(c) => wanted && c["ok"] == true,
-                    None => !wanted,
-                }
-            }
-        },
-    )
-    .await;
 }
 
 /// Small helper so polling closures read as `count(...).map_eq(n)`.

@@ -178,6 +178,36 @@ impl Service {
         resp.text().await.unwrap()
     }
 
+    /// Waits until the running service delivers to `registry` (`true`: its
+    /// consumer is among the readiness checks, so the dispatcher and the
+    /// aggregator, which share the registry set, have it), or no longer does
+    /// (`false`: deleted or disabled).
+    pub async fn in_force(&self, registry: &str, wanted: bool) {
+        let name = format!("consumer LEDGER/dispatcher-{registry}");
+        eventually(
+            &format!("{registry} in force: {wanted}"),
+            std::time::Duration::from_secs(10),
+            || {
+                let r = self.http.get(self.url("/readyz")).send();
+                let name = name.clone();
+                async move {
+                    let v: serde_json::Value = r.await.unwrap().json().await.unwrap();
+                    let check = v["checks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|c| c["name"] == name.as_str())
+                        .cloned();
+                    match check {
+                        Some(c) => wanted && c["ok"] == true,
+                        None => !wanted,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
     /// Stops it (as SIGTERM would) and expects a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -187,6 +217,41 @@ impl Service {
             .unwrap()
             .expect("the service stops cleanly");
     }
+}
+
+/// The registry store on `js` with the target policy of `settings`.
+#[allow(dead_code)]
+pub async fn registry_store_for(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> ledgerline::registry_store::RegistryStore {
+    ledgerline::registry_store::RegistryStore::open(js, settings.policy.clone(), 1)
+        .await
+        .expect("the registry store opens")
+}
+
+/// Waits until the aggregator has handled every event on ORDERS.
+#[allow(dead_code)]
+pub async fn settled(js: &jetstream::Context) {
+    eventually(
+        "the aggregator has handled every event",
+        std::time::Duration::from_secs(30),
+        || async {
+            // Not there yet while the aggregator starts.
+            let Ok(mut c) = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    ledgerline::aggregator::CONSUMER,
+                    ledgerline::streams::ORDERS_STREAM,
+                )
+                .await
+            else {
+                return false;
+            };
+            let info = c.info().await.unwrap();
+            info.num_pending == 0 && info.num_ack_pending == 0
+        },
+    )
+    .await;
 }
 
 /// Every message of a LEDGER subject filter: (subject, payload).
@@ -289,15 +354,7 @@ pub async fn verify(
     nats: &Nats,
     settings: &Settings,
 ) -> Result<ledgerline::verify::VerifyReport, ledgerline::verify::VerifyError> {
-    ledgerline::verify::verify(
-        &nats.client,
-        "orders",
-        1,
-        settings.ledger,
-        settings.registries.clone(),
-        |_, _| {},
-    )
-    .await
+    ledgerline::verify::verify(&nats.client, settings, |_, _| {}).await
 }
 
 /// How many messages a LEDGER subject filter holds.
