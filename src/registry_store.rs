@@ -68,6 +68,8 @@ use crate::registry::{
 };
 use crate::secret::{Secret, reveal_secrets};
 
+pub mod archive;
+
 /// The KV bucket of the registries.
 pub const BUCKET: &str = "ledgerline_registries";
 /// Revisions kept per registry: the most a KV bucket allows. Older
@@ -348,6 +350,8 @@ pub fn item_bucket_config<T: Item>(replicas: usize) -> kv::Config {
 /// live watch. Cheap to clone.
 pub struct KvStore<T: Item> {
     kv: kv::Store,
+    /// Where revisions are archived (LEDGER, [`archive`]).
+    js: jetstream::Context,
     policy: Arc<T::Policy>,
     /// Whether this instance can send failure emails (`[smtp]`), for the
     /// warnings of [`registry_warnings`] (registries only).
@@ -358,6 +362,7 @@ impl<T: Item> Clone for KvStore<T> {
     fn clone(&self) -> Self {
         Self {
             kv: self.kv.clone(),
+            js: self.js.clone(),
             policy: self.policy.clone(),
             smtp_configured: self.smtp_configured,
         }
@@ -407,6 +412,7 @@ impl<T: Item> KvStore<T> {
         };
         Ok(Self {
             kv,
+            js: js.clone(),
             policy: Arc::new(policy),
             smtp_configured: false,
         })
@@ -860,6 +866,8 @@ pub async fn apply_and_watch<T: Item>(
         info!(id = %entry.config.id(), revision = entry.revision,
               outcome = outcome.as_str(), "config {} applied", T::KIND);
     }
+    // Every revision on LEDGER too, past the bucket's 64 ([`archive`]).
+    store.archive_all_or_warn().await;
     let watcher = store.watch(shutdown).await?;
     Ok((store, watcher))
 }
@@ -956,6 +964,9 @@ async fn follow<T: Item>(
                         }
                     }
                     dirty = true;
+                    if let Err(err) = store.archive(&e.key).await {
+                        warn!(id = %e.key, error = %err, "archiving the {} revision on LEDGER failed; the next start catches up", T::KIND);
+                    }
                 }
                 // Publish once a burst of changes has been read.
                 if dirty && e.delta == 0 {

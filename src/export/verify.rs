@@ -172,7 +172,7 @@ impl Timeline {
             let valid = entry
                 .stored
                 .as_ref()
-                .and_then(|s| s.registry.validate(policy).ok());
+                .and_then(|s| without_secrets(&s.registry).validate(policy).ok());
             match valid {
                 Some(r) => current.insert(id, (entry.revision, r)),
                 None => current.remove(&id),
@@ -206,6 +206,20 @@ impl Timeline {
             .iter()
             .position(|r| r.id() == id)
             .map(|i| revisions[i])
+    }
+}
+
+/// `config` without its secrets (an archived revision has them as `***`):
+/// they never change a posting.
+fn without_secrets(config: &RegistryConfig) -> RegistryConfig {
+    RegistryConfig {
+        signing_secret: None,
+        signing_secret_previous: None,
+        signing_secret_previous_until: None,
+        headers: BTreeMap::new(),
+        query: BTreeMap::new(),
+        auth: Default::default(),
+        ..config.clone()
     }
 }
 
@@ -252,7 +266,12 @@ pub async fn verify(
             )
             .await
             .map_err(VerifyError::Registries)?;
-            store.timeline().await.map_err(VerifyError::Registries)?
+            // The bucket's revisions, and the older ones archived on LEDGER.
+            let mut history = store.archived().await.map_err(VerifyError::Registries)?;
+            let kept = store.timeline().await.map_err(VerifyError::Registries)?;
+            history.retain(|(_, h)| kept.first().is_none_or(|(_, k)| h.revision < k.revision));
+            history.extend(kept);
+            history
         }
         // No bucket: the instance never ran; the configuration's registries.
         Err(_) => Vec::new(),

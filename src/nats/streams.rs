@@ -11,6 +11,7 @@
 //! | | `ledger.rejected.<reason>` | aggregator, `publish` |
 //! | | `ledger.alerts.<R>` | dispatcher (dead letters) |
 //! | | `ledger.control.<R>.<O>` | `redeliver` (operator actions) |
+//! | | `ledger.history.<kind>.<id>` | every revision of a registry or source, secrets as `***` ([`crate::registry_store::archive`]) |
 //!
 //! Both are file-backed with `limits` retention and **no age or size limit**:
 //! they are the system of record (every input, posting, response and failure),

@@ -4,8 +4,11 @@
 //! and a tampered posting is named with the revision it was checked
 //! against.
 
+use std::time::Duration;
+
 use ledgerline::receiver::FailureMode;
 use ledgerline::records::StoredPosting;
+use ledgerline::registry_store::ChangedBy;
 use ledgerline::service::Component;
 use ledgerline::streams::{LEDGER_STREAM, subjects};
 use serde_json::json;
@@ -120,4 +123,72 @@ async fn verify_replays_registries_created_edited_and_deleted_between_batches() 
              and it does not balance (debit 11.01, credit 11.00)"
         )]
     );
+}
+
+#[tokio::test]
+async fn registry_revisions_outlive_the_buckets_64_on_ledger_without_secrets() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let nats = support::nats().await;
+    let (_rx, url) = support::receiver(Some(SECRET), FailureMode::default()).await;
+    let settings = TestConfig::new().settings(&nats.server);
+    let svc = Service::start(settings.clone(), &Component::ALL).await;
+    let store = support::registry_store_for(&nats.js, &settings).await;
+    let registry = |name: &str, group_by: &[&str]| -> ledgerline::registry::RegistryConfig {
+        serde_json::from_value(json!({
+            "id": "r", "name": name, "url": format!("{url}/hooks"),
+            "group_by": group_by, "signing_secret": SECRET,
+        }))
+        .unwrap()
+    };
+    store
+        .create(registry("r", &["currency"]), ChangedBy::Cli)
+        .await
+        .unwrap();
+    svc.in_force("r", true).await;
+    support::publish_events(&nats, &versions(&["o-1"], 1, 1)).await;
+    support::settled(&nats.js).await;
+
+    // Revision 2 changes what the postings look like; 70 more rename it.
+    store
+        .put(
+            registry("r", &["currency", "product_id"]),
+            None,
+            ChangedBy::Cli,
+        )
+        .await
+        .unwrap();
+    for n in 1..=70 {
+        store
+            .put(
+                registry(&format!("r {n}"), &["currency", "product_id"]),
+                None,
+                ChangedBy::Cli,
+            )
+            .await
+            .unwrap();
+    }
+    let archived = "ledger.history.registry.r";
+    support::eventually("72 revisions archived", Duration::from_secs(30), || async {
+        support::count_ledger(&nats.js, archived).await == 72
+    })
+    .await;
+    assert_eq!(
+        store.history("r").await.unwrap().len(),
+        64,
+        "the bucket keeps 64"
+    );
+    for (_, payload) in support::read_ledger(&nats.js, archived).await {
+        let text = String::from_utf8_lossy(&payload);
+        assert!(!text.contains(SECRET), "a secret archived in clear: {text}");
+        assert!(text.contains("\"signing_secret\":\"***\""), "{text}");
+    }
+
+    // The first posting was made by revision 1, beyond the bucket's
+    // history: verify finds it on LEDGER.
+    support::publish_events(&nats, &versions(&["o-1"], 2, 2)).await;
+    support::settled(&nats.js).await;
+    svc.stop().await;
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}: {:?}", report.mismatches);
+    assert_eq!(report.matched, 2);
 }
