@@ -50,10 +50,19 @@ fn render(plan: Result<Plan, ledgerline::events::Rejection>, lines: &[LineRef]) 
 fn every_reference_payload_maps_to_exactly_its_golden_events() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut checked = 0;
-    for kind in ["marketplace_orders", "pos_payments", "gateway", "events"] {
+    for kind in [
+        "marketplace_orders",
+        "pos_payments",
+        "gateway",
+        "events",
+        "jq",
+    ] {
         let dir = inbound_dir().join(kind);
-        let cases: Cases =
+        let mut cases: Cases =
             toml::from_str(&std::fs::read_to_string(dir.join("cases.toml")).unwrap()).unwrap();
+        // A jq source's program_file, read as `run` and `source apply` read it.
+        ledgerline::source_store::read_program_files(std::slice::from_mut(&mut cases.source), &dir)
+            .unwrap();
         let source = cases.source.validate().unwrap();
         for case in cases.case {
             let payload = case.payload.as_deref().unwrap_or(&case.name);
@@ -80,7 +89,7 @@ fn every_reference_payload_maps_to_exactly_its_golden_events() {
             checked += 1;
         }
     }
-    assert!(checked >= 20, "only {checked} cases");
+    assert!(checked >= 26, "only {checked} cases");
 }
 
 // ── The listener, end to end ────────────────────────────────────────────
