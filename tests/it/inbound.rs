@@ -918,3 +918,167 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
         assert!(!seen.contains(secret), "{secret} in CLI output");
     }
 }
+
+// ── jq sources: a channel mapped by the user's own program ──────────────
+
+const TICKETS_TOKEN: &str = "tickets-token-0123456789";
+
+/// A `[[source]]` of kind jq with `program` inline, bearer-authenticated.
+fn jq_source(id: &str, program: &str) -> String {
+    format!(
+        "[[source]]\nid = \"{id}\"\nkind = \"jq\"\ncurrency = \"EUR\"\nprogram = '''\n{program}'''\n\
+         [source.auth]\ntype = \"bearer\"\ntoken = \"{TICKETS_TOKEN}\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_jq_source_is_mapped_stored_once_refused_naming_the_field_and_posted() {
+    let program = std::fs::read_to_string(inbound_dir().join("jq/tickets.jq")).unwrap();
+    let (nats, rx, settings) = setup(&jq_source("tickets", &program)).await;
+    let svc = Running::start(settings.clone()).await;
+    let auth = [("authorization", format!("Bearer {TICKETS_TOKEN}"))];
+
+    // Mapped and stored; the vendor's retry is dropped (its own event id).
+    let confirmed = fixture("jq", "booking_confirmed");
+    let (status, reply) = svc.post("tickets", &auth, &confirmed).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply,
+        json!({"status": "success", "stored": 1, "duplicates": 0})
+    );
+    let (_, reply) = svc.post("tickets", &auth, &confirmed).await;
+    assert_eq!(
+        reply,
+        json!({"status": "success", "stored": 0, "duplicates": 1})
+    );
+    let (status, _) = svc.post("tickets", &[], &confirmed).await;
+    assert_eq!(status, 401);
+    let refunded = fixture("jq", "booking_refunded");
+    let (status, reply) = svc.post("tickets", &auth, &refunded).await;
+    assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+    // No output: acknowledged, nothing stored.
+    let viewed = fixture("jq", "booking_viewed");
+    let (status, reply) = svc.post("tickets/booking/viewed", &auth, &viewed).await;
+    assert_eq!((status, &reply["ignored"]), (200, &json!("booking/viewed")));
+    assert_eq!(count_orders(&nats.js, "orders.BK-1001").await, 2);
+
+    // A bad output: 422 naming the event's field, the raw body kept.
+    let decimals = fixture("jq", "too_many_decimals");
+    let (status, reply) = svc.post("tickets", &auth, &decimals).await;
+    assert_eq!(
+        (status, &reply["error"]["field"]),
+        (422, &json!("payment.amount")),
+        "{reply}"
+    );
+    let rejected = support::read_ledger(&nats.js, "ledger.rejected.too_many_decimals").await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].1.as_ref(), decimals.as_slice());
+    // A run-time error of the program: 422 naming `program`, body kept.
+    let broken =
+        br#"{"id": "evt_x", "event": "booking.confirmed", "created": "2026-11-22T10:00:00Z",
+        "booking": {"reference": "BK-2", "revision": 1, "tickets": 5}}"#;
+    let (status, reply) = svc.post("tickets", &auth, broken).await;
+    assert_eq!(
+        (status, &reply["error"]["field"]),
+        (422, &json!("program")),
+        "{reply}"
+    );
+    let rejected = support::read_ledger(&nats.js, "ledger.rejected.invalid_field").await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].1.as_ref(), broken.as_slice());
+    assert_eq!(count_orders(&nats.js, "orders.>").await, 2);
+
+    // Two events, two postings, each what a replay of ORDERS gives; the
+    // money is the payload's own digits.
+    delivered(&rx, 2).await;
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.expected, report.stored), (2, 2), "{report}");
+    let bodies: Vec<Value> = rx
+        .received()
+        .iter()
+        .filter(|r| r.order_id.as_deref() == Some("BK-1001"))
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let cashflow = |b: &Value, side: &str| -> Vec<String> {
+        b["ledger_entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["description"] == "Cashflow")
+            .map(|e| e[side].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(cashflow(&bodies[0], "debit"), ["12345678901234.96"]);
+    assert_eq!(cashflow(&bodies[1], "credit"), ["0.20"]);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_jq_program_file_is_read_beside_its_file_and_a_bad_program_is_refused_at_load() {
+    let nats = support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        inbound_dir().join("jq/tickets.jq"),
+        dir.path().join("tickets.jq"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bad.jq"), "{a: .b,\n  c: (.d | }\n").unwrap();
+
+    // `ledgerline run` refuses to start, naming the source and the position.
+    let config = support::process::config_file(
+        dir.path(),
+        &nats.server.url(),
+        "[[source]]\nid = \"broken\"\nkind = \"jq\"\nprogram_file = \"bad.jq\"\n",
+    );
+    let mut run = tokio::process::Command::from(support::process::ledgerline(&["run"]));
+    run.arg("--config").arg(&config).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), run.output())
+        .await
+        .expect("run refuses a bad program at once")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("source[0].program: line 2, column"), "{err}");
+
+    // `source apply` reads program_file beside the file and stores the text.
+    let config = support::process::config_file(dir.path(), &nats.server.url(), "");
+    let apply = |file: &str| {
+        let out = support::process::ledgerline(&["source", "apply", file, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = dir.path().join("sources.toml");
+    std::fs::write(
+        &good,
+        "[[source]]\nid = \"tickets\"\nkind = \"jq\"\ncurrency = \"EUR\"\nprogram_file = \"tickets.jq\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = apply(good.to_str().unwrap());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("created tickets (revision "), "{out}");
+    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
+        .await
+        .unwrap();
+    let stored = store.get("tickets").await.unwrap().unwrap();
+    let program = std::fs::read_to_string(dir.path().join("tickets.jq")).unwrap();
+    assert_eq!(stored.config.program.as_deref(), Some(program.as_str()));
+    assert_eq!(stored.config.program_file, None);
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[source]]\nid = \"broken\"\nkind = \"jq\"\nprogram_file = \"bad.jq\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = apply(bad.to_str().unwrap());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("program: line 2, column"), "{err}");
+    assert!(store.get("broken").await.unwrap().is_none());
+}
