@@ -57,7 +57,7 @@ pub enum Shot {
 /// Request `i`: one in 20 over-size, one in 4 to the slow source, the
 /// rest valid.
 pub fn shot(i: usize) -> Shot {
-    if i % 20 == 0 {
+    if i.is_multiple_of(20) {
         Shot::OverSize
     } else if i % 4 == 1 {
         Shot::OverRate
