@@ -215,15 +215,11 @@ pub async fn run(requests: usize) -> Result<FloodFigures, BenchError> {
         sources.push(source);
     }
     let (_keep, watch) = watch::channel(Arc::new(sources));
+    let bind = err("binding the ingest listener");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(err("binding the ingest listener"))?;
-    let base = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .map_err(err("binding the ingest listener"))?
-    );
+        .map_err(&bind)?;
+    let base = format!("http://{}", listener.local_addr().map_err(&bind)?);
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(inbound::serve(
         listener,

@@ -16,20 +16,19 @@ use crate::support::{self, eventually};
 /// over 500 MiB).
 const PEAK_RSS_MAX_BYTES: u64 = 200 * 1024 * 1024;
 
+/// A free loopback port for the child's ingest listener.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 #[tokio::test]
 async fn a_flood_of_10000_webhooks_is_answered_stored_and_held_in_bounded_memory() {
     let nats = support::nats().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = support::process::service_config(
-        dir.path(),
-        &nats.server.url(),
-        &format!("ingest_listen = \"127.0.0.1:{port}\"\n{}", flood::SOURCES),
-    );
+    let port = free_port();
+    let rest = format!("ingest_listen = \"127.0.0.1:{port}\"\n{}", flood::SOURCES);
+    let config = support::process::service_config(dir.path(), &nats.server.url(), &rest);
     let log = dir.path().join("run.log");
     let mut run = support::process::run("warn")
         .only("ingest")
@@ -62,16 +61,12 @@ async fn a_flood_of_10000_webhooks_is_answered_stored_and_held_in_bounded_memory
     assert!(answers.with(200) >= 5_000, "{}", answers.summary());
 
     // Every 200 is an event stored on ORDERS, and nothing else is.
-    let stored = nats
+    let mut orders = nats
         .js
         .get_stream(ledgerline::streams::ORDERS_STREAM)
         .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+        .unwrap();
+    let stored = orders.info().await.unwrap().state.messages;
     assert_eq!(stored, answers.with(200) as u64, "{}", answers.summary());
 
     let peak = ledgerline::bench::usage::of_pid(pid)

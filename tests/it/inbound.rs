@@ -940,17 +940,11 @@ async fn a_jq_source_is_mapped_stored_once_refused_naming_the_field_and_posted()
 
     // Mapped and stored; the vendor's retry is dropped (its own event id).
     let confirmed = fixture("jq", "booking_confirmed");
-    let (status, reply) = svc.post("tickets", &auth, &confirmed).await;
-    assert_eq!(status, 200, "{reply}");
-    assert_eq!(
-        reply,
-        json!({"status": "success", "stored": 1, "duplicates": 0})
-    );
-    let (_, reply) = svc.post("tickets", &auth, &confirmed).await;
-    assert_eq!(
-        reply,
-        json!({"status": "success", "stored": 0, "duplicates": 1})
-    );
+    for (stored, duplicates) in [(1, 0), (0, 1)] {
+        let answer = svc.post("tickets", &auth, &confirmed).await;
+        let want = json!({"status": "success", "stored": stored, "duplicates": duplicates});
+        assert_eq!(answer, (200, want));
+    }
     let (status, _) = svc.post("tickets", &[], &confirmed).await;
     assert_eq!(status, 401);
     let refunded = fixture("jq", "booking_refunded");
@@ -962,30 +956,29 @@ async fn a_jq_source_is_mapped_stored_once_refused_naming_the_field_and_posted()
     assert_eq!((status, &reply["ignored"]), (200, &json!("booking/viewed")));
     assert_eq!(count_orders(&nats.js, "orders.BK-1001").await, 2);
 
-    // A bad output: 422 naming the event's field, the raw body kept.
-    let decimals = fixture("jq", "too_many_decimals");
-    let (status, reply) = svc.post("tickets", &auth, &decimals).await;
-    assert_eq!(
-        (status, &reply["error"]["field"]),
-        (422, &json!("payment.amount")),
-        "{reply}"
-    );
-    let rejected = support::read_ledger(&nats.js, "ledger.rejected.too_many_decimals").await;
-    assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0].1.as_ref(), decimals.as_slice());
-    // A run-time error of the program: 422 naming `program`, body kept.
-    let broken =
+    // A bad output: 422 naming the event's field, the raw body kept; a
+    // run-time error of the program: 422 naming `program`, body kept.
+    let broken: &[u8] =
         br#"{"id": "evt_x", "event": "booking.confirmed", "created": "2026-11-22T10:00:00Z",
         "booking": {"reference": "BK-2", "revision": 1, "tickets": 5}}"#;
-    let (status, reply) = svc.post("tickets", &auth, broken).await;
-    assert_eq!(
-        (status, &reply["error"]["field"]),
-        (422, &json!("program")),
-        "{reply}"
-    );
-    let rejected = support::read_ledger(&nats.js, "ledger.rejected.invalid_field").await;
-    assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0].1.as_ref(), broken.as_slice());
+    for (body, field, reason) in [
+        (
+            fixture("jq", "too_many_decimals"),
+            "payment.amount",
+            "too_many_decimals",
+        ),
+        (broken.to_vec(), "program", "invalid_field"),
+    ] {
+        let (status, reply) = svc.post("tickets", &auth, &body).await;
+        assert_eq!(
+            (status, reply["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{reply}"
+        );
+        let kept = support::read_ledger(&nats.js, &format!("ledger.rejected.{reason}")).await;
+        let bodies: Vec<&[u8]> = kept.iter().map(|(_, b)| b.as_ref()).collect();
+        assert_eq!(bodies, [body.as_slice()], "{reason}");
+    }
     assert_eq!(count_orders(&nats.js, "orders.>").await, 2);
 
     // Two events, two postings, each what a replay of ORDERS gives; the
@@ -1043,8 +1036,16 @@ async fn a_jq_program_file_is_read_beside_its_file_and_a_bad_program_is_refused_
 
     // `source apply` reads program_file beside the file and stores the text.
     let config = support::process::config_file(dir.path(), &nats.server.url(), "");
-    let apply = |file: &str| {
-        let out = support::process::ledgerline(&["source", "apply", file, "--config"])
+    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
+        .await
+        .unwrap();
+    // Writes `text` to `name` in the folder, then applies it.
+    let apply = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = support::process::ledgerline(&["source", "apply"])
+            .arg(&file)
+            .arg("--config")
             .arg(&config)
             .output()
             .unwrap();
@@ -1054,30 +1055,21 @@ async fn a_jq_program_file_is_read_beside_its_file_and_a_bad_program_is_refused_
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let good = dir.path().join("sources.toml");
-    std::fs::write(
-        &good,
+    let (code, out, err) = apply(
+        "sources.toml",
         "[[source]]\nid = \"tickets\"\nkind = \"jq\"\ncurrency = \"EUR\"\nprogram_file = \"tickets.jq\"\n",
-    )
-    .unwrap();
-    let (code, out, err) = apply(good.to_str().unwrap());
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("created tickets (revision "), "{out}");
-    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
-        .await
-        .unwrap();
     let stored = store.get("tickets").await.unwrap().unwrap();
     let program = std::fs::read_to_string(dir.path().join("tickets.jq")).unwrap();
     assert_eq!(stored.config.program.as_deref(), Some(program.as_str()));
     assert_eq!(stored.config.program_file, None);
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
+    let (code, _, err) = apply(
+        "bad.toml",
         "[[source]]\nid = \"broken\"\nkind = \"jq\"\nprogram_file = \"bad.jq\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = apply(bad.to_str().unwrap());
+    );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("program: line 2, column"), "{err}");
     assert!(store.get("broken").await.unwrap().is_none());
