@@ -981,6 +981,44 @@ async fn a_jq_source_is_mapped_stored_once_refused_naming_the_field_and_posted()
     }
     assert_eq!(count_orders(&nats.js, "orders.>").await, 2);
 
+    // Over the admin API: the program's text is sent, compiled on write
+    // (a bad one is 422 naming `program`), served at once.
+    let admin = &svc.service;
+    for (source, field) in [
+        (
+            json!({"id": "j2", "kind": "jq", "program": "{a: (.b | }"}),
+            "program",
+        ),
+        (
+            json!({"id": "j2", "kind": "jq", "program_file": "x.jq"}),
+            "program_file",
+        ),
+    ] {
+        let (status, body) = admin.post("/v1/sources", &source).await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{body}"
+        );
+    }
+    let (status, body) = admin
+        .post(
+            "/v1/sources",
+            &json!({"id": "j2", "kind": "jq", "program": "empty"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["source"]["program"], "empty");
+    eventually(
+        "the new jq source served",
+        Duration::from_secs(20),
+        || async {
+            let (status, reply) = svc.post("j2/any/topic", &[], b"{}").await;
+            status == 200 && reply["ignored"] == "any/topic"
+        },
+    )
+    .await;
+
     // Two events, two postings, each what a replay of ORDERS gives; the
     // money is the payload's own digits.
     delivered(&rx, 2).await;
