@@ -29,7 +29,8 @@
 //! most [`JQ_EVENTS_MAX`] events. jaq has no step limit, so a program is
 //! trusted configuration (only an operator writes it, as the config file
 //! or over the authenticated admin API); the listener runs it off the
-//! async threads, a few at a time. `env`, `now`, `halt`, `input`-style
+//! async threads, a few at a time. Outputs are converted to at most
+//! [`JQ_OUTPUT_DEPTH_MAX`] levels. `env`, `now`, `halt`, `input`-style
 //! and logging filters are not available: a program sees only its payload.
 
 use std::fmt;
@@ -49,6 +50,9 @@ use crate::source::Source;
 /// Most events one request may map to: far beyond a real webhook, a bound
 /// on what one run can make us store.
 pub const JQ_EVENTS_MAX: usize = 100;
+/// Deepest nesting of an output: an event is 4 levels deep; a bound keeps
+/// the conversion's recursion (and its stack) small.
+pub const JQ_OUTPUT_DEPTH_MAX: usize = 32;
 /// Longest program, in bytes: a mapping is a page, not a library.
 pub const JQ_PROGRAM_MAX_BYTES: usize = 64 * 1024;
 /// The global variables a program may read, in [`JqProgram::run`]'s order.
@@ -327,6 +331,12 @@ fn exact_text(n: &Num) -> Option<String> {
 
 /// One output value as JSON, checking numbers as the module doc says.
 fn to_json(v: &Val, path: &mut Vec<Seg>) -> Result<Value, Rejection> {
+    if path.len() > JQ_OUTPUT_DEPTH_MAX {
+        return Err(invalid(
+            show(path),
+            format!("is nested deeper than {JQ_OUTPUT_DEPTH_MAX} levels"),
+        ));
+    }
     Ok(match v {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
@@ -640,6 +650,8 @@ mod tests {
         assert_eq!(e.field, "[0]");
         let e = run("{quantity: 0.5}", "x", "{}").unwrap_err();
         assert_eq!(e.field, "quantity");
+        let e = run("{a: (reduce range(100) as $i (null; [.]))}", "x", "{}").unwrap_err();
+        assert!(e.message.contains("nested deeper than"), "{e:?}");
     }
 
     #[test]
