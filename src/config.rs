@@ -216,6 +216,12 @@ pub enum ConfigError {
     BadEnv { env: String, message: String },
     #[error("config {0}")]
     Invalid(#[from] FieldError),
+    #[error("config file {path}: {source}")]
+    ProgramFile {
+        path: String,
+        #[source]
+        source: crate::source_store::ProgramFileError,
+    },
 }
 
 /// The configuration, validated: what the rest of ledgerline runs on.
@@ -395,7 +401,18 @@ impl Config {
             }
             None => (String::new(), "(defaults)".to_owned()),
         };
-        Self::from_toml_with_env(&text, &shown, env)
+        let mut config = Self::from_toml_with_env(&text, &shown, env)?;
+        if let Some(p) = path {
+            // A jq source's program_file is relative to this file.
+            let base = p.parent().unwrap_or(Path::new("."));
+            crate::source_store::read_program_files(&mut config.source, base).map_err(
+                |source| ConfigError::ProgramFile {
+                    path: shown,
+                    source,
+                },
+            )?;
+        }
+        Ok(config)
     }
 
     /// Parses TOML text and overlays environment settings.

@@ -27,12 +27,22 @@
 //! File and bucket: like registries, the config file's sources are written
 //! to the bucket at start-up (so at start-up a `[[source]]` wins over the
 //! bucket's source of the same id), and the bucket is what is served.
+//!
+//! A `jq` source's `program_file` is read when the file that names it is
+//! loaded ([`read_program_files`]: the config file, or a file given to
+//! `source apply`), relative to that file's folder: its text becomes the
+//! source's `program`, which is what the bucket stores, so every instance
+//! runs the same program whatever files it has.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use crate::mapping::jq::JQ_PROGRAM_MAX_BYTES;
 use crate::registry::FieldError;
 use crate::registry_store::{
     ChangedBy, Entry, HistoryEntry, Item, KvStore, StoreError, Watcher, apply_and_watch,
@@ -142,6 +152,55 @@ fn auth_secret(auth: &SourceAuth) -> Option<(&'static str, &Secret)> {
         SourceAuth::Oauth2 { client_secret, .. } => Some(("client_secret", client_secret)),
         SourceAuth::Signature { secret, .. } => Some(("secret", secret)),
     }
+}
+
+/// Why a source's `program_file` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramFileError {
+    #[error("source[{index}].program_file: cannot read {path}: {source}")]
+    Io {
+        index: usize,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("source[{index}].program_file: {path} is larger than {JQ_PROGRAM_MAX_BYTES} bytes")]
+    TooLarge { index: usize, path: PathBuf },
+    #[error("source[{index}].program: set program or program_file, not both")]
+    Both { index: usize },
+}
+
+/// Reads each source's `program_file` (relative to `base`, the folder of
+/// the file that names it) into its `program`, and clears `program_file`.
+pub fn read_program_files(
+    sources: &mut [SourceConfig],
+    base: &Path,
+) -> Result<(), ProgramFileError> {
+    for (index, source) in sources.iter_mut().enumerate() {
+        let Some(file) = source.program_file.take() else {
+            continue;
+        };
+        if source.program.is_some() {
+            return Err(ProgramFileError::Both { index });
+        }
+        let path = base.join(file);
+        let io = |source| ProgramFileError::Io {
+            index,
+            path: path.clone(),
+            source,
+        };
+        let mut text = String::new();
+        std::fs::File::open(&path)
+            .map_err(io)?
+            .take(JQ_PROGRAM_MAX_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() > JQ_PROGRAM_MAX_BYTES {
+            return Err(ProgramFileError::TooLarge { index, path });
+        }
+        source.program = Some(text);
+    }
+    Ok(())
 }
 
 /// What `ledgerline run` does at start-up when it serves inbound webhooks:

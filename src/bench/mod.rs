@@ -28,7 +28,13 @@
 //!
 //! (d) and (e) are printed before the last line. `--quick` is a small run,
 //! the smoke test of the test suite.
+//!
+//! (f) [`flood`], on its own with `--flood N` (the other stages do not
+//! run then): N webhooks to an in-process ingest listener, valid, over the
+//! rate limit and over-size: requests/s, answers by status, what ORDERS
+//! stored, peak RSS.
 
+pub mod flood;
 pub mod pipeline;
 pub mod raw;
 pub mod scale;
@@ -84,6 +90,10 @@ pub struct BenchArgs {
     /// both; the figure is 1000000).
     #[arg(long)]
     pub scale_orders: Option<usize>,
+    /// Runs only the ingest flood (f): this many webhook requests (e.g.
+    /// 10000), 64 at a time, to an ingest listener in this process.
+    #[arg(long, value_name = "REQUESTS")]
+    pub flood: Option<usize>,
 }
 
 /// Why the bench could not run.
@@ -445,6 +455,18 @@ pub fn cli(args: BenchArgs) -> ExitCode {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    if let Some(requests) = args.flood {
+        return match rt.block_on(flood::run(requests)) {
+            Ok(figures) => {
+                println!("{figures}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ledgerline bench --flood: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut last_stage = String::new();
     let result = rt.block_on(run_bench(&args, |p| {
         if tty {

@@ -36,6 +36,11 @@ pub trait CliItem: Item {
     const DELETED: &'static str;
     /// The item as a one-entry TOML file (secrets as `***`).
     fn toml_entry(&self) -> Result<String, toml::ser::Error>;
+    /// Reads the files the items name, relative to `base` (the folder of
+    /// the file they came from): a jq source's `program_file`.
+    fn read_files(_items: &mut [Self], _base: &Path) -> Result<(), RegistryFileError> {
+        Ok(())
+    }
 }
 
 impl CliItem for RegistryConfig {
@@ -220,6 +225,12 @@ pub enum RegistryFileError {
         #[source]
         error: FieldError,
     },
+    #[error("{path}: {source}")]
+    ProgramFile {
+        path: String,
+        #[source]
+        source: crate::source_store::ProgramFileError,
+    },
 }
 
 /// Reads the registries of a TOML or JSON file (not yet validated against
@@ -228,8 +239,20 @@ pub fn read_registry_file(path: &Path) -> Result<Vec<RegistryConfig>, RegistryFi
     read_item_file(path)
 }
 
-/// [`read_registry_file`] for any item; `-` reads stdin.
+/// [`read_registry_file`] for any item; `-` reads stdin. The files the
+/// items name are read relative to the file's folder ([`CliItem::read_files`]).
 pub(super) fn read_item_file<T: CliItem>(path: &Path) -> Result<Vec<T>, RegistryFileError> {
+    let mut items = read_items::<T>(path)?;
+    let base = match path.parent() {
+        Some(dir) if path != Path::new("-") && !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    T::read_files(&mut items, base)?;
+    Ok(items)
+}
+
+/// The items of the file at `path` as written.
+fn read_items<T: CliItem>(path: &Path) -> Result<Vec<T>, RegistryFileError> {
     let shown = path.display().to_string();
     let io = |source| RegistryFileError::Io {
         path: shown.clone(),

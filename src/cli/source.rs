@@ -5,7 +5,9 @@
 //! every secret.
 
 use super::args::SourceCommand;
-use super::registry::{CliItem, run_op};
+use std::path::Path;
+
+use super::registry::{CliItem, RegistryFileError, run_op};
 use super::{CliError, Exit};
 use crate::config::{Config, Settings};
 use crate::source::SourceConfig;
@@ -31,6 +33,14 @@ impl CliItem for SourceConfig {
             source: [&'a SourceConfig; 1],
         }
         toml::to_string_pretty(&File { source: [self] })
+    }
+    fn read_files(items: &mut [Self], base: &Path) -> Result<(), RegistryFileError> {
+        crate::source_store::read_program_files(items, base).map_err(|source| {
+            RegistryFileError::ProgramFile {
+                path: base.display().to_string(),
+                source,
+            }
+        })
     }
 }
 

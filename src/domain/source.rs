@@ -13,6 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::events::MESSAGE_MAX_BYTES;
+use crate::mapping::jq::JqProgram;
 use crate::money::Currency;
 use crate::registry::{
     FieldError, check_header_value, check_id, default_expires_field, default_token_field,
@@ -50,14 +51,18 @@ pub enum SourceKind {
     Gateway,
     /// Our own SPEC 1 events, over HTTP.
     Events,
+    /// Any other channel: the user's jq program maps its payloads
+    /// ([`crate::mapping::jq`]).
+    Jq,
 }
 
 impl SourceKind {
-    pub const ALL: [SourceKind; 4] = [
+    pub const ALL: [SourceKind; 5] = [
         SourceKind::MarketplaceOrders,
         SourceKind::PosPayments,
         SourceKind::Gateway,
         SourceKind::Events,
+        SourceKind::Jq,
     ];
 
     /// The configuration name, e.g. `pos_payments`.
@@ -67,6 +72,7 @@ impl SourceKind {
             SourceKind::PosPayments => "pos_payments",
             SourceKind::Gateway => "gateway",
             SourceKind::Events => "events",
+            SourceKind::Jq => "jq",
         }
     }
 }
@@ -174,6 +180,16 @@ pub struct SourceConfig {
     /// request must carry a valid `webhook-signature` (SPEC 4's scheme).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<Secret>,
+    /// `jq`: the jq program that maps a payload to SPEC 1 events (its
+    /// text: what the bucket stores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// `jq`: the program in a file, relative to the file that names it.
+    /// Read when that file is loaded (`ledgerline run --config`, `source
+    /// apply`), which puts its text in `program`: a source that still
+    /// names a file (e.g. one sent to the admin API) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_file: Option<String>,
     /// Requests per second before 429 (burst: one second's worth).
     #[serde(default = "default_rate_limit")]
     pub rate_limit_per_s: u32,
@@ -187,6 +203,8 @@ pub struct Source {
     pub config: SourceConfig,
     /// The parsed `currency`.
     pub currency: Option<Currency>,
+    /// `jq`: the compiled `program`.
+    pub jq: Option<JqProgram>,
 }
 
 impl Source {
@@ -295,11 +313,39 @@ impl SourceConfig {
                 format!("must be between 1 and {SOURCE_RATE_LIMIT_MAX}"),
             ));
         }
+        let jq = self.validate_program()?;
         self.validate_auth().map_err(|e| e.within("auth"))?;
         Ok(Source {
             config: self.clone(),
             currency,
+            jq,
         })
+    }
+
+    /// `program` for `jq` sources (compiled), nothing for the others.
+    fn validate_program(&self) -> Result<Option<JqProgram>, FieldError> {
+        if let Some(file) = &self.program_file {
+            return Err(FieldError::new(
+                "program_file",
+                format!(
+                    "{file:?} was not read: program_file works in a config file or a file given \
+                     to `ledgerline source apply`; elsewhere send the program's text as `program`"
+                ),
+            ));
+        }
+        match (&self.program, self.kind) {
+            (Some(text), SourceKind::Jq) => JqProgram::compile(text).map(Some),
+            (None, SourceKind::Jq) => Err(FieldError::new(
+                "program",
+                "is required for a jq source: the jq program that maps a payload to events \
+                 (or program_file)",
+            )),
+            (Some(_), kind) => Err(FieldError::new(
+                "program",
+                format!("applies to jq sources only, not {kind}"),
+            )),
+            (None, _) => Ok(None),
+        }
     }
 
     fn validate_auth(&self) -> Result<(), FieldError> {
@@ -449,7 +495,7 @@ secret = "s3cret-key"
     #[test]
     fn unknown_keys_and_kinds_are_refused() {
         assert!(parse("id = \"a\"\nkind = \"events\"\ncurency = \"EUR\"").is_err());
-        let e = parse("id = \"a\"\nkind = \"jq\"").unwrap_err();
+        let e = parse("id = \"a\"\nkind = \"xslt\"").unwrap_err();
         assert!(e.contains("unknown variant"), "{e}");
         let e = parse("id = \"a\"\nkind = \"events\"\n[auth]\ntype = \"api_key\"").unwrap_err();
         assert!(e.contains("unknown variant"), "{e}");

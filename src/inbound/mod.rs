@@ -10,7 +10,8 @@
 //!
 //! A request, in order: the source (404), its rate limit (429), its
 //! credentials ([`auth`], 401: nothing stored), the mapping
-//! ([`crate::mapping::plan`]: a refusal is 400/422 naming the field, with
+//! ([`crate::mapping::plan`]; a `jq` source's program runs on a blocking
+//! thread, [`JQ_RUNS_MAX`] at once: a refusal is 400/422 naming the field, with
 //! the raw body kept on `ledger.rejected.<reason>`), then every mapped event
 //! published to `<prefix>.<order_id>` with its message id. The reply is 2xx
 //! only once JetStream acknowledged every one ([`store`]): nothing
@@ -52,6 +53,10 @@ pub use store::StoreError;
 /// Longest a request may take before it is answered 503 (the vendor
 /// retries): bounds what a slow NATS can pile up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most `jq` programs running at once, on blocking threads: a program is
+/// trusted configuration but jaq has no step limit, so a runaway one holds
+/// at most this many threads (later requests wait, then get 503).
+pub const JQ_RUNS_MAX: usize = 4;
 /// The `source` label of a request for a source that does not exist, so
 /// made-up ids cannot create series.
 pub const UNKNOWN_SOURCE: &str = "unknown";
@@ -73,6 +78,7 @@ struct Inner {
     sources: SourceWatch,
     limiters: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
     tokens: tokens::TokenStore,
+    jq_runs: Arc<tokio::sync::Semaphore>,
 }
 
 impl InboundState {
@@ -86,6 +92,7 @@ impl InboundState {
                 sources,
                 limiters: Mutex::new(HashMap::new()),
                 tokens: tokens::TokenStore::default(),
+                jq_runs: Arc::new(tokio::sync::Semaphore::new(JQ_RUNS_MAX)),
             }),
         }
     }
@@ -229,7 +236,7 @@ async fn handle(
     source: &Source,
     topic: Option<&str>,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &Bytes,
 ) -> (Outcome, Response) {
     if !st.admit(source) {
         let mut resp = ApiError::new(
@@ -255,7 +262,7 @@ async fn handle(
                 .into_response(),
         );
     }
-    let events = match mapping::plan(source, topic, body) {
+    let events = match plan(st, source, topic, body).await {
         Ok(Plan::Store(events)) => events,
         Ok(Plan::Redeem(redeem)) => {
             match store::order_lines(&st.inner.client, &st.inner.prefix, &redeem.order_id).await {
@@ -289,6 +296,31 @@ async fn handle(
         }
         Err(e) => unavailable(&e),
     }
+}
+
+/// [`mapping::plan`]; a `jq` source's program runs on a blocking thread,
+/// at most [`JQ_RUNS_MAX`] at once.
+async fn plan(
+    st: &InboundState,
+    source: &Source,
+    topic: Option<&str>,
+    body: &Bytes,
+) -> Result<Plan, Rejection> {
+    if source.kind() != SourceKind::Jq {
+        return mapping::plan(source, topic, body);
+    }
+    // The semaphore is never closed: `acquire` cannot fail while it lives.
+    let _permit = st.inner.jq_runs.clone().acquire_owned().await;
+    let (source, topic, body) = (source.clone(), topic.map(str::to_owned), body.clone());
+    tokio::task::spawn_blocking(move || mapping::plan(&source, topic.as_deref(), &body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Rejection::new(
+                RejectReason::Internal,
+                "program",
+                format!("the jq program's run ended abnormally: {e}"),
+            ))
+        })
 }
 
 /// A refused request: its body kept on `ledger.rejected.<reason>`, then

@@ -50,10 +50,19 @@ fn render(plan: Result<Plan, ledgerline::events::Rejection>, lines: &[LineRef]) 
 fn every_reference_payload_maps_to_exactly_its_golden_events() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut checked = 0;
-    for kind in ["marketplace_orders", "pos_payments", "gateway", "events"] {
+    for kind in [
+        "marketplace_orders",
+        "pos_payments",
+        "gateway",
+        "events",
+        "jq",
+    ] {
         let dir = inbound_dir().join(kind);
-        let cases: Cases =
+        let mut cases: Cases =
             toml::from_str(&std::fs::read_to_string(dir.join("cases.toml")).unwrap()).unwrap();
+        // A jq source's program_file, read as `run` and `source apply` read it.
+        ledgerline::source_store::read_program_files(std::slice::from_mut(&mut cases.source), &dir)
+            .unwrap();
         let source = cases.source.validate().unwrap();
         for case in cases.case {
             let payload = case.payload.as_deref().unwrap_or(&case.name);
@@ -80,7 +89,7 @@ fn every_reference_payload_maps_to_exactly_its_golden_events() {
             checked += 1;
         }
     }
-    assert!(checked >= 20, "only {checked} cases");
+    assert!(checked >= 26, "only {checked} cases");
 }
 
 // ── The listener, end to end ────────────────────────────────────────────
@@ -908,4 +917,198 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
     ] {
         assert!(!seen.contains(secret), "{secret} in CLI output");
     }
+}
+
+// ── jq sources: a channel mapped by the user's own program ──────────────
+
+const TICKETS_TOKEN: &str = "tickets-token-0123456789";
+
+/// A `[[source]]` of kind jq with `program` inline, bearer-authenticated.
+fn jq_source(id: &str, program: &str) -> String {
+    format!(
+        "[[source]]\nid = \"{id}\"\nkind = \"jq\"\ncurrency = \"EUR\"\nprogram = '''\n{program}'''\n\
+         [source.auth]\ntype = \"bearer\"\ntoken = \"{TICKETS_TOKEN}\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_jq_source_is_mapped_stored_once_refused_naming_the_field_and_posted() {
+    let program = std::fs::read_to_string(inbound_dir().join("jq/tickets.jq")).unwrap();
+    let (nats, rx, settings) = setup(&jq_source("tickets", &program)).await;
+    let svc = Running::start(settings.clone()).await;
+    let auth = [("authorization", format!("Bearer {TICKETS_TOKEN}"))];
+
+    // Mapped and stored; the vendor's retry is dropped (its own event id).
+    let confirmed = fixture("jq", "booking_confirmed");
+    for (stored, duplicates) in [(1, 0), (0, 1)] {
+        let answer = svc.post("tickets", &auth, &confirmed).await;
+        let want = json!({"status": "success", "stored": stored, "duplicates": duplicates});
+        assert_eq!(answer, (200, want));
+    }
+    let (status, _) = svc.post("tickets", &[], &confirmed).await;
+    assert_eq!(status, 401);
+    let refunded = fixture("jq", "booking_refunded");
+    let (status, reply) = svc.post("tickets", &auth, &refunded).await;
+    assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+    // No output: acknowledged, nothing stored.
+    let viewed = fixture("jq", "booking_viewed");
+    let (status, reply) = svc.post("tickets/booking/viewed", &auth, &viewed).await;
+    assert_eq!((status, &reply["ignored"]), (200, &json!("booking/viewed")));
+    assert_eq!(count_orders(&nats.js, "orders.BK-1001").await, 2);
+
+    // A bad output: 422 naming the event's field, the raw body kept; a
+    // run-time error of the program: 422 naming `program`, body kept.
+    let broken: &[u8] =
+        br#"{"id": "evt_x", "event": "booking.confirmed", "created": "2026-11-22T10:00:00Z",
+        "booking": {"reference": "BK-2", "revision": 1, "tickets": 5}}"#;
+    for (body, field, reason) in [
+        (
+            fixture("jq", "too_many_decimals"),
+            "payment.amount",
+            "too_many_decimals",
+        ),
+        (broken.to_vec(), "program", "invalid_field"),
+    ] {
+        let (status, reply) = svc.post("tickets", &auth, &body).await;
+        assert_eq!(
+            (status, reply["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{reply}"
+        );
+        let kept = support::read_ledger(&nats.js, &format!("ledger.rejected.{reason}")).await;
+        let bodies: Vec<&[u8]> = kept.iter().map(|(_, b)| b.as_ref()).collect();
+        assert_eq!(bodies, [body.as_slice()], "{reason}");
+    }
+    assert_eq!(count_orders(&nats.js, "orders.>").await, 2);
+
+    // Over the admin API: the program's text is sent, compiled on write
+    // (a bad one is 422 naming `program`), served at once.
+    let admin = &svc.service;
+    for (source, field) in [
+        (
+            json!({"id": "j2", "kind": "jq", "program": "{a: (.b | }"}),
+            "program",
+        ),
+        (
+            json!({"id": "j2", "kind": "jq", "program_file": "x.jq"}),
+            "program_file",
+        ),
+    ] {
+        let (status, body) = admin.post("/v1/sources", &source).await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{body}"
+        );
+    }
+    let (status, body) = admin
+        .post(
+            "/v1/sources",
+            &json!({"id": "j2", "kind": "jq", "program": "empty"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["source"]["program"], "empty");
+    eventually(
+        "the new jq source served",
+        Duration::from_secs(20),
+        || async {
+            let (status, reply) = svc.post("j2/any/topic", &[], b"{}").await;
+            status == 200 && reply["ignored"] == "any/topic"
+        },
+    )
+    .await;
+
+    // Two events, two postings, each what a replay of ORDERS gives; the
+    // money is the payload's own digits.
+    delivered(&rx, 2).await;
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.expected, report.stored), (2, 2), "{report}");
+    let bodies: Vec<Value> = rx
+        .received()
+        .iter()
+        .filter(|r| r.order_id.as_deref() == Some("BK-1001"))
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let cashflow = |b: &Value, side: &str| -> Vec<String> {
+        b["ledger_entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["description"] == "Cashflow")
+            .map(|e| e[side].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(cashflow(&bodies[0], "debit"), ["12345678901234.96"]);
+    assert_eq!(cashflow(&bodies[1], "credit"), ["0.20"]);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_jq_program_file_is_read_beside_its_file_and_a_bad_program_is_refused_at_load() {
+    let nats = support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        inbound_dir().join("jq/tickets.jq"),
+        dir.path().join("tickets.jq"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bad.jq"), "{a: .b,\n  c: (.d | }\n").unwrap();
+
+    // `ledgerline run` refuses to start, naming the source and the position.
+    let config = support::process::config_file(
+        dir.path(),
+        &nats.server.url(),
+        "[[source]]\nid = \"broken\"\nkind = \"jq\"\nprogram_file = \"bad.jq\"\n",
+    );
+    let mut run = tokio::process::Command::from(support::process::ledgerline(&["run"]));
+    run.arg("--config").arg(&config).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), run.output())
+        .await
+        .expect("run refuses a bad program at once")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("source[0].program: line 2, column"), "{err}");
+
+    // `source apply` reads program_file beside the file and stores the text.
+    let config = support::process::config_file(dir.path(), &nats.server.url(), "");
+    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
+        .await
+        .unwrap();
+    // Writes `text` to `name` in the folder, then applies it.
+    let apply = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = support::process::ledgerline(&["source", "apply"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = apply(
+        "sources.toml",
+        "[[source]]\nid = \"tickets\"\nkind = \"jq\"\ncurrency = \"EUR\"\nprogram_file = \"tickets.jq\"\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("created tickets (revision "), "{out}");
+    let stored = store.get("tickets").await.unwrap().unwrap();
+    let program = std::fs::read_to_string(dir.path().join("tickets.jq")).unwrap();
+    assert_eq!(stored.config.program.as_deref(), Some(program.as_str()));
+    assert_eq!(stored.config.program_file, None);
+
+    let (code, _, err) = apply(
+        "bad.toml",
+        "[[source]]\nid = \"broken\"\nkind = \"jq\"\nprogram_file = \"bad.jq\"\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("program: line 2, column"), "{err}");
+    assert!(store.get("broken").await.unwrap().is_none());
 }

@@ -13,6 +13,7 @@ mod demo;
 mod dispatcher;
 mod export;
 mod fence;
+mod flood;
 mod golden;
 mod inbound;
 mod layout;

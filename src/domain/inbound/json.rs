@@ -311,7 +311,7 @@ fn raw_order_id(raw: &RawValue, path: &str) -> Result<OrderId, Rejection> {
 }
 
 /// A JSON number's text as an exact decimal: `660.0`, `100000`, `1.5e2`.
-fn number_text(text: &str, path: &str) -> Result<Decimal, Rejection> {
+pub(crate) fn number_text(text: &str, path: &str) -> Result<Decimal, Rejection> {
     if text.len() > NUMBER_MAX_CHARS {
         return Err(invalid(path.to_owned(), "the number is too long"));
     }

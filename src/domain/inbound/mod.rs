@@ -2,8 +2,9 @@
 //! from its URL) becomes SPEC 1 events, each with its message id. Pure:
 //! [`plan`] decides, the listener (`crate::inbound`) stores.
 //!
-//! One module per kind ([`marketplace`], [`pos`], [`gateway`]); `events`
-//! sources send SPEC 1 events as they are. Money is read from the exact
+//! One module per kind ([`marketplace`], [`pos`], [`gateway`], and [`jq`]:
+//! the user's own jq program); `events` sources send SPEC 1 events as
+//! they are. Money is read from the exact
 //! text of a JSON number ([`json`]), never through `f64`. Every mapped
 //! event is checked by [`crate::events::parse_event`], the aggregator's own
 //! parser, before it is stored, so what a vendor is told is accepted will
@@ -17,6 +18,7 @@
 //! them the ids `<id>:<n>`.
 
 mod gateway;
+pub mod jq;
 pub(crate) mod json;
 mod marketplace;
 mod pos;
@@ -140,6 +142,16 @@ pub fn plan(source: &Source, topic: Option<&str>, body: &[u8]) -> Result<Plan, R
         SourceKind::MarketplaceOrders => marketplace::plan(source, required(topic)?, body)?,
         SourceKind::PosPayments => pos::plan(source, required(topic)?, body)?,
         SourceKind::Gateway => gateway::plan(source, body)?,
+        SourceKind::Jq => match &source.jq {
+            Some(program) => jq::plan(source, program, topic, body)?,
+            None => {
+                return Err(Rejection::new(
+                    RejectReason::MissingField,
+                    "program",
+                    "the source has no compiled program",
+                ));
+            }
+        },
         SourceKind::Events => {
             let ev = parse_event(body, None)?;
             Plan::Store(vec![MappedEvent {
