@@ -202,7 +202,8 @@ pub async fn run(requests: usize) -> Result<FloodFigures, BenchError> {
         .map_err(err("connecting to the flood's nats-server"))?;
     let js = async_nats::jetstream::new(client.clone());
     let prefix = "orders";
-    crate::streams::ensure_streams(&js, prefix).await?;
+    // Its own single nats-server: one replica.
+    crate::streams::ensure_streams(&js, prefix, 1).await?;
     let mut sources = Vec::new();
     for text in SOURCES.split("[[source]]\n").filter(|t| !t.is_empty()) {
         let source = toml::from_str::<SourceConfig>(text)

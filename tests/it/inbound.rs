@@ -1074,7 +1074,7 @@ async fn a_jq_program_file_is_read_beside_its_file_and_a_bad_program_is_refused_
 
     // `source apply` reads program_file beside the file and stores the text.
     let config = support::process::config_file(dir.path(), &nats.server.url(), "");
-    let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
+    let store = ledgerline::source_store::SourceStore::open(&nats.js, (), 1)
         .await
         .unwrap();
     // Writes `text` to `name` in the folder, then applies it.
