@@ -205,7 +205,7 @@ const DEMO_CHANNEL_SECRET: &str = "demo-channel-secret-0042";
 
 /// One webhook of each source kind the demo configures, from the reference
 /// payloads of `fixtures/inbound`: (source id, topic, body).
-const CHANNEL_WEBHOOKS: [(&str, &str, &str); 4] = [
+const CHANNEL_WEBHOOKS: [(&str, &str, &str); 5] = [
     (
         "shop",
         "",
@@ -226,7 +226,16 @@ const CHANNEL_WEBHOOKS: [(&str, &str, &str); 4] = [
         "",
         include_str!("../../fixtures/inbound/gateway/sale_success.json"),
     ),
+    (
+        "tickets",
+        "",
+        include_str!("../../fixtures/inbound/jq/booking_confirmed.json"),
+    ),
 ];
+
+/// The demo's jq source program: a ticketing platform ledgerline does not
+/// ship, mapped by configuration.
+const TICKETS_PROGRAM: &str = include_str!("../../fixtures/inbound/jq/tickets.jq");
 
 /// Posts [`CHANNEL_WEBHOOKS`] to the ingest listener at `base`, as each
 /// channel would (its own credentials); each must be answered 2xx, which
@@ -369,6 +378,13 @@ order_id_pointer = "/event_body/object/invoice"
 type = "basic"
 username = "gateway"
 password = "{DEMO_CHANNEL_SECRET}"
+
+[[source]]
+id = "tickets"
+kind = "jq"
+currency = "EUR"
+program = '''
+{TICKETS_PROGRAM}'''
 "#,
         signed = signed.addr,
         oauth = oauth.addr,
@@ -706,7 +722,7 @@ impl std::fmt::Display for DemoSummary {
             (
                 "channel webhooks",
                 format!(
-                    "{} accepted (events, marketplace, POS, gateway)",
+                    "{} accepted (events, marketplace, POS, gateway, jq)",
                     self.channel_webhooks
                 ),
             ),

@@ -45,7 +45,7 @@ fn a_reduced_demo_runs_end_to_end_and_leaves_its_files() {
     assert_eq!(value("dead letters"), "1", "{stdout}");
     assert_eq!(value("redelivered"), "1", "{stdout}");
     assert!(
-        value("channel webhooks").starts_with("4 accepted"),
+        value("channel webhooks").starts_with("5 accepted"),
         "one webhook of each source kind: {stdout}"
     );
     assert!(value("balanced").starts_with("yes"), "{stdout}");
