@@ -792,68 +792,33 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
     let nats = support::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let config = support::process::config_file(dir.path(), &nats.server.url(), "");
-    let mut seen = String::new();
-    let mut run = |args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut cmd = support::process::ledgerline(args);
-        cmd.arg("--config")
-            .arg(&config)
-            .env("LEDGERLINE_LOG", "debug")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        seen.push_str(&o);
-        seen.push_str(&e);
-        (out.status.code(), o, e)
-    };
+    let mut cli = support::process::Cli::new(config);
     let file = dir.path().join("sources.toml");
     std::fs::write(&file, SOURCES).unwrap();
     let file_arg = file.to_str().unwrap();
 
-    let (code, out, err) = run(&["source", "apply", file_arg], None);
+    let (code, out, err) = cli.run(&["source", "apply", file_arg]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("created venti (revision "), "{out}");
     assert_eq!(out.lines().count(), 4, "{out}");
-    let (code, out, _) = run(&["source", "apply", "-f", file_arg], None);
-    assert_eq!(code, Some(0));
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("unchanged ")).count(),
+    let rows = cli.reapply_and_list(
+        &["source", "apply", "-f", file_arg],
         4,
-        "{out}"
+        &["KIND", "REVISION"],
     );
-
-    let (code, out, _) = run(&["source", "list"], None);
-    assert_eq!(code, Some(0));
-    let lines: Vec<&str> = out.lines().collect();
+    let gateway = &rows[2];
     assert!(
-        lines[0].starts_with("ID") && lines[0].contains("KIND") && lines[0].contains("REVISION"),
-        "{out}"
+        gateway.starts_with("gateway ") && gateway.contains("signature") && gateway.contains("USD"),
+        "{rows:?}"
     );
-    assert!(
-        lines[3].starts_with("gateway ")
-            && lines[3].contains("signature")
-            && lines[3].contains("USD"),
-        "{out}"
-    );
-    let (_, out, _) = run(&["source", "list", "--json"], None);
-    assert_eq!(out.lines().count(), 4);
 
     // show → edit → apply from stdin: the "***" markers keep the secrets.
-    let (code, shown, err) = run(&["source", "show", "gateway", "--format", "toml"], None);
+    let (code, shown, err) = cli.run(&["source", "show", "gateway", "--format", "toml"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(shown.starts_with("# source gateway revision "), "{shown}");
     assert!(shown.contains("secret = \"***\""), "{shown}");
     let edited = shown.replace("currency = \"USD\"", "currency = \"EUR\"");
-    let (code, out, err) = run(&["source", "apply", "-"], Some(&edited));
+    let (code, out, err) = cli.run_with_stdin(&["source", "apply", "-"], &edited);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("updated gateway"), "{out}");
     let store = ledgerline::source_store::SourceStore::open(&nats.js, ())
@@ -871,7 +836,7 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
         "{:?}",
         gateway.config.auth
     );
-    let (code, out, _) = run(&["source", "show", "pos"], None);
+    let (code, out, _) = cli.run(&["source", "show", "pos"]);
     assert_eq!(code, Some(0));
     let pos: Value = serde_json::from_str(&out).expect("show prints JSON");
     assert_eq!(
@@ -882,22 +847,22 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
     // Invalid: exit 2 naming the entry and the field; nothing written.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[source]]\nid = \"ok\"\nkind = \"events\"\n[[source]]\nid = \"nocur\"\nkind = \"gateway\"\n").unwrap();
-    let (code, _, err) = run(&["source", "apply", bad.to_str().unwrap()], None);
+    let (code, _, err) = cli.run(&["source", "apply", bad.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("source[1].currency"), "{err}");
     assert!(store.get("ok").await.unwrap().is_none());
 
-    let (code, out, _) = run(&["source", "delete", "pos"], None);
+    let (code, out, _) = cli.run(&["source", "delete", "pos"]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("deleted pos (was revision "), "{out}");
     assert!(out.contains("its route answers 404"), "{out}");
-    let (code, _, err) = run(&["source", "show", "pos"], None);
+    let (code, _, err) = cli.run(&["source", "show", "pos"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("ledgerline: source \"pos\" does not exist\n"),
         "{err}"
     );
-    let (code, _, err) = run(&["source", "delete", "pos"], None);
+    let (code, _, err) = cli.run(&["source", "delete", "pos"]);
     assert_eq!(code, Some(1), "{err}");
 
     for secret in [
@@ -906,6 +871,6 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
         "gateway-secret-0123456789",
         "shop-token-0123456789",
     ] {
-        assert!(!seen.contains(secret), "{secret} in CLI output");
+        assert!(!cli.seen.contains(secret), "{secret} in CLI output");
     }
 }
