@@ -668,6 +668,17 @@ async fn ingest_until(svc: &Running, token: &str, order: &str, want: u16) -> (u1
     panic!("source web with {token}: never {want}, last {last:?}");
 }
 
+/// Checks an admin API reply (status, body) is 200 with `result` `want`,
+/// and keeps it in `seen` (where no secret may show).
+fn done((status, body): (u16, Value), want: &str, seen: &mut String) {
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some(want)),
+        "{body}"
+    );
+    seen.push_str(&body.to_string());
+}
+
 #[tokio::test]
 async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_without_a_restart() {
     let nats = support::nats().await;
@@ -696,22 +707,10 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     assert_eq!(count_orders(&nats.js, "orders.WEB-1").await, 1);
 
     // A bad body names the field; the id is taken from the URL on PUT.
-    let (status, body) = admin
-        .post("/v1/sources", &json!({"id": "bad", "kind": "fax"}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (422, Some("kind")),
-        "{body}"
-    );
-    let (status, body) = admin
-        .post("/v1/sources", &json!({"id": "web", "kind": "events"}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (409, Some("id")),
-        "{body}"
-    );
+    let bad = json!({"id": "bad", "kind": "fax"});
+    support::assert_refused(admin.post("/v1/sources", &bad).await, 422, "kind");
+    let taken = json!({"id": "web", "kind": "events"});
+    support::assert_refused(admin.post("/v1/sources", &taken).await, 409, "id");
 
     // Read back and sent back with "***": the stored secret is kept.
     let (status, read) = admin.get("/v1/sources/web").await;
@@ -719,28 +718,20 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     seen.push_str(&read.to_string());
     let mut same = read["source"].clone();
     same["rate_limit_per_s"] = json!(50);
-    let (status, body) = admin.put("/v1/sources/web", &same).await;
-    assert_eq!(
-        (status, &body["result"]),
-        (200, &json!("updated")),
-        "{body}"
+    done(
+        admin.put("/v1/sources/web", &same).await,
+        "updated",
+        &mut seen,
     );
-    seen.push_str(&body.to_string());
     ingest_until(&svc, TOKEN_ONE, "WEB-2", 200).await;
 
     // PUT a new secret: the old one is refused from then on.
-    let (status, body) = admin
-        .put(
-            "/v1/sources/web",
-            &json!({"kind": "events", "auth": {"type": "bearer", "token": TOKEN_TWO}}),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["result"]),
-        (200, &json!("updated")),
-        "{body}"
+    let rekeyed = json!({"kind": "events", "auth": {"type": "bearer", "token": TOKEN_TWO}});
+    done(
+        admin.put("/v1/sources/web", &rekeyed).await,
+        "updated",
+        &mut seen,
     );
-    seen.push_str(&body.to_string());
     ingest_until(&svc, TOKEN_ONE, "WEB-3", 401).await;
     ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
 
@@ -765,13 +756,7 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
 
     // DELETE: its route answers 404, its history stays.
-    let (status, body) = admin.delete("/v1/sources/web").await;
-    assert_eq!(
-        (status, &body["result"]),
-        (200, &json!("deleted")),
-        "{body}"
-    );
-    seen.push_str(&body.to_string());
+    done(admin.delete("/v1/sources/web").await, "deleted", &mut seen);
     ingest_until(&svc, TOKEN_TWO, "WEB-4", 404).await;
     assert_eq!(admin.get("/v1/sources/web").await.0, 404);
     assert_eq!(admin.get("/v1/sources/web/history").await.0, 200);
