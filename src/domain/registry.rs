@@ -1112,9 +1112,15 @@ mod tests {
 
 /// The registries in force, shared by aggregator and dispatcher. Replaced
 /// whole when a registry changes, so readers see a consistent set.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegistrySet {
     registries: Vec<Registry>,
+}
+
+impl From<Vec<Registry>> for RegistrySet {
+    fn from(registries: Vec<Registry>) -> Self {
+        Self::new(registries)
+    }
 }
 
 impl RegistrySet {
