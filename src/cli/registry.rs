@@ -454,6 +454,28 @@ mod tests {
     }
 
     #[test]
+    fn a_toml_entry_is_a_one_entry_file_that_reads_back_the_same() {
+        let toml = "[[registry]]\nid = \"a\"\nurl = \"https://a.example\"\n\
+                    [registry.auth]\ntype = \"bearer\"\ntoken = \"t0ken\"\n";
+        let registry = read("r.toml", toml).unwrap().remove(0);
+        let entry = registry.toml_entry().unwrap();
+        // The layout of a file with one `[[registry]]` table, secrets as ***.
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            registry: [&'a RegistryConfig; 1],
+        }
+        let file = toml::to_string_pretty(&File {
+            registry: [&registry],
+        })
+        .unwrap();
+        assert_eq!(entry, file);
+        assert!(entry.starts_with("[[registry]]\n"), "{entry}");
+        assert!(entry.contains("token = \"***\""), "{entry}");
+        let back = read("e.toml", &entry).unwrap().remove(0);
+        assert_eq!((back.id, back.url), (registry.id, registry.url));
+    }
+
+    #[test]
     fn errors_name_the_entry_and_the_field() {
         let e = read("r.json", r#"[{"id": "a", "url": "u"}, {"id": "b"}]"#).unwrap_err();
         assert!(e.to_string().contains("registry[1]"), "{e}");
