@@ -124,8 +124,9 @@ pub trait Item:
     type Policy: Send + Sync + 'static;
     /// A validated item.
     type Valid: Send + Sync + 'static;
-    /// The items in force, as the readers of the live watch want them.
-    type Set: Send + Sync + 'static;
+    /// The items in force (by creation, then id), as the readers of the
+    /// live watch want them.
+    type Set: From<Vec<Self::Valid>> + PartialEq + Send + Sync + 'static;
     /// The value stored under the item's key (its JSON is the KV format).
     type Stored: Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync;
 
@@ -139,12 +140,8 @@ pub trait Item:
     fn to_stored(self, created_at: OffsetDateTime, changed_by: ChangedBy) -> Self::Stored;
     /// The item, its creation time and what last changed it.
     fn from_stored(stored: &Self::Stored) -> (&Self, OffsetDateTime, ChangedBy);
-    /// The set in force of validated items (by creation, then id).
-    fn set(valid: Vec<Self::Valid>) -> Self::Set;
     /// The ids of a set, for the log.
     fn set_ids(set: &Self::Set) -> Vec<&str>;
-    /// True when two sets hold the same items.
-    fn same_set(a: &Self::Set, b: &Self::Set) -> bool;
     /// What the owner should know although the item is valid (see
     /// [`registry_warnings`]).
     fn warnings(&self, _store: &KvStore<Self>) -> Vec<FieldError> {
@@ -182,14 +179,8 @@ impl Item for RegistryConfig {
     fn from_stored(s: &StoredRegistry) -> (&Self, OffsetDateTime, ChangedBy) {
         (&s.registry, s.created_at, s.changed_by)
     }
-    fn set(valid: Vec<Registry>) -> RegistrySet {
-        RegistrySet::new(valid)
-    }
     fn set_ids(set: &RegistrySet) -> Vec<&str> {
         set.all().iter().map(|r| r.id()).collect()
-    }
-    fn same_set(a: &RegistrySet, b: &RegistrySet) -> bool {
-        a.all() == b.all()
     }
     fn warnings(&self, store: &KvStore<Self>) -> Vec<FieldError> {
         registry_warnings(self, store.smtp_configured)
@@ -834,7 +825,7 @@ impl<T: Item> KvStore<T> {
                 }
             }
         }
-        T::set(valid)
+        T::Set::from(valid)
     }
 }
 
@@ -1026,7 +1017,7 @@ fn publish<T: Item>(
 ) {
     let set = store.build_set(known);
     tx.send_if_modified(|current| {
-        if T::same_set(current, &set) {
+        if **current == set {
             false
         } else {
             let ids = T::set_ids(&set);

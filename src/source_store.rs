@@ -104,14 +104,8 @@ impl Item for SourceConfig {
     fn from_stored(s: &StoredSource) -> (&Self, OffsetDateTime, ChangedBy) {
         (&s.source, s.created_at, s.changed_by)
     }
-    fn set(valid: Vec<Source>) -> Vec<Source> {
-        valid
-    }
     fn set_ids(set: &Vec<Source>) -> Vec<&str> {
         set.iter().map(Source::id).collect()
-    }
-    fn same_set(a: &Vec<Source>, b: &Vec<Source>) -> bool {
-        a == b
     }
 }
 

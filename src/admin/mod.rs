@@ -153,49 +153,37 @@ impl AdminState {
 /// Every route of the API: the router is built from this list, and the
 /// OpenAPI test walks it, so the description cannot miss a route.
 pub fn routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
-    vec![
-        (
-            "/v1/registries",
-            get(registries::list::<RegistryConfig>).post(registries::create::<RegistryConfig>),
-        ),
-        (
-            "/v1/registries/{id}",
-            get(registries::show::<RegistryConfig>)
-                .put(registries::replace::<RegistryConfig>)
-                .delete(registries::delete::<RegistryConfig>),
-        ),
-        (
-            "/v1/registries/{id}/history",
-            get(registries::history::<RegistryConfig>),
-        ),
-        ("/v1/registries/{id}/deliveries", get(orders::deliveries)),
-        (
-            "/v1/registries/{id}/orders/{order_id}/redeliver",
-            post(orders::redeliver),
-        ),
-        (
-            "/v1/registries/{id}/backfill",
-            post(backfill::start).get(backfill::show),
-        ),
-        (
-            "/v1/sources",
-            get(registries::list::<SourceConfig>).post(registries::create::<SourceConfig>),
-        ),
-        (
-            "/v1/sources/{id}",
-            get(registries::show::<SourceConfig>)
-                .put(registries::replace::<SourceConfig>)
-                .delete(registries::delete::<SourceConfig>),
-        ),
-        (
-            "/v1/sources/{id}/history",
-            get(registries::history::<SourceConfig>),
-        ),
-        ("/v1/orders/{order_id}/ledger", get(orders::ledger)),
-        ("/healthz", get(health::healthz)),
-        ("/readyz", get(health::readyz)),
-        ("/metrics", get(render_metrics)),
-    ]
+    let registries = registries::routes::<RegistryConfig>([
+        "/v1/registries",
+        "/v1/registries/{id}",
+        "/v1/registries/{id}/history",
+    ]);
+    let sources = registries::routes::<SourceConfig>([
+        "/v1/sources",
+        "/v1/sources/{id}",
+        "/v1/sources/{id}/history",
+    ]);
+    registries
+        .into_iter()
+        .chain([
+            ("/v1/registries/{id}/deliveries", get(orders::deliveries)),
+            (
+                "/v1/registries/{id}/orders/{order_id}/redeliver",
+                post(orders::redeliver),
+            ),
+            (
+                "/v1/registries/{id}/backfill",
+                post(backfill::start).get(backfill::show),
+            ),
+        ])
+        .chain(sources)
+        .chain([
+            ("/v1/orders/{order_id}/ledger", get(orders::ledger)),
+            ("/healthz", get(health::healthz)),
+            ("/readyz", get(health::readyz)),
+            ("/metrics", get(render_metrics)),
+        ])
+        .collect()
 }
 
 /// True for routes that need the bearer token.

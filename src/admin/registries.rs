@@ -23,6 +23,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
@@ -43,6 +44,22 @@ impl Managed for RegistryConfig {
         st.store()
     }
     const DELETED: &'static str = "registry deleted: no new postings; its postings stay in LEDGER and its history in the registry bucket";
+}
+
+/// The routes of `T`'s items at the paths `[list, one, history]` (e.g.
+/// `/v1/registries`, `/v1/registries/{id}`, `/v1/registries/{id}/history`):
+/// list and create, read, replace and delete one, its kept revisions.
+pub(super) fn routes<T: Managed>(
+    [list_path, one_path, history_path]: [&'static str; 3],
+) -> [(&'static str, MethodRouter<AdminState>); 3] {
+    [
+        (list_path, get(list::<T>).post(create::<T>)),
+        (
+            one_path,
+            get(show::<T>).put(replace::<T>).delete(delete::<T>),
+        ),
+        (history_path, get(history::<T>)),
+    ]
 }
 
 /// Fields a client may send back from a read, ignored on write.

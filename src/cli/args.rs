@@ -68,7 +68,8 @@ pub enum Command {
         #[arg(long)]
         ingest_listen: Option<String>,
     },
-    /// Registries in the registry bucket: apply a file, list, show, delete.
+    /// Registries in the registry bucket: apply a file, list, show, delete,
+    /// backfill.
     /// Changes reach a running service at once.
     Registry {
         #[command(subcommand)]
@@ -163,32 +164,8 @@ pub enum RegistryCommand {
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// A table of the registries: id, name, url, enabled, revision, updated.
-    List {
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        nats: NatsArgs,
-    },
-    /// One registry, secrets shown as "***".
-    Show {
-        /// The registry id.
-        id: String,
-        /// JSON (with revision and times) or a TOML entry to edit and apply.
-        #[arg(long, value_enum, default_value = "json")]
-        format: super::registry::ShowFormat,
-        #[command(flatten)]
-        nats: NatsArgs,
-    },
-    /// Delete a registry: no new postings for it; its postings stay in
-    /// LEDGER and its history in the bucket.
-    Delete {
-        /// The registry id.
-        id: String,
-        #[command(flatten)]
-        nats: NatsArgs,
-    },
+    #[command(flatten)]
+    Stored(StoredCommand<Registries>),
     /// Post the current ledger of the orders a registry missed (it was
     /// created or enabled after their events) as each order's first
     /// posting. Throttled by the registry's rate limit; idempotent: run it
@@ -225,10 +202,10 @@ impl RegistryCommand {
     pub fn nats(&self) -> &NatsArgs {
         match self {
             RegistryCommand::Apply { nats, .. }
-            | RegistryCommand::List { nats, .. }
-            | RegistryCommand::Show { nats, .. }
-            | RegistryCommand::Delete { nats, .. }
             | RegistryCommand::Backfill(BackfillArgs { nats, .. }) => nats,
+            RegistryCommand::Stored(StoredCommand::List(ListArgs { nats, .. }))
+            | RegistryCommand::Stored(StoredCommand::Show(ShowArgs { nats, .. }))
+            | RegistryCommand::Stored(StoredCommand::Delete(DeleteArgs { nats, .. })) => nats,
         }
     }
 
@@ -237,9 +214,10 @@ impl RegistryCommand {
         let item = |nats, op| RegistryRun::Item(nats, op);
         match self {
             RegistryCommand::Apply { file, nats } => item(nats, ItemOp::Apply { file }),
-            RegistryCommand::List { json, nats } => item(nats, ItemOp::List { json }),
-            RegistryCommand::Show { id, format, nats } => item(nats, ItemOp::Show { id, format }),
-            RegistryCommand::Delete { id, nats } => item(nats, ItemOp::Delete { id }),
+            RegistryCommand::Stored(command) => {
+                let (nats, op) = command.into_op();
+                item(nats, op)
+            }
             RegistryCommand::Backfill(args) => RegistryRun::Backfill(args),
         }
     }
@@ -260,6 +238,102 @@ pub enum ItemOp {
     Delete {
         id: String,
     },
+}
+
+/// `list`, `show` and `delete`: the same for registries and sources but
+/// for how their help names the items (`N`).
+#[derive(Subcommand)]
+pub enum StoredCommand<N: ItemHelp> {
+    #[command(about = N::LIST)]
+    List(ListArgs),
+    #[command(about = N::SHOW)]
+    Show(ShowArgs<N>),
+    #[command(about = N::DELETE)]
+    Delete(DeleteArgs<N>),
+}
+
+impl<N: ItemHelp> StoredCommand<N> {
+    /// Where NATS is, and what to do.
+    fn into_op(self) -> (NatsArgs, ItemOp) {
+        match self {
+            StoredCommand::List(args) => (args.nats, ItemOp::List { json: args.json }),
+            StoredCommand::Show(args) => {
+                let (id, format) = (args.id, args.format);
+                (args.nats, ItemOp::Show { id, format })
+            }
+            StoredCommand::Delete(args) => (args.nats, ItemOp::Delete { id: args.id }),
+        }
+    }
+}
+
+/// How the help of [`StoredCommand`] names its items (as clap prints
+/// help: no final period).
+pub trait ItemHelp: Send + Sync + 'static {
+    /// What `list` shows.
+    const LIST: &'static str;
+    /// What `show` shows.
+    const SHOW: &'static str;
+    /// What `delete` does and what stays.
+    const DELETE: &'static str;
+    /// The id argument of `show` and `delete`.
+    const ID: &'static str;
+}
+
+/// `registry list|show|delete`.
+pub struct Registries;
+impl ItemHelp for Registries {
+    const LIST: &'static str =
+        "A table of the registries: id, name, url, enabled, revision, updated";
+    const SHOW: &'static str = "One registry, secrets shown as \"***\"";
+    const DELETE: &'static str = "Delete a registry: no new postings for it; its postings stay in \
+        LEDGER and its history in the bucket";
+    const ID: &'static str = "The registry id";
+}
+
+/// `source list|show|delete`.
+pub struct Sources;
+impl ItemHelp for Sources {
+    const LIST: &'static str =
+        "A table of the sources: id, kind, auth, currency, revision, updated";
+    const SHOW: &'static str = "One source, secrets shown as \"***\"";
+    const DELETE: &'static str = "Delete a source: its route answers 404 from now on; what it \
+        sent stays in ORDERS and its history in the bucket";
+    const ID: &'static str = "The source id";
+}
+
+/// `registry list` and `source list`.
+#[derive(Args)]
+pub struct ListArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// `registry show` and `source show`.
+#[derive(Args)]
+pub struct ShowArgs<N: ItemHelp> {
+    #[arg(help = N::ID)]
+    pub id: String,
+    /// JSON (with revision and times) or a TOML entry to edit and apply.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: super::registry::ShowFormat,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[arg(skip)]
+    pub items: std::marker::PhantomData<N>,
+}
+
+/// `registry delete` and `source delete`.
+#[derive(Args)]
+pub struct DeleteArgs<N: ItemHelp> {
+    #[arg(help = N::ID)]
+    pub id: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[arg(skip)]
+    pub items: std::marker::PhantomData<N>,
 }
 
 #[derive(Subcommand)]
@@ -284,32 +358,8 @@ pub enum SourceCommand {
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// A table of the sources: id, kind, auth, currency, revision, updated.
-    List {
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        nats: NatsArgs,
-    },
-    /// One source, secrets shown as "***".
-    Show {
-        /// The source id.
-        id: String,
-        /// JSON (with revision and times) or a TOML entry to edit and apply.
-        #[arg(long, value_enum, default_value = "json")]
-        format: super::registry::ShowFormat,
-        #[command(flatten)]
-        nats: NatsArgs,
-    },
-    /// Delete a source: its route answers 404 from now on; what it sent
-    /// stays in ORDERS and its history in the bucket.
-    Delete {
-        /// The source id.
-        id: String,
-        #[command(flatten)]
-        nats: NatsArgs,
-    },
+    #[command(flatten)]
+    Stored(StoredCommand<Sources>),
 }
 
 impl SourceCommand {
@@ -326,9 +376,7 @@ impl SourceCommand {
                 let file = file.or(file_flag).unwrap_or_default();
                 (nats, ItemOp::Apply { file })
             }
-            SourceCommand::List { json, nats } => (nats, ItemOp::List { json }),
-            SourceCommand::Show { id, format, nats } => (nats, ItemOp::Show { id, format }),
-            SourceCommand::Delete { id, nats } => (nats, ItemOp::Delete { id }),
+            SourceCommand::Stored(command) => command.into_op(),
         }
     }
 }

@@ -28,14 +28,18 @@ pub trait CliItem: Item {
     fn policy(settings: &Settings) -> Self::Policy;
     /// Its entries in a config file (`[[registry]]`, `[[source]]`).
     fn of_config(config: Config) -> Vec<Self>;
-    /// The `list` columns before REVISION and UPDATED.
+    /// The `list` columns between ID and REVISION, UPDATED.
     const COLUMNS: &'static [&'static str];
     /// The cells of those columns.
     fn cells(&self) -> Vec<String>;
     /// What `delete` says stays, after the revision.
     const DELETED: &'static str;
-    /// The item as a one-entry TOML file (secrets as `***`).
-    fn toml_entry(&self) -> Result<String, toml::ser::Error>;
+
+    /// The item as a one-entry TOML file (`[[registry]]`, `[[source]]`;
+    /// secrets as `***`).
+    fn toml_entry(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(&std::collections::BTreeMap::from([(Self::KIND, [self])]))
+    }
     /// Reads the files the items name, relative to `base` (the folder of
     /// the file they came from): a jq source's `program_file`.
     fn read_files(_items: &mut [Self], _base: &Path) -> Result<(), RegistryFileError> {
@@ -50,23 +54,15 @@ impl CliItem for RegistryConfig {
     fn of_config(config: Config) -> Vec<Self> {
         config.registry
     }
-    const COLUMNS: &'static [&'static str] = &["ID", "NAME", "URL", "ENABLED"];
+    const COLUMNS: &'static [&'static str] = &["NAME", "URL", "ENABLED"];
     fn cells(&self) -> Vec<String> {
         vec![
-            self.id.clone(),
             self.name.clone(),
             self.url.clone(),
             self.enabled.to_string(),
         ]
     }
     const DELETED: &'static str = "its postings stay in LEDGER";
-    fn toml_entry(&self) -> Result<String, toml::ser::Error> {
-        #[derive(serde::Serialize)]
-        struct File<'a> {
-            registry: [&'a RegistryConfig; 1],
-        }
-        toml::to_string_pretty(&File { registry: [self] })
-    }
 }
 
 /// `ledgerline registry …`: exit 0 done, 1 NATS trouble or no such
@@ -367,14 +363,16 @@ pub(super) fn render_item_table<T: CliItem>(entries: &[Entry<T>]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            let mut r = e.config.cells();
+            let mut r = vec![e.config.id().to_owned()];
+            r.extend(e.config.cells());
             r.push(e.revision.to_string());
             r.push(rfc3339(e.updated_at));
             r
         })
         .collect();
-    let header: Vec<String> = T::COLUMNS
+    let header: Vec<String> = ["ID"]
         .iter()
+        .chain(T::COLUMNS)
         .chain(&["REVISION", "UPDATED"])
         .map(|h| (*h).to_owned())
         .collect();
@@ -478,6 +476,28 @@ mod tests {
         assert_eq!(read("r.json", list).unwrap().len(), 2);
         let wrapped = format!("{{\"registry\": {list}}}");
         assert_eq!(read("r", &wrapped).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_toml_entry_is_a_one_entry_file_that_reads_back_the_same() {
+        let toml = "[[registry]]\nid = \"a\"\nurl = \"https://a.example\"\n\
+                    [registry.auth]\ntype = \"bearer\"\ntoken = \"t0ken\"\n";
+        let registry = read("r.toml", toml).unwrap().remove(0);
+        let entry = registry.toml_entry().unwrap();
+        // The layout of a file with one `[[registry]]` table, secrets as ***.
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            registry: [&'a RegistryConfig; 1],
+        }
+        let file = toml::to_string_pretty(&File {
+            registry: [&registry],
+        })
+        .unwrap();
+        assert_eq!(entry, file);
+        assert!(entry.starts_with("[[registry]]\n"), "{entry}");
+        assert!(entry.contains("token = \"***\""), "{entry}");
+        let back = read("e.toml", &entry).unwrap().remove(0);
+        assert_eq!((back.id, back.url), (registry.id, registry.url));
     }
 
     #[test]

@@ -17,23 +17,15 @@ impl CliItem for SourceConfig {
     fn of_config(config: Config) -> Vec<Self> {
         config.source
     }
-    const COLUMNS: &'static [&'static str] = &["ID", "KIND", "AUTH", "CURRENCY"];
+    const COLUMNS: &'static [&'static str] = &["KIND", "AUTH", "CURRENCY"];
     fn cells(&self) -> Vec<String> {
         vec![
-            self.id.clone(),
             self.kind.as_str().to_owned(),
             self.auth.type_name().to_owned(),
             self.currency.clone().unwrap_or_else(|| "-".to_owned()),
         ]
     }
     const DELETED: &'static str = "its route answers 404 from now on";
-    fn toml_entry(&self) -> Result<String, toml::ser::Error> {
-        #[derive(serde::Serialize)]
-        struct File<'a> {
-            source: [&'a SourceConfig; 1],
-        }
-        toml::to_string_pretty(&File { source: [self] })
-    }
     fn read_files(items: &mut [Self], base: &Path) -> Result<(), RegistryFileError> {
         crate::source_store::read_program_files(items, base).map_err(|source| {
             RegistryFileError::ProgramFile {

@@ -132,12 +132,6 @@ impl fmt::Display for ColumnValue<'_> {
     }
 }
 
-impl fmt::Display for Column {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// `delta` sends what changed since the last posting; `full` the whole ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1112,9 +1106,15 @@ mod tests {
 
 /// The registries in force, shared by aggregator and dispatcher. Replaced
 /// whole when a registry changes, so readers see a consistent set.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegistrySet {
     registries: Vec<Registry>,
+}
+
+impl From<Vec<Registry>> for RegistrySet {
+    fn from(registries: Vec<Registry>) -> Self {
+        Self::new(registries)
+    }
 }
 
 impl RegistrySet {

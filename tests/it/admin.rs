@@ -23,13 +23,15 @@ async fn strict_admin() -> (support::Nats, Service) {
     (nats, svc)
 }
 
-/// Creates the registry `body` describes (expecting 201) and returns it
-/// as `GET` reads it back.
-async fn created(svc: &Service, body: &Value) -> Value {
-    let (status, b) = svc.post("/v1/registries", body).await;
+/// [`strict_admin`] with the registry `body` describes created
+/// (expecting 201), as `GET` reads it back.
+async fn strict_admin_with(body: Value) -> (support::Nats, Service, Value) {
+    let (nats, svc) = strict_admin().await;
+    let (status, b) = svc.post("/v1/registries", &body).await;
     assert_eq!(status, 201, "{b}");
     let id = body["id"].as_str().expect("the body names its id");
-    svc.get(&format!("/v1/registries/{id}")).await.1
+    let read = svc.get(&format!("/v1/registries/{id}")).await.1;
+    (nats, svc, read)
 }
 
 fn error_field(body: &Value) -> Option<&str> {
@@ -446,14 +448,10 @@ async fn the_openapi_description_matches_the_router() {
 
 #[tokio::test]
 async fn a_put_that_moves_the_url_to_another_origin_must_send_the_secrets_again() {
-    let (_nats, svc) = strict_admin().await;
-    let read = created(
-        &svc,
-        &json!({"id": "books", "url": "https://a.example/hooks",
-            "headers": {"X-Api-Key": "header-secret-value"},
-            "auth": {"type": "basic", "username": "u", "password": "basic-password-value"}}),
-    )
-    .await;
+    let books = json!({"id": "books", "url": "https://a.example/hooks",
+        "headers": {"X-Api-Key": "header-secret-value"},
+        "auth": {"type": "basic", "username": "u", "password": "basic-password-value"}});
+    let (_nats, svc, read) = strict_admin_with(books).await;
     let mut moved = read["registry"].clone();
     moved["url"] = json!("https://evil.example/collect");
     moved["headers"]["X-Api-Key"] = json!("header-secret-value");
@@ -537,13 +535,9 @@ async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
 
 #[tokio::test]
 async fn a_registry_with_notify_emails_and_no_smtp_shows_a_warning() {
-    let (_nats, svc) = strict_admin().await;
-    let read = created(
-        &svc,
-        &json!({"id": "mailed", "url": "https://a.example/hooks",
-            "notify_emails": ["ops@example.com"]}),
-    )
-    .await;
+    let mailed = json!({"id": "mailed", "url": "https://a.example/hooks",
+        "notify_emails": ["ops@example.com"]});
+    let (_nats, svc, read) = strict_admin_with(mailed).await;
     let warnings = read["registry"]["warnings"]
         .as_array()
         .cloned()

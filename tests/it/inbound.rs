@@ -677,6 +677,17 @@ async fn ingest_until(svc: &Running, token: &str, order: &str, want: u16) -> (u1
     panic!("source web with {token}: never {want}, last {last:?}");
 }
 
+/// Checks an admin API reply (status, body) is 200 with `result` `want`,
+/// and keeps it in `seen` (where no secret may show).
+fn done((status, body): (u16, Value), want: &str, seen: &mut String) {
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some(want)),
+        "{body}"
+    );
+    seen.push_str(&body.to_string());
+}
+
 #[tokio::test]
 async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_without_a_restart() {
     let nats = support::nats().await;
@@ -705,22 +716,10 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     assert_eq!(count_orders(&nats.js, "orders.WEB-1").await, 1);
 
     // A bad body names the field; the id is taken from the URL on PUT.
-    let (status, body) = admin
-        .post("/v1/sources", &json!({"id": "bad", "kind": "fax"}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (422, Some("kind")),
-        "{body}"
-    );
-    let (status, body) = admin
-        .post("/v1/sources", &json!({"id": "web", "kind": "events"}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (409, Some("id")),
-        "{body}"
-    );
+    let bad = json!({"id": "bad", "kind": "fax"});
+    support::assert_refused(admin.post("/v1/sources", &bad).await, 422, "kind");
+    let taken = json!({"id": "web", "kind": "events"});
+    support::assert_refused(admin.post("/v1/sources", &taken).await, 409, "id");
 
     // Read back and sent back with "***": the stored secret is kept.
     let (status, read) = admin.get("/v1/sources/web").await;
@@ -728,28 +727,20 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     seen.push_str(&read.to_string());
     let mut same = read["source"].clone();
     same["rate_limit_per_s"] = json!(50);
-    let (status, body) = admin.put("/v1/sources/web", &same).await;
-    assert_eq!(
-        (status, &body["result"]),
-        (200, &json!("updated")),
-        "{body}"
+    done(
+        admin.put("/v1/sources/web", &same).await,
+        "updated",
+        &mut seen,
     );
-    seen.push_str(&body.to_string());
     ingest_until(&svc, TOKEN_ONE, "WEB-2", 200).await;
 
     // PUT a new secret: the old one is refused from then on.
-    let (status, body) = admin
-        .put(
-            "/v1/sources/web",
-            &json!({"kind": "events", "auth": {"type": "bearer", "token": TOKEN_TWO}}),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["result"]),
-        (200, &json!("updated")),
-        "{body}"
+    let rekeyed = json!({"kind": "events", "auth": {"type": "bearer", "token": TOKEN_TWO}});
+    done(
+        admin.put("/v1/sources/web", &rekeyed).await,
+        "updated",
+        &mut seen,
     );
-    seen.push_str(&body.to_string());
     ingest_until(&svc, TOKEN_ONE, "WEB-3", 401).await;
     ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
 
@@ -774,13 +765,7 @@ async fn a_source_written_over_the_admin_api_is_served_rekeyed_and_removed_witho
     ingest_until(&svc, TOKEN_TWO, "WEB-3", 200).await;
 
     // DELETE: its route answers 404, its history stays.
-    let (status, body) = admin.delete("/v1/sources/web").await;
-    assert_eq!(
-        (status, &body["result"]),
-        (200, &json!("deleted")),
-        "{body}"
-    );
-    seen.push_str(&body.to_string());
+    done(admin.delete("/v1/sources/web").await, "deleted", &mut seen);
     ingest_until(&svc, TOKEN_TWO, "WEB-4", 404).await;
     assert_eq!(admin.get("/v1/sources/web").await.0, 404);
     assert_eq!(admin.get("/v1/sources/web/history").await.0, 200);
@@ -801,68 +786,33 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
     let nats = support::nats().await;
     let dir = tempfile::tempdir().unwrap();
     let config = support::process::config_file(dir.path(), &nats.server.url(), "");
-    let mut seen = String::new();
-    let mut run = |args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut cmd = support::process::ledgerline(args);
-        cmd.arg("--config")
-            .arg(&config)
-            .env("LEDGERLINE_LOG", "debug")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        seen.push_str(&o);
-        seen.push_str(&e);
-        (out.status.code(), o, e)
-    };
+    let mut cli = support::process::Cli::new(config);
     let file = dir.path().join("sources.toml");
     std::fs::write(&file, SOURCES).unwrap();
     let file_arg = file.to_str().unwrap();
 
-    let (code, out, err) = run(&["source", "apply", file_arg], None);
+    let (code, out, err) = cli.run(&["source", "apply", file_arg]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("created venti (revision "), "{out}");
     assert_eq!(out.lines().count(), 4, "{out}");
-    let (code, out, _) = run(&["source", "apply", "-f", file_arg], None);
-    assert_eq!(code, Some(0));
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("unchanged ")).count(),
+    let rows = cli.reapply_and_list(
+        &["source", "apply", "-f", file_arg],
         4,
-        "{out}"
+        &["KIND", "REVISION"],
     );
-
-    let (code, out, _) = run(&["source", "list"], None);
-    assert_eq!(code, Some(0));
-    let lines: Vec<&str> = out.lines().collect();
+    let gateway = &rows[2];
     assert!(
-        lines[0].starts_with("ID") && lines[0].contains("KIND") && lines[0].contains("REVISION"),
-        "{out}"
+        gateway.starts_with("gateway ") && gateway.contains("signature") && gateway.contains("USD"),
+        "{rows:?}"
     );
-    assert!(
-        lines[3].starts_with("gateway ")
-            && lines[3].contains("signature")
-            && lines[3].contains("USD"),
-        "{out}"
-    );
-    let (_, out, _) = run(&["source", "list", "--json"], None);
-    assert_eq!(out.lines().count(), 4);
 
     // show → edit → apply from stdin: the "***" markers keep the secrets.
-    let (code, shown, err) = run(&["source", "show", "gateway", "--format", "toml"], None);
+    let (code, shown, err) = cli.run(&["source", "show", "gateway", "--format", "toml"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(shown.starts_with("# source gateway revision "), "{shown}");
     assert!(shown.contains("secret = \"***\""), "{shown}");
     let edited = shown.replace("currency = \"USD\"", "currency = \"EUR\"");
-    let (code, out, err) = run(&["source", "apply", "-"], Some(&edited));
+    let (code, out, err) = cli.run_with_stdin(&["source", "apply", "-"], &edited);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("updated gateway"), "{out}");
     let store = ledgerline::source_store::SourceStore::open(&nats.js, (), 1)
@@ -880,7 +830,7 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
         "{:?}",
         gateway.config.auth
     );
-    let (code, out, _) = run(&["source", "show", "pos"], None);
+    let (code, out, _) = cli.run(&["source", "show", "pos"]);
     assert_eq!(code, Some(0));
     let pos: Value = serde_json::from_str(&out).expect("show prints JSON");
     assert_eq!(
@@ -891,22 +841,22 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
     // Invalid: exit 2 naming the entry and the field; nothing written.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[source]]\nid = \"ok\"\nkind = \"events\"\n[[source]]\nid = \"nocur\"\nkind = \"gateway\"\n").unwrap();
-    let (code, _, err) = run(&["source", "apply", bad.to_str().unwrap()], None);
+    let (code, _, err) = cli.run(&["source", "apply", bad.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("source[1].currency"), "{err}");
     assert!(store.get("ok").await.unwrap().is_none());
 
-    let (code, out, _) = run(&["source", "delete", "pos"], None);
+    let (code, out, _) = cli.run(&["source", "delete", "pos"]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("deleted pos (was revision "), "{out}");
     assert!(out.contains("its route answers 404"), "{out}");
-    let (code, _, err) = run(&["source", "show", "pos"], None);
+    let (code, _, err) = cli.run(&["source", "show", "pos"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("ledgerline: source \"pos\" does not exist\n"),
         "{err}"
     );
-    let (code, _, err) = run(&["source", "delete", "pos"], None);
+    let (code, _, err) = cli.run(&["source", "delete", "pos"]);
     assert_eq!(code, Some(1), "{err}");
 
     for secret in [
@@ -915,7 +865,7 @@ async fn the_source_cli_applies_lists_shows_and_deletes_without_showing_a_secret
         "gateway-secret-0123456789",
         "shop-token-0123456789",
     ] {
-        assert!(!seen.contains(secret), "{secret} in CLI output");
+        assert!(!cli.seen.contains(secret), "{secret} in CLI output");
     }
 }
 

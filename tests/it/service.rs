@@ -495,17 +495,6 @@ async fn exit_code(child: &mut tokio::process::Child, log: &Path) -> Option<i32>
     }
 }
 
-fn cli(args: &[&str], config: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("LEDGERLINE_CONFIG")
-        .env("LEDGERLINE_LOG", "debug")
-        .output()
-        .unwrap()
-}
-
 /// A secret as it could appear: itself, or inside base64 (a logged
 /// payload) at any of the three byte alignments.
 fn secret_forms(secret: &str) -> Vec<String> {
@@ -628,21 +617,17 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
     stop_cleanly(&mut run, &log).await;
 
     // The CLI shows registries without their secrets.
+    let mut cli = support::process::Cli::new(config.clone());
     for args in [
         &["registry", "list"][..],
         &["registry", "list", "--json"],
         &["registry", "show", "books"],
         &["registry", "show", "books", "--format", "toml"],
     ] {
-        let out = cli(args, &config);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        seen.push_str(&String::from_utf8_lossy(&out.stdout));
-        seen.push_str(&String::from_utf8_lossy(&out.stderr));
+        let (code, _, err) = cli.run(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
     }
+    seen.push_str(&cli.seen);
     assert!(seen.contains("***"));
     // No secret in any API response, CLI output, log line or LEDGER record.
     let logs = std::fs::read_to_string(&log).unwrap();
@@ -692,49 +677,28 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
     )
     .unwrap();
     let file_arg = file.to_str().unwrap();
-    let mut seen = String::new();
-    let mut run = |args: &[&str]| {
-        let out = cli(args, &config);
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        seen.push_str(&o);
-        seen.push_str(&e);
-        (out.status.code(), o, e)
-    };
+    let mut cli = support::process::Cli::new(config);
 
-    let (code, out, err) = run(&["registry", "apply", "-f", file_arg]);
+    let (code, out, err) = cli.run(&["registry", "apply", "-f", file_arg]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("created books (revision "), "{out}");
     assert!(out.contains("created detail"), "{out}");
-    let (code, out, _) = run(&["registry", "apply", "-f", file_arg]);
-    assert_eq!(code, Some(0));
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("unchanged ")).count(),
+    let rows = cli.reapply_and_list(
+        &["registry", "apply", "-f", file_arg],
         2,
-        "{out}"
+        &["REVISION", "UPDATED"],
     );
-
-    let (code, out, _) = run(&["registry", "list"]);
-    assert_eq!(code, Some(0));
-    let lines: Vec<&str> = out.lines().collect();
+    let books = &rows[0];
     assert!(
-        lines[0].starts_with("ID") && lines[0].contains("REVISION") && lines[0].contains("UPDATED"),
-        "{out}"
+        books.starts_with("books ")
+            && books.contains("https://books.example/hooks")
+            && books.contains("true"),
+        "{rows:?}"
     );
-    assert!(
-        lines[1].starts_with("books ")
-            && lines[1].contains("https://books.example/hooks")
-            && lines[1].contains("true"),
-        "{out}"
-    );
-    assert!(lines[2].starts_with("detail "), "{out}");
-    let (_, out, _) = run(&["registry", "list", "--json"]);
-    assert_eq!(out.lines().count(), 2);
+    assert!(rows[1].starts_with("detail "), "{rows:?}");
 
     // show → edit → apply: the "***" markers keep the stored secrets.
-    let (code, toml_text, _) = run(&["registry", "show", "books", "--format", "toml"]);
+    let (code, toml_text, _) = cli.run(&["registry", "show", "books", "--format", "toml"]);
     assert_eq!(code, Some(0));
     assert!(
         toml_text.contains("signing_secret = \"***\""),
@@ -749,7 +713,7 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         ),
     )
     .unwrap();
-    let (code, out, err) = run(&["registry", "apply", "-f", edited.to_str().unwrap()]);
+    let (code, out, err) = cli.run(&["registry", "apply", "-f", edited.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("updated books"), "{out}");
     let store = support::registry_store(&nats.js).await;
@@ -769,10 +733,10 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         "[[registry]]\nid = \"mailed\"\nurl = \"https://mailed.example/hooks\"\nnotify_emails = [\"ops@example.com\"]\n",
     )
     .unwrap();
-    let (code, _, err) = run(&["registry", "apply", "-f", mailed.to_str().unwrap()]);
+    let (code, _, err) = cli.run(&["registry", "apply", "-f", mailed.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     for format in ["json", "toml"] {
-        let (code, out, err) = run(&["registry", "show", "mailed", "--format", format]);
+        let (code, out, err) = cli.run(&["registry", "show", "mailed", "--format", format]);
         assert_eq!(code, Some(0), "{err}");
         assert!(
             err.contains("warning") && err.contains("notify_emails") && err.contains("[smtp]"),
@@ -782,13 +746,13 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
             serde_json::from_str::<serde_json::Value>(&out).expect("stdout stays JSON");
         }
     }
-    let (_, _, err) = run(&["registry", "show", "books"]);
+    let (_, _, err) = cli.run(&["registry", "show", "books"]);
     assert!(!err.contains("warning"), "{err}");
 
     // Invalid files: exit 2, naming the entry and the field; nothing written.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[registry]]\nid = \"ok\"\nurl = \"https://ok.example\"\n[[registry]]\nid = \"private\"\nurl = \"https://10.0.0.8/hook\"\n").unwrap();
-    let (code, _, err) = run(&["registry", "apply", "-f", bad.to_str().unwrap()]);
+    let (code, _, err) = cli.run(&["registry", "apply", "-f", bad.to_str().unwrap()]);
     assert_eq!(code, Some(2));
     assert!(err.contains("registry[1].url"), "{err}");
     assert!(store.get("ok").await.unwrap().is_none());
@@ -798,7 +762,7 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         r#"[{"id": "j", "url": "https://j.example", "entry_types": ["revenue", "bogus"]}]"#,
     )
     .unwrap();
-    let (code, _, err) = run(&["registry", "apply", "-f", bad_json.to_str().unwrap()]);
+    let (code, _, err) = cli.run(&["registry", "apply", "-f", bad_json.to_str().unwrap()]);
     assert_eq!(code, Some(2));
     assert!(err.contains("registry[0].entry_types[1]"), "{err}");
     std::fs::write(
@@ -806,20 +770,20 @@ async fn the_registry_cli_applies_lists_shows_and_deletes_naming_bad_fields() {
         r#"{"registry": [{"id": "j", "url": "https://j.example", "colour": 1}]}"#,
     )
     .unwrap();
-    let (code, _, err) = run(&["registry", "apply", "-f", bad_json.to_str().unwrap()]);
+    let (code, _, err) = cli.run(&["registry", "apply", "-f", bad_json.to_str().unwrap()]);
     assert_eq!(code, Some(2));
     assert!(err.contains("registry[0].colour"), "{err}");
 
-    let (code, out, _) = run(&["registry", "delete", "detail"]);
+    let (code, out, _) = cli.run(&["registry", "delete", "detail"]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("deleted detail"), "{out}");
-    let (code, _, err) = run(&["registry", "delete", "detail"]);
+    let (code, _, err) = cli.run(&["registry", "delete", "detail"]);
     assert_eq!(code, Some(1), "{err}");
-    let (code, _, _) = run(&["registry", "show", "detail"]);
+    let (code, _, _) = cli.run(&["registry", "show", "detail"]);
     assert_eq!(code, Some(1));
 
     for s in [SIGNING_SECRET, HEADER_SECRET, PASSWORD_SECRET] {
-        assert!(!seen.contains(s), "{s} shown by the CLI");
+        assert!(!cli.seen.contains(s), "{s} shown by the CLI");
     }
 
     // `run` with the admin API and no token refuses to start (exit 2).

@@ -417,6 +417,16 @@ pub fn assert_same_keys<K: Ord + std::fmt::Debug, A, B>(
     );
 }
 
+/// Checks that an API reply (status, body) refuses with `status`, its
+/// error naming `field` as the one that is wrong.
+pub fn assert_refused((got, body): (u16, serde_json::Value), status: u16, field: &str) {
+    assert_eq!(
+        (got, body["error"]["field"].as_str()),
+        (status, Some(field)),
+        "{body}"
+    );
+}
+
 /// `field` of every item of the JSON array `items`, as strings.
 #[allow(dead_code)]
 pub fn str_fields<'a>(items: &'a serde_json::Value, field: &str) -> Vec<&'a str> {

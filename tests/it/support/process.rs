@@ -142,3 +142,81 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// One-shot `ledgerline <args> --config <config>` commands (logging at
+/// debug), keeping all they print so a test can check that no secret is
+/// ever shown.
+pub struct Cli {
+    config: PathBuf,
+    /// Everything printed so far, standard output and error.
+    pub seen: String,
+}
+
+impl Cli {
+    /// Commands run with `config`.
+    pub fn new(config: PathBuf) -> Self {
+        Cli {
+            config,
+            seen: String::new(),
+        }
+    }
+
+    /// `ledgerline <args>` with nothing on standard input: exit code,
+    /// standard output, standard error.
+    pub fn run(&mut self, args: &[&str]) -> (Option<i32>, String, String) {
+        self.run_with_stdin(args, "")
+    }
+
+    /// `ledgerline <args>` reading `stdin`.
+    pub fn run_with_stdin(&mut self, args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+        use std::io::Write;
+        let mut child = ledgerline(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("LEDGERLINE_LOG", "debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        self.seen.push_str(&o);
+        self.seen.push_str(&e);
+        (out.status.code(), o, e)
+    }
+
+    /// Runs `apply` (`<kind> apply …`, its `n` items already applied)
+    /// again and checks it leaves all `n` unchanged, that `<kind> list
+    /// --json` prints `n` lines and that `<kind> list` prints a table
+    /// whose header has ID first and `columns`; returns its `n` rows.
+    pub fn reapply_and_list(&mut self, apply: &[&str], n: usize, columns: &[&str]) -> Vec<String> {
+        let (code, out, err) = self.run(apply);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("unchanged ")).count(),
+            n,
+            "{out}"
+        );
+        let kind = apply[0];
+        let (code, out, err) = self.run(&[kind, "list", "--json"]);
+        assert_eq!((code, out.lines().count()), (Some(0), n), "{err}");
+        let (code, out, err) = self.run(&[kind, "list"]);
+        assert_eq!(code, Some(0), "{err}");
+        let mut lines = out.lines().map(str::to_owned);
+        let header = lines.next().unwrap_or_default();
+        assert!(
+            header.starts_with("ID") && columns.iter().all(|c| header.contains(c)),
+            "{out}"
+        );
+        let rows: Vec<String> = lines.collect();
+        assert_eq!(rows.len(), n, "{out}");
+        rows
+    }
+}
