@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod chaos;
 mod cli;
+mod config_env;
 mod demo;
 mod dispatcher;
 mod export;
