@@ -12,6 +12,7 @@ mod config_env;
 mod demo;
 mod dispatcher;
 mod export;
+mod failure_emails;
 mod fence;
 mod golden;
 mod inbound;
