@@ -22,6 +22,7 @@ mod pipeline;
 mod properties;
 mod receiver;
 mod registry_store;
+mod schema;
 mod service;
 mod support;
 mod tls;
