@@ -477,3 +477,80 @@ async fn the_admin_api_serves_the_published_schema() {
     assert_eq!(anonymous.status(), 401);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn publish_strict_and_the_aggregator_give_the_same_verdict_as_the_schema() {
+    let nats = nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::process::config_file(dir.path(), &nats.server.url(), "");
+    let good = reference();
+    let bad = with(
+        with(
+            with(reference(), "/event_id", Some(json!("e-bad"))),
+            "/order_id",
+            Some(json!("o-bad")),
+        ),
+        "/order/line_items/0/unit_price",
+        Some(json!(11.0)),
+    );
+    let late = with(payment(), "/payment/currency", Some(json!("EUR")));
+    let schema = validator();
+    assert!(schema.is_valid(&good) && !schema.is_valid(&bad) && schema.is_valid(&late));
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, format!("{good}\n\n{bad}\r\n{late}")).unwrap();
+    let publish = |strict: bool| {
+        let mut cmd = crate::support::process::ledgerline(&["publish"]);
+        cmd.arg(&file).arg("--config").arg(&config);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd.env("LEDGERLINE_LOG", "off").output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = publish(true);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with(
+            "line 3: rejected by the aggregator's rules: event e-bad: \
+             order.line_items[0].unit_price: must be a decimal string like \"11.00\", \
+             not a JSON number (money_not_string)\n\
+             publish: 3 lines, 3 published, 0 duplicates, 0 refused in "
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "publish --strict: 1 published lines will be rejected (ledger.rejected.<reason>)\n"
+        ),
+        "{err}"
+    );
+    // Without --strict the verdict is left to the aggregator, as before.
+    let (code, err) = publish(false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("rejected"), "{err}");
+
+    let svc = Service::start(
+        settings(&nats.server, ""),
+        &[
+            ledgerline::service::Component::Aggregator,
+            ledgerline::service::Component::Admin,
+        ],
+    )
+    .await;
+    crate::support::eventually(
+        "the aggregator's rejection",
+        std::time::Duration::from_secs(20),
+        || async {
+            crate::support::count_ledger(&nats.js, "ledger.rejected.money_not_string").await == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        crate::support::count_ledger(&nats.js, "ledger.rejected.>").await,
+        1
+    );
+    svc.stop().await;
+}
