@@ -941,39 +941,45 @@ mod tests {
                 .starts_with("LEDGERLINE_SMTP__PORT: smtp.port"),
             "{e}"
         );
-        let e = load("", &[("LEDGERLINE_DELIVERY__MAX_IN_FLIGHT", "-3")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("LEDGERLINE_DELIVERY__MAX_IN_FLIGHT: "),
-            "{e}"
-        );
-        let e = load("", &[("LEDGERLINE_ALLOW_INSECURE_HTTP", "maybe")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("LEDGERLINE_ALLOW_INSECURE_HTTP: "),
-            "{e}"
-        );
-        let e = load("", &[("LEDGERLINE_SMTP__HOTS", "h")]).unwrap_err();
-        assert!(
-            e.to_string().starts_with("LEDGERLINE_SMTP__HOTS: unknown"),
-            "{e}"
-        );
-        assert!(e.to_string().contains("LEDGERLINE_SMTP__HOST"), "{e}");
-        let e = load("", &[("LEDGERLINE_SMTP_HOST", "h")]).unwrap_err();
-        assert!(e.to_string().contains("LEDGERLINE_SMTP__HOST"), "{e}");
-        let e = load("", &[("LEDGERLINE_REGISTRY", "[]")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("LEDGERLINE_REGISTRY: [[registry]]"),
-            "{e}"
-        );
-        // Validation after the merge names the key.
-        let e = load("", &[("LEDGERLINE_DELIVERY__BREAKER_COOL_DOWN", "soon")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("config delivery.breaker_cool_down:"),
-            "{e}"
-        );
+        for (var, value, starts) in [
+            (
+                "LEDGERLINE_DELIVERY__MAX_IN_FLIGHT",
+                "-3",
+                "LEDGERLINE_DELIVERY__MAX_IN_FLIGHT: ",
+            ),
+            (
+                "LEDGERLINE_ALLOW_INSECURE_HTTP",
+                "maybe",
+                "LEDGERLINE_ALLOW_INSECURE_HTTP: ",
+            ),
+            (
+                "LEDGERLINE_SMTP__HOTS",
+                "h",
+                "LEDGERLINE_SMTP__HOTS: unknown",
+            ),
+            (
+                "LEDGERLINE_SMTP_HOST",
+                "h",
+                "LEDGERLINE_SMTP_HOST: keys of [smtp]",
+            ),
+            (
+                "LEDGERLINE_REGISTRY",
+                "[]",
+                "LEDGERLINE_REGISTRY: [[registry]]",
+            ),
+            // Validation after the merge names the key.
+            (
+                "LEDGERLINE_DELIVERY__BREAKER_COOL_DOWN",
+                "soon",
+                "config delivery.breaker_cool_down:",
+            ),
+        ] {
+            let e = load("", &[(var, value)]).unwrap_err().to_string();
+            assert!(e.starts_with(starts), "{var}: {e}");
+            if var.starts_with("LEDGERLINE_SMTP") {
+                assert!(e.contains("LEDGERLINE_SMTP__HOST"), "{e}");
+            }
+        }
     }
 
     #[test]

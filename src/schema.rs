@@ -215,26 +215,30 @@ fixed_schema!(Quantity, |_| json_schema!({
     "maximum": QUANTITY_MAX,
 }));
 
-fixed_schema!(Money, |_| json_schema!({
-    "description": "A non-negative decimal amount as a JSON string (\"11.00\"), never a number; at most the currency's minor units of significant decimals.",
-    "type": "string",
-    "maxLength": DECIMAL_STRING_MAX_CHARS,
-    "pattern": r"^([0-9]+(\.[0-9]+)?|-0+(\.0+)?)$",
-}));
+/// A decimal in a JSON string, as `money::parse_decimal_str` reads it.
+fn decimal_string(description: &str, pattern: &str) -> Schema {
+    json_schema!({
+        "description": description,
+        "type": "string",
+        "maxLength": DECIMAL_STRING_MAX_CHARS,
+        "pattern": pattern,
+    })
+}
 
-fixed_schema!(SignedMoney, |_| json_schema!({
-    "description": "A decimal amount as a JSON string (\"-5.00\"), never a number; at most the currency's minor units of significant decimals.",
-    "type": "string",
-    "maxLength": DECIMAL_STRING_MAX_CHARS,
-    "pattern": r"^-?[0-9]+(\.[0-9]+)?$",
-}));
+fixed_schema!(Money, |_| decimal_string(
+    "A non-negative decimal amount as a JSON string (\"11.00\"), never a number; at most the currency's minor units of significant decimals.",
+    r"^([0-9]+(\.[0-9]+)?|-0+(\.0+)?)$",
+));
 
-fixed_schema!(TaxRate, |_| json_schema!({
-    "description": "A tax rate in [0, 1) as a decimal string (16% is \"0.16\"), at most 6 significant decimals.",
-    "type": "string",
-    "maxLength": DECIMAL_STRING_MAX_CHARS,
-    "pattern": r"^(0+(\.[0-9]{1,6}0*)?|-0+(\.0+)?)$",
-}));
+fixed_schema!(SignedMoney, |_| decimal_string(
+    "A decimal amount as a JSON string (\"-5.00\"), never a number; at most the currency's minor units of significant decimals.",
+    r"^-?[0-9]+(\.[0-9]+)?$",
+));
+
+fixed_schema!(TaxRate, |_| decimal_string(
+    "A tax rate in [0, 1) as a decimal string (16% is \"0.16\"), at most 6 significant decimals.",
+    r"^(0+(\.[0-9]{1,6}0*)?|-0+(\.0+)?)$",
+));
 
 fixed_schema!(CurrencyCode, |_| json_schema!({
     "description": "An active ISO 4217 currency code.",

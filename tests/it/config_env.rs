@@ -40,6 +40,15 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `ledgerline postings` of the sample events with `config`.
+fn postings(config: &Path) -> (Option<i32>, String, String) {
+    let events = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample/events.ndjson");
+    run_with(
+        &["postings", "--config", path(config), "--events", events],
+        &[],
+    )
+}
+
 #[test]
 fn the_environment_overrides_the_file_and_a_flag_the_environment() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,13 +123,12 @@ fn an_unknown_key_in_the_file_is_refused_naming_it_and_its_line() {
     let config = config_file(dir.path(), NO_NATS_1, "[delivery]\nmax_in_flihgt = 4\n");
     let (code, _, err) = run_with(&["verify", "--config", path(&config)], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "ledgerline: config file {}: line 5, column 1: unknown field `max_in_flihgt`",
-            config.display()
-        )),
-        "{err}"
+    let want = format!(
+        "ledgerline: config file {}: line 5, column 1: ",
+        config.display()
     );
+    assert!(err.starts_with(&want), "{err}");
+    assert!(err.contains("unknown field `max_in_flihgt`"), "{err}");
 }
 
 #[tokio::test]
@@ -150,7 +158,6 @@ async fn an_unrelated_ledgerline_variable_is_warned_about_and_harmless() {
 #[test]
 fn postings_runs_on_a_config_that_run_refuses_for_what_postings_does_not_use() {
     let dir = tempfile::tempdir().unwrap();
-    let events = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sample/events.ndjson");
     let registry = "[[registry]]\nid = \"acme\"\nurl = \"URL\"\n";
     let good = dir.path().join("good.toml");
     std::fs::write(
@@ -168,16 +175,10 @@ fn postings_runs_on_a_config_that_run_refuses_for_what_postings_does_not_use() {
         ),
     )
     .unwrap();
-    let (code, want, err) = run_with(
-        &["postings", "--config", path(&good), "--events", events],
-        &[],
-    );
+    let (code, want, err) = postings(&good);
     assert_eq!(code, Some(0), "{err}");
     assert!(!want.is_empty());
-    let (code, got, err) = run_with(
-        &["postings", "--config", path(&bad), "--events", events],
-        &[],
-    );
+    let (code, got, err) = postings(&bad);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(got, want, "the same postings");
 
@@ -195,10 +196,7 @@ fn postings_runs_on_a_config_that_run_refuses_for_what_postings_does_not_use() {
         ),
     )
     .unwrap();
-    let (code, _, err) = run_with(
-        &["postings", "--config", path(&shape), "--events", events],
-        &[],
-    );
+    let (code, _, err) = postings(&shape);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.starts_with("ledgerline: config registry[0].group_by"),
