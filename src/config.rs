@@ -1,8 +1,14 @@
 //! Configuration (SPEC 7): defaults → TOML file → `LEDGERLINE_<KEY>`
 //! environment → CLI flags, then validated as a whole.
 //!
-//! Unknown keys are refused, in the file and in the environment, so a typo
-//! never silently falls back to a default. Every error names the key.
+//! The file and the `LEDGERLINE_*` variables are layered with [`figment`]
+//! (nested keys as `LEDGERLINE_SMTP__HOST`); flags are applied by the
+//! commands ([`crate::cli::args`]). Unknown keys in the file are refused,
+//! naming the key and its line, so a typo never silently falls back to a
+//! default; a variable for an unknown key of `[smtp]` or `[delivery]` is
+//! refused too, while a `LEDGERLINE_*` variable that is no config key at
+//! all (`LEDGERLINE_HOME`) is warned about and ignored. Every error names
+//! the key or the variable.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -234,6 +240,13 @@ pub struct Settings {
     pub sources: Vec<Source>,
 }
 
+/// What the offline `ledgerline postings` runs on ([`Config::validate_offline`]).
+#[derive(Debug, Clone)]
+pub struct OfflineSettings {
+    pub ledger: LedgerOptions,
+    pub registries: Vec<Registry>,
+}
+
 impl Settings {
     /// Settings for a pipeline whose receivers listen on this machine (the
     /// demo, tests): `nats_url`, plain HTTP and 127.0.0.0/8 targets allowed,
@@ -261,26 +274,197 @@ fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
     };
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!("line {line}, column {column}: {message}")
+    match key_before(before) {
+        Some(key) => format!("line {line}, column {column}: {key}: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
 }
 
-/// Top-level keys that a `LEDGERLINE_<KEY>` variable may set.
-const ENV_KEYS: [&str; 14] = [
-    "nats_url",
-    "stream_replicas",
-    "ingest_listen",
-    "lease_ttl",
-    "nats_creds",
-    "nats_token",
-    "nats_tls_ca",
-    "subject_prefix",
-    "admin_listen",
-    "admin_token",
-    "rounding",
-    "tax_rounding",
-    "allow_insecure_http",
-    "allow_private_targets",
+/// The key whose value starts before the end of `before` on its last line
+/// (`tax_rounding`, `smtp.port`: the name before `=`, under the last table
+/// header), so an error in a value names its key. Only the name is read,
+/// never the value.
+fn key_before(before: &str) -> Option<String> {
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = before[line_start..].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() {
+        return None;
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// How an environment variable's text becomes a config value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvKind {
+    /// The text as it is: a string, or a number or boolean read from it
+    /// (`"2525"`, `"true"`, `"1"`) when the key wants one.
+    Text,
+    /// A comma-separated list of strings (blanks around items dropped).
+    List,
+}
+
+/// Every key a `LEDGERLINE_<KEY>` variable may set, as its path in the
+/// file (`smtp.host` is `LEDGERLINE_SMTP__HOST`). `[[registry]]` and
+/// `[[source]]` are not here: arrays of tables come from the file, the
+/// admin API or `registry apply` / `source apply`.
+const ENV_KEYS: [(&str, EnvKind); 25] = [
+    ("nats_url", EnvKind::Text),
+    ("stream_replicas", EnvKind::Text),
+    ("nats_creds", EnvKind::Text),
+    ("nats_token", EnvKind::Text),
+    ("nats_tls_ca", EnvKind::Text),
+    ("subject_prefix", EnvKind::Text),
+    ("admin_listen", EnvKind::Text),
+    ("ingest_listen", EnvKind::Text),
+    ("lease_ttl", EnvKind::Text),
+    ("admin_token", EnvKind::Text),
+    ("rounding", EnvKind::Text),
+    ("tax_rounding", EnvKind::Text),
+    ("allow_insecure_http", EnvKind::Text),
+    ("allow_private_targets", EnvKind::List),
+    ("smtp.host", EnvKind::Text),
+    ("smtp.port", EnvKind::Text),
+    ("smtp.from", EnvKind::Text),
+    ("smtp.username", EnvKind::Text),
+    ("smtp.password", EnvKind::Text),
+    ("smtp.tls", EnvKind::Text),
+    ("smtp.max_emails_per_hour", EnvKind::Text),
+    ("delivery.retry_schedule", EnvKind::List),
+    ("delivery.max_in_flight", EnvKind::Text),
+    ("delivery.breaker_failures", EnvKind::Text),
+    ("delivery.breaker_cool_down", EnvKind::Text),
 ];
+
+/// Tables whose keys the environment sets one by one.
+const ENV_TABLES: [&str; 2] = ["smtp", "delivery"];
+
+/// Arrays of tables: never from the environment.
+const FILE_ONLY_KEYS: [&str; 2] = ["registry", "source"];
+
+/// The variable that sets the key at `path`: `smtp.host` →
+/// `LEDGERLINE_SMTP__HOST`.
+pub fn env_var_name(path: &str) -> String {
+    format!(
+        "LEDGERLINE_{}",
+        path.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// The variables of the keys under `table` (`""`: every key).
+fn env_vars_under(table: &str) -> String {
+    ENV_KEYS
+        .iter()
+        .filter(|(k, _)| table.is_empty() || k.starts_with(&format!("{table}.")))
+        .map(|(k, _)| env_var_name(k))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One `LEDGERLINE_*` variable that sets a config key.
+#[derive(Debug)]
+struct EnvSetting {
+    /// The variable's name, as errors show it.
+    var: String,
+    /// The key's path in the file, e.g. `smtp.host`.
+    path: &'static str,
+    value: figment::value::Value,
+}
+
+/// What the `LEDGERLINE_*` variables of `env` set, sorted by name, and the
+/// names of those that are no config key and are ignored (for a warning).
+/// A variable meant for a key that cannot be set so is an error naming it:
+/// an unknown key of `[smtp]` or `[delivery]`, a nested key written with
+/// one underscore, `[[registry]]` or `[[source]]`.
+fn read_env(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Vec<EnvSetting>, Vec<String>), ConfigError> {
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("LEDGERLINE_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+        .collect();
+    let mut settings = Vec::new();
+    let mut ignored = Vec::new();
+    for (var, raw) in vars {
+        let path = var["LEDGERLINE_".len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        if let Some(&(path, kind)) = ENV_KEYS.iter().find(|(k, _)| *k == path) {
+            let value = match kind {
+                EnvKind::Text => figment::value::Value::from(raw),
+                EnvKind::List => figment::value::Value::from(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<String>>(),
+                ),
+            };
+            settings.push(EnvSetting { var, path, value });
+            continue;
+        }
+        let head = path.split('.').next().unwrap_or_default();
+        if FILE_ONLY_KEYS.contains(&head) {
+            return Err(ConfigError::BadEnv {
+                env: var,
+                message: format!(
+                    "[[{head}]] is a list of tables, set in the config file or with \
+                     `ledgerline {head} apply`, not from the environment"
+                ),
+            });
+        }
+        if ENV_TABLES.contains(&head) {
+            return Err(ConfigError::UnknownEnv {
+                env: var,
+                keys: env_vars_under(head),
+            });
+        }
+        for table in ENV_TABLES {
+            if let Some(key) = path.strip_prefix(&format!("{table}_")) {
+                let nested = format!("{table}.{key}");
+                if ENV_KEYS.iter().any(|(k, _)| *k == nested) {
+                    return Err(ConfigError::BadEnv {
+                        env: var,
+                        message: format!(
+                            "keys of [{table}] take a double underscore: {}",
+                            env_var_name(&nested)
+                        ),
+                    });
+                }
+            }
+        }
+        ignored.push(var);
+    }
+    Ok((settings, ignored))
+}
+
+/// One layer of the configuration for [`figment`]: the file's keys or one
+/// variable's, named so that an error says where its value came from.
+struct Layer {
+    name: String,
+    dict: figment::value::Dict,
+}
+
+impl figment::Provider for Layer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name.clone())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.dict.clone()))
+    }
+}
 
 /// Most replicas JetStream keeps of a stream.
 pub const STREAM_REPLICAS_MAX: usize = 5;
@@ -415,7 +599,12 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text and overlays environment settings.
+    /// Parses TOML text and overlays environment settings: the file, then
+    /// each `LEDGERLINE_*` variable that sets a key (merged with
+    /// [`figment`]). The file alone is read strictly first, so an unknown
+    /// key or a wrong type in it is named with its line; an error in a
+    /// variable's value names the variable. A `LEDGERLINE_*` variable that
+    /// is no config key is logged as a warning and ignored.
     pub fn from_toml_with_env(
         text: &str,
         shown: &str,
@@ -425,55 +614,78 @@ impl Config {
             path: shown.to_owned(),
             message: toml_error_message(text, &e),
         };
-        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("LEDGERLINE_") && !NON_CONFIG_ENV.contains(&k.as_str()))
-            .collect();
-        for (env_key, raw) in overrides {
-            let key = env_key["LEDGERLINE_".len()..].to_ascii_lowercase();
-            if !ENV_KEYS.contains(&key.as_str()) {
-                return Err(ConfigError::UnknownEnv {
-                    env: env_key,
-                    keys: ENV_KEYS
-                        .map(|k| format!("LEDGERLINE_{}", k.to_ascii_uppercase()))
-                        .join(", "),
-                });
-            }
-            let value = match key.as_str() {
-                "allow_insecure_http" => match raw.as_str() {
-                    "true" | "1" => toml::Value::Boolean(true),
-                    "false" | "0" => toml::Value::Boolean(false),
-                    _ => {
-                        return Err(ConfigError::BadEnv {
-                            env: env_key,
-                            message: format!("{raw:?} is not true or false"),
-                        });
-                    }
-                },
-                "stream_replicas" => match raw.trim().parse::<i64>() {
-                    Ok(n) => toml::Value::Integer(n),
-                    Err(_) => {
-                        return Err(ConfigError::BadEnv {
-                            env: env_key,
-                            message: format!("{raw:?} is not a whole number"),
-                        });
-                    }
-                },
-                "allow_private_targets" => toml::Value::Array(
-                    raw.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| toml::Value::String(s.to_owned()))
-                        .collect(),
-                ),
-                _ => toml::Value::String(raw),
-            };
-            table.insert(key, value);
+        let table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        // A key missing from the file may come from the environment; the
+        // merged layers below say so when it comes from neither.
+        if let Err(e) = toml::from_str::<Config>(text)
+            && !e.message().starts_with("missing field")
+        {
+            return Err(parse_err(e));
         }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            path: shown.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let (settings, ignored) = read_env(env)?;
+        for var in &ignored {
+            tracing::warn!(
+                variable = %var,
+                "{var} is not a configuration setting and is ignored \
+                 (docs/configuration.md lists the LEDGERLINE_* variables)"
+            );
+        }
+        let file = figment::value::Value::serialize(&table)
+            .ok()
+            .and_then(|v| v.into_dict())
+            .ok_or_else(|| ConfigError::Parse {
+                path: shown.to_owned(),
+                message: "the file is not a table of keys".to_owned(),
+            })?;
+        let mut layers = figment::Figment::from(Layer {
+            name: format!("config file {shown}"),
+            dict: file,
+        });
+        for s in settings {
+            let dict = figment::util::nest(s.path, s.value)
+                .into_dict()
+                .unwrap_or_default();
+            layers = layers.merge(Layer { name: s.var, dict });
+        }
+        // Lossy: a variable's text "2525" or "true" reads as the number or
+        // boolean its key wants (the file's own types were checked above).
+        layers.extract_lossy::<Config>().map_err(|e| {
+            let key = e.path.join(".");
+            let what = if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{key}: {}", e.kind)
+            };
+            match e.metadata.as_ref().map(|m| m.name.to_string()) {
+                Some(var) if var.starts_with("LEDGERLINE_") => ConfigError::BadEnv {
+                    env: var,
+                    message: what,
+                },
+                _ => ConfigError::Parse {
+                    path: shown.to_owned(),
+                    message: what,
+                },
+            }
+        })
+    }
+
+    /// Validates only what the offline `ledgerline postings` uses (SPEC 7):
+    /// the rounding (typed when parsed) and the registries' ledger shape
+    /// ([`RegistryConfig::validate_ledger_shape`]). URLs, the admin API,
+    /// SMTP, delivery and sources are not checked: a config that `run`
+    /// refuses for them still computes postings.
+    pub fn validate_offline(&self) -> Result<OfflineSettings, ConfigError> {
+        let registries = validate_each(
+            &self.registry,
+            "registry",
+            RegistryConfig::validate_ledger_shape,
+        )?;
+        Ok(OfflineSettings {
+            ledger: LedgerOptions {
+                rounding: self.rounding,
+                tax_rounding: self.tax_rounding,
+            },
+            registries,
         })
     }
 
@@ -671,7 +883,20 @@ mod tests {
         let e = load("roundng = \"half_even\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("roundng"), "{e}");
+        assert!(
+            e.starts_with("config file test.toml: line 1, column 1: unknown field `roundng`"),
+            "{e}"
+        );
+        let e = load(
+            "[smtp]\nhost = \"h\"\nfrom = \"a@example.com\"\nprot = 1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file test.toml: line 4, column 1: unknown field `prot`"),
+            "{e}"
+        );
         let e = load(
             "[[registry]]\nid = \"a\"\nurl = \"https://x.example\"\ngroup = []\n",
             &[],
@@ -692,7 +917,7 @@ mod tests {
     }
 
     #[test]
-    fn environment_overrides_the_file_and_unknown_variables_are_refused() {
+    fn environment_overrides_the_file_and_unrelated_variables_are_ignored() {
         let s = load(
             "rounding = \"half_up\"\n",
             &[
@@ -702,14 +927,158 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.ledger.rounding, Rounding::HalfEven);
-        let e = load("", &[("LEDGERLINE_ROUNDNG", "half_even")]).unwrap_err();
-        assert!(e.to_string().starts_with("LEDGERLINE_ROUNDNG"), "{e}");
+        let (set, ignored) = read_env(
+            [
+                ("LEDGERLINE_HOME", "/opt/ledgerline"),
+                ("LEDGERLINE_NATS_URL", "nats://n:4222"),
+                ("HOME", "/root"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(ignored, ["LEDGERLINE_HOME"]);
+        assert_eq!(set.len(), 1);
+        assert_eq!(
+            (set[0].var.as_str(), set[0].path),
+            ("LEDGERLINE_NATS_URL", "nats_url")
+        );
+        let s = load("", &[("LEDGERLINE_HOME", "/opt/ledgerline")]).unwrap();
+        assert_eq!(s.config, Config::default());
         let s = load(
             "",
             &[("LEDGERLINE_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8, ::1/128")],
         )
         .unwrap();
         assert_eq!(s.policy.allow_private_targets.len(), 2);
+    }
+
+    #[test]
+    fn nested_keys_are_set_with_a_double_underscore_over_the_file() {
+        let file = "[smtp]\nhost = \"mail.example\"\nfrom = \"ledger@example.com\"\n\
+                    [delivery]\nmax_in_flight = 8\n";
+        let s = load(
+            file,
+            &[
+                ("LEDGERLINE_SMTP__PORT", "2525"),
+                ("LEDGERLINE_SMTP__PASSWORD", "pw-from-env-123"),
+                ("LEDGERLINE_DELIVERY__MAX_IN_FLIGHT", "32"),
+                ("LEDGERLINE_DELIVERY__RETRY_SCHEDULE", "1s, 5s"),
+                ("LEDGERLINE_ALLOW_INSECURE_HTTP", "1"),
+            ],
+        )
+        .unwrap();
+        let smtp = s.config.smtp.as_ref().unwrap();
+        assert_eq!((smtp.host.as_str(), smtp.port), ("mail.example", 2525));
+        assert_eq!(smtp.password.as_ref().unwrap().expose(), "pw-from-env-123");
+        assert_eq!(s.config.delivery.max_in_flight, 32);
+        assert_eq!(s.config.delivery.retry_schedule, ["1s", "5s"]);
+        assert!(s.policy.allow_insecure_http);
+        // A secret from the environment is redacted like the file's.
+        let shown = format!("{:?}", s.config);
+        assert!(!shown.contains("pw-from-env-123"), "{shown}");
+        // A whole [smtp] from the environment, without a file.
+        let s = load(
+            "",
+            &[
+                ("LEDGERLINE_SMTP__HOST", "127.0.0.1"),
+                ("LEDGERLINE_SMTP__FROM", "ledger@example.com"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.config.smtp.unwrap().port, 25);
+    }
+
+    #[test]
+    fn a_bad_value_or_key_in_the_environment_names_the_variable() {
+        let e = load("", &[("LEDGERLINE_SMTP__HOST", "127.0.0.1")]).unwrap_err();
+        assert!(e.to_string().starts_with("LEDGERLINE_SMTP__HOST: "), "{e}");
+        assert!(e.to_string().contains("from"), "{e}");
+        let e = load(
+            "[smtp]\nhost = \"h\"\nfrom = \"a@example.com\"\n",
+            &[("LEDGERLINE_SMTP__PORT", "twenty-five")],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("LEDGERLINE_SMTP__PORT: smtp.port"),
+            "{e}"
+        );
+        for (var, value, starts) in [
+            (
+                "LEDGERLINE_DELIVERY__MAX_IN_FLIGHT",
+                "-3",
+                "LEDGERLINE_DELIVERY__MAX_IN_FLIGHT: ",
+            ),
+            (
+                "LEDGERLINE_ALLOW_INSECURE_HTTP",
+                "maybe",
+                "LEDGERLINE_ALLOW_INSECURE_HTTP: ",
+            ),
+            (
+                "LEDGERLINE_SMTP__HOTS",
+                "h",
+                "LEDGERLINE_SMTP__HOTS: unknown",
+            ),
+            (
+                "LEDGERLINE_SMTP_HOST",
+                "h",
+                "LEDGERLINE_SMTP_HOST: keys of [smtp]",
+            ),
+            (
+                "LEDGERLINE_REGISTRY",
+                "[]",
+                "LEDGERLINE_REGISTRY: [[registry]]",
+            ),
+            // Validation after the merge names the key.
+            (
+                "LEDGERLINE_DELIVERY__BREAKER_COOL_DOWN",
+                "soon",
+                "config delivery.breaker_cool_down:",
+            ),
+        ] {
+            let e = load("", &[(var, value)]).unwrap_err().to_string();
+            assert!(e.starts_with(starts), "{var}: {e}");
+            if var.starts_with("LEDGERLINE_SMTP") {
+                assert!(e.contains("LEDGERLINE_SMTP__HOST"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_file_but_the_lists_of_tables_has_its_variable() {
+        let mut c = Config {
+            nats_creds: Some("c".into()),
+            nats_token: Some(Secret::new("t")),
+            nats_tls_ca: Some("ca".into()),
+            ingest_listen: Some("127.0.0.1:1".into()),
+            admin_token: Some(Secret::new("t")),
+            smtp: Some(SmtpConfig {
+                host: "h".into(),
+                port: 25,
+                from: "f@example.com".into(),
+                username: Some("u".into()),
+                password: Some(Secret::new("p")),
+                tls: "none".into(),
+                max_emails_per_hour: 1,
+            }),
+            ..Config::default()
+        };
+        c.registry.clear();
+        let toml::Value::Table(t) = toml::Value::try_from(&c).unwrap() else {
+            panic!("a config serialises as a table");
+        };
+        let mut keys = Vec::new();
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(inner) => keys.extend(inner.keys().map(|i| format!("{k}.{i}"))),
+                _ if FILE_ONLY_KEYS.contains(&k.as_str()) => {}
+                _ => keys.push(k),
+            }
+        }
+        keys.sort();
+        let mut env: Vec<String> = ENV_KEYS.iter().map(|(k, _)| (*k).to_owned()).collect();
+        env.sort();
+        assert_eq!(keys, env);
     }
 
     #[test]

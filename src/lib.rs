@@ -52,6 +52,7 @@
 //! - [`bench`](mod@bench): `ledgerline bench`, the pipeline measured beside what
 //!   JetStream and HTTP alone can do on this machine.
 //! - [`config`]: the TOML file, environment overrides, validation.
+//! - [`schema`](mod@schema): the JSON Schema of the input events, for producers.
 //! - [`secret`]: values that never print.
 //! - [`tls`]: the one TLS crypto provider (ring) of the binary.
 //! - [`fifo`]: a bounded map evicting the oldest-inserted first (the
@@ -76,6 +77,7 @@ pub mod nats;
 pub mod offline;
 pub mod receiver;
 pub mod registry_store;
+pub mod schema;
 pub mod secret;
 pub mod service;
 pub mod source_store;

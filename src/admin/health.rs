@@ -6,6 +6,8 @@
 //!   process running, and their durable consumers present (the aggregator's
 //!   on ORDERS; a dispatcher consumer per enabled registry on LEDGER).
 //!   503 with the failing checks otherwise, including while shutting down.
+//!   A passed `failure emails` check warns when registries list
+//!   `notify_emails` but no `[smtp]` is configured.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -180,6 +182,9 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
             detail,
         });
     }
+    if let Some(check) = failure_emails(&st) {
+        checks.push(check);
+    }
     let ready = checks.iter().all(|c| c.ok);
     let body = json!({
         "ready": ready,
@@ -191,6 +196,34 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// A passed check that warns, when registries in force list
+/// `notify_emails` on an instance without `[smtp]`: no failure email will
+/// be sent for them ([`crate::registry_store::registry_warnings`]). `None`
+/// when there is none.
+fn failure_emails(st: &AdminState) -> Option<Check> {
+    let set = st.registries().borrow().clone();
+    let unmailed: Vec<&str> = set
+        .all()
+        .iter()
+        .filter(|r| {
+            st.store()
+                .warnings(&r.config)
+                .iter()
+                .any(|w| w.field == "notify_emails")
+        })
+        .map(|r| r.id())
+        .collect();
+    (!unmailed.is_empty()).then(|| Check {
+        name: "failure emails".into(),
+        ok: true,
+        detail: format!(
+            "warning: no [smtp] is configured, so no failure email will be sent for \
+             registries with notify_emails: {}",
+            unmailed.join(", ")
+        ),
+    })
 }
 
 /// One readiness check: `request` within [`CHECK_TIMEOUT`], passed with

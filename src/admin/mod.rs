@@ -14,6 +14,7 @@
 //! | `GET/PUT/DELETE /v1/sources/{id}` | read, create or replace, delete |
 //! | `GET /v1/sources/{id}/history` | every kept revision |
 //! | `GET /v1/orders/{order_id}/ledger` | the order's ledger, postings and their delivery |
+//! | `GET /v1/schema/events` | the input events' JSON Schema ([`crate::schema`]) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`health`]) |
 //! | `GET /metrics` | Prometheus ([`metrics`]) |
 //!
@@ -179,6 +180,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
         .chain(sources)
         .chain([
             ("/v1/orders/{order_id}/ledger", get(orders::ledger)),
+            ("/v1/schema/events", get(events_schema)),
             ("/healthz", get(health::healthz)),
             ("/readyz", get(health::readyz)),
             ("/metrics", get(render_metrics)),
@@ -234,6 +236,11 @@ async fn timeout(req: Request, next: Next) -> Response {
         ))
         .into_response(),
     }
+}
+
+/// `GET /v1/schema/events`: the input events' JSON Schema.
+async fn events_schema() -> axum::Json<&'static serde_json::Value> {
+    axum::Json(crate::schema::events_schema())
 }
 
 /// `GET /metrics`.

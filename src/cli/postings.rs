@@ -9,13 +9,15 @@ use super::{Exit, report_failure, report_usage};
 use crate::config::Config;
 use crate::offline::{Layout, run_postings};
 
-/// Exit 2 for a bad configuration or an events file that cannot be opened
+/// Exit 2 for a bad configuration (only what postings use is validated:
+/// [`Config::validate_offline`]) or an events file that cannot be opened
 /// (bad lines are rejected on stderr, not fatal); 1 when writing fails.
 pub fn postings(config: &Path, events: &Path, pretty: bool) -> Exit {
-    let settings = match Config::load(Some(config), std::env::vars()).and_then(Config::validate) {
-        Ok(s) => s,
-        Err(e) => return report_usage(e),
-    };
+    let settings =
+        match Config::load(Some(config), std::env::vars()).and_then(|c| c.validate_offline()) {
+            Ok(s) => s,
+            Err(e) => return report_usage(e),
+        };
     let input: Box<dyn std::io::BufRead> = if events.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {

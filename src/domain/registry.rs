@@ -859,7 +859,33 @@ impl RegistryConfig {
             max_age,
         })
     }
+
+    /// Validates only what the ledger of a posting reads (SPEC 7: what the
+    /// offline `ledgerline postings` uses): the id, event and entry types,
+    /// grouping and ledger codes. The target (url, auth, headers),
+    /// delivery and email settings are not checked: `url` is the
+    /// configured one when it parses, else [`OFFLINE_URL`], and `max_age`
+    /// zero when it does not parse; nothing offline sends or expires.
+    pub fn validate_ledger_shape(&self) -> Result<Registry, FieldError> {
+        check_id(&self.id)?;
+        let url = Url::parse(&self.url)
+            .or_else(|_| Url::parse(OFFLINE_URL))
+            .map_err(|e| FieldError::new("url", e.to_string()))?;
+        Ok(Registry {
+            config: self.clone(),
+            url,
+            event_types: check_event_types(&self.event_types)?,
+            entry_types: check_entry_types(&self.entry_types)?,
+            group_by: check_group_by(&self.group_by)?,
+            ledger_codes: check_rules(&self.ledger_codes)?,
+            max_age: humantime::parse_duration(&self.max_age).unwrap_or_default(),
+        })
+    }
 }
+
+/// The target of a registry validated offline whose `url` does not parse
+/// ([`RegistryConfig::validate_ledger_shape`]); never sent to.
+pub const OFFLINE_URL: &str = "https://offline.invalid/";
 
 /// A registry config from TOML text: the one helper of the crate's tests.
 #[cfg(test)]

@@ -118,9 +118,10 @@ fn an_invalid_config_exits_2_naming_the_key() {
             "[[registry]]\nid = \"a\"\nurl = \"https://x.example\"\nentry_types = [\"revnue\"]\n",
             "registry[0].entry_types[0]",
         ),
+        // postings validates what it uses: not the url (issue 14).
         (
-            "[[registry]]\nid = \"a\"\nurl = \"http://x.example\"\n",
-            "registry[0].url",
+            "[[registry]]\nid = \"a\"\nurl = \"http://x.example\"\ngroup_by = [\"colour\"]\n",
+            "registry[0].group_by",
         ),
         ("tax_rounding = \"sometimes\"\n", "tax_rounding"),
     ];
