@@ -668,6 +668,14 @@ impl Worker {
         if let Some((sp, stream_seq)) = held {
             return Ok(Some(self.prepare(sp.posting.clone(), stream_seq, p)?));
         }
+        if self.only_delivered_postings_held(n) {
+            // Posting n, if stored, has a wake-up of its own that no one has
+            // acked (a wake-up is acked only once its order is caught up
+            // past it, or dead with it held, and a dead order is woken by
+            // a redeliver wake-up, never a posting's): it brings the order
+            // back. The stream is not asked (one Direct Get per worker less).
+            return Ok(None);
+        }
         let subject = subjects::postings(self.registry_id(), &self.order_id);
         let mut from = p.delivered_posting_stream_seq.saturating_add(1);
         loop {
@@ -697,6 +705,17 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether every wake-up held names a posting before `n` (and there is
+    /// one): all delivered, nothing else (a redeliver, the sweep, an
+    /// unreadable posting) asks for the stream to be read.
+    fn only_delivered_postings_held(&self, n: u64) -> bool {
+        !self.held.is_empty()
+            && self
+                .held
+                .iter()
+                .all(|t| matches!(&t.kind, TokenKind::Posting(Some(sp)) if sp.posting.seq < n))
     }
 
     /// The exact request body of `posting`: it carries the registry_data
