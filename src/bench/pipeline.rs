@@ -1,6 +1,6 @@
 //! (c): the whole pipeline in this process, as `ledgerline run` runs it
 //! (`service::run_with_listener`, aggregator and dispatcher), against a
-//! fresh nats-server and two sample receivers (one signed): the demo
+//! fresh nats-server and two lean receivers (one signed, [`BenchReceiver`]): the demo
 //! dataset published, then waited for until every posting is delivered
 //! with its registry_data stored.
 //!
@@ -229,24 +229,11 @@ impl BenchReceiver {
     }
 
     fn signature_ok(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
-        let Some(key) = &self.inner.key else {
-            return true;
-        };
-        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        let (Some(id), Some(ts), Some(sig)) = (
-            get("webhook-id"),
-            get("webhook-timestamp"),
-            get("webhook-signature"),
-        ) else {
-            return false;
-        };
-        let Ok(ts) = ts.parse::<i64>() else {
-            return false;
-        };
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        (i128::from(now) - i128::from(ts)).unsigned_abs()
-            <= u128::from(crate::receiver::SIGNATURE_TOLERANCE.as_secs())
-            && crate::signing::verify(key, id, ts, body, sig)
+        use crate::receiver::{SignatureCheck, check_signature};
+        matches!(
+            check_signature(self.inner.key.as_deref(), headers, body),
+            SignatureCheck::Valid | SignatureCheck::NotChecked
+        )
     }
 
     /// Books `posting`: its answer (journal number, revision).

@@ -91,6 +91,34 @@ async fn store_theirs(nats: &Nats, posting: &Posting, guard: (HeaderName, u64)) 
     publish_acked(&nats.js, &subject, &id, Some(guard), &theirs).await;
 }
 
+/// Stores registry_data for `posting` as another dispatcher would
+/// ([`store_theirs`]), next on its subject (guarded by the last record's
+/// sequence); returns the subject.
+async fn store_theirs_next(nats: &Nats, posting: &Posting) -> String {
+    let rd_subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
+    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
+    let last_rd = ledger
+        .direct_get_last_for_subject(rd_subject.as_str())
+        .await
+        .unwrap()
+        .sequence;
+    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
+    store_theirs(nats, posting, (guard, last_rd)).await;
+    rd_subject
+}
+
+/// The dispatcher's consumer of `books`, created (or updated) with
+/// `ack_wait`.
+async fn books_consumer(nats: &Nats, ack_wait: Duration) -> jetstream::consumer::PullConsumer {
+    nats.js
+        .get_stream("LEDGER")
+        .await
+        .unwrap()
+        .create_consumer(ledgerline::dispatcher::consumer_config("books", ack_wait))
+        .await
+        .unwrap()
+}
+
 /// Publishes postings as the aggregator stores them.
 struct Publisher {
     js: jetstream::Context,
@@ -1543,14 +1571,7 @@ async fn the_sweep_wakes_an_overdue_retry_that_nothing_would_bring_back() {
         .unwrap();
     // The wake-up is gone from the consumer, as the defect left it.
     let ack_wait = Duration::from_secs(5);
-    let consumer: jetstream::consumer::PullConsumer = nats
-        .js
-        .get_stream("LEDGER")
-        .await
-        .unwrap()
-        .create_consumer(ledgerline::dispatcher::consumer_config("books", ack_wait))
-        .await
-        .unwrap();
+    let consumer = books_consumer(&nats, ack_wait).await;
     let mut batch = consumer.fetch().max_messages(10).messages().await.unwrap();
     use futures::StreamExt as _;
     while let Some(m) = batch.next().await {
@@ -1899,15 +1920,7 @@ async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
     let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-stale").await;
     // Posting 2 answered by "another dispatcher" behind this one's back,
     // before this one sees the posting.
-    let rd_subject = subjects::registry_data("books", "o-stale");
-    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
-    let last_rd = ledger
-        .direct_get_last_for_subject(rd_subject.as_str())
-        .await
-        .unwrap()
-        .sequence;
-    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
-    store_theirs(&nats, &postings[1], (guard, last_rd)).await;
+    let rd_subject = store_theirs_next(&nats, &postings[1]).await;
     publisher.publish(&postings[1..]).await;
     support::eventually("posting 3 delivered", Duration::from_secs(10), || async {
         rx.received()
@@ -2000,13 +2013,7 @@ async fn a_dispatcher_killed_with_both_records_of_a_delivery_in_flight_resumes_t
     // The killed dispatcher's wake-ups come back after the ack wait: a
     // short one for the next dispatcher.
     let ack_wait = Duration::from_secs(1);
-    nats.js
-        .get_stream("LEDGER")
-        .await
-        .unwrap()
-        .create_consumer(ledgerline::dispatcher::consumer_config("books", ack_wait))
-        .await
-        .unwrap();
+    books_consumer(&nats, ack_wait).await;
     let d = start(&nats, &settings, |o| o.ack_wait = ack_wait);
     support::eventually(
         "every posting delivered",
@@ -2062,15 +2069,7 @@ async fn a_dispatcher_killed_with_both_records_of_a_delivery_in_flight_resumes_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_delivered_record_never_lands_behind_a_later_dead_letter() {
     let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-behind").await;
-    let rd_subject = subjects::registry_data("books", "o-behind");
-    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
-    let last_rd = ledger
-        .direct_get_last_for_subject(rd_subject.as_str())
-        .await
-        .unwrap()
-        .sequence;
-    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
-    store_theirs(&nats, &postings[1], (guard, last_rd)).await;
+    let rd_subject = store_theirs_next(&nats, &postings[1]).await;
     let third = &postings[2];
     let dead = DeliveryRecord {
         registry_id: "books".to_owned(),
