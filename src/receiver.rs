@@ -293,31 +293,7 @@ impl Receiver {
     }
 
     fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> SignatureCheck {
-        let Some(key) = &self.inner.key else {
-            return SignatureCheck::NotChecked;
-        };
-        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        let (Some(id), Some(ts), Some(sig)) = (
-            get("webhook-id"),
-            get("webhook-timestamp"),
-            get("webhook-signature"),
-        ) else {
-            return SignatureCheck::Missing;
-        };
-        let Ok(ts) = ts.parse::<i64>() else {
-            return SignatureCheck::Invalid;
-        };
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        // In i128: `now - ts` overflows i64 for a timestamp near i64::MIN.
-        let skew = (i128::from(now) - i128::from(ts)).unsigned_abs();
-        if skew > u128::from(SIGNATURE_TOLERANCE.as_secs()) {
-            return SignatureCheck::Stale;
-        }
-        if crate::signing::verify(key, id, ts, body, sig) {
-            SignatureCheck::Valid
-        } else {
-            SignatureCheck::Invalid
-        }
+        check_signature(self.inner.key.as_deref(), headers, body)
     }
 
     /// The answer to an accepted posting: the same for a repeated key, the
@@ -350,6 +326,37 @@ impl Receiver {
         journal.last_answer = a.clone();
         answers.insert(key.to_owned(), a.clone());
         (a, chain_ok)
+    }
+}
+
+/// How the Standard Webhooks signature of a request (`headers`, `body`)
+/// checks out under `key` (`None`: no secret, not checked). Also the
+/// bench's receivers' check.
+pub fn check_signature(key: Option<&[u8]>, headers: &HeaderMap, body: &[u8]) -> SignatureCheck {
+    let Some(key) = key else {
+        return SignatureCheck::NotChecked;
+    };
+    let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(ts), Some(sig)) = (
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+    ) else {
+        return SignatureCheck::Missing;
+    };
+    let Ok(ts) = ts.parse::<i64>() else {
+        return SignatureCheck::Invalid;
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    // In i128: `now - ts` overflows i64 for a timestamp near i64::MIN.
+    let skew = (i128::from(now) - i128::from(ts)).unsigned_abs();
+    if skew > u128::from(SIGNATURE_TOLERANCE.as_secs()) {
+        return SignatureCheck::Stale;
+    }
+    if crate::signing::verify(key, id, ts, body, sig) {
+        SignatureCheck::Valid
+    } else {
+        SignatureCheck::Invalid
     }
 }
 

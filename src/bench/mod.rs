@@ -2,7 +2,8 @@
 //! one run (issue 12).
 //!
 //! 1. (c) [`pipeline`]: the whole pipeline in this process against a real
-//!    nats-server and sample receivers: postings/s, publish→receipt
+//!    nats-server and lean receivers that check signatures and the
+//!    registry_data chain but keep no requests: postings/s, publish→receipt
 //!    latency (burst, and paced at half the burst's rate), CPU seconds per
 //!    1,000 postings, peak RSS. It runs first so its RSS is its own, and
 //!    so (a) and (b) can use its postings' sizes and bodies.

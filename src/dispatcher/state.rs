@@ -225,9 +225,9 @@ impl Progress {
                 attempt: last.record.attempt,
                 stream_seq: last.stream_seq,
             },
-            // Delivered but the registry_data record is not there: it was
-            // published first, so this is a lost write; deliver again (same
-            // key, same body), counting on.
+            // Delivered but the registry_data record is not there (the two
+            // are sent together; it was lost, or refused to a stale
+            // writer): deliver again (same key, same body), counting on.
             AttemptOutcome::Delivered => Current::Retrying {
                 attempt: last.record.attempt,
                 round_attempt: last.round_attempt,

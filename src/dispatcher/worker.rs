@@ -30,8 +30,9 @@
 //! (they are shared state); an open breaker parks the order too, a stop
 //! or a NATS failure hands its wake-ups back.
 //!
-//! After an attempt: delivered → registry_data record, then delivery record,
-//! then the next posting; retryable → a `retrying` record naming the next
+//! After an attempt: delivered → registry_data record and delivery record
+//! (sent together, each guarded on its own subject, acks awaited together:
+//! [`Worker::store_delivered`]), then the next posting; retryable → a `retrying` record naming the next
 //! attempt (schedule, jitter, `Retry-After`; dead when
 //! `max_attempts`/`max_age` end the round); permanent → alert, `dead`
 //! record, email.
@@ -41,8 +42,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::DirectGetError;
 use bytes::Bytes;
 use time::OffsetDateTime;
@@ -666,6 +668,14 @@ impl Worker {
         if let Some((sp, stream_seq)) = held {
             return Ok(Some(self.prepare(sp.posting.clone(), stream_seq, p)?));
         }
+        if self.only_delivered_postings_held(n) {
+            // Posting n, if stored, has a wake-up of its own that no one has
+            // acked (a wake-up is acked only once its order is caught up
+            // past it, or dead with it held, and a dead order is woken by
+            // a redeliver wake-up, never a posting's): it brings the order
+            // back. The stream is not asked (one Direct Get per worker less).
+            return Ok(None);
+        }
         let subject = subjects::postings(self.registry_id(), &self.order_id);
         let mut from = p.delivered_posting_stream_seq.saturating_add(1);
         loop {
@@ -695,6 +705,17 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether every wake-up held names a posting before `n` (and there is
+    /// one): all delivered, nothing else (a redeliver, the sweep, an
+    /// unreadable posting) asks for the stream to be read.
+    fn only_delivered_postings_held(&self, n: u64) -> bool {
+        !self.held.is_empty()
+            && self
+                .held
+                .iter()
+                .all(|t| matches!(&t.kind, TokenKind::Posting(Some(sp)) if sp.posting.seq < n))
     }
 
     /// The exact request body of `posting`: it carries the registry_data
@@ -782,8 +803,21 @@ impl Worker {
             .await
     }
 
-    /// Stores a delivered attempt: registry_data, then the delivery
-    /// record; `p` moves on to the next posting.
+    /// Stores a delivered attempt: the registry_data record and the
+    /// delivery record are sent together and their acks awaited together
+    /// (one round trip, not two); `p` moves on to the next posting.
+    ///
+    /// Each write is guarded on its own subject, so neither depends on the
+    /// other being stored first: registry_data by the expected last subject
+    /// sequence of the last registry_data record, the delivery record by
+    /// that of the last delivery record (`p.last_delivery`), so a stale
+    /// state can never write a record behind a newer one (a `dead` or
+    /// `retrying` record of a later posting). Whatever a failure or a crash
+    /// leaves stored (both, registry_data alone, the delivery record alone
+    /// when the registry_data write was refused or lost), the order is read
+    /// again from LEDGER: a `delivered` record without its registry_data is
+    /// taken as a lost write and the posting sent again with the same key
+    /// and body ([`Progress::current`]).
     async fn store_delivered(
         &self,
         p: &mut Progress,
@@ -793,10 +827,40 @@ impl Worker {
         rd_record: RegistryDataRecord,
         payload: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let rd_seq = self
-            .store_registry_data(p, cur, &rd_record, payload)
+        let posting = &cur.posting;
+        let mut rd_headers = HeaderMap::new();
+        rd_headers.insert(H_POSTING_STREAM_SEQ, cur.stream_seq.to_string().as_str());
+        let rd_subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
+        let rd_sent = self
+            .send_bytes(
+                rd_subject.clone(),
+                "registry_data",
+                format!("registry_data:{}", posting.idempotency_key),
+                rd_headers,
+                payload,
+                Some(p.registry_data_stream_seq),
+            )
             .await?;
-        let dl_seq = self.store_delivery(&record, round).await?;
+        let dl_previous = p.last_delivery.as_ref().map_or(0, |l| l.stream_seq);
+        let dl_payload =
+            serde_json::to_vec(&record).map_err(|source| StoreError::Serialise { source })?;
+        let dl_sent = self
+            .send_bytes(
+                subjects::deliveries(&record.registry_id, &record.order_id),
+                "delivery",
+                delivery_msg_id(&record),
+                round_headers(round),
+                dl_payload,
+                Some(dl_previous),
+            )
+            .await?;
+        // Both are on the wire: their acks come back in one round trip.
+        let rd_ack = rd_sent.await;
+        let dl_ack = dl_sent.await;
+        let rd_seq = self
+            .registry_data_stored(stored(rd_ack)?, rd_subject, &rd_record)
+            .await?;
+        let dl_seq = delivery_stored(stored(dl_ack)?)?;
         metrics::counter!("ledgerline_deliveries_total",
             "registry" => record.registry_id.clone(), "outcome" => "delivered")
         .increment(1);
@@ -958,27 +1022,14 @@ impl Worker {
         self.dead_letter(p, record, round, None, 0).await
     }
 
-    async fn store_registry_data(
+    /// The stream sequence of the registry_data `record` whose write was
+    /// acked as `stored` on `subject`.
+    async fn registry_data_stored(
         &self,
-        p: &Progress,
-        cur: &CurrentPosting,
+        stored: Stored,
+        subject: String,
         record: &RegistryDataRecord,
-        payload: Vec<u8>,
     ) -> Result<u64, StoreError> {
-        let posting = &cur.posting;
-        let mut headers = HeaderMap::new();
-        headers.insert(H_POSTING_STREAM_SEQ, cur.stream_seq.to_string().as_str());
-        let subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
-        let stored = self
-            .publish_bytes(
-                subject.clone(),
-                "registry_data",
-                format!("registry_data:{}", posting.idempotency_key),
-                headers,
-                payload,
-                Some(p.registry_data_stream_seq),
-            )
-            .await?;
         if !stored.duplicate {
             return Ok(stored.seq);
         }
@@ -992,7 +1043,7 @@ impl Worker {
             .direct_get(stored.seq)
             .await
             .map_err(|source| StoreError::Reread {
-                subject: subject.clone(),
+                subject,
                 stream_seq: stored.seq,
                 source,
             })?;
@@ -1009,29 +1060,17 @@ impl Worker {
         record: &DeliveryRecord,
         round: Round,
     ) -> Result<u64, StoreError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(H_ROUND_ATTEMPT, round.round_attempt.to_string().as_str());
-        let started = round
-            .round_started_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        headers.insert(H_ROUND_STARTED, started.as_str());
         let stored = self
             .publish(
                 subjects::deliveries(&record.registry_id, &record.order_id),
                 "delivery",
-                format!("delivery:{}:{}", record.idempotency_key, record.attempt),
-                headers,
+                delivery_msg_id(record),
+                round_headers(round),
                 record,
                 None,
             )
             .await?;
-        // Someone already recorded this attempt number: what is stored is
-        // theirs, so read the order again rather than assume it is ours.
-        if stored.duplicate {
-            return Err(StoreError::Conflict);
-        }
-        Ok(stored.seq)
+        delivery_stored(stored)
     }
 
     /// Publishes a LEDGER record and waits for the stream to store it.
@@ -1046,19 +1085,22 @@ impl Worker {
     ) -> Result<Stored, StoreError> {
         let payload =
             serde_json::to_vec(record).map_err(|source| StoreError::Serialise { source })?;
-        self.publish_bytes(
-            subject,
-            kind,
-            msg_id,
-            headers,
-            payload,
-            expected_last_subject_seq,
-        )
-        .await
+        let sent = self
+            .send_bytes(
+                subject,
+                kind,
+                msg_id,
+                headers,
+                payload,
+                expected_last_subject_seq,
+            )
+            .await?;
+        stored(sent.await)
     }
 
-    /// [`Worker::publish`] of a record already serialised.
-    async fn publish_bytes(
+    /// Sends a LEDGER record (already serialised) without waiting for the
+    /// stream to store it: the returned future is its ack.
+    async fn send_bytes(
         &self,
         subject: String,
         kind: &str,
@@ -1066,7 +1108,7 @@ impl Worker {
         mut headers: HeaderMap,
         payload: Vec<u8>,
         expected_last_subject_seq: Option<u64>,
-    ) -> Result<Stored, StoreError> {
+    ) -> Result<PublishAckFuture, StoreError> {
         self.shared
             .fence
             .check()
@@ -1079,22 +1121,51 @@ impl Worker {
                 seq.to_string().as_str(),
             );
         }
-        let ack = self
-            .shared
+        self.shared
             .js
             .publish_with_headers(subject, headers, payload.into())
             .await
-            .map_err(|source| StoreError::Publish { source })?
-            .await;
-        match ack {
-            Ok(a) => Ok(Stored {
-                seq: a.sequence,
-                duplicate: a.duplicate,
-            }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Conflict),
-            Err(source) => Err(StoreError::Publish { source }),
-        }
+            .map_err(|source| StoreError::Publish { source })
     }
+}
+
+/// What the stream answered to a record's write.
+fn stored(ack: Result<PublishAck, PublishError>) -> Result<Stored, StoreError> {
+    match ack {
+        Ok(a) => Ok(Stored {
+            seq: a.sequence,
+            duplicate: a.duplicate,
+        }),
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Conflict),
+        Err(source) => Err(StoreError::Publish { source }),
+    }
+}
+
+/// The stream sequence of a delivery record acked as `stored`.
+fn delivery_stored(stored: Stored) -> Result<u64, StoreError> {
+    // Someone already recorded this attempt number: what is stored is
+    // theirs, so read the order again rather than assume it is ours.
+    if stored.duplicate {
+        return Err(StoreError::Conflict);
+    }
+    Ok(stored.seq)
+}
+
+/// The message id of a delivery record: one per attempt of a posting.
+fn delivery_msg_id(record: &DeliveryRecord) -> String {
+    format!("delivery:{}:{}", record.idempotency_key, record.attempt)
+}
+
+/// The headers of a delivery record naming its round.
+fn round_headers(round: Round) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(H_ROUND_ATTEMPT, round.round_attempt.to_string().as_str());
+    let started = round
+        .round_started_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    headers.insert(H_ROUND_STARTED, started.as_str());
+    headers
 }
 
 /// `record` as stored, or why it cannot be stored in a message of at most

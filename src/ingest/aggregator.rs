@@ -26,7 +26,9 @@
 //!    each subscribed registry not yet posted, publishes the posting with
 //!    `Nats-Msg-Id` = idempotency key and
 //!    `Nats-Expected-Last-Subject-Sequence` = the previous posting's
-//!    sequence; the book takes the plan only once every posting is stored;
+//!    sequence (all of an event's postings are sent before their acks are
+//!    awaited: one round trip, not one per registry); the book takes the
+//!    plan only once every posting is stored;
 //! 4. only then acknowledges the event.
 //!
 //! An order's events reach its lane in stream order only while one pull
@@ -59,8 +61,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
@@ -688,13 +691,22 @@ impl Lane {
                     .await?);
             }
         };
+        // Every registry's posting is sent before any ack is awaited: they
+        // are on different subjects, each guarded by its own previous
+        // posting, so their acks come back in one round trip. Should one
+        // fail, the book is dropped and the retry finds those stored.
+        let mut sent = Vec::with_capacity(plan.postings.len());
         for posting in &plan.postings {
-            let meta = lb
+            let previous = lb
                 .regs
                 .get(&posting.registry_id)
-                .copied()
-                .unwrap_or_default();
-            let subject_seq = self.publish_posting(posting, seq, meta.subject_seq).await?;
+                .map_or(0, |m| m.subject_seq);
+            sent.push(self.send_posting(posting, seq, previous).await?);
+        }
+        for (posting, (subject, ack)) in plan.postings.iter().zip(sent) {
+            let subject_seq = self
+                .posting_stored(posting, seq, subject, ack.await)
+                .await?;
             metrics::counter!("ledgerline_postings_total", "registry" => posting.registry_id.clone())
                 .increment(1);
             lb.regs.insert(
@@ -833,13 +845,15 @@ impl Lane {
         }
     }
 
-    /// Publishes a posting exactly once; returns its LEDGER sequence.
-    async fn publish_posting(
+    /// Sends a posting (stored at most once: its message id and guard)
+    /// without waiting for it to be stored; returns its subject and the
+    /// future of its ack, for [`Lane::posting_stored`].
+    async fn send_posting(
         &self,
         posting: &Posting,
         source_seq: u64,
         previous: u64,
-    ) -> Result<u64, LaneError> {
+    ) -> Result<(String, PublishAckFuture), LaneError> {
         let subject = subjects::postings(&posting.registry_id, posting.order_id.as_str());
         self.shared
             .options
@@ -861,10 +875,25 @@ impl Lane {
             Some(previous),
             payload.into(),
         );
-        let ack = match self.shared.js.send_publish(subject.clone(), msg).await {
-            Ok(fut) => fut.await,
-            Err(e) => Err(e),
-        };
+        let ack = self
+            .shared
+            .js
+            .send_publish(subject.clone(), msg)
+            .await
+            .map_err(|e| transient("storing a posting", e))?;
+        Ok((subject, ack))
+    }
+
+    /// The LEDGER sequence of `posting` (from event `source_seq`) once its
+    /// write to `subject` was answered with `ack`: a posting is stored
+    /// exactly once.
+    async fn posting_stored(
+        &self,
+        posting: &Posting,
+        source_seq: u64,
+        subject: String,
+        ack: Result<PublishAck, PublishError>,
+    ) -> Result<u64, LaneError> {
         match ack {
             Ok(ack) => {
                 debug!(subject = %subject, seq = posting.seq, stream_seq = ack.sequence, duplicate = ack.duplicate, "posting stored");

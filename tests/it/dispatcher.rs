@@ -91,6 +91,34 @@ async fn store_theirs(nats: &Nats, posting: &Posting, guard: (HeaderName, u64)) 
     publish_acked(&nats.js, &subject, &id, Some(guard), &theirs).await;
 }
 
+/// Stores registry_data for `posting` as another dispatcher would
+/// ([`store_theirs`]), next on its subject (guarded by the last record's
+/// sequence); returns the subject.
+async fn store_theirs_next(nats: &Nats, posting: &Posting) -> String {
+    let rd_subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
+    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
+    let last_rd = ledger
+        .direct_get_last_for_subject(rd_subject.as_str())
+        .await
+        .unwrap()
+        .sequence;
+    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
+    store_theirs(nats, posting, (guard, last_rd)).await;
+    rd_subject
+}
+
+/// The dispatcher's consumer of `books`, created (or updated) with
+/// `ack_wait`.
+async fn books_consumer(nats: &Nats, ack_wait: Duration) -> jetstream::consumer::PullConsumer {
+    nats.js
+        .get_stream("LEDGER")
+        .await
+        .unwrap()
+        .create_consumer(ledgerline::dispatcher::consumer_config("books", ack_wait))
+        .await
+        .unwrap()
+}
+
 /// Publishes postings as the aggregator stores them.
 struct Publisher {
     js: jetstream::Context,
@@ -1543,14 +1571,7 @@ async fn the_sweep_wakes_an_overdue_retry_that_nothing_would_bring_back() {
         .unwrap();
     // The wake-up is gone from the consumer, as the defect left it.
     let ack_wait = Duration::from_secs(5);
-    let consumer: jetstream::consumer::PullConsumer = nats
-        .js
-        .get_stream("LEDGER")
-        .await
-        .unwrap()
-        .create_consumer(ledgerline::dispatcher::consumer_config("books", ack_wait))
-        .await
-        .unwrap();
+    let consumer = books_consumer(&nats, ack_wait).await;
     let mut batch = consumer.fetch().max_messages(10).messages().await.unwrap();
     use futures::StreamExt as _;
     while let Some(m) = batch.next().await {
@@ -1899,15 +1920,7 @@ async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
     let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-stale").await;
     // Posting 2 answered by "another dispatcher" behind this one's back,
     // before this one sees the posting.
-    let rd_subject = subjects::registry_data("books", "o-stale");
-    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
-    let last_rd = ledger
-        .direct_get_last_for_subject(rd_subject.as_str())
-        .await
-        .unwrap()
-        .sequence;
-    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
-    store_theirs(&nats, &postings[1], (guard, last_rd)).await;
+    let rd_subject = store_theirs_next(&nats, &postings[1]).await;
     publisher.publish(&postings[1..]).await;
     support::eventually("posting 3 delivered", Duration::from_secs(10), || async {
         rx.received()
@@ -1930,5 +1943,175 @@ async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
     let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
     assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(rd[1].registry_data, json!({"by": "the other dispatcher"}));
+    d.stop().await;
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Performance (issue 12) opened a window: a delivered attempt's
+/// registry_data record and delivery record are sent together, and their
+/// acks awaited together. Here a dispatcher (`ledgerline run`, a child
+/// process) is SIGKILLed inside that window: nats-server is paused
+/// (SIGSTOP) from the moment the receiver answers posting 2, so both
+/// records are sent and neither is acked, then the dispatcher is killed
+/// and the server resumed with whatever it was sent. The next dispatcher
+/// goes on from what is stored: every posting booked in order, each key
+/// with one body, each posting carrying the registry_data stored for the
+/// one before, one registry_data record per posting, nothing left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_killed_with_both_records_of_a_delivery_in_flight_resumes_the_chain() {
+    let nats = support::nats().await;
+    let pid = nats.server.pid().unwrap().to_string();
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = Scripted::start({
+        let (pid, paused) = (pid.clone(), paused.clone());
+        move |req, _| {
+            // Posting 2 (the first to carry a registry_data): the server
+            // stops before the dispatcher hears the answer.
+            if req.json()["registry_data"] != json!({})
+                && !paused.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                signal(&pid, "-STOP");
+            }
+            reply(200, json!({"answer_to": req.key()}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dispatch.log");
+    let registry_toml = TestConfig::new()
+        .registry("books", &server.url("/hook"), "")
+        .text();
+    let config = process::config_file(dir.path(), &nats.server.url(), &registry_toml);
+    let settings = support::settings(&nats.server, &registry_toml);
+    let postings = engine::postings(&settings, &versions("o-window", 3));
+    Publisher::new(&nats).publish(&postings).await;
+    let mut child = spawn_dispatch(&config, &log);
+    support::eventually(
+        "posting 2 answered with nats-server paused",
+        Duration::from_secs(15),
+        || async { paused.load(std::sync::atomic::Ordering::SeqCst) },
+    )
+    .await;
+    // Room for the dispatcher to read the answer and send both records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().await.unwrap();
+    signal(&pid, "-CONT");
+    let rd_subject = subjects::registry_data("books", "o-window");
+    assert!(
+        stored::<RegistryDataRecord>(&nats, &rd_subject).await.len() <= 2,
+        "nothing after posting 2 was stored by the killed dispatcher"
+    );
+
+    // The killed dispatcher's wake-ups come back after the ack wait: a
+    // short one for the next dispatcher.
+    let ack_wait = Duration::from_secs(1);
+    books_consumer(&nats, ack_wait).await;
+    let d = start(&nats, &settings, |o| o.ack_wait = ack_wait);
+    support::eventually(
+        "every posting delivered",
+        Duration::from_secs(20),
+        || async {
+            stored::<RegistryDataRecord>(&nats, &rd_subject).await.len() == 3
+                && ack_pending(&nats, "books").await == 0
+        },
+    )
+    .await;
+    d.stop().await;
+
+    let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
+    assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let requests = server.requests_for("o-window");
+    let mut bodies: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut booked = Vec::new();
+    for r in &requests {
+        let body = bodies.entry(r.key()).or_insert_with(|| r.body.clone());
+        assert_eq!(*body, r.body, "one body per key");
+        if !booked.contains(&r.key()) {
+            booked.push(r.key());
+        }
+    }
+    let keys: Vec<String> = postings
+        .iter()
+        .map(|p| p.idempotency_key.to_string())
+        .collect();
+    assert_eq!(booked, keys, "booked in order");
+    for (i, p) in postings.iter().enumerate().skip(1) {
+        let body: Value = serde_json::from_slice(&bodies[&p.idempotency_key.to_string()]).unwrap();
+        assert_eq!(
+            body["registry_data"],
+            rd[i - 1].registry_data,
+            "posting {} carries the registry_data stored for the one before",
+            p.seq
+        );
+    }
+    let last: Vec<DeliveryRecord> = stored(&nats, &subjects::deliveries("books", "o-window")).await;
+    let last = last.last().unwrap();
+    assert_eq!((last.seq, last.outcome), (3, AttemptOutcome::Delivered));
+}
+
+/// The delivery record of a delivered attempt is no longer written only
+/// after its registry_data record is stored (both are sent together), so
+/// it has a guard of its own: a worker whose kept state is stale must not
+/// store it behind a newer record of the order. Here "another dispatcher"
+/// delivered posting 2 and dead-lettered posting 3 behind this one's back;
+/// this one sends posting 2 again, both its writes are refused, it reads
+/// the order again and holds posting 3. Unguarded, its `delivered` record
+/// of posting 2 would land after the `dead` one and release posting 3
+/// without a redeliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_delivered_record_never_lands_behind_a_later_dead_letter() {
+    let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-behind").await;
+    let rd_subject = store_theirs_next(&nats, &postings[1]).await;
+    let third = &postings[2];
+    let dead = DeliveryRecord {
+        registry_id: "books".to_owned(),
+        order_id: "o-behind".to_owned(),
+        seq: 3,
+        idempotency_key: third.idempotency_key,
+        attempt: 1,
+        outcome: AttemptOutcome::Dead,
+        http_status: Some(422),
+        duration_ms: 1,
+        error: Some("HTTP 422".to_owned()),
+        response_excerpt: None,
+        next_attempt_at: None,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    let dl_subject = subjects::deliveries("books", "o-behind");
+    let id = format!("delivery:{}:1", third.idempotency_key);
+    publish_acked(&nats.js, &dl_subject, &id, None, &dead).await;
+
+    publisher.publish(&postings[1..]).await;
+    until_statuses(&nats, &[("o-behind", Status::Dead)], 10).await;
+    support::eventually(
+        "every wake-up answered",
+        Duration::from_secs(10),
+        || async { ack_pending(&nats, "books").await == 0 },
+    )
+    .await;
+    let key = |i: usize| postings[i].idempotency_key.to_string();
+    let sent: Vec<String> = rx
+        .received()
+        .into_iter()
+        .filter_map(|r| r.idempotency_key)
+        .collect();
+    assert!(sent.contains(&key(1)), "the stale worker sent posting 2");
+    assert!(
+        !sent.contains(&key(2)),
+        "the dead-lettered posting 3 was sent without a redeliver"
+    );
+    let records: Vec<DeliveryRecord> = stored(&nats, &dl_subject).await;
+    let last = records.last().unwrap();
+    assert_eq!((last.seq, last.outcome), (3, AttemptOutcome::Dead));
+    let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
+    assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
     d.stop().await;
 }

@@ -551,8 +551,22 @@ async fn a_corrupt_stored_posting_rejects_its_orders_event_and_stops_nothing_els
     support::publish_events(&nats, &input).await;
     let ledger = ledger_stream(&nats).await;
     wait_for(&ledger, "ledger.rejected.internal", 1).await;
-    // The corrupt one, plus 3 registries × 40 good orders.
-    wait_for(&ledger, subjects::POSTINGS_ALL, 1 + 3 * 40).await;
+    // The corrupt one, the broken order's postings to the two other
+    // registries (an event's postings are sent together, each on its own
+    // subject: only the broken subject refuses), plus 3 registries × 40
+    // good orders.
+    wait_for(&ledger, subjects::POSTINGS_ALL, 1 + 2 + 3 * 40).await;
+    assert_eq!(
+        count(&ledger, &subjects::postings("books", "broken")).await,
+        1
+    );
+    for r in ["detail", "snapshot"] {
+        assert_eq!(
+            count(&ledger, &subjects::postings(r, "broken")).await,
+            1,
+            "{r}"
+        );
+    }
     let rejected = support::read_ledger_with_headers(&nats.js, "ledger.rejected.internal").await;
     let message = message_of(&rejected[0]);
     assert!(
