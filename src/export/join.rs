@@ -468,6 +468,12 @@ mod tests {
         })
     }
 
+    /// The next posting to go is `order`'s `seq`, in `status` after
+    /// `attempts`.
+    fn popped(j: &mut Join, order: &str, seq: u64, status: DeliveryStatus, attempts: u32) {
+        assert_eq!(pop(j), Some((order.to_owned(), seq, status, attempts)));
+    }
+
     #[test]
     fn a_posting_goes_once_its_orders_last_record_at_the_snapshot_has_passed() {
         let mut j = Join::new(JoinLimits::DEFAULT);
@@ -486,10 +492,7 @@ mod tests {
             Some(&record("a", 1, 2, AttemptOutcome::Delivered)),
         );
         assert!(!j.wants("r.a"));
-        assert_eq!(
-            pop(&mut j),
-            Some(("a".into(), 1, DeliveryStatus::Delivered, 2))
-        );
+        popped(&mut j, "a", 1, DeliveryStatus::Delivered, 2);
         assert!(j.is_empty());
         assert_eq!(j.front(), Front::Empty);
     }
@@ -508,14 +511,8 @@ mod tests {
         assert_eq!(q.len(), 2);
         // a's last record (2) is behind the consumer; b has none.
         j.answer(&q, |k| (k == "r.a").then_some(2));
-        assert_eq!(
-            pop(&mut j),
-            Some(("a".into(), 1, DeliveryStatus::Delivered, 1))
-        );
-        assert_eq!(
-            pop(&mut j),
-            Some(("b".into(), 1, DeliveryStatus::Pending, 0))
-        );
+        popped(&mut j, "a", 1, DeliveryStatus::Delivered, 1);
+        popped(&mut j, "b", 1, DeliveryStatus::Pending, 0);
     }
 
     #[test]
@@ -551,14 +548,8 @@ mod tests {
         );
         assert_eq!(j.questions(10).len(), 1, "one question per order");
         j.answer(&[Box::from("r.a")], |_| Some(5));
-        assert_eq!(
-            pop(&mut j),
-            Some(("a".into(), 1, DeliveryStatus::Delivered, 2))
-        );
-        assert_eq!(
-            pop(&mut j),
-            Some(("a".into(), 2, DeliveryStatus::Delivered, 1))
-        );
+        popped(&mut j, "a", 1, DeliveryStatus::Delivered, 2);
+        popped(&mut j, "a", 2, DeliveryStatus::Delivered, 1);
         assert!(j.entries.is_empty());
     }
 
@@ -587,15 +578,9 @@ mod tests {
             4,
             Some(&record("a", 1, 2, AttemptOutcome::Delivered)),
         );
-        assert_eq!(
-            pop(&mut j),
-            Some(("a".into(), 1, DeliveryStatus::Delivered, 2))
-        );
+        popped(&mut j, "a", 1, DeliveryStatus::Delivered, 2);
         assert!(!j.is_full());
-        assert_eq!(
-            pop(&mut j),
-            Some(("b".into(), 1, DeliveryStatus::Pending, 0))
-        );
+        popped(&mut j, "b", 1, DeliveryStatus::Pending, 0);
     }
 
     #[test]

@@ -195,6 +195,19 @@ fn read_csv(bytes: &[u8]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// LEDGER's last stream sequence now.
+async fn last_sequence(nats: &support::Nats) -> u64 {
+    nats.js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
+}
+
 fn col(name: &str) -> usize {
     HEADER.iter().position(|h| *h == name).unwrap()
 }
@@ -649,16 +662,7 @@ async fn delivery_state_is_read_up_to_the_snapshot_and_across_pages() {
             .map(|m| (subject.clone(), serde_json::to_vec(m).unwrap())),
     )
     .await;
-    let snapshot = nats
-        .js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let snapshot = last_sequence(&nats).await;
     // Posting 2 is dead-lettered after the snapshot.
     publish_all(
         &nats.js,
@@ -996,16 +1000,7 @@ async fn postings_and_records_written_during_an_export_are_not_half_joined() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.await.unwrap();
     let snapshot = report.stats.snapshot_seq;
-    let last = nats
-        .js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let last = last_sequence(&nats).await;
     assert!(last > snapshot, "nothing was written during the export");
 
     // Exactly the postings stored up to the snapshot, in stream order.
