@@ -64,9 +64,9 @@ use summary::{RunStats, Summary};
 /// pending, before calling the export stalled.
 pub const NEXT_POSTING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest batch the ordered consumer asks for at once, in messages.
-pub const CONSUMER_BATCH_MESSAGES: i64 = 256;
+pub const CONSUMER_BATCH_MESSAGES: i64 = 1024;
 /// Largest batch the ordered consumer asks for at once, in bytes.
-pub const CONSUMER_BATCH_BYTES: i64 = 4 * 1024 * 1024;
+pub const CONSUMER_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
