@@ -447,6 +447,12 @@ impl Joiner<'_> {
                 || (self.asks.is_empty() && self.join.unasked() > 0))
         {
             let keys = self.join.questions(ASK_BATCH);
+            if keys.is_empty() {
+                // Every order to ask about has a held posting past the
+                // questions' cursor, so this does not happen; if it did,
+                // the per-order reads would still complete the window.
+                break;
+            }
             let client = self.input.client.clone();
             let inbox = self.inbox.clone();
             let snapshot_seq = self.input.snapshot_seq;
