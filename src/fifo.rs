@@ -1,6 +1,5 @@
 //! A map bounded in size that evicts the oldest-inserted entry first: the
-//! aggregator's cache of order books and the export's cache of delivery
-//! summaries.
+//! aggregator's cache of order books.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};

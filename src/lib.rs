@@ -56,7 +56,7 @@
 //! - [`secret`]: values that never print.
 //! - [`tls`]: the one TLS crypto provider (ring) of the binary.
 //! - [`fifo`]: a bounded map evicting the oldest-inserted first (the
-//!   aggregator's books, the export's delivery summaries).
+//!   aggregator's books).
 
 // Module docs are the developers' map of the code and link to private
 // items; `make doc` renders them with `--document-private-items`.

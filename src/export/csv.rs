@@ -135,26 +135,25 @@ impl<W: Write> Sink for CsvSink<W> {
         let delivered_at = d.delivered_at.map(timestamp).unwrap_or_default();
         let attempts = d.attempts.to_string();
         let http_status = d.http_status.map(|s| s.to_string()).unwrap_or_default();
+        let registry_id = escape_text(&p.registry_id);
+        let order_id = escape_text(p.order_id.as_str());
+        let event_id = escape_text(&p.event_id);
         for e in &p.entries {
             let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
             let (debit, credit) = (p.format(debit), p.format(credit));
             let quantity = e.quantity.to_string();
-            let groups: [String; GROUP_COLUMNS.len()] = GROUP_COLUMNS.map(|c| {
+            let groups: [Cow<'_, str>; GROUP_COLUMNS.len()] = GROUP_COLUMNS.map(|c| {
                 e.key
                     .columns
                     .iter()
                     .find(|(col, _)| *col == c)
                     .and_then(|(_, v)| v.as_deref())
-                    .map(|v| escape_text(v).into_owned())
+                    .map(escape_text)
                     .unwrap_or_default()
             });
-            let mut record: Vec<&str> = Vec::with_capacity(HEADER.len());
-            let registry_id = escape_text(&p.registry_id);
-            let order_id = escape_text(p.order_id.as_str());
-            let event_id = escape_text(&p.event_id);
             let ledger_code = escape_text(e.key.ledger_code.as_deref().unwrap_or(""));
             let description = escape_text(&e.key.description);
-            record.extend([
+            let head: [&str; 14] = [
                 posting_id.as_str(),
                 posted_at.as_str(),
                 &registry_id,
@@ -169,16 +168,20 @@ impl<W: Write> Sink for CsvSink<W> {
                 quantity.as_str(),
                 debit.as_str(),
                 credit.as_str(),
-            ]);
-            record.extend(groups.iter().map(String::as_str));
-            record.extend([
+            ];
+            let tail = [
                 d.status.as_str(),
                 delivered_at.as_str(),
                 attempts.as_str(),
                 http_status.as_str(),
-            ]);
-            debug_assert_eq!(record.len(), HEADER.len());
-            self.out.write_record(&record).map_err(csv_error)?;
+            ];
+            debug_assert_eq!(head.len() + groups.len() + tail.len(), HEADER.len());
+            // One record, its fields borrowed: no vector per entry.
+            let record = head
+                .into_iter()
+                .chain(groups.iter().map(|g| &**g))
+                .chain(tail);
+            self.out.write_record(record).map_err(csv_error)?;
         }
         Ok(p.entries.len() as u64)
     }

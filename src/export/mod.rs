@@ -7,31 +7,40 @@
 //! 1. **Snapshot.** The LEDGER stream's last sequence is read first; nothing
 //!    written after it is exported, postings or delivery records, so an
 //!    export taken while the pipeline runs is still one consistent instant.
-//! 2. **Postings, in order.** An ordered consumer (ephemeral, no acks, flow
-//!    controlled by the client) reads `ledger.postings.>` (or
-//!    `ledger.postings.<R>.>` per `--registry`) from the start, or from
-//!    `--from` by start time, in stream order, which is posting order.
-//!    `posted_at` is each message's LEDGER timestamp. It stops at the
-//!    snapshot, at `--to` (half open: `from <= posted_at < to`), or when
-//!    nothing is pending.
-//! 3. **Join.** Each posting's delivery columns come from the delivery
-//!    records of its (registry, order) ([`delivery`]): one batched Direct Get
-//!    per order, folded into a per-seq summary, kept in a bounded cache.
-//!    Up to [`LOOKAHEAD_POSTINGS`] lookups run at once while rows are
-//!    still written in posting order.
+//! 2. **Postings and delivery records, in order.** One ordered consumer
+//!    (ephemeral, no acks, flow controlled by the client) reads
+//!    `ledger.postings.>` and `ledger.deliveries.>` (or
+//!    `ledger.{postings,deliveries}.<R>.>` per `--registry`) from the
+//!    start, or from `--from` by start time, in stream order, which is
+//!    posting order. `posted_at` is each posting message's LEDGER
+//!    timestamp. It stops at the snapshot, when nothing is pending, or at
+//!    `--to` (half open: `from <= posted_at < to`).
+//! 3. **Join** ([`join`]). Every delivery record of a posting is stored
+//!    after it, so each posting waits in a bounded window while its
+//!    order's records pass by and are folded; it goes, in stream order,
+//!    once the consumer has passed its order's last record at the
+//!    snapshot (where that is, is asked of the server for up to
+//!    [`ASK_BATCH`] orders at once, [`ASKS_IN_FLIGHT`] requests in
+//!    flight). When the window is full of postings whose records lie
+//!    beyond it, or after `--to`, the oldest incomplete orders' records
+//!    are read on their own ([`delivery`]: one batched Direct Get per
+//!    order, [`FALLBACK_ORDERS`] at once).
 //! 4. **Write** each posting as CSV rows ([`csv`]) or a beancount transaction
 //!    ([`beancount`]) and add it to the [`summary`].
 //!
-//! What is in memory at once: the consumer's batch, the lookahead window,
-//! the delivery cache and one line per (registry, currency): bounded by
+//! What is in memory at once: the consumer's batch, the join's window
+//! ([`JoinLimits`]: postings held, and one small fold per order of them),
+//! the answers in flight and one line per (registry, currency): bounded by
 //! constants, never by the size of the stream.
 
 pub mod beancount;
 pub mod csv;
 pub mod delivery;
+pub mod join;
 pub mod summary;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,24 +51,22 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::posting::Posting;
-use crate::records::StoredPosting;
+use crate::records::{DeliveryRecord, SeqDelivery};
+use crate::streams::direct::{self, SharedInbox};
 use crate::streams::{LEDGER_STREAM, subjects};
 
-use crate::records::SeqDelivery;
-use delivery::DeliveryLookup;
+use delivery::DIRECT_GET_TIMEOUT;
+pub use join::JoinLimits;
+use join::{Front, Join, Joined};
 use summary::{RunStats, Summary};
 
-/// Delivery lookups in flight while rows are written in order: enough to
-/// hide a network round trip per order, few enough to bound memory (each
-/// holds one decoded posting).
-pub const LOOKAHEAD_POSTINGS: usize = 64;
 /// How long to wait for the next posting while the server says more are
 /// pending, before calling the export stalled.
 pub const NEXT_POSTING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest batch the ordered consumer asks for at once, in messages.
-pub const CONSUMER_BATCH_MESSAGES: i64 = 256;
+pub const CONSUMER_BATCH_MESSAGES: i64 = 1024;
 /// Largest batch the ordered consumer asks for at once, in bytes.
-pub const CONSUMER_BATCH_BYTES: i64 = 4 * 1024 * 1024;
+pub const CONSUMER_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +125,11 @@ pub enum ExportError {
         subject: String,
         #[source]
         source: crate::streams::direct::DirectGetError,
+    },
+    #[error("a delivery lookup of the export stopped: {source}")]
+    Task {
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("{LEDGER_STREAM} message {stream_seq} on {subject} cannot be read: {source}")]
     Decode {
@@ -201,19 +213,6 @@ impl ExportReport {
     }
 }
 
-/// A stored posting as the export needs it: every field but `cumulative`
-/// (left empty, skipped unparsed: about half the decoding time of an export).
-fn decode_posting(payload: &[u8]) -> Result<Posting, serde_json::Error> {
-    StoredPosting::read_without_cumulative(payload).map(|sp| sp.posting)
-}
-
-/// A decoded posting with where it sits in LEDGER.
-struct Fetched {
-    posting: Posting,
-    posted_at: OffsetDateTime,
-    stream_seq: u64,
-}
-
 impl ExportOptions {
     /// Checks the caller's input: registry ids, and `from` before `to`.
     pub fn validate(&self) -> Result<(), ExportError> {
@@ -240,6 +239,18 @@ pub async fn export(
     opts: &ExportOptions,
     out: impl Write,
 ) -> Result<ExportReport, ExportError> {
+    export_within(client, opts, JoinLimits::DEFAULT, out).await
+}
+
+/// [`export`], holding at most what `limits` allows while joining
+/// postings with their delivery records (smaller in tests, to see the
+/// window fill).
+pub async fn export_within(
+    client: &async_nats::Client,
+    opts: &ExportOptions,
+    limits: JoinLimits,
+    out: impl Write,
+) -> Result<ExportReport, ExportError> {
     opts.validate()?;
     let started = Instant::now();
     let js = jetstream::new(client.clone());
@@ -258,16 +269,23 @@ pub async fn export(
         env!("CARGO_PKG_VERSION"),
         timestamp(OffsetDateTime::now_utc()),
     );
+    let input = Input {
+        client,
+        ledger: &ledger,
+        opts,
+        limits,
+        snapshot_seq,
+    };
     let mut report = match opts.format {
         Format::Csv => {
             let mut sink = csv::CsvSink::new(out)?;
-            let r = run(client, &ledger, opts, snapshot_seq, &mut sink).await?;
+            let r = run(&input, &mut sink).await?;
             sink.into_inner()?.flush()?;
             r
         }
         Format::Beancount => {
             let mut sink = beancount::BeancountSink::new(out, &header)?;
-            let r = run(client, &ledger, opts, snapshot_seq, &mut sink).await?;
+            let r = run(&input, &mut sink).await?;
             sink.into_inner().flush()?;
             r
         }
@@ -277,36 +295,346 @@ pub async fn export(
     Ok(report)
 }
 
-async fn run(
-    client: &async_nats::Client,
-    ledger: &stream::Stream,
-    opts: &ExportOptions,
+/// What one export reads.
+struct Input<'a> {
+    client: &'a async_nats::Client,
+    ledger: &'a stream::Stream,
+    opts: &'a ExportOptions,
+    limits: JoinLimits,
     snapshot_seq: u64,
-    sink: &mut dyn Sink,
-) -> Result<ExportReport, ExportError> {
+}
+
+impl Input<'_> {
+    /// The subjects the export reads: the postings and the delivery records
+    /// of every registry, or of those asked for.
+    fn filter_subjects(&self) -> Vec<String> {
+        if self.opts.registries.is_empty() {
+            return vec![
+                subjects::POSTINGS_ALL.to_owned(),
+                subjects::DELIVERIES_ALL.to_owned(),
+            ];
+        }
+        self.opts
+            .registries
+            .iter()
+            .flat_map(|r| {
+                [
+                    format!("ledger.postings.{r}.>"),
+                    format!("ledger.deliveries.{r}.>"),
+                ]
+            })
+            .collect()
+    }
+
+    fn deliver_policy(&self) -> consumer::DeliverPolicy {
+        match self.opts.from {
+            Some(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
+            None => consumer::DeliverPolicy::All,
+        }
+    }
+
+    /// How many postings the export will read at most (those stored after
+    /// the snapshot included): the progress bar's length. An ephemeral
+    /// consumer on the postings alone, asked and deleted.
+    async fn postings_pending(&self) -> Result<u64, ExportError> {
+        let mut c = self
+            .ledger
+            .create_consumer(consumer::pull::Config {
+                filter_subjects: self
+                    .filter_subjects()
+                    .into_iter()
+                    .filter(|s| s.starts_with("ledger.postings."))
+                    .collect(),
+                deliver_policy: self.deliver_policy(),
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(10),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|source| ExportError::Consumer { source })?;
+        let info = c
+            .info()
+            .await
+            .map_err(|e| ExportError::Read { source: e.into() })?;
+        let pending = info.num_pending;
+        let name = info.name.clone();
+        // Left alone, it would go after its inactive threshold anyway.
+        let _ = self.ledger.delete_consumer(&name).await;
+        Ok(pending)
+    }
+}
+
+/// Delivery records' last sequences asked for in one request.
+pub const ASK_BATCH: usize = direct::MULTI_LAST_SUBJECTS_MAX;
+/// Such requests in flight at once.
+pub const ASKS_IN_FLIGHT: usize = 4;
+/// Orders whose records are read on their own at once, when the window is
+/// full of postings whose records lie beyond it.
+pub const FALLBACK_ORDERS: usize = 64;
+
+/// Whether the consumer still reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Open,
+    /// Everything up to the snapshot is read: every order is complete.
+    AllRead,
+    /// Past `--to`: no more postings to export; what is held is completed
+    /// by asking and by reading orders on their own.
+    Stopped,
+}
+
+/// The answer to one multi-last request: the orders asked about and the
+/// last sequence of their delivery subjects.
+type Answer = (
+    Vec<Box<str>>,
+    Result<Vec<(String, u64)>, crate::streams::direct::DirectGetError>,
+);
+
+/// One export's reading and joining.
+struct Joiner<'a> {
+    input: &'a Input<'a>,
+    messages: consumer::pull::Ordered,
+    join: Join,
+    inbox: SharedInbox,
+    asks: tokio::task::JoinSet<Answer>,
+    /// False once the server turned a multi-last request down (before
+    /// 2.11): held postings are then completed by per-order reads.
+    can_ask: bool,
+    reading: Reading,
+}
+
+impl Joiner<'_> {
+    /// The next posting to write, with its delivery state; `None` when the
+    /// export is complete.
+    async fn next(&mut self) -> Result<Option<Joined>, ExportError> {
+        loop {
+            if let Some(j) = self.join.pop()? {
+                return Ok(Some(j));
+            }
+            if self.reading != Reading::Open && self.join.is_empty() {
+                return Ok(None);
+            }
+            while let Some(answer) = self.asks.try_join_next() {
+                self.answered(answer)?;
+            }
+            self.ask();
+            if self.reading == Reading::Open && !self.join.is_full() {
+                self.read_one().await?;
+                continue;
+            }
+            // The oldest posting blocks: the window is full, or nothing
+            // more is read.
+            match self.join.front() {
+                Front::Empty | Front::Ready => {}
+                Front::Unasked | Front::Asked if !self.asks.is_empty() => {
+                    if let Some(answer) = self.asks.join_next().await {
+                        self.answered(answer)?;
+                    }
+                }
+                Front::Unasked | Front::Asked | Front::Ahead => self.read_stuck_orders().await?,
+            }
+        }
+    }
+
+    /// Asks where the last delivery records of the held orders lie, a
+    /// batch at a time, keeping one request in flight whenever there is
+    /// anything to ask.
+    fn ask(&mut self) {
+        while self.can_ask
+            && self.asks.len() < ASKS_IN_FLIGHT
+            && (self.join.unasked() >= ASK_BATCH
+                || (self.asks.is_empty() && self.join.unasked() > 0))
+        {
+            let keys = self.join.questions(ASK_BATCH);
+            if keys.is_empty() {
+                // Every order to ask about has a held posting past the
+                // questions' cursor, so this does not happen; if it did,
+                // the per-order reads would still complete the window.
+                break;
+            }
+            let client = self.input.client.clone();
+            let inbox = self.inbox.clone();
+            let snapshot_seq = self.input.snapshot_seq;
+            self.asks.spawn(async move {
+                let subjects: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("ledger.deliveries.{k}"))
+                    .collect();
+                let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+                let r = direct::last_sequences(
+                    &client,
+                    &inbox,
+                    LEDGER_STREAM,
+                    &subjects,
+                    snapshot_seq,
+                    DIRECT_GET_TIMEOUT,
+                )
+                .await;
+                (keys, r)
+            });
+        }
+    }
+
+    fn answered(
+        &mut self,
+        answer: Result<Answer, tokio::task::JoinError>,
+    ) -> Result<(), ExportError> {
+        let (keys, lasts) = answer.map_err(|source| ExportError::Task { source })?;
+        match lasts {
+            Ok(lasts) => {
+                let lasts: HashMap<&str, u64> = lasts
+                    .iter()
+                    .filter_map(|(subject, seq)| Some((join::order_key(subject)?.1, *seq)))
+                    .collect();
+                self.join.answer(&keys, |k| lasts.get(k).copied());
+                Ok(())
+            }
+            Err(direct::DirectGetError::Status { code: 408, .. }) => {
+                // No multi-last on this server: per-order reads only.
+                self.can_ask = false;
+                Ok(())
+            }
+            Err(source) => Err(ExportError::DirectGet {
+                subject: keys
+                    .first()
+                    .map(|k| format!("ledger.deliveries.{k}"))
+                    .unwrap_or_default(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads the records of the oldest incomplete orders on their own, a
+    /// few at once.
+    async fn read_stuck_orders(&mut self) -> Result<(), ExportError> {
+        // The front posting's order is incomplete (else it would have
+        // gone), so this is never empty.
+        let keys = self.join.stuck(FALLBACK_ORDERS);
+        let reads = keys.iter().map(|k| {
+            let (r, o) = join::split_key(k);
+            delivery::fetch_order_via(
+                self.input.client,
+                &self.inbox,
+                r,
+                o,
+                self.input.snapshot_seq,
+            )
+        });
+        let found = futures::future::try_join_all(reads).await?;
+        for (k, d) in keys.iter().zip(found) {
+            self.join.resolve(k, d);
+        }
+        Ok(())
+    }
+
+    /// Reads one message and hands it to the join.
+    async fn read_one(&mut self) -> Result<(), ExportError> {
+        let (snapshot_seq, to) = (self.input.snapshot_seq, self.input.opts.to);
+        let msg = match tokio::time::timeout(NEXT_POSTING_TIMEOUT, self.messages.next()).await {
+            Err(_) => return Err(ExportError::Stalled(NEXT_POSTING_TIMEOUT)),
+            Ok(None) => {
+                self.all_read();
+                return Ok(());
+            }
+            Ok(Some(Err(e))) => return Err(ExportError::Read { source: e.into() }),
+            Ok(Some(Ok(m))) => m,
+        };
+        let info = msg.info().map_err(|source| ExportError::Read { source })?;
+        let (stream_seq, pending, at) = (info.stream_sequence, info.pending, info.published);
+        if stream_seq > snapshot_seq {
+            self.all_read();
+            return Ok(());
+        }
+        if to.is_some_and(|to| at >= to) {
+            // LEDGER timestamps grow with the sequence (JetStream's own
+            // start-time lookups rely on it): no posting after this one
+            // is before --to.
+            self.reading = Reading::Stopped;
+            return Ok(());
+        }
+        let subject = msg.subject.as_str();
+        match join::order_key(subject) {
+            Some(("postings", key)) => self.join.posting(key, stream_seq, at, &msg.payload),
+            Some(("deliveries", key)) => {
+                let record = if self.join.wants(key) {
+                    Some(decode_record(&msg.payload, subject, key, stream_seq)?)
+                } else {
+                    None
+                };
+                self.join.record(key, stream_seq, record.as_ref());
+            }
+            _ if subject.starts_with("ledger.postings.") => {
+                // Not an order's subject: what it holds says whose it is.
+                let posting =
+                    join::decode_posting(&msg.payload).map_err(|source| ExportError::Decode {
+                        stream_seq,
+                        subject: subject.to_owned(),
+                        source,
+                    })?;
+                return Err(ExportError::Integrity {
+                    stream_seq,
+                    message: format!(
+                        "posting {}/{}/{} stored on {subject}",
+                        posting.registry_id, posting.order_id, posting.seq
+                    ),
+                });
+            }
+            _ => self.join.skipped(stream_seq),
+        }
+        if pending == 0 || stream_seq == snapshot_seq {
+            self.all_read();
+        }
+        Ok(())
+    }
+
+    fn all_read(&mut self) {
+        self.join.read_all();
+        self.reading = Reading::AllRead;
+    }
+}
+
+/// A delivery record of order `key` read at `stream_seq` on `subject`.
+fn decode_record(
+    payload: &[u8],
+    subject: &str,
+    key: &str,
+    stream_seq: u64,
+) -> Result<DeliveryRecord, ExportError> {
+    let record: DeliveryRecord =
+        serde_json::from_slice(payload).map_err(|source| ExportError::Decode {
+            stream_seq,
+            subject: subject.to_owned(),
+            source,
+        })?;
+    let (r, o) = join::split_key(key);
+    if record.registry_id != r || record.order_id != o {
+        return Err(ExportError::Integrity {
+            stream_seq,
+            message: format!(
+                "delivery record for {}/{} stored on {subject}",
+                record.registry_id, record.order_id
+            ),
+        });
+    }
+    Ok(record)
+}
+
+async fn run(input: &Input<'_>, sink: &mut dyn Sink) -> Result<ExportReport, ExportError> {
     let mut summary = Summary::default();
     let mut stats = RunStats {
-        snapshot_seq,
+        snapshot_seq: input.snapshot_seq,
         postings: 0,
         rows: 0,
         elapsed: Duration::ZERO,
         peak_rss_bytes: None,
     };
-    if snapshot_seq > 0 {
-        let consumer = ledger
+    if input.snapshot_seq > 0 {
+        let consumer = input
+            .ledger
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: if opts.registries.is_empty() {
-                    vec![subjects::POSTINGS_ALL.to_owned()]
-                } else {
-                    opts.registries
-                        .iter()
-                        .map(|r| format!("ledger.postings.{r}.>"))
-                        .collect()
-                },
-                deliver_policy: match opts.from {
-                    Some(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
-                    None => consumer::DeliverPolicy::All,
-                },
+                filter_subjects: input.filter_subjects(),
+                deliver_policy: input.deliver_policy(),
                 max_batch: CONSUMER_BATCH_MESSAGES,
                 max_bytes: CONSUMER_BATCH_BYTES,
                 ..Default::default()
@@ -314,46 +642,42 @@ async fn run(
             .await
             .map_err(|source| ExportError::Consumer { source })?;
         let pending = consumer.cached_info().num_pending;
-        let bar = progress_bar(opts.progress, pending);
+        let bar = if input.opts.progress && pending > 0 {
+            progress_bar(input.postings_pending().await?)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         if pending > 0 {
             let messages = consumer
                 .messages()
                 .await
                 .map_err(|e| ExportError::Read { source: e.into() })?;
-            let lookup = DeliveryLookup::new(client.clone(), snapshot_seq).await?;
-            let postings = futures::stream::unfold(Some(messages), move |state| async move {
-                let mut messages = state?;
-                match next_posting(&mut messages, snapshot_seq, opts.to).await {
-                    Ok(Some((f, more))) => Some((Ok(f), more.then_some(messages))),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(e), None)),
-                }
-            });
-            let joined = postings
-                .map(|r| {
-                    let lookup = lookup.clone();
-                    async move {
-                        let f = r?;
-                        let p = &f.posting;
-                        let d = lookup
-                            .state(&p.registry_id, p.order_id.as_str(), p.seq)
-                            .await?;
-                        Ok::<_, ExportError>((f, d))
-                    }
-                })
-                .buffered(LOOKAHEAD_POSTINGS);
-            let mut joined = std::pin::pin!(joined);
-            while let Some(item) = joined.next().await {
-                let (f, delivery) = item?;
+            let inbox =
+                SharedInbox::new(input.client)
+                    .await
+                    .map_err(|source| ExportError::DirectGet {
+                        subject: subjects::DELIVERIES_ALL.to_owned(),
+                        source,
+                    })?;
+            let mut joiner = Joiner {
+                input,
+                messages,
+                join: Join::new(input.limits),
+                inbox,
+                asks: tokio::task::JoinSet::new(),
+                can_ask: true,
+                reading: Reading::Open,
+            };
+            while let Some(j) = joiner.next().await? {
                 let row = Row {
-                    posting: &f.posting,
-                    posted_at: f.posted_at,
-                    stream_seq: f.stream_seq,
-                    delivery,
+                    posting: &j.posting,
+                    posted_at: j.posted_at,
+                    stream_seq: j.stream_seq,
+                    delivery: j.delivery,
                 };
                 stats.rows += sink.posting(&row)?;
                 stats.postings += 1;
-                summary.add(&f.posting);
+                summary.add(&j.posting);
                 bar.inc(1);
             }
         }
@@ -363,59 +687,7 @@ async fn run(
     Ok(ExportReport { summary, stats })
 }
 
-/// The next posting to export, and whether more may follow; `None` when the
-/// export is complete.
-async fn next_posting(
-    messages: &mut consumer::pull::Ordered,
-    snapshot_seq: u64,
-    to: Option<OffsetDateTime>,
-) -> Result<Option<(Fetched, bool)>, ExportError> {
-    let msg = match tokio::time::timeout(NEXT_POSTING_TIMEOUT, messages.next()).await {
-        Err(_) => return Err(ExportError::Stalled(NEXT_POSTING_TIMEOUT)),
-        Ok(None) => return Ok(None),
-        Ok(Some(Err(e))) => return Err(ExportError::Read { source: e.into() }),
-        Ok(Some(Ok(m))) => m,
-    };
-    let info = msg.info().map_err(|source| ExportError::Read { source })?;
-    let (stream_seq, pending, posted_at) = (info.stream_sequence, info.pending, info.published);
-    if stream_seq > snapshot_seq || to.is_some_and(|to| posted_at >= to) {
-        // Past the snapshot, or past --to: LEDGER timestamps grow with the
-        // sequence (JetStream's own start-time lookups rely on it).
-        return Ok(None);
-    }
-    let subject = msg.subject.as_str();
-    let posting = decode_posting(&msg.payload).map_err(|source| ExportError::Decode {
-        stream_seq,
-        subject: subject.to_owned(),
-        source,
-    })?;
-    match subjects::parse_order_subject(subject) {
-        Some(("postings", r, o)) if r == posting.registry_id && o == posting.order_id.as_str() => {}
-        _ => {
-            return Err(ExportError::Integrity {
-                stream_seq,
-                message: format!(
-                    "posting {}/{}/{} stored on {subject}",
-                    posting.registry_id, posting.order_id, posting.seq
-                ),
-            });
-        }
-    }
-    let more = pending > 0 && stream_seq < snapshot_seq;
-    Ok(Some((
-        Fetched {
-            posting,
-            posted_at,
-            stream_seq,
-        },
-        more,
-    )))
-}
-
-fn progress_bar(enabled: bool, len: u64) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(len),
         indicatif::ProgressDrawTarget::stderr(),
@@ -545,7 +817,7 @@ mod tests {
                     serde_json::from_slice(&stored).unwrap();
                 assert_eq!(record.posting, p);
                 assert!(!p.cumulative.is_empty());
-                let decoded = decode_posting(&stored).unwrap();
+                let decoded = join::decode_posting(&stored).unwrap();
                 assert_eq!(
                     decoded,
                     Posting {

@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use ledgerline::config::Config;
 use ledgerline::export::csv::{HEADER, unescape_text};
 use ledgerline::export::delivery::fetch_order;
-use ledgerline::export::{self, ExportOptions};
+use ledgerline::export::{self, ExportOptions, JoinLimits};
 use ledgerline::posting::{Posting, idempotency_key};
 use ledgerline::records::DeliveryStatus;
 use ledgerline::streams::{LEDGER_STREAM, subjects};
@@ -193,6 +193,19 @@ fn read_csv(bytes: &[u8]) -> Vec<Vec<String>> {
         .records()
         .map(|r| r.unwrap().iter().map(str::to_owned).collect())
         .collect()
+}
+
+/// LEDGER's last stream sequence now.
+async fn last_sequence(nats: &support::Nats) -> u64 {
+    nats.js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
 }
 
 fn col(name: &str) -> usize {
@@ -649,16 +662,7 @@ async fn delivery_state_is_read_up_to_the_snapshot_and_across_pages() {
             .map(|m| (subject.clone(), serde_json::to_vec(m).unwrap())),
     )
     .await;
-    let snapshot = nats
-        .js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let snapshot = last_sequence(&nats).await;
     // Posting 2 is dead-lettered after the snapshot.
     publish_all(
         &nats.js,
@@ -784,8 +788,11 @@ const SYNTHETIC_ROWS: usize = 9;
 
 #[tokio::test]
 async fn export_memory_does_not_grow_with_the_number_of_postings() {
-    const SMALL: usize = 2_000;
-    const LARGE: usize = 20_000;
+    // Both sizes fill the join's window (8 MiB of postings, here all
+    // stored before any of their records), so both export runs hold all
+    // they may and read most orders on their own.
+    const SMALL: usize = 6_000;
+    const LARGE: usize = 30_000;
     let nats = support::nats().await;
     let dir = tempfile::tempdir().unwrap();
     publish_all(&nats.js, synthetic(0, SMALL)).await;
@@ -794,10 +801,244 @@ async fn export_memory_does_not_grow_with_the_number_of_postings() {
     publish_all(&nats.js, synthetic(SMALL, LARGE - SMALL)).await;
     let (large_rss, _, rows) = measured_export(&nats.server.url(), dir.path()).await;
     assert_eq!(rows, LARGE * SYNTHETIC_ROWS + 1);
-    // Ten times the postings, about the same memory: the delivery cache
-    // (bounded) is the only thing that grows, by well under its bound.
+    // Five times the postings, about the same memory: everything held is
+    // bounded by constants, reached already by the smaller export.
     assert!(
         large_rss - small_rss < 8.0,
         "peak RSS {small_rss:.1} MiB at {SMALL} postings, {large_rss:.1} MiB at {LARGE}"
     );
+}
+
+/// The CSV of an in-process export holding at most `limits` while joining.
+async fn export_csv_within(
+    nats: &support::Nats,
+    limits: JoinLimits,
+) -> (Vec<u8>, export::ExportReport) {
+    let mut csv = Vec::new();
+    let report = export::export_within(&nats.client, &ExportOptions::default(), limits, &mut csv)
+        .await
+        .unwrap();
+    (csv, report)
+}
+
+/// Checks every row's delivery columns against the order's own read of its
+/// records up to the snapshot (the per-order Direct Get, independent of
+/// the join); returns the rows by posting id.
+async fn check_rows_against_order_reads(
+    nats: &support::Nats,
+    csv: &[u8],
+    snapshot: u64,
+) -> BTreeMap<String, [String; 4]> {
+    let mut by_order = BTreeMap::new();
+    let mut rows = BTreeMap::new();
+    for r in &read_csv(csv)[1..] {
+        let (reg, order) = (
+            unescape_text(&r[col("registry_id")]).to_owned(),
+            unescape_text(&r[col("order_id")]).to_owned(),
+        );
+        let key = (reg.clone(), order.clone());
+        if !by_order.contains_key(&key) {
+            let d = fetch_order(&nats.client, &reg, &order, snapshot)
+                .await
+                .unwrap();
+            by_order.insert(key.clone(), d);
+        }
+        let want = by_order[&key].get(r[col("seq")].parse().unwrap());
+        let got = ["delivery_status", "delivered_at", "attempts", "http_status"]
+            .map(|c| r[col(c)].clone());
+        let want_cols = [
+            want.status.as_str().to_owned(),
+            want.delivered_at.map(export::timestamp).unwrap_or_default(),
+            want.attempts.to_string(),
+            want.http_status.map(|s| s.to_string()).unwrap_or_default(),
+        ];
+        assert_eq!(got, want_cols, "{reg}/{order} posting {}", r[col("seq")]);
+        rows.insert(r[col("posting_id")].clone(), got);
+    }
+    rows
+}
+
+/// The subject and stored JSON of posting 1 of order `order` of registry
+/// `bulk` (a real 9-entry posting, renamed), and the posting.
+fn bulk_posting(order: &str) -> (String, Vec<u8>, Posting) {
+    let (subject, payload) = synthetic(0, 1).remove(0);
+    let mut p: Posting = serde_json::from_slice::<ledgerline::records::StoredPosting>(&payload)
+        .unwrap()
+        .posting;
+    p.order_id = ledgerline::events::OrderId::parse(order).unwrap();
+    p.idempotency_key = idempotency_key("bulk", order, 1);
+    assert!(subject.starts_with("ledger.postings.bulk."));
+    (subjects::postings("bulk", order), stored(&p, 1), p)
+}
+
+fn record_msg(p: &Posting, attempt: u32, outcome: &str, status: Option<u16>) -> (String, Vec<u8>) {
+    (
+        subjects::deliveries(&p.registry_id, p.order_id.as_str()),
+        serde_json::to_vec(&record(p, attempt, outcome, status, "2026-11-22T12:00:00Z")).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_join_gives_every_posting_its_orders_state_whatever_the_window() {
+    let nats = support::nats().await;
+    // The fixtures (every posting first, then every record), then an order
+    // dead-lettered, many other orders, and the same order redelivered far
+    // later: its records lie beyond any small window.
+    fixtures_on_ledger(&nats).await;
+    let (subject, payload, redone) = bulk_posting("redo-1");
+    publish_all(&nats.js, [(subject, payload)]).await;
+    publish_all(&nats.js, [record_msg(&redone, 1, "dead", Some(422))]).await;
+    publish_all(&nats.js, synthetic(100, 40)).await;
+    publish_all(
+        &nats.js,
+        [
+            record_msg(&redone, 2, "retrying", Some(503)),
+            record_msg(&redone, 3, "delivered", Some(200)),
+        ],
+    )
+    .await;
+    // And an order whose only record comes right after it.
+    let (subject, payload, quick) = bulk_posting("quick-1");
+    publish_all(
+        &nats.js,
+        [
+            (subject, payload),
+            record_msg(&quick, 1, "delivered", Some(201)),
+        ],
+    )
+    .await;
+
+    let (reference, report) = export_csv_within(&nats, JoinLimits::DEFAULT).await;
+    let snapshot = report.stats.snapshot_seq;
+    let rows = check_rows_against_order_reads(&nats, &reference, snapshot).await;
+    let key = |p: &Posting| p.idempotency_key.to_string();
+    assert_eq!(
+        rows[&key(&redone)],
+        ["delivered", "2026-11-22T12:00:00Z", "3", "200"]
+    );
+    assert_eq!(
+        rows[&key(&quick)],
+        ["delivered", "2026-11-22T12:00:00Z", "1", "201"]
+    );
+    // Every status of the fixtures' records is there.
+    let statuses: BTreeSet<&str> = rows.values().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        statuses,
+        BTreeSet::from(["delivered", "dead", "retrying", "pending"])
+    );
+    // However small the window (every posting's order read on its own, or
+    // postings let go a few at a time), the same bytes.
+    for limits in [
+        JoinLimits {
+            postings: 1,
+            bytes: usize::MAX,
+        },
+        JoinLimits {
+            postings: 5,
+            bytes: usize::MAX,
+        },
+        JoinLimits {
+            postings: usize::MAX,
+            bytes: 1,
+        },
+        JoinLimits {
+            postings: 64,
+            bytes: 64 * 1024,
+        },
+    ] {
+        let (csv, r) = export_csv_within(&nats, limits).await;
+        assert_eq!(r.stats.snapshot_seq, snapshot);
+        assert!(csv == reference, "{limits:?}: the CSV differs");
+    }
+}
+
+#[tokio::test]
+async fn postings_and_records_written_during_an_export_are_not_half_joined() {
+    const OLD: usize = 1_500;
+    let nats = support::nats().await;
+    // OLD orders, each posting retrying once.
+    let mut old = Vec::with_capacity(OLD);
+    let mut msgs = Vec::with_capacity(2 * OLD);
+    for i in 0..OLD {
+        let (subject, payload, p) = bulk_posting(&format!("old-{i:05}"));
+        msgs.push((subject, payload));
+        msgs.push(record_msg(&p, 1, "retrying", Some(503)));
+        old.push(p);
+    }
+    publish_all(&nats.js, msgs).await;
+
+    // While the export runs: the old postings delivered one by one, oldest
+    // first, and new orders posted and delivered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (js, stop) = (nats.js.clone(), stop.clone());
+        async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (subject, payload, p) = bulk_posting(&format!("new-{i:05}"));
+                let mut batch = vec![
+                    (subject, payload),
+                    record_msg(&p, 1, "delivered", Some(200)),
+                ];
+                if let Some(o) = old.get(i) {
+                    batch.push(record_msg(o, 2, "delivered", Some(200)));
+                }
+                publish_all(&js, batch).await;
+                i += 1;
+            }
+            i
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A small window: orders are read on their own too, which takes time.
+    let (csv, report) = export_csv_within(
+        &nats,
+        JoinLimits {
+            postings: 8,
+            bytes: usize::MAX,
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let snapshot = report.stats.snapshot_seq;
+    let last = last_sequence(&nats).await;
+    assert!(last > snapshot, "nothing was written during the export");
+
+    // Exactly the postings stored up to the snapshot, in stream order.
+    let mut stored_ids = Vec::new();
+    let mut all = ledgerline::streams::direct::DirectGet::new(
+        &nats.client,
+        LEDGER_STREAM,
+        subjects::POSTINGS_ALL,
+        Duration::from_secs(10),
+    )
+    .up_to_seq(snapshot);
+    while let Some(m) = all.next().await.unwrap() {
+        let p: ledgerline::records::StoredPosting = serde_json::from_slice(m.payload()).unwrap();
+        stored_ids.push(p.posting.idempotency_key.to_string());
+    }
+    let mut exported_ids: Vec<String> = read_csv(&csv)[1..]
+        .iter()
+        .map(|r| r[col("posting_id")].clone())
+        .collect();
+    exported_ids.dedup();
+    assert_eq!(exported_ids, stored_ids);
+    assert!(stored_ids.len() > OLD, "no new posting before the snapshot");
+
+    // Each with its order's state at the snapshot, not later: old postings
+    // delivered after it still read `retrying`.
+    let rows = check_rows_against_order_reads(&nats, &csv, snapshot).await;
+    let first_retrying = read_csv(&csv)[1..]
+        .iter()
+        .find(|r| r[col("delivery_status")] == "retrying")
+        .map(|r| r[col("order_id")].clone())
+        .expect("an old posting delivered after the snapshot");
+    let now = fetch_order(&nats.client, "bulk", &first_retrying, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(now.get(1).status, DeliveryStatus::Delivered);
+    assert!(written > 0);
+    assert!(rows.values().any(|r| r[0] == "delivered"));
 }

@@ -16,6 +16,11 @@
 //! order) does not pay a subscribe and an unsubscribe per request, on the
 //! client and on the server.
 //!
+//! [`last_sequences`] asks, in one request, where the last message of each
+//! of up to [`MULTI_LAST_SUBJECTS_MAX`] subjects lies at a snapshot
+//! (`multi_last`); the export uses it to know when it has read every
+//! delivery record of an order.
+//!
 //! The reader stops at a stream sequence (`up_to_seq`, a snapshot), after a
 //! number of messages (`limit`), or after [`PAGES_MAX`] requests; each reply
 //! is awaited at most `reply_timeout`. Used by the export (delivery records
@@ -117,6 +122,74 @@ pub fn request(subject: &str, from_seq: u64, batch: usize, max_bytes: Option<usi
         v["max_bytes"] = max_bytes.into();
     }
     Bytes::from(v.to_string())
+}
+
+/// Most subjects one multi-last request may name: the server answers more
+/// with 413 Too Many Results.
+pub const MULTI_LAST_SUBJECTS_MAX: usize = 1024;
+
+/// The body of a multi-last request (ADR-31 `multi_last`): the last message
+/// at or below stream sequence `up_to_seq` of each of `subjects`, skipping
+/// those stored before `from_seq` (to ask for the rest of a cut answer).
+pub fn multi_last_request(subjects: &[&str], up_to_seq: u64, from_seq: u64) -> Bytes {
+    let mut v = serde_json::json!({
+        "multi_last": subjects,
+        "up_to_seq": up_to_seq,
+        "batch": subjects.len(),
+    });
+    if from_seq > 1 {
+        v["seq"] = from_seq.into();
+    }
+    Bytes::from(v.to_string())
+}
+
+/// The stream sequence of the last message at or below `up_to_seq` (a
+/// snapshot) of each of `subjects`, literal subjects, at most
+/// [`MULTI_LAST_SUBJECTS_MAX`]: one request, its replies on `inbox` (more
+/// requests only when the server cuts the answer at its byte limit).
+/// Subjects without a message up to `up_to_seq` are left out. A server
+/// before 2.11 (no `multi_last`) answers [`DirectGetError::Status`] 408.
+pub async fn last_sequences(
+    client: &Client,
+    inbox: &SharedInbox,
+    stream: &str,
+    subjects: &[&str],
+    up_to_seq: u64,
+    reply_timeout: Duration,
+) -> Result<Vec<(String, u64)>, DirectGetError> {
+    let api_subject = format!("$JS.API.DIRECT.GET.{stream}");
+    let mut out = Vec::with_capacity(subjects.len());
+    let mut from_seq = 1;
+    for _ in 0..PAGES_MAX {
+        let (reply_subject, mut replies) = inbox.open();
+        client
+            .publish_with_reply(
+                api_subject.clone(),
+                reply_subject,
+                multi_last_request(subjects, up_to_seq, from_seq),
+            )
+            .await
+            .map_err(DirectGetError::Request)?;
+        loop {
+            let message = tokio::time::timeout(reply_timeout, replies.rx.recv())
+                .await
+                .map_err(|_| DirectGetError::Timeout(reply_timeout))?
+                .ok_or(DirectGetError::Closed)?;
+            match classify(&message)? {
+                Reply::NotFound => return Ok(out),
+                Reply::EndOfBatch { pending: 0 } => return Ok(out),
+                Reply::EndOfBatch { .. } => break,
+                Reply::Message { seq, .. } => {
+                    from_seq = seq.saturating_add(1);
+                    if seq <= up_to_seq {
+                        let subject = header(&message, H_SUBJECT).unwrap_or("");
+                        out.push((subject.to_owned(), seq));
+                    }
+                }
+            }
+        }
+    }
+    Err(DirectGetError::TooManyPages(PAGES_MAX))
 }
 
 /// What one reply is.
@@ -456,6 +529,27 @@ mod tests {
         assert_eq!(
             r,
             serde_json::json!({"seq": 1, "next_by_subj": "orders.*", "batch": 3})
+        );
+    }
+
+    #[test]
+    fn a_multi_last_request_names_the_subjects_the_snapshot_and_where_to_resume() {
+        let r: serde_json::Value = serde_json::from_slice(&multi_last_request(
+            &["ledger.deliveries.r.a", "ledger.deliveries.r.b"],
+            99,
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            r,
+            serde_json::json!({"multi_last": ["ledger.deliveries.r.a", "ledger.deliveries.r.b"],
+                "up_to_seq": 99, "batch": 2})
+        );
+        let r: serde_json::Value =
+            serde_json::from_slice(&multi_last_request(&["x"], 99, 42)).unwrap();
+        assert_eq!(
+            r,
+            serde_json::json!({"multi_last": ["x"], "up_to_seq": 99, "batch": 1, "seq": 42})
         );
     }
 
