@@ -642,56 +642,41 @@ impl<T: Item> KvStore<T> {
     /// order they were written: `(id, revision)` pairs, for replaying what
     /// was in force when ([`crate::verify`]).
     pub async fn timeline(&self) -> Result<Vec<(String, HistoryEntry<T>)>, StoreError> {
-        use jetstream::consumer::{DeliverPolicy, pull};
-        let mut consumer = self
-            .kv
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: format!("{}>", self.kv.prefix),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(read_err::<T>)?;
-        let pending = consumer.info().await.map_err(read_err::<T>)?.num_pending;
         let mut out = Vec::new();
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer.messages().await.map_err(read_err::<T>)?;
-        while let Some(m) = messages.next().await {
-            let m = m.map_err(read_err::<T>)?;
-            let info = m.info().map_err(read_err::<T>)?;
-            let (revision, at, left) = (info.stream_sequence, info.published, info.pending);
-            let key = m
-                .subject
-                .strip_prefix(self.kv.prefix.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            // A KV deletion or purge is a message with a `KV-Operation` header.
-            let removed = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-            let (operation, stored) = if removed {
-                ("delete", None)
-            } else {
-                ("put", serde_json::from_slice::<T::Stored>(&m.payload).ok())
-            };
-            out.push((
-                key,
-                HistoryEntry {
-                    revision,
-                    at,
-                    operation,
-                    stored,
-                },
-            ));
-            if left == 0 {
-                break;
-            }
-        }
+        let prefix = self.kv.prefix.as_str();
+        crate::streams::for_each_message(
+            &self.kv.stream,
+            &format!("{prefix}>"),
+            |m, revision, at| {
+                let key = m
+                    .subject
+                    .strip_prefix(prefix)
+                    .unwrap_or_default()
+                    .to_owned();
+                // A KV deletion or purge is a message with a `KV-Operation` header.
+                let removed = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                let (operation, stored) = if removed {
+                    ("delete", None)
+                } else {
+                    ("put", serde_json::from_slice::<T::Stored>(&m.payload).ok())
+                };
+                out.push((
+                    key,
+                    HistoryEntry {
+                        revision,
+                        at,
+                        operation,
+                        stored,
+                    },
+                ));
+            },
+        )
+        .await
+        .map_err(read_err::<T>)?;
         Ok(out)
     }
 

@@ -29,9 +29,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, stream::Stream};
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use time::OffsetDateTime;
@@ -529,43 +527,17 @@ fn check(
     });
 }
 
-/// Reads every message of `filter` in `stream` in order with an ordered
-/// consumer, calling `f(message, stream_seq, stored_at)`.
+/// [`streams::for_each_message`], its failure named by `name`.
 async fn read_all(
     stream: &Stream,
     name: &'static str,
     filter: &str,
-    mut f: impl FnMut(&jetstream::Message, u64, OffsetDateTime),
+    f: impl FnMut(&jetstream::Message, u64, OffsetDateTime),
 ) -> Result<(), VerifyError> {
-    let err = |e: async_nats::Error| VerifyError::Read {
-        stream: name,
-        source: e,
-    };
-    let mut consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
+    streams::for_each_message(stream, filter, f)
+        .await
+        .map_err(|source| VerifyError::Read {
+            stream: name,
+            source,
         })
-        .await
-        .map_err(|e| err(e.into()))?;
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| err(e.into()))?
-        .num_pending;
-    if pending == 0 {
-        return Ok(());
-    }
-    let mut messages = consumer.messages().await.map_err(|e| err(e.into()))?;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| err(e.into()))?;
-        let info = msg.info().map_err(err)?;
-        let (seq, left, at) = (info.stream_sequence, info.pending, info.published);
-        f(&msg, seq, at);
-        if left == 0 {
-            break;
-        }
-    }
-    Ok(())
 }

@@ -112,6 +112,38 @@ where
     }
 }
 
+/// Every message of `stream` on `filter` as it stands now, in stream order,
+/// through an ordered consumer: `f(message, stream sequence, stored at)`.
+/// Messages stored after the call starts may or may not be seen.
+pub async fn for_each_message(
+    stream: &stream::Stream,
+    filter: &str,
+    mut f: impl FnMut(&jetstream::Message, u64, time::OffsetDateTime),
+) -> Result<(), async_nats::Error> {
+    use futures::StreamExt;
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.info().await?.num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let info = msg.info()?;
+        let (seq, left, at) = (info.stream_sequence, info.pending, info.published);
+        f(&msg, seq, at);
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The first message on `subject` at or after stream sequence `from` (one
 /// Direct Get), or `None` when there is none.
 pub async fn next_on_subject(

@@ -14,9 +14,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::{debug, warn};
@@ -138,23 +136,8 @@ impl<T: Item> KvStore<T> {
             .get_stream(LEDGER_STREAM)
             .await
             .map_err(nats_err::<T>)?;
-        let mut consumer = ledger
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subject(T::KIND, "*"),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err::<T>)?;
-        let pending = consumer.info().await.map_err(nats_err::<T>)?.num_pending;
         let mut out = Vec::new();
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer.messages().await.map_err(nats_err::<T>)?;
-        while let Some(m) = messages.next().await {
-            let m = m.map_err(nats_err::<T>)?;
-            let left = m.info().map_err(nats_err::<T>)?.pending;
+        crate::streams::for_each_message(&ledger, &subject(T::KIND, "*"), |m, _, _| {
             if let Ok(a) = serde_json::from_slice::<ArchivedRevision<T::Stored>>(&m.payload) {
                 let operation = if a.operation == "delete" {
                     "delete"
@@ -171,10 +154,9 @@ impl<T: Item> KvStore<T> {
                     },
                 ));
             }
-            if left == 0 {
-                break;
-            }
-        }
+        })
+        .await
+        .map_err(nats_err::<T>)?;
         out.sort_by_key(|(_, h)| h.revision);
         Ok(out)
     }

@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use ledgerline::engine::Engine;
 use ledgerline::events::parse_event;
-use ledgerline::receiver::FailureMode;
 use ledgerline::records::StoredPosting;
 use ledgerline::registry::RegistryConfig;
 use ledgerline::registry_store::ChangedBy;
 use ledgerline::service::Component;
 use serde_json::{Value, json};
 
-use crate::support::config::TestConfig;
 use crate::support::engine::{many_events, ticket_event};
 use crate::support::process::{config_file, ledgerline};
 use crate::support::{self, Service, eventually};
@@ -81,11 +79,13 @@ fn late_registry(url: &str, mode: &str, rate: u32) -> RegistryConfig {
 #[tokio::test]
 async fn a_registry_created_late_gets_each_orders_ledger_once_then_deltas() {
     let nats = support::nats().await;
-    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
-    let (late, late_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = TestConfig::new()
-        .registry("books", &format!("{books_url}/hooks"), "")
-        .settings(&nats.server);
+    let support::BooksAndLate {
+        books,
+        late,
+        late_url,
+        settings,
+        ..
+    } = support::books_and_late(&nats).await;
     let svc = Service::start(settings.clone(), &Component::ALL).await;
     let events = many_events(6);
     support::publish_events(&nats, &events).await;
@@ -100,13 +100,8 @@ async fn a_registry_created_late_gets_each_orders_ledger_once_then_deltas() {
 
     // `late` is created over the API after every order; nothing is posted
     // to it until the backfill.
-    let (status, body) = svc
-        .post(
-            "/v1/registries",
-            &serde_json::to_value(late_registry(&late_url, "full", 50)).unwrap(),
-        )
+    svc.create_registry(&serde_json::to_value(late_registry(&late_url, "full", 50)).unwrap())
         .await;
-    assert_eq!(status, 201, "{body}");
     let (status, body) = svc.post_empty("/v1/registries/nope/backfill").await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = svc
@@ -263,22 +258,18 @@ async fn a_backfill_killed_midway_goes_on_where_it_stopped_when_run_again() {
 #[tokio::test]
 async fn a_backfill_racing_the_aggregator_leaves_each_order_posted_once_and_in_step() {
     let nats = support::nats().await;
-    let (_books, books_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = TestConfig::new()
-        .registry("books", &format!("{books_url}/hooks"), "")
-        .settings(&nats.server);
+    let support::BooksAndLate {
+        late,
+        late_url,
+        settings,
+        ..
+    } = support::books_and_late(&nats).await;
     let svc = Service::start(settings.clone(), &Component::ALL).await;
-    let (late, late_url) = support::receiver(None, FailureMode::default()).await;
     let first = many_events(30);
     support::publish_events(&nats, &first).await;
     // `late` (delta) appears while the aggregator is still at work.
-    let (status, body) = svc
-        .post(
-            "/v1/registries",
-            &serde_json::to_value(late_registry(&late_url, "delta", 200)).unwrap(),
-        )
+    svc.create_registry(&serde_json::to_value(late_registry(&late_url, "delta", 200)).unwrap())
         .await;
-    assert_eq!(status, 201, "{body}");
     let (status, body) = svc.post_empty("/v1/registries/late/backfill").await;
     assert_eq!(status, 202, "{body}");
     // More events for the same orders while the backfill runs.

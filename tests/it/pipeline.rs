@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use ledgerline::aggregator::{AggregatorOptions, run_aggregator};
 use ledgerline::config::Settings;
 use ledgerline::demo::count;
-use ledgerline::records::StoredPosting;
 use ledgerline::streams::{self, LEDGER_STREAM, subjects};
 
 use crate::support::engine::{self, PostingKey, offline_postings};
@@ -427,19 +426,10 @@ async fn verify_passes_on_an_honest_ledger_and_names_a_tampered_posting() {
     // Tamper: rewrite the reference order's first posting with 1 cent more
     // revenue, as a new message on its subject, and delete the original.
     let subject = subjects::postings("books", "2e7f2d6f-0473-4935-8cfb-c11b2caa6dab");
-    let original = ledger
-        .get_last_raw_message_by_subject(&subject)
-        .await
-        .unwrap();
-    let mut sp: StoredPosting = serde_json::from_slice(&original.payload).unwrap();
-    sp.posting.entries[1].amount -= rust_decimal::Decimal::new(1, 2);
-    nats.js
-        .publish(subject, serde_json::to_vec(&sp).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    ledger.delete_message(original.sequence).await.unwrap();
+    support::tamper_last_posting(&nats, &subject, |sp| {
+        sp.posting.entries[1].amount -= rust_decimal::Decimal::new(1, 2);
+    })
+    .await;
 
     // And delete another posting outright.
     let other = subjects::postings("snapshot", "ord-incl");

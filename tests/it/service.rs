@@ -253,11 +253,13 @@ async fn publish(nats: &support::Nats, lines: &str) {
 #[tokio::test]
 async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     let nats = support::nats().await;
-    let (books, books_url) = support::receiver(None, FailureMode::default()).await;
-    let (late, late_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = TestConfig::new()
-        .registry("books", &format!("{books_url}/hooks"), "")
-        .settings(&nats.server);
+    let support::BooksAndLate {
+        books,
+        late,
+        late_url,
+        settings,
+        ..
+    } = support::books_and_late(&nats).await;
     let svc = Service::start(settings, &Component::ALL).await;
     let postings = |r: &str| format!("ledger.postings.{r}.o-1");
     let js = nats.js.clone();
@@ -270,13 +272,8 @@ async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     wait_accepted(&books, 1, "books gets posting 1").await;
 
     // A registry created over the API gets the next event's posting.
-    let (status, body) = svc
-        .post(
-            "/v1/registries",
-            &json!({"id": "late", "url": format!("{late_url}/hooks")}),
-        )
+    svc.create_registry(&json!({"id": "late", "url": format!("{late_url}/hooks")}))
         .await;
-    assert_eq!(status, 201, "{body}");
     svc.in_force("late", true).await;
     publish(&nats, &ticket_event("o-1", 2, 2)).await;
     wait_accepted(&late, 1, "late gets its first posting").await;

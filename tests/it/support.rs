@@ -208,6 +208,13 @@ impl Service {
         .await;
     }
 
+    /// Creates a registry over the API (`201` expected); its answer.
+    pub async fn create_registry(&self, registry: &serde_json::Value) -> serde_json::Value {
+        let (status, body) = self.post("/v1/registries", registry).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
     /// Stops it (as SIGTERM would) and expects a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -228,6 +235,64 @@ pub async fn registry_store_for(
     ledgerline::registry_store::RegistryStore::open(js, settings.policy.clone(), 1)
         .await
         .expect("the registry store opens")
+}
+
+/// Two sample receivers, and settings with the first as registry `books`.
+#[allow(dead_code)]
+pub struct BooksAndLate {
+    pub books: ledgerline::receiver::Receiver,
+    pub books_url: String,
+    /// For a registry added later.
+    pub late: ledgerline::receiver::Receiver,
+    pub late_url: String,
+    pub settings: Settings,
+}
+
+/// [`BooksAndLate`] on `nats`, neither receiver failing.
+#[allow(dead_code)]
+pub async fn books_and_late(nats: &Nats) -> BooksAndLate {
+    let ok = ledgerline::receiver::FailureMode::default;
+    let (books, books_url) = receiver(None, ok()).await;
+    let (late, late_url) = receiver(None, ok()).await;
+    let settings = config::TestConfig::new()
+        .registry("books", &format!("{books_url}/hooks"), "")
+        .settings(&nats.server);
+    BooksAndLate {
+        books,
+        books_url,
+        late,
+        late_url,
+        settings,
+    }
+}
+
+/// Rewrites the last posting on `subject` with `change` made to it, as a
+/// new message, and deletes the original: a tampered LEDGER for `verify`.
+#[allow(dead_code)]
+pub async fn tamper_last_posting(
+    nats: &Nats,
+    subject: &str,
+    change: impl FnOnce(&mut ledgerline::records::StoredPosting),
+) {
+    let ledger = nats
+        .js
+        .get_stream(ledgerline::streams::LEDGER_STREAM)
+        .await
+        .unwrap();
+    let original = ledger
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap();
+    let mut sp: ledgerline::records::StoredPosting =
+        serde_json::from_slice(&original.payload).unwrap();
+    change(&mut sp);
+    nats.js
+        .publish(subject.to_owned(), serde_json::to_vec(&sp).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    ledger.delete_message(original.sequence).await.unwrap();
 }
 
 /// Waits until the aggregator has handled every event on ORDERS.
@@ -270,34 +335,16 @@ pub async fn read_ledger_with_headers(
     js: &jetstream::Context,
     filter: &str,
 ) -> Vec<(String, Option<async_nats::HeaderMap>, bytes::Bytes)> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    use futures::StreamExt;
     let stream = js
         .get_stream(ledgerline::streams::LEDGER_STREAM)
         .await
         .unwrap();
-    let mut consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let n = consumer.info().await.unwrap().num_pending;
     let mut out = Vec::new();
-    if n == 0 {
-        return out;
-    }
-    let mut msgs = consumer.messages().await.unwrap();
-    while let Some(m) = msgs.next().await {
-        let m = m.unwrap();
-        let left = m.info().unwrap().pending;
+    ledgerline::streams::for_each_message(&stream, filter, |m, _, _| {
         out.push((m.subject.to_string(), m.headers.clone(), m.payload.clone()));
-        if left == 0 {
-            break;
-        }
-    }
+    })
+    .await
+    .unwrap();
     out
 }
 

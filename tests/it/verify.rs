@@ -7,10 +7,9 @@
 use std::time::Duration;
 
 use ledgerline::receiver::FailureMode;
-use ledgerline::records::StoredPosting;
 use ledgerline::registry_store::ChangedBy;
 use ledgerline::service::Component;
-use ledgerline::streams::{LEDGER_STREAM, subjects};
+use ledgerline::streams::subjects;
 use serde_json::json;
 
 use crate::support::config::TestConfig;
@@ -32,8 +31,11 @@ fn versions(orders: &[&str], from: u64, to: u64) -> String {
 #[tokio::test]
 async fn verify_replays_registries_created_edited_and_deleted_between_batches() {
     let nats = support::nats().await;
-    let (_books, books_url) = support::receiver(None, FailureMode::default()).await;
-    let (_late, late_url) = support::receiver(None, FailureMode::default()).await;
+    let support::BooksAndLate {
+        books_url,
+        late_url,
+        ..
+    } = support::books_and_late(&nats).await;
     let books = |extra: &str| {
         TestConfig::new()
             .registry("books", &format!("{books_url}/hooks"), extra)
@@ -47,13 +49,8 @@ async fn verify_replays_registries_created_edited_and_deleted_between_batches() 
     support::settled(&nats.js).await;
 
     // Batch 2: `late` created over the API first (delta, the default).
-    let (status, body) = svc
-        .post(
-            "/v1/registries",
-            &json!({"id": "late", "url": format!("{late_url}/hooks")}),
-        )
+    svc.create_registry(&json!({"id": "late", "url": format!("{late_url}/hooks")}))
         .await;
-    assert_eq!(status, 201, "{body}");
     svc.in_force("late", true).await;
     let batch2 = format!(
         "{}{}",
@@ -99,21 +96,10 @@ async fn verify_replays_registries_created_edited_and_deleted_between_batches() 
     // A posting made by the edited books, tampered with, is named with the
     // revision it was checked against.
     let revision = store.get("books").await.unwrap().unwrap().revision;
-    let ledger = nats.js.get_stream(LEDGER_STREAM).await.unwrap();
-    let subject = subjects::postings("books", "c-0");
-    let original = ledger
-        .get_last_raw_message_by_subject(&subject)
-        .await
-        .unwrap();
-    let mut sp: StoredPosting = serde_json::from_slice(&original.payload).unwrap();
-    sp.posting.entries[0].amount += rust_decimal::Decimal::new(1, 2);
-    nats.js
-        .publish(subject, serde_json::to_vec(&sp).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    ledger.delete_message(original.sequence).await.unwrap();
+    support::tamper_last_posting(&nats, &subjects::postings("books", "c-0"), |sp| {
+        sp.posting.entries[0].amount += rust_decimal::Decimal::new(1, 2);
+    })
+    .await;
     let report = support::verify(&nats, &edited).await.unwrap();
     let lines: Vec<String> = report.mismatches.iter().map(|m| m.to_string()).collect();
     assert_eq!(
