@@ -571,6 +571,11 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let named: &[u8] = match b {
@@ -597,6 +602,32 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// True when a byte of `bytes` must be escaped in a JSON string (a control
+/// character, `"` or `\`), looked at eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether a byte of `w` is zero (exact: a borrow only ever runs past
+    // a byte that is zero itself).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        if has_zero(w & (0xe0 * ONES))
+            || has_zero(w ^ (u64::from(b'"') * ONES))
+            || has_zero(w ^ (u64::from(b'\\') * ONES))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// `s` as a JSON string, or `null`.
@@ -703,6 +734,21 @@ mod tests {
             p.body_json(&Value::Null).unwrap(),
             serde_json::to_vec(&p.body(&Value::Null)).unwrap()
         );
+    }
+
+    /// Every byte at every place of a word (and of the tail) is seen.
+    #[test]
+    fn needs_escape_finds_each_byte_that_must_be_escaped() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let want = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&bytes), want, "{b:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     fn next_of(posted: Vec<GroupedEntry>, seq: u64) -> bool {
