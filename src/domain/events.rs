@@ -1306,7 +1306,8 @@ mod tests {
 
     /// The typed path and the tree agree on every message: the reference
     /// event with each byte replaced by a few that break it in different
-    /// ways (a quote, a digit, a brace, a backslash, a letter, a minus…),
+    /// ways (a quote, a digit, a brace, a backslash, a letter, a minus, a
+    /// byte that is not UTF-8…),
     /// and messages only the tree takes (extras, keys twice, escapes).
     #[test]
     fn the_typed_path_and_the_tree_read_every_message_alike() {
@@ -1320,7 +1321,9 @@ mod tests {
         let mut messages = vec![base.clone(), payment.to_vec()];
         for template in [&base[..], &payment[..]] {
             for i in 0..template.len() {
-                for b in [b'"', b'1', b'}', b'\\', b'x', b'-', b' ', b'0', b'.', b'n'] {
+                for b in [
+                    b'"', b'1', b'}', b'\\', b'x', b'-', b' ', b'0', b'.', b'n', 0xff,
+                ] {
                     let mut m = template.to_vec();
                     m[i] = b;
                     messages.push(m);

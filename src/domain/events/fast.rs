@@ -107,7 +107,11 @@ struct RawPayment<'a> {
 /// The event `bytes` hold when they are a valid event of the known shape;
 /// `None` for anything else (the tree then decides).
 pub(super) fn parse(bytes: &[u8], subject_order_id: Option<&str>) -> Option<Event> {
-    let raw: RawEvent<'_> = serde_json::from_slice(bytes).ok()?;
+    // UTF-8 checked once for the whole message, not string by string (as
+    // `from_slice` does); a message that is not UTF-8 goes to the tree,
+    // which names the fault.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let raw: RawEvent<'_> = serde_json::from_str(text).ok()?;
     let event_type = super::event_type_of(&raw.event_type.0).ok()?;
     let body = match event_type {
         EventType::OrderConfirmed | EventType::OrderUpdated => {
