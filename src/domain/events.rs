@@ -492,23 +492,34 @@ fn parse_snapshot(o: &Obj<'_>) -> Result<OrderSnapshot, Rejection> {
     })
 }
 
+/// At most [`LINE_ITEMS_MAX`] line items.
 fn check_line_count(len: usize, path: impl Fn() -> String) -> Result<(), Rejection> {
-    if len > LINE_ITEMS_MAX {
-        return Err(Rejection::new(
-            RejectReason::TooManyLineItems,
-            path(),
-            format!("{len} line items, over the limit of {LINE_ITEMS_MAX}"),
-        ));
-    }
-    Ok(())
+    check_count(
+        len,
+        LINE_ITEMS_MAX,
+        RejectReason::TooManyLineItems,
+        "line items",
+        path,
+    )
 }
 
+/// An array (fees, payments) of at most `max` elements.
 fn check_len(len: usize, max: usize, path: impl Fn() -> String) -> Result<(), Rejection> {
+    check_count(len, max, RejectReason::InvalidField, "elements", path)
+}
+
+fn check_count(
+    len: usize,
+    max: usize,
+    reason: RejectReason,
+    what: &str,
+    path: impl Fn() -> String,
+) -> Result<(), Rejection> {
     if len > max {
         return Err(Rejection::new(
-            RejectReason::InvalidField,
+            reason,
             path(),
-            format!("{len} elements, over the limit of {max}"),
+            format!("{len} {what}, over the limit of {max}"),
         ));
     }
     Ok(())

@@ -657,6 +657,24 @@ mod tests {
         );
     }
 
+    /// Posting 1 of registry `r` for order `o-1` with `entries`, no currency.
+    fn posting_of(entries: Vec<GroupedEntry>) -> Posting {
+        Posting {
+            registry_id: "r".into(),
+            order_id: OrderId::parse("o-1").unwrap(),
+            seq: 1,
+            idempotency_key: idempotency_key("r", "o-1", 1),
+            event_id: "e".into(),
+            event_type: EventType::OrderConfirmed,
+            occurred_at: OffsetDateTime::UNIX_EPOCH,
+            mode: PostingMode::Delta,
+            currency: None,
+            filtered: false,
+            entries,
+            cumulative: vec![],
+        }
+    }
+
     fn g(desc: &str, q: i64, a: i64) -> GroupedEntry {
         GroupedEntry {
             key: GroupKey {
@@ -700,20 +718,7 @@ mod tests {
             ];
             entries.push(e);
         }
-        let mut p = Posting {
-            registry_id: "r".into(),
-            order_id: OrderId::parse("o-1").unwrap(),
-            seq: 1,
-            idempotency_key: idempotency_key("r", "o-1", 1),
-            event_id: "e".into(),
-            event_type: EventType::OrderConfirmed,
-            occurred_at: OffsetDateTime::UNIX_EPOCH,
-            mode: PostingMode::Delta,
-            currency: Currency::parse("EUR").ok(),
-            filtered: false,
-            entries,
-            cumulative: vec![],
-        };
+        let mut p = posting_of(entries);
         let data = [
             Value::Null,
             serde_json::json!({}),
@@ -803,20 +808,7 @@ mod tests {
         a.amount = Decimal::MAX;
         let mut c = g("C", 0, 0);
         c.amount = Decimal::MIN;
-        let p = Posting {
-            registry_id: "r".into(),
-            order_id: OrderId::parse("o-1").unwrap(),
-            seq: 1,
-            idempotency_key: idempotency_key("r", "o-1", 1),
-            event_id: "e".into(),
-            event_type: EventType::OrderConfirmed,
-            occurred_at: OffsetDateTime::UNIX_EPOCH,
-            mode: PostingMode::Delta,
-            currency: None,
-            filtered: false,
-            entries: vec![a.clone(), a, c.clone(), c],
-            cumulative: vec![],
-        };
+        let p = posting_of(vec![a.clone(), a, c.clone(), c]);
         let (d, c) = p.debit_credit();
         assert_eq!((d, c), (Decimal::MAX, Decimal::MAX));
         assert_eq!(p.sum(), Decimal::ZERO);

@@ -21,86 +21,59 @@ use super::{
 use crate::money::{Currency, parse_decimal_str};
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawEvent<'a> {
-    #[serde(borrow)]
     event_id: Str<'a>,
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type")]
     event_type: Str<'a>,
-    #[serde(borrow)]
     order_id: Str<'a>,
-    #[serde(borrow)]
     occurred_at: Str<'a>,
-    #[serde(borrow)]
     order: Option<RawSnapshot<'a>>,
-    #[serde(borrow)]
     payment: Option<RawPayment<'a>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawSnapshot<'a> {
     version: u64,
-    #[serde(borrow)]
     currency: Str<'a>,
-    #[serde(borrow)]
     channel: Option<Str<'a>>,
     prices_include_tax: bool,
-    #[serde(borrow)]
     line_items: Vec<RawLine<'a>>,
-    #[serde(borrow)]
     fees: Option<Vec<RawFee<'a>>>,
-    #[serde(borrow)]
     payments: Option<Vec<RawPayment<'a>>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawLine<'a> {
-    #[serde(borrow)]
     id: Str<'a>,
-    #[serde(borrow)]
     product_id: Option<Str<'a>>,
-    #[serde(borrow)]
     option_id: Option<Str<'a>>,
-    #[serde(borrow)]
     unit_type: Option<Str<'a>>,
-    #[serde(borrow)]
     description: Str<'a>,
     quantity: u64,
-    #[serde(borrow)]
     unit_price: Str<'a>,
-    #[serde(borrow)]
     discount: Option<Str<'a>>,
-    #[serde(borrow)]
     tax_rate: Str<'a>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawFee<'a> {
-    #[serde(borrow)]
     kind: Str<'a>,
-    #[serde(borrow)]
     description: Str<'a>,
-    #[serde(borrow)]
     amount: Str<'a>,
-    #[serde(borrow)]
     tax_rate: Str<'a>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawPayment<'a> {
-    #[serde(borrow)]
     payment_id: Str<'a>,
-    #[serde(borrow)]
     method: Str<'a>,
-    #[serde(borrow)]
     amount: Str<'a>,
-    #[serde(borrow)]
     currency: Str<'a>,
-    #[serde(borrow)]
     date: Option<Str<'a>>,
 }
 
