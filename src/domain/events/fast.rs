@@ -20,6 +20,7 @@ use super::{
 };
 use crate::money::{Currency, parse_decimal_str};
 
+/// An event as sent: the envelope, with `order` or `payment` by type.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawEvent<'a> {
@@ -32,6 +33,7 @@ struct RawEvent<'a> {
     payment: Option<RawPayment<'a>>,
 }
 
+/// `order`: a snapshot as sent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawSnapshot<'a> {
@@ -44,6 +46,7 @@ struct RawSnapshot<'a> {
     payments: Option<Vec<RawPayment<'a>>>,
 }
 
+/// `order.line_items[i]` as sent; money and rates still text.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawLine<'a> {
@@ -58,6 +61,7 @@ struct RawLine<'a> {
     tax_rate: Str<'a>,
 }
 
+/// `order.fees[i]` as sent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawFee<'a> {
@@ -67,14 +71,16 @@ struct RawFee<'a> {
     tax_rate: Str<'a>,
 }
 
+/// `payment`, or `order.payments[i]`, as sent; a missing `date`
+/// and a `null` one are both `None`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
 struct RawPayment<'a> {
+    date: Option<Str<'a>>,
+    currency: Str<'a>,
     payment_id: Str<'a>,
     method: Str<'a>,
     amount: Str<'a>,
-    currency: Str<'a>,
-    date: Option<Str<'a>>,
 }
 
 /// The event `bytes` hold when they are a valid event of the known shape;
