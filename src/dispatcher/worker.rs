@@ -733,7 +733,8 @@ impl Worker {
                 order_id: posting.order_id.as_str().to_owned(),
             });
         }
-        let body = serde_json::to_vec(&posting.body(&p.registry_data))
+        let body = posting
+            .body_json(&p.registry_data)
             .map_err(|source| Unsendable::Body { source })?;
         Ok(CurrentPosting {
             stream_seq,

@@ -60,8 +60,7 @@ impl OrderBook {
         opts: &LedgerOptions,
         posted: impl Fn(&str) -> bool,
     ) -> Result<Plan, ApplyError> {
-        let mut state = self.state.clone();
-        state.apply(event)?;
+        let state = self.state.applied(event)?;
         let ledger = derive(&state, opts)?;
         let mut postings = Vec::new();
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {

@@ -22,6 +22,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::money::{Currency, DecimalError, parse_decimal_str};
 
+mod fast;
+
 /// Largest message accepted, in bytes (SPEC 1). Bigger ones are rejected
 /// before parsing so a hostile producer cannot make us allocate without bound.
 pub const MESSAGE_MAX_BYTES: usize = 1024 * 1024;
@@ -317,6 +319,11 @@ impl Rejection {
 
 /// Parses one message. `subject_order_id` is the `<order_id>` token of the
 /// subject it arrived on, when it arrived on one; the body must agree.
+///
+/// A valid event of the known shape is read straight into typed values
+/// (`fast`); anything else is read again as a tree (`parse_tree`), which
+/// takes unknown fields and names the first fault: both give the same
+/// event, and every rejection comes from the tree.
 pub fn parse_event(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event, Rejection> {
     if bytes.len() > MESSAGE_MAX_BYTES {
         return Err(Rejection::new(
@@ -329,6 +336,16 @@ pub fn parse_event(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event
             ),
         ));
     }
+    match fast::parse(bytes, subject_order_id) {
+        Some(event) => Ok(event),
+        None => parse_tree(bytes, subject_order_id),
+    }
+}
+
+/// Reads `bytes` as a JSON tree and then field by field, in a fixed order,
+/// so the first fault is the one named: the path of every rejection (and of
+/// an event with fields the typed path does not know).
+fn parse_tree(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event, Rejection> {
     let value: Json<'_> = serde_json::from_slice(bytes).map_err(|e| {
         Rejection::new(
             RejectReason::MalformedJson,
@@ -355,53 +372,9 @@ pub fn parse_event(bytes: &[u8], subject_order_id: Option<&str>) -> Result<Event
 
 fn parse_envelope(root: &Obj<'_>, subject_order_id: Option<&str>) -> Result<Event, Rejection> {
     let event_id = root.id("event_id")?;
-    let type_text = root.str("type")?;
-    let event_type = EventType::parse(type_text).ok_or_else(|| {
-        Rejection::new(
-            RejectReason::UnknownType,
-            "type",
-            format!(
-                "unknown event type {:?}; expected one of {}",
-                clip(type_text),
-                EventType::ALL.map(EventType::as_str).join(", ")
-            ),
-        )
-    })?;
-    let order_id_text = root.str("order_id")?;
-    let order_id = OrderId::parse(order_id_text).ok_or_else(|| {
-        Rejection::new(
-            RejectReason::InvalidOrderId,
-            "order_id",
-            format!(
-                "{:?} does not match [A-Za-z0-9_-]{{1,128}}",
-                clip(order_id_text)
-            ),
-        )
-    })?;
-    if let Some(subject_id) = subject_order_id
-        && subject_id != order_id.as_str()
-    {
-        return Err(Rejection::new(
-            RejectReason::OrderIdMismatch,
-            "order_id",
-            format!(
-                "{:?} differs from the subject's order id {:?}",
-                order_id.as_str(),
-                clip(subject_id)
-            ),
-        ));
-    }
-    let occurred_text = root.str("occurred_at")?;
-    let occurred_at = OffsetDateTime::parse(occurred_text, &Rfc3339).map_err(|e| {
-        Rejection::new(
-            RejectReason::InvalidField,
-            "occurred_at",
-            format!(
-                "{:?} is not an RFC 3339 timestamp: {e}",
-                clip(occurred_text)
-            ),
-        )
-    })?;
+    let event_type = event_type_of(root.str("type")?)?;
+    let order_id = order_id_of(root.str("order_id")?, subject_order_id)?;
+    let occurred_at = occurred_at_of(root.str("occurred_at")?)?;
 
     let body = match event_type {
         EventType::OrderConfirmed | EventType::OrderUpdated => {
@@ -427,6 +400,55 @@ fn parse_envelope(root: &Obj<'_>, subject_order_id: Option<&str>) -> Result<Even
     })
 }
 
+fn event_type_of(text: &str) -> Result<EventType, Rejection> {
+    EventType::parse(text).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::UnknownType,
+            "type",
+            format!(
+                "unknown event type {:?}; expected one of {}",
+                clip(text),
+                EventType::ALL.map(EventType::as_str).join(", ")
+            ),
+        )
+    })
+}
+
+/// The order id of `text`, which must be the subject's when there is one.
+fn order_id_of(text: &str, subject_order_id: Option<&str>) -> Result<OrderId, Rejection> {
+    let order_id = OrderId::parse(text).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::InvalidOrderId,
+            "order_id",
+            format!("{:?} does not match [A-Za-z0-9_-]{{1,128}}", clip(text)),
+        )
+    })?;
+    if let Some(subject_id) = subject_order_id
+        && subject_id != order_id.as_str()
+    {
+        return Err(Rejection::new(
+            RejectReason::OrderIdMismatch,
+            "order_id",
+            format!(
+                "{:?} differs from the subject's order id {:?}",
+                order_id.as_str(),
+                clip(subject_id)
+            ),
+        ));
+    }
+    Ok(order_id)
+}
+
+fn occurred_at_of(text: &str) -> Result<OffsetDateTime, Rejection> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        Rejection::new(
+            RejectReason::InvalidField,
+            "occurred_at",
+            format!("{:?} is not an RFC 3339 timestamp: {e}", clip(text)),
+        )
+    })
+}
+
 fn parse_snapshot(o: &Obj<'_>) -> Result<OrderSnapshot, Rejection> {
     let version = o.u64("version")?;
     let currency = o.currency("currency")?;
@@ -434,16 +456,7 @@ fn parse_snapshot(o: &Obj<'_>) -> Result<OrderSnapshot, Rejection> {
     let prices_include_tax = o.bool("prices_include_tax")?;
 
     let lines = o.array("line_items")?;
-    if lines.len() > LINE_ITEMS_MAX {
-        return Err(Rejection::new(
-            RejectReason::TooManyLineItems,
-            o.path("line_items"),
-            format!(
-                "{} line items, over the limit of {LINE_ITEMS_MAX}",
-                lines.len()
-            ),
-        ));
-    }
+    check_line_count(lines.len(), || o.path("line_items"))?;
     let line_items = lines
         .iter()
         .map(|item| parse_line(&item.as_obj()?, currency))
@@ -467,15 +480,7 @@ fn parse_snapshot(o: &Obj<'_>) -> Result<OrderSnapshot, Rejection> {
         }
         None => Vec::new(),
     };
-    for (i, p) in payments.iter().enumerate() {
-        if p.currency != currency {
-            return Err(Rejection::new(
-                RejectReason::CurrencyMismatch,
-                format!("{}[{i}].currency", o.path("payments")),
-                format!("payment in {} on an order in {}", p.currency, currency),
-            ));
-        }
-    }
+    check_payment_currencies(&payments, currency, || o.path("payments"))?;
     Ok(OrderSnapshot {
         version,
         currency,
@@ -485,6 +490,80 @@ fn parse_snapshot(o: &Obj<'_>) -> Result<OrderSnapshot, Rejection> {
         fees,
         payments,
     })
+}
+
+/// At most [`LINE_ITEMS_MAX`] line items.
+fn check_line_count(len: usize, path: impl Fn() -> String) -> Result<(), Rejection> {
+    check_count(
+        len,
+        LINE_ITEMS_MAX,
+        RejectReason::TooManyLineItems,
+        "line items",
+        path,
+    )
+}
+
+/// An array (fees, payments) of at most `max` elements.
+fn check_len(len: usize, max: usize, path: impl Fn() -> String) -> Result<(), Rejection> {
+    check_count(len, max, RejectReason::InvalidField, "elements", path)
+}
+
+fn check_count(
+    len: usize,
+    max: usize,
+    reason: RejectReason,
+    what: &str,
+    path: impl Fn() -> String,
+) -> Result<(), Rejection> {
+    if len > max {
+        return Err(Rejection::new(
+            reason,
+            path(),
+            format!("{len} {what}, over the limit of {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every payment of a snapshot is in the order's currency.
+fn check_payment_currencies(
+    payments: &[Payment],
+    currency: Currency,
+    path: impl Fn() -> String,
+) -> Result<(), Rejection> {
+    for (i, p) in payments.iter().enumerate() {
+        if p.currency != currency {
+            return Err(Rejection::new(
+                RejectReason::CurrencyMismatch,
+                format!("{}[{i}].currency", path()),
+                format!("payment in {} on an order in {}", p.currency, currency),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A discount is at most quantity × unit_price.
+fn check_discount(
+    quantity: u64,
+    unit_price: Decimal,
+    discount: Decimal,
+    currency: Currency,
+    path: impl Fn() -> String,
+) -> Result<(), Rejection> {
+    let gross = Decimal::from(quantity) * unit_price;
+    if discount > gross {
+        return Err(Rejection::new(
+            RejectReason::DiscountExceedsLine,
+            path(),
+            format!(
+                "discount {} is larger than quantity × unit_price = {}",
+                currency.format(discount),
+                currency.format(gross)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_line(o: &Obj<'_>, currency: Currency) -> Result<LineItem, Rejection> {
@@ -500,18 +579,9 @@ fn parse_line(o: &Obj<'_>, currency: Currency) -> Result<LineItem, Rejection> {
         None => Decimal::ZERO,
     };
     let tax_rate = o.rate("tax_rate")?;
-    let gross = Decimal::from(quantity) * unit_price;
-    if discount > gross {
-        return Err(Rejection::new(
-            RejectReason::DiscountExceedsLine,
-            o.path("discount"),
-            format!(
-                "discount {} is larger than quantity × unit_price = {}",
-                currency.format(discount),
-                currency.format(gross)
-            ),
-        ));
-    }
+    check_discount(quantity, unit_price, discount, currency, || {
+        o.path("discount")
+    })?;
     Ok(LineItem {
         id,
         product_id,
@@ -569,6 +639,124 @@ fn json_kind(v: &Json<'_>) -> &'static str {
         Json::Array(_) => "array",
         Json::Object(_) => "object",
     }
+}
+
+// The checks of one value, shared by the typed path (`fast`) and the
+// tree it falls back to; `path` makes the field's path, only for a
+// rejection.
+
+fn bounded<'a, T: From<&'a str>>(
+    s: &'a str,
+    max: usize,
+    path: impl Fn() -> String,
+) -> Result<T, Rejection> {
+    if s.chars().count() > max {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            path(),
+            format!("is longer than {max} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            path(),
+            "contains control characters",
+        ));
+    }
+    Ok(T::from(s))
+}
+
+/// A non-empty identifier of at most [`ID_MAX_CHARS`].
+fn id_of<'a, T: From<&'a str>>(s: &'a str, path: impl Fn() -> String) -> Result<T, Rejection> {
+    if s.trim().is_empty() {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            path(),
+            "must not be empty",
+        ));
+    }
+    bounded(s, ID_MAX_CHARS, path)
+}
+
+/// Free text of at most [`TEXT_MAX_CHARS`] (may be empty).
+fn text_of<'a, T: From<&'a str>>(s: &'a str, path: impl Fn() -> String) -> Result<T, Rejection> {
+    bounded(s, TEXT_MAX_CHARS, path)
+}
+
+fn quantity_of(q: u64, path: impl Fn() -> String) -> Result<u64, Rejection> {
+    if q > QUANTITY_MAX {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            path(),
+            format!("{q} is over the limit of {QUANTITY_MAX}"),
+        ));
+    }
+    Ok(q)
+}
+
+fn currency_of(s: &str, path: impl Fn() -> String) -> Result<Currency, Rejection> {
+    Currency::parse(s)
+        .map_err(|e| Rejection::new(RejectReason::UnknownCurrency, path(), e.to_string()))
+}
+
+fn decimal_rejection(e: DecimalError, path: String) -> Rejection {
+    let reason = match e {
+        DecimalError::NotAString(_) => RejectReason::MoneyNotString,
+        _ => RejectReason::InvalidField,
+    };
+    Rejection::new(reason, path, e.to_string())
+}
+
+fn money_of(
+    d: Decimal,
+    currency: Currency,
+    signed: bool,
+    path: impl Fn() -> String,
+) -> Result<Decimal, Rejection> {
+    if !currency.fits(d) {
+        return Err(Rejection::new(
+            RejectReason::TooManyDecimals,
+            path(),
+            format!(
+                "{d} has more decimals than {currency} allows ({})",
+                currency.minor_units()
+            ),
+        ));
+    }
+    if !signed && d.is_sign_negative() && !d.is_zero() {
+        return Err(Rejection::new(
+            RejectReason::NegativeValue,
+            path(),
+            format!("must not be negative (got {d})"),
+        ));
+    }
+    if d.abs() > AMOUNT_MAX_ABS {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            path(),
+            format!("{d} is over the limit of {AMOUNT_MAX_ABS}"),
+        ));
+    }
+    Ok(d)
+}
+
+fn rate_of(r: Decimal, path: impl Fn() -> String) -> Result<Decimal, Rejection> {
+    if r.is_sign_negative() && !r.is_zero() || r >= Decimal::ONE {
+        return Err(Rejection::new(
+            RejectReason::TaxRateOutOfRange,
+            path(),
+            format!("{r} is outside [0, 1) (16% is \"0.16\")"),
+        ));
+    }
+    if r.normalize().scale() > 6 {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            path(),
+            format!("{r} has more than 6 decimals"),
+        ));
+    }
+    Ok(r.normalize())
 }
 
 /// A parsed JSON document that borrows its strings from the message: what
@@ -687,35 +875,36 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
         let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<Str<'de>>()? {
             members.push((key.0, map.next_value()?));
         }
         Ok(Json::Object(members))
     }
 }
 
-/// An object key, borrowed when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// A JSON string (an object key, or a text of the typed path), borrowed
+/// from the message when it has no escapes.
+struct Str<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
+        struct StrVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for StrVisitor<'a> {
+            type Value = Str<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(s)))
             }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
+            fn visit_str<E>(self, s: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(s.to_owned())))
             }
-            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s)))
+            fn visit_string<E>(self, s: String) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(s)))
             }
         }
-        d.deserialize_str(KeyVisitor)
+        d.deserialize_str(StrVisitor(std::marker::PhantomData))
     }
 }
 
@@ -778,36 +967,10 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| self.wrong_type(key, "a string", v))
     }
 
-    fn bounded<T: From<&'a str>>(&self, key: &str, s: &'a str, max: usize) -> Result<T, Rejection> {
-        if s.chars().count() > max {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path(key),
-                format!("is longer than {max} characters"),
-            ));
-        }
-        if s.chars().any(char::is_control) {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path(key),
-                "contains control characters",
-            ));
-        }
-        Ok(T::from(s))
-    }
-
     /// A non-empty identifier of at most [`ID_MAX_CHARS`] (a `String` or
     /// a [`Text`]).
     fn id<T: From<&'a str>>(&self, key: &str) -> Result<T, Rejection> {
-        let s = self.str(key)?;
-        if s.trim().is_empty() {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path(key),
-                "must not be empty",
-            ));
-        }
-        self.bounded(key, s, ID_MAX_CHARS)
+        id_of(self.str(key)?, || self.path(key))
     }
 
     fn opt_id<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
@@ -819,8 +982,7 @@ impl<'a> Obj<'a> {
 
     /// Free text of at most [`TEXT_MAX_CHARS`] (may be empty).
     fn text<T: From<&'a str>>(&self, key: &str) -> Result<T, Rejection> {
-        let s = self.str(key)?;
-        self.bounded(key, s, TEXT_MAX_CHARS)
+        text_of(self.str(key)?, || self.path(key))
     }
 
     fn opt_text<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
@@ -865,21 +1027,11 @@ impl<'a> Obj<'a> {
         let q = v
             .as_u64()
             .ok_or_else(|| self.wrong_type(key, "a whole number", v))?;
-        if q > QUANTITY_MAX {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path(key),
-                format!("{q} is over the limit of {QUANTITY_MAX}"),
-            ));
-        }
-        Ok(q)
+        quantity_of(q, || self.path(key))
     }
 
     fn currency(&self, key: &str) -> Result<Currency, Rejection> {
-        let s = self.str(key)?;
-        Currency::parse(s).map_err(|e| {
-            Rejection::new(RejectReason::UnknownCurrency, self.path(key), e.to_string())
-        })
+        currency_of(self.str(key)?, || self.path(key))
     }
 
     fn decimal(&self, key: &str) -> Result<Decimal, Rejection> {
@@ -888,64 +1040,18 @@ impl<'a> Obj<'a> {
             Json::String(s) => parse_decimal_str(s),
             other => Err(DecimalError::NotAString(json_kind(other))),
         };
-        parsed.map_err(|e| {
-            let reason = match e {
-                DecimalError::NotAString(_) => RejectReason::MoneyNotString,
-                _ => RejectReason::InvalidField,
-            };
-            Rejection::new(reason, self.path(key), e.to_string())
-        })
+        parsed.map_err(|e| decimal_rejection(e, self.path(key)))
     }
 
     /// Money in `currency`: a decimal string on the minor-unit grid, within
     /// [`AMOUNT_MAX_ABS`], non-negative unless `signed`.
     fn money(&self, key: &str, currency: Currency, signed: bool) -> Result<Decimal, Rejection> {
-        let d = self.decimal(key)?;
-        if !currency.fits(d) {
-            return Err(Rejection::new(
-                RejectReason::TooManyDecimals,
-                self.path(key),
-                format!(
-                    "{d} has more decimals than {currency} allows ({})",
-                    currency.minor_units()
-                ),
-            ));
-        }
-        if !signed && d.is_sign_negative() && !d.is_zero() {
-            return Err(Rejection::new(
-                RejectReason::NegativeValue,
-                self.path(key),
-                format!("must not be negative (got {d})"),
-            ));
-        }
-        if d.abs() > AMOUNT_MAX_ABS {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path(key),
-                format!("{d} is over the limit of {AMOUNT_MAX_ABS}"),
-            ));
-        }
-        Ok(d)
+        money_of(self.decimal(key)?, currency, signed, || self.path(key))
     }
 
     /// A tax rate in [0, 1), as a decimal string.
     fn rate(&self, key: &str) -> Result<Decimal, Rejection> {
-        let r = self.decimal(key)?;
-        if r.is_sign_negative() && !r.is_zero() || r >= Decimal::ONE {
-            return Err(Rejection::new(
-                RejectReason::TaxRateOutOfRange,
-                self.path(key),
-                format!("{r} is outside [0, 1) (16% is \"0.16\")"),
-            ));
-        }
-        if r.normalize().scale() > 6 {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path(key),
-                format!("{r} has more than 6 decimals"),
-            ));
-        }
-        Ok(r.normalize())
+        rate_of(self.decimal(key)?, || self.path(key))
     }
 
     fn obj(&self, key: &str) -> Result<Obj<'a>, Rejection> {
@@ -991,14 +1097,7 @@ impl<'a> Arr<'a> {
     }
 
     fn check_len(&self, max: usize) -> Result<(), Rejection> {
-        if self.items.len() > max {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                self.path.clone(),
-                format!("{} elements, over the limit of {max}", self.items.len()),
-            ));
-        }
-        Ok(())
+        check_len(self.items.len(), max, || self.path.clone())
     }
 
     fn iter(&self) -> impl Iterator<Item = Item<'a>> + '_ {
@@ -1214,6 +1313,64 @@ mod tests {
             assert_eq!(r.reason, RejectReason::MalformedJson);
             assert_eq!(r.message, format!("not valid JSON: {want}"));
         }
+    }
+
+    /// The typed path and the tree agree on every message: the reference
+    /// event with each byte replaced by a few that break it in different
+    /// ways (a quote, a digit, a brace, a backslash, a letter, a minus, a
+    /// byte that is not UTF-8…),
+    /// and messages only the tree takes (extras, keys twice, escapes).
+    #[test]
+    fn the_typed_path_and_the_tree_read_every_message_alike() {
+        let mut v = reference_event();
+        v["order"]["payments"] = json!([{"payment_id": "p", "method": "card", "amount": "-1.00",
+                                         "currency": "EUR", "date": null}]);
+        v["order"]["fees"] = json!([{"kind": "ship", "description": "Shipping", "amount": "4.50",
+                                     "tax_rate": "0.16"}]);
+        let base = v.to_string().into_bytes();
+        let payment = br#"{"event_id":"e","type":"payment.written_off","order_id":"o","occurred_at":"2026-11-22T10:00:00Z","payment":{"payment_id":"p","method":"m","amount":"1.5","currency":"EUR"}}"#;
+        let mut messages = vec![base.clone(), payment.to_vec()];
+        for template in [&base[..], &payment[..]] {
+            for i in 0..template.len() {
+                for b in [
+                    b'"', b'1', b'}', b'\\', b'x', b'-', b' ', b'0', b'.', b'n', 0xff,
+                ] {
+                    let mut m = template.to_vec();
+                    m[i] = b;
+                    messages.push(m);
+                }
+            }
+        }
+        let text = String::from_utf8(base.clone()).unwrap();
+        for extra in [
+            r#""producer_extra": 1e400, "#,
+            r#""producer_extra": "\ud800", "#,
+            r#""event_id": "again", "#,
+            r#""order_id": null, "#,
+            r#""type": "order.confirmed", "#,
+            r#""ord\u0065r_id": "o-2", "#,
+        ] {
+            messages.push(text.replacen('{', &format!("{{{extra}"), 1).into_bytes());
+        }
+        messages.push(
+            text.replace("Museum", r#"Mus\u00e9um \\ \" é"#)
+                .into_bytes(),
+        );
+        let mut typed_answers = 0;
+        for m in &messages {
+            for subject in [None, Some("2e7f2d6f-0473-4935-8cfb-c11b2caa6dab")] {
+                let tree = parse_tree(m, subject);
+                if let Some(typed) = fast::parse(m, subject) {
+                    typed_answers += 1;
+                    assert_eq!(Ok(typed), tree, "{}", String::from_utf8_lossy(m));
+                }
+                assert_eq!(parse_event(m, subject), tree);
+            }
+        }
+        assert!(
+            typed_answers > messages.len() / 4,
+            "{typed_answers} typed answers"
+        );
     }
 
     #[test]

@@ -114,6 +114,76 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+/// The text a [`Decimal`] prints (its `Display`, `to_string()`), rendered
+/// on the stack: amounts are written into a body without a `String` or
+/// the formatting machinery. `-` for any negative sign (negative zero
+/// included, as `Display` prints it), then the mantissa's digits with a
+/// point `scale` digits from the right (at least one digit before it).
+pub struct DecimalText {
+    /// Filled from the end: `buf[start..]` is the text.
+    buf: [u8; DecimalText::CAPACITY],
+    start: usize,
+}
+
+impl DecimalText {
+    /// A sign, 29 digits (a 96-bit mantissa), a point and a leading zero
+    /// fit with room to spare.
+    const CAPACITY: usize = 40;
+
+    pub fn new(d: Decimal) -> Self {
+        let mut t = Self {
+            buf: [0; Self::CAPACITY],
+            start: Self::CAPACITY,
+        };
+        let mut m = d.mantissa().unsigned_abs();
+        for _ in 0..d.scale() {
+            t.push(next_digit(&mut m));
+        }
+        if d.scale() > 0 {
+            t.push(b'.');
+        }
+        loop {
+            t.push(next_digit(&mut m));
+            if m == 0 {
+                break;
+            }
+        }
+        if d.is_sign_negative() {
+            t.push(b'-');
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        // At most 1 + 29 + 1 + 1 bytes are pushed (scale ≤ 28 < 29 digits).
+        self.start -= 1;
+        self.buf[self.start] = b;
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, '.' and '-' were written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+/// The lowest decimal digit of `m` as ASCII, dividing `m` by ten (in 64
+/// bits when it fits: every amount of an order does).
+fn next_digit(m: &mut u128) -> u8 {
+    let digit = match u64::try_from(*m) {
+        Ok(small) => {
+            *m = u128::from(small / 10);
+            small % 10
+        }
+        Err(_) => {
+            let digit = (*m % 10) as u64;
+            *m /= 10;
+            digit
+        }
+    };
+    // digit < 10.
+    b'0' + digit as u8
+}
+
 /// How a derived amount is rounded to minor units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,6 +284,49 @@ mod tests {
                 matches!(parsed, Err(CurrencyError::Unknown(_))),
                 "{code}: {parsed:?}"
             );
+        }
+    }
+
+    #[test]
+    fn decimal_texts_read_as_display_prints_them() {
+        let mut cases: Vec<Decimal> = [
+            "0",
+            "-0",
+            "0.00",
+            "-0.00",
+            "0.05",
+            "-0.05",
+            "1",
+            "38.00",
+            "-12.34",
+            "1000000",
+            "0.0000000000000000000000000001",
+            "123.456",
+            "-7.5",
+        ]
+        .iter()
+        .map(|s| dec(s))
+        .collect();
+        cases.extend([
+            Decimal::MAX,
+            Decimal::MIN,
+            Decimal::new(-1, 28),
+            Decimal::new(5, 3),
+        ]);
+        for scale in 0..=28 {
+            cases.push(Decimal::from_i128_with_scale(
+                79_228_162_514_264_337_593_543_950_335,
+                scale,
+            ));
+            cases.push(Decimal::from_i128_with_scale(
+                -(u64::MAX as i128) - 1,
+                scale,
+            ));
+            cases.push(Decimal::from_i128_with_scale(u64::MAX as i128, scale));
+            cases.push(Decimal::from_i128_with_scale(7, scale));
+        }
+        for d in cases {
+            assert_eq!(DecimalText::new(d).as_str(), d.to_string(), "{d:?}");
         }
     }
 

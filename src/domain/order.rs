@@ -86,6 +86,42 @@ impl OrderState {
 
     /// Applies `event`, or refuses it and changes nothing.
     pub fn apply(&mut self, event: &Event) -> Result<(), Rejection> {
+        self.check(event)?;
+        self.change(event);
+        Ok(())
+    }
+
+    /// The state after `event`, leaving this one as it is: what
+    /// [`OrderState::apply`] makes of a copy, without copying the lines
+    /// and fees a snapshot replaces anyway.
+    pub fn applied(&self, event: &Event) -> Result<OrderState, Rejection> {
+        self.check(event)?;
+        // A snapshot or a cancellation sets the lines and fees: they are
+        // not copied only to be replaced.
+        let (line_items, fees) = match event.body {
+            EventBody::Snapshot(_) | EventBody::Cancel(_) => (Vec::new(), Vec::new()),
+            EventBody::Payment(_) | EventBody::PaymentDeleted(_) => {
+                (self.line_items.clone(), self.fees.clone())
+            }
+        };
+        let mut next = OrderState {
+            order_id: self.order_id.clone(),
+            currency: self.currency,
+            channel: self.channel.clone(),
+            prices_include_tax: self.prices_include_tax,
+            version: self.version,
+            cancelled: self.cancelled,
+            line_items,
+            fees,
+            payments: self.payments.clone(),
+            applied_event_ids: self.applied_event_ids.clone(),
+        };
+        next.change(event);
+        Ok(next)
+    }
+
+    /// Refuses `event` when it cannot be applied to this state.
+    fn check(&self, event: &Event) -> Result<(), Rejection> {
         let refuse = |reason, field: &str, message: String| {
             let mut r = Rejection::new(reason, field, message);
             r.event_id = Some(event.event_id.clone());
@@ -130,7 +166,11 @@ impl OrderState {
             }
             EventBody::Cancel(None) => {}
         }
+        Ok(())
+    }
 
+    /// Applies `event`, which [`OrderState::check`] accepted.
+    fn change(&mut self, event: &Event) {
         match &event.body {
             EventBody::Snapshot(s) => {
                 self.apply_snapshot(s);
@@ -161,7 +201,6 @@ impl OrderState {
         if self.applied_event_ids.len() > APPLIED_EVENT_IDS_MAX {
             self.applied_event_ids.remove(0);
         }
-        Ok(())
     }
 
     fn check_currency(&self, c: Currency) -> Result<(), String> {
@@ -239,6 +278,39 @@ mod tests {
 
     fn state() -> OrderState {
         OrderState::new(OrderId::parse("o1").unwrap())
+    }
+
+    /// `applied` is `apply` on a copy, for every kind of event, accepted
+    /// or refused.
+    #[test]
+    fn applied_is_apply_on_a_copy() {
+        let cancel = ev(
+            json!({"event_id": "c1", "type": "order.cancelled", "order_id": "o1",
+                               "occurred_at": "2026-11-22T10:00:00Z"}),
+        );
+        let events = [
+            snapshot("e1", 1, 2),
+            payment("p1", "payment.created", "pay-1", "10.00", "EUR"),
+            payment("p2", "payment.written_off", "pay-2", "3.00", "EUR"),
+            payment("p3", "payment.created", "pay-3", "1.00", "USD"),
+            snapshot("e2", 2, 5),
+            snapshot("e2", 3, 5),
+            snapshot("e3", 1, 5),
+            payment("p4", "payment.deleted", "pay-1", "10.00", "EUR"),
+            cancel,
+            snapshot("e4", 4, 1),
+        ];
+        let mut s = state();
+        for e in &events {
+            let mut copy = s.clone();
+            let want = copy.apply(e).map(|()| copy);
+            let got = s.applied(e);
+            assert_eq!(got, want, "{}", e.event_id);
+            if let Ok(next) = got {
+                s = next;
+            }
+        }
+        assert_eq!(s.applied_event_ids.len(), 7, "three were refused");
     }
 
     #[test]

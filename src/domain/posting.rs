@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::events::{Event, EventType, OrderId, Text};
 use crate::ledger::{EntryType, Ledger};
-use crate::money::Currency;
+use crate::money::{Currency, DecimalText};
 use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
 /// The key entries are grouped and netted by. Its texts are shared with
@@ -425,6 +425,61 @@ impl Posting {
         }
     }
 
+    /// The exact bytes of the request body: what
+    /// `serde_json::to_vec(&self.body(registry_data))` writes (the tests
+    /// hold the two equal), written straight into one buffer sized up
+    /// front, each text escaped as serde_json escapes it. The dispatcher
+    /// sends these; [`Posting::body`] is the same body as a value to embed
+    /// in other documents.
+    pub fn body_json(&self, registry_data: &Value) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out =
+            Vec::with_capacity(BODY_BYTES_FIXED + BODY_BYTES_PER_ENTRY * self.entries.len());
+        out.extend_from_slice(b"{\"order_id\":");
+        json_str(&mut out, self.order_id.as_str());
+        out.extend_from_slice(b",\"registry_data\":");
+        serde_json::to_writer(&mut out, registry_data)?;
+        out.extend_from_slice(b",\"idempotency_key\":\"");
+        let mut uuid = Uuid::encode_buffer();
+        let uuid = self.idempotency_key.hyphenated().encode_lower(&mut uuid);
+        out.extend_from_slice(uuid.as_bytes());
+        out.extend_from_slice(b"\",\"ledger_entries\":[");
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"ledger_code\":");
+            json_opt_str(&mut out, e.key.ledger_code.as_deref());
+            for (col, v) in &e.key.columns {
+                out.push(b',');
+                json_str(&mut out, col.as_str());
+                out.push(b':');
+                json_opt_str(&mut out, v.as_deref());
+            }
+            out.extend_from_slice(b",\"quantity\":");
+            out.extend_from_slice(
+                DecimalText::new(Decimal::from(e.quantity))
+                    .as_str()
+                    .as_bytes(),
+            );
+            let (debit, credit) = self.wire_amounts(e);
+            out.extend_from_slice(b",\"debit\":\"");
+            out.extend_from_slice(DecimalText::new(debit).as_str().as_bytes());
+            out.extend_from_slice(b"\",\"credit\":\"");
+            out.extend_from_slice(DecimalText::new(credit).as_str().as_bytes());
+            out.extend_from_slice(b"\",\"description\":");
+            json_str(&mut out, &e.key.description);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
+
+    /// The debit and credit the wire shows for `e`, on the currency's scale.
+    fn wire_amounts(&self, e: &GroupedEntry) -> (Decimal, Decimal) {
+        let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
+        (self.on_scale(debit), self.on_scale(credit))
+    }
+
     /// An amount with the currency's scale (entries exist only with one).
     pub fn format(&self, amount: Decimal) -> String {
         self.on_scale(amount).to_string()
@@ -485,21 +540,101 @@ impl Serialize for WireEntry<'_> {
             m.serialize_entry(col.as_str(), v)?;
         }
         m.serialize_entry("quantity", &e.quantity)?;
-        let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
-        m.serialize_entry("debit", &AsText(self.posting.on_scale(debit)))?;
-        m.serialize_entry("credit", &AsText(self.posting.on_scale(credit)))?;
+        let (debit, credit) = self.posting.wire_amounts(e);
+        m.serialize_entry("debit", &AsText(debit))?;
+        m.serialize_entry("credit", &AsText(credit))?;
         m.serialize_entry("description", &e.key.description)?;
         m.end()
     }
 }
 
 /// A decimal serialised as the JSON string of its `Display` (the text of
-/// `to_string()`), written straight to the output.
+/// `to_string()`), rendered on the stack.
 struct AsText(Decimal);
 
 impl Serialize for AsText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        s.serialize_str(DecimalText::new(self.0).as_str())
+    }
+}
+
+/// Room for a body's order id, registry_data `{}` and idempotency key.
+const BODY_BYTES_FIXED: usize = 256;
+/// Room for one typical wire entry (keys, amounts, a description).
+const BODY_BYTES_PER_ENTRY: usize = 192;
+
+/// `s` as a JSON string, escaped exactly as serde_json escapes it: `"`
+/// and `\` with a backslash, `\b \f \n \r \t` by name, every other
+/// control character as `\u00xx` (lower-case hex), the rest as it is.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let named: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(named);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// True when a byte of `bytes` must be escaped in a JSON string (a control
+/// character, `"` or `\`), looked at eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether a byte of `w` is zero (exact: a borrow only ever runs past
+    // a byte that is zero itself).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        if has_zero(w & (0xe0 * ONES))
+            || has_zero(w ^ (u64::from(b'"') * ONES))
+            || has_zero(w ^ (u64::from(b'\\') * ONES))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// `s` as a JSON string, or `null`.
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -522,6 +657,24 @@ mod tests {
         );
     }
 
+    /// Posting 1 of registry `r` for order `o-1` with `entries`, no currency.
+    fn posting_of(entries: Vec<GroupedEntry>) -> Posting {
+        Posting {
+            registry_id: "r".into(),
+            order_id: OrderId::parse("o-1").unwrap(),
+            seq: 1,
+            idempotency_key: idempotency_key("r", "o-1", 1),
+            event_id: "e".into(),
+            event_type: EventType::OrderConfirmed,
+            occurred_at: OffsetDateTime::UNIX_EPOCH,
+            mode: PostingMode::Delta,
+            currency: None,
+            filtered: false,
+            entries,
+            cumulative: vec![],
+        }
+    }
+
     fn g(desc: &str, q: i64, a: i64) -> GroupedEntry {
         GroupedEntry {
             key: GroupKey {
@@ -541,6 +694,66 @@ mod tests {
         let current = vec![g("A", 2, -2200), g("C", 1, -500)];
         let d = difference(&current, &posted).unwrap();
         assert_eq!(d, vec![g("C", 1, -500), g("B", -2, 1600)]);
+    }
+
+    /// The dispatcher's bytes are serde's, for every text a producer can
+    /// send (quotes, backslashes, each control character, non-ASCII),
+    /// every amount sign and scale, codes and columns absent or present.
+    #[test]
+    fn body_bytes_are_the_serialised_body() {
+        let all_ascii: String = (0u8..128).map(char::from).collect();
+        let texts = [
+            all_ascii.as_str(),
+            "",
+            "Ticket \"A\" \\ 10 € ✓",
+            "\u{7f}\u{80}\u{2028}",
+        ];
+        let mut entries = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let mut e = g(text, i as i64 - 1, [-2200, 0, 5, 123_456][i]);
+            e.key.ledger_code = (i % 2 == 0).then(|| Text::from(*text));
+            e.key.columns = vec![
+                (Column::Currency, Some("EUR".into())),
+                (Column::ProductId, (i % 2 == 1).then(|| Text::from(*text))),
+            ];
+            entries.push(e);
+        }
+        let mut p = posting_of(entries);
+        let data = [
+            Value::Null,
+            serde_json::json!({}),
+            serde_json::json!({"b": [1, 2.5, "x\n"], "a": {"z": null}}),
+        ];
+        for currency in ["EUR", "JPY", "BHD"] {
+            p.currency = Currency::parse(currency).ok();
+            for d in &data {
+                let want = serde_json::to_vec(&p.body(d)).unwrap();
+                assert_eq!(
+                    String::from_utf8(p.body_json(d).unwrap()).unwrap(),
+                    String::from_utf8(want).unwrap()
+                );
+            }
+        }
+        p.entries.clear();
+        assert_eq!(
+            p.body_json(&Value::Null).unwrap(),
+            serde_json::to_vec(&p.body(&Value::Null)).unwrap()
+        );
+    }
+
+    /// Every byte at every place of a word (and of the tail) is seen.
+    #[test]
+    fn needs_escape_finds_each_byte_that_must_be_escaped() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let want = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&bytes), want, "{b:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     fn next_of(posted: Vec<GroupedEntry>, seq: u64) -> bool {
@@ -595,20 +808,7 @@ mod tests {
         a.amount = Decimal::MAX;
         let mut c = g("C", 0, 0);
         c.amount = Decimal::MIN;
-        let p = Posting {
-            registry_id: "r".into(),
-            order_id: OrderId::parse("o-1").unwrap(),
-            seq: 1,
-            idempotency_key: idempotency_key("r", "o-1", 1),
-            event_id: "e".into(),
-            event_type: EventType::OrderConfirmed,
-            occurred_at: OffsetDateTime::UNIX_EPOCH,
-            mode: PostingMode::Delta,
-            currency: None,
-            filtered: false,
-            entries: vec![a.clone(), a, c.clone(), c],
-            cumulative: vec![],
-        };
+        let p = posting_of(vec![a.clone(), a, c.clone(), c]);
         let (d, c) = p.debit_credit();
         assert_eq!((d, c), (Decimal::MAX, Decimal::MAX));
         assert_eq!(p.sum(), Decimal::ZERO);

@@ -312,6 +312,17 @@ proptest! {
     }
 
     #[test]
+    fn the_dispatchers_body_bytes_are_the_serialised_body(h in history()) {
+        let (_, postings) = run(&h);
+        let data = serde_json::json!({"ref": "x\"1", "n": [1, 2.5]});
+        for p in &postings {
+            for d in [&Value::Null, &data] {
+                prop_assert_eq!(p.body_json(d).unwrap(), serde_json::to_vec(&p.body(d)).unwrap());
+            }
+        }
+    }
+
+    #[test]
     fn the_same_input_always_gives_byte_identical_output(h in history()) {
         let input: String = h.events.iter().map(|e| format!("{e}\n")).collect();
         let render = || {
