@@ -880,30 +880,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_naming_the_key() {
-        let e = load("roundng = \"half_even\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("config file test.toml: line 1, column 1: unknown field `roundng`"),
-            "{e}"
-        );
-        let e = load(
-            "[smtp]\nhost = \"h\"\nfrom = \"a@example.com\"\nprot = 1\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("config file test.toml: line 4, column 1: unknown field `prot`"),
-            "{e}"
-        );
-        let e = load(
-            "[[registry]]\nid = \"a\"\nurl = \"https://x.example\"\ngroup = []\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("group"), "{e}");
+        let cases = [
+            (
+                "roundng = \"half_even\"\n",
+                "config file test.toml: line 1, column 1: unknown field `roundng`",
+            ),
+            (
+                "[smtp]\nhost = \"h\"\nfrom = \"a@example.com\"\nprot = 1\n",
+                "config file test.toml: line 4, column 1: unknown field `prot`",
+            ),
+            (
+                "[[registry]]\nid = \"a\"\nurl = \"https://x.example\"\ngroup = []\n",
+                "config file test.toml: line 4, column 1: unknown field `group`",
+            ),
+        ];
+        for (file, want) in cases {
+            let e = load(file, &[]).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{file:?}: {e}");
+        }
     }
 
     #[test]

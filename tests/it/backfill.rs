@@ -64,6 +64,17 @@ fn offline_cursors(
 
 /// `late`, subscribed to every event type: its cursor after an order's
 /// last event is the order's whole ledger.
+/// `settings` with `registry` added, as a config file naming it would give.
+fn with_registry(
+    settings: &ledgerline::config::Settings,
+    registry: RegistryConfig,
+) -> ledgerline::config::Settings {
+    let mut with = settings.clone();
+    with.registries
+        .push(registry.validate(&with.policy).expect("a valid registry"));
+    with
+}
+
 fn late_registry(url: &str, mode: &str, rate: u32) -> RegistryConfig {
     let types: Vec<&str> = ledgerline::events::EventType::ALL
         .iter()
@@ -79,13 +90,8 @@ fn late_registry(url: &str, mode: &str, rate: u32) -> RegistryConfig {
 #[tokio::test]
 async fn a_registry_created_late_gets_each_orders_ledger_once_then_deltas() {
     let nats = support::nats().await;
-    let support::BooksAndLate {
-        books,
-        late,
-        late_url,
-        settings,
-        ..
-    } = support::books_and_late(&nats).await;
+    let bl = support::books_and_late(&nats).await;
+    let (books, late, late_url, settings) = (bl.books, bl.late, bl.late_url, bl.settings);
     let svc = Service::start(settings.clone(), &Component::ALL).await;
     let events = many_events(6);
     support::publish_events(&nats, &events).await;
@@ -128,12 +134,7 @@ async fn a_registry_created_late_gets_each_orders_ledger_once_then_deltas() {
 
     // Each order's first posting is its ledger now, as a full-mode `late`
     // would have been sent after the order's last event.
-    let mut with_late = settings.clone();
-    with_late.registries.push(
-        late_registry(&late_url, "full", 50)
-            .validate(&with_late.policy)
-            .unwrap(),
-    );
+    let with_late = with_registry(&settings, late_registry(&late_url, "full", 50));
     let want = offline_cursors(&with_late, &events, "late");
     let stored = postings_of(&nats.js, "late").await;
     assert_eq!(stored.len(), 6);
@@ -258,12 +259,8 @@ async fn a_backfill_killed_midway_goes_on_where_it_stopped_when_run_again() {
 #[tokio::test]
 async fn a_backfill_racing_the_aggregator_leaves_each_order_posted_once_and_in_step() {
     let nats = support::nats().await;
-    let support::BooksAndLate {
-        late,
-        late_url,
-        settings,
-        ..
-    } = support::books_and_late(&nats).await;
+    let bl = support::books_and_late(&nats).await;
+    let (late, late_url, settings) = (bl.late, bl.late_url, bl.settings);
     let svc = Service::start(settings.clone(), &Component::ALL).await;
     let first = many_events(30);
     support::publish_events(&nats, &first).await;
@@ -291,12 +288,7 @@ async fn a_backfill_racing_the_aggregator_leaves_each_order_posted_once_and_in_s
         "every order posted once, by the backfill or the aggregator: {job}"
     );
     let all = format!("{first}{more}");
-    let mut with_late = settings.clone();
-    with_late.registries.push(
-        late_registry(&late_url, "delta", 200)
-            .validate(&with_late.policy)
-            .unwrap(),
-    );
+    let with_late = with_registry(&settings, late_registry(&late_url, "delta", 200));
     let want = offline_cursors(&with_late, &all, "late");
     // Every order ends with what `late` must have been sent in all, its
     // postings numbered 1..n without a gap, whoever wrote the first.

@@ -253,13 +253,8 @@ async fn publish(nats: &support::Nats, lines: &str) {
 #[tokio::test]
 async fn registry_changes_over_the_api_take_effect_without_a_restart() {
     let nats = support::nats().await;
-    let support::BooksAndLate {
-        books,
-        late,
-        late_url,
-        settings,
-        ..
-    } = support::books_and_late(&nats).await;
+    let bl = support::books_and_late(&nats).await;
+    let (books, late, late_url, settings) = (bl.books, bl.late, bl.late_url, bl.settings);
     let svc = Service::start(settings, &Component::ALL).await;
     let postings = |r: &str| format!("ledger.postings.{r}.o-1");
     let js = nats.js.clone();

@@ -31,11 +31,8 @@ fn versions(orders: &[&str], from: u64, to: u64) -> String {
 #[tokio::test]
 async fn verify_replays_registries_created_edited_and_deleted_between_batches() {
     let nats = support::nats().await;
-    let support::BooksAndLate {
-        books_url,
-        late_url,
-        ..
-    } = support::books_and_late(&nats).await;
+    let bl = support::books_and_late(&nats).await;
+    let (books_url, late_url) = (bl.books_url, bl.late_url);
     let books = |extra: &str| {
         TestConfig::new()
             .registry("books", &format!("{books_url}/hooks"), extra)
