@@ -27,7 +27,7 @@ pub const EVENTS_SCHEMA_ID: &str = "urn:ledgerline:schema:events";
 /// No control character (Rust's `char::is_control`: C0, DEL and C1).
 const NO_CONTROL: &str = r"[^\u0000-\u001F\u007F-\u009F]";
 
-/// An input event: one of the seven types, by `type`. Fields not named
+/// An input event: one of the eight types, by `type`. Fields not named
 /// here are allowed and ignored (forward compatibility).
 #[derive(JsonSchema)]
 #[serde(tag = "type")]
@@ -86,6 +86,13 @@ enum InputEvent {
         #[serde(flatten)]
         envelope: Envelope,
         payment: Payment,
+    },
+    /// Units of a line used (a ticket scanned), kept by `redemption_id`.
+    #[serde(rename = "order.redeemed")]
+    OrderRedeemed {
+        #[serde(flatten)]
+        envelope: Envelope,
+        redemption: Redemption,
     },
 }
 
@@ -156,6 +163,19 @@ struct Payment {
     amount: SignedMoney,
     /// The order's currency.
     currency: CurrencyCode,
+    date: Option<Text>,
+}
+
+/// A redemption of an `order.redeemed` event: `quantity` units of the
+/// line `line_item_id` (at most the line's quantity with the order's other
+/// redemptions). A later one with the same `redemption_id` replaces it.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Redemption {
+    redemption_id: Id,
+    /// A line of the order as it is now.
+    line_item_id: Id,
+    quantity: Quantity,
     date: Option<Text>,
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::events::{Event, OrderId, Rejection};
-use crate::ledger::{LedgerOptions, Unbalanced, derive};
+use crate::ledger::{LedgerOptions, RevenueRecognition, Unbalanced, derive, derive_with};
 use crate::order::OrderState;
 use crate::posting::{BuildError, Cursor, Posting, build};
 use crate::registry::Registry;
@@ -62,14 +62,23 @@ impl OrderBook {
     ) -> Result<Plan, ApplyError> {
         let state = self.state.applied(event)?;
         let ledger = derive(&state, opts)?;
+        // Made once, and only when a registry recognises on redemption.
+        let mut deferring = None;
         let mut postings = Vec::new();
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             if posted(r.id()) {
                 continue;
             }
+            let ledger = match r.config.revenue_recognition {
+                RevenueRecognition::OnConfirmation => &ledger,
+                recognition @ RevenueRecognition::OnRedemption => match &mut deferring {
+                    Some(l) => &*l,
+                    None => &*deferring.insert(derive_with(&state, opts, recognition)?),
+                },
+            };
             let posting = match self.cursors.get(r.id()) {
-                Some(cursor) => build(r, event, &ledger, cursor)?,
-                None => build(r, event, &ledger, &Cursor::default())?,
+                Some(cursor) => build(r, event, ledger, cursor)?,
+                None => build(r, event, ledger, &Cursor::default())?,
             };
             crate::posting::check_size(&posting).map_err(|mut rejection| {
                 rejection.event_id = Some(event.event_id.clone());
@@ -146,13 +155,16 @@ impl Engine {
         }
     }
 
-    /// Applies one event to its order.
+    /// Applies one event to its order. An order whose first event is
+    /// refused (a redemption of an order never confirmed) gets no book.
     pub fn process(&mut self, event: &Event) -> Result<Vec<Posting>, ApplyError> {
-        let book = self
-            .books
-            .entry(event.order_id.clone())
-            .or_insert_with(|| OrderBook::new(event.order_id.clone()));
-        book.apply(event, &self.registries, &self.options)
+        if let Some(book) = self.books.get_mut(&event.order_id) {
+            return book.apply(event, &self.registries, &self.options);
+        }
+        let mut book = OrderBook::new(event.order_id.clone());
+        let postings = book.apply(event, &self.registries, &self.options)?;
+        self.books.insert(event.order_id.clone(), book);
+        Ok(postings)
     }
 
     /// The book of an order, if any event reached it.

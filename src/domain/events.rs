@@ -47,7 +47,7 @@ pub const AMOUNT_MAX_ABS: Decimal = Decimal::from_parts(0xa4c6_8000, 0x0003_8d7e
 /// grouped entries of its postings. Serialised as the string it holds.
 pub type Text = Arc<str>;
 
-/// The seven input event types.
+/// The eight input event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "order.confirmed")]
@@ -64,11 +64,13 @@ pub enum EventType {
     PaymentDeleted,
     #[serde(rename = "payment.written_off")]
     PaymentWrittenOff,
+    #[serde(rename = "order.redeemed")]
+    OrderRedeemed,
 }
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::OrderConfirmed,
         EventType::OrderUpdated,
         EventType::OrderCancelled,
@@ -76,6 +78,7 @@ impl EventType {
         EventType::PaymentUpdated,
         EventType::PaymentDeleted,
         EventType::PaymentWrittenOff,
+        EventType::OrderRedeemed,
     ];
 
     /// The wire name, e.g. `order.confirmed`.
@@ -88,6 +91,7 @@ impl EventType {
             EventType::PaymentUpdated => "payment.updated",
             EventType::PaymentDeleted => "payment.deleted",
             EventType::PaymentWrittenOff => "payment.written_off",
+            EventType::OrderRedeemed => "order.redeemed",
         }
     }
 
@@ -158,6 +162,8 @@ pub enum EventBody {
     Payment(Payment),
     /// `payment.deleted`: only the id matters, the rest is kept for audit.
     PaymentDeleted(Payment),
+    /// `order.redeemed`: units of a line used (a ticket scanned).
+    Redemption(Redemption),
 }
 
 /// A full order snapshot.
@@ -206,6 +212,16 @@ pub struct Payment {
     pub date: Option<String>,
 }
 
+/// Units of a line redeemed (`order.redeemed`), kept by `redemption_id`
+/// like a payment: a later redemption with the same id replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    pub redemption_id: Text,
+    pub line_item_id: Text,
+    pub quantity: u64,
+    pub date: Option<String>,
+}
+
 /// Why a message was refused: the stable slug of `ledger.rejected.<reason>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,6 +260,10 @@ pub enum RejectReason {
     Stale,
     /// An event id already applied to the order.
     Duplicate,
+    /// A redemption of a line the order does not have.
+    UnknownLineItem,
+    /// A redemption of more units than the line has.
+    OverRedemption,
     /// Not the producer's fault: a ledger invariant failed (a bug). The
     /// event is kept and nothing is posted for it.
     Internal,
@@ -270,6 +290,8 @@ impl RejectReason {
             RejectReason::TooManyLineItems => "too_many_line_items",
             RejectReason::Stale => "stale",
             RejectReason::Duplicate => "duplicate",
+            RejectReason::UnknownLineItem => "unknown_line_item",
+            RejectReason::OverRedemption => "over_redemption",
             RejectReason::Internal => "internal",
         }
     }
@@ -389,6 +411,9 @@ fn parse_envelope(root: &Obj<'_>, subject_order_id: Option<&str>) -> Result<Even
         }
         EventType::PaymentCreated | EventType::PaymentUpdated | EventType::PaymentWrittenOff => {
             EventBody::Payment(parse_payment(&root.obj("payment")?)?)
+        }
+        EventType::OrderRedeemed => {
+            EventBody::Redemption(parse_redemption(&root.obj("redemption")?)?)
         }
     };
     Ok(Event {
@@ -616,6 +641,15 @@ fn parse_payment(o: &Obj<'_>) -> Result<Payment, Rejection> {
         amount,
         currency,
         date,
+    })
+}
+
+fn parse_redemption(o: &Obj<'_>) -> Result<Redemption, Rejection> {
+    Ok(Redemption {
+        redemption_id: o.id("redemption_id")?,
+        line_item_id: o.id("line_item_id")?,
+        quantity: o.quantity("quantity")?,
+        date: o.opt_text("date")?,
     })
 }
 

@@ -29,10 +29,11 @@ pub enum EntryType {
     Tax,
     Fee,
     WriteOff,
+    DeferredRevenue,
 }
 
 impl EntryType {
-    pub const ALL: [EntryType; 8] = [
+    pub const ALL: [EntryType; 9] = [
         EntryType::Cashflow,
         EntryType::Receivable,
         EntryType::RefundDue,
@@ -41,6 +42,7 @@ impl EntryType {
         EntryType::Tax,
         EntryType::Fee,
         EntryType::WriteOff,
+        EntryType::DeferredRevenue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +55,7 @@ impl EntryType {
             EntryType::Tax => "tax",
             EntryType::Fee => "fee",
             EntryType::WriteOff => "write_off",
+            EntryType::DeferredRevenue => "deferred_revenue",
         }
     }
 
@@ -77,6 +80,32 @@ pub enum TaxRounding {
     /// Tax is computed once per rate on the summed base, then allocated back
     /// to lines by largest remainder.
     PerRate,
+}
+
+/// When a registry recognises a line's revenue (SPEC 2, 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevenueRecognition {
+    /// All of it when the order is confirmed.
+    #[default]
+    OnConfirmation,
+    /// The share of redeemed units; the rest is `deferred_revenue` until
+    /// its units are redeemed.
+    OnRedemption,
+}
+
+impl RevenueRecognition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevenueRecognition::OnConfirmation => "on_confirmation",
+            RevenueRecognition::OnRedemption => "on_redemption",
+        }
+    }
+
+    /// True for the default (what a registry that does not say gets).
+    pub fn is_default(&self) -> bool {
+        *self == RevenueRecognition::OnConfirmation
+    }
 }
 
 /// The ledger math options of an instance.
@@ -169,8 +198,22 @@ struct Taxable {
     tax: Decimal,
 }
 
-/// Derives the ledger of `state`. Balanced by construction; checked anyway.
+/// Derives the ledger of `state`, revenue recognised on confirmation.
+/// Balanced by construction; checked anyway.
 pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbalanced> {
+    derive_with(state, opts, RevenueRecognition::OnConfirmation)
+}
+
+/// Derives the ledger of `state` as a registry recognising revenue
+/// `recognition` sees it: on redemption, each line's revenue is split into
+/// the redeemed units' share (`revenue`) and the rest (`deferred_revenue`),
+/// which add up to the line's revenue exactly. Everything else (discount,
+/// tax, totals) is the same either way.
+pub fn derive_with(
+    state: &OrderState,
+    opts: &LedgerOptions,
+    recognition: RevenueRecognition,
+) -> Result<Ledger, Unbalanced> {
     let Some(currency) = state.currency else {
         return Ok(Ledger {
             currency: None,
@@ -219,6 +262,7 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
 
     let mut totals = Totals::default();
     let mut revenue = Vec::new();
+    let mut deferred = Vec::new();
     let mut discount = Vec::new();
     let mut tax_by_item: Vec<(Decimal, Entry)> = Vec::new();
     // One description per rate, shared by its tax entries.
@@ -244,14 +288,36 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
         totals.revenue += rev;
         totals.discount += disc;
         totals.tax += t.tax;
-        revenue.push(Entry {
-            entry_type: EntryType::Revenue,
-            description: Text::clone(&l.description),
-            // Bounded by QUANTITY_MAX at parse time, far below i64::MAX.
-            quantity: i64::try_from(l.quantity).unwrap_or(i64::MAX),
-            amount: -rev,
-            dims: dims.clone(),
-        });
+        // Quantities are bounded by QUANTITY_MAX at parse time, far below
+        // i64::MAX.
+        let quantity = |q: u64| i64::try_from(q).unwrap_or(i64::MAX);
+        match recognition {
+            RevenueRecognition::OnConfirmation => revenue.push(Entry {
+                entry_type: EntryType::Revenue,
+                description: Text::clone(&l.description),
+                quantity: quantity(l.quantity),
+                amount: -rev,
+                dims: dims.clone(),
+            }),
+            RevenueRecognition::OnRedemption => {
+                let redeemed = state.redeemed(&l.id).min(l.quantity);
+                let recognised = recognised_share(rev, redeemed, l.quantity, round);
+                revenue.push(Entry {
+                    entry_type: EntryType::Revenue,
+                    description: Text::clone(&l.description),
+                    quantity: quantity(redeemed),
+                    amount: -recognised,
+                    dims: dims.clone(),
+                });
+                deferred.push(Entry {
+                    entry_type: EntryType::DeferredRevenue,
+                    description: Text::from(format!("Deferred Revenue: {}", l.description)),
+                    quantity: quantity(l.quantity - redeemed),
+                    amount: recognised - rev,
+                    dims: dims.clone(),
+                });
+            }
+        }
         // A zero discount says nothing (dropped below with every empty
         // entry): its description is not even written.
         if !disc.is_zero() {
@@ -345,6 +411,7 @@ pub fn derive(state: &OrderState, opts: &LedgerOptions) -> Result<Ledger, Unbala
     entries.extend(tax_by_item.into_iter().map(|(_, e)| e));
     entries.extend(fees);
     entries.extend(write_off);
+    entries.extend(deferred);
     // An entry with no amount and no quantity says nothing.
     entries.retain(|e| !e.amount.is_zero() || e.quantity != 0);
 
@@ -379,6 +446,24 @@ impl Ledger {
                 credit,
             })
         }
+    }
+}
+
+/// The revenue recognised of a line of `quantity` units with `redeemed`
+/// of them redeemed (at most `quantity`): round(revenue × redeemed /
+/// quantity), all of it when the line has no units (SPEC 2).
+fn recognised_share(
+    revenue: Decimal,
+    redeemed: u64,
+    quantity: u64,
+    round: impl Fn(Decimal) -> Decimal,
+) -> Decimal {
+    if quantity == 0 || redeemed == quantity {
+        revenue
+    } else if redeemed == 0 {
+        Decimal::ZERO
+    } else {
+        round(revenue * Decimal::from(redeemed) / Decimal::from(quantity))
     }
 }
 
@@ -613,5 +698,158 @@ mod tests {
     fn tax_descriptions_show_the_percent_without_trailing_zeros() {
         assert_eq!(tax_description(dec("0.16")), "Tax 16%");
         assert_eq!(tax_description(dec("0.075")), "Tax 7.5%");
+    }
+
+    /// A EUR order of `lines`, unpaid.
+    fn eur(incl: bool, lines: serde_json::Value) -> OrderState {
+        order(incl, "EUR", lines, json!([]))
+    }
+
+    /// `state` after `order.redeemed` of `quantity` units of `line`.
+    fn redeemed(mut state: OrderState, id: &str, line: &str, quantity: u64) -> OrderState {
+        let ev = parse_event(
+            json!({"event_id": format!("r-{id}-{quantity}"), "type": "order.redeemed",
+                "order_id": "o", "occurred_at": "2026-11-23T10:00:00Z",
+                "redemption": {"redemption_id": id, "line_item_id": line,
+                               "quantity": quantity, "date": "2026-11-23"}})
+            .to_string()
+            .as_bytes(),
+            None,
+        )
+        .unwrap();
+        state.apply(&ev).unwrap();
+        state
+    }
+
+    fn deferring(state: &OrderState, rounding: Rounding) -> Ledger {
+        let opts = LedgerOptions {
+            rounding,
+            ..LedgerOptions::default()
+        };
+        derive_with(state, &opts, RevenueRecognition::OnRedemption).unwrap()
+    }
+
+    /// (quantity, amount) of the entries of type `t`.
+    fn of_type(l: &Ledger, t: EntryType) -> Vec<(i64, Decimal)> {
+        l.entries
+            .iter()
+            .filter(|e| e.entry_type == t)
+            .map(|e| (e.quantity, e.amount))
+            .collect()
+    }
+
+    #[test]
+    fn on_redemption_revenue_moves_from_deferred_as_units_are_redeemed() {
+        // 3 tickets at 10.00, 16 % tax on top: revenue 30.00, tax 4.80.
+        let state = eur(false, json!([line("Ticket", 3, "10.00", "0", "0.16")]));
+        let l = deferring(&state, Rounding::HalfUp);
+        assert_eq!(of_type(&l, EntryType::Revenue), vec![]);
+        assert_eq!(
+            of_type(&l, EntryType::DeferredRevenue),
+            vec![(3, dec("-30.00"))]
+        );
+        assert_eq!(amounts(&l, EntryType::Tax), vec![dec("-4.80")]);
+        let d = l
+            .entries
+            .iter()
+            .find(|e| e.entry_type == EntryType::DeferredRevenue);
+        assert_eq!(d.map(|e| &*e.description), Some("Deferred Revenue: Ticket"));
+        // The same ledger on confirmation: all revenue, nothing deferred.
+        let now = derive(&state, &LedgerOptions::default()).unwrap();
+        assert_eq!(of_type(&now, EntryType::Revenue), vec![(3, dec("-30.00"))]);
+        assert!(of_type(&now, EntryType::DeferredRevenue).is_empty());
+
+        let state = redeemed(state, "scan-1", "Ticket", 1);
+        let l = deferring(&state, Rounding::HalfUp);
+        assert_eq!(of_type(&l, EntryType::Revenue), vec![(1, dec("-10.00"))]);
+        assert_eq!(
+            of_type(&l, EntryType::DeferredRevenue),
+            vec![(2, dec("-20.00"))]
+        );
+        // The entry order of SPEC 2: deferred revenue after everything else.
+        assert_eq!(
+            l.entries.last().map(|e| e.entry_type),
+            Some(EntryType::DeferredRevenue)
+        );
+
+        let state = redeemed(state, "scan-2", "Ticket", 2);
+        let l = deferring(&state, Rounding::HalfUp);
+        assert_eq!(of_type(&l, EntryType::Revenue), vec![(3, dec("-30.00"))]);
+        assert!(of_type(&l, EntryType::DeferredRevenue).is_empty());
+        assert_eq!(l, derive(&state, &LedgerOptions::default()).unwrap());
+    }
+
+    /// With exclusive prices a line's revenue is quantity × unit_price, so
+    /// every share is exact; inclusive prices give revenues that split
+    /// unevenly (revenue = net_incl − tax + discount_ex).
+    #[test]
+    fn the_recognised_share_is_rounded_with_the_instances_rounding_and_sums_exactly() {
+        // 2 × 1.02 incl. 10 %: tax round(0.1854…) = 0.19, revenue 1.85;
+        // one unit of two is 0.925.
+        let state = eur(true, json!([line("Pair", 2, "1.02", "0", "0.1")]));
+        let state = redeemed(state, "a", "Pair", 1);
+        for (rounding, recognised, deferred) in [
+            (Rounding::HalfUp, "-0.93", "-0.92"),
+            (Rounding::HalfEven, "-0.92", "-0.93"),
+        ] {
+            let l = deferring(&state, rounding);
+            assert_eq!(of_type(&l, EntryType::Revenue), vec![(1, dec(recognised))]);
+            assert_eq!(
+                of_type(&l, EntryType::DeferredRevenue),
+                vec![(1, dec(deferred))]
+            );
+        }
+        // 3 × 1.02 incl. 10 %: tax 0.28, revenue 2.78; a third is 0.9266…,
+        // two thirds 1.8533….
+        let state = eur(true, json!([line("Trio", 3, "1.02", "0", "0.1")]));
+        for (r, recognised, deferred) in [(1, "-0.93", "-1.85"), (2, "-1.85", "-0.93")] {
+            let l = deferring(&redeemed(state.clone(), "a", "Trio", r), Rounding::HalfEven);
+            assert_eq!(
+                of_type(&l, EntryType::Revenue),
+                vec![(r as i64, dec(recognised))]
+            );
+            assert_eq!(
+                of_type(&l, EntryType::DeferredRevenue),
+                vec![(3 - r as i64, dec(deferred))]
+            );
+        }
+        // JPY has no minor units: 2 × 102 incl. 10 %: tax 19, revenue 185;
+        // one unit of two is 92.5.
+        let state = order(
+            true,
+            "JPY",
+            json!([line("Seat", 2, "102", "0", "0.1")]),
+            json!([]),
+        );
+        let state = redeemed(state, "a", "Seat", 1);
+        for (rounding, recognised) in [(Rounding::HalfUp, "-93"), (Rounding::HalfEven, "-92")] {
+            let l = deferring(&state, rounding);
+            assert_eq!(of_type(&l, EntryType::Revenue), vec![(1, dec(recognised))]);
+            l.check_balanced("o").unwrap();
+        }
+    }
+
+    #[test]
+    fn discount_tax_and_totals_are_the_same_whichever_the_recognition() {
+        let state = order(
+            false,
+            "EUR",
+            json!([
+                line("Ticket", 2, "10.00", "4.00", "0.16"),
+                line("Free", 0, "0", "0", "0")
+            ]),
+            json!([{"payment_id": "p", "method": "card", "amount": "18.56", "currency": "EUR"}]),
+        );
+        let now = derive(&state, &LedgerOptions::default()).unwrap();
+        let later = deferring(&state, Rounding::HalfUp);
+        for t in [EntryType::Discount, EntryType::Tax, EntryType::Cashflow] {
+            assert_eq!(of_type(&later, t), of_type(&now, t), "{t}");
+        }
+        assert_eq!(later.totals, now.totals);
+        assert_eq!(
+            of_type(&later, EntryType::DeferredRevenue),
+            vec![(2, dec("-20.00"))]
+        );
+        assert_eq!(of_type(&later, EntryType::Revenue), vec![]);
     }
 }

@@ -11,7 +11,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    Event, EventBody, Fee, LineItem, OrderId, OrderSnapshot, Payment, RejectReason, Rejection, Text,
+    Event, EventBody, Fee, LineItem, OrderId, OrderSnapshot, Payment, Redemption, RejectReason,
+    Rejection, Text,
 };
 use crate::money::Currency;
 
@@ -39,6 +40,14 @@ pub struct PaymentRecord {
     pub kind: PaymentKind,
 }
 
+/// Units of a line redeemed, kept by `redemption_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedemptionRecord {
+    pub redemption_id: Text,
+    pub line_item_id: Text,
+    pub quantity: u64,
+}
+
 /// The current state of one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderState {
@@ -57,6 +66,10 @@ pub struct OrderState {
     /// In order of first appearance; updates keep the position.
     #[serde(default)]
     pub payments: Vec<PaymentRecord>,
+    /// In order of first appearance; a redemption of the same id replaces
+    /// the earlier one in place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redemptions: Vec<RedemptionRecord>,
     /// Event ids applied, oldest first (bounded by [`APPLIED_EVENT_IDS_MAX`]).
     #[serde(default)]
     pub applied_event_ids: Vec<String>,
@@ -75,8 +88,19 @@ impl OrderState {
             line_items: Vec::new(),
             fees: Vec::new(),
             payments: Vec::new(),
+            redemptions: Vec::new(),
             applied_event_ids: Vec::new(),
         }
+    }
+
+    /// Units of line `line_item_id` redeemed so far (Σ of its redemptions;
+    /// may exceed the line's quantity after a snapshot lowered it: SPEC 2
+    /// recognises min(Σ, quantity)).
+    pub fn redeemed(&self, line_item_id: &str) -> u64 {
+        self.redemptions
+            .iter()
+            .filter(|r| &*r.line_item_id == line_item_id)
+            .fold(0u64, |sum, r| sum.saturating_add(r.quantity))
     }
 
     /// True once `event_id` has been applied to this order.
@@ -100,7 +124,7 @@ impl OrderState {
         // not copied only to be replaced.
         let (line_items, fees) = match event.body {
             EventBody::Snapshot(_) | EventBody::Cancel(_) => (Vec::new(), Vec::new()),
-            EventBody::Payment(_) | EventBody::PaymentDeleted(_) => {
+            EventBody::Payment(_) | EventBody::PaymentDeleted(_) | EventBody::Redemption(_) => {
                 (self.line_items.clone(), self.fees.clone())
             }
         };
@@ -114,6 +138,7 @@ impl OrderState {
             line_items,
             fees,
             payments: self.payments.clone(),
+            redemptions: self.redemptions.clone(),
             applied_event_ids: self.applied_event_ids.clone(),
         };
         next.change(event);
@@ -164,7 +189,54 @@ impl OrderState {
                 self.check_currency(p.currency)
                     .map_err(|m| refuse(RejectReason::CurrencyMismatch, "payment.currency", m))?;
             }
+            EventBody::Redemption(r) => {
+                self.check_redemption(r)
+                    .map_err(|(reason, field, m)| refuse(reason, field, m))?;
+            }
             EventBody::Cancel(None) => {}
+        }
+        Ok(())
+    }
+
+    /// A redemption names a line the order has now, and with it (replacing
+    /// an earlier redemption of the same id) the line's redemptions add up
+    /// to at most its quantity. A redemption that lowers its own earlier
+    /// count is always taken (a correction), even where a later snapshot
+    /// left the line with fewer units than were redeemed.
+    fn check_redemption(&self, r: &Redemption) -> Result<(), (RejectReason, &'static str, String)> {
+        let Some(line) = self.line_items.iter().find(|l| l.id == r.line_item_id) else {
+            return Err((
+                RejectReason::UnknownLineItem,
+                "redemption.line_item_id",
+                format!(
+                    "the order has no line {:?}{}",
+                    &*r.line_item_id,
+                    if self.cancelled {
+                        " (it is cancelled)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        };
+        let previous = self
+            .redemptions
+            .iter()
+            .find(|k| k.redemption_id == r.redemption_id)
+            .filter(|k| k.line_item_id == r.line_item_id)
+            .map_or(0, |k| k.quantity);
+        let others = self.redeemed(&r.line_item_id) - previous;
+        let total = others.saturating_add(r.quantity);
+        if total > line.quantity && r.quantity > previous {
+            return Err((
+                RejectReason::OverRedemption,
+                "redemption.quantity",
+                format!(
+                    "{} units of line {:?} would be redeemed ({others} already, {} now), \
+                     but it has {}",
+                    total, &*r.line_item_id, r.quantity, line.quantity
+                ),
+            ));
         }
         Ok(())
     }
@@ -196,6 +268,7 @@ impl OrderState {
             EventBody::PaymentDeleted(p) => {
                 self.payments.retain(|r| r.payment_id != p.payment_id);
             }
+            EventBody::Redemption(r) => self.set_redemption(r),
         }
         self.applied_event_ids.push(event.event_id.clone());
         if self.applied_event_ids.len() > APPLIED_EVENT_IDS_MAX {
@@ -222,6 +295,17 @@ impl OrderState {
         }
     }
 
+    fn set_redemption(&mut self, r: &Redemption) {
+        let record = RedemptionRecord {
+            redemption_id: r.redemption_id.clone(),
+            line_item_id: r.line_item_id.clone(),
+            quantity: r.quantity,
+        };
+        upsert(&mut self.redemptions, record, |k| {
+            k.redemption_id == r.redemption_id
+        });
+    }
+
     fn set_payment(&mut self, p: &Payment, kind: PaymentKind) {
         let record = PaymentRecord {
             payment_id: p.payment_id.clone(),
@@ -229,14 +313,7 @@ impl OrderState {
             amount: p.amount,
             kind,
         };
-        match self
-            .payments
-            .iter_mut()
-            .find(|r| r.payment_id == p.payment_id)
-        {
-            Some(existing) => *existing = record,
-            None => self.payments.push(record),
-        }
+        upsert(&mut self.payments, record, |r| r.payment_id == p.payment_id);
     }
 
     /// Distinct tax rates in use, ascending.
@@ -246,6 +323,15 @@ impl OrderState {
             .map(|l| l.tax_rate)
             .chain(self.fees.iter().map(|f| f.tax_rate))
             .collect()
+    }
+}
+
+/// Replaces the element `same` picks with `record`, or appends it: records
+/// kept by id, in order of first appearance.
+fn upsert<T>(list: &mut Vec<T>, record: T, same: impl Fn(&T) -> bool) {
+    match list.iter_mut().find(|k| same(k)) {
+        Some(existing) => *existing = record,
+        None => list.push(record),
     }
 }
 
@@ -291,6 +377,8 @@ mod tests {
         let events = [
             snapshot("e1", 1, 2),
             payment("p1", "payment.created", "pay-1", "10.00", "EUR"),
+            redeem("r1", "gate-1", "l1", 1),
+            redeem("r2", "gate-2", "l1", 5),
             payment("p2", "payment.written_off", "pay-2", "3.00", "EUR"),
             payment("p3", "payment.created", "pay-3", "1.00", "USD"),
             snapshot("e2", 2, 5),
@@ -310,7 +398,7 @@ mod tests {
                 s = next;
             }
         }
-        assert_eq!(s.applied_event_ids.len(), 7, "three were refused");
+        assert_eq!(s.applied_event_ids.len(), 8, "four were refused");
     }
 
     #[test]
@@ -376,16 +464,84 @@ mod tests {
     fn cancellation_without_snapshot_clears_lines_and_keeps_the_version() {
         let mut s = state();
         s.apply(&snapshot("e1", 3, 2)).unwrap();
-        s.apply(&ev(
-            json!({"event_id": "c", "type": "order.cancelled", "order_id": "o1",
-            "occurred_at": "2026-11-22T10:00:00Z"}),
-        ))
-        .unwrap();
+        s.apply(&cancel("c")).unwrap();
         assert!(s.cancelled && s.line_items.is_empty());
         assert_eq!(s.version, Some(3));
         // A later snapshot reinstates the order.
         s.apply(&snapshot("e2", 4, 1)).unwrap();
         assert!(!s.cancelled);
         assert_eq!(s.line_items.len(), 1);
+    }
+
+    fn cancel(event_id: &str) -> Event {
+        ev(
+            json!({"event_id": event_id, "type": "order.cancelled", "order_id": "o1",
+                  "occurred_at": "2026-11-22T10:00:00Z"}),
+        )
+    }
+
+    fn redeem(event_id: &str, redemption_id: &str, line: &str, quantity: u64) -> Event {
+        ev(json!({
+            "event_id": event_id, "type": "order.redeemed", "order_id": "o1",
+            "occurred_at": "2026-11-23T10:00:00Z",
+            "redemption": {"redemption_id": redemption_id, "line_item_id": line,
+                           "quantity": quantity, "date": "2026-11-23"}
+        }))
+    }
+
+    #[test]
+    fn redemptions_are_kept_by_id_and_never_exceed_the_line() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 1, 3)).unwrap();
+        s.apply(&redeem("r1", "gate-1", "l1", 2)).unwrap();
+        assert_eq!(s.redeemed("l1"), 2);
+        // Two more would make 4 of 3: refused, naming the quantity.
+        let r = s.apply(&redeem("r2", "gate-2", "l1", 2)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::OverRedemption);
+        assert_eq!(r.field, "redemption.quantity");
+        assert!(
+            r.message.contains("4 units of line \"l1\""),
+            "{}",
+            r.message
+        );
+        assert_eq!(s.redeemed("l1"), 2);
+        // The same id replaces its earlier count, so 3 of 3 is fine.
+        s.apply(&redeem("r3", "gate-1", "l1", 3)).unwrap();
+        assert_eq!(s.redeemed("l1"), 3);
+        assert_eq!(s.redemptions.len(), 1);
+        // An unknown line is refused.
+        let r = s.apply(&redeem("r4", "gate-3", "l9", 1)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownLineItem);
+        assert_eq!(r.field, "redemption.line_item_id");
+    }
+
+    #[test]
+    fn a_snapshot_may_leave_fewer_units_than_were_redeemed_and_a_correction_is_taken() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 1, 3)).unwrap();
+        s.apply(&redeem("r1", "gate-1", "l1", 3)).unwrap();
+        // The order is reduced to 1 unit: kept, redemptions as they were
+        // (the ledger recognises min(redeemed, quantity)).
+        s.apply(&snapshot("e2", 2, 1)).unwrap();
+        assert_eq!(s.redeemed("l1"), 3);
+        // More is refused; a correction down is taken although 2 > 1.
+        assert_eq!(
+            s.apply(&redeem("r2", "gate-2", "l1", 1))
+                .unwrap_err()
+                .reason,
+            RejectReason::OverRedemption
+        );
+        s.apply(&redeem("r3", "gate-1", "l1", 2)).unwrap();
+        assert_eq!(s.redeemed("l1"), 2);
+    }
+
+    #[test]
+    fn a_cancelled_order_has_no_line_to_redeem() {
+        let mut s = state();
+        s.apply(&snapshot("e1", 1, 3)).unwrap();
+        s.apply(&cancel("c")).unwrap();
+        let r = s.apply(&redeem("r1", "gate-1", "l1", 1)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownLineItem);
+        assert!(r.message.contains("cancelled"), "{}", r.message);
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::events::{EventType, Text};
-use crate::ledger::{Dims, EntryType};
+use crate::ledger::{Dims, EntryType, RevenueRecognition};
 use crate::money::{Currency, parse_decimal_str, rate_text};
 use crate::secret::Secret;
 
@@ -253,6 +253,10 @@ pub struct RegistryConfig {
     pub group_by: Vec<String>,
     #[serde(default)]
     pub posting_mode: PostingMode,
+    /// When a line's revenue is recognised: on confirmation (the default,
+    /// not written out) or on redemption (SPEC 2's `deferred_revenue`).
+    #[serde(default, skip_serializing_if = "RevenueRecognition::is_default")]
+    pub revenue_recognition: RevenueRecognition,
     #[serde(default)]
     pub ledger_codes: Vec<LedgerCodeRule>,
     #[serde(default = "default_timeout_ms")]
@@ -565,8 +569,12 @@ fn check_event_types(list: &[String]) -> Result<BTreeSet<EventType>, FieldError>
     Ok(set)
 }
 
+/// The entry types listed, or `None` for every type a posting of this
+/// registry can carry (`deferred_revenue` only on redemption), so that its
+/// postings must balance.
 fn check_entry_types(
     list: &Option<Vec<String>>,
+    recognition: RevenueRecognition,
 ) -> Result<Option<BTreeSet<EntryType>>, FieldError> {
     let Some(list) = list else { return Ok(None) };
     let mut set = BTreeSet::new();
@@ -589,7 +597,12 @@ fn check_entry_types(
         ));
     }
     // Every type listed: the same as no filter, so postings must balance.
-    Ok((set.len() < EntryType::ALL.len()).then_some(set))
+    let complete = EntryType::ALL.iter().all(|t| {
+        set.contains(t)
+            || (*t == EntryType::DeferredRevenue
+                && recognition == RevenueRecognition::OnConfirmation)
+    });
+    Ok((!complete).then_some(set))
 }
 
 fn check_group_by(list: &[String]) -> Result<Vec<Column>, FieldError> {
@@ -731,7 +744,7 @@ impl RegistryConfig {
         }
         let url = check_url("url", &self.url, policy)?;
         let event_types = check_event_types(&self.event_types)?;
-        let entry_types = check_entry_types(&self.entry_types)?;
+        let entry_types = check_entry_types(&self.entry_types, self.revenue_recognition)?;
         let group_by = check_group_by(&self.group_by)?;
         let ledger_codes = check_rules(&self.ledger_codes)?;
         if self.timeout_ms == 0 || self.timeout_ms > TIMEOUT_MS_MAX {
@@ -875,7 +888,7 @@ impl RegistryConfig {
             config: self.clone(),
             url,
             event_types: check_event_types(&self.event_types)?,
-            entry_types: check_entry_types(&self.entry_types)?,
+            entry_types: check_entry_types(&self.entry_types, self.revenue_recognition)?,
             group_by: check_group_by(&self.group_by)?,
             ledger_codes: check_rules(&self.ledger_codes)?,
             max_age: humantime::parse_duration(&self.max_age).unwrap_or_default(),

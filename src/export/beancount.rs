@@ -22,6 +22,7 @@
 //! | tax | `Liabilities:<R>:Tax[:<code>]` |
 //! | fee | `Income:<R>:Fees[:<code>]` |
 //! | write_off | `Expenses:<R>:WriteOff[:<code>]` |
+//! | deferred_revenue | `Liabilities:<R>:DeferredRevenue[:<code>]` |
 //! | (balancing leg of a filtered posting) | `Equity:<R>:Unposted` |
 //!
 //! `<R>` is the registry id and `<code>` the entry's ledger code, made valid
@@ -68,6 +69,7 @@ pub fn account_base(t: EntryType) -> (&'static str, &'static str) {
         EntryType::Tax => ("Liabilities", "Tax"),
         EntryType::Fee => ("Income", "Fees"),
         EntryType::WriteOff => ("Expenses", "WriteOff"),
+        EntryType::DeferredRevenue => ("Liabilities", "DeferredRevenue"),
     }
 }
 

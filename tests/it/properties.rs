@@ -4,7 +4,8 @@
 //! Histories are made as JSON, so the parser is exercised too: snapshots with
 //! random lines, discounts, fees and tax rates (inclusive and exclusive),
 //! payments created, updated, deleted and written off, refunds, cancellations
-//! with and without a final snapshot, stale snapshots and duplicates, in
+//! with and without a final snapshot, redemptions (over-redemptions and
+//! unknown lines among them), stale snapshots and duplicates, in
 //! EUR, JPY, BHD and USD, under both rounding modes and both tax roundings.
 
 use std::collections::HashMap;
@@ -15,8 +16,11 @@ use serde_json::{Value, json};
 
 use ledgerline::engine::{ApplyError, Engine, OrderBook};
 use ledgerline::events::{EventType, OrderId, parse_event};
-use ledgerline::ledger::{EntryType, LedgerOptions, TaxRounding, derive};
+use ledgerline::ledger::{
+    EntryType, Ledger, LedgerOptions, RevenueRecognition, TaxRounding, derive, derive_with,
+};
 use ledgerline::money::{Currency, Rounding};
+use ledgerline::order::OrderState;
 use ledgerline::posting::{GroupKey, group};
 use ledgerline::registry::{Registry, RegistryConfig, TargetPolicy};
 
@@ -62,6 +66,11 @@ enum Step {
     Duplicate {
         of: usize,
     },
+    Redeem {
+        line: u8,
+        id: u8,
+        quantity: u8,
+    },
 }
 
 fn line() -> impl Strategy<Value = Line> {
@@ -83,6 +92,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => prop::option::of(prop::collection::vec(line(), 0..2)).prop_map(|snapshot| Step::Cancel { snapshot }),
         4 => (0u8..4, 0u8..4, 0u8..3, -5_000i64..40_000).prop_map(|(kind, id, method, amount)| Step::Payment { kind, id, method, amount }),
         1 => (0usize..20).prop_map(|of| Step::Duplicate { of }),
+        3 => (0u8..6, 0u8..4, 0u8..12).prop_map(|(line, id, quantity)| Step::Redeem { line, id, quantity }),
     ]
 }
 
@@ -153,6 +163,13 @@ fn history() -> impl Strategy<Value = History> {
                                               "amount": money(amount, scale), "currency": code});
                         e
                     }
+                    Step::Redeem { line, id, quantity } => {
+                        let mut e = base("order.redeemed");
+                        e["redemption"] = json!({"redemption_id": format!("scan{id}"),
+                            "line_item_id": format!("l{line}"), "quantity": quantity,
+                            "date": "2026-11-23"});
+                        e
+                    }
                     Step::Duplicate { of } => match events.get(of) {
                         Some(prev) => prev.clone(),
                         None => continue,
@@ -180,6 +197,9 @@ fn registries() -> Vec<Registry> {
         ),
         registry(
             "id = \"full\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\nposting_mode = \"full\"\n",
+        ),
+        registry(
+            "id = \"deferring\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\nrevenue_recognition = \"on_redemption\"\ngroup_by = [\"currency\", \"product_id\", \"unit_type\", \"tax_rate\"]\n",
         ),
         registry(
             "id = \"filtered\"\nurl = \"https://a.example\"\nevent_types = [\"order.*\"]\nentry_types = [\"revenue\", \"tax\"]\n",
@@ -232,8 +252,8 @@ proptest! {
     fn delta_postings_sum_to_the_full_ledger(h in history()) {
         let (engine, postings) = run(&h);
         let Some(b) = book(&engine) else { return Ok(()) };
-        let ledger = derive(&b.state, &h.options).unwrap();
         for r in registries().iter().filter(|r| r.id() != "full") {
+            let ledger = derive_with(&b.state, &h.options, r.config.revenue_recognition).unwrap();
             let mut sums: HashMap<GroupKey, (i64, Decimal)> = HashMap::new();
             for p in postings.iter().filter(|p| p.registry_id == r.id()) {
                 for e in &p.entries {
@@ -318,6 +338,49 @@ proptest! {
         for p in &postings {
             for d in [&Value::Null, &data] {
                 prop_assert_eq!(p.body_json(d).unwrap(), serde_json::to_vec(&p.body(d)).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn revenue_and_deferred_revenue_add_up_to_the_lines_revenue_at_every_step(h in history()) {
+        let mut engine = Engine::new(h.options, registries());
+        let currency = Currency::parse(CURRENCIES[h.currency].0).unwrap();
+        for e in &h.events {
+            let ev = parse_event(e.to_string().as_bytes(), None).expect("generated events are valid");
+            let postings = match engine.process(&ev) {
+                Ok(ps) => ps,
+                Err(ApplyError::Rejected(_)) => continue,
+                Err(other) => panic!("invariant broken: {other}"),
+            };
+            // A redemption changes nothing on confirmation, and on redemption
+            // only moves deferred revenue to revenue, to the cent.
+            if ev.event_type == EventType::OrderRedeemed {
+                for p in &postings {
+                    if p.registry_id == "deferring" {
+                        prop_assert!(p.entries.iter().all(|g| matches!(g.key.entry_type, EntryType::Revenue | EntryType::DeferredRevenue)), "{:?}", p.entries);
+                        prop_assert!(p.sum().is_zero());
+                    } else if p.mode == ledgerline::registry::PostingMode::Delta {
+                        prop_assert!(p.entries.is_empty(), "{}: {:?}", p.registry_id, p.entries);
+                    }
+                }
+            }
+            let state = &book(&engine).expect("an event was applied").state;
+            check_recognition(state, &h.options, currency)?;
+            // Each line on its own: the split of SPEC 2, computed here.
+            for line in &state.line_items {
+                let mut one = state.clone();
+                one.line_items = vec![line.clone()];
+                one.fees.clear();
+                one.payments.clear();
+                let whole = revenue_of(&derive(&one, &h.options).unwrap(), EntryType::Revenue).1;
+                let split = derive_with(&one, &h.options, RevenueRecognition::OnRedemption).unwrap();
+                let r = state.redeemed(&line.id).min(line.quantity);
+                let want = if r == line.quantity { whole } else {
+                    currency.round(whole * Decimal::from(r) / Decimal::from(line.quantity), h.options.rounding)
+                };
+                prop_assert_eq!(revenue_of(&split, EntryType::Revenue), (r as i64, want), "line {}", line.id);
+                prop_assert_eq!(revenue_of(&split, EntryType::DeferredRevenue), ((line.quantity - r) as i64, whole - want), "line {}", line.id);
             }
         }
     }
@@ -456,4 +519,56 @@ fn currencies_in_the_generator_are_real() {
     for (code, scale) in CURRENCIES {
         assert_eq!(Currency::parse(code).unwrap().minor_units(), scale);
     }
+}
+
+/// (Σ quantity, Σ credit) of the entries of type `t`.
+fn revenue_of(l: &Ledger, t: EntryType) -> (i64, Decimal) {
+    l.entries
+        .iter()
+        .filter(|e| e.entry_type == t)
+        .fold((0, Decimal::ZERO), |(q, a), e| {
+            (q + e.quantity, a - e.amount)
+        })
+}
+
+/// The order's ledger on redemption against its ledger on confirmation:
+/// balanced; every entry but revenue the same; revenue and deferred revenue
+/// together the revenue on confirmation; the redeemed units recognised.
+fn check_recognition(
+    state: &OrderState,
+    options: &LedgerOptions,
+    currency: Currency,
+) -> Result<(), TestCaseError> {
+    let now = derive(state, options).unwrap();
+    let later = derive_with(state, options, RevenueRecognition::OnRedemption).unwrap();
+    let (d, c) = later.sums();
+    prop_assert_eq!(d, c);
+    let others = |l: &Ledger| -> Vec<_> {
+        l.entries
+            .iter()
+            .filter(|e| {
+                !matches!(
+                    e.entry_type,
+                    EntryType::Revenue | EntryType::DeferredRevenue
+                )
+            })
+            .cloned()
+            .collect()
+    };
+    prop_assert_eq!(others(&later), others(&now));
+    let (q_now, revenue) = revenue_of(&now, EntryType::Revenue);
+    let (q_recognised, recognised) = revenue_of(&later, EntryType::Revenue);
+    let (q_deferred, deferred) = revenue_of(&later, EntryType::DeferredRevenue);
+    prop_assert_eq!(recognised + deferred, revenue);
+    prop_assert_eq!(q_recognised + q_deferred, q_now);
+    let redeemed: i64 = state
+        .line_items
+        .iter()
+        .map(|l| state.redeemed(&l.id).min(l.quantity) as i64)
+        .sum();
+    prop_assert_eq!(q_recognised, redeemed);
+    for e in &later.entries {
+        prop_assert_eq!(e.amount.round_dp(currency.minor_units()), e.amount);
+    }
+    Ok(())
 }

@@ -8,8 +8,7 @@
 //! text of a JSON number ([`json`]), never through `f64`. Every mapped
 //! event is checked by [`crate::events::parse_event`], the aggregator's own
 //! parser, before it is stored, so what a vendor is told is accepted will
-//! not be rejected later for its shape (`order.redeemed` excepted until the
-//! engine reads it).
+//! not be rejected later for its shape.
 //!
 //! Message ids: the vendor's event id where the payload has one
 //! (`event_id`), else [`message_id`] (SHA-256 of source, topic and body),
