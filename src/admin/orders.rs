@@ -25,8 +25,9 @@ use time::OffsetDateTime;
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::dispatcher::index::{DeliveryIndex, INDEXED};
 use crate::dispatcher::state::{OrderDeliveries, Progress};
-use crate::dispatcher::status::{RedeliverOutcome, StatusError, request_redeliver};
+use crate::dispatcher::status::{RedeliverOutcome, StatusError, check_pairs, request_redeliver};
 use crate::events::{OrderId, parse_event};
 use crate::ledger::derive;
 use crate::ledger::{Entry, LedgerOptions};
@@ -513,6 +514,16 @@ pub(super) async fn deliveries(
             "registry {id:?} does not exist"
         )));
     }
+    // A registry that is gone (or never was) is read the long way, which
+    // tells the two apart.
+    if let Some(status) = q.status.filter(|s| INDEXED.contains(s))
+        && st.store().get(&id).await?.is_some()
+        && let Some(index) = DeliveryIndex::existing(st.js())
+            .await
+            .map_err(|e| nats_err("opening the dead-letter index", e))?
+    {
+        return indexed_deliveries(&st, &index, &id, status, &q).await;
+    }
     let ledger = st
         .js()
         .get_stream(LEDGER_STREAM)
@@ -562,6 +573,45 @@ pub(super) async fn deliveries(
     Ok(Json(json!({
         "registry_id": id,
         "status": q.status,
+        "deliveries": rows,
+        "next_after": next_after,
+    })))
+}
+
+/// A deliveries page of dead or retrying orders, from the dead-letter index:
+/// only the orders it names are read, each checked against LEDGER.
+async fn indexed_deliveries(
+    st: &AdminState,
+    index: &DeliveryIndex,
+    id: &str,
+    status: DeliveryStatus,
+    q: &PageQuery,
+) -> Result<Json<Value>, ApiError> {
+    let pairs = index
+        .pairs(status, Some(id))
+        .await
+        .map_err(|e| nats_err("reading the dead-letter index", e))?;
+    let mut rows = Vec::new();
+    let mut next_after = None;
+    let mut last_examined = None;
+    for pair in pairs
+        .into_iter()
+        .filter(|(_, o)| q.after.as_ref().is_none_or(|a| o > a))
+    {
+        if rows.len() == q.limit {
+            next_after = last_examined;
+            break;
+        }
+        last_examined = Some(pair.1.clone());
+        rows.extend(
+            check_pairs(st.js(), vec![pair], Some(status), |_, _| {})
+                .await
+                .map_err(|e| nats_err("reading delivery state", e))?,
+        );
+    }
+    Ok(Json(json!({
+        "registry_id": id,
+        "status": status,
         "deliveries": rows,
         "next_after": next_after,
     })))

@@ -408,6 +408,16 @@ fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::R
         .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
         .collect();
     writeln!(f, "    caches at the end         {}", caches.join(" · "))?;
+    if let Some(d) = &s.dead_list {
+        writeln!(
+            f,
+            "    dead-letter list          {} pairs, {} named in the index: from the index {:.3} s · reading every pair {:.2} s",
+            d.pairs,
+            d.indexed,
+            d.from_index.as_secs_f64(),
+            d.scan.as_secs_f64()
+        )?;
+    }
     if s.exports.is_empty() {
         return writeln!(f, "(e) export: not run");
     }

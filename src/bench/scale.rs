@@ -26,6 +26,13 @@
 //!   per registry;
 //! - metrics: labels are registries, reasons and routes, never orders.
 //!
+//! Then, with the service stopped, `deliveries list --status dead` over
+//! those N (registry, order) pairs, both ways: from the dead-letter index
+//! (1 % of the pairs named in it) and by reading every pair
+//! ([`crate::dispatcher::status::scan_deliveries`]). The named pairs were
+//! delivered, so both lists are empty: a key costs a reader the same check
+//! whether a dead letter is behind it or not.
+//!
 //! (e) The export of those postings, CSV then beancount, each as a child
 //! `ledgerline export --out /dev/null` (the same binary as this one), so
 //! its peak RSS is its own (the `peak RSS` of its summary line, `VmHWM`)
@@ -87,9 +94,27 @@ pub struct ScaleFigures {
     /// From the first publish to the last delivery seen.
     pub elapsed: Duration,
     pub memory: Memory,
+    /// The dead-letter list, both ways (`None` if it could not be run).
+    pub dead_list: Option<DeadListFigures>,
     /// (e), empty when not run.
     pub exports: Vec<ExportFigures>,
 }
+
+/// `deliveries list --status dead` over the run's pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadListFigures {
+    /// (registry, order) pairs on LEDGER.
+    pub pairs: usize,
+    /// Pairs the index names.
+    pub indexed: usize,
+    /// From the index: its keys read, each pair checked.
+    pub from_index: Duration,
+    /// Every pair read.
+    pub scan: Duration,
+}
+
+/// One pair in this many is named in the index for the dead-letter list.
+const DEAD_SHARE: usize = 100;
 
 /// Memory in (d).
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +189,9 @@ pub async fn run(
     let mut running = Running::start(server, settings, &[REGISTRY]).await?;
     let mut figures = measure(opts, &running, &receiver, progress).await;
     running.stop_service().await;
+    if let Ok(f) = &mut figures {
+        f.dead_list = dead_list(&running.js, opts.orders, progress).await.ok();
+    }
     if let Ok(f) = &mut figures
         && opts.export
     {
@@ -233,7 +261,64 @@ async fn measure(
                 .and_then(|u| u.peak_rss),
             caches: caches(1),
         },
+        dead_list: None,
         exports: Vec::new(),
+    })
+}
+
+/// The dead-letter list over the run's `orders` pairs, from the index and
+/// by a full read (the service stopped, so nothing else writes).
+async fn dead_list(
+    js: &async_nats::jetstream::Context,
+    orders: usize,
+    progress: &mut dyn FnMut(&BenchProgress),
+) -> Result<DeadListFigures, BenchError> {
+    use crate::dispatcher::index::DeliveryIndex;
+    use crate::dispatcher::status::{ListFilter, list_deliveries, scan_deliveries};
+    use crate::records::DeliveryStatus;
+
+    progress(&BenchProgress::stage("(d) listing dead letters, both ways"));
+    let index = DeliveryIndex::open(js, 1)
+        .await
+        .map_err(err("opening the dead-letter index"))?;
+    let mut indexed = 0;
+    for i in (0..orders).step_by(DEAD_SHARE) {
+        let order = format!("scale-{i:07}");
+        index
+            .mark(DeliveryStatus::Dead, REGISTRY, &order, 1)
+            .await
+            .map_err(err("writing the dead-letter index"))?;
+        indexed += 1;
+    }
+    let filter = ListFilter {
+        registry: None,
+        status: Some(DeliveryStatus::Dead),
+    };
+    let started = Instant::now();
+    let listed = list_deliveries(js, &filter, |_, _| {})
+        .await
+        .map_err(err("listing dead letters from the index"))?;
+    let from_index = started.elapsed();
+    let started = Instant::now();
+    let scanned = scan_deliveries(js, &filter, |_, _| {})
+        .await
+        .map_err(err("listing dead letters by reading every pair"))?;
+    let scan = started.elapsed();
+    if listed != scanned {
+        return Err(BenchError::Step {
+            what: "the dead-letter list",
+            message: format!(
+                "{} rows from the index, {} by a full read",
+                listed.len(),
+                scanned.len()
+            ),
+        });
+    }
+    Ok(DeadListFigures {
+        pairs: orders,
+        indexed,
+        from_index,
+        scan,
     })
 }
 

@@ -398,6 +398,13 @@ pub enum DeliveriesCommand {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Rebuilds the dead-letter index (which pairs are dead or retrying,
+    /// what `list --status dead|retrying` reads) from LEDGER. Safe while
+    /// the service runs.
+    Reindex {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
 }
 
 /// `ledgerline receiver` flags.

@@ -1,5 +1,6 @@
-//! `ledgerline deliveries list` and `ledgerline redeliver`: delivery state
-//! per (registry, order) as a table or NDJSON, and a dead letter resent
+//! `ledgerline deliveries list`, `deliveries reindex` and `ledgerline
+//! redeliver`: delivery state per (registry, order) as a table or NDJSON,
+//! the dead-letter index rebuilt, and a dead letter resent
 //! ([`crate::dispatcher::status`]).
 
 use std::io::Write;
@@ -7,7 +8,9 @@ use std::io::Write;
 use super::args::NatsArgs;
 use super::{CliError, Exit, progress_bar, report_failure, settings_or_report, with_nats};
 use crate::dispatcher::state::OrderDeliveries;
-use crate::dispatcher::status::{ListFilter, RedeliverOutcome, list_deliveries, request_redeliver};
+use crate::dispatcher::status::{
+    ListFilter, RedeliverOutcome, list_deliveries, reindex as reindex_deliveries, request_redeliver,
+};
 use crate::records::DeliveryStatus;
 
 /// `ledgerline redeliver`: exit 0 when requested, 1 when nothing is
@@ -90,6 +93,30 @@ pub fn list(
         count(DeliveryStatus::Pending),
         count(DeliveryStatus::Retrying),
         count(DeliveryStatus::Dead)
+    );
+    Ok(Exit::Success)
+}
+
+/// `ledgerline deliveries reindex`: a progress bar while LEDGER is read,
+/// then a one-line summary.
+pub fn reindex(nats: &NatsArgs) -> Result<Exit, CliError> {
+    let Some(settings) = settings_or_report(nats.settings()) else {
+        return Ok(Exit::Usage);
+    };
+    let bar = progress_bar(None, "reading deliveries");
+    let replicas = settings.config.stream_replicas;
+    let summary = with_nats(&settings.config, async |client| {
+        let js = async_nats::jetstream::new(client);
+        Ok(reindex_deliveries(&js, replicas, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?)
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "deliveries reindex: {} (registry, order) pairs read, {} dead or retrying indexed, {} stale keys removed",
+        summary.pairs, summary.indexed, summary.removed
     );
     Ok(Exit::Success)
 }

@@ -182,6 +182,12 @@ pub fn execute(command: Command) -> Result<Exit, CliError> {
             init_logging("warn");
             deliveries::list(&nats, registry, status, json)
         }
+        Command::Deliveries {
+            command: DeliveriesCommand::Reindex { nats },
+        } => {
+            init_logging("warn");
+            deliveries::reindex(&nats)
+        }
         Command::Receiver(args) => {
             init_logging("info");
             receiver::receiver(args)

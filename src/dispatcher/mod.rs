@@ -49,6 +49,7 @@ pub mod breaker;
 mod decide;
 pub mod http;
 mod idle;
+pub mod index;
 pub use self::idle::{IDLE_ORDERS_MAX, kept_orders};
 pub mod notify;
 pub mod schedule;
@@ -79,6 +80,7 @@ use crate::streams::LEDGER_STREAM;
 use self::attempt::Target;
 use self::breaker::Breaker;
 use self::idle::IdleOrders;
+use self::index::DeliveryIndex;
 use self::schedule::{RetrySchedule, ScheduleError};
 use self::worker::{Slots, Token, Worker};
 
@@ -133,6 +135,8 @@ pub struct DispatcherOptions {
     /// Checked before every attempt and write: only the instance holding
     /// the lease delivers ([`crate::lease`]). Open by default.
     pub fence: Fence,
+    /// Replicas of the dead-letter index bucket when it is created.
+    pub stream_replicas: usize,
 }
 
 impl DispatcherOptions {
@@ -152,6 +156,7 @@ impl DispatcherOptions {
             sweep_every: SWEEP_EVERY_DEFAULT,
             overdue_grace: OVERDUE_GRACE_DEFAULT,
             fence: Fence::open(),
+            stream_replicas: settings.config.stream_replicas,
         })
     }
 }
@@ -182,6 +187,8 @@ pub(crate) struct Shared {
     pub sweep_every: Duration,
     pub overdue_grace: Duration,
     pub fence: Fence,
+    /// Which pairs are dead or retrying ([`index`]).
+    pub index: DeliveryIndex,
 }
 
 impl Shared {
@@ -222,6 +229,16 @@ pub async fn run_dispatcher(
     else {
         return Ok(());
     };
+    let replicas = options.stream_replicas;
+    let Some(index) = crate::streams::until_ready(
+        "opening the dead-letter index for the dispatcher",
+        &shutdown,
+        || DeliveryIndex::open(&js, replicas),
+    )
+    .await
+    else {
+        return Ok(());
+    };
     let http = http::build_client(&options.policy)?;
     let (notifier, notifier_task) = match &options.smtp {
         Some(smtp) => {
@@ -241,6 +258,7 @@ pub async fn run_dispatcher(
         sweep_every: options.sweep_every,
         overdue_grace: options.overdue_grace,
         fence: options.fence.clone(),
+        index,
     });
     let policy = Arc::new(options.policy.clone());
     let mut running: HashMap<String, Running> = HashMap::new();

@@ -1,6 +1,8 @@
 //! Operator views and actions over deliveries, for the CLI (`deliveries
-//! list`, `redeliver`) and the admin API: read from LEDGER, act by
-//! publishing a control record that the dispatcher consumes.
+//! list`, `redeliver`, `reindex`) and the admin API: read from LEDGER, act
+//! by publishing a control record that the dispatcher consumes. Dead and
+//! retrying pairs are found through the dead-letter index ([`super::index`])
+//! and each checked against LEDGER.
 
 use async_nats::jetstream::{self, stream::Stream};
 use futures::TryStreamExt;
@@ -8,6 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::index::{DeliveryIndex, INDEXED, IndexError};
 use super::state::{Current, OrderDeliveries, Progress, StateError};
 use crate::records::{ControlRecord, DeliveryStatus, StoredPosting};
 use crate::streams::{H_KIND, LEDGER_STREAM, subjects};
@@ -27,6 +30,8 @@ pub enum StatusError {
     Publish(#[source] async_nats::jetstream::context::PublishError),
     #[error("{0:?} is not a valid registry or order id")]
     BadId(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
 }
 
 /// Which (registry, order) pairs to list.
@@ -46,7 +51,32 @@ fn valid_token(s: &str) -> bool {
 /// Every (registry, order) with postings, with its delivery status, in
 /// registry then order order. `on_progress(done, total)` is called as
 /// orders are read (for a progress bar).
+///
+/// `dead` and `retrying` come from the dead-letter index (each pair it
+/// names checked against LEDGER, so what is shown is what the records
+/// say); without an index (no dispatcher has run with one) and for the
+/// other statuses, every pair is read.
 pub async fn list_deliveries(
+    js: &jetstream::Context,
+    filter: &ListFilter,
+    on_progress: impl FnMut(u64, u64),
+) -> Result<Vec<OrderDeliveries>, StatusError> {
+    if let Some(r) = &filter.registry
+        && !valid_token(r)
+    {
+        return Err(StatusError::BadId(r.clone()));
+    }
+    if let Some(status) = filter.status.filter(|s| INDEXED.contains(s))
+        && let Some(index) = DeliveryIndex::existing(js).await?
+    {
+        let pairs = index.pairs(status, filter.registry.as_deref()).await?;
+        return check_pairs(js, pairs, Some(status), on_progress).await;
+    }
+    scan_deliveries(js, filter, on_progress).await
+}
+
+/// [`list_deliveries`] by reading every pair on LEDGER (the index not used).
+pub async fn scan_deliveries(
     js: &jetstream::Context,
     filter: &ListFilter,
     mut on_progress: impl FnMut(u64, u64),
@@ -88,6 +118,90 @@ pub async fn list_deliveries(
         on_progress(i as u64 + 1, total);
     }
     Ok(out)
+}
+
+/// The delivery status of each of `pairs` read from LEDGER, those of
+/// `status` only when given (pairs with no postings left out).
+pub async fn check_pairs(
+    js: &jetstream::Context,
+    pairs: Vec<(String, String)>,
+    status: Option<DeliveryStatus>,
+    mut on_progress: impl FnMut(u64, u64),
+) -> Result<Vec<OrderDeliveries>, StatusError> {
+    let ledger = js
+        .get_stream(LEDGER_STREAM)
+        .await
+        .map_err(StatusError::Stream)?;
+    let total = pairs.len() as u64;
+    let mut out = Vec::new();
+    for (i, (r, o)) in pairs.into_iter().enumerate() {
+        let progress = Progress::load(&ledger, &r, &o).await?;
+        let count = posting_count(&ledger, &r, &o).await?;
+        let row = OrderDeliveries::new(&progress, count);
+        if count > 0 && status.is_none_or(|s| s == row.status) {
+            out.push(row);
+        }
+        on_progress(i as u64 + 1, total);
+    }
+    Ok(out)
+}
+
+/// What `deliveries reindex` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReindexSummary {
+    /// Pairs read on LEDGER.
+    pub pairs: u64,
+    /// Dead or retrying pairs, each now in the index.
+    pub indexed: u64,
+    /// Keys removed: their pair is neither dead nor retrying.
+    pub removed: u64,
+}
+
+/// Rebuilds the dead-letter index from LEDGER: every dead or retrying pair
+/// is written, and a key whose pair is neither is removed once a second
+/// look at the pair still says so (a dispatcher writes a key just before
+/// its record). Safe while the service runs.
+pub async fn reindex(
+    js: &jetstream::Context,
+    replicas: usize,
+    on_progress: impl FnMut(u64, u64),
+) -> Result<ReindexSummary, StatusError> {
+    let index = DeliveryIndex::open(js, replicas).await?;
+    let rows = scan_deliveries(js, &ListFilter::default(), on_progress).await?;
+    let mut summary = ReindexSummary {
+        pairs: rows.len() as u64,
+        ..ReindexSummary::default()
+    };
+    let mut truth = std::collections::BTreeSet::new();
+    for row in rows.iter().filter(|r| INDEXED.contains(&r.status)) {
+        index
+            .mark(
+                row.status,
+                &row.registry_id,
+                &row.order_id,
+                row.failing_seq.unwrap_or(row.delivered + 1),
+            )
+            .await?;
+        truth.insert((
+            row.status.as_str(),
+            row.registry_id.clone(),
+            row.order_id.clone(),
+        ));
+        summary.indexed += 1;
+    }
+    for status in INDEXED {
+        for (r, o) in index.pairs(status, None).await? {
+            if truth.contains(&(status.as_str(), r.clone(), o.clone())) {
+                continue;
+            }
+            let now = check_pairs(js, vec![(r.clone(), o.clone())], None, |_, _| {}).await?;
+            if now.first().is_none_or(|row| row.status != status) {
+                index.clear(&r, &o).await?;
+                summary.removed += 1;
+            }
+        }
+    }
+    Ok(summary)
 }
 
 /// What a redeliver request came to.

@@ -57,6 +57,7 @@ use super::attempt::{AttemptReport, Outcome, Target};
 use super::breaker::Admission;
 use super::decide::{Next, Round, Step, WakeUp, WakeUpKind, decide};
 use super::idle::IdleOrders;
+use super::index::IndexError;
 use super::schedule::{NextStep, RoundLimits, next_step};
 use super::state::{
     H_POSTING_STREAM_SEQ, H_ROUND_ATTEMPT, H_ROUND_STARTED, LastDelivery, Progress, StateError,
@@ -65,7 +66,8 @@ use crate::lease::Fenced;
 use crate::notify::Notice;
 use crate::posting::{Posting, idempotency_key};
 use crate::records::{
-    AlertRecord, AttemptOutcome, ControlRecord, DeliveryRecord, RegistryDataRecord, StoredPosting,
+    AlertRecord, AttemptOutcome, ControlRecord, DeliveryRecord, DeliveryStatus, RegistryDataRecord,
+    StoredPosting,
 };
 use crate::streams::{self, H_KIND, subjects};
 
@@ -265,6 +267,12 @@ enum StoreError {
     Publish {
         #[source]
         source: PublishError,
+    },
+    /// The dead-letter index could not be written (before the record).
+    #[error("{source}")]
+    Index {
+        #[source]
+        source: IndexError,
     },
     /// The record a duplicate ack points at could not be read back.
     #[error("re-reading {subject} #{stream_seq}: {source}")]
@@ -862,6 +870,23 @@ impl Worker {
             .registry_data_stored(stored(rd_ack)?, rd_subject, &rd_record)
             .await?;
         let dl_seq = delivery_stored(stored(dl_ack)?)?;
+        // A posting that had failed before leaves the dead-letter index
+        // (one that never failed was never in it: nothing to write). A
+        // failure here leaves a stale key, which readers check and skip.
+        let failed_before = round.attempt > 1
+            || p.last_delivery
+                .as_ref()
+                .is_some_and(|l| l.record.outcome != AttemptOutcome::Delivered);
+        if failed_before
+            && let Err(e) = self
+                .shared
+                .index
+                .clear(&record.registry_id, &record.order_id)
+                .await
+        {
+            warn!(registry_id = %record.registry_id, order_id = %self.order_id, error = %e,
+                  "delivered, but the dead-letter index still names the order");
+        }
         metrics::counter!("ledgerline_deliveries_total",
             "registry" => record.registry_id.clone(), "outcome" => "delivered")
         .increment(1);
@@ -1056,11 +1081,23 @@ impl Worker {
         }
     }
 
+    /// Stores a `retrying` or `dead` record, its pair written to the
+    /// dead-letter index first ([`super::index`]: the index may name a pair
+    /// whose record a crash lost, never miss one whose record is stored).
     async fn store_delivery(
         &self,
         record: &DeliveryRecord,
         round: Round,
     ) -> Result<u64, StoreError> {
+        let status = match record.outcome {
+            AttemptOutcome::Dead => DeliveryStatus::Dead,
+            _ => DeliveryStatus::Retrying,
+        };
+        self.shared
+            .index
+            .mark(status, &record.registry_id, &record.order_id, record.seq)
+            .await
+            .map_err(|source| StoreError::Index { source })?;
         let stored = self
             .publish(
                 subjects::deliveries(&record.registry_id, &record.order_id),

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use async_nats::header::HeaderName;
 use async_nats::jetstream;
 use ledgerline::config::Settings;
-use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
+use ledgerline::dispatcher::index::DeliveryIndex;
+use ledgerline::dispatcher::status::{ListFilter, list_deliveries, request_redeliver};
 use ledgerline::dispatcher::{DispatchError, DispatcherOptions, run_dispatcher};
 use ledgerline::posting::Posting;
 use ledgerline::receiver::{FailureMode, Receiver, SignatureCheck};
@@ -2114,4 +2115,160 @@ async fn a_stale_delivered_record_never_lands_behind_a_later_dead_letter() {
     let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
     assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
     d.stop().await;
+}
+
+/// Pairs the dead-letter index names for `status`, and the orders
+/// `deliveries list --status` shows (which checks each against LEDGER).
+async fn indexed_and_listed(nats: &Nats, status: Status) -> (Vec<String>, Vec<String>) {
+    let index = DeliveryIndex::existing(&nats.js)
+        .await
+        .unwrap()
+        .expect("the dispatcher created the index");
+    let named = index.pairs(status, None).await.unwrap();
+    let filter = ListFilter {
+        registry: None,
+        status: Some(status),
+    };
+    let rows = list_deliveries(&nats.js, &filter, |_, _| {}).await.unwrap();
+    (
+        named.into_iter().map(|(_, o)| o).collect(),
+        rows.into_iter().map(|r| r.order_id).collect(),
+    )
+}
+
+#[tokio::test]
+async fn dead_and_retrying_orders_are_listed_from_the_index_and_leave_it_when_delivered() {
+    let nats = support::nats().await;
+    let (rx, url) = support::receiver(None, FailureMode::default()).await;
+    let toml = TestConfig::new()
+        .delivery("retry_schedule = [\"300ms\"]\nbreaker_cool_down = \"1s\"")
+        .registry("books", &format!("{url}/hooks"), "max_attempts = 50")
+        .registry("strict", &format!("{url}/strict"), "max_attempts = 1")
+        .text();
+    let settings = support::settings(&nats.server, &toml);
+    // Every request refused with a 503: `books` retries, `strict` gives up
+    // at once.
+    let refuse = |status| FailureMode {
+        status: Some(status),
+        ..FailureMode::default()
+    };
+    rx.set_failure(refuse(503)).unwrap();
+    let events = [versions("o-1", 2), versions("o-2", 1)].concat();
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
+    let want = [("o-1", Status::Retrying), ("o-2", Status::Retrying)];
+    until_statuses(&nats, &want, 20).await;
+    support::eventually(
+        "both orders dead at strict",
+        Duration::from_secs(20),
+        || async {
+            let (_, listed) = indexed_and_listed(&nats, Status::Dead).await;
+            listed.len() == 2
+        },
+    )
+    .await;
+    let (named, listed) = indexed_and_listed(&nats, Status::Retrying).await;
+    assert_eq!((named.len(), listed.len()), (2, 2), "retrying at books");
+    // The index answers per registry too; the API the same.
+    let by_registry = ListFilter {
+        registry: Some("strict".into()),
+        status: Some(Status::Dead),
+    };
+    let rows = list_deliveries(&nats.js, &by_registry, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.registry_id.as_str())
+            .collect::<Vec<_>>(),
+        ["strict", "strict"]
+    );
+    assert!(rows.iter().all(|r| r.http_status == Some(503)));
+
+    // The receiver recovers: retries go through and leave the index.
+    rx.set_failure(FailureMode::default()).unwrap();
+    support::eventually("books delivered", Duration::from_secs(20), || async {
+        indexed_and_listed(&nats, Status::Retrying).await == (vec![], vec![])
+    })
+    .await;
+    // Dead letters stay until redelivered; then they leave the index too.
+    assert_eq!(
+        indexed_and_listed(&nats, Status::Dead).await.1,
+        ["o-1", "o-2"]
+    );
+    for o in ["o-1", "o-2"] {
+        request_redeliver(&nats.js, "strict", o).await.unwrap();
+    }
+    support::eventually("strict redelivered", Duration::from_secs(20), || async {
+        indexed_and_listed(&nats, Status::Dead).await == (vec![], vec![])
+    })
+    .await;
+    let rows = all_deliveries(&nats).await;
+    assert!(
+        rows.iter().all(|r| r.status == Status::Delivered),
+        "{rows:?}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_without_its_record_is_never_shown_and_reindex_restores_a_lost_one() {
+    let nats = support::nats().await;
+    let (rx, url) = support::receiver(None, FailureMode::default()).await;
+    rx.set_failure(FailureMode {
+        status: Some(422),
+        ..FailureMode::default()
+    })
+    .unwrap();
+    let settings = books(&nats, &format!("{url}/hooks"));
+    let events = [versions("o-dead", 1), versions("o-ok", 1)].concat();
+    let (_, d) = dispatch(&nats, &settings, &events, |_| {}).await;
+    until_statuses(
+        &nats,
+        &[("o-dead", Status::Dead), ("o-ok", Status::Dead)],
+        20,
+    )
+    .await;
+    rx.set_failure(FailureMode::default()).unwrap();
+    request_redeliver(&nats.js, "books", "o-ok").await.unwrap();
+    until_statuses(&nats, &[("o-ok", Status::Delivered)], 20).await;
+    d.stop().await;
+
+    let index = DeliveryIndex::existing(&nats.js).await.unwrap().unwrap();
+    // A crash after the index write and before the record leaves a key
+    // with no record behind it: never shown.
+    index.mark(Status::Dead, "books", "o-ok", 1).await.unwrap();
+    // An index that lost a dead letter's key (written by an older version,
+    // or removed by hand) does not show it.
+    index.clear("books", "o-dead").await.unwrap();
+    assert_eq!(
+        indexed_and_listed(&nats, Status::Dead).await,
+        (vec!["o-ok".to_owned()], vec![])
+    );
+    // `deliveries reindex` puts back the lost one and drops the stale one.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "nats_url = \"{}\"\nallow_insecure_http = true\nallow_private_targets = [\"127.0.0.0/8\"]\n{}",
+            nats.server.url(),
+            TestConfig::new().registry("books", &format!("{url}/hooks"), "").text()
+        ),
+    )
+    .unwrap();
+    let out = process::ledgerline(&["deliveries", "reindex", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    process::assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "2 (registry, order) pairs read, 1 dead or retrying indexed, 1 stale keys removed"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        indexed_and_listed(&nats, Status::Dead).await,
+        (vec!["o-dead".to_owned()], vec!["o-dead".to_owned()])
+    );
 }
