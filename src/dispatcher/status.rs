@@ -75,16 +75,19 @@ pub async fn list_deliveries(
     scan_deliveries(js, filter, on_progress).await
 }
 
+async fn ledger_stream(js: &jetstream::Context) -> Result<Stream, StatusError> {
+    js.get_stream(LEDGER_STREAM)
+        .await
+        .map_err(StatusError::Stream)
+}
+
 /// [`list_deliveries`] by reading every pair on LEDGER (the index not used).
 pub async fn scan_deliveries(
     js: &jetstream::Context,
     filter: &ListFilter,
     mut on_progress: impl FnMut(u64, u64),
 ) -> Result<Vec<OrderDeliveries>, StatusError> {
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(StatusError::Stream)?;
+    let ledger = ledger_stream(js).await?;
     let subject_filter = match &filter.registry {
         Some(r) if !valid_token(r) => return Err(StatusError::BadId(r.clone())),
         Some(r) => format!("ledger.postings.{r}.*"),
@@ -128,10 +131,7 @@ pub async fn check_pairs(
     status: Option<DeliveryStatus>,
     mut on_progress: impl FnMut(u64, u64),
 ) -> Result<Vec<OrderDeliveries>, StatusError> {
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(StatusError::Stream)?;
+    let ledger = ledger_stream(js).await?;
     let total = pairs.len() as u64;
     let mut out = Vec::new();
     for (i, (r, o)) in pairs.into_iter().enumerate() {
@@ -251,10 +251,7 @@ pub async fn request_redeliver(
             return Err(StatusError::BadId(id.to_owned()));
         }
     }
-    let ledger = js
-        .get_stream(LEDGER_STREAM)
-        .await
-        .map_err(StatusError::Stream)?;
+    let ledger = ledger_stream(js).await?;
     let postings = posting_count(&ledger, registry, order).await?;
     if postings == 0 {
         return Ok(RedeliverOutcome::Unknown);
