@@ -195,6 +195,25 @@ fn bench(c: &mut Criterion) {
                 .collect::<Vec<_>>()
         })
     });
+    // What the dispatcher reads of each posting it delivers, and the
+    // aggregator of each stored posting when it rebuilds a book.
+    let stored: Vec<Vec<u8>> = postings.iter().map(stored_bytes).collect();
+    g.bench_function("read_3_stored_postings_without_cumulative", |b| {
+        b.iter(|| {
+            black_box(&stored)
+                .iter()
+                .map(|s| StoredPosting::read_without_cumulative(s).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    g.bench_function("read_3_stored_postings_whole", |b| {
+        b.iter(|| {
+            black_box(&stored)
+                .iter()
+                .map(|s| serde_json::from_slice::<StoredPosting>(s).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
     g.bench_function("signing_1_body", |b| {
         b.iter(|| {
             ledgerline::signing::sign(

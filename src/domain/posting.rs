@@ -34,14 +34,45 @@ pub struct GroupKey {
     pub columns: Vec<(Column, Option<Text>)>,
 }
 
-/// A grouped, netted entry.
+/// A grouped, netted entry. Stored as one flat object (the key's fields,
+/// then quantity and amount), and read back field by field through
+/// [`GroupedEntryFields`]: serde's `flatten` would first buffer each entry
+/// into an intermediate tree, for every entry of every posting the
+/// dispatcher and the export read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "GroupedEntryFields")]
 pub struct GroupedEntry {
     #[serde(flatten)]
     pub key: GroupKey,
     pub quantity: i64,
     /// Signed: debit positive, credit negative.
     pub amount: Decimal,
+}
+
+/// [`GroupedEntry`] as its stored JSON object has it.
+#[derive(Deserialize)]
+struct GroupedEntryFields {
+    entry_type: EntryType,
+    ledger_code: Option<Text>,
+    description: Text,
+    columns: Vec<(Column, Option<Text>)>,
+    quantity: i64,
+    amount: Decimal,
+}
+
+impl From<GroupedEntryFields> for GroupedEntry {
+    fn from(f: GroupedEntryFields) -> Self {
+        Self {
+            key: GroupKey {
+                entry_type: f.entry_type,
+                ledger_code: f.ledger_code,
+                description: f.description,
+                columns: f.columns,
+            },
+            quantity: f.quantity,
+            amount: f.amount,
+        }
+    }
 }
 
 impl GroupedEntry {
