@@ -100,6 +100,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use ledgerline::config::Settings;
 use ledgerline::receiver::FailureMode;
 use ledgerline::service::{Component, Listeners};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::{self, eventually};
@@ -401,6 +402,69 @@ async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry
     assert_eq!(venti_bodies.len(), 2);
     assert_eq!(cashflow(&venti_bodies[0]), ["660.00"]);
     assert_eq!(cashflow(&venti_bodies[1]), ["200.00"]);
+    svc.stop().await;
+}
+
+/// `orders/redeemed` through the listener: the order's lines are read from
+/// ORDERS, one `order.redeemed` per line is stored (once, however often the
+/// marketplace retries), and a registry recognising revenue on redemption
+/// is posted the move from deferred revenue to revenue.
+#[tokio::test]
+async fn a_marketplace_redemption_moves_the_orders_deferred_revenue_to_revenue() {
+    let nats = support::nats().await;
+    let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
+    let settings = support::settings(
+        &nats.server,
+        &format!(
+            "[[registry]]\nid = \"tickets\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\nrevenue_recognition = \"on_redemption\"\n{SOURCES}"
+        ),
+    );
+    let svc = Running::start(settings.clone()).await;
+    let venti = [("authenticationToken", "venti-key-0123456789".to_owned())];
+    let created = fixture("marketplace_orders", "orders_created");
+    let (status, reply) = svc.post("venti/orders/created", &venti, &created).await;
+    assert_eq!((status, &reply["stored"]), (200, &json!(1)), "{reply}");
+    let redeemed = fixture("marketplace_orders", "orders_redeemed");
+    let (status, reply) = svc.post("venti/orders/redeemed", &venti, &redeemed).await;
+    assert_eq!((status, &reply["stored"]), (200, &json!(2)), "{reply}");
+    let (status, reply) = svc.post("venti/orders/redeemed", &venti, &redeemed).await;
+    assert_eq!((status, &reply["duplicates"]), (200, &json!(2)), "{reply}");
+
+    // The confirmation defers both lines; each redemption moves one.
+    delivered(&rx, 3).await;
+    let bodies: Vec<Value> = rx
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let sum = |b: &Value, prefix: &str, side: &str| -> Decimal {
+        b["ledger_entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["description"].as_str().unwrap().starts_with(prefix))
+            .map(|e| e[side].as_str().unwrap().parse::<Decimal>().unwrap())
+            .sum()
+    };
+    let deferred = sum(&bodies[0], "Deferred Revenue: ", "credit");
+    assert!(deferred > Decimal::ZERO, "{}", bodies[0]);
+    let mut moved = Decimal::ZERO;
+    for b in &bodies[1..] {
+        let debit = sum(b, "Deferred Revenue: ", "debit");
+        assert!(debit > Decimal::ZERO, "{b}");
+        let entries = b["ledger_entries"].as_array().unwrap();
+        assert_eq!(
+            entries.len(),
+            2,
+            "a debit of deferred revenue, a credit of revenue: {b}"
+        );
+        moved += debit;
+    }
+    assert_eq!(moved, deferred, "every deferred unit recognised");
+    let report = support::verify(&nats, &settings).await.unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.stored, 3, "{report}");
     svc.stop().await;
 }
 
