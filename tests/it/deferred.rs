@@ -1,7 +1,8 @@
 //! Deferred revenue (SPEC 2, `revenue_recognition = "on_redemption"`)
 //! through the real pipeline: the golden case `deferred_revenue` published
 //! to a real nats-server, posted by the aggregator, delivered by the
-//! dispatcher to a loopback receiver, refused redemptions recorded on
+//! dispatcher to a loopback receiver, with nats-server restarted between
+//! the redemptions, refused redemptions recorded on
 //! `ledger.rejected.<reason>`, and `verify` clean afterwards.
 
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ fn booked(body: &Value) -> (String, Value) {
 
 #[tokio::test]
 async fn redemptions_move_deferred_revenue_to_revenue_at_the_receiver() {
-    let nats = support::nats().await;
+    let mut nats = support::nats().await;
     let (rx, url) = support::receiver(None, FailureMode::default()).await;
     let config = case("config.toml").replace("https://accounting.example", &url);
     let settings = support::settings(&nats.server, &config);
@@ -40,7 +41,21 @@ async fn redemptions_move_deferred_revenue_to_revenue_at_the_receiver() {
         .map(|l| booked(&serde_json::from_str::<Value>(l).unwrap()["body"]))
         .collect();
 
-    let published = support::publish_events(&nats, &case("events.ndjson")).await;
+    // The confirmation, its payment and the first redemption; then
+    // nats-server goes away and comes back; then the rest.
+    let events = case("events.ndjson");
+    let lines: Vec<&str> = events.lines().collect();
+    let (first, rest) = lines.split_at(3);
+    let published = support::publish_events(&nats, &(first.join("\n") + "\n")).await;
+    assert!(published.refused.is_empty(), "{:?}", published.refused);
+    eventually(
+        "the first redemption delivered",
+        Duration::from_secs(30),
+        || async { rx.received().iter().filter(|r| r.status == 200).count() >= 8 },
+    )
+    .await;
+    nats.server.restart().await.expect("nats-server restarts");
+    let published = support::publish_events(&nats, &(rest.join("\n") + "\n")).await;
     assert!(published.refused.is_empty(), "{:?}", published.refused);
     eventually(
         "every posting delivered",
