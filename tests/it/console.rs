@@ -45,17 +45,32 @@ fn header(r: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
-/// Logs in with the admin token: the `name=value` of the session cookie.
-async fn log_in(http: &reqwest::Client, svc: &Service) -> String {
-    let r = http
-        .post(svc.url("/console/login"))
-        .form(&[("token", ADMIN_TOKEN)])
+/// The login form posted with `token`.
+async fn post_login(http: &reqwest::Client, svc: &Service, token: &str) -> reqwest::Response {
+    http.post(svc.url("/console/login"))
+        .form(&[("token", token)])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Logs in with the admin token: the `name=value` of the session cookie.
+async fn log_in(http: &reqwest::Client, svc: &Service) -> String {
+    let r = post_login(http, svc, ADMIN_TOKEN).await;
     assert_eq!(r.status(), 303);
     let set_cookie = header(&r, "set-cookie");
     set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// `GET path` with the session `cookie`: (status, page).
+async fn page(http: &reqwest::Client, svc: &Service, cookie: &str, path: &str) -> (u16, String) {
+    let r = http
+        .get(svc.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// The CSRF token of a page's forms.
@@ -67,13 +82,20 @@ fn csrf_of(page: &str) -> String {
     page[at..].split('"').next().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn console_pages_need_a_login_and_are_served_with_a_strict_policy() {
+/// NATS and the admin API alone, with a registry `books` (nothing listens
+/// at its URL).
+async fn admin_with_books() -> (support::Nats, Service) {
     let nats = support::nats().await;
     let settings = TestConfig::new()
         .registry("books", "http://127.0.0.1:9/hooks", "")
         .settings(&nats.server);
     let svc = Service::start(settings, &[Component::Admin]).await;
+    (nats, svc)
+}
+
+#[tokio::test]
+async fn console_pages_need_a_login_and_are_served_with_a_strict_policy() {
+    let (_nats, svc) = admin_with_books().await;
     let http = client();
 
     // No session: a browser's GET goes to the login form, a POST is 401,
@@ -101,20 +123,10 @@ async fn console_pages_need_a_login_and_are_served_with_a_strict_policy() {
 
     // A wrong token is refused; the right one sets a strict cookie that is
     // not the token.
-    let r = http
-        .post(svc.url("/console/login"))
-        .form(&[("token", "not-the-token")])
-        .send()
-        .await
-        .unwrap();
+    let r = post_login(&http, &svc, "not-the-token").await;
     assert_eq!(r.status(), 401);
     assert!(header(&r, "set-cookie").is_empty());
-    let r = http
-        .post(svc.url("/console/login"))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = post_login(&http, &svc, ADMIN_TOKEN).await;
     assert_eq!(
         (r.status().as_u16(), header(&r, "location")),
         (303, "/console".into())
@@ -187,23 +199,11 @@ async fn console_pages_need_a_login_and_are_served_with_a_strict_policy() {
 
 #[tokio::test]
 async fn console_actions_need_the_sessions_csrf_token_and_pages_escape_what_comes_from_outside() {
-    let nats = support::nats().await;
-    let settings = TestConfig::new()
-        .registry("books", "http://127.0.0.1:9/hooks", "")
-        .settings(&nats.server);
-    let svc = Service::start(settings, &[Component::Admin]).await;
+    let (nats, svc) = admin_with_books().await;
     let http = client();
     let cookie = log_in(&http, &svc).await;
-    let page = http
-        .get(svc.url("/console/registries/books"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = csrf_of(&page);
+    let (_, html) = page(&http, &svc, &cookie, "/console/registries/books").await;
+    let csrf = csrf_of(&html);
     let disable = |csrf: Option<&str>| {
         let mut form = vec![("enabled", "false".to_owned())];
         if let Some(c) = csrf {
@@ -227,20 +227,18 @@ async fn console_actions_need_the_sessions_csrf_token_and_pages_escape_what_come
     assert_eq!(r.status(), 303);
     let (_, reg) = svc.get("/v1/registries/books").await;
     assert_eq!(reg["registry"]["enabled"], false);
-    let page = http
-        .get(svc.url("/console/registries/books?notice=disabled"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, html) = page(
+        &http,
+        &svc,
+        &cookie,
+        "/console/registries/books?notice=disabled",
+    )
+    .await;
     assert!(
-        page.contains("<td>enabled</td>"),
-        "the changed field: {page}"
+        html.contains("<td>enabled</td>"),
+        "the changed field: {html}"
     );
-    assert!(page.contains("Registry disabled."));
+    assert!(html.contains("Registry disabled."));
 
     // An order whose description is markup: shown as text.
     support::publish_events(
@@ -248,36 +246,18 @@ async fn console_actions_need_the_sessions_csrf_token_and_pages_escape_what_come
         &format!("{}\n", event_described("o-xss", XSS_DESCRIPTION)),
     )
     .await;
-    let page = http
-        .get(svc.url("/console/orders/o-xss"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(!page.contains("<script>window"), "{page}");
-    assert!(!page.contains("<img src=x"), "{page}");
+    let (_, html) = page(&http, &svc, &cookie, "/console/orders/o-xss").await;
+    assert!(!html.contains("<script>window"), "{html}");
+    assert!(!html.contains("<img src=x"), "{html}");
     assert!(
-        page.contains("&lt;script&gt;window.__xss_d=1&lt;/script&gt;"),
-        "{page}"
+        html.contains("&lt;script&gt;window.__xss_d=1&lt;/script&gt;"),
+        "{html}"
     );
-    assert!(page.contains("Balanced: debits = credits"), "{page}");
+    assert!(html.contains("Balanced: debits = credits"), "{html}");
     // Bad input is named.
-    let r = http
-        .get(svc.url("/console/deliveries?status=lost"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("(field: <code>status</code>)")
-    );
+    let (status, text) = page(&http, &svc, &cookie, "/console/deliveries?status=lost").await;
+    assert_eq!(status, 422);
+    assert!(text.contains("(field: <code>status</code>)"), "{text}");
     svc.stop().await;
 }
 

@@ -471,14 +471,7 @@ async fn deliveries(
     }
     let total = rows.len();
     rows.truncate(DELIVERIES_SHOWN_MAX);
-    let ids: Vec<String> = st
-        .store()
-        .list()
-        .await
-        .map_err(ApiError::from)?
-        .into_iter()
-        .map(|e| e.config.id)
-        .collect();
+    let ids = registry_ids(&st).await?;
     Ok(pages::deliveries(
         &auth.csrf(&st),
         &ids,
@@ -549,16 +542,20 @@ async fn order(
     Ok(pages::order(&auth.csrf(&st), &view, &attempts, n.notice.as_deref()).into_response())
 }
 
-/// `GET /console/export`.
-async fn export_form(State(st): State<AdminState>, Extension(auth): Extension<Auth>) -> Page {
-    let ids: Vec<String> = st
+/// Every registry's id (for the filters' choices).
+async fn registry_ids(st: &AdminState) -> Result<Vec<String>, ApiError> {
+    Ok(st
         .store()
         .list()
-        .await
-        .map_err(ApiError::from)?
+        .await?
         .into_iter()
         .map(|e| e.config.id)
-        .collect();
+        .collect())
+}
+
+/// `GET /console/export`.
+async fn export_form(State(st): State<AdminState>, Extension(auth): Extension<Auth>) -> Page {
+    let ids = registry_ids(&st).await?;
     Ok(pages::export(&auth.csrf(&st), &ids).into_response())
 }
 
