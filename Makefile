@@ -2,8 +2,9 @@
 #
 #   make demo   install what is missing, build (release), run the demo:
 #               nats-server, receivers, the pipeline, out/ledger.csv
-#   make test   install what is missing, then format check, clippy,
-#               cargo deny (licenses, bans, sources), all tests
+#   make test   install what is missing (chromium for the console's browser
+#               test too), then format check, clippy, cargo deny
+#               (licenses, bans, sources), all tests
 #   make chaos  the long form of the chaos test (tests/it/chaos.rs): 3,000
 #               orders, 10 SIGKILLs, 3 nats-server restarts, a failing receiver
 #   make fuzz   cargo-fuzz: each target for FUZZ_SECONDS (not part of `make test`;
@@ -19,10 +20,15 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test chaos tools build lint lint-fast clippy doc run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
+.PHONY: demo test chaos tools browser build build-tests lint lint-fast clippy doc run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
 
 tools:
 	@scripts/install-tools.sh
+
+# Debian's chromium and chromedriver, for the console's browser test
+# (tests/it/console.rs); installed only when missing.
+browser:
+	@scripts/install-browser.sh
 
 build:
 	cargo build --release --locked
@@ -53,11 +59,15 @@ TEST_THREADS ?= 4
 run-tests:
 	cargo test --locked -- --test-threads $(TEST_THREADS)
 
-# The tests are built first; then they run while clippy checks the code
-# (the tests mostly wait, clippy mostly computes). Each one's output is
-# printed whole when it ends; either failing fails `make test`.
-test: tools lint-fast
+build-tests:
 	cargo test --locked --no-run
+
+# The tests are built first (while the browser is installed, if it is
+# missing: the download overlaps the compile); then they run while clippy
+# checks the code (the tests mostly wait, clippy mostly computes). Each
+# one's output is printed whole when it ends; any failing fails `make test`.
+test: tools lint-fast
+	$(MAKE) --no-print-directory -j2 --output-sync=target build-tests browser
 	$(MAKE) --no-print-directory -j2 --output-sync=target clippy run-tests
 
 # The chaos test's long form; override any of these, e.g. CHAOS_SEED=42.

@@ -205,6 +205,46 @@ pub async fn sample_once(js: &jetstream::Context, registries: &RegistryWatch) {
     metrics::gauge!("ledgerline_registries", "state" => "enabled").set(enabled as f64);
     metrics::gauge!("ledgerline_registries", "state" => "disabled").set(disabled as f64);
 
+    let lag = lag_snapshot(js).await;
+    for (stream, messages) in &lag.streams {
+        metrics::gauge!("ledgerline_stream_messages", "stream" => *stream).set(*messages as f64);
+    }
+    for c in lag.consumers {
+        metrics::gauge!("ledgerline_consumer_pending_messages",
+            "stream" => c.stream, "consumer" => c.consumer.clone())
+        .set(c.pending as f64);
+        metrics::gauge!("ledgerline_consumer_ack_pending_messages",
+            "stream" => c.stream, "consumer" => c.consumer)
+        .set(c.ack_pending as f64);
+    }
+}
+
+/// One durable consumer's lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerLag {
+    pub stream: &'static str,
+    pub consumer: String,
+    /// Messages not yet delivered to it.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+}
+
+/// The streams' sizes and our consumers' lag at one moment (what the
+/// gauges and the console's overview show).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LagSnapshot {
+    /// (stream, messages), for the streams that answered.
+    pub streams: Vec<(&'static str, u64)>,
+    /// The aggregator's consumer and every dispatcher consumer, by stream.
+    pub consumers: Vec<ConsumerLag>,
+}
+
+/// Reads the sizes of ORDERS and LEDGER and the lag of our durable
+/// consumers on them (at most [`CONSUMERS_SAMPLED_MAX`] dispatcher ones).
+/// What NATS does not answer is left out (logged at debug).
+pub async fn lag_snapshot(js: &jetstream::Context) -> LagSnapshot {
+    let mut out = LagSnapshot::default();
     for stream_name in [ORDERS_STREAM, LEDGER_STREAM] {
         let mut stream = match js.get_stream(stream_name).await {
             Ok(s) => s,
@@ -214,13 +254,12 @@ pub async fn sample_once(js: &jetstream::Context, registries: &RegistryWatch) {
             }
         };
         if let Ok(info) = stream.info().await {
-            metrics::gauge!("ledgerline_stream_messages", "stream" => stream_name)
-                .set(info.state.messages as f64);
+            out.streams.push((stream_name, info.state.messages));
         }
         let names: Vec<String> = if stream_name == ORDERS_STREAM {
             vec![crate::aggregator::CONSUMER.to_owned()]
         } else {
-            stream
+            let mut names: Vec<String> = stream
                 .consumer_names()
                 .take(CONSUMERS_SAMPLED_MAX)
                 .filter_map(|n| async move { n.ok() })
@@ -229,22 +268,23 @@ pub async fn sample_once(js: &jetstream::Context, registries: &RegistryWatch) {
                     async move { ours }
                 })
                 .collect()
-                .await
+                .await;
+            names.sort();
+            names
         };
         for name in names {
             match stream.consumer_info(&name).await {
-                Ok(info) => {
-                    metrics::gauge!("ledgerline_consumer_pending_messages",
-                        "stream" => stream_name, "consumer" => name.clone())
-                    .set(info.num_pending as f64);
-                    metrics::gauge!("ledgerline_consumer_ack_pending_messages",
-                        "stream" => stream_name, "consumer" => name)
-                    .set(info.num_ack_pending as f64);
-                }
+                Ok(info) => out.consumers.push(ConsumerLag {
+                    stream: stream_name,
+                    consumer: name,
+                    pending: info.num_pending,
+                    ack_pending: info.num_ack_pending as u64,
+                }),
                 Err(e) => debug!(consumer = %name, error = %e, "lag sample: consumer unavailable"),
             }
         }
     }
+    out
 }
 
 #[cfg(test)]

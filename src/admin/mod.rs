@@ -17,6 +17,7 @@
 //! | `GET /v1/schema/events` | the input events' JSON Schema ([`crate::schema`]) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness ([`health`]) |
 //! | `GET /metrics` | Prometheus ([`metrics`]) |
+//! | `/console/…` | the operators' web console ([`console`]): HTML pages, session cookie or bearer token |
 //!
 //! Every `/v1` route needs `Authorization: Bearer <admin_token>` ([`auth`]);
 //! the probes and metrics do not. Every error is JSON naming the field at
@@ -26,6 +27,7 @@
 
 pub mod auth;
 mod backfill;
+pub mod console;
 mod error;
 pub mod health;
 pub mod metrics;
@@ -84,6 +86,7 @@ struct Inner {
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
     backfills: backfill::Jobs,
+    rates: Arc<console::rates::Rates>,
 }
 
 /// Everything the admin API needs from the service.
@@ -115,6 +118,7 @@ impl AdminState {
                 health: c.health,
                 metrics: metrics::install(),
                 backfills: backfill::Jobs::default(),
+                rates: Arc::default(),
             }),
         }
     }
@@ -148,6 +152,9 @@ impl AdminState {
     }
     pub(crate) fn backfills(&self) -> &backfill::Jobs {
         &self.inner.backfills
+    }
+    pub(crate) fn rates(&self) -> &console::rates::Rates {
+        &self.inner.rates
     }
 }
 
@@ -213,6 +220,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .merge(protected)
         .merge(open)
+        .merge(console::router(state.clone()))
         .fallback(|| async { ApiError::not_found("no such route; see openapi/admin.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -282,11 +290,22 @@ pub async fn serve(
         state.inner.metrics.clone(),
         stop_sampler.clone(),
     ));
+    let rates = {
+        let state = state.clone();
+        let stop = stop_sampler.clone();
+        tokio::spawn(async move {
+            state
+                .rates()
+                .sample(state.inner.metrics.clone(), stop)
+                .await
+        })
+    };
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     stop_sampler.cancel();
     let _ = sampler.await;
+    let _ = rates.await;
     info!("admin API stopped");
     result
 }

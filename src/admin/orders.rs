@@ -53,7 +53,7 @@ pub const DELIVERIES_PAGE_MAX: usize = 1_000;
 /// match); the page then ends early with `next_after` to continue.
 pub const DELIVERIES_SCAN_MAX: usize = 10_000;
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(super) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -115,7 +115,13 @@ pub(super) async fn ledger(
     State(st): State<AdminState>,
     Path(order_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let order = OrderId::parse(&order_id)
+    order_view(&st, &order_id).await.map(Json)
+}
+
+/// The ledger view of an order (the body of `GET /v1/orders/{order_id}/ledger`,
+/// also what the console's order page shows).
+pub(super) async fn order_view(st: &AdminState, order_id: &str) -> Result<Value, ApiError> {
+    let order = OrderId::parse(order_id)
         .ok_or_else(|| ApiError::invalid("order_id", "must match [A-Za-z0-9_-]{1,128}"))?;
     let ledger_stream = st
         .js()
@@ -159,14 +165,14 @@ pub(super) async fn ledger(
         ));
     }
 
-    Ok(Json(json!({
+    Ok(json!({
         "order_id": order,
         "events": events,
         "events_truncated": events_truncated,
         "ledger": ledger_view,
         "registries": registries,
         "postings_truncated": postings_truncated,
-    })))
+    }))
 }
 
 /// One registry's part of an order's ledger view: whether it exists,
@@ -304,7 +310,7 @@ fn entry_view(e: &Entry, currency: Currency) -> Value {
 /// [`read_subject`] of the order's LEDGER subjects of one kind (`subject`
 /// of a registry and an order, e.g. [`subjects::postings`]) for every
 /// registry.
-async fn read_every_registry(
+pub(super) async fn read_every_registry(
     client: &async_nats::Client,
     subject: fn(&str, &str) -> String,
     order: &OrderId,
@@ -624,19 +630,31 @@ pub(super) async fn redeliver(
     State(st): State<AdminState>,
     Path((id, order_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if !token_ok(&id) {
+    let outcome = redeliver_order(&st, &id, &order_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!(outcome))))
+}
+
+/// Requests the redelivery of order `order_id`'s dead letter at registry
+/// `id` (the API's and the console's redeliver): the outcome when one was
+/// requested, else the error saying why not.
+pub(super) async fn redeliver_order(
+    st: &AdminState,
+    id: &str,
+    order_id: &str,
+) -> Result<RedeliverOutcome, ApiError> {
+    if !token_ok(id) {
         return Err(ApiError::invalid("id", "must be a registry id"));
     }
-    if OrderId::parse(&order_id).is_none() {
+    if OrderId::parse(order_id).is_none() {
         return Err(ApiError::invalid(
             "order_id",
             "must match [A-Za-z0-9_-]{1,128}",
         ));
     }
-    match request_redeliver(st.js(), &id, &order_id).await {
+    match request_redeliver(st.js(), id, order_id).await {
         Ok(outcome @ RedeliverOutcome::Requested { .. }) => {
             tracing::info!(registry_id = %id, order_id = %order_id, "redelivery requested over the admin API");
-            Ok((StatusCode::ACCEPTED, Json(json!(outcome))))
+            Ok(outcome)
         }
         Ok(RedeliverOutcome::NotDead { status }) => Err(ApiError::conflict(format!(
             "order {order_id} is not dead-lettered at {id} (status: {}); nothing to redeliver",

@@ -292,7 +292,7 @@ pub(super) async fn delete<T: Managed>(
     )))
 }
 
-fn history_view<T: Item>(h: &HistoryEntry<T>) -> Value {
+pub(super) fn history_view<T: Item>(h: &HistoryEntry<T>) -> Value {
     let stored = h.stored.as_ref().map(T::from_stored);
     let mut v = json!({
         "revision": h.revision,

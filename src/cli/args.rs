@@ -116,6 +116,10 @@ pub enum Command {
         /// Where ledger.csv and ledger.beancount go.
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// Keep everything running after the summary (the console stays
+        /// reachable) until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
     },
     /// Measure this machine: raw JetStream, raw HTTP and the pipeline end
     /// to end, side by side (the last line is the end-to-end/limit ratio).

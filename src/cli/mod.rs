@@ -141,11 +141,12 @@ pub fn execute(command: Command) -> Result<Exit, CliError> {
             orders,
             nats_url,
             out,
+            keep,
         } => {
             // The demo fails on purpose (retries, a dead letter); its
             // summary says what happened, so only errors are logged.
             init_logging("error");
-            demo::demo(orders, nats_url, out)
+            demo::demo(orders, nats_url, out, keep)
         }
         Command::Bench(args) => Ok(
             if crate::bench::cli(args) == std::process::ExitCode::SUCCESS {

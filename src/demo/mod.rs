@@ -52,12 +52,16 @@ pub struct DemoOptions {
     pub nats_url: Option<String>,
     /// Where the CSV and beancount files go.
     pub out_dir: PathBuf,
+    /// Leave everything running after the summary ([`KeptDemo`]).
+    pub keep: bool,
 }
 
 /// Live counters, for a progress line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DemoProgress {
     pub stage: String,
+    /// Where the console is and how to log in, once the pipeline runs.
+    pub console: Option<String>,
     pub events: u64,
     pub published: u64,
     pub postings: u64,
@@ -102,7 +106,43 @@ pub struct DemoSummary {
     /// `ledgerline verify` on the demo's streams: every stored posting is
     /// what a replay of ORDERS computes.
     pub verify: crate::verify::VerifyReport,
+    /// The console of the demo's admin API (`/console`).
+    pub console_url: String,
+    /// Its admin token (random per run).
+    pub admin_token: String,
+    /// Whether the console is still up after the summary (`--keep`).
+    pub kept: bool,
     pub elapsed: Duration,
+}
+
+/// What a `--keep` demo leaves running: the pipeline (and so the console),
+/// the receivers and the nats-server it started.
+pub struct KeptDemo {
+    pipeline: InProcess,
+    stop_receivers: CancellationToken,
+    server: Option<NatsServer>,
+}
+
+impl KeptDemo {
+    /// Waits for `signal` (the CLI's Ctrl-C or SIGTERM), then stops
+    /// everything.
+    pub async fn stop_after(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        stop_all(self.pipeline, self.stop_receivers, self.server).await;
+    }
+}
+
+/// Stops the pipeline, the receivers and the nats-server the demo started.
+async fn stop_all(
+    pipeline: InProcess,
+    stop_receivers: CancellationToken,
+    server: Option<NatsServer>,
+) {
+    pipeline.stop().await;
+    stop_receivers.cancel();
+    if let Some(mut s) = server {
+        s.stop().await;
+    }
 }
 
 /// Why the demo failed.
@@ -498,7 +538,7 @@ fn bean_check() -> Option<PathBuf> {
 pub async fn run_demo(
     opts: DemoOptions,
     mut progress: impl FnMut(&DemoProgress),
-) -> Result<DemoSummary, DemoError> {
+) -> Result<(DemoSummary, Option<KeptDemo>), DemoError> {
     let started = Instant::now();
     let mut p = DemoProgress {
         stage: "starting nats-server".to_owned(),
@@ -539,6 +579,14 @@ pub async fn run_demo(
         Component::Ingest,
     ];
     let pipeline = InProcess::start(&settings, &components).await?;
+    let console_url = format!("http://{}/console", settings.config.admin_listen);
+    let admin_token = settings
+        .config
+        .admin_token
+        .as_ref()
+        .map(|t| t.expose().to_owned())
+        .unwrap_or_default();
+    p.console = Some(format!("console {console_url} (admin token {admin_token})"));
     let (client, js, ledger) = (&pipeline.client, &pipeline.js, &pipeline.ledger);
 
     // Publish, with a burst of failures at the signed receiver a third in.
@@ -691,16 +739,23 @@ pub async fn run_demo(
         beancount,
         bean_check,
         verify,
+        console_url,
+        admin_token,
+        kept: opts.keep,
         elapsed: started.elapsed(),
     };
 
-    // Stop everything we started.
-    pipeline.stop().await;
-    stop_receivers.cancel();
-    if let Some(mut s) = server {
-        s.stop().await;
+    if opts.keep {
+        let kept = KeptDemo {
+            pipeline,
+            stop_receivers,
+            server,
+        };
+        return Ok((summary, Some(kept)));
     }
-    Ok(summary)
+    // Stop everything we started.
+    stop_all(pipeline, stop_receivers, server).await;
+    Ok((summary, None))
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -756,6 +811,16 @@ impl std::fmt::Display for DemoSummary {
         for (k, v) in rows {
             writeln!(f, "  {k:<20} {v}")?;
         }
+        let console_state = if self.kept {
+            "up until Ctrl-C"
+        } else {
+            "stopped with the demo; --keep leaves it up"
+        };
+        writeln!(
+            f,
+            "  {:<20} {} (admin token {}; {console_state})",
+            "console", self.console_url, self.admin_token
+        )?;
         writeln!(f, "  {:<20} {:>16} {:>16}", "currency", "debit", "credit")?;
         for t in &self.totals {
             writeln!(f, "  {:<20} {:>16} {:>16}", t.currency, t.debit, t.credit)?;

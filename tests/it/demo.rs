@@ -42,6 +42,22 @@ fn a_reduced_demo_runs_end_to_end_and_leaves_its_files() {
             .to_owned()
     };
     assert_eq!(value("orders"), "60");
+    // The console's address and token, and that it stopped with the demo.
+    let console = value("console");
+    assert!(
+        console.starts_with("http://127.0.0.1:") && console.contains("/console (admin token "),
+        "{stdout}"
+    );
+    assert!(
+        console.ends_with("stopped with the demo; --keep leaves it up)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("demo: console http://127.0.0.1:")),
+        "the console is announced while the demo runs:\n{stderr}"
+    );
     assert_eq!(value("dead letters"), "1", "{stdout}");
     assert_eq!(value("redelivered"), "1", "{stdout}");
     assert!(

@@ -10,6 +10,7 @@ mod bench;
 mod chaos;
 mod cli;
 mod config_env;
+mod console;
 mod deferred;
 mod demo;
 mod dispatcher;

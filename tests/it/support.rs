@@ -4,12 +4,14 @@
 //! the offline engine as reference and test events ([`engine`]); the
 //! `ledgerline` binary as a child process ([`process`]); a scripted HTTP
 //! server that can answer anything, hang or reset ([`scripted`]); test
-//! configurations built a table at a time ([`config`]).
+//! configurations built a table at a time ([`config`]); a headless
+//! chromium over WebDriver ([`webdriver`]).
 
 pub mod config;
 pub mod engine;
 pub mod process;
 pub mod scripted;
+pub mod webdriver;
 
 use std::sync::Arc;
 
