@@ -1956,6 +1956,32 @@ fn signal(pid: &str, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}");
 }
 
+/// Stops process `pid` (SIGSTOP) and returns once every one of its
+/// threads is stopped. `kill` returns as soon as the signal is queued; the
+/// process stops when one of its threads takes it, and on a loaded machine
+/// its other threads can go on serving for milliseconds until then (seen:
+/// nats-server storing two records after `kill -STOP` had returned).
+fn stop_process(pid: &str) {
+    signal(pid, "-STOP");
+    let tasks = format!("/proc/{pid}/task");
+    let started = std::time::Instant::now();
+    let all_stopped = || {
+        std::fs::read_dir(&tasks).unwrap().all(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            // The state is the field after the command's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    };
+    while !all_stopped() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "process {pid} did not stop within 10 s of SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Performance (issue 12) opened a window: a delivered attempt's
 /// registry_data record and delivery record are sent together, and their
 /// acks awaited together. Here a dispatcher (`ledgerline run`, a child
@@ -1979,7 +2005,7 @@ async fn a_dispatcher_killed_with_both_records_of_a_delivery_in_flight_resumes_t
             if req.json()["registry_data"] != json!({})
                 && !paused.swap(true, std::sync::atomic::Ordering::SeqCst)
             {
-                signal(&pid, "-STOP");
+                stop_process(&pid);
             }
             reply(200, json!({"answer_to": req.key()}))
         }
