@@ -22,6 +22,11 @@
 //! server keeps its port and store dir, so clients can reconnect to the same
 //! URL and find their streams. Dropping a [`NatsServer`] SIGKILLs the child.
 //!
+//! [`NatsCluster::start`] starts several such servers as one cluster (each
+//! with a cluster listener and routes to the others), for streams with
+//! replicas and the scale-out tests; its [`NatsCluster::url`] is the
+//! comma-separated list `nats_url` takes.
+//!
 //! [`NatsServer::start`] and [`NatsServer::start_with`] cover the common
 //! cases; [`NatsServer::builder`] also sets TLS:
 //!
@@ -83,6 +88,8 @@ const START_ATTEMPTS: u32 = 3;
 const RESTART_ATTEMPTS: u32 = 10;
 const RESTART_RETRY_DELAY: Duration = Duration::from_millis(200);
 const LOG_TAIL_LINES: usize = 40;
+/// The cluster name of the nodes a [`NatsCluster`] starts.
+const CLUSTER_NAME: &str = "ledgerline";
 
 /// What can go wrong while locating or running `nats-server`.
 #[derive(Debug, thiserror::Error)]
@@ -248,15 +255,24 @@ fn is_executable(path: &Path) -> bool {
 /// Another process could take one before the server binds it; `start`
 /// notices (the server exits with "address already in use") and retries.
 fn free_ports() -> Result<(u16, u16), NatsdError> {
-    let bind = || TcpListener::bind(SocketAddr::from((HOST, 0)));
-    let a = bind().map_err(NatsdError::io("binding a free loopback port"))?;
-    let b = bind().map_err(NatsdError::io("binding a free loopback port"))?;
-    let port = |l: &TcpListener| {
-        l.local_addr()
-            .map(|addr| addr.port())
-            .map_err(NatsdError::io("reading a bound port"))
-    };
-    Ok((port(&a)?, port(&b)?))
+    let ports = free_port_list(2)?;
+    Ok((ports[0], ports[1]))
+}
+
+/// `n` distinct free loopback ports (all bound at once, then released).
+fn free_port_list(n: usize) -> Result<Vec<u16>, NatsdError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind(SocketAddr::from((HOST, 0))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(NatsdError::io("binding a free loopback port"))?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|addr| addr.port())
+                .map_err(NatsdError::io("reading a bound port"))
+        })
+        .collect()
 }
 
 /// `max_payload` of servers started here: 8 MiB (the server default is 1 MB).
@@ -334,9 +350,18 @@ pub struct NatsServer {
     /// TLS on the client port, when chosen.
     tls: Option<ServerTls>,
     max_payload: usize,
+    /// Its place in a cluster ([`NatsCluster`]), kept across restarts.
+    cluster: Option<ClusterNode>,
     child: Option<Child>,
     /// Holds the log (and maybe the store); removed on drop, after the kill.
     temp: tempfile::TempDir,
+}
+
+/// A node's cluster listener and the routes to the other nodes.
+#[derive(Debug, Clone)]
+struct ClusterNode {
+    port: u16,
+    routes: Vec<u16>,
 }
 
 impl NatsServer {
@@ -374,6 +399,25 @@ impl NatsServer {
 
     /// Starts the server the builder describes; see [`NatsServerBuilder::start`].
     async fn start_from(options: NatsServerBuilder) -> Result<Self, NatsdError> {
+        let mut server = Self::prepare(options)?;
+        let mut attempt = 1;
+        loop {
+            (server.port, server.monitor_port) = free_ports()?;
+            match server.spawn_and_wait().await {
+                Ok(()) => return Ok(server),
+                Err(e) if e.is_address_in_use() && attempt < START_ATTEMPTS => attempt += 1,
+                Err(e) => {
+                    // Keep the temp dir so the log named in the error exists.
+                    server.temp.disable_cleanup(true);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A server the builder describes, with its temp dir and store, not
+    /// started and without ports yet.
+    fn prepare(options: NatsServerBuilder) -> Result<Self, NatsdError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let NatsServerBuilder {
             store_dir,
@@ -391,7 +435,7 @@ impl NatsServer {
             "creating store dir {}",
             store_dir.display()
         )))?;
-        let mut server = Self {
+        let server = Self {
             bin,
             // Unique per process and instance: readiness checks compare it
             // with the INFO the client port sends, so a different server
@@ -408,23 +452,11 @@ impl NatsServer {
             log_start: 0,
             tls,
             max_payload: max_payload.unwrap_or(MAX_PAYLOAD_BYTES),
+            cluster: None,
             child: None,
             temp,
         };
-
-        let mut attempt = 1;
-        loop {
-            (server.port, server.monitor_port) = free_ports()?;
-            match server.spawn_and_wait().await {
-                Ok(()) => return Ok(server),
-                Err(e) if e.is_address_in_use() && attempt < START_ATTEMPTS => attempt += 1,
-                Err(e) => {
-                    // Keep the temp dir so the log named in the error exists.
-                    server.temp.disable_cleanup(true);
-                    return Err(e);
-                }
-            }
-        }
+        Ok(server)
     }
 
     /// `nats://127.0.0.1:PORT`, for `async_nats::connect`; `tls://…` when
@@ -432,6 +464,12 @@ impl NatsServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "tls" } else { "nats" };
         format!("{scheme}://{HOST}:{}", self.port)
+    }
+
+    /// The server's name (`server_name`; a stream's cluster info names its
+    /// leader and replicas by it).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Whether the client port speaks TLS.
@@ -572,8 +610,21 @@ impl NatsServer {
         // the stream and is rejected with a reason instead of being refused
         // at the connection.
         let conf = self.temp.path().join("nats-server.conf");
-        std::fs::write(&conf, format!("max_payload: {}\n", self.max_payload))
-            .map_err(NatsdError::io("writing the server config"))?;
+        let mut conf_text = format!("max_payload: {}\n", self.max_payload);
+        if let Some(node) = &self.cluster {
+            let routes: Vec<String> = node
+                .routes
+                .iter()
+                .map(|p| format!("\"nats-route://{HOST}:{p}\""))
+                .collect();
+            let _ = write!(
+                conf_text,
+                "cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"{HOST}:{}\"\n  routes: [{}]\n}}\n",
+                node.port,
+                routes.join(", ")
+            );
+        }
+        std::fs::write(&conf, conf_text).map_err(NatsdError::io("writing the server config"))?;
         let mut command = Command::new(&self.bin);
         command
             .arg("-c")
@@ -648,6 +699,94 @@ impl NatsServer {
         // Errors mean it already exited, which is what we want.
         let _ = child.kill().await;
         Err(error)
+    }
+}
+
+/// A cluster of `nats-server` nodes with JetStream on loopback ports, for
+/// the scale-out tests: each node is a [`NatsServer`] (own store, log and
+/// ports) with a cluster listener and routes to every other node, so
+/// streams and buckets can have up to `n` replicas. A node can be killed,
+/// stopped and restarted on its own ([`NatsCluster::node_mut`]); it rejoins
+/// with its store and catches up.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes (at least 1) at once and returns when every one is
+    /// ready (`/healthz` answers 200 once JetStream has a meta leader, so
+    /// the nodes must start together: one alone has no quorum).
+    ///
+    /// # Errors
+    ///
+    /// As for [`NatsServer::start`]; the nodes' temp dirs are then kept so
+    /// the logs named in the error exist.
+    pub async fn start(n: usize) -> Result<Self, NatsdError> {
+        let n = n.max(1);
+        let ports = free_port_list(3 * n)?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut node = NatsServer::prepare(NatsServerBuilder::default())?;
+            node.port = ports[3 * i];
+            node.monitor_port = ports[3 * i + 1];
+            if n > 1 {
+                node.cluster = Some(ClusterNode {
+                    port: ports[3 * i + 2],
+                    routes: (0..n)
+                        .filter(|j| *j != i)
+                        .map(|j| ports[3 * j + 2])
+                        .collect(),
+                });
+            }
+            nodes.push(node);
+        }
+        let started =
+            futures::future::join_all(nodes.iter_mut().map(NatsServer::spawn_and_wait)).await;
+        if let Some(e) = started.into_iter().find_map(Result::err) {
+            for node in &mut nodes {
+                node.temp.disable_cleanup(true);
+            }
+            return Err(e);
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Every node's client URL, comma-separated (`nats_url`, SPEC 7).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a cluster has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below [`NatsCluster::len`].
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, to kill, stop or restart it.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is not below [`NatsCluster::len`].
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
     }
 }
 

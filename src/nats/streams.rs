@@ -297,7 +297,14 @@ async fn open(
         Some(UrlCredentials::Token(token)) => opts.token(token),
         None => opts,
     };
-    opts.connect(urls.as_str())
+    // Each server of the list on its own: async-nats parses a single
+    // string as one URL (a comma-separated list would be "invalid port").
+    let servers: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    opts.connect(servers)
         .await
         .map_err(|source| NatsError::Connect {
             url: redact_url(&config.nats_url),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use ledgerline::natsd::{NatsServer, NatsdError};
+use ledgerline::natsd::{NatsCluster, NatsServer, NatsdError};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -266,6 +266,98 @@ async fn a_tls_server_whose_certificate_is_missing_fails_with_the_log_tail() -> 
             .await;
         let msg = failed_at_startup(started, "a TLS server without its certificate")?;
         ensure!(msg.contains("no-such-cert.pem"), "{msg}");
+        Ok(())
+    })
+    .await
+}
+
+/// Publishes `orders.c-<i>` for each `i`, retrying each message (same
+/// `Nats-Msg-Id`, so a retry after a lost ack is not stored twice) until it
+/// is acknowledged: a stream without a leader answers again once the other
+/// replicas have elected one.
+async fn publish_until_acked(js: &jetstream::Context, range: std::ops::Range<usize>) -> Result<()> {
+    for i in range {
+        let started = std::time::Instant::now();
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("c-{i}").as_str());
+            let sent = js
+                .publish_with_headers(
+                    format!("orders.c-{i}"),
+                    headers,
+                    Bytes::from(format!("{i}")),
+                )
+                .await;
+            match sent {
+                Ok(ack) => match ack.await {
+                    Ok(_) => break,
+                    Err(e) => ensure!(started.elapsed() < Duration::from_secs(30), "{i}: {e}"),
+                },
+                Err(e) => ensure!(started.elapsed() < Duration::from_secs(30), "{i}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The node index of the ORDERS stream's leader, and how many of its
+/// replicas are current.
+async fn orders_leader(cluster: &NatsCluster, js: &jetstream::Context) -> Result<(usize, usize)> {
+    let info = js.get_stream("ORDERS").await?.info().await?.clone();
+    ensure!(
+        info.config.num_replicas == 3,
+        "{} replicas",
+        info.config.num_replicas
+    );
+    let c = info
+        .cluster
+        .context("a clustered stream has cluster info")?;
+    let leader = c.leader.context("ORDERS has a leader")?;
+    let node = (0..cluster.len())
+        .find(|i| cluster.node(*i).name() == leader)
+        .with_context(|| format!("leader {leader} is one of the nodes"))?;
+    Ok((node, c.replicas.iter().filter(|r| r.current).count()))
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_keeps_an_r3_stream_through_the_loss_of_any_one_node() -> Result<()> {
+    bounded(async {
+        let mut cluster = NatsCluster::start(3).await?;
+        ensure!(cluster.url().split(',').count() == 3, "{}", cluster.url());
+        // The comma-separated list, as `nats_url` takes it (a list once
+        // failed to connect: async-nats reads one string as one URL).
+        let settings = ledgerline::config::Settings::on_loopback(&cluster.url(), "", "test.toml")?;
+        let client = ledgerline::streams::connect_once(&settings.config).await?;
+        let js = jetstream::new(client);
+        ledgerline::streams::ensure_streams(&js, "orders", 3).await?;
+        publish_until_acked(&js, 0..50).await?;
+
+        // The leader dies: the others elect one and take writes.
+        let (leader, _) = orders_leader(&cluster, &js).await?;
+        cluster.node_mut(leader).kill().await;
+        publish_until_acked(&js, 50..100).await?;
+        let (new_leader, _) = orders_leader(&cluster, &js).await?;
+        ensure!(new_leader != leader, "a new leader was elected");
+
+        // It comes back, catches up, and then another node may die: every
+        // message is still there.
+        cluster.node_mut(leader).restart().await?;
+        let started = std::time::Instant::now();
+        while orders_leader(&cluster, &js).await?.1 < 2 {
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "replicas catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.node_mut(new_leader).kill().await;
+        publish_until_acked(&js, 100..110).await?;
+        let messages = js.get_stream("ORDERS").await?.info().await?.state.messages;
+        ensure!(
+            messages == 110,
+            "ORDERS holds {messages} messages, 110 were acked"
+        );
         Ok(())
     })
     .await
