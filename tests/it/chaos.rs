@@ -38,9 +38,13 @@ use ledgerline::records::DeliveryStatus as Status;
 use ledgerline::secret::Secret;
 use ledgerline::streams::subjects;
 
+use async_nats::jetstream;
+use ledgerline::config::Settings;
+use ledgerline::natsd::NatsCluster;
+
+use crate::support;
 use crate::support::process::{service_config, spawn_run, tail};
 use crate::support::scripted::{Reply, Req, Scripted};
-use crate::support::{self, Nats};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// `timeout_ms` of both registries; a "timeout" reply comes this much
@@ -63,6 +67,10 @@ struct Plan {
     orders: usize,
     kills: usize,
     nats_restarts: usize,
+    /// nats-server nodes (1: a single server; 3: a cluster, R3 streams).
+    nodes: usize,
+    /// `ledgerline run` instances (one active, the others standing by).
+    instances: usize,
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T
@@ -79,16 +87,37 @@ where
 }
 
 impl Plan {
+    /// One nats-server, one instance; sizes from `CHAOS_*`.
     fn from_env() -> Self {
         Plan {
             seed: env_number("CHAOS_SEED", rand::random::<u64>()),
             orders: env_number("CHAOS_ORDERS", 400),
             kills: env_number("CHAOS_KILLS", 5),
             nats_restarts: env_number("CHAOS_NATS_RESTARTS", 2),
+            nodes: 1,
+            instances: 1,
+        }
+    }
+
+    /// A 3-node cluster and 2 instances; sizes from `CHAOS_CLUSTER_*`.
+    fn cluster_from_env() -> Self {
+        Plan {
+            seed: env_number("CHAOS_SEED", rand::random::<u64>()),
+            orders: env_number("CHAOS_CLUSTER_ORDERS", 200),
+            kills: env_number("CHAOS_CLUSTER_KILLS", 3),
+            nats_restarts: env_number("CHAOS_CLUSTER_NATS_RESTARTS", 3),
+            nodes: 3,
+            instances: 2,
         }
     }
 
     fn replay(&self) -> String {
+        if self.nodes > 1 {
+            return format!(
+                "CHAOS_SEED={} CHAOS_CLUSTER_ORDERS={} CHAOS_CLUSTER_KILLS={} CHAOS_CLUSTER_NATS_RESTARTS={} cargo test --test it chaos::a_cluster -- --nocapture",
+                self.seed, self.orders, self.kills, self.nats_restarts
+            );
+        }
         format!(
             "CHAOS_SEED={} CHAOS_ORDERS={} CHAOS_KILLS={} CHAOS_NATS_RESTARTS={} cargo test --test it chaos -- --nocapture",
             self.seed, self.orders, self.kills, self.nats_restarts
@@ -104,19 +133,22 @@ impl Plan {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
-    /// SIGKILL `ledgerline run`, start it again.
+    /// SIGKILL `ledgerline run` (the active instance, when several run),
+    /// start it again.
     KillRun,
-    /// Crash (SIGKILL) or stop nats-server, start it again.
+    /// Crash (SIGKILL) or stop nats-server (a node of a cluster, its
+    /// LEDGER leader half of the time), start it again.
     RestartNats,
 }
 
 /// The registries: `books` delta and signed, `erp` full and unsigned;
 /// short retries, and the shortest lease (a restarted instance waits for
 /// the killed one's lease to expire), so a run ends in about a minute.
-fn registries(base: &str) -> String {
+fn registries(base: &str, replicas: usize) -> String {
     format!(
         r#"
 lease_ttl = "4s"
+stream_replicas = {replicas}
 
 [delivery]
 retry_schedule = ["300ms", "1s", "2s"]
@@ -401,6 +433,7 @@ fn expected(
 /// nats-server is down (publishing is idempotent: `Nats-Msg-Id`).
 fn publish_slowly(
     client: async_nats::Client,
+    replicas: usize,
     events: Vec<String>,
     over: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -412,7 +445,7 @@ fn publish_slowly(
             while let Err(e) = ledgerline::publish::publish(
                 &client,
                 "orders",
-                1,
+                replicas,
                 "chaos",
                 chunk.as_bytes(),
                 |_| {},
@@ -432,17 +465,16 @@ fn publish_slowly(
 }
 
 /// Every (registry, order) as `deliveries list` shows it.
-async fn deliveries(nats: &Nats) -> Result<Vec<OrderDeliveries>, String> {
-    list_deliveries(&nats.js, &ListFilter::default(), |_, _| {})
+async fn deliveries(js: &jetstream::Context) -> Result<Vec<OrderDeliveries>, String> {
+    list_deliveries(js, &ListFilter::default(), |_, _| {})
         .await
         .map_err(|e| e.to_string())
 }
 
 /// Pending and ack-pending messages of a registry's dispatcher consumer.
-async fn consumer_pending(nats: &Nats, registry: &str) -> String {
+async fn consumer_pending(js: &jetstream::Context, registry: &str) -> String {
     let info = async {
-        let stream = nats
-            .js
+        let stream = js
             .get_stream(ledgerline::streams::LEDGER_STREAM)
             .await
             .map_err(|e| e.to_string())?;
@@ -570,20 +602,135 @@ fn audit_books(books: &Books, want: &HashMap<String, Want>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiver_failures() {
-    let plan = Plan::from_env();
+    chaos(Plan::from_env()).await;
+}
+
+/// Scale-out (SPEC 9, issue 16): the same chaos on a 3-node nats-server
+/// cluster with R3 streams and buckets (`stream_replicas = 3`, `nats_url`
+/// listing the three nodes), two `ledgerline run` instances (one active,
+/// one a fenced standby): the active instance is SIGKILLed (the standby
+/// takes over within the lease TTL) and nodes are crashed or stopped (the
+/// LEDGER stream's leader half of the time) while orders flow. The same
+/// audit: nothing lost, in order per (registry, order), one body per key,
+/// each posting stored once (no posting published by two owners), and
+/// `verify` agrees with every stored posting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_three_nodes_and_two_instances_loses_nothing_through_node_and_instance_kills()
+{
+    chaos(Plan::cluster_from_env()).await;
+}
+
+/// The nats-server(s) of a run and a client of them.
+struct ChaosNats {
+    cluster: NatsCluster,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl ChaosNats {
+    async fn start(nodes: usize) -> Self {
+        let cluster = NatsCluster::start(nodes)
+            .await
+            .expect("nats-server starts (run `make tools`)");
+        let servers: Vec<String> = cluster.url().split(',').map(str::to_owned).collect();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .expect("connect");
+        let js = jetstream::new(client.clone());
+        ledgerline::streams::ensure_streams(&js, "orders", nodes)
+            .await
+            .expect("streams");
+        Self {
+            cluster,
+            client,
+            js,
+        }
+    }
+
+    /// The node to crash: the LEDGER stream's leader half of the time (when
+    /// there is a cluster), else any.
+    async fn victim(&self, rng: &mut ChaCha8Rng) -> usize {
+        if self.cluster.len() > 1 && rng.random_bool(0.5) {
+            let leader = async {
+                let mut stream = self
+                    .js
+                    .get_stream(ledgerline::streams::LEDGER_STREAM)
+                    .await
+                    .ok()?;
+                let info = stream.info().await.ok()?;
+                info.cluster.as_ref()?.leader.clone()
+            };
+            if let Some(name) = leader.await
+                && let Some(i) =
+                    (0..self.cluster.len()).find(|i| self.cluster.node(*i).name() == name)
+            {
+                return i;
+            }
+        }
+        rng.random_range(0..self.cluster.len())
+    }
+}
+
+/// The `ledgerline run` instances of a run, each with its own log.
+struct Instances {
+    config: std::path::PathBuf,
+    logs: Vec<std::path::PathBuf>,
+    runs: Vec<tokio::process::Child>,
+}
+
+impl Instances {
+    fn start(config: &Path, dir: &Path, n: usize) -> Self {
+        let logs: Vec<_> = (0..n).map(|i| dir.join(format!("run-{i}.log"))).collect();
+        let runs = logs
+            .iter()
+            .map(|log| spawn_run(config, log, RUN_LOG))
+            .collect();
+        Self {
+            config: config.to_owned(),
+            logs,
+            runs,
+        }
+    }
+
+    /// The instance holding the dispatcher's lease (its holder's name
+    /// carries the pid), when one holds it and is ours.
+    async fn active(&self, js: &jetstream::Context) -> Option<usize> {
+        let kv = js.get_key_value(ledgerline::lease::BUCKET).await.ok()?;
+        let entry = kv.get("dispatcher").await.ok()??;
+        let holder: ledgerline::lease::Holder = serde_json::from_slice(&entry).ok()?;
+        let pid: u32 = holder.instance.rsplit('-').nth(1)?.parse().ok()?;
+        self.runs.iter().position(|r| r.id() == Some(pid))
+    }
+
+    /// SIGKILLs instance `i` and starts it again after `pause`.
+    async fn kill_and_restart(&mut self, i: usize, pause: Duration) {
+        let run = &mut self.runs[i];
+        run.start_kill().unwrap();
+        run.wait().await.unwrap();
+        tokio::time::sleep(pause).await;
+        *run = spawn_run(&self.config, &self.logs[i], RUN_LOG);
+    }
+}
+
+/// Runs the chaos of `plan` and audits what it left; fails with every
+/// problem found.
+async fn chaos(plan: Plan) {
     eprintln!("chaos: {plan:?}\nchaos: replay with {}", plan.replay());
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
-    let mut nats = support::nats().await;
+    let mut nats = ChaosNats::start(plan.nodes).await;
     let rx = ChaosReceiver::start(rng.random()).await;
-    let registries = registries(&rx.server.url(""));
+    let registries = registries(&rx.server.url(""), plan.nodes);
     let dir = tempfile::Builder::new()
         .prefix("ledgerline-chaos-")
         .tempdir()
         .unwrap();
-    let config = service_config(dir.path(), &nats.server.url(), &registries);
-    let log = dir.path().join("run.log");
-    let settings = support::settings(&nats.server, &registries);
+    let url = nats.cluster.url();
+    let config = service_config(dir.path(), &url, &registries);
+    let settings =
+        Settings::on_loopback(&url, &registries, "chaos.toml").expect("test config is valid");
     let events = ledgerline::demo::dataset::generate(plan.orders, rng.random());
     let (want, pairs) = expected(&settings, &events.join("\n"));
     eprintln!(
@@ -607,8 +754,8 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
     let window: Duration = schedule.iter().map(|(d, _)| *d).sum();
     let last_wait = schedule.last().map_or(Duration::ZERO, |(d, _)| *d);
 
-    let mut run = spawn_run(&config, &log, RUN_LOG);
-    let publisher = publish_slowly(nats.client.clone(), events, window - last_wait);
+    let mut runs = Instances::start(&config, dir.path(), plan.instances);
+    let publisher = publish_slowly(nats.client.clone(), plan.nodes, events, window - last_wait);
     let mut under_load = 0;
     for (i, (wait, action)) in schedule.into_iter().enumerate() {
         tokio::time::sleep(wait).await;
@@ -616,25 +763,31 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
         if booked < want.len() {
             under_load += 1;
         }
-        match action {
+        let what = match action {
             Action::KillRun => {
-                run.start_kill().unwrap();
-                run.wait().await.unwrap();
-                tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-                run = spawn_run(&config, &log, RUN_LOG);
+                let (victim, active) = match runs.active(&nats.js).await {
+                    Some(a) => (a, true),
+                    None => (rng.random_range(0..plan.instances), false),
+                };
+                let pause = Duration::from_millis(rng.random_range(0..400));
+                runs.kill_and_restart(victim, pause).await;
+                format!("instance {victim}{}", if active { " (active)" } else { "" })
             }
             Action::RestartNats => {
+                let victim = nats.victim(&mut rng).await;
+                let node = nats.cluster.node_mut(victim);
                 if rng.random_bool(0.5) {
-                    nats.server.kill().await;
+                    node.kill().await;
                 } else {
-                    nats.server.stop().await;
+                    node.stop().await;
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_500))).await;
-                nats.server.restart().await.expect("nats-server restarts");
+                node.restart().await.expect("nats-server restarts");
+                format!("node {victim}")
             }
-        }
+        };
         eprintln!(
-            "chaos: {:>5.1} s  #{i} {action:?} with {booked} of {} booked",
+            "chaos: {:>5.1} s  #{i} {action:?} {what} with {booked} of {} booked",
             started.elapsed().as_secs_f64(),
             want.len()
         );
@@ -649,13 +802,13 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
     let deadline = Instant::now() + plan.drain_limit();
     let rows = loop {
         if rx.booked() >= want.len()
-            && let Ok(rows) = deliveries(&nats).await
+            && let Ok(rows) = deliveries(&nats.js).await
             && undelivered(&rows, pairs).is_empty()
         {
             break rows;
         }
         if Instant::now() > deadline {
-            break deliveries(&nats).await.unwrap_or_else(|e| {
+            break deliveries(&nats.js).await.unwrap_or_else(|e| {
                 eprintln!("chaos: deliveries list failed: {e}");
                 Vec::new()
             });
@@ -695,9 +848,10 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
             want.len()
         ));
     }
+    problems.extend(replica_problems(&nats.js, plan.nodes).await);
     // `verify` replays ORDERS with the same fold the aggregator used: after
     // every kill and restart, every stored posting is the replay's.
-    match support::verify(&nats, &settings).await {
+    match ledgerline::verify::verify(&nats.client, &settings, |_, _| {}).await {
         Ok(report) if report.ok() && report.matched == want.len() as u64 => {}
         Ok(report) => problems.push(format!("{report}: {:?}", report.mismatches)),
         Err(e) => problems.push(format!("verify failed: {e}")),
@@ -706,10 +860,10 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
         for r in ["books", "erp"] {
             problems.push(format!(
                 "consumer of {r}: {}",
-                consumer_pending(&nats, r).await
+                consumer_pending(&nats.js, r).await
             ));
         }
-        fail(&plan, dir, &log, &problems);
+        fail(&plan, dir, &runs.logs, &problems);
     }
     eprintln!(
         "chaos: passed in {:.1} s (seed {})",
@@ -718,15 +872,54 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
     );
 }
 
+/// Every stream and bucket the run uses has `replicas` replicas: the
+/// test's and `ledgerline run`'s (`stream_replicas`).
+async fn replica_problems(js: &jetstream::Context, replicas: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names = vec![
+        ledgerline::streams::ORDERS_STREAM.to_owned(),
+        ledgerline::streams::LEDGER_STREAM.to_owned(),
+    ];
+    names.extend(
+        [
+            ledgerline::lease::BUCKET,
+            ledgerline::dispatcher::index::BUCKET,
+        ]
+        .map(|b| format!("KV_{b}")),
+    );
+    for name in names {
+        match js.get_stream(&name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) if info.config.num_replicas == replicas => {}
+                Ok(info) => problems.push(format!(
+                    "{name} has {} replicas, stream_replicas is {replicas}",
+                    info.config.num_replicas
+                )),
+                Err(e) => problems.push(format!("{name}: {e}")),
+            },
+            Err(e) => problems.push(format!("{name}: {e}")),
+        }
+    }
+    problems
+}
+
 /// Keeps the run's directory and fails with every problem and the seed.
-fn fail(plan: &Plan, mut dir: tempfile::TempDir, log: &Path, problems: &[String]) -> ! {
+fn fail(
+    plan: &Plan,
+    mut dir: tempfile::TempDir,
+    logs: &[std::path::PathBuf],
+    problems: &[String],
+) -> ! {
     dir.disable_cleanup(true);
+    let tails: Vec<String> = logs
+        .iter()
+        .map(|log| format!("{}:\n{}", log.display(), tail(log, 15)))
+        .collect();
     panic!(
-        "chaos test failed (seed {}); replay: {}\nrun log kept in {}; its tail:\n{}\n\nproblems:\n- {}",
+        "chaos test failed (seed {}); replay: {}\nrun logs kept; their tails:\n{}\n\nproblems:\n- {}",
         plan.seed,
         plan.replay(),
-        log.display(),
-        tail(log, 15),
+        tails.join("\n\n"),
         problems.join("\n- ")
     );
 }
