@@ -146,6 +146,11 @@ pub struct Config {
     /// standby takes over about this long after the active one dies
     /// ([`crate::lease`]).
     pub lease_ttl: String,
+    /// Several `run` instances share the delivery: each delivers a fair
+    /// share of the registries, one lease per registry
+    /// ([`crate::lease::shares`]), instead of one instance delivering to
+    /// all while the others stand by (SPEC 9).
+    pub share_registries: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
     pub rounding: Rounding,
@@ -189,6 +194,7 @@ impl Default for Config {
             subject_prefix: "orders".to_owned(),
             admin_listen: "127.0.0.1:8088".to_owned(),
             lease_ttl: "10s".to_owned(),
+            share_registries: false,
             admin_token: None,
             rounding: Rounding::default(),
             tax_rounding: TaxRounding::default(),
@@ -317,7 +323,7 @@ enum EnvKind {
 /// file (`smtp.host` is `LEDGERLINE_SMTP__HOST`). `[[registry]]` and
 /// `[[source]]` are not here: arrays of tables come from the file, the
 /// admin API or `registry apply` / `source apply`.
-const ENV_KEYS: [(&str, EnvKind); 25] = [
+const ENV_KEYS: [(&str, EnvKind); 26] = [
     ("nats_url", EnvKind::Text),
     ("stream_replicas", EnvKind::Text),
     ("nats_creds", EnvKind::Text),
@@ -327,6 +333,7 @@ const ENV_KEYS: [(&str, EnvKind); 25] = [
     ("admin_listen", EnvKind::Text),
     ("ingest_listen", EnvKind::Text),
     ("lease_ttl", EnvKind::Text),
+    ("share_registries", EnvKind::Text),
     ("admin_token", EnvKind::Text),
     ("rounding", EnvKind::Text),
     ("tax_rounding", EnvKind::Text),

@@ -359,7 +359,11 @@ pub async fn run_with_listeners(
             registries: registries.clone(),
             health: health.clone(),
         };
-        let handle = tasks.spawn(run_active(parts, shutdown.clone()));
+        let handle = if c == Component::Dispatcher && settings.config.share_registries {
+            tasks.spawn(run_shared_dispatcher(parts, shutdown.clone()))
+        } else {
+            tasks.spawn(run_active(parts, shutdown.clone()))
+        };
         names.insert(handle.id(), c);
     }
     if let Some((listener, token)) = admin_parts {
@@ -579,6 +583,72 @@ async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(
         }
         warn!(instance = %instance, "lease lost; this instance stands by again");
     }
+}
+
+/// The dispatcher with `share_registries`: this instance delivers the
+/// registries it owns, a fair share of them, each under a lease of its own
+/// (`dispatcher.<registry>`, [`crate::lease::shares`]); the other
+/// instances deliver the rest. Returns at shutdown, after every registry's
+/// deliveries have stopped and its lease is released.
+async fn run_shared_dispatcher(
+    parts: ActiveParts,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    // Validated with the config: a parse failure cannot happen here.
+    let ttl = humantime::parse_duration(&parts.settings.config.lease_ttl)
+        .unwrap_or(crate::lease::TTL_DEFAULT);
+    let Some(store) = lease_bucket(
+        &parts.js,
+        ttl,
+        parts.settings.config.stream_replicas,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let Some(mut options) = parts.dispatcher_options.clone() else {
+        return Ok(());
+    };
+    let (owned_tx, owned) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
+    options.shares = Some(owned);
+    let share_options = crate::lease::shares::ShareOptions {
+        store,
+        prefix: format!("{}.", Component::Dispatcher.name()),
+        instance: crate::lease::instance_name(),
+        ttl,
+    };
+    let registries = parts.registries.clone();
+    let wanted = move || {
+        registries
+            .borrow()
+            .all()
+            .iter()
+            .filter(|r| r.config.enabled)
+            .map(|r| r.id().to_owned())
+            .collect()
+    };
+    let shares = tokio::spawn(crate::lease::shares::share(
+        share_options,
+        wanted,
+        owned_tx,
+        shutdown.clone(),
+    ));
+    parts
+        .health
+        .set(Component::Dispatcher.name(), ComponentState::Running);
+    let dispatched = run_dispatcher(
+        parts.client.clone(),
+        options,
+        parts.registries.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(ServiceError::from);
+    // A failed dispatcher stops this instance: its shares go back.
+    shutdown.cancel();
+    let _ = shares.await;
+    dispatched
 }
 
 /// Waits for every task in `tasks`. A component that fails, panics or

@@ -25,6 +25,7 @@ use super::http::{
     read_capped,
 };
 use super::schedule::parse_retry_after;
+use crate::lease::Fence;
 use crate::posting::Posting;
 use crate::records::RESPONSE_EXCERPT_MAX_BYTES;
 use crate::registry::{AcceptRule, Registry, TargetPolicy};
@@ -103,6 +104,9 @@ pub struct Target {
     redactor: Redactor,
     timeout: Duration,
     policy: Arc<TargetPolicy>,
+    /// Checked before every attempt and write to this registry: the
+    /// instance's lease, or (shares) the registry's own.
+    pub fence: Fence,
 }
 
 impl std::fmt::Debug for Target {
@@ -119,6 +123,7 @@ impl Target {
         registry: &Registry,
         policy: Arc<TargetPolicy>,
         breaker: Breaker,
+        fence: Fence,
     ) -> Result<Self, TargetError> {
         let cfg = &registry.config;
         let err = |message: String| TargetError {
@@ -178,6 +183,7 @@ impl Target {
             redactor: Redactor::for_registry(cfg),
             timeout: Duration::from_millis(cfg.timeout_ms),
             policy,
+            fence,
         })
     }
 

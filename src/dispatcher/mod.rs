@@ -72,6 +72,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Settings, SmtpConfig};
 use crate::lease::Fence;
+use crate::lease::shares::{Owned, OwnedKeys, WorkGuard};
 use crate::notify::{Notifier, NotifyError};
 use crate::registry::{Registry, TargetPolicy};
 use crate::registry_store::RegistryWatch;
@@ -135,6 +136,10 @@ pub struct DispatcherOptions {
     /// Checked before every attempt and write: only the instance holding
     /// the lease delivers ([`crate::lease`]). Open by default.
     pub fence: Fence,
+    /// With `share_registries`: the registries this instance owns now
+    /// ([`crate::lease::shares`]), each with its own fence; only those are
+    /// delivered (then `fence` is not used). `None`: every registry.
+    pub shares: Option<OwnedKeys>,
     /// Replicas of the dead-letter index bucket when it is created.
     pub stream_replicas: usize,
 }
@@ -156,6 +161,7 @@ impl DispatcherOptions {
             sweep_every: SWEEP_EVERY_DEFAULT,
             overdue_grace: OVERDUE_GRACE_DEFAULT,
             fence: Fence::open(),
+            shares: None,
             stream_replicas: settings.config.stream_replicas,
         })
     }
@@ -186,7 +192,6 @@ pub(crate) struct Shared {
     pub ack_wait: Duration,
     pub sweep_every: Duration,
     pub overdue_grace: Duration,
-    pub fence: Fence,
     /// Which pairs are dead or retrying ([`index`]).
     pub index: DeliveryIndex,
 }
@@ -202,6 +207,25 @@ struct Running {
     registry: Registry,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Whether registry `id` is delivered here, and under which fence and
+/// token: every registry under the instance's fence, or (shares) only an
+/// owned one, under its own lease's fence and token.
+fn ownership(
+    id: &str,
+    shares: Option<&std::collections::BTreeMap<String, Owned>>,
+    fence: &Fence,
+    shutdown: &CancellationToken,
+) -> Option<(Fence, CancellationToken, Option<WorkGuard>)> {
+    match shares {
+        None => Some((fence.clone(), shutdown.child_token(), None)),
+        Some(owned) => {
+            let o = owned.get(id)?;
+            let guard = o.start()?;
+            Some((o.fence.clone(), o.active.clone(), Some(guard)))
+        }
+    }
 }
 
 /// Runs the dispatcher until `shutdown` fires, then stops taking work,
@@ -257,20 +281,28 @@ pub async fn run_dispatcher(
         ack_wait: options.ack_wait,
         sweep_every: options.sweep_every,
         overdue_grace: options.overdue_grace,
-        fence: options.fence.clone(),
         index,
     });
     let policy = Arc::new(options.policy.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
-    info!(max_in_flight = options.max_in_flight, "dispatcher started");
+    let mut shares = options.shares.clone();
+    info!(
+        max_in_flight = options.max_in_flight,
+        shared = shares.is_some(),
+        "dispatcher started"
+    );
     loop {
         let set = registries.borrow_and_update().clone();
-        // Stop what is gone, disabled or changed…
+        let owned = shares.as_mut().map(|s| s.borrow_and_update().clone());
+        // Stop what is gone, disabled, changed or no longer ours…
         let stale: Vec<String> = running
             .iter()
             .filter(|(id, r)| {
-                set.get(id)
-                    .is_none_or(|now| !now.config.enabled || *now != r.registry)
+                r.cancel.is_cancelled()
+                    || owned.as_ref().is_some_and(|o| !o.contains_key(*id))
+                    || set
+                        .get(id)
+                        .is_none_or(|now| !now.config.enabled || *now != r.registry)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -286,16 +318,25 @@ pub async fn run_dispatcher(
             if !registry.config.enabled || running.contains_key(registry.id()) {
                 continue;
             }
+            let Some((fence, cancel, guard)) =
+                ownership(registry.id(), owned.as_ref(), &options.fence, &shutdown)
+            else {
+                continue;
+            };
             let breaker = Breaker::new(options.breaker_failures, options.breaker_cool_down);
-            let target = match Target::new(registry, policy.clone(), breaker) {
+            let target = match Target::new(registry, policy.clone(), breaker, fence) {
                 Ok(t) => Arc::new(t),
                 Err(e) => {
                     error!(error = %e, "registry cannot be delivered to; its postings wait");
                     continue;
                 }
             };
-            let cancel = shutdown.child_token();
-            let task = tokio::spawn(run_registry(shared.clone(), target, cancel.clone()));
+            let run = run_registry(shared.clone(), target, cancel.clone());
+            let task = tokio::spawn(async move {
+                run.await;
+                // Only now may the registry's lease go to another instance.
+                drop(guard);
+            });
             running.insert(
                 registry.id().to_owned(),
                 Running {
@@ -305,13 +346,26 @@ pub async fn run_dispatcher(
                 },
             );
         }
+        let shares_changed = async {
+            let changed = match shares.as_mut() {
+                Some(s) => s.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                // No shares, or their sender gone: nothing more changes.
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            () = shares_changed => {}
             changed = registries.changed() => {
                 if changed.is_err() {
-                    // Fixed registries: nothing more will change.
-                    shutdown.cancelled().await;
-                    break;
+                    // Fixed registries: only the shares or the shutdown remain.
+                    registries_fixed(&mut shares, &shutdown).await;
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
                 }
             }
         }
@@ -325,6 +379,18 @@ pub async fn run_dispatcher(
     }
     info!("dispatcher stopped");
     Ok(())
+}
+
+/// Waits (the registries being fixed) until the shares change or the
+/// shutdown comes.
+async fn registries_fixed(shares: &mut Option<OwnedKeys>, shutdown: &CancellationToken) {
+    match shares.as_mut() {
+        Some(s) => tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = s.changed() => {}
+        },
+        None => shutdown.cancelled().await,
+    }
 }
 
 /// The consumer configuration of a registry.

@@ -650,7 +650,7 @@ impl Worker {
         }
         // Only the active instance sends (it may have lost the lease
         // while waiting).
-        if let Err(fenced) = self.shared.fence.check() {
+        if let Err(fenced) = self.target.fence.check() {
             info!(registry_id = %self.registry_id(), order_id = %self.order_id,
                   error = %fenced, "not sending");
             return Sent::Stopped;
@@ -1147,7 +1147,7 @@ impl Worker {
         payload: Vec<u8>,
         expected_last_subject_seq: Option<u64>,
     ) -> Result<PublishAckFuture, StoreError> {
-        self.shared
+        self.target
             .fence
             .check()
             .map_err(|source| StoreError::Fenced { source })?;

@@ -38,6 +38,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod shares;
+
 /// The lease bucket.
 pub const BUCKET: &str = "ledgerline_lease";
 /// How long a lease lives without renewal (the bucket's `max_age`).
@@ -167,32 +169,8 @@ impl Lease {
     ) -> Option<Lease> {
         let mut told = false;
         loop {
-            let value = Holder {
-                instance: instance.to_owned(),
-                since: OffsetDateTime::now_utc(),
-            };
-            let started = Instant::now();
-            // Serialising a plain struct cannot fail.
-            let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            match store.create(key, bytes.into()).await {
-                Ok(revision) => {
-                    info!(
-                        instance,
-                        lease = key,
-                        revision,
-                        "lease acquired: this instance is active"
-                    );
-                    let (valid_until, _) = watch::channel(Some(started + ttl - SAFETY_MARGIN));
-                    return Some(Lease {
-                        kv: store,
-                        key: key.to_owned(),
-                        instance: instance.to_owned(),
-                        revision,
-                        ttl,
-                        valid_until,
-                        lost: Arc::new(AtomicBool::new(false)),
-                    });
-                }
+            match Self::try_acquire(&store, key, instance, ttl).await {
+                Ok(lease) => return Some(lease),
                 Err(e) => {
                     if !told {
                         let holder = match store.get(key).await {
@@ -211,6 +189,41 @@ impl Lease {
                 _ = tokio::time::sleep(ttl / 4) => {}
             }
         }
+    }
+
+    /// One attempt at the lease: it is ours if the key does not exist
+    /// (`create`), else the error says why not (held by another instance,
+    /// or NATS unreachable).
+    pub async fn try_acquire(
+        store: &kv::Store,
+        key: &str,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<Lease, kv::CreateError> {
+        let value = Holder {
+            instance: instance.to_owned(),
+            since: OffsetDateTime::now_utc(),
+        };
+        let started = Instant::now();
+        // Serialising a plain struct cannot fail.
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let revision = store.create(key, bytes.into()).await?;
+        info!(
+            instance,
+            lease = key,
+            revision,
+            "lease acquired: this instance is active"
+        );
+        let (valid_until, _) = watch::channel(Some(started + ttl - SAFETY_MARGIN));
+        Ok(Lease {
+            kv: store.clone(),
+            key: key.to_owned(),
+            instance: instance.to_owned(),
+            revision,
+            ttl,
+            valid_until,
+            lost: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The fence the active components check before each write.
@@ -253,7 +266,7 @@ impl Lease {
                         .send_replace(Some(started + self.ttl - SAFETY_MARGIN));
                 }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    warn!(instance = %self.instance, "lease taken by another instance; stopping");
+                    warn!(instance = %self.instance, lease = %self.key, "lease taken by another instance; stopping");
                     return self.lose(&active);
                 }
                 Ok(Err(e)) => {
@@ -286,7 +299,7 @@ impl Lease {
             .delete_expect_revision(&self.key, Some(self.revision))
             .await
         {
-            Ok(()) => info!(instance = %self.instance, "lease released"),
+            Ok(()) => info!(instance = %self.instance, lease = %self.key, "lease released"),
             Err(e) => warn!(instance = %self.instance, error = %e,
                             "could not release the lease; the standby takes over when it expires"),
         }

@@ -144,11 +144,12 @@ enum Action {
 /// The registries: `books` delta and signed, `erp` full and unsigned;
 /// short retries, and the shortest lease (a restarted instance waits for
 /// the killed one's lease to expire), so a run ends in about a minute.
-fn registries(base: &str, replicas: usize) -> String {
+fn registries(base: &str, replicas: usize, share: bool) -> String {
     format!(
         r#"
 lease_ttl = "4s"
 stream_replicas = {replicas}
+share_registries = {share}
 
 [delivery]
 retry_schedule = ["300ms", "1s", "2s"]
@@ -607,10 +608,12 @@ async fn orders_arrive_whole_and_in_order_through_kills_nats_restarts_and_receiv
 
 /// Scale-out (SPEC 9, issue 16): the same chaos on a 3-node nats-server
 /// cluster with R3 streams and buckets (`stream_replicas = 3`, `nats_url`
-/// listing the three nodes), two `ledgerline run` instances (one active,
-/// one a fenced standby): the active instance is SIGKILLed (the standby
-/// takes over within the lease TTL) and nodes are crashed or stopped (the
-/// LEDGER stream's leader half of the time) while orders flow. The same
+/// listing the three nodes), two `ledgerline run` instances sharing the
+/// delivery (`share_registries`: one registry each) with one aggregator
+/// active and one standing by: the aggregator's instance is SIGKILLed (the
+/// other takes over its lease and its registry within the TTL) and nodes
+/// are crashed or stopped (the LEDGER stream's leader half of the time)
+/// while orders flow. The same
 /// audit: nothing lost, in order per (registry, order), one body per key,
 /// each posting stored once (no posting published by two owners), and
 /// `verify` agrees with every stored posting.
@@ -694,11 +697,12 @@ impl Instances {
         }
     }
 
-    /// The instance holding the dispatcher's lease (its holder's name
-    /// carries the pid), when one holds it and is ours.
+    /// The instance holding the aggregator's lease (its holder's name
+    /// carries the pid), when one holds it and is ours. (The registries'
+    /// deliveries are shared between the instances.)
     async fn active(&self, js: &jetstream::Context) -> Option<usize> {
         let kv = js.get_key_value(ledgerline::lease::BUCKET).await.ok()?;
-        let entry = kv.get("dispatcher").await.ok()??;
+        let entry = kv.get("aggregator").await.ok()??;
         let holder: ledgerline::lease::Holder = serde_json::from_slice(&entry).ok()?;
         let pid: u32 = holder.instance.rsplit('-').nth(1)?.parse().ok()?;
         self.runs.iter().position(|r| r.id() == Some(pid))
@@ -722,7 +726,7 @@ async fn chaos(plan: Plan) {
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     let mut nats = ChaosNats::start(plan.nodes).await;
     let rx = ChaosReceiver::start(rng.random()).await;
-    let registries = registries(&rx.server.url(""), plan.nodes);
+    let registries = registries(&rx.server.url(""), plan.nodes, plan.instances > 1);
     let dir = tempfile::Builder::new()
         .prefix("ledgerline-chaos-")
         .tempdir()

@@ -28,6 +28,7 @@ mod receiver;
 mod registry_store;
 mod schema;
 mod service;
+mod shares;
 mod streams;
 mod support;
 mod tls;
