@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
 
 use super::InboundState;
 use crate::events::{OrderId, Rejection, parse_event};
@@ -62,7 +63,8 @@ pub(super) async fn publish(
     source: &Source,
     events: &[MappedEvent],
 ) -> Result<Stored, StoreError> {
-    let mut pending: Vec<(String, PublishAckFuture)> = Vec::with_capacity(events.len());
+    let mut pending: Vec<(String, PublishMessage, PublishAckFuture)> =
+        Vec::with_capacity(events.len());
     for e in events {
         let subject = format!("{}.{}", st.inner.prefix, e.order_id);
         let mut headers = HeaderMap::new();
@@ -71,17 +73,19 @@ pub(super) async fn publish(
         let ack = st
             .inner
             .js
-            .send_publish(subject.clone(), message)
+            .send_publish(subject.clone(), message.clone())
             .await
             .map_err(|source| StoreError::Publish {
                 subject: subject.clone(),
                 source,
             })?;
-        pending.push((subject, ack));
+        pending.push((subject, message, ack));
     }
     let mut stored = Stored::default();
-    for (subject, ack) in pending {
-        let ack = ack
+    for (subject, message, ack) in pending {
+        // A vendor's retry racing its first attempt on a cluster: the
+        // answer "in process" is settled before replying.
+        let ack = streams::ack_resolving_in_process(&st.inner.js, &subject, &message, ack)
             .await
             .map_err(|source| StoreError::Publish { subject, source })?;
         if ack.duplicate {

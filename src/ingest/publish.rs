@@ -161,7 +161,7 @@ pub async fn publish(
     streams::ensure_streams(&js, prefix, replicas).await?;
     let rejected_max = streams::rejected_max_bytes(client);
     let mut summary = PublishSummary::default();
-    let mut window: VecDeque<(u64, String, PublishAckFuture)> = VecDeque::with_capacity(ACK_WINDOW);
+    let mut window: VecDeque<Pending> = VecDeque::with_capacity(ACK_WINDOW);
 
     for (i, line) in input.split(b'\n').enumerate() {
         let line_no = i as u64 + 1;
@@ -204,22 +204,27 @@ pub async fn publish(
                 )
             }
         };
-        let fut = js
-            .send_publish(subject.clone(), publish)
+        let ack = js
+            .send_publish(subject.clone(), publish.clone())
             .await
             .map_err(|source| PublishError::Nats {
                 line: line_no,
                 subject: subject.clone(),
                 source,
             })?;
-        window.push_back((line_no, subject, fut));
+        window.push_back(Pending {
+            line: line_no,
+            subject,
+            message: publish,
+            ack,
+        });
         if window.len() >= ACK_WINDOW {
-            settle(window.pop_front(), &mut summary).await?;
+            settle(&js, window.pop_front(), &mut summary).await?;
         }
         progress(&summary);
     }
     while let Some(item) = window.pop_front() {
-        settle(Some(item), &mut summary).await?;
+        settle(&js, Some(item), &mut summary).await?;
         progress(&summary);
     }
     summary.elapsed = started.elapsed();
@@ -245,18 +250,37 @@ fn record_refusal(headers: &mut HeaderMap, source: &str, r: &Refusal) {
     headers.insert(H_KIND, "rejected");
 }
 
+/// A message sent, its ack not yet awaited.
+struct Pending {
+    line: u64,
+    subject: String,
+    message: PublishMessage,
+    ack: PublishAckFuture,
+}
+
 async fn settle(
-    item: Option<(u64, String, PublishAckFuture)>,
+    js: &jetstream::Context,
+    item: Option<Pending>,
     summary: &mut PublishSummary,
 ) -> Result<(), PublishError> {
-    let Some((line, subject, fut)) = item else {
+    let Some(Pending {
+        line,
+        subject,
+        message,
+        ack,
+    }) = item
+    else {
         return Ok(());
     };
-    let ack = fut.await.map_err(|source| PublishError::Nats {
-        line,
-        subject: subject.clone(),
-        source,
-    })?;
+    // Two lines with one event_id in one window, on a cluster: the second
+    // is answered "in process" until the first is stored.
+    let ack = streams::ack_resolving_in_process(js, &subject, &message, ack)
+        .await
+        .map_err(|source| PublishError::Nats {
+            line,
+            subject: subject.clone(),
+            source,
+        })?;
     // Refusals are counted when found; only input subjects count here.
     if !subject.starts_with("ledger.") {
         if ack.duplicate {

@@ -743,7 +743,28 @@ impl NatsCluster {
         }
         let started =
             futures::future::join_all(nodes.iter_mut().map(NatsServer::spawn_and_wait)).await;
-        if let Some(e) = started.into_iter().find_map(Result::err) {
+        let mut failed = started.into_iter().find_map(Result::err);
+        if failed.is_none() && n > 1 {
+            // Ready nodes may still be electing the JetStream meta leader;
+            // until then every stream request times out.
+            let monitor = nodes[0].monitor_port;
+            if timeout(READY_TIMEOUT, async {
+                while !meta_leader_known(monitor).await {
+                    sleep(POLL_INTERVAL).await;
+                }
+            })
+            .await
+            .is_err()
+            {
+                failed = Some(NatsdError::NotReady {
+                    port: nodes[0].port,
+                    timeout: READY_TIMEOUT,
+                    log: nodes[0].log_path.clone(),
+                    log_tail: read_tail(&nodes[0].log_path, 0, LOG_TAIL_LINES),
+                });
+            }
+        }
+        if let Some(e) = failed {
             for node in &mut nodes {
                 node.temp.disable_cleanup(true);
             }
@@ -811,6 +832,31 @@ async fn client_port_is_ours(port: u16, name: &str) -> bool {
     let want = format!("\"server_name\":\"{name}\"");
     matches!(timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(line))
         if line.starts_with("INFO ") && line.contains(&want))
+}
+
+/// `GET /jsz` on the monitoring port names a JetStream meta leader.
+async fn meta_leader_known(monitor_port: u16) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect((HOST, monitor_port)).await?;
+        stream
+            .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        io::Result::Ok(response)
+    };
+    let Ok(Ok(response)) = timeout(PROBE_TIMEOUT, probe).await else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&response);
+    let Some((_, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|jsz| {
+        jsz["meta_cluster"]["leader"]
+            .as_str()
+            .is_some_and(|l| !l.is_empty())
+    })
 }
 
 /// `GET /healthz` on the monitoring port answers 200.

@@ -484,6 +484,50 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
+/// How often a publish answered "in process" ([`is_duplicate_in_process`])
+/// is sent again, and how long apart.
+const IN_PROCESS_RETRIES: u32 = 50;
+const IN_PROCESS_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether a publish was refused because a message with the same
+/// `Nats-Msg-Id` is being stored at this very moment: a clustered stream
+/// answers so (409, error code 10158) when two publishes of one id meet,
+/// where a single server answers the second with a duplicate ack. It is a
+/// duplicate in the making, not yet a definitive answer.
+pub fn is_duplicate_in_process(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == jetstream::context::PublishErrorKind::Other
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| {
+                j.error_code() == jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+            })
+}
+
+/// Awaits `ack`, the ack of `message` published on `subject`; while it is
+/// a duplicate in process ([`is_duplicate_in_process`]), publishes the same
+/// message again a moment later, until the stream answers for good: stored,
+/// or a duplicate of the message that was in process then.
+pub async fn ack_resolving_in_process(
+    js: &jetstream::Context,
+    subject: &str,
+    message: &jetstream::message::PublishMessage,
+    ack: jetstream::context::PublishAckFuture,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    let mut result = ack.await;
+    for _ in 0..IN_PROCESS_RETRIES {
+        match &result {
+            Err(e) if is_duplicate_in_process(e) => {}
+            _ => return result,
+        }
+        tokio::time::sleep(IN_PROCESS_PAUSE).await;
+        result = match js.send_publish(subject.to_owned(), message.clone()).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+    }
+    result
+}
+
 /// A JetStream publish with our own headers plus a `Nats-Msg-Id` (and,
 /// optionally, `Nats-Expected-Last-Subject-Sequence`).
 ///

@@ -362,3 +362,48 @@ async fn a_three_node_cluster_keeps_an_r3_stream_through_the_loss_of_any_one_nod
     })
     .await
 }
+
+/// One event id published twice at once (a file with a repeated line, a
+/// vendor's retry racing its first attempt): a single server answers the
+/// second with a duplicate ack, a clustered stream with "in process" (409,
+/// error code 10158) until the first is stored. `ledgerline publish` settles
+/// that answer: the repeats count as duplicates, nothing fails, each event
+/// is stored once.
+#[tokio::test]
+async fn a_repeated_event_id_published_at_once_to_a_cluster_is_a_duplicate_not_an_error()
+-> Result<()> {
+    bounded(async {
+        let cluster = NatsCluster::start(3).await?;
+        let settings = ledgerline::config::Settings::on_loopback(&cluster.url(), "", "test.toml")?;
+        let client = ledgerline::streams::connect_once(&settings.config).await?;
+        let mut lines = String::new();
+        for i in 0..40 {
+            let event =
+                format!(r#"{{"event_id":"e-{i}","order_id":"o-{i}","type":"order.confirmed"}}"#);
+            // Three times in a row: sent together, in one ack window.
+            for _ in 0..3 {
+                lines.push_str(&event);
+                lines.push('\n');
+            }
+        }
+        let summary = ledgerline::publish::publish(
+            &client,
+            "orders",
+            3,
+            "test",
+            lines.as_bytes(),
+            |_| {},
+            |_| {},
+        )
+        .await?;
+        ensure!(
+            (summary.published, summary.duplicates) == (40, 80),
+            "{summary}"
+        );
+        let js = jetstream::new(client);
+        let messages = js.get_stream("ORDERS").await?.info().await?.state.messages;
+        ensure!(messages == 40, "ORDERS holds {messages} messages");
+        Ok(())
+    })
+    .await
+}
