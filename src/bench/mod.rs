@@ -34,8 +34,13 @@
 //! run then): N webhooks to an in-process ingest listener, valid, over the
 //! rate limit and over-size: requests/s, answers by status, what ORDERS
 //! stored, peak RSS.
+//!
+//! (g) [`instances`], on its own with `--instances 1,2,3`: for each count,
+//! that many instances sharing the delivery (`share_registries`) on a
+//! 3-node cluster with R3 streams: postings/s and CPU per count.
 
 pub mod flood;
+pub mod instances;
 pub mod pipeline;
 pub mod raw;
 pub mod scale;
@@ -95,6 +100,11 @@ pub struct BenchArgs {
     /// 10000), 64 at a time, to an ingest listener in this process.
     #[arg(long, value_name = "REQUESTS")]
     pub flood: Option<usize>,
+    /// Runs only the instances stage (g): for each count (e.g. 1,2,3),
+    /// that many instances sharing the delivery on a 3-node cluster,
+    /// --orders orders each (default 2,000; 60 with --quick).
+    #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
+    pub instances: Option<Vec<usize>>,
 }
 
 /// Why the bench could not run.
@@ -479,7 +489,7 @@ pub fn cli(args: BenchArgs) -> ExitCode {
         };
     }
     let mut last_stage = String::new();
-    let result = rt.block_on(run_bench(&args, |p| {
+    let mut show = |p: &BenchProgress| {
         if tty {
             if p.total > 0 {
                 bar.set_message(format!("{}: {}/{}", p.stage, p.done, p.total));
@@ -490,7 +500,32 @@ pub fn cli(args: BenchArgs) -> ExitCode {
             eprintln!("bench: {}", p.stage);
             last_stage = p.stage.clone();
         }
-    }));
+    };
+    if let Some(counts) = &args.instances {
+        let orders = args.orders.unwrap_or(if args.quick {
+            ORDERS_QUICK
+        } else {
+            ORDERS_DEFAULT
+        });
+        let result = rt.block_on(instances::run(
+            counts,
+            orders,
+            args.concurrency.max(1),
+            &mut show,
+        ));
+        bar.finish_and_clear();
+        return match result {
+            Ok(figures) => {
+                println!("{figures}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ledgerline bench --instances: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let result = rt.block_on(run_bench(&args, &mut show));
     bar.finish_and_clear();
     match result {
         Ok(report) => {

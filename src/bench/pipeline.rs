@@ -138,7 +138,7 @@ impl PipelineFigures {
 /// and body: that is for tests and the demo, and cost the bench ≈ 10 % of
 /// its CPU and memory growing with the burst.
 #[derive(Clone)]
-struct BenchReceiver {
+pub(super) struct BenchReceiver {
     inner: Arc<BenchReceiverInner>,
 }
 
@@ -184,7 +184,7 @@ fn journal_id(n: u64) -> String {
 }
 
 impl BenchReceiver {
-    fn new(secret: Option<&Secret>) -> Result<Self, BenchError> {
+    pub(super) fn new(secret: Option<&Secret>) -> Result<Self, BenchError> {
         let key = secret
             .map(crate::signing::decode_secret)
             .transpose()
@@ -206,7 +206,11 @@ impl BenchReceiver {
     }
 
     /// Serves `path` on a free loopback port until `stop`.
-    async fn serve(&self, path: &str, stop: CancellationToken) -> Result<SocketAddr, BenchError> {
+    pub(super) async fn serve(
+        &self,
+        path: &str,
+        stop: CancellationToken,
+    ) -> Result<SocketAddr, BenchError> {
         let router = axum::Router::new()
             .route(path, axum::routing::post(bench_webhook))
             .with_state(self.clone());
@@ -224,8 +228,19 @@ impl BenchReceiver {
         Ok(addr)
     }
 
-    fn accepted(&self) -> u64 {
+    pub(super) fn accepted(&self) -> u64 {
         self.inner.accepted.load(Ordering::Relaxed)
+    }
+
+    /// When the last request was accepted.
+    pub(super) fn last_receipt(&self) -> Option<OffsetDateTime> {
+        lock(&self.inner.receipts).iter().map(|(_, at)| *at).max()
+    }
+
+    /// Postings that did not carry the registry_data answered to the one
+    /// before.
+    pub(super) fn chain_breaks(&self) -> u64 {
+        self.inner.chain_breaks.load(Ordering::Relaxed)
     }
 
     fn signature_ok(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
@@ -334,10 +349,20 @@ pub(super) fn bench_config(
     max_in_flight: usize,
     registries: &[String],
 ) -> Result<Settings, BenchError> {
+    bench_config_with(nats_url, max_in_flight, "", registries)
+}
+
+/// [`bench_config`] with `top` (TOML lines of top-level keys) added.
+pub(super) fn bench_config_with(
+    nats_url: &str,
+    max_in_flight: usize,
+    top: &str,
+    registries: &[String],
+) -> Result<Settings, BenchError> {
     let nats_url = toml::Value::String(nats_url.to_owned());
     let text = format!(
         "nats_url = {nats_url}\nallow_insecure_http = true\n\
-         allow_private_targets = [\"127.0.0.0/8\"]\n\n\
+         allow_private_targets = [\"127.0.0.0/8\"]\n{top}\n\
          [delivery]\nmax_in_flight = {max_in_flight}\n{}",
         registries.concat()
     );
@@ -384,7 +409,7 @@ pub(super) async fn publish_events(
     stage: &str,
 ) -> Result<usize, BenchError> {
     let started = tokio::time::Instant::now();
-    let mut window: VecDeque<(OffsetDateTime, PublishAckFuture)> =
+    let mut window: VecDeque<(OffsetDateTime, String, PublishMessage, PublishAckFuture)> =
         VecDeque::with_capacity(PUBLISH_WINDOW);
     let mut published = 0;
     for (i, line) in lines.enumerate() {
@@ -397,16 +422,18 @@ pub(super) async fn publish_events(
             tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
         }
         if window.len() >= PUBLISH_WINDOW
-            && let Some((sent, ack)) = window.pop_front()
+            && let Some((sent, subject, message, ack)) = window.pop_front()
         {
+            let ack = crate::streams::ack_resolving_in_process(js, &subject, &message, ack);
             on_ack(sent, ack.await.map_err(err("publishing events"))?.sequence);
         }
         let sent = OffsetDateTime::now_utc();
+        let message = message.payload(Bytes::from(line));
         let ack = js
-            .send_publish(subject, message.payload(Bytes::from(line)))
+            .send_publish(subject.clone(), message.clone())
             .await
             .map_err(err("publishing events"))?;
-        window.push_back((sent, ack));
+        window.push_back((sent, subject, message, ack));
         published += 1;
         if published % 500 == 0 {
             progress(&BenchProgress {
@@ -416,7 +443,8 @@ pub(super) async fn publish_events(
             });
         }
     }
-    for (sent, ack) in window {
+    for (sent, subject, message, ack) in window {
+        let ack = crate::streams::ack_resolving_in_process(js, &subject, &message, ack);
         on_ack(sent, ack.await.map_err(err("publishing events"))?.sequence);
     }
     Ok(published)

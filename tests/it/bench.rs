@@ -64,3 +64,44 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
         .unwrap_or(0);
     assert!(postings > 0, "{stdout}");
 }
+
+/// `--instances 1,2`: each count runs to the end on a 3-node cluster with
+/// every posting delivered (the stage fails otherwise: a chain break, or
+/// postings left undelivered), and the report has a line per count.
+#[test]
+fn bench_instances_runs_each_count_on_a_cluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
+        .args(["bench", "--instances", "1,2", "--orders", "30"])
+        .output()
+        .expect("ledgerline runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("(g) instances sharing the delivery (share_registries): a 3-node cluster"),
+        "{stdout}"
+    );
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("instance(s): "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (line, n) in lines.iter().zip(["1", "2"]) {
+        assert!(
+            line.trim_start().starts_with(&format!("{n} instance(s): ")),
+            "{line}"
+        );
+        let postings: u64 = line
+            .split("instance(s): ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("postings in {line:?}"));
+        assert!(postings > 30, "{line}");
+        assert!(line.contains("postings/s"), "{line}");
+    }
+}
