@@ -18,7 +18,7 @@
 //! cannot add CPU, so the figures show what sharing costs there, not the
 //! speed-up of instances on machines of their own.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -194,7 +194,10 @@ async fn run_one(
     outcome
 }
 
-/// Waits until every registry's lease is held and `n` instances hold them.
+/// Waits until every registry's lease is held and the shares are even:
+/// `n` instances hold ⌈registries / n⌉ or one less each. (Measured before
+/// that, a registry could move during the run: its wake-ups in flight to
+/// the old owner come back only after the consumer's ack wait.)
 async fn wait_for_shares(
     js: &jetstream::Context,
     registries: &[String],
@@ -202,9 +205,11 @@ async fn wait_for_shares(
 ) -> Result<(), BenchError> {
     let started = Instant::now();
     let want = n.min(registries.len());
+    let fair = registries.len().div_ceil(want);
     loop {
         if let Some(holders) = holders(js, registries).await
             && holders.len() == want
+            && holders.values().all(|held| *held + 1 >= fair && *held <= fair)
         {
             return Ok(());
         }
@@ -221,8 +226,11 @@ async fn wait_for_shares(
     }
 }
 
-/// The distinct holders of the registries' leases, when every one is held.
-async fn holders(js: &jetstream::Context, registries: &[String]) -> Option<BTreeSet<String>> {
+/// How many registries each holder holds, when every one is held.
+async fn holders(
+    js: &jetstream::Context,
+    registries: &[String],
+) -> Option<BTreeMap<String, usize>> {
     let kv = js.get_key_value(crate::lease::BUCKET).await.ok()?;
     let keys: Vec<String> = kv
         .keys()
@@ -232,7 +240,7 @@ async fn holders(js: &jetstream::Context, registries: &[String]) -> Option<BTree
         .try_collect()
         .await
         .ok()?;
-    let mut holders = BTreeSet::new();
+    let mut holders = BTreeMap::new();
     for r in registries {
         let key = format!("{}.{r}", Component::Dispatcher.name());
         if !keys.contains(&key) {
@@ -240,7 +248,7 @@ async fn holders(js: &jetstream::Context, registries: &[String]) -> Option<BTree
         }
         let value = kv.get(&key).await.ok()??;
         let holder: crate::lease::Holder = serde_json::from_slice(&value).ok()?;
-        holders.insert(holder.instance);
+        *holders.entry(holder.instance).or_insert(0) += 1;
     }
     Some(holders)
 }
