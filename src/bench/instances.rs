@@ -209,7 +209,9 @@ async fn wait_for_shares(
     loop {
         if let Some(holders) = holders(js, registries).await
             && holders.len() == want
-            && holders.values().all(|held| *held + 1 >= fair && *held <= fair)
+            && holders
+                .values()
+                .all(|held| *held + 1 >= fair && *held <= fair)
         {
             return Ok(());
         }
