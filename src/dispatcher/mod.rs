@@ -436,8 +436,8 @@ async fn open_messages(
     consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .heartbeat(crate::streams::PULL_HEARTBEAT)
+        .expires(crate::streams::PULL_EXPIRES)
         .messages()
         .await
         .map_err(OpenConsumerError::Pull)

@@ -264,7 +264,12 @@ pub async fn run_aggregator(
 
     // The reader: fetch in stream order, route by order id.
     'read: while !shutdown.is_cancelled() {
-        let mut messages = match consumer.messages().await {
+        let pull = consumer
+            .stream()
+            .heartbeat(crate::streams::PULL_HEARTBEAT)
+            .expires(crate::streams::PULL_EXPIRES)
+            .messages();
+        let mut messages = match pull.await {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "cannot pull from ORDERS; retrying");

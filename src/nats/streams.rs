@@ -484,6 +484,17 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
+/// How long a pull request of the aggregator's and the dispatchers'
+/// consumers lives. A pull request can be lost (sent while a clustered
+/// consumer has no leader yet, or dropped with a leader that died); the
+/// client notices only when it should have expired (plus 5 s) and then
+/// asks again, so this bounds how long a consumer can sit idle with work
+/// pending: ≈ 10 s instead of the client's default 30 (+5) s. An idle
+/// consumer asks again this often (one small request).
+pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The idle heartbeat of those pull requests (under half their expiry).
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// How often a publish answered "in process" ([`is_duplicate_in_process`])
 /// is sent again, and how long apart.
 const IN_PROCESS_RETRIES: u32 = 50;
