@@ -194,10 +194,12 @@ async fn run_one(
     outcome
 }
 
-/// Waits until every registry's lease is held and the shares are even:
-/// `n` instances hold ⌈registries / n⌉ or one less each. (Measured before
-/// that, a registry could move during the run: its wake-ups in flight to
-/// the old owner come back only after the consumer's ack wait.)
+/// Waits until the aggregator runs (its lease held, its consumer there),
+/// every registry's lease is held and the shares are even: `n` instances
+/// hold ⌈registries / n⌉ or one less each. (On a fresh cluster under load
+/// an instance's start-up can take tens of seconds, its JetStream requests
+/// timing out and retried: measured before it is up, the run would time
+/// that, not the delivery.)
 async fn wait_for_shares(
     js: &jetstream::Context,
     registries: &[String],
@@ -207,7 +209,8 @@ async fn wait_for_shares(
     let want = n.min(registries.len());
     let fair = registries.len().div_ceil(want);
     loop {
-        if let Some(holders) = holders(js, registries).await
+        if aggregating(js).await
+            && let Some(holders) = holders(js, registries).await
             && holders.len() == want
             && holders
                 .values()
@@ -215,17 +218,32 @@ async fn wait_for_shares(
         {
             return Ok(());
         }
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_secs(120) {
             return Err(BenchError::Step {
                 what: "sharing the registries",
                 message: format!(
-                    "the {} registries were not spread over {want} instances within 60 s",
+                    "the aggregator and the {} registries were not taken up by {want} instances within 120 s",
                     registries.len()
                 ),
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether an instance holds the aggregator's lease and its consumer exists.
+async fn aggregating(js: &jetstream::Context) -> bool {
+    let Ok(kv) = js.get_key_value(crate::lease::BUCKET).await else {
+        return false;
+    };
+    matches!(kv.get(Component::Aggregator.name()).await, Ok(Some(_)))
+        && js
+            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                crate::aggregator::CONSUMER,
+                crate::streams::ORDERS_STREAM,
+            )
+            .await
+            .is_ok()
 }
 
 /// How many registries each holder holds, when every one is held.
