@@ -460,6 +460,25 @@ struct ActiveParts {
 }
 
 impl ActiveParts {
+    /// The lease bucket (retried until it opens; `None` at shutdown) and
+    /// the lease TTL.
+    async fn lease_bucket(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(async_nats::jetstream::kv::Store, Duration)>, ServiceError> {
+        // Validated with the config: a parse failure cannot happen here.
+        let ttl = humantime::parse_duration(&self.settings.config.lease_ttl)
+            .unwrap_or(crate::lease::TTL_DEFAULT);
+        let store = lease_bucket(
+            &self.js,
+            ttl,
+            self.settings.config.stream_replicas,
+            shutdown,
+        )
+        .await?;
+        Ok(store.map(|s| (s, ttl)))
+    }
+
     /// Starts component `c` (the aggregator or the dispatcher) in `tasks`,
     /// writing only while `fence` holds and stopping with `token`.
     fn spawn(
@@ -526,17 +545,7 @@ async fn lease_bucket(
 /// again after losing it. Returns at shutdown (after the components have
 /// stopped, then releasing the lease) or when a component fails.
 async fn run_active(parts: ActiveParts, shutdown: CancellationToken) -> Result<(), ServiceError> {
-    // Validated with the config: a parse failure cannot happen here.
-    let ttl = humantime::parse_duration(&parts.settings.config.lease_ttl)
-        .unwrap_or(crate::lease::TTL_DEFAULT);
-    let Some(store) = lease_bucket(
-        &parts.js,
-        ttl,
-        parts.settings.config.stream_replicas,
-        &shutdown,
-    )
-    .await?
-    else {
+    let Some((store, ttl)) = parts.lease_bucket(&shutdown).await? else {
         return Ok(());
     };
     let instance = crate::lease::instance_name();
@@ -594,17 +603,7 @@ async fn run_shared_dispatcher(
     parts: ActiveParts,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    // Validated with the config: a parse failure cannot happen here.
-    let ttl = humantime::parse_duration(&parts.settings.config.lease_ttl)
-        .unwrap_or(crate::lease::TTL_DEFAULT);
-    let Some(store) = lease_bucket(
-        &parts.js,
-        ttl,
-        parts.settings.config.stream_replicas,
-        &shutdown,
-    )
-    .await?
-    else {
+    let Some((store, ttl)) = parts.lease_bucket(&shutdown).await? else {
         return Ok(());
     };
     let Some(mut options) = parts.dispatcher_options.clone() else {

@@ -836,19 +836,9 @@ async fn client_port_is_ours(port: u16, name: &str) -> bool {
 
 /// `GET /jsz` on the monitoring port names a JetStream meta leader.
 async fn meta_leader_known(monitor_port: u16) -> bool {
-    let probe = async {
-        let mut stream = TcpStream::connect((HOST, monitor_port)).await?;
-        stream
-            .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        io::Result::Ok(response)
-    };
-    let Ok(Ok(response)) = timeout(PROBE_TIMEOUT, probe).await else {
+    let Some(text) = monitor_get(monitor_port, "/jsz").await else {
         return false;
     };
-    let text = String::from_utf8_lossy(&response);
     let Some((_, body)) = text.split_once("\r\n\r\n") else {
         return false;
     };
@@ -861,20 +851,27 @@ async fn meta_leader_known(monitor_port: u16) -> bool {
 
 /// `GET /healthz` on the monitoring port answers 200.
 async fn healthz_ok(monitor_port: u16) -> bool {
+    monitor_get(monitor_port, "/healthz")
+        .await
+        .is_some_and(|text| text.split_whitespace().nth(1) == Some("200"))
+}
+
+/// The whole HTTP/1.0 response to `GET path` on the monitoring port
+/// (lossy UTF-8), or `None` if it did not come within [`PROBE_TIMEOUT`].
+async fn monitor_get(monitor_port: u16, path: &str) -> Option<String> {
     let probe = async {
         let mut stream = TcpStream::connect((HOST, monitor_port)).await?;
-        stream
-            .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
         io::Result::Ok(response)
     };
-    let Ok(Ok(response)) = timeout(PROBE_TIMEOUT, probe).await else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1) == Some("200")
+    match timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(response)) => Some(String::from_utf8_lossy(&response).into_owned()),
+        _ => None,
+    }
 }
 
 impl Drop for NatsServer {

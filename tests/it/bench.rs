@@ -5,19 +5,26 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
+/// `ledgerline bench <args>`: its report, once it has exited 0.
+fn bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["bench", "--quick", "--paced-seconds", "0.5"])
+        .arg("bench")
+        .args(args)
         .output()
         .expect("ledgerline runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "exit {:?}\n{stdout}\n{stderr}",
         out.status
     );
+    stdout
+}
+
+#[test]
+fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
+    let stdout = bench(&["--quick", "--paced-seconds", "0.5"]);
     for part in [
         "(a) JetStream raw",
         "async publish",
@@ -70,17 +77,7 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
 /// postings left undelivered), and the report has a line per count.
 #[test]
 fn bench_instances_runs_each_count_on_a_cluster() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ledgerline"))
-        .args(["bench", "--instances", "1,2", "--orders", "30"])
-        .output()
-        .expect("ledgerline runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = bench(&["--instances", "1,2", "--orders", "30"]);
     assert!(
         stdout.contains("(g) instances sharing the delivery (share_registries): a 3-node cluster"),
         "{stdout}"

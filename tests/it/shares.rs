@@ -4,14 +4,11 @@
 //! first, and when one is SIGKILLed the other takes its registries over.
 //! The books come out exactly as one instance would have written them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ledgerline::receiver::FailureMode;
-use serde_json::json;
-
 use crate::support::engine::{self, ticket_event};
-use crate::support::{self, Nats, process};
+use crate::support::{self, Nats, books, process};
 
 const REGISTRIES: [&str; 4] = ["r1", "r2", "r3", "r4"];
 
@@ -44,28 +41,14 @@ async fn held_by(nats: &Nats, pids: &[u32]) -> Vec<usize> {
 async fn instances_share_the_registries_and_take_over_a_dead_ones() {
     const ORDERS: usize = 100;
     let nats = support::nats().await;
-    let mut receivers = Vec::new();
-    for _ in REGISTRIES {
-        let failure = FailureMode {
-            share: 0.0,
-            delay_ms: 5,
-            ..FailureMode::default()
-        };
-        let (rx, url) = support::receiver(None, failure).await;
-        receivers.push((rx, format!("{url}/hook")));
-    }
+    let receivers = books::receivers(REGISTRIES.len()).await;
     let mut registries = String::from("[delivery]\nretry_schedule = [\"200ms\"]\n");
     for (r, (_, url)) in REGISTRIES.iter().zip(&receivers) {
         registries.push_str(&format!(
             "[[registry]]\nid = \"{r}\"\nurl = \"{url}\"\nrate_limit_per_s = 10000\n"
         ));
     }
-    let delivered = || {
-        receivers
-            .iter()
-            .map(|(rx, _)| rx.stats().distinct_keys)
-            .sum::<u64>()
-    };
+    let delivered = || books::delivered(&receivers);
     let settings = support::settings(&nats.server, &registries);
     let dir = tempfile::tempdir().unwrap();
     let config = process::service_config(
@@ -80,7 +63,7 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
         }
     }
     let postings = engine::postings(&settings, &events);
-    let want: BTreeMap<_, _> = postings.iter().map(engine::body_text).collect();
+    let total = postings.len() as u64;
 
     // A alone owns every registry; B joins and takes half.
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
@@ -116,7 +99,6 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
 
     // Orders flow through both; A dies; B takes everything.
     support::publish_events(&nats, &events.join("\n")).await;
-    let total = want.len() as u64;
     support::eventually(
         "a third delivered by both",
         Duration::from_secs(60),
@@ -136,49 +118,7 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
     .await;
     drop(b);
 
-    // LEDGER holds exactly the postings one instance would have written.
-    let got = support::stored_postings(&nats.js).await;
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "as many postings as the engine makes"
-    );
-    for (key, body) in &want {
-        assert_eq!(got.get(key), Some(body), "posting {key:?}");
-    }
-    // The receivers' side: one body per key, in order per (registry,
-    // order), every posting carrying the previous reply.
-    let seq_of: HashMap<String, (String, String, u64)> = postings
-        .iter()
-        .map(|p| (p.idempotency_key.to_string(), engine::body_text(p).0))
-        .collect();
-    let mut bodies: HashMap<String, String> = HashMap::new();
-    let mut order_of: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-    for r in receivers
-        .iter()
-        .flat_map(|(rx, _)| rx.received())
-        .filter(|r| r.status == 200)
-    {
-        let key = r.idempotency_key.clone().unwrap();
-        let first = bodies.entry(key.clone()).or_insert_with(|| r.body.clone());
-        let (reg, order, seq) = &seq_of[&key];
-        let mut sent: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        let mut first: serde_json::Value = serde_json::from_str(first).unwrap();
-        sent["registry_data"] = json!(null);
-        first["registry_data"] = json!(null);
-        assert_eq!(sent, first, "one body per key ({reg}/{order} #{seq})");
-        assert_ne!(
-            r.chain_ok,
-            Some(false),
-            "registry_data chain of {reg}/{order}"
-        );
-        let seen = order_of.entry((reg.clone(), order.clone())).or_default();
-        if !seen.contains(seq) {
-            seen.push(*seq);
-        }
-    }
-    assert_eq!(order_of.len(), REGISTRIES.len() * ORDERS);
-    for ((reg, order), seqs) in order_of {
-        assert_eq!(seqs, vec![1, 2, 3], "{reg}/{order} delivered in order");
-    }
+    // LEDGER and the receivers as one instance would have left them.
+    let pairs = books::assert_as_one_instance(&nats, &receivers, &postings, 3).await;
+    assert_eq!(pairs, REGISTRIES.len() * ORDERS);
 }

@@ -7,6 +7,7 @@
 //! configurations built a table at a time ([`config`]); a headless
 //! chromium over WebDriver ([`webdriver`]).
 
+pub mod books;
 pub mod config;
 pub mod engine;
 pub mod process;

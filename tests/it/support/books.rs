@@ -1,0 +1,90 @@
+//! What several `ledgerline run` instances must leave behind: exactly what
+//! one instance would have written (the fence and shares tests).
+
+use std::collections::{BTreeMap, HashMap};
+
+use ledgerline::posting::Posting;
+use ledgerline::receiver::{FailureMode, Receiver};
+use serde_json::json;
+
+use super::{Nats, engine};
+
+/// One receiver per registry, never failing, answering after 5 ms; each
+/// with its `/hook` URL.
+pub async fn receivers(n: usize) -> Vec<(Receiver, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let failure = FailureMode {
+            share: 0.0,
+            delay_ms: 5,
+            ..FailureMode::default()
+        };
+        let (rx, url) = super::receiver(None, failure).await;
+        out.push((rx, format!("{url}/hook")));
+    }
+    out
+}
+
+/// Distinct keys the receivers booked.
+pub fn delivered(receivers: &[(Receiver, String)]) -> u64 {
+    receivers
+        .iter()
+        .map(|(rx, _)| rx.stats().distinct_keys)
+        .sum()
+}
+
+/// LEDGER holds exactly `postings` (what the offline engine makes), and
+/// the receivers booked them as one instance would: one body per key,
+/// every posting carrying the previous reply, every (registry, order)
+/// in order `1..=seqs`. Returns how many (registry, order) were booked.
+pub async fn assert_as_one_instance(
+    nats: &Nats,
+    receivers: &[(Receiver, String)],
+    postings: &[Posting],
+    seqs: u64,
+) -> usize {
+    let want: BTreeMap<_, _> = postings.iter().map(engine::body_text).collect();
+    let got = super::stored_postings(&nats.js).await;
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "as many postings as the engine makes"
+    );
+    for (key, body) in &want {
+        assert_eq!(got.get(key), Some(body), "posting {key:?}");
+    }
+    let seq_of: HashMap<String, (String, String, u64)> = postings
+        .iter()
+        .map(|p| (p.idempotency_key.to_string(), engine::body_text(p).0))
+        .collect();
+    let mut bodies: HashMap<String, String> = HashMap::new();
+    let mut order_of: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for r in receivers
+        .iter()
+        .flat_map(|(rx, _)| rx.received())
+        .filter(|r| r.status == 200)
+    {
+        let key = r.idempotency_key.clone().unwrap();
+        let first = bodies.entry(key.clone()).or_insert_with(|| r.body.clone());
+        let (reg, order, seq) = &seq_of[&key];
+        let mut sent: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let mut first: serde_json::Value = serde_json::from_str(first).unwrap();
+        sent["registry_data"] = json!(null);
+        first["registry_data"] = json!(null);
+        assert_eq!(sent, first, "one body per key ({reg}/{order} #{seq})");
+        assert_ne!(
+            r.chain_ok,
+            Some(false),
+            "registry_data chain of {reg}/{order}"
+        );
+        let seen = order_of.entry((reg.clone(), order.clone())).or_default();
+        if !seen.contains(seq) {
+            seen.push(*seq);
+        }
+    }
+    let all: Vec<u64> = (1..=seqs).collect();
+    for ((reg, order), booked) in &order_of {
+        assert_eq!(booked, &all, "{reg}/{order} delivered in order");
+    }
+    order_of.len()
+}
