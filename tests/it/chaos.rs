@@ -702,10 +702,7 @@ impl Instances {
     /// carries the pid), when one holds it and is ours. (The registries'
     /// deliveries are shared between the instances.)
     async fn active(&self, js: &jetstream::Context) -> Option<usize> {
-        let kv = js.get_key_value(ledgerline::lease::BUCKET).await.ok()?;
-        let entry = kv.get("aggregator").await.ok()??;
-        let holder: ledgerline::lease::Holder = serde_json::from_slice(&entry).ok()?;
-        let pid: u32 = holder.instance.rsplit('-').nth(1)?.parse().ok()?;
+        let pid = support::books::lease_holder_pid(js, "aggregator").await?;
         self.runs.iter().position(|r| r.id() == Some(pid))
     }
 

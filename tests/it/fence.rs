@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::engine::{self, ticket_event};
+use crate::support::engine;
 use crate::support::{self, books, process};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +31,7 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
     );
 
     // What one instance would write: the offline engine over the same events.
-    let mut events = Vec::new();
-    for v in 1..=3u64 {
-        for o in 0..ORDERS {
-            events.push(ticket_event(&format!("o-{o:03}"), v, v as u32));
-        }
-    }
+    let events = books::ticket_history(ORDERS, 3);
     let postings = engine::postings(&settings, &events);
     let total = postings.len() as u64;
 

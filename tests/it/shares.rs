@@ -7,22 +7,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::engine::{self, ticket_event};
+use crate::support::engine;
 use crate::support::{self, Nats, books, process};
 
 const REGISTRIES: [&str; 4] = ["r1", "r2", "r3", "r4"];
 
-/// The pid of each registry's lease holder (the holder's name carries it).
+/// The pid of each registry's lease holder.
 async fn holders(nats: &Nats) -> BTreeMap<&'static str, u32> {
     let mut out = BTreeMap::new();
-    let Ok(kv) = nats.js.get_key_value(ledgerline::lease::BUCKET).await else {
-        return out;
-    };
     for r in REGISTRIES {
-        if let Ok(Some(v)) = kv.get(format!("dispatcher.{r}")).await
-            && let Ok(h) = serde_json::from_slice::<ledgerline::lease::Holder>(&v)
-            && let Some(pid) = h.instance.rsplit('-').nth(1).and_then(|p| p.parse().ok())
-        {
+        if let Some(pid) = books::lease_holder_pid(&nats.js, &format!("dispatcher.{r}")).await {
             out.insert(r, pid);
         }
     }
@@ -56,12 +50,7 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
         &nats.server.url(),
         &format!("lease_ttl = \"4s\"\nshare_registries = true\n{registries}"),
     );
-    let mut events = Vec::new();
-    for v in 1..=3u64 {
-        for o in 0..ORDERS {
-            events.push(ticket_event(&format!("o-{o:03}"), v, v as u32));
-        }
-    }
+    let events = books::ticket_history(ORDERS, 3);
     let postings = engine::postings(&settings, &events);
     let total = postings.len() as u64;
 

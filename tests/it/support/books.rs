@@ -9,6 +9,27 @@ use serde_json::json;
 
 use super::{Nats, engine};
 
+/// Versions `1..=versions` of a ticket order `o-000`, `o-001`, … each,
+/// all first versions first.
+pub fn ticket_history(orders: usize, versions: u64) -> Vec<String> {
+    let mut events = Vec::new();
+    for v in 1..=versions {
+        for o in 0..orders {
+            events.push(engine::ticket_event(&format!("o-{o:03}"), v, v as u32));
+        }
+    }
+    events
+}
+
+/// The pid of the instance holding lease `key` (an instance's name ends
+/// in `-<pid>-<random>`, `lease::instance_name`), if one holds it.
+pub async fn lease_holder_pid(js: &async_nats::jetstream::Context, key: &str) -> Option<u32> {
+    let kv = js.get_key_value(ledgerline::lease::BUCKET).await.ok()?;
+    let value = kv.get(key).await.ok()??;
+    let holder: ledgerline::lease::Holder = serde_json::from_slice(&value).ok()?;
+    holder.instance.rsplit('-').nth(1)?.parse().ok()
+}
+
 /// One receiver per registry, never failing, answering after 5 ms; each
 /// with its `/hook` URL.
 pub async fn receivers(n: usize) -> Vec<(Receiver, String)> {
