@@ -146,6 +146,12 @@ pub struct Config {
     /// standby takes over about this long after the active one dies
     /// ([`crate::lease`]).
     pub lease_ttl: String,
+    /// How long NATS waits for a consumer's ack before it hands the message
+    /// out again: the aggregator's events and each registry's postings. A
+    /// live process sends progress acks while it works, so this is how long
+    /// a killed instance's in-flight work waits before another process (or
+    /// its own restart) takes it up.
+    pub ack_wait: String,
     /// Several `run` instances share the delivery: each delivers a fair
     /// share of the registries, one lease per registry
     /// ([`crate::lease::shares`]), instead of one instance delivering to
@@ -169,6 +175,21 @@ pub struct Config {
 pub const INGEST_LISTEN_DEFAULT: &str = "127.0.0.1:8089";
 
 impl Config {
+    /// `ack_wait` as a duration: 2 s to 10 min (shorter, and the events a
+    /// busy aggregator has queued would be handed out again while they wait).
+    pub fn ack_wait(&self) -> Result<Duration, FieldError> {
+        match humantime::parse_duration(&self.ack_wait) {
+            Ok(d) if (Duration::from_secs(2)..=Duration::from_secs(600)).contains(&d) => Ok(d),
+            _ => Err(FieldError::new(
+                "ack_wait",
+                format!(
+                    "{:?} must be a duration from 2s to 10m, like \"30s\"",
+                    self.ack_wait
+                ),
+            )),
+        }
+    }
+
     /// The inbound listener's address: `ingest_listen`, else the default.
     pub fn ingest_addr(&self) -> &str {
         self.ingest_listen
@@ -194,6 +215,7 @@ impl Default for Config {
             subject_prefix: "orders".to_owned(),
             admin_listen: "127.0.0.1:8088".to_owned(),
             lease_ttl: "10s".to_owned(),
+            ack_wait: "30s".to_owned(),
             share_registries: false,
             admin_token: None,
             rounding: Rounding::default(),
@@ -323,7 +345,7 @@ enum EnvKind {
 /// file (`smtp.host` is `LEDGERLINE_SMTP__HOST`). `[[registry]]` and
 /// `[[source]]` are not here: arrays of tables come from the file, the
 /// admin API or `registry apply` / `source apply`.
-const ENV_KEYS: [(&str, EnvKind); 26] = [
+const ENV_KEYS: [(&str, EnvKind); 27] = [
     ("nats_url", EnvKind::Text),
     ("stream_replicas", EnvKind::Text),
     ("nats_creds", EnvKind::Text),
@@ -333,6 +355,7 @@ const ENV_KEYS: [(&str, EnvKind); 26] = [
     ("admin_listen", EnvKind::Text),
     ("ingest_listen", EnvKind::Text),
     ("lease_ttl", EnvKind::Text),
+    ("ack_wait", EnvKind::Text),
     ("share_registries", EnvKind::Text),
     ("admin_token", EnvKind::Text),
     ("rounding", EnvKind::Text),
@@ -762,6 +785,7 @@ impl Config {
                 .into());
             }
         }
+        self.ack_wait()?;
         if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(FieldError::new(
                 "admin_listen",
@@ -857,6 +881,25 @@ mod tests {
         let s = load("", &[]).unwrap();
         assert_eq!(s.config.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(s.ledger, LedgerOptions::default());
+    }
+
+    #[test]
+    fn ack_wait_is_a_duration_from_2s_to_10m_and_a_bad_one_is_named() {
+        assert_eq!(
+            Config::default().ack_wait(),
+            Ok(crate::dispatcher::ACK_WAIT_DEFAULT)
+        );
+        let s = load("ack_wait = \"5s\"\n", &[]).unwrap();
+        assert_eq!(s.config.ack_wait(), Ok(Duration::from_secs(5)));
+        for bad in ["1s", "11m", "soon"] {
+            let err = load(&format!("ack_wait = \"{bad}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("ack_wait") && err.contains(&format!("{bad:?}")),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

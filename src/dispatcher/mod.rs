@@ -86,9 +86,9 @@ use self::schedule::{RetrySchedule, ScheduleError};
 use self::worker::{Slots, Token, Worker};
 
 /// How long the server waits for an ack before handing a message to
-/// another pull. Held messages are progress-acked at a third of it, so it
-/// only matters after a crash: that is how long a crashed worker's orders
-/// wait before they are picked up again.
+/// another pull, unless `ack_wait` says otherwise. Held messages are
+/// progress-acked at a third of it, so it only matters after a crash: that
+/// is how long a crashed worker's orders wait before they are picked up again.
 pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Messages fetched per pull request: enough to keep `max_in_flight`
 /// workers fed, small enough to bound what a crash hands back.
@@ -157,7 +157,7 @@ impl DispatcherOptions {
             breaker_cool_down,
             policy: settings.policy.clone(),
             smtp: settings.config.smtp.clone(),
-            ack_wait: ACK_WAIT_DEFAULT,
+            ack_wait: settings.config.ack_wait()?,
             sweep_every: SWEEP_EVERY_DEFAULT,
             overdue_grace: OVERDUE_GRACE_DEFAULT,
             fence: Fence::open(),
@@ -174,6 +174,8 @@ pub enum DispatchError {
     Schedule(#[from] ScheduleError),
     #[error("delivery.breaker_cool_down: {0:?} is not a duration like \"30s\"")]
     CoolDown(String),
+    #[error(transparent)]
+    AckWait(#[from] crate::registry::FieldError),
     #[error(transparent)]
     Client(#[from] http::ClientError),
     #[error(transparent)]

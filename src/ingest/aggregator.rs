@@ -89,9 +89,6 @@ pub const LANES: usize = 16;
 pub const LANE_QUEUE: usize = 64;
 /// Unacknowledged events the server lets us hold at once.
 pub const MAX_ACK_PENDING: i64 = 1_024;
-/// How long the server waits for an ack before redelivering. Lanes send
-/// progress acks while retrying, so only a dead process hits this.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Order books kept in memory (all lanes together); a miss rebuilds from
 /// JetStream, so this bounds memory, not correctness.
 pub const CACHE_ORDERS: usize = 10_000;
@@ -118,6 +115,10 @@ pub struct AggregatorOptions {
     /// Replicas of ORDERS and LEDGER when it is the one to create them
     /// (`stream_replicas`).
     pub stream_replicas: usize,
+    /// How long the server waits for an ack before redelivering
+    /// (`ack_wait`, default 30 s). Lanes send progress acks while
+    /// retrying, so only a dead process's events wait this long.
+    pub ack_wait: Duration,
     /// Checked before every write: only the instance holding the lease
     /// writes ([`crate::lease`]). Open (never fenced) by default.
     pub fence: Fence,
@@ -130,6 +131,7 @@ impl AggregatorOptions {
             ledger,
             cache_orders: CACHE_ORDERS,
             stream_replicas: 1,
+            ack_wait: crate::dispatcher::ACK_WAIT_DEFAULT,
             fence: Fence::open(),
         }
     }
@@ -204,23 +206,22 @@ pub async fn run_aggregator(
     let open = || async {
         let (orders, ledger) =
             streams::ensure_streams(&js, &options.subject_prefix, options.stream_replicas).await?;
+        // Created, or updated to this configuration (`ack_wait` may change
+        // between runs; the rest is the same every time).
         let consumer = orders
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    description: Some("ledgerline aggregator: events → postings".to_owned()),
-                    filter_subject: format!("{}.>", options.subject_prefix),
-                    ack_policy: AckPolicy::Explicit,
-                    deliver_policy: DeliverPolicy::All,
-                    ack_wait: ACK_WAIT,
-                    max_ack_pending: MAX_ACK_PENDING,
-                    // Never give up on an event: a poison message is rejected
-                    // (and acked) by the lane, never dropped by the server.
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                description: Some("ledgerline aggregator: events → postings".to_owned()),
+                filter_subject: format!("{}.>", options.subject_prefix),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: options.ack_wait,
+                max_ack_pending: MAX_ACK_PENDING,
+                // Never give up on an event: a poison message is rejected
+                // (and acked) by the lane, never dropped by the server.
+                max_deliver: -1,
+                ..Default::default()
+            })
             .await
             .map_err(AggregatorError::Consumer)?;
         Ok::<_, AggregatorError>((orders, ledger, consumer))

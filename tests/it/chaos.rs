@@ -148,6 +148,7 @@ fn registries(base: &str, replicas: usize, share: bool) -> String {
     format!(
         r#"
 lease_ttl = "4s"
+ack_wait = "5s"
 stream_replicas = {replicas}
 share_registries = {share}
 

@@ -27,7 +27,7 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
     let config = process::service_config(
         dir.path(),
         &nats.server.url(),
-        &format!("lease_ttl = \"4s\"\n{registries}"),
+        &format!("lease_ttl = \"4s\"\nack_wait = \"5s\"\n{registries}"),
     );
 
     // What one instance would write: the offline engine over the same events.

@@ -20,6 +20,8 @@ use crate::support::engine::{self, PostingKey, offline_postings};
 use crate::support::{self, Nats, process};
 
 const CONFIG: &str = r#"
+ack_wait = "5s"
+
 [[registry]]
 id = "books"
 url = "https://accounting.example/hooks"
@@ -588,7 +590,7 @@ async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
                 durable_name: Some(ledgerline::aggregator::CONSUMER.to_owned()),
                 filter_subject: "orders.>".to_owned(),
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ledgerline::aggregator::ACK_WAIT,
+                ack_wait: ledgerline::dispatcher::ACK_WAIT_DEFAULT,
                 max_ack_pending: ledgerline::aggregator::MAX_ACK_PENDING,
                 max_deliver: -1,
                 ..Default::default()

@@ -48,7 +48,7 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
     let config = process::service_config(
         dir.path(),
         &nats.server.url(),
-        &format!("lease_ttl = \"4s\"\nshare_registries = true\n{registries}"),
+        &format!("lease_ttl = \"4s\"\nack_wait = \"5s\"\nshare_registries = true\n{registries}"),
     );
     let events = books::ticket_history(ORDERS, 3);
     let postings = engine::postings(&settings, &events);
