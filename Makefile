@@ -3,8 +3,9 @@
 #   make demo   install what is missing, build (release), run the demo:
 #               nats-server, receivers, the pipeline, out/ledger.csv
 #   make test   install what is missing (chromium for the console's browser
-#               test too), then format check, clippy, cargo deny
-#               (licenses, bans, sources), all tests
+#               test too), then format check, cargo deny (licenses, bans,
+#               sources), the test build linted by clippy, all tests and
+#               rustdoc (every doc link)
 #   make chaos  the long form of the chaos test (tests/it/chaos.rs): 3,000
 #               orders, 10 SIGKILLs, 3 nats-server restarts, a failing receiver
 #   make fuzz   cargo-fuzz: each target for FUZZ_SECONDS (not part of `make test`;
@@ -20,7 +21,7 @@ export PROPTEST_CASES ?= 1000
 # The release binary, wherever cargo puts it.
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/ledgerline
 
-.PHONY: demo test chaos tools browser build build-tests lint lint-fast clippy doc run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
+.PHONY: demo test chaos tools browser build build-tests lint lint-fast clippy doc doc-check run-tests bench clean-tools fuzz fuzz-cmin fuzz-tools
 
 tools:
 	@scripts/install-tools.sh
@@ -35,40 +36,56 @@ build:
 
 # cargo deny: licences, banned crates (a second TLS stack) and sources, per
 # deny.toml. Advisories need github.com (RustSec), so they are not run here;
-# see README, Tests. Clippy (then rustdoc, every doc link checked) has its
-# own target folder, so it can run while
-# the tests do (cargo locks a target folder for the whole command).
-CLIPPY_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)/clippy
+# see README, Tests.
 lint: tools lint-fast clippy
 
+# Clippy on its own (`make clippy`), in its own target folder. `make test`
+# does not run this: its one test build is linted by clippy as it compiles
+# (TEST_ENV below), so the code is compiled once, not checked and built.
+CLIPPY_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)/clippy
 clippy:
 	CARGO_TARGET_DIR=$(CLIPPY_TARGET_DIR) cargo clippy --locked --all-targets -- -D warnings
-	CARGO_TARGET_DIR=$(CLIPPY_TARGET_DIR) RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
 
 # The code's documentation (module docs included), in target/doc.
 doc:
 	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
 
+# Every doc link checked (rustdoc, warnings denied), in its own target
+# folder so that it can run while the tests do (cargo locks a target folder
+# for the whole command; the tests mostly wait, rustdoc mostly computes).
+DOC_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)/doc-check
+doc-check:
+	CARGO_TARGET_DIR=$(DOC_TARGET_DIR) RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --document-private-items
+
 lint-fast:
 	cargo fmt --check
 	cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
+# The test build is compiled by clippy-driver (what `cargo clippy` runs,
+# here with code generation): every target (`--all-targets`: the library,
+# the binary, the tests, the benches) is linted with warnings denied while
+# it is built, so clippy costs no second compile of the dependencies.
+# No incremental cache: a fresh build is faster without one.
+CLIPPY_DRIVER := $(shell command -v clippy-driver 2>/dev/null)
+TEST_ENV = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-Dwarnings CARGO_INCREMENTAL=0
+
 # Most integration tests wait on NATS, sockets and timers rather than
-# compute, so they run four at a time even on two cores.
-TEST_THREADS ?= 4
+# compute, so they run several at a time even on two cores.
+TEST_THREADS ?= 6
 run-tests:
-	cargo test --locked -- --test-threads $(TEST_THREADS)
+	$(TEST_ENV) cargo test --locked -- --test-threads $(TEST_THREADS)
 
 build-tests:
-	cargo test --locked --no-run
+	@test -n "$(CLIPPY_DRIVER)" || { echo "clippy-driver not found: rustup component add clippy" >&2; exit 1; }
+	$(TEST_ENV) cargo test --locked --no-run --all-targets
 
-# The tests are built first (while the browser is installed, if it is
-# missing: the download overlaps the compile); then they run while clippy
-# checks the code (the tests mostly wait, clippy mostly computes). Each
-# one's output is printed whole when it ends; any failing fails `make test`.
+# The tests are built, and linted, first (while the browser is installed, if
+# it is missing: the download overlaps the compile); then they run while
+# rustdoc checks the docs. Each one's output is printed whole when it ends;
+# any failing fails `make test`.
 test: tools lint-fast
 	$(MAKE) --no-print-directory -j2 --output-sync=target build-tests browser
-	$(MAKE) --no-print-directory -j2 --output-sync=target clippy run-tests
+	$(MAKE) --no-print-directory -j2 --output-sync=target doc-check run-tests
 
 # The chaos test's long form; override any of these, e.g. CHAOS_SEED=42.
 CHAOS_ORDERS ?= 3000
