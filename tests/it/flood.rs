@@ -56,8 +56,21 @@ async fn a_flood_of_10000_webhooks_is_answered_stored_and_held_in_bounded_memory
     assert!(answers.unexpected.is_empty(), "{:?}", answers.unexpected);
     assert_eq!(answers.retry_after_missing, 0);
     assert_eq!(answers.with(413), 500, "{}", answers.summary());
-    // The slow source takes 50 a second: most of its 2,500 are refused.
-    assert!(answers.with(429) >= 1_000, "{}", answers.summary());
+    // The slow source takes 50 a second (a second's worth at once): of its
+    // 2,500 requests, all but what the flood's duration allowed are
+    // refused. On an idle machine the flood takes a few seconds, so most
+    // are; a loaded one stretches it, and the limiter rightly lets more in.
+    let slow = (0..10_000)
+        .filter(|&i| flood::shot(i) == flood::Shot::OverRate)
+        .count();
+    let allowed =
+        (f64::from(flood::SLOW_RATE_PER_S) * (answers.elapsed.as_secs_f64() + 1.0)).ceil() as usize;
+    assert!(
+        answers.with(429) >= slow.saturating_sub(allowed),
+        "{slow} to the slow source in {:?}: {}",
+        answers.elapsed,
+        answers.summary()
+    );
     assert!(answers.with(200) >= 5_000, "{}", answers.summary());
 
     // Every 200 is an event stored on ORDERS, and nothing else is.
