@@ -175,13 +175,8 @@ pub async fn sample_lag(
     handle: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(LAG_SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(LAG_SAMPLE_INTERVAL, shutdown);
+    while ticks.next().await {
         if tokio::time::timeout(SAMPLE_TIMEOUT, sample_once(&js, &registries))
             .await
             .is_err()
@@ -190,6 +185,29 @@ pub async fn sample_lag(
         }
         if let Some(h) = &handle {
             h.run_upkeep();
+        }
+    }
+}
+
+/// What a sampler loops on: a tick every `period` (the first at once; a
+/// late one delays the next rather than bunching them) until `shutdown`.
+pub(super) struct Ticks {
+    tick: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Ticks {
+    pub(super) fn new(period: Duration, shutdown: CancellationToken) -> Ticks {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { tick, shutdown }
+    }
+
+    /// Waits for the next tick: `false` once `shutdown` is cancelled.
+    pub(super) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.tick.tick() => true,
         }
     }
 }

@@ -281,8 +281,6 @@ pub async fn serve(
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    info!(addr = %addr, "admin API listening");
     let stop_sampler = shutdown.child_token();
     let sampler = tokio::spawn(metrics::sample_lag(
         state.js().clone(),
@@ -300,12 +298,27 @@ pub async fn serve(
                 .await
         })
     };
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let result = serve_router("admin API", listener, router(state), shutdown).await;
     stop_sampler.cancel();
     let _ = sampler.await;
     let _ = rates.await;
-    info!("admin API stopped");
+    result
+}
+
+/// Serves `router` on `listener` until `shutdown`, then stops accepting
+/// and finishes the requests in flight; logs `<name> listening` (with the
+/// address) and `<name> stopped`. The admin and ingest APIs' server.
+pub async fn serve_router(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    info!(addr = %addr, "{name} listening");
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    info!("{name} stopped");
     result
 }

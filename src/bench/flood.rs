@@ -252,9 +252,7 @@ pub async fn run(requests: usize) -> Result<FloodFigures, BenchError> {
     let _ = serving.await;
     Ok(FloodFigures {
         at,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpus: super::cpus(),
         answers,
         stored,
         peak_rss_own: usage::own().peak_rss,

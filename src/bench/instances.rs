@@ -75,9 +75,7 @@ pub async fn run(
     }
     Ok(InstancesFigures {
         orders,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpus: super::cpus(),
         runs,
     })
 }

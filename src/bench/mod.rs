@@ -186,6 +186,11 @@ pub fn limit(publish_per_s: f64, consume_per_s: f64, post_per_s: f64) -> f64 {
     1.0 / per_posting
 }
 
+/// The CPUs this process may use (1 if that cannot be told).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn mem_total() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
@@ -244,9 +249,7 @@ pub async fn run_bench(
     };
     Ok(BenchReport {
         at,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpus: cpus(),
         memory_bytes: mem_total(),
         pipeline,
         jetstream,

@@ -17,12 +17,12 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::SmtpConfig;
+use crate::records::AlertRecord;
 
 /// Notices waiting to be sent. A burst of dead letters beyond this is
 /// logged and dropped (the alerts on LEDGER still record every one).
@@ -35,25 +35,14 @@ pub const EMAIL_WINDOW: Duration = Duration::from_secs(3600);
 /// A dead letter to tell people about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
-    pub registry_id: String,
+    /// The dead letter, as recorded on `ledger.alerts.<R>`.
+    pub alert: AlertRecord,
     /// The registry's display name, for the subject line.
     pub registry_name: String,
     /// The registry's `notify_emails`.
     pub to: Vec<String>,
-    pub order_id: String,
-    /// The dead-lettered posting.
-    pub seq: u64,
-    pub idempotency_key: String,
-    /// Why it was dead-lettered, in words.
-    pub reason: String,
-    /// The last reply's status, if there was a reply.
-    pub http_status: Option<u16>,
-    /// The receiver's own message, when its reply carried one.
-    pub receiver_message: Option<String>,
     /// Later postings of the order it holds back.
     pub held: u64,
-    /// When the last attempt was made.
-    pub at: OffsetDateTime,
 }
 
 /// Why the notifier could not start.
@@ -175,10 +164,11 @@ async fn send_loop(
             _ = shutdown.cancelled() => return,
             n = rx.recv() => match n { Some(n) => n, None => return },
         };
-        let Some(suppressed) = budget.take(&notice.registry_id, Instant::now()) else {
+        let a = &notice.alert;
+        let Some(suppressed) = budget.take(&a.registry_id, Instant::now()) else {
             info!(
-                registry_id = %notice.registry_id,
-                order_id = %notice.order_id,
+                registry_id = %a.registry_id,
+                order_id = %a.order_id,
                 "failure email suppressed by smtp.max_emails_per_hour"
             );
             continue;
@@ -186,20 +176,20 @@ async fn send_loop(
         let message = match compose(&from, &notice, suppressed) {
             Ok(m) => m,
             Err(e) => {
-                warn!(registry_id = %notice.registry_id, error = %e, "cannot compose the failure email");
+                warn!(registry_id = %a.registry_id, error = %e, "cannot compose the failure email");
                 continue;
             }
         };
         match transport.send(message).await {
             Ok(_) => info!(
-                registry_id = %notice.registry_id,
-                order_id = %notice.order_id,
+                registry_id = %a.registry_id,
+                order_id = %a.order_id,
                 to = notice.to.len(),
                 "failure email sent"
             ),
             Err(e) => warn!(
-                registry_id = %notice.registry_id,
-                order_id = %notice.order_id,
+                registry_id = %a.registry_id,
+                order_id = %a.order_id,
                 error = %e,
                 "failure email not sent"
             ),
@@ -213,30 +203,31 @@ pub fn compose(
     n: &Notice,
     suppressed: u64,
 ) -> Result<Message, lettre::error::Error> {
+    let a = &n.alert;
     let registry = if n.registry_name.is_empty() {
-        n.registry_id.clone()
+        a.registry_id.clone()
     } else {
-        format!("{} ({})", n.registry_name, n.registry_id)
+        format!("{} ({})", n.registry_name, a.registry_id)
     };
     let mut body = format!(
         "Posting {seq} of order {order} could not be delivered to {registry} and was \
          dead-lettered.\n\n\
          Reason: {reason}\n",
-        seq = n.seq,
-        order = n.order_id,
-        reason = n.reason,
+        seq = a.seq,
+        order = a.order_id,
+        reason = a.reason,
     );
-    if let Some(s) = n.http_status {
+    if let Some(s) = a.http_status {
         body.push_str(&format!("HTTP status: {s}\n"));
     }
-    if let Some(m) = &n.receiver_message {
+    if let Some(m) = &a.receiver_message {
         body.push_str(&format!("The receiver said: {m}\n"));
     }
     body.push_str(&format!(
         "Idempotency key: {key}\nAt: {at}\n",
-        key = n.idempotency_key,
+        key = a.idempotency_key,
         at =
-            n.at.format(&time::format_description::well_known::Rfc3339)
+            a.at.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
     ));
     if n.held > 0 {
@@ -248,21 +239,21 @@ pub fn compose(
     body.push_str(&format!(
         "\nOnce the cause is fixed, resend it (same idempotency key, same body) with:\n\n    \
          ledgerline redeliver --registry {} --order {}\n",
-        n.registry_id, n.order_id
+        a.registry_id, a.order_id
     ));
     if suppressed > 0 {
         body.push_str(&format!(
             "\n{suppressed} other failure email(s) for this registry were not sent in the last \
              hour (smtp.max_emails_per_hour); `ledgerline deliveries list --registry {} --status dead` \
              lists them all.\n",
-            n.registry_id
+            a.registry_id
         ));
     }
     let mut builder = Message::builder()
         .from(from.clone())
         .subject(format!(
             "[ledgerline] {registry}: order {} not delivered",
-            n.order_id
+            a.order_id
         ))
         .header(ContentType::TEXT_PLAIN);
     for to in &n.to {
@@ -276,6 +267,8 @@ pub fn compose(
 
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+
     use super::*;
 
     #[test]
@@ -301,17 +294,19 @@ mod tests {
     fn the_email_names_the_order_the_reason_and_the_command() {
         let from: Mailbox = "ledgerline@example.com".parse().unwrap();
         let n = Notice {
-            registry_id: "xero-eu".into(),
+            alert: AlertRecord {
+                registry_id: "xero-eu".into(),
+                order_id: "o-1".into(),
+                seq: 2,
+                idempotency_key: uuid::Uuid::nil(),
+                reason: "HTTP 422".into(),
+                http_status: Some(422),
+                receiver_message: Some("Unknown account".into()),
+                at: OffsetDateTime::UNIX_EPOCH,
+            },
             registry_name: "Xero EU".into(),
             to: vec!["ops@example.com".into()],
-            order_id: "o-1".into(),
-            seq: 2,
-            idempotency_key: "k".into(),
-            reason: "HTTP 422".into(),
-            http_status: Some(422),
-            receiver_message: Some("Unknown account".into()),
             held: 1,
-            at: OffsetDateTime::UNIX_EPOCH,
         };
         let m = String::from_utf8(compose(&from, &n, 3).unwrap().formatted()).unwrap();
         for want in [

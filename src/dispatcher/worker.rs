@@ -984,7 +984,7 @@ impl Worker {
             idempotency_key: record.idempotency_key,
             reason: reason.clone(),
             http_status: record.http_status,
-            receiver_message: receiver_message.clone(),
+            receiver_message,
             at: record.at,
         };
         self.publish(
@@ -1005,17 +1005,10 @@ impl Worker {
         if let Some(notifier) = &self.shared.notifier {
             let registry = &self.target.registry.config;
             notifier.notify(Notice {
-                registry_id: registry.id.clone(),
+                alert,
                 registry_name: registry.name.clone(),
                 to: registry.notify_emails.clone(),
-                order_id: record.order_id.clone(),
-                seq: record.seq,
-                idempotency_key: record.idempotency_key.to_string(),
-                reason,
-                http_status: record.http_status,
-                receiver_message,
                 held,
-                at: record.at,
             });
         }
         p.last_delivery = Some(last_delivery(record, dl_seq, round));

@@ -375,15 +375,9 @@ pub async fn serve(
     state: InboundState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
     metrics::describe_counter!(
         "ledgerline_inbound_requests_total",
         "Inbound webhook requests by source and outcome (stored, duplicate, ignored, rejected, unauthorized, rate_limited, not_found, unavailable, token)"
     );
-    info!(addr = %addr, "ingest API listening");
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    info!("ingest API stopped");
-    result
+    crate::admin::serve_router("ingest API", listener, router(state), shutdown).await
 }

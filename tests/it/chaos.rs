@@ -71,6 +71,8 @@ struct Plan {
     nodes: usize,
     /// `ledgerline run` instances (one active, the others standing by).
     instances: usize,
+    /// The prefix of the size variables (`CHAOS_`, `CHAOS_CLUSTER_`).
+    env: &'static str,
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T
@@ -89,37 +91,45 @@ where
 impl Plan {
     /// One nats-server, one instance; sizes from `CHAOS_*`.
     fn from_env() -> Self {
-        Plan {
-            seed: env_number("CHAOS_SEED", rand::random::<u64>()),
-            orders: env_number("CHAOS_ORDERS", 400),
-            kills: env_number("CHAOS_KILLS", 5),
-            nats_restarts: env_number("CHAOS_NATS_RESTARTS", 2),
-            nodes: 1,
-            instances: 1,
-        }
+        Plan::sized_from_env("CHAOS_", (400, 5, 2), 1, 1)
     }
 
     /// A 3-node cluster and 3 instances; sizes from `CHAOS_CLUSTER_*`.
     fn cluster_from_env() -> Self {
+        Plan::sized_from_env("CHAOS_CLUSTER_", (200, 3, 3), 3, 3)
+    }
+
+    /// `nodes` and `instances`; the sizes from `<env>ORDERS`, `<env>KILLS`
+    /// and `<env>NATS_RESTARTS`, else `defaults` (in that order); the seed
+    /// from `CHAOS_SEED`, else random.
+    fn sized_from_env(
+        env: &'static str,
+        defaults: (usize, usize, usize),
+        nodes: usize,
+        instances: usize,
+    ) -> Self {
+        let size = |name: &str, default: usize| env_number(&format!("{env}{name}"), default);
         Plan {
             seed: env_number("CHAOS_SEED", rand::random::<u64>()),
-            orders: env_number("CHAOS_CLUSTER_ORDERS", 200),
-            kills: env_number("CHAOS_CLUSTER_KILLS", 3),
-            nats_restarts: env_number("CHAOS_CLUSTER_NATS_RESTARTS", 3),
-            nodes: 3,
-            instances: 3,
+            orders: size("ORDERS", defaults.0),
+            kills: size("KILLS", defaults.1),
+            nats_restarts: size("NATS_RESTARTS", defaults.2),
+            nodes,
+            instances,
+            env,
         }
     }
 
+    /// The command that replays this run.
     fn replay(&self) -> String {
-        if self.nodes > 1 {
-            return format!(
-                "CHAOS_SEED={} CHAOS_CLUSTER_ORDERS={} CHAOS_CLUSTER_KILLS={} CHAOS_CLUSTER_NATS_RESTARTS={} cargo test --test it chaos::a_cluster -- --nocapture",
-                self.seed, self.orders, self.kills, self.nats_restarts
-            );
-        }
+        let env = self.env;
+        let test = if self.nodes > 1 {
+            "chaos::a_cluster"
+        } else {
+            "chaos"
+        };
         format!(
-            "CHAOS_SEED={} CHAOS_ORDERS={} CHAOS_KILLS={} CHAOS_NATS_RESTARTS={} cargo test --test it chaos -- --nocapture",
+            "CHAOS_SEED={} {env}ORDERS={} {env}KILLS={} {env}NATS_RESTARTS={} cargo test --test it {test} -- --nocapture",
             self.seed, self.orders, self.kills, self.nats_restarts
         )
     }

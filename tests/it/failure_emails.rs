@@ -13,25 +13,6 @@ use crate::support::{Service, eventually, nats};
 
 const MAILED: &str = "notify_emails = [\"ops@example.com\"]";
 
-/// The `failure emails` check of `/readyz`, if any.
-async fn failure_emails_check(svc: &Service) -> Option<Value> {
-    let body: Value = svc
-        .http
-        .get(svc.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "failure emails")
-        .cloned()
-}
-
 #[tokio::test]
 async fn readyz_warns_of_notify_emails_without_smtp_naming_the_registries() {
     let nats = nats().await;
@@ -46,10 +27,10 @@ async fn readyz_warns_of_notify_emails_without_smtp_naming_the_registries() {
     eventually(
         "the failure emails check",
         Duration::from_secs(20),
-        || async { failure_emails_check(&svc).await.is_some() },
+        || async { svc.readyz_check("failure emails").await.is_some() },
     )
     .await;
-    let check = failure_emails_check(&svc).await.unwrap_or_default();
+    let check = svc.readyz_check("failure emails").await.unwrap_or_default();
     assert_eq!(check["ok"], true, "a warning, not a failure: {check}");
     let detail = check["detail"].as_str().unwrap();
     assert!(
@@ -70,7 +51,7 @@ async fn readyz_warns_of_notify_emails_without_smtp_naming_the_registries() {
         r.status() == 200
     })
     .await;
-    assert_eq!(failure_emails_check(&svc).await, None);
+    assert_eq!(svc.readyz_check("failure emails").await, None);
     svc.stop().await;
 }
 

@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::engine;
-use crate::support::{self, books, process};
+use crate::support::{self, books};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_killed() {
@@ -21,52 +20,29 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
          [[registry]]\nid = \"snapshot\"\nurl = \"{}\"\nposting_mode = \"full\"\nrate_limit_per_s = 10000\n",
         receivers[0].1, receivers[1].1
     );
-    let delivered = || books::delivered(&receivers);
-    let settings = support::settings(&nats.server, &registries);
-    let dir = tempfile::tempdir().unwrap();
-    let config = process::service_config(
-        dir.path(),
-        &nats.server.url(),
-        &format!("lease_ttl = \"4s\"\nack_wait = \"5s\"\n{registries}"),
-    );
+    let instances = books::Instances::new(&nats, receivers, "", &registries, ORDERS);
 
-    // What one instance would write: the offline engine over the same events.
-    let events = books::ticket_history(ORDERS, 3);
-    let postings = engine::postings(&settings, &events);
-    let total = postings.len() as u64;
-
-    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = process::spawn_run(&config, &log_a, "info,async_nats=warn");
+    let (mut a, log_a) = instances.spawn("a");
     support::eventually("A active", Duration::from_secs(20), || async {
         std::fs::read_to_string(&log_a).is_ok_and(|l| l.contains("lease acquired"))
     })
     .await;
-    let _b = process::spawn_run(&config, &log_b, "info,async_nats=warn");
+    let (_b, log_b) = instances.spawn("b");
     support::eventually("B standing by", Duration::from_secs(20), || async {
         std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("waiting as a standby"))
     })
     .await;
 
-    support::publish_events(&nats, &events.join("\n")).await;
-    support::eventually(
-        "a third delivered by A",
-        Duration::from_secs(60),
-        || async { delivered() >= total / 3 },
-    )
-    .await;
-    a.kill().await.unwrap();
+    instances
+        .publish_and_kill_midway(&nats, &mut a, "a third delivered by A")
+        .await;
     let killed_at = Instant::now();
     support::eventually("B takes over", Duration::from_secs(30), || async {
         std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("lease acquired"))
     })
     .await;
     let takeover = killed_at.elapsed();
-    support::eventually(
-        "every posting delivered",
-        Duration::from_secs(120),
-        || async { delivered() >= total },
-    )
-    .await;
+    instances.all_delivered().await;
     assert!(
         takeover < Duration::from_secs(10),
         "B took over {takeover:?} after A died (lease_ttl 4s)"
@@ -79,6 +55,6 @@ async fn a_second_instance_stands_by_fenced_and_takes_over_when_the_first_is_kil
     );
 
     // LEDGER and the receivers as one instance would have left them.
-    let pairs = books::assert_as_one_instance(&nats, &receivers, &postings, 3).await;
+    let pairs = instances.assert_as_one_instance(&nats).await;
     assert_eq!(pairs, 2 * ORDERS);
 }

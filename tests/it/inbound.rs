@@ -258,12 +258,20 @@ token = "shop-token-0123456789"
 /// A nats-server, a sample receiver behind registry `books` (every event
 /// type) and the settings: `extra` TOML, then [`SOURCES`].
 async fn setup(extra: &str) -> (support::Nats, ledgerline::receiver::Receiver, Settings) {
+    setup_with(extra, "").await
+}
+
+/// [`setup`] with `registry` (TOML lines) added to registry `books`.
+async fn setup_with(
+    extra: &str,
+    registry: &str,
+) -> (support::Nats, ledgerline::receiver::Receiver, Settings) {
     let nats = support::nats().await;
     let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
     let settings = support::settings(
         &nats.server,
         &format!(
-            "{extra}[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{SOURCES}"
+            "{extra}[[registry]]\nid = \"books\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\n{registry}{SOURCES}"
         ),
     );
     (nats, rx, settings)
@@ -411,14 +419,7 @@ async fn every_kind_is_authenticated_mapped_stored_once_and_posted_to_a_registry
 /// is posted the move from deferred revenue to revenue.
 #[tokio::test]
 async fn a_marketplace_redemption_moves_the_orders_deferred_revenue_to_revenue() {
-    let nats = support::nats().await;
-    let (rx, rx_url) = support::receiver(None, FailureMode::default()).await;
-    let settings = support::settings(
-        &nats.server,
-        &format!(
-            "[[registry]]\nid = \"tickets\"\nurl = \"{rx_url}/hooks\"\nevent_types = [\"*\"]\nrevenue_recognition = \"on_redemption\"\n{SOURCES}"
-        ),
-    );
+    let (nats, rx, settings) = setup_with("", "revenue_recognition = \"on_redemption\"\n").await;
     let svc = Running::start(settings.clone()).await;
     let venti = [("authenticationToken", "venti-key-0123456789".to_owned())];
     let created = fixture("marketplace_orders", "orders_created");

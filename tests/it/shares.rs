@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::engine;
-use crate::support::{self, Nats, books, process};
+use crate::support::{self, Nats, books};
 
 const REGISTRIES: [&str; 4] = ["r1", "r2", "r3", "r4"];
 
@@ -42,27 +41,22 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
             "[[registry]]\nid = \"{r}\"\nurl = \"{url}\"\nrate_limit_per_s = 10000\n"
         ));
     }
-    let delivered = || books::delivered(&receivers);
-    let settings = support::settings(&nats.server, &registries);
-    let dir = tempfile::tempdir().unwrap();
-    let config = process::service_config(
-        dir.path(),
-        &nats.server.url(),
-        &format!("lease_ttl = \"4s\"\nack_wait = \"5s\"\nshare_registries = true\n{registries}"),
+    let instances = books::Instances::new(
+        &nats,
+        receivers,
+        "share_registries = true\n",
+        &registries,
+        ORDERS,
     );
-    let events = books::ticket_history(ORDERS, 3);
-    let postings = engine::postings(&settings, &events);
-    let total = postings.len() as u64;
 
     // A alone owns every registry; B joins and takes half.
-    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = process::spawn_run(&config, &log_a, "info,async_nats=warn");
+    let (mut a, _) = instances.spawn("a");
     let pid_a = a.id().unwrap();
     support::eventually("A owns all four", Duration::from_secs(30), || async {
         held_by(&nats, &[pid_a]).await == vec![4]
     })
     .await;
-    let b = process::spawn_run(&config, &log_b, "info,async_nats=warn");
+    let (b, log_b) = instances.spawn("b");
     let pid_b = b.id().unwrap();
     support::eventually("two each", Duration::from_secs(30), || async {
         held_by(&nats, &[pid_a, pid_b]).await == vec![2, 2]
@@ -87,27 +81,17 @@ async fn instances_share_the_registries_and_take_over_a_dead_ones() {
     );
 
     // Orders flow through both; A dies; B takes everything.
-    support::publish_events(&nats, &events.join("\n")).await;
-    support::eventually(
-        "a third delivered by both",
-        Duration::from_secs(60),
-        || async { delivered() >= total / 3 },
-    )
-    .await;
-    a.kill().await.unwrap();
+    instances
+        .publish_and_kill_midway(&nats, &mut a, "a third delivered by both")
+        .await;
     support::eventually("B owns all four", Duration::from_secs(30), || async {
         held_by(&nats, &[pid_b]).await == vec![4]
     })
     .await;
-    support::eventually(
-        "every posting delivered",
-        Duration::from_secs(120),
-        || async { delivered() >= total },
-    )
-    .await;
+    instances.all_delivered().await;
     drop(b);
 
     // LEDGER and the receivers as one instance would have left them.
-    let pairs = books::assert_as_one_instance(&nats, &receivers, &postings, 3).await;
+    let pairs = instances.assert_as_one_instance(&nats).await;
     assert_eq!(pairs, REGISTRIES.len() * ORDERS);
 }

@@ -181,6 +181,18 @@ impl Service {
         resp.text().await.unwrap()
     }
 
+    /// The check named `name` among `/readyz`'s (no token needed), if any.
+    pub async fn readyz_check(&self, name: &str) -> Option<serde_json::Value> {
+        let resp = self.http.get(self.url("/readyz")).send().await.unwrap();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+    }
+
     /// Waits until the running service delivers to `registry` (`true`: its
     /// consumer is among the readiness checks, so the dispatcher and the
     /// aggregator, which share the registry set, have it), or no longer does
@@ -190,21 +202,10 @@ impl Service {
         eventually(
             &format!("{registry} in force: {wanted}"),
             std::time::Duration::from_secs(10),
-            || {
-                let r = self.http.get(self.url("/readyz")).send();
-                let name = name.clone();
-                async move {
-                    let v: serde_json::Value = r.await.unwrap().json().await.unwrap();
-                    let check = v["checks"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .find(|c| c["name"] == name.as_str())
-                        .cloned();
-                    match check {
-                        Some(c) => wanted && c["ok"] == true,
-                        None => !wanted,
-                    }
+            || async {
+                match self.readyz_check(&name).await {
+                    Some(c) => wanted && c["ok"] == true,
+                    None => !wanted,
                 }
             },
         )

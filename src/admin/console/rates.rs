@@ -12,6 +12,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::metrics::Ticks;
+
 /// How often the counters are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept: 5 minutes.
@@ -89,13 +91,8 @@ impl Rates {
     pub async fn sample(&self, handle: Option<PrometheusHandle>, shutdown: CancellationToken) {
         let Some(handle) = handle else { return };
         let started = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticks = Ticks::new(SAMPLE_INTERVAL, shutdown);
+        while ticks.next().await {
             let (postings, delivered) = counters(&handle.render());
             self.push(Sample {
                 at_s: started.elapsed().as_secs_f64(),

@@ -1,17 +1,107 @@
 //! What several `ledgerline run` instances must leave behind: exactly what
-//! one instance would have written (the fence and shares tests).
+//! one instance would have written (the fence and shares tests), and the
+//! set-up those tests share ([`Instances`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use ledgerline::posting::Posting;
 use ledgerline::receiver::{FailureMode, Receiver};
 use serde_json::json;
 
-use super::{Nats, engine};
+use super::{Nats, engine, process};
+
+/// Instances of `ledgerline run` over one NATS, started from one config
+/// file, the receivers behind their registries, and a ticket history with
+/// the postings one instance would make of it.
+pub struct Instances {
+    receivers: Vec<(Receiver, String)>,
+    /// Versions 1 to 3 of each order ([`ticket_history`]).
+    events: Vec<String>,
+    /// What the offline engine makes of `events`.
+    postings: Vec<Posting>,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Instances {
+    /// The config: `lease_ttl = "4s"`, `ack_wait = "5s"`, `top` (TOML lines), then
+    /// `registries` (the `[delivery]` and `[[registry]]` tables, one
+    /// registry per receiver); the history of `orders` orders.
+    pub fn new(
+        nats: &Nats,
+        receivers: Vec<(Receiver, String)>,
+        top: &str,
+        registries: &str,
+        orders: usize,
+    ) -> Instances {
+        let settings = super::settings(&nats.server, registries);
+        let dir = tempfile::tempdir().unwrap();
+        let config = process::service_config(
+            dir.path(),
+            &nats.server.url(),
+            &format!("lease_ttl = \"4s\"\nack_wait = \"5s\"\n{top}{registries}"),
+        );
+        let events = ticket_history(orders, 3);
+        let postings = engine::postings(&settings, &events);
+        Instances {
+            receivers,
+            events,
+            postings,
+            config,
+            dir,
+        }
+    }
+
+    /// Starts instance `name`, logging to `<name>.log` in the config's
+    /// folder: the child (killed when dropped) and its log.
+    pub fn spawn(&self, name: &str) -> (tokio::process::Child, PathBuf) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = process::spawn_run(&self.config, &log, "info,async_nats=warn");
+        (child, log)
+    }
+
+    /// Waits until the receivers booked `want` postings (`what`: whose).
+    async fn wait_delivered(&self, what: &str, limit: Duration, want: usize) {
+        super::eventually(what, limit, || async {
+            delivered(&self.receivers) >= want as u64
+        })
+        .await;
+    }
+
+    /// Publishes the history, and kills `first` once a third of the
+    /// postings is delivered (`what`: by whom).
+    pub async fn publish_and_kill_midway(
+        &self,
+        nats: &Nats,
+        first: &mut tokio::process::Child,
+        what: &str,
+    ) {
+        super::publish_events(nats, &self.events.join("\n")).await;
+        let third = self.postings.len() / 3;
+        self.wait_delivered(what, Duration::from_secs(60), third)
+            .await;
+        first.kill().await.unwrap();
+    }
+
+    /// Waits until every posting is delivered.
+    pub async fn all_delivered(&self) {
+        let all = self.postings.len();
+        self.wait_delivered("every posting delivered", Duration::from_secs(120), all)
+            .await;
+    }
+
+    /// [`assert_as_one_instance`] for this history: how many (registry,
+    /// order) were booked.
+    pub async fn assert_as_one_instance(&self, nats: &Nats) -> usize {
+        assert_as_one_instance(nats, &self.receivers, &self.postings, 3).await
+    }
+}
 
 /// Versions `1..=versions` of a ticket order `o-000`, `o-001`, … each,
 /// all first versions first.
-pub fn ticket_history(orders: usize, versions: u64) -> Vec<String> {
+fn ticket_history(orders: usize, versions: u64) -> Vec<String> {
     let mut events = Vec::new();
     for v in 1..=versions {
         for o in 0..orders {
@@ -47,7 +137,7 @@ pub async fn receivers(n: usize) -> Vec<(Receiver, String)> {
 }
 
 /// Distinct keys the receivers booked.
-pub fn delivered(receivers: &[(Receiver, String)]) -> u64 {
+fn delivered(receivers: &[(Receiver, String)]) -> u64 {
     receivers
         .iter()
         .map(|(rx, _)| rx.stats().distinct_keys)
@@ -58,7 +148,7 @@ pub fn delivered(receivers: &[(Receiver, String)]) -> u64 {
 /// the receivers booked them as one instance would: one body per key,
 /// every posting carrying the previous reply, every (registry, order)
 /// in order `1..=seqs`. Returns how many (registry, order) were booked.
-pub async fn assert_as_one_instance(
+async fn assert_as_one_instance(
     nats: &Nats,
     receivers: &[(Receiver, String)],
     postings: &[Posting],
