@@ -65,7 +65,8 @@ lint-fast:
 # here with code generation): every target (`--all-targets`: the library,
 # the binary, the tests, the benches) is linted with warnings denied while
 # it is built, so clippy costs no second compile of the dependencies.
-# No incremental cache: a fresh build is faster without one.
+# No incremental cache: a fresh build is faster without one. Where the
+# build's time went: target/cargo-timings/cargo-timing.html.
 CLIPPY_DRIVER := $(shell command -v clippy-driver 2>/dev/null)
 TEST_ENV = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-Dwarnings CARGO_INCREMENTAL=0
 
@@ -77,7 +78,7 @@ run-tests:
 
 build-tests:
 	@test -n "$(CLIPPY_DRIVER)" || { echo "clippy-driver not found: rustup component add clippy" >&2; exit 1; }
-	$(TEST_ENV) cargo test --locked --no-run --all-targets
+	$(TEST_ENV) cargo test --locked --no-run --all-targets --timings
 
 # The tests are built, and linted, first (while the browser is installed, if
 # it is missing: the download overlaps the compile); then they run while
