@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::events::{Event, EventType, OrderId, Text};
-use crate::ledger::{EntryType, Ledger};
+use crate::ledger::{Dims, EntryType, Ledger};
 use crate::money::{Currency, DecimalText, write_integer, write_on_scale, write_unsigned};
 use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
@@ -83,14 +83,32 @@ impl GroupedEntry {
 }
 
 /// A group key borrowed from an entry, so grouping makes a key only once
-/// per group rather than once per entry.
-#[derive(PartialEq, Eq)]
+/// per group rather than once per entry. Its columns are read from the
+/// entry's dimensions through the registry's `group_by` (the same for
+/// every key of one grouping) when hashed or compared, not copied.
 struct KeyRef<'a> {
     entry_type: EntryType,
     ledger_code: Option<&'a str>,
     description: &'a str,
-    columns: [Option<ColumnValue<'a>>; Column::ALL.len()],
+    dims: &'a Dims,
+    group_by: &'a [Column],
 }
+
+/// Equal when the type, code, description and the value of each group
+/// column are equal (keys of one grouping share their `group_by`).
+impl PartialEq for KeyRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entry_type == other.entry_type
+            && self.ledger_code == other.ledger_code
+            && self.description == other.description
+            && self
+                .group_by
+                .iter()
+                .all(|c| c.of(self.dims) == c.of(other.dims))
+    }
+}
+
+impl Eq for KeyRef<'_> {}
 
 /// Hashes what tells keys apart cheaply: equal keys hash equally, and a
 /// rate is left out (hashing a `Decimal` normalises it, the largest cost
@@ -100,11 +118,11 @@ impl Hash for KeyRef<'_> {
         self.entry_type.hash(h);
         self.ledger_code.hash(h);
         self.description.hash(h);
-        for value in self.columns.iter().flatten() {
-            match value {
-                ColumnValue::Text(t) => t.hash(h),
-                ColumnValue::Currency(c) => c.hash(h),
-                ColumnValue::Rate(_) => {}
+        for c in self.group_by {
+            match c.of(self.dims) {
+                Some(ColumnValue::Text(t)) => t.hash(h),
+                Some(ColumnValue::Currency(c)) => c.hash(h),
+                Some(ColumnValue::Rate(_)) | None => {}
             }
         }
     }
@@ -127,7 +145,11 @@ impl ValueTexts {
         if let Some((_, t)) = self.made.iter().find(|(k, _)| *k == owned) {
             return Text::clone(t);
         }
-        let t = Text::from(owned.to_string());
+        let t = match owned {
+            // What `Display` writes for a currency, without the machinery.
+            ColumnValue::Currency(c) => Text::from(c.code()),
+            _ => Text::from(owned.to_string()),
+        };
         self.made.push((owned, Text::clone(&t)));
         t
     }
@@ -145,15 +167,12 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
             continue;
         }
         let code = registry.code_rule(e.entry_type, &e.dims).map(|r| &r.code);
-        let mut columns = [None; Column::ALL.len()];
-        for (slot, c) in columns.iter_mut().zip(&registry.group_by) {
-            *slot = c.of(&e.dims);
-        }
         let key = KeyRef {
             entry_type: e.entry_type,
             ledger_code: code.map(|c| &**c),
             description: &e.description,
-            columns,
+            dims: &e.dims,
+            group_by: &registry.group_by,
         };
         // One hash per entry: the slot found is the one filled.
         match index.entry(key) {
@@ -166,8 +185,7 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
                 let columns = registry
                     .group_by
                     .iter()
-                    .zip(&slot.key().columns)
-                    .map(|(c, v)| (*c, v.map(|v| texts.text(v))))
+                    .map(|c| (*c, c.of(&e.dims).map(|v| texts.text(v))))
                     .collect();
                 slot.insert(out.len());
                 out.push(GroupedEntry {
