@@ -91,7 +91,8 @@ impl Currency {
 
     /// True when `amount` has no more decimals than the minor unit allows.
     pub fn fits(&self, amount: Decimal) -> bool {
-        amount.normalize().scale() <= self.minor_units()
+        // Normalising only ever lowers the scale.
+        amount.scale() <= self.minor_units() || amount.normalize().scale() <= self.minor_units()
     }
 }
 
@@ -182,7 +183,7 @@ pub fn write_on_scale(out: &mut Vec<u8>, amount: Decimal, minor_units: u32) {
     let scale = amount.scale();
     if scale <= minor_units && minor_units <= Decimal::MAX_SCALE {
         let m = u64::try_from(amount.mantissa().unsigned_abs()).ok();
-        let factor = 10u64.checked_pow(minor_units - scale);
+        let factor = POW10.get((minor_units - scale) as usize).copied();
         if let Some(m) = m.zip(factor).and_then(|(m, f)| m.checked_mul(f)) {
             // `rescale` multiplies the mantissa by the same factor (it
             // fits), and a zero loses its sign.
@@ -197,6 +198,17 @@ pub fn write_on_scale(out: &mut Vec<u8>, amount: Decimal, minor_units: u32) {
     }
     out.extend_from_slice(DecimalText::new(a).as_bytes());
 }
+
+/// 10⁰ … 10¹⁹, every power of ten a `u64` holds.
+const POW10: [u64; 20] = {
+    let mut p = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
 
 /// Appends an integer as `Decimal::from(n)` prints it.
 pub fn write_integer(out: &mut Vec<u8>, n: i64) {
