@@ -684,14 +684,22 @@ fn bounded<'a, T: From<&'a str>>(
     max: usize,
     path: impl Fn() -> String,
 ) -> Result<T, Rejection> {
-    if s.chars().count() > max {
+    // A text of at most `max` bytes has at most `max` characters; an
+    // ASCII one has a control character (`char::is_control`: U+0000–U+001F,
+    // U+007F–U+009F) only in a byte below 0x20 or 0x7f.
+    if s.len() > max && s.chars().count() > max {
         return Err(Rejection::new(
             RejectReason::InvalidField,
             path(),
             format!("is longer than {max} characters"),
         ));
     }
-    if s.chars().any(char::is_control) {
+    let control = if s.is_ascii() {
+        s.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        s.chars().any(char::is_control)
+    };
+    if control {
         return Err(Rejection::new(
             RejectReason::InvalidField,
             path(),
@@ -783,14 +791,15 @@ fn rate_of(r: Decimal, path: impl Fn() -> String) -> Result<Decimal, Rejection> 
             format!("{r} is outside [0, 1) (16% is \"0.16\")"),
         ));
     }
-    if r.normalize().scale() > 6 {
+    let normal = r.normalize();
+    if normal.scale() > 6 {
         return Err(Rejection::new(
             RejectReason::InvalidField,
             path(),
             format!("{r} has more than 6 decimals"),
         ));
     }
-    Ok(r.normalize())
+    Ok(normal)
 }
 
 /// A parsed JSON document that borrows its strings from the message: what
@@ -1161,6 +1170,22 @@ impl<'a> Item<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bounded` refuses exactly what counting characters and looking
+    /// for `char::is_control` in every character refuses, ASCII or not.
+    #[test]
+    fn bounded_refuses_what_the_character_checks_refuse() {
+        let mut texts: Vec<String> = (0u32..0x250)
+            .filter_map(char::from_u32)
+            .flat_map(|c| [format!("{c}"), format!("ab{c}cd"), c.to_string().repeat(5)])
+            .collect();
+        texts.extend(["", "abcd", "abcde", "ééé", "éééé", "éééééé", "\u{2028}x"].map(String::from));
+        for t in &texts {
+            let want = t.chars().count() <= 4 && !t.chars().any(char::is_control);
+            let got: Result<String, _> = bounded(t, 4, String::new);
+            assert_eq!(got.is_ok(), want, "{t:?}");
+        }
+    }
     use serde_json::{Value, json};
 
     fn reference_event() -> Value {

@@ -230,7 +230,8 @@ pub fn derive_with(
     let incl = state.prices_include_tax;
 
     // Taxables: the lines first, then the fees, each with its exact tax.
-    let mut taxables: Vec<Taxable> = Vec::new();
+    let items = state.line_items.len() + state.fees.len();
+    let mut taxables: Vec<Taxable> = Vec::with_capacity(items);
     for l in &state.line_items {
         let gross = Decimal::from(l.quantity) * l.unit_price;
         let exact = if incl {
@@ -261,13 +262,14 @@ pub fn derive_with(
     }
 
     let mut totals = Totals::default();
-    let mut revenue = Vec::new();
+    let lines = state.line_items.len();
+    let mut revenue = Vec::with_capacity(lines);
     let mut deferred = Vec::new();
-    let mut discount = Vec::new();
-    let mut tax_by_item: Vec<(Decimal, Entry)> = Vec::new();
+    let mut discount = Vec::with_capacity(lines);
+    let mut tax_by_item: Vec<(Decimal, Entry)> = Vec::with_capacity(items);
     // One description per rate, shared by its tax entries.
     let mut tax_texts: Vec<(Decimal, Text)> = Vec::new();
-    let mut fees = Vec::new();
+    let mut fees = Vec::with_capacity(state.fees.len());
 
     for (l, t) in state.line_items.iter().zip(&taxables) {
         let gross = Decimal::from(l.quantity) * l.unit_price;
@@ -352,7 +354,7 @@ pub fn derive_with(
     // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
     tax_by_item.sort_by_key(|(rate, _)| *rate);
 
-    let mut cashflow = Vec::new();
+    let mut cashflow = Vec::with_capacity(state.payments.len());
     let mut write_off = Vec::new();
     for p in &state.payments {
         let dims = Dims {
@@ -388,7 +390,19 @@ pub fn derive_with(
     totals.total = totals.revenue - totals.discount + totals.tax + totals.fees;
     totals.outstanding = totals.total - totals.paid - totals.written_off;
 
-    let mut entries = cashflow;
+    // Every entry in one allocation: cashflow, receivable or refund due,
+    // then the rest in table order.
+    let mut entries = Vec::with_capacity(
+        cashflow.len()
+            + 1
+            + revenue.len()
+            + discount.len()
+            + tax_by_item.len()
+            + fees.len()
+            + write_off.len()
+            + deferred.len(),
+    );
+    entries.extend(cashflow);
     if totals.outstanding > Decimal::ZERO {
         entries.push(Entry {
             entry_type: EntryType::Receivable,

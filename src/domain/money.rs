@@ -91,7 +91,8 @@ impl Currency {
 
     /// True when `amount` has no more decimals than the minor unit allows.
     pub fn fits(&self, amount: Decimal) -> bool {
-        amount.normalize().scale() <= self.minor_units()
+        // Normalising only ever lowers the scale.
+        amount.scale() <= self.minor_units() || amount.normalize().scale() <= self.minor_units()
     }
 }
 
@@ -164,6 +165,92 @@ impl DecimalText {
         // Only ASCII digits, '.' and '-' were written.
         std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
     }
+
+    /// The text as bytes (no UTF-8 check, for writing into a buffer).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// Appends what `Currency::on_scale(amount)` prints for a currency of
+/// `minor_units` (its `Display`: `38` → `"38.00"`, no negative zero), the
+/// bytes of [`Currency::format`] without a `String`. An amount whose scale
+/// is at most `minor_units` and whose mantissa on that scale fits in 64 bits
+/// (every amount of an order) is written from its mantissa directly; any
+/// other (one to round, a huge one) goes through `rescale` and
+/// [`DecimalText`].
+pub fn write_on_scale(out: &mut Vec<u8>, amount: Decimal, minor_units: u32) {
+    let scale = amount.scale();
+    if scale <= minor_units && minor_units <= Decimal::MAX_SCALE {
+        let m = u64::try_from(amount.mantissa().unsigned_abs()).ok();
+        let factor = POW10.get((minor_units - scale) as usize).copied();
+        if let Some(m) = m.zip(factor).and_then(|(m, f)| m.checked_mul(f)) {
+            // `rescale` multiplies the mantissa by the same factor (it
+            // fits), and a zero loses its sign.
+            write_fixed(out, amount.is_sign_negative() && m != 0, m, minor_units);
+            return;
+        }
+    }
+    let mut a = amount;
+    a.rescale(minor_units);
+    if a.is_zero() {
+        a.set_sign_positive(true);
+    }
+    out.extend_from_slice(DecimalText::new(a).as_bytes());
+}
+
+/// 10⁰ … 10¹⁹, every power of ten a `u64` holds.
+const POW10: [u64; 20] = {
+    let mut p = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
+
+/// Appends an integer as `Decimal::from(n)` prints it.
+pub fn write_integer(out: &mut Vec<u8>, n: i64) {
+    write_fixed(out, n < 0, n.unsigned_abs(), 0);
+}
+
+/// Appends an unsigned integer as its `Display` prints it.
+pub fn write_unsigned(out: &mut Vec<u8>, n: u64) {
+    write_fixed(out, false, n, 0);
+}
+
+/// Appends `-` when `negative`, then the digits of `mantissa` with a point
+/// `scale` digits from the right and at least one digit before it: what
+/// `Decimal`'s `Display` prints for that sign, mantissa and scale.
+fn write_fixed(out: &mut Vec<u8>, negative: bool, mantissa: u64, scale: u32) {
+    // A sign, 28 decimals, a point and the 20 digits of a u64.
+    let mut buf = [0u8; 56];
+    let mut start = buf.len();
+    let mut m = mantissa;
+    let mut push = |b: u8| {
+        start -= 1;
+        buf[start] = b;
+    };
+    for _ in 0..scale {
+        // m % 10 < 10.
+        push(b'0' + (m % 10) as u8);
+        m /= 10;
+    }
+    if scale > 0 {
+        push(b'.');
+    }
+    loop {
+        push(b'0' + (m % 10) as u8);
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if negative {
+        push(b'-');
+    }
+    out.extend_from_slice(&buf[start..]);
 }
 
 /// The lowest decimal digit of `m` as ASCII, dividing `m` by ten (in 64
@@ -327,6 +414,87 @@ mod tests {
         }
         for d in cases {
             assert_eq!(DecimalText::new(d).as_str(), d.to_string(), "{d:?}");
+        }
+    }
+
+    /// `write_on_scale` writes the bytes of `Currency::format`, and
+    /// `write_integer` those of `Decimal::from(n).to_string()`.
+    #[test]
+    fn written_amounts_are_the_formatted_ones() {
+        let mut cases: Vec<Decimal> = ["0", "-0", "-0.000", "0.05", "-0.05", "38", "-12.345"]
+            .iter()
+            .map(|s| dec(s))
+            .collect();
+        cases.extend([Decimal::MAX, Decimal::MIN, Decimal::new(-1, 28)]);
+        for scale in 0..=28 {
+            for m in [
+                1,
+                7,
+                10,
+                u64::MAX as i128,
+                u64::MAX as i128 + 1,
+                i128::from(i64::MAX),
+            ] {
+                cases.push(Decimal::from_i128_with_scale(m, scale));
+                cases.push(Decimal::from_i128_with_scale(-m, scale));
+            }
+        }
+        for d in cases {
+            for minor_units in 0..=4 {
+                let mut out = Vec::new();
+                write_on_scale(&mut out, d, minor_units);
+                let mut want = d;
+                want.rescale(minor_units);
+                if want.is_zero() {
+                    want.set_sign_positive(true);
+                }
+                assert_eq!(String::from_utf8(out).unwrap(), want.to_string(), "{d:?}");
+            }
+        }
+        for code in ["EUR", "JPY", "BHD"] {
+            let c = Currency::parse(code).unwrap();
+            let mut out = Vec::new();
+            write_on_scale(&mut out, dec("-0.5"), c.minor_units());
+            assert_eq!(String::from_utf8(out).unwrap(), c.format(dec("-0.5")));
+        }
+        for n in [0, 1, -1, 9, 10, -10, 1234, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_integer(&mut out, n);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                Decimal::from(n).to_string()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Any decimal (mantissa, scale, sign) on any scale a currency may
+        /// have, and any integer.
+        #[test]
+        fn written_amounts_are_the_formatted_ones_for_any_decimal(
+            mantissa in proptest::prop_oneof![
+                -1_000_000_000i128..1_000_000_000,
+                -(1i128 << 96) + 1..(1i128 << 96),
+            ],
+            scale in 0u32..=28,
+            minor_units in 0u32..=4,
+            n: i64,
+        ) {
+            let d = Decimal::from_i128_with_scale(mantissa, scale);
+            let mut out = Vec::new();
+            write_on_scale(&mut out, d, minor_units);
+            let mut want = d;
+            want.rescale(minor_units);
+            if want.is_zero() {
+                want.set_sign_positive(true);
+            }
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want.to_string());
+            let mut out = Vec::new();
+            write_integer(&mut out, n);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), Decimal::from(n).to_string());
+            let mut out = Vec::new();
+            write_unsigned(&mut out, n.unsigned_abs());
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), n.unsigned_abs().to_string());
         }
     }
 

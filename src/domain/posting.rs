@@ -9,6 +9,7 @@
 //! same across retries, restarts and replays. Pure: no I/O.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
 use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
@@ -19,8 +20,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::events::{Event, EventType, OrderId, Text};
-use crate::ledger::{EntryType, Ledger};
-use crate::money::{Currency, DecimalText};
+use crate::ledger::{Dims, EntryType, Ledger};
+use crate::money::{Currency, DecimalText, write_integer, write_on_scale, write_unsigned};
 use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
 /// The key entries are grouped and netted by. Its texts are shared with
@@ -82,14 +83,32 @@ impl GroupedEntry {
 }
 
 /// A group key borrowed from an entry, so grouping makes a key only once
-/// per group rather than once per entry.
-#[derive(PartialEq, Eq)]
+/// per group rather than once per entry. Its columns are read from the
+/// entry's dimensions through the registry's `group_by` (the same for
+/// every key of one grouping) when hashed or compared, not copied.
 struct KeyRef<'a> {
     entry_type: EntryType,
     ledger_code: Option<&'a str>,
     description: &'a str,
-    columns: [Option<ColumnValue<'a>>; Column::ALL.len()],
+    dims: &'a Dims,
+    group_by: &'a [Column],
 }
+
+/// Equal when the type, code, description and the value of each group
+/// column are equal (keys of one grouping share their `group_by`).
+impl PartialEq for KeyRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entry_type == other.entry_type
+            && self.ledger_code == other.ledger_code
+            && self.description == other.description
+            && self
+                .group_by
+                .iter()
+                .all(|c| c.of(self.dims) == c.of(other.dims))
+    }
+}
+
+impl Eq for KeyRef<'_> {}
 
 /// Hashes what tells keys apart cheaply: equal keys hash equally, and a
 /// rate is left out (hashing a `Decimal` normalises it, the largest cost
@@ -99,11 +118,11 @@ impl Hash for KeyRef<'_> {
         self.entry_type.hash(h);
         self.ledger_code.hash(h);
         self.description.hash(h);
-        for value in self.columns.iter().flatten() {
-            match value {
-                ColumnValue::Text(t) => t.hash(h),
-                ColumnValue::Currency(c) => c.hash(h),
-                ColumnValue::Rate(_) => {}
+        for c in self.group_by {
+            match c.of(self.dims) {
+                Some(ColumnValue::Text(t)) => t.hash(h),
+                Some(ColumnValue::Currency(c)) => c.hash(h),
+                Some(ColumnValue::Rate(_)) | None => {}
             }
         }
     }
@@ -126,7 +145,11 @@ impl ValueTexts {
         if let Some((_, t)) = self.made.iter().find(|(k, _)| *k == owned) {
             return Text::clone(t);
         }
-        let t = Text::from(owned.to_string());
+        let t = match owned {
+            // What `Display` writes for a currency, without the machinery.
+            ColumnValue::Currency(c) => Text::from(c.code()),
+            _ => Text::from(owned.to_string()),
+        };
         self.made.push((owned, Text::clone(&t)));
         t
     }
@@ -144,29 +167,27 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
             continue;
         }
         let code = registry.code_rule(e.entry_type, &e.dims).map(|r| &r.code);
-        let mut columns = [None; Column::ALL.len()];
-        for (slot, c) in columns.iter_mut().zip(&registry.group_by) {
-            *slot = c.of(&e.dims);
-        }
         let key = KeyRef {
             entry_type: e.entry_type,
             ledger_code: code.map(|c| &**c),
             description: &e.description,
-            columns,
+            dims: &e.dims,
+            group_by: &registry.group_by,
         };
-        match index.get(&key) {
-            Some(&i) => {
+        // One hash per entry: the slot found is the one filled.
+        match index.entry(key) {
+            Slot::Occupied(slot) => {
+                let i = *slot.get();
                 out[i].amount += e.amount;
                 out[i].quantity += e.quantity;
             }
-            None => {
+            Slot::Vacant(slot) => {
                 let columns = registry
                     .group_by
                     .iter()
-                    .zip(&key.columns)
-                    .map(|(c, v)| (*c, v.map(|v| texts.text(v))))
+                    .map(|c| (*c, c.of(&e.dims).map(|v| texts.text(v))))
                     .collect();
-                index.insert(key, out.len());
+                slot.insert(out.len());
                 out.push(GroupedEntry {
                     key: GroupKey {
                         entry_type: e.entry_type,
@@ -253,10 +274,16 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
 /// The idempotency key of posting `seq` of (registry, order): UUIDv5 in the
 /// URL namespace of `ledgerline:<R>:<O>:<n>` (SPEC 4).
 pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_URL,
-        format!("ledgerline:{registry_id}:{order_id}:{seq}").as_bytes(),
-    )
+    // The name's bytes as `format!("ledgerline:{registry_id}:{order_id}:{seq}")`
+    // writes them, without the formatting machinery.
+    let mut name = Vec::with_capacity(32 + registry_id.len() + order_id.len());
+    name.extend_from_slice(b"ledgerline:");
+    name.extend_from_slice(registry_id.as_bytes());
+    name.push(b':');
+    name.extend_from_slice(order_id.as_bytes());
+    name.push(b':');
+    write_unsigned(&mut name, seq);
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, &name)
 }
 
 /// What a registry has been sent for an order so far.
@@ -481,22 +508,16 @@ impl Posting {
             out.extend_from_slice(b"{\"ledger_code\":");
             json_opt_str(&mut out, e.key.ledger_code.as_deref());
             for (col, v) in &e.key.columns {
-                out.push(b',');
-                json_str(&mut out, col.as_str());
-                out.push(b':');
+                out.extend_from_slice(column_key(*col));
                 json_opt_str(&mut out, v.as_deref());
             }
             out.extend_from_slice(b",\"quantity\":");
-            out.extend_from_slice(
-                DecimalText::new(Decimal::from(e.quantity))
-                    .as_str()
-                    .as_bytes(),
-            );
-            let (debit, credit) = self.wire_amounts(e);
+            write_integer(&mut out, e.quantity);
+            let (debit, credit) = signed_parts(e.amount);
             out.extend_from_slice(b",\"debit\":\"");
-            out.extend_from_slice(DecimalText::new(debit).as_str().as_bytes());
+            self.write_on_scale(&mut out, debit);
             out.extend_from_slice(b"\",\"credit\":\"");
-            out.extend_from_slice(DecimalText::new(credit).as_str().as_bytes());
+            self.write_on_scale(&mut out, credit);
             out.extend_from_slice(b"\",\"description\":");
             json_str(&mut out, &e.key.description);
             out.push(b'}');
@@ -507,8 +528,16 @@ impl Posting {
 
     /// The debit and credit the wire shows for `e`, on the currency's scale.
     fn wire_amounts(&self, e: &GroupedEntry) -> (Decimal, Decimal) {
-        let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
+        let (debit, credit) = signed_parts(e.amount);
         (self.on_scale(debit), self.on_scale(credit))
+    }
+
+    /// Appends what `self.format(amount)` returns, without a `String`.
+    fn write_on_scale(&self, out: &mut Vec<u8>, amount: Decimal) {
+        match self.currency {
+            Some(c) => write_on_scale(out, amount, c.minor_units()),
+            None => out.extend_from_slice(DecimalText::new(amount).as_bytes()),
+        }
     }
 
     /// An amount with the currency's scale (entries exist only with one).
@@ -586,6 +615,30 @@ struct AsText(Decimal);
 impl Serialize for AsText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(DecimalText::new(self.0).as_str())
+    }
+}
+
+/// (debit, credit) of a signed amount: `amount.max(0)` and
+/// `(-amount).max(0)`, each the amount itself or `Decimal::ZERO` (`max`
+/// keeps `self` unless it is less: a negative zero stays as it is).
+fn signed_parts(amount: Decimal) -> (Decimal, Decimal) {
+    let below_zero = |d: Decimal| d.is_sign_negative() && !d.is_zero();
+    let part = |d: Decimal| if below_zero(d) { Decimal::ZERO } else { d };
+    (part(amount), part(-amount))
+}
+
+/// A column's key in a wire entry, with the comma before it and the colon
+/// after: `,"currency":` (the names need no escaping).
+fn column_key(c: Column) -> &'static [u8] {
+    match c {
+        Column::Currency => b",\"currency\":",
+        Column::Channel => b",\"channel\":",
+        Column::ProductId => b",\"product_id\":",
+        Column::OptionId => b",\"option_id\":",
+        Column::UnitType => b",\"unit_type\":",
+        Column::TaxRate => b",\"tax_rate\":",
+        Column::PaymentMethod => b",\"payment_method\":",
+        Column::FeeKind => b",\"fee_kind\":",
     }
 }
 
@@ -682,6 +735,13 @@ mod tests {
             Uuid::new_v5(&Uuid::NAMESPACE_URL, b"ledgerline:xero-eu:o-1:3")
         );
         assert_ne!(k, idempotency_key("xero-eu", "o-1", 4));
+        for seq in [0, 1, 9, 10, 1234, u64::MAX] {
+            let name = format!("ledgerline:r-é:o/1 \"x\":{seq}");
+            assert_eq!(
+                idempotency_key("r-é", "o/1 \"x\"", seq),
+                Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+            );
+        }
         assert_eq!(
             Uuid::NAMESPACE_URL.to_string(),
             "6ba7b811-9dad-11d1-80b4-00c04fd430c8"
@@ -770,6 +830,31 @@ mod tests {
             p.body_json(&Value::Null).unwrap(),
             serde_json::to_vec(&p.body(&Value::Null)).unwrap()
         );
+    }
+
+    /// Each column's key is its name as serde_json writes a string.
+    #[test]
+    fn column_keys_are_the_serialised_names() {
+        for c in Column::ALL {
+            let want = format!(",{}:", serde_json::to_string(c.as_str()).unwrap());
+            assert_eq!(column_key(c), want.as_bytes());
+        }
+    }
+
+    /// `signed_parts` is `max(0)` of the amount and of its negation, sign
+    /// and scale of a zero included (`Display` prints `-0` and `0.000`).
+    #[test]
+    fn signed_parts_are_max_zero() {
+        for s in ["0", "-0", "0.000", "-0.000", "1.5", "-1.5", "0.01", "-0.01"] {
+            let d: Decimal = s.parse().unwrap();
+            let (debit, credit) = signed_parts(d);
+            let want = (d.max(Decimal::ZERO), (-d).max(Decimal::ZERO));
+            assert_eq!(
+                (debit.to_string(), credit.to_string()),
+                (want.0.to_string(), want.1.to_string()),
+                "{s}"
+            );
+        }
     }
 
     /// Every byte at every place of a word (and of the tail) is seen.
