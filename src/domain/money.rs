@@ -419,6 +419,23 @@ mod tests {
 
     /// `write_on_scale` writes the bytes of `Currency::format`, and
     /// `write_integer` those of `Decimal::from(n).to_string()`.
+    /// `write_on_scale`'s text.
+    fn written(d: Decimal, minor_units: u32) -> String {
+        let mut out = Vec::new();
+        write_on_scale(&mut out, d, minor_units);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The oracle: rust_decimal's own rescale and `to_string` (no "-0").
+    fn formatted(d: Decimal, minor_units: u32) -> String {
+        let mut want = d;
+        want.rescale(minor_units);
+        if want.is_zero() {
+            want.set_sign_positive(true);
+        }
+        want.to_string()
+    }
+
     #[test]
     fn written_amounts_are_the_formatted_ones() {
         let mut cases: Vec<Decimal> = ["0", "-0", "-0.000", "0.05", "-0.05", "38", "-12.345"]
@@ -441,14 +458,7 @@ mod tests {
         }
         for d in cases {
             for minor_units in 0..=4 {
-                let mut out = Vec::new();
-                write_on_scale(&mut out, d, minor_units);
-                let mut want = d;
-                want.rescale(minor_units);
-                if want.is_zero() {
-                    want.set_sign_positive(true);
-                }
-                assert_eq!(String::from_utf8(out).unwrap(), want.to_string(), "{d:?}");
+                assert_eq!(written(d, minor_units), formatted(d, minor_units), "{d:?}");
             }
         }
         for code in ["EUR", "JPY", "BHD"] {
@@ -481,14 +491,7 @@ mod tests {
             n: i64,
         ) {
             let d = Decimal::from_i128_with_scale(mantissa, scale);
-            let mut out = Vec::new();
-            write_on_scale(&mut out, d, minor_units);
-            let mut want = d;
-            want.rescale(minor_units);
-            if want.is_zero() {
-                want.set_sign_positive(true);
-            }
-            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want.to_string());
+            proptest::prop_assert_eq!(written(d, minor_units), formatted(d, minor_units));
             let mut out = Vec::new();
             write_integer(&mut out, n);
             proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), Decimal::from(n).to_string());
