@@ -68,7 +68,8 @@ lint-fast:
 # it is built, so clippy costs no second compile of the dependencies.
 # No incremental cache: a fresh build is faster without one. Where the
 # build's time went: target/cargo-timings/cargo-timing.html.
-CLIPPY_DRIVER := $(shell command -v clippy-driver 2>/dev/null)
+# The toolchain's own clippy-driver (it must match rustc), else one on PATH.
+CLIPPY_DRIVER := $(firstword $(wildcard $(shell rustc --print sysroot 2>/dev/null)/bin/clippy-driver) $(shell command -v clippy-driver 2>/dev/null))
 TEST_ENV = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-Dwarnings CARGO_INCREMENTAL=0
 
 # Most integration tests wait on NATS, sockets and timers rather than
