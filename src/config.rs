@@ -262,6 +262,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub config: Config,
+    /// `ack_wait`, parsed.
+    pub ack_wait: Duration,
     pub ledger: LedgerOptions,
     pub policy: TargetPolicy,
     pub registries: Vec<Registry>,
@@ -785,7 +787,7 @@ impl Config {
                 .into());
             }
         }
-        self.ack_wait()?;
+        let ack_wait = self.ack_wait()?;
         if self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(FieldError::new(
                 "admin_listen",
@@ -852,6 +854,7 @@ impl Config {
         let sources = validate_each(&self.source, "source", SourceConfig::validate)?;
         Ok(Settings {
             sources,
+            ack_wait,
             ledger: LedgerOptions {
                 rounding: self.rounding,
                 tax_rounding: self.tax_rounding,
@@ -886,11 +889,11 @@ mod tests {
     #[test]
     fn ack_wait_is_a_duration_from_2s_to_10m_and_a_bad_one_is_named() {
         assert_eq!(
-            Config::default().ack_wait(),
-            Ok(crate::dispatcher::ACK_WAIT_DEFAULT)
+            load("", &[]).unwrap().ack_wait,
+            crate::streams::ACK_WAIT_DEFAULT
         );
         let s = load("ack_wait = \"5s\"\n", &[]).unwrap();
-        assert_eq!(s.config.ack_wait(), Ok(Duration::from_secs(5)));
+        assert_eq!(s.ack_wait, Duration::from_secs(5));
         for bad in ["1s", "11m", "soon"] {
             let err = load(&format!("ack_wait = \"{bad}\"\n"), &[])
                 .unwrap_err()

@@ -498,8 +498,7 @@ impl ActiveParts {
                 );
                 options.fence = fence.clone();
                 options.stream_replicas = self.settings.config.stream_replicas;
-                // Validated with the configuration: the default if not.
-                options.ack_wait = self.settings.config.ack_wait().unwrap_or(options.ack_wait);
+                options.ack_wait = self.settings.ack_wait;
                 Some(tasks.spawn(async move {
                     run_aggregator(client, options, registries, token)
                         .await

@@ -85,11 +85,6 @@ use self::index::DeliveryIndex;
 use self::schedule::{RetrySchedule, ScheduleError};
 use self::worker::{Slots, Token, Worker};
 
-/// How long the server waits for an ack before handing a message to
-/// another pull, unless `ack_wait` says otherwise. Held messages are
-/// progress-acked at a third of it, so it only matters after a crash: that
-/// is how long a crashed worker's orders wait before they are picked up again.
-pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Messages fetched per pull request: enough to keep `max_in_flight`
 /// workers fed, small enough to bound what a crash hands back.
 pub const PULL_BATCH: usize = 256;
@@ -127,7 +122,8 @@ pub struct DispatcherOptions {
     pub policy: TargetPolicy,
     /// Failure emails; none without `[smtp]`.
     pub smtp: Option<SmtpConfig>,
-    /// See [`ACK_WAIT_DEFAULT`].
+    /// `ack_wait` ([`crate::streams::ACK_WAIT_DEFAULT`]); held messages
+    /// are progress-acked at a third of it.
     pub ack_wait: Duration,
     /// See [`SWEEP_EVERY_DEFAULT`].
     pub sweep_every: Duration,
@@ -157,7 +153,7 @@ impl DispatcherOptions {
             breaker_cool_down,
             policy: settings.policy.clone(),
             smtp: settings.config.smtp.clone(),
-            ack_wait: settings.config.ack_wait()?,
+            ack_wait: settings.ack_wait,
             sweep_every: SWEEP_EVERY_DEFAULT,
             overdue_grace: OVERDUE_GRACE_DEFAULT,
             fence: Fence::open(),
@@ -174,8 +170,6 @@ pub enum DispatchError {
     Schedule(#[from] ScheduleError),
     #[error("delivery.breaker_cool_down: {0:?} is not a duration like \"30s\"")]
     CoolDown(String),
-    #[error(transparent)]
-    AckWait(#[from] crate::registry::FieldError),
     #[error(transparent)]
     Client(#[from] http::ClientError),
     #[error(transparent)]

@@ -131,7 +131,7 @@ impl AggregatorOptions {
             ledger,
             cache_orders: CACHE_ORDERS,
             stream_replicas: 1,
-            ack_wait: crate::dispatcher::ACK_WAIT_DEFAULT,
+            ack_wait: streams::ACK_WAIT_DEFAULT,
             fence: Fence::open(),
         }
     }

@@ -494,6 +494,12 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
 pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// The idle heartbeat of those pull requests (under half their expiry).
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long the server waits for an ack before handing a message out
+/// again, for the aggregator's and the dispatchers' consumers, unless
+/// `ack_wait` says otherwise. Held messages are progress-acked, so it only
+/// matters after a crash: that is how long a crashed process's in-flight
+/// events and postings wait before they are picked up again.
+pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// How often a publish answered "in process" ([`is_duplicate_in_process`])
 /// is sent again, and how long apart.

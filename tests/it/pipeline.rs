@@ -590,7 +590,7 @@ async fn events_handed_back_out_of_order_are_all_applied_in_stream_order() {
                 durable_name: Some(ledgerline::aggregator::CONSUMER.to_owned()),
                 filter_subject: "orders.>".to_owned(),
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ledgerline::dispatcher::ACK_WAIT_DEFAULT,
+                ack_wait: ledgerline::streams::ACK_WAIT_DEFAULT,
                 max_ack_pending: ledgerline::aggregator::MAX_ACK_PENDING,
                 max_deliver: -1,
                 ..Default::default()
