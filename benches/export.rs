@@ -125,7 +125,7 @@ async fn main() {
         .expect("nats-server (run `make tools`)");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = jetstream::new(client.clone());
-    streams::ensure_streams(&js, "orders", 1)
+    streams::ensure_streams(&js, &"orders".into(), 1)
         .await
         .expect("streams");
     let dir = tempfile::tempdir().expect("temp dir");

@@ -157,6 +157,12 @@ pub struct Config {
     /// ([`crate::lease::shares`]), instead of one instance delivering to
     /// all while the others stand by (SPEC 9).
     pub share_registries: bool,
+    /// Order partitions (SPEC 9): 0 (the default) keeps one active
+    /// aggregator; `P` > 0 splits ORDERS into `P` partitions by a hash of
+    /// the order id (a subject transform fixed when the stream is created)
+    /// and every `run` instance aggregates a fair share of them, one lease
+    /// per partition ([`crate::streams::orders`]).
+    pub order_partitions: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
     pub rounding: Rounding,
@@ -197,6 +203,12 @@ impl Config {
             .unwrap_or(INGEST_LISTEN_DEFAULT)
     }
 
+    /// Where ORDERS keeps each order's events (`subject_prefix`,
+    /// `order_partitions`).
+    pub fn order_subjects(&self) -> crate::streams::OrderSubjects {
+        crate::streams::OrderSubjects::new(self.subject_prefix.clone(), self.order_partitions)
+    }
+
     /// True when `run` serves inbound webhooks: `ingest_listen` is set or
     /// a `[[source]]` is configured.
     pub fn serves_ingest(&self) -> bool {
@@ -217,6 +229,7 @@ impl Default for Config {
             lease_ttl: "10s".to_owned(),
             ack_wait: "30s".to_owned(),
             share_registries: false,
+            order_partitions: 0,
             admin_token: None,
             rounding: Rounding::default(),
             tax_rounding: TaxRounding::default(),
@@ -347,7 +360,7 @@ enum EnvKind {
 /// file (`smtp.host` is `LEDGERLINE_SMTP__HOST`). `[[registry]]` and
 /// `[[source]]` are not here: arrays of tables come from the file, the
 /// admin API or `registry apply` / `source apply`.
-const ENV_KEYS: [(&str, EnvKind); 27] = [
+const ENV_KEYS: [(&str, EnvKind); 28] = [
     ("nats_url", EnvKind::Text),
     ("stream_replicas", EnvKind::Text),
     ("nats_creds", EnvKind::Text),
@@ -359,6 +372,7 @@ const ENV_KEYS: [(&str, EnvKind); 27] = [
     ("lease_ttl", EnvKind::Text),
     ("ack_wait", EnvKind::Text),
     ("share_registries", EnvKind::Text),
+    ("order_partitions", EnvKind::Text),
     ("admin_token", EnvKind::Text),
     ("rounding", EnvKind::Text),
     ("tax_rounding", EnvKind::Text),
@@ -767,6 +781,17 @@ impl Config {
                 format!(
                     "is {}; JetStream keeps 1 to {STREAM_REPLICAS_MAX} replicas (1 on a single server, 3 on a cluster)",
                     self.stream_replicas
+                ),
+            )
+            .into());
+        }
+        if self.order_partitions > crate::streams::orders::PARTITIONS_MAX {
+            return Err(FieldError::new(
+                "order_partitions",
+                format!(
+                    "is {}; use 0 (no partitions) to {} (a few times the most instances you will run, e.g. 16)",
+                    self.order_partitions,
+                    crate::streams::orders::PARTITIONS_MAX
                 ),
             )
             .into());

@@ -165,7 +165,7 @@ impl InProcess {
         let js = jetstream::new(client.clone());
         streams::ensure_streams(
             &js,
-            &settings.config.subject_prefix,
+            &settings.config.order_subjects(),
             settings.config.stream_replicas,
         )
         .await?;
@@ -361,6 +361,8 @@ pub async fn run_with_listeners(
         };
         let handle = if c == Component::Dispatcher && settings.config.share_registries {
             tasks.spawn(run_shared_dispatcher(parts, shutdown.clone()))
+        } else if c == Component::Aggregator && settings.config.order_partitions > 0 {
+            tasks.spawn(run_partitioned_aggregator(parts, shutdown.clone()))
         } else {
             tasks.spawn(run_active(parts, shutdown.clone()))
         };
@@ -373,7 +375,7 @@ pub async fn run_with_listeners(
             registries: registries.clone(),
             sources: source_store,
             token,
-            subject_prefix: settings.config.subject_prefix.clone(),
+            orders: settings.config.order_subjects(),
             ledger: settings.ledger,
             health: health.clone(),
         });
@@ -389,7 +391,7 @@ pub async fn run_with_listeners(
     if let Some(listener) = ingest_listener {
         let state = crate::inbound::InboundState::new(
             client.clone(),
-            &settings.config.subject_prefix,
+            settings.config.order_subjects(),
             sources,
         );
         let shutdown = shutdown.clone();
@@ -493,7 +495,7 @@ impl ActiveParts {
         match c {
             Component::Aggregator => {
                 let mut options = AggregatorOptions::new(
-                    &self.settings.config.subject_prefix,
+                    self.settings.config.order_subjects(),
                     self.settings.ledger,
                 );
                 options.fence = fence.clone();
@@ -651,6 +653,98 @@ async fn run_shared_dispatcher(
     dispatched
 }
 
+/// The aggregator with order partitions (`order_partitions` > 0): this
+/// instance aggregates the partitions it owns, a fair share of them, each
+/// under a lease of its own (`aggregator.p<k>`, [`crate::lease::shares`])
+/// and through its own durable consumer (`aggregator-p<k>`); the other
+/// instances aggregate the rest. A partition given up (another instance
+/// joined) or lost stops its aggregator, which finishes the events it is
+/// applying and hands the rest back, before its lease is released. Returns
+/// at shutdown, after every partition has stopped.
+async fn run_partitioned_aggregator(
+    parts: ActiveParts,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let Some((store, ttl)) = parts.lease_bucket(&shutdown).await? else {
+        return Ok(());
+    };
+    let partitions = parts.settings.config.order_partitions;
+    let (owned_tx, mut owned) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
+    let share_options = crate::lease::shares::ShareOptions {
+        store,
+        prefix: format!("{}.", Component::Aggregator.name()),
+        instance: crate::lease::instance_name(),
+        ttl,
+    };
+    let wanted = move || (0..partitions).map(|k| format!("p{k}")).collect();
+    let shares = tokio::spawn(crate::lease::shares::share(
+        share_options,
+        wanted,
+        owned_tx,
+        shutdown.clone(),
+    ));
+    parts
+        .health
+        .set(Component::Aggregator.name(), ComponentState::Running);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut failed = None;
+    loop {
+        // Start each newly owned partition once (`start` hands its guard
+        // out once per ownership).
+        let current = owned.borrow_and_update().clone();
+        for (key, own) in current {
+            let Some(k) = key.strip_prefix('p').and_then(|k| k.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(guard) = own.start() else {
+                continue;
+            };
+            let mut options = AggregatorOptions::new(
+                parts.settings.config.order_subjects(),
+                parts.settings.ledger,
+            );
+            options.partition = Some(k);
+            options.fence = own.fence.clone();
+            options.stream_replicas = parts.settings.config.stream_replicas;
+            options.ack_wait = parts.settings.ack_wait;
+            options.cache_orders = (crate::aggregator::CACHE_ORDERS
+                / usize::try_from(partitions).unwrap_or(usize::MAX))
+            .max(crate::aggregator::LANES);
+            let (client, registries) = (parts.client.clone(), parts.registries.clone());
+            tasks.spawn(async move {
+                let result = run_aggregator(client, options, registries, own.active).await;
+                // The partition's work has stopped: its lease may go.
+                drop(guard);
+                result
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = owned.changed() => if changed.is_err() { break },
+            Some(done) = tasks.join_next() => {
+                let error = match done {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(ServiceError::from(e)),
+                    Err(e) => Some(ServiceError::Stopped {
+                        component: Component::Aggregator,
+                        message: format!("a partition's task ended: {e}"),
+                    }),
+                };
+                if let Some(e) = error {
+                    error!(error = %e, "an aggregator partition failed; this instance stops");
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    // A failed partition stops this instance: its shares go back.
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = shares.await;
+    failed.map_or(Ok(()), Err)
+}
+
 /// Waits for every task in `tasks`. A component that fails, panics or
 /// stops while `token` is not cancelled is marked failed and cancels
 /// `token`, which stops the others; the first such error is returned.
@@ -713,7 +807,7 @@ async fn prepare(
         let attempt = async {
             streams::ensure_streams(
                 js,
-                &settings.config.subject_prefix,
+                &settings.config.order_subjects(),
                 settings.config.stream_replicas,
             )
             .await?;

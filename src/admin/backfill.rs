@@ -152,14 +152,14 @@ pub(super) async fn start(
         )));
     }
     tracing::info!(registry_id = %id, "backfill started over the admin API");
-    let (client, prefix, ledger) = (
+    let (client, orders, ledger) = (
         st.client().clone(),
-        st.subject_prefix().to_owned(),
+        st.orders().clone(),
         *st.ledger_options(),
     );
     tokio::spawn(async move {
         let result =
-            crate::backfill::backfill(&client, &prefix, ledger, &registry, scope, |done, total| {
+            crate::backfill::backfill(&client, &orders, ledger, &registry, scope, |done, total| {
                 jobs.update(registry.id(), |j| {
                     j.orders_done = done;
                     j.orders_total = total;

@@ -151,8 +151,16 @@ pub async fn readyz(State(st): State<AdminState>) -> (StatusCode, Json<Value>) {
     }
     // The durable consumers of the running components.
     let mut consumers: Vec<(&'static str, String)> = Vec::new();
-    if components.get("aggregator") == Some(&ComponentState::Running) {
+    let aggregating = components.get("aggregator") == Some(&ComponentState::Running);
+    let partitions = st.orders().partitions();
+    if aggregating && partitions == 0 {
         consumers.push((ORDERS_STREAM, crate::aggregator::CONSUMER.to_owned()));
+    }
+    if aggregating
+        && partitions > 0
+        && let Some(orders) = streams.get(ORDERS_STREAM)
+    {
+        checks.push(partition_consumers(orders, partitions).await);
     }
     if components.get("dispatcher") == Some(&ComponentState::Running) {
         let set = st.registries().borrow().clone();
@@ -224,6 +232,46 @@ fn failure_emails(st: &AdminState) -> Option<Check> {
             unmailed.join(", ")
         ),
     })
+}
+
+/// With order partitions: whether every partition has its consumer (one
+/// request for their names, not one per partition; whichever instance owns
+/// a partition creates its consumer).
+async fn partition_consumers(
+    orders: &async_nats::jetstream::stream::Stream,
+    partitions: u32,
+) -> Check {
+    use futures::TryStreamExt;
+    let names = orders.consumer_names().try_collect::<Vec<String>>();
+    let (ok, detail) = match tokio::time::timeout(CHECK_TIMEOUT, names).await {
+        Ok(Ok(names)) => {
+            let names: std::collections::HashSet<String> = names.into_iter().collect();
+            let missing: Vec<u32> = (0..partitions)
+                .filter(|k| !names.contains(&crate::aggregator::partition_consumer(*k)))
+                .collect();
+            match missing.first() {
+                None => (true, format!("all {partitions} present")),
+                Some(first) => (
+                    false,
+                    format!(
+                        "{} of {partitions} missing (first: {}); an instance takes them up within lease_ttl",
+                        missing.len(),
+                        crate::aggregator::partition_consumer(*first)
+                    ),
+                ),
+            }
+        }
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(_) => (false, "timed out".to_owned()),
+    };
+    Check {
+        name: format!(
+            "consumers {ORDERS_STREAM}/{}-p*",
+            crate::aggregator::CONSUMER
+        ),
+        ok,
+        detail,
+    }
 }
 
 /// One readiness check: `request` within [`CHECK_TIMEOUT`], passed with

@@ -274,22 +274,24 @@ pub async fn lag_snapshot(js: &jetstream::Context) -> LagSnapshot {
         if let Ok(info) = stream.info().await {
             out.streams.push((stream_name, info.state.messages));
         }
-        let names: Vec<String> = if stream_name == ORDERS_STREAM {
-            vec![crate::aggregator::CONSUMER.to_owned()]
+        // The aggregator's (`aggregator`, or `aggregator-p<k>` with order
+        // partitions) on ORDERS, the dispatchers' on LEDGER.
+        let ours: fn(&str) -> bool = if stream_name == ORDERS_STREAM {
+            |n| n.starts_with(crate::aggregator::CONSUMER)
         } else {
-            let mut names: Vec<String> = stream
-                .consumer_names()
-                .take(CONSUMERS_SAMPLED_MAX)
-                .filter_map(|n| async move { n.ok() })
-                .filter(|n| {
-                    let ours = n.starts_with(crate::dispatcher::CONSUMER_PREFIX);
-                    async move { ours }
-                })
-                .collect()
-                .await;
-            names.sort();
-            names
+            |n| n.starts_with(crate::dispatcher::CONSUMER_PREFIX)
         };
+        let mut names: Vec<String> = stream
+            .consumer_names()
+            .take(CONSUMERS_SAMPLED_MAX)
+            .filter_map(|n| async move { n.ok() })
+            .filter(|n| {
+                let ours = ours(n);
+                async move { ours }
+            })
+            .collect()
+            .await;
+        names.sort();
         for name in names {
             match stream.consumer_info(&name).await {
                 Ok(info) => out.consumers.push(ConsumerLag {

@@ -81,7 +81,7 @@ struct Inner {
     registries: RegistryWatch,
     sources: SourceStore,
     token: Secret,
-    subject_prefix: String,
+    orders: crate::streams::OrderSubjects,
     ledger: LedgerOptions,
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
@@ -98,7 +98,8 @@ pub struct AdminConfig {
     pub sources: SourceStore,
     /// The bearer token (`admin_token`).
     pub token: Secret,
-    pub subject_prefix: String,
+    /// Where ORDERS keeps each order's events.
+    pub orders: crate::streams::OrderSubjects,
     pub ledger: LedgerOptions,
     pub health: Arc<Health>,
 }
@@ -113,7 +114,7 @@ impl AdminState {
                 registries: c.registries,
                 sources: c.sources,
                 token: c.token,
-                subject_prefix: c.subject_prefix,
+                orders: c.orders,
                 ledger: c.ledger,
                 health: c.health,
                 metrics: metrics::install(),
@@ -141,8 +142,8 @@ impl AdminState {
     pub(crate) fn token(&self) -> &Secret {
         &self.inner.token
     }
-    pub(crate) fn subject_prefix(&self) -> &str {
-        &self.inner.subject_prefix
+    pub(crate) fn orders(&self) -> &crate::streams::OrderSubjects {
+        &self.inner.orders
     }
     pub(crate) fn ledger_options(&self) -> &LedgerOptions {
         &self.inner.ledger

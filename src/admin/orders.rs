@@ -130,7 +130,7 @@ pub(super) async fn order_view(st: &AdminState, order_id: &str) -> Result<Value,
         .map_err(|e| nats_err("opening LEDGER", e))?;
 
     // 1. The order's events, folded as the aggregator folds them.
-    let subject = format!("{}.{}", st.subject_prefix(), order);
+    let subject = st.orders().stored(order.as_str());
     let (messages, events_truncated) =
         read_subject(st.client(), ORDERS_STREAM, &subject, VIEW_EVENTS_MAX).await?;
     let (state, events) = replay_events(&order, &messages);

@@ -203,7 +203,7 @@ pub async fn run(requests: usize) -> Result<FloodFigures, BenchError> {
     let js = async_nats::jetstream::new(client.clone());
     let prefix = "orders";
     // Its own single nats-server: one replica.
-    crate::streams::ensure_streams(&js, prefix, 1).await?;
+    crate::streams::ensure_streams(&js, &prefix.into(), 1).await?;
     let mut sources = Vec::new();
     for text in SOURCES.split("[[source]]\n").filter(|t| !t.is_empty()) {
         let source = toml::from_str::<SourceConfig>(text)
@@ -224,7 +224,7 @@ pub async fn run(requests: usize) -> Result<FloodFigures, BenchError> {
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(inbound::serve(
         listener,
-        InboundState::new(client.clone(), prefix, watch),
+        InboundState::new(client.clone(), prefix.into(), watch),
         shutdown.clone(),
     ));
     crate::tls::install_crypto_provider();

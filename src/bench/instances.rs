@@ -1,4 +1,4 @@
-//! (g) Instances sharing the delivery (issue 16), on its own with
+//! (g) Instances sharing the work (issue 16), on its own with
 //! `ledgerline bench --instances 1,2,3`.
 //!
 //! For each count N: a fresh 3-node nats-server cluster
@@ -6,9 +6,10 @@
 //! replicas), [`REGISTRIES`] registries each with its own lean receiver
 //! (the one of (c): signatures and the registry_data chain checked), and N
 //! service instances in this process, each with its own NATS connection to
-//! the cluster, as `ledgerline run` with `share_registries = true`: one
-//! aggregator active, the registries' deliveries shared. Once the
-//! registries' leases are spread over the N instances, the demo dataset is
+//! the cluster, as `ledgerline run` with `share_registries = true` and
+//! `order_partitions` = [`ORDER_PARTITIONS`]: the order partitions'
+//! aggregation and the registries' deliveries shared. Once the partitions'
+//! and the registries' leases are spread over the N instances, the demo dataset is
 //! published at once and waited for until every posting is delivered with
 //! its registry_data stored. Reported per N: postings/s (first publish to
 //! last receipt), CPU seconds of this process and of the three nodes, and
@@ -38,6 +39,9 @@ use crate::service::{Component, InProcess};
 pub const REGISTRIES: usize = 6;
 /// Nodes of the cluster.
 pub const NODES: usize = 3;
+/// Order partitions (`order_partitions`): 6 share evenly over 1, 2 and 3
+/// instances.
+pub const ORDER_PARTITIONS: u32 = 6;
 /// The lease TTL of the instances.
 const LEASE_TTL: &str = "4s";
 
@@ -105,7 +109,8 @@ async fn run_one(
         receivers.push(rx);
     }
     let top = format!(
-        "stream_replicas = {NODES}\nshare_registries = true\nlease_ttl = \"{LEASE_TTL}\"\n"
+        "stream_replicas = {NODES}\nshare_registries = true\norder_partitions = {ORDER_PARTITIONS}\n\
+         lease_ttl = \"{LEASE_TTL}\"\n"
     );
     let settings = bench_config_with(&cluster.url(), max_in_flight, &top, &registries)?;
     let components = [Component::Aggregator, Component::Dispatcher];
@@ -117,7 +122,7 @@ async fn run_one(
     let ledger = instances[0].ledger.clone();
     let outcome = async {
         progress(&BenchProgress::stage(&format!(
-            "(g) {n} instance(s): waiting for the registries to be shared"
+            "(g) {n} instance(s): waiting for the partitions and the registries to be shared"
         )));
         wait_for_shares(&js, &ids, n).await?;
 
@@ -148,6 +153,7 @@ async fn run_one(
         let postings = pipeline::settle(
             &js,
             &ledger,
+            &pipeline::aggregator_consumers(ORDER_PARTITIONS),
             &id_refs,
             &accepted,
             Duration::from_secs(900),
@@ -192,10 +198,10 @@ async fn run_one(
     outcome
 }
 
-/// Waits until the aggregator runs (its lease held, its consumer there),
-/// every registry's lease is held and the shares are even: `n` instances
-/// hold ⌈registries / n⌉ or one less each. (On a fresh cluster under load
-/// an instance's start-up can take tens of seconds, its JetStream requests
+/// Waits until the order partitions and the registries are each spread
+/// evenly over the `n` instances (⌈keys / n⌉ or one less each) and every
+/// partition's consumer exists. (On a fresh cluster under load an
+/// instance's start-up can take tens of seconds, its JetStream requests
 /// timing out and retried: measured before it is up, the run would time
 /// that, not the delivery.)
 async fn wait_for_shares(
@@ -204,23 +210,19 @@ async fn wait_for_shares(
     n: usize,
 ) -> Result<(), BenchError> {
     let started = Instant::now();
-    let want = n.min(registries.len());
-    let fair = registries.len().div_ceil(want);
+    let partitions: Vec<String> = (0..ORDER_PARTITIONS).map(|k| format!("p{k}")).collect();
     loop {
-        if aggregating(js).await
-            && let Some(holders) = holders(js, registries).await
-            && holders.len() == want
-            && holders
-                .values()
-                .all(|held| *held + 1 >= fair && *held <= fair)
+        if even(js, Component::Aggregator, &partitions, n).await
+            && even(js, Component::Dispatcher, registries, n).await
+            && aggregating(js).await
         {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(120) {
             return Err(BenchError::Step {
-                what: "sharing the registries",
+                what: "sharing the partitions and the registries",
                 message: format!(
-                    "the aggregator and the {} registries were not taken up by {want} instances within 120 s",
+                    "the {ORDER_PARTITIONS} order partitions and the {} registries were not shared evenly by {n} instances within 120 s",
                     registries.len()
                 ),
             });
@@ -229,25 +231,48 @@ async fn wait_for_shares(
     }
 }
 
-/// Whether an instance holds the aggregator's lease and its consumer exists.
-async fn aggregating(js: &jetstream::Context) -> bool {
-    let Ok(kv) = js.get_key_value(crate::lease::BUCKET).await else {
-        return false;
-    };
-    matches!(kv.get(Component::Aggregator.name()).await, Ok(Some(_)))
-        && js
-            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                crate::aggregator::CONSUMER,
-                crate::streams::ORDERS_STREAM,
-            )
-            .await
-            .is_ok()
+/// Whether component `c`'s leases on `keys` are all held and spread evenly
+/// over `n` instances.
+async fn even(js: &jetstream::Context, c: Component, keys: &[String], n: usize) -> bool {
+    let want = n.min(keys.len()).max(1);
+    let fair = keys.len().div_ceil(want);
+    holders(js, c, keys).await.is_some_and(|holders| {
+        holders.len() == want
+            && holders
+                .values()
+                .all(|held| *held + 1 >= fair && *held <= fair)
+    })
 }
 
-/// How many registries each holder holds, when every one is held.
+/// Whether every order partition's consumer exists and has a pull request
+/// waiting (on a fresh cluster the first requests to a new consumer can be
+/// lost before it has a leader, and are made again only when they would
+/// have expired: measured from then, a run would time that wait).
+async fn aggregating(js: &jetstream::Context) -> bool {
+    for k in 0..ORDER_PARTITIONS {
+        let consumer = js
+            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                crate::aggregator::partition_consumer(k),
+                crate::streams::ORDERS_STREAM,
+            )
+            .await;
+        let pulling = match consumer {
+            Ok(mut c) => c.info().await.is_ok_and(|i| i.num_waiting > 0),
+            Err(_) => false,
+        };
+        if !pulling {
+            return false;
+        }
+    }
+    true
+}
+
+/// How many of `keys` (leases `<component>.<key>`) each holder holds, when
+/// every one is held.
 async fn holders(
     js: &jetstream::Context,
-    registries: &[String],
+    c: Component,
+    keys_wanted: &[String],
 ) -> Option<BTreeMap<String, usize>> {
     let kv = js.get_key_value(crate::lease::BUCKET).await.ok()?;
     let keys: Vec<String> = kv
@@ -259,8 +284,8 @@ async fn holders(
         .await
         .ok()?;
     let mut holders = BTreeMap::new();
-    for r in registries {
-        let key = format!("{}.{r}", Component::Dispatcher.name());
+    for r in keys_wanted {
+        let key = format!("{}.{r}", c.name());
         if !keys.contains(&key) {
             return None;
         }
@@ -275,8 +300,8 @@ impl fmt::Display for InstancesFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "(g) instances sharing the delivery (share_registries): a {NODES}-node cluster, R{NODES} streams, \
-             {REGISTRIES} registries, {} orders per run, all in this process on {} CPUs",
+            "(g) instances sharing the work (order_partitions = {ORDER_PARTITIONS}, share_registries): \
+             a {NODES}-node cluster, R{NODES} streams, {REGISTRIES} registries, {} orders per run, all in this process on {} CPUs",
             self.orders, self.cpus
         )?;
         let base = self.runs.first().map_or(0.0, |r| r.postings_per_s);

@@ -36,7 +36,7 @@
 //! stored, peak RSS.
 //!
 //! (g) [`instances`], on its own with `--instances 1,2,3`: for each count,
-//! that many instances sharing the delivery (`share_registries`) on a
+//! that many instances sharing the order partitions and the delivery (`order_partitions`, `share_registries`) on a
 //! 3-node cluster with R3 streams: postings/s and CPU per count.
 
 pub mod flood;

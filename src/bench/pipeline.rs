@@ -492,13 +492,25 @@ async fn consumer_idle(js: &jetstream::Context, stream: &str, consumer: &str) ->
     }
 }
 
-/// Waits until the aggregator has handled every event and every posting
-/// has its registry_data stored. Polled cheaply (consumer infos, the
+/// The aggregator's consumers on ORDERS: `aggregator`, or one per order
+/// partition.
+pub(super) fn aggregator_consumers(partitions: u32) -> Vec<String> {
+    match partitions {
+        0 => vec![crate::aggregator::CONSUMER.to_owned()],
+        p => (0..p).map(crate::aggregator::partition_consumer).collect(),
+    }
+}
+
+/// Waits until the aggregator has handled every event (`aggregators`: its
+/// consumers on ORDERS, [`aggregator_consumers`]) and every posting has its
+/// registry_data stored. Polled cheaply (consumer infos, the
 /// receivers' count of accepted postings, `accepted`) so the measured CPU is
 /// the pipeline's; LEDGER is counted once everything looks idle.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn settle(
     js: &jetstream::Context,
     ledger: &Stream,
+    aggregators: &[String],
     registries: &[&str],
     accepted: &dyn Fn() -> u64,
     limit: Duration,
@@ -507,7 +519,10 @@ pub(super) async fn settle(
 ) -> Result<u64, BenchError> {
     let started = Instant::now();
     loop {
-        let mut idle = consumer_idle(js, ORDERS_STREAM, crate::aggregator::CONSUMER).await;
+        let mut idle = true;
+        for a in aggregators {
+            idle = idle && consumer_idle(js, ORDERS_STREAM, a).await;
+        }
         for r in registries {
             let name = format!("{}{r}", crate::dispatcher::CONSUMER_PREFIX);
             idle = idle && consumer_idle(js, LEDGER_STREAM, &name).await;
@@ -700,6 +715,7 @@ pub async fn run(
         settle(
             js,
             ledger,
+            &aggregator_consumers(0),
             &["journal", "detail"],
             &accepted,
             opts.settle_limit,

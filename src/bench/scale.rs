@@ -239,6 +239,7 @@ async fn measure(
     let postings = settle(
         &running.js,
         &running.ledger,
+        &super::pipeline::aggregator_consumers(0),
         &[REGISTRY],
         &accepted,
         opts.settle_limit,

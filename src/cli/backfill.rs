@@ -42,7 +42,7 @@ pub fn backfill(args: BackfillArgs) -> Result<Exit, CliError> {
             };
             crate::backfill::backfill(
                 &client,
-                &settings.config.subject_prefix,
+                &settings.config.order_subjects(),
                 settings.ledger,
                 &registry,
                 scope,

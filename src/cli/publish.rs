@@ -122,7 +122,7 @@ pub fn publish(nats: &NatsArgs, file: &Path, strict: bool) -> Result<Exit, CliEr
     let summary = with_nats(&settings.config, async |client| {
         let summary = crate::publish::publish(
             &client,
-            &settings.config.subject_prefix,
+            &settings.config.order_subjects(),
             settings.config.stream_replicas,
             &source,
             &mut input,

@@ -199,9 +199,17 @@ async fn publish(
     progress: impl FnMut(&crate::publish::PublishSummary),
 ) -> Result<crate::publish::PublishSummary, DemoError> {
     // The demo's own single nats-server: one replica.
-    crate::publish::publish(client, prefix, 1, "demo", text.as_bytes(), |_| {}, progress)
-        .await
-        .map_err(step(what))
+    crate::publish::publish(
+        client,
+        &prefix.into(),
+        1,
+        "demo",
+        text.as_bytes(),
+        |_| {},
+        progress,
+    )
+    .await
+    .map_err(step(what))
 }
 
 async fn start_receiver(

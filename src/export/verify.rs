@@ -42,7 +42,7 @@ use crate::posting::{Cursor, Posting, build};
 use crate::records::StoredPosting;
 use crate::registry::{Registry, RegistryConfig, TargetPolicy};
 use crate::registry_store::{HistoryEntry, RegistryStore};
-use crate::streams::{self, LEDGER_STREAM, ORDERS_STREAM, subjects};
+use crate::streams::{self, LEDGER_STREAM, ORDERS_STREAM, OrderSubjects, subjects};
 
 /// One posting that does not match the replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,9 +252,9 @@ pub async fn verify(
 ) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
     let js = jetstream::new(client.clone());
-    let prefix = settings.config.subject_prefix.as_str();
+    let subjects = settings.config.order_subjects();
     let (orders, ledger) =
-        streams::ensure_streams(&js, prefix, settings.config.stream_replicas).await?;
+        streams::ensure_streams(&js, &subjects, settings.config.stream_replicas).await?;
     let history = match js.get_key_value(crate::registry_store::BUCKET).await {
         Ok(_) => {
             let store = RegistryStore::open(
@@ -279,7 +279,7 @@ pub async fn verify(
     let stored = read_ledger(&ledger, &mut report, &mut progress).await?;
     replay(
         &orders,
-        prefix,
+        &subjects,
         &settings.ledger,
         &timeline,
         stored,
@@ -363,7 +363,7 @@ async fn read_ledger(
 /// what LEDGER has and the replay does not make is reported at the end.
 async fn replay(
     orders: &Stream,
-    prefix: &str,
+    subjects: &OrderSubjects,
     options: &LedgerOptions,
     timeline: &Timeline,
     mut ledger: Ledger,
@@ -371,16 +371,15 @@ async fn replay(
     progress: &mut impl FnMut(&str, u64),
 ) -> Result<(), VerifyError> {
     let mut books: HashMap<OrderId, OrderBook> = HashMap::new();
-    let prefix_dot = format!("{prefix}.");
     read_all(
         orders,
         ORDERS_STREAM,
-        &format!("{prefix}.>"),
+        &subjects.all(),
         |msg, seq, published| {
             report.events += 1;
             progress("replaying ORDERS", report.events);
             let subject = msg.subject.as_str();
-            let token = subject.strip_prefix(&prefix_dot).unwrap_or(subject);
+            let token = subjects.order_of(subject).unwrap_or(subject);
             let Ok(event) = parse_event(&msg.payload, Some(token)) else {
                 return;
             };

@@ -74,7 +74,7 @@ pub struct InboundState {
 struct Inner {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
-    prefix: String,
+    orders: crate::streams::OrderSubjects,
     sources: SourceWatch,
     limiters: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
     tokens: tokens::TokenStore,
@@ -82,13 +82,17 @@ struct Inner {
 }
 
 impl InboundState {
-    pub fn new(client: async_nats::Client, subject_prefix: &str, sources: SourceWatch) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        orders: crate::streams::OrderSubjects,
+        sources: SourceWatch,
+    ) -> Self {
         let js = async_nats::jetstream::new(client.clone());
         Self {
             inner: Arc::new(Inner {
                 client,
                 js,
-                prefix: subject_prefix.to_owned(),
+                orders,
                 sources,
                 limiters: Mutex::new(HashMap::new()),
                 tokens: tokens::TokenStore::default(),
@@ -265,7 +269,7 @@ async fn handle(
     let events = match plan(st, source, topic, body).await {
         Ok(Plan::Store(events)) => events,
         Ok(Plan::Redeem(redeem)) => {
-            match store::order_lines(&st.inner.client, &st.inner.prefix, &redeem.order_id).await {
+            match store::order_lines(&st.inner.client, &st.inner.orders, &redeem.order_id).await {
                 Ok(lines) if lines.is_empty() => {
                     let why = Rejection::new(
                         RejectReason::InvalidField,

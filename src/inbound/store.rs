@@ -66,7 +66,7 @@ pub(super) async fn publish(
     let mut pending: Vec<(String, PublishMessage, PublishAckFuture)> =
         Vec::with_capacity(events.len());
     for e in events {
-        let subject = format!("{}.{}", st.inner.prefix, e.order_id);
+        let subject = st.inner.orders.publish(e.order_id.as_str());
         let mut headers = HeaderMap::new();
         headers.insert(H_SOURCE, source_header(source).as_str());
         let message = streams::guarded_message(headers, &e.msg_id, None, e.payload.clone().into());
@@ -141,10 +141,10 @@ pub(super) async fn reject(
 /// folded as the aggregator folds them (refused ones skipped).
 pub(super) async fn order_lines(
     client: &async_nats::Client,
-    prefix: &str,
+    orders: &crate::streams::OrderSubjects,
     order_id: &OrderId,
 ) -> Result<Vec<LineRef>, StoreError> {
-    let subject = format!("{prefix}.{order_id}");
+    let subject = orders.stored(order_id.as_str());
     let mut reader =
         DirectGet::new(client, ORDERS_STREAM, &subject, DIRECT_GET_TIMEOUT).limit(ORDER_EVENTS_MAX);
     let mut state = OrderState::new(order_id.clone());

@@ -78,7 +78,9 @@ use crate::ledger::LedgerOptions;
 use crate::posting::{Cursor, Posting};
 use crate::records::{StoredPosting, StoredPostingRef};
 use crate::registry_store::RegistryWatch;
-use crate::streams::{self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
+use crate::streams::{
+    self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, OrderSubjects, subjects,
+};
 
 /// Durable consumer name on ORDERS.
 pub const CONSUMER: &str = "aggregator";
@@ -109,7 +111,13 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Settings of one aggregator.
 #[derive(Debug, Clone)]
 pub struct AggregatorOptions {
-    pub subject_prefix: String,
+    /// Where ORDERS keeps each order's events (`subject_prefix`,
+    /// `order_partitions`).
+    pub orders: OrderSubjects,
+    /// With order partitions: the one partition this aggregator reads
+    /// (consumer `aggregator-p<k>`, filter `<prefix>.*.<k>`); `None`: every
+    /// event (consumer `aggregator`).
+    pub partition: Option<u32>,
     pub ledger: LedgerOptions,
     pub cache_orders: usize,
     /// Replicas of ORDERS and LEDGER when it is the one to create them
@@ -125,9 +133,10 @@ pub struct AggregatorOptions {
 }
 
 impl AggregatorOptions {
-    pub fn new(subject_prefix: impl Into<String>, ledger: LedgerOptions) -> Self {
+    pub fn new(orders: OrderSubjects, ledger: LedgerOptions) -> Self {
         Self {
-            subject_prefix: subject_prefix.into(),
+            orders,
+            partition: None,
             ledger,
             cache_orders: CACHE_ORDERS,
             stream_replicas: 1,
@@ -142,8 +151,12 @@ impl AggregatorOptions {
 pub enum AggregatorError {
     #[error(transparent)]
     Streams(#[from] streams::NatsError),
-    #[error("cannot create the {CONSUMER} consumer on ORDERS: {0}")]
-    Consumer(#[source] async_nats::jetstream::stream::ConsumerError),
+    #[error("cannot create the {name} consumer on ORDERS: {source}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
 }
 
 /// A failure worth retrying (NATS unreachable, a timeout, a race).
@@ -203,16 +216,20 @@ pub async fn run_aggregator(
     shutdown: CancellationToken,
 ) -> Result<(), AggregatorError> {
     let js = jetstream::new(client.clone());
+    let (consumer_name, filter) = match options.partition {
+        Some(k) => (partition_consumer(k), options.orders.partition_filter(k)),
+        None => (CONSUMER.to_owned(), options.orders.all()),
+    };
     let open = || async {
         let (orders, ledger) =
-            streams::ensure_streams(&js, &options.subject_prefix, options.stream_replicas).await?;
+            streams::ensure_streams(&js, &options.orders, options.stream_replicas).await?;
         // Created, or updated to this configuration (`ack_wait` may change
         // between runs; the rest is the same every time).
         let consumer = orders
             .create_consumer(pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
+                durable_name: Some(consumer_name.clone()),
                 description: Some("ledgerline aggregator: events → postings".to_owned()),
-                filter_subject: format!("{}.>", options.subject_prefix),
+                filter_subject: filter.clone(),
                 ack_policy: AckPolicy::Explicit,
                 deliver_policy: DeliverPolicy::All,
                 ack_wait: options.ack_wait,
@@ -223,7 +240,10 @@ pub async fn run_aggregator(
                 ..Default::default()
             })
             .await
-            .map_err(AggregatorError::Consumer)?;
+            .map_err(|source| AggregatorError::Consumer {
+                name: consumer_name.clone(),
+                source,
+            })?;
         Ok::<_, AggregatorError>((orders, ledger, consumer))
     };
     let Some((orders, ledger, consumer)) =
@@ -261,7 +281,7 @@ pub async fn run_aggregator(
         };
         lanes.spawn(lane.run(rx, i));
     }
-    info!(lanes = LANES, prefix = %options.subject_prefix, "aggregator started");
+    info!(lanes = LANES, consumer = %consumer_name, %filter, "aggregator started");
 
     // The reader: fetch in stream order, route by order id.
     'read: while !shutdown.is_cancelled() {
@@ -298,7 +318,7 @@ pub async fn run_aggregator(
                         }
                         last_delivery = info.consumer_sequence;
                     }
-                    let lane = lane_of(order_token(&msg.subject, &options.subject_prefix));
+                    let lane = lane_of(order_token(&msg.subject, &options.orders));
                     if senders[lane].send(msg).await.is_err() {
                         error!(lane, "aggregator lane stopped unexpectedly");
                         break 'read;
@@ -391,11 +411,15 @@ async fn hand_back_buffered(messages: &mut pull::Stream) {
     }
 }
 
-fn order_token<'a>(subject: &'a str, prefix: &str) -> &'a str {
-    subject
-        .strip_prefix(prefix)
-        .and_then(|s| s.strip_prefix('.'))
-        .unwrap_or(subject)
+/// The order id token of an ORDERS subject (the whole subject when it is
+/// not under the prefix: parsing then names the mismatch).
+fn order_token<'a>(subject: &'a str, orders: &OrderSubjects) -> &'a str {
+    orders.order_of(subject).unwrap_or(subject)
+}
+
+/// The durable consumer of order partition `k`.
+pub fn partition_consumer(k: u32) -> String {
+    format!("{CONSUMER}-p{k}")
 }
 
 fn lane_of(order: &str) -> usize {
@@ -582,7 +606,7 @@ impl Lane {
             .info()
             .map_err(|e| transient("reading message info", e))?;
         let seq = info.stream_sequence;
-        let token = order_token(&msg.subject, &self.shared.options.subject_prefix);
+        let token = order_token(&msg.subject, &self.shared.options.orders);
         let event = match parse_event(&msg.payload, Some(token)) {
             Ok(ev) => ev,
             Err(rejection) => {
@@ -647,7 +671,7 @@ impl Lane {
         if lb.last_seq >= seq || !self.shared.overtaken.may_follow(lb.last_seq) {
             return Ok(false);
         }
-        let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
+        let subject = self.shared.options.orders.stored(order_id.as_str());
         let next = streams::next_on_subject(&self.shared.orders, &subject, lb.last_seq + 1)
             .await
             .map_err(|e| transient("looking for overtaken events of the order", e))?;
@@ -747,7 +771,7 @@ impl Lane {
         if delivered != 1 || self.not_new.take() == Some(seq) {
             return Ok(None);
         }
-        let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
+        let subject = self.shared.options.orders.stored(order_id.as_str());
         let first = streams::next_on_subject(&self.shared.orders, &subject, 1)
             .await
             .map_err(|e| transient("looking for earlier events of the order", e))?;
@@ -789,7 +813,7 @@ impl Lane {
             lb.book.cursors.insert(r.id().to_owned(), cursor);
             lb.regs.insert(r.id().to_owned(), meta);
         }
-        let subject = format!("{}.{}", self.shared.options.subject_prefix, order_id);
+        let subject = self.shared.options.orders.stored(order_id.as_str());
         let (mut next, mut folded, mut caught_up) = (1, 0u64, 0u64);
         loop {
             let found = streams::next_on_subject(&self.shared.orders, &subject, next).await;
@@ -946,7 +970,7 @@ impl Lane {
             .info()
             .map_err(|e| transient("reading message info", e))?
             .stream_sequence;
-        let token = order_token(&msg.subject, &self.shared.options.subject_prefix);
+        let token = order_token(&msg.subject, &self.shared.options.orders);
         let event_id = parse_event(&msg.payload, Some(token))
             .ok()
             .map(|ev| ev.event_id);

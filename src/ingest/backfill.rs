@@ -48,7 +48,7 @@ use crate::posting::{Cursor, build, check_size};
 use crate::records::StoredPostingRef;
 use crate::registry::Registry;
 use crate::streams::direct::DirectGet;
-use crate::streams::{self, H_KIND, LEDGER_STREAM, ORDERS_STREAM, subjects};
+use crate::streams::{self, H_KIND, LEDGER_STREAM, ORDERS_STREAM, OrderSubjects, subjects};
 
 /// Header on a posting stored by a backfill.
 pub const H_BACKFILL: &str = "Ledgerline-Backfill";
@@ -199,7 +199,7 @@ enum Outcome {
 /// until the orders are listed).
 pub async fn backfill(
     client: &async_nats::Client,
-    prefix: &str,
+    orders_subjects: &OrderSubjects,
     options: LedgerOptions,
     registry: &Registry,
     scope: Scope,
@@ -221,7 +221,7 @@ pub async fn backfill(
     let (orders_stream, ledger) = (open(ORDERS_STREAM).await?, open(LEDGER_STREAM).await?);
     let orders = match scope.orders {
         Some(list) => list,
-        None => list_orders(&orders_stream, prefix).await?,
+        None => list_orders(&orders_stream, orders_subjects).await?,
     };
     let total = orders.len() as u64;
     let rate = NonZeroU32::new(registry.config.rate_limit_per_s).unwrap_or(NonZeroU32::MIN);
@@ -230,7 +230,7 @@ pub async fn backfill(
         client,
         js: &js,
         ledger: &ledger,
-        prefix,
+        orders: orders_subjects,
         options,
         registry,
         from: scope.from,
@@ -257,19 +257,21 @@ pub async fn backfill(
 
 /// Every order with a subject on ORDERS, from the stream's subject index
 /// (paged by the server; no message is read), sorted.
-async fn list_orders(orders: &Stream, prefix: &str) -> Result<Vec<OrderId>, BackfillError> {
+async fn list_orders(
+    orders: &Stream,
+    orders_subjects: &OrderSubjects,
+) -> Result<Vec<OrderId>, BackfillError> {
     let mut subjects = orders
-        .info_with_subjects(format!("{prefix}.>"))
+        .info_with_subjects(orders_subjects.all())
         .await
         .map_err(|e| BackfillError::List(e.into()))?;
-    let head = format!("{prefix}.");
     let mut out = Vec::new();
     while let Some((subject, _count)) = subjects
         .try_next()
         .await
         .map_err(|e| BackfillError::List(e.into()))?
     {
-        if let Some(id) = subject.strip_prefix(&head).and_then(OrderId::parse) {
+        if let Some(id) = orders_subjects.order_of(&subject).and_then(OrderId::parse) {
             out.push(id);
         }
     }
@@ -282,7 +284,7 @@ struct Job<'a> {
     client: &'a async_nats::Client,
     js: &'a jetstream::Context,
     ledger: &'a Stream,
-    prefix: &'a str,
+    orders: &'a OrderSubjects,
     options: LedgerOptions,
     registry: &'a Registry,
     from: Option<OffsetDateTime>,
@@ -358,7 +360,7 @@ impl Job<'_> {
     /// The order's events folded as the aggregator folds them; `None` when
     /// it has none.
     async fn fold(&self, order: &OrderId) -> Result<Option<Folded>, async_nats::Error> {
-        let subject = format!("{}.{}", self.prefix, order);
+        let subject = self.orders.stored(order.as_str());
         let mut reader = DirectGet::new(self.client, ORDERS_STREAM, &subject, REPLY_TIMEOUT);
         let mut folded: Option<Folded> = None;
         while let Some(m) = reader.next().await? {

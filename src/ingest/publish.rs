@@ -19,7 +19,7 @@ use async_nats::jetstream::{self};
 use serde_json::Value;
 
 use crate::events::{MESSAGE_MAX_BYTES, OrderId, RejectReason};
-use crate::streams::{self, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, subjects};
+use crate::streams::{self, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, OrderSubjects, subjects};
 
 /// Publishes awaiting their ack at once: enough to fill the pipe, bounded so
 /// a slow server pushes back.
@@ -149,7 +149,7 @@ pub fn route(line: &[u8]) -> Result<(OrderId, String), (RejectReason, String)> {
 /// running summary.
 pub async fn publish(
     client: &async_nats::Client,
-    prefix: &str,
+    orders: &OrderSubjects,
     replicas: usize,
     source: &str,
     input: impl BufRead,
@@ -158,7 +158,7 @@ pub async fn publish(
 ) -> Result<PublishSummary, PublishError> {
     let started = Instant::now();
     let js = jetstream::new(client.clone());
-    streams::ensure_streams(&js, prefix, replicas).await?;
+    streams::ensure_streams(&js, orders, replicas).await?;
     let rejected_max = streams::rejected_max_bytes(client);
     let mut summary = PublishSummary::default();
     let mut window: VecDeque<Pending> = VecDeque::with_capacity(ACK_WINDOW);
@@ -178,7 +178,7 @@ pub async fn publish(
         summary.lines += 1;
         let (subject, publish) = match route(&line) {
             Ok((order_id, event_id)) => (
-                format!("{prefix}.{order_id}"),
+                orders.publish(order_id.as_str()),
                 PublishMessage::build()
                     .message_id(event_id)
                     .payload(line.into()),

@@ -30,7 +30,10 @@ use async_nats::jetstream::{self, stream};
 use crate::config::Config;
 
 pub mod direct;
+pub mod orders;
 pub mod settings;
+
+pub use orders::OrderSubjects;
 
 /// A consumer message handed back when a component stops (or is stopped
 /// for a registry) comes back after this delay, not at once: at once, the
@@ -375,15 +378,18 @@ pub fn redact_url(url: &str) -> String {
         .join(",")
 }
 
-/// The ORDERS stream configuration for a subject prefix, with `replicas`
-/// replicas.
-pub fn orders_stream_config(prefix: &str, replicas: usize) -> stream::Config {
-    stream_config(
-        ORDERS_STREAM,
-        "ledgerline input events, one subject per order",
-        format!("{prefix}.>"),
-        replicas,
-    )
+/// The ORDERS stream configuration for its subjects (with the partitions'
+/// subject transform when there are partitions), with `replicas` replicas.
+pub fn orders_stream_config(orders: &OrderSubjects, replicas: usize) -> stream::Config {
+    stream::Config {
+        subject_transform: orders.transform(),
+        ..stream_config(
+            ORDERS_STREAM,
+            "ledgerline input events, one subject per order",
+            orders.all(),
+            replicas,
+        )
+    }
 }
 
 /// The LEDGER stream configuration, with `replicas` replicas.
@@ -425,10 +431,10 @@ fn stream_config(
 /// Safe to run at every start-up.
 pub async fn ensure_streams(
     js: &jetstream::Context,
-    prefix: &str,
+    orders: &OrderSubjects,
     replicas: usize,
 ) -> Result<(stream::Stream, stream::Stream), NatsError> {
-    let orders = ensure_stream(js, ORDERS_STREAM, orders_stream_config(prefix, replicas)).await?;
+    let orders = ensure_stream(js, ORDERS_STREAM, orders_stream_config(orders, replicas)).await?;
     let ledger = ensure_stream(js, LEDGER_STREAM, ledger_stream_config(replicas)).await?;
     Ok((orders, ledger))
 }

@@ -79,7 +79,7 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
 fn bench_instances_runs_each_count_on_a_cluster() {
     let stdout = bench(&["--instances", "1,2", "--orders", "30"]);
     assert!(
-        stdout.contains("(g) instances sharing the delivery (share_registries): a 3-node cluster"),
+        stdout.contains("(g) instances sharing the work (order_partitions = 6, share_registries): a 3-node cluster"),
         "{stdout}"
     );
     let lines: Vec<&str> = stdout

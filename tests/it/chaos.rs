@@ -36,7 +36,7 @@ use ledgerline::dispatcher::state::OrderDeliveries;
 use ledgerline::dispatcher::status::{ListFilter, list_deliveries};
 use ledgerline::records::DeliveryStatus as Status;
 use ledgerline::secret::Secret;
-use ledgerline::streams::subjects;
+use ledgerline::streams::{OrderSubjects, subjects};
 
 use async_nats::jetstream;
 use ledgerline::config::Settings;
@@ -71,6 +71,8 @@ struct Plan {
     nodes: usize,
     /// `ledgerline run` instances (one active, the others standing by).
     instances: usize,
+    /// Order partitions (`order_partitions`; 0: one active aggregator).
+    partitions: u32,
     /// The prefix of the size variables (`CHAOS_`, `CHAOS_CLUSTER_`).
     env: &'static str,
 }
@@ -91,12 +93,12 @@ where
 impl Plan {
     /// One nats-server, one instance; sizes from `CHAOS_*`.
     fn from_env() -> Self {
-        Plan::sized_from_env("CHAOS_", (400, 5, 2), 1, 1)
+        Plan::sized_from_env("CHAOS_", (400, 5, 2), 1, 1, 0)
     }
 
     /// A 3-node cluster and 3 instances; sizes from `CHAOS_CLUSTER_*`.
     fn cluster_from_env() -> Self {
-        Plan::sized_from_env("CHAOS_CLUSTER_", (200, 3, 3), 3, 3)
+        Plan::sized_from_env("CHAOS_CLUSTER_", (200, 3, 3), 3, 3, 4)
     }
 
     /// `nodes` and `instances`; the sizes from `<env>ORDERS`, `<env>KILLS`
@@ -107,6 +109,7 @@ impl Plan {
         defaults: (usize, usize, usize),
         nodes: usize,
         instances: usize,
+        partitions: u32,
     ) -> Self {
         let size = |name: &str, default: usize| env_number(&format!("{env}{name}"), default);
         Plan {
@@ -116,6 +119,7 @@ impl Plan {
             nats_restarts: size("NATS_RESTARTS", defaults.2),
             nodes,
             instances,
+            partitions,
             env,
         }
     }
@@ -154,13 +158,15 @@ enum Action {
 /// The registries: `books` delta and signed, `erp` full and unsigned;
 /// short retries, and the shortest lease (a restarted instance waits for
 /// the killed one's lease to expire), so a run ends in about a minute.
-fn registries(base: &str, replicas: usize, share: bool) -> String {
+fn registries(base: &str, plan: &Plan) -> String {
+    let (replicas, share, partitions) = (plan.nodes, plan.instances > 1, plan.partitions);
     format!(
         r#"
 lease_ttl = "4s"
 ack_wait = "5s"
 stream_replicas = {replicas}
 share_registries = {share}
+order_partitions = {partitions}
 
 [delivery]
 retry_schedule = ["300ms", "1s", "2s"]
@@ -445,6 +451,7 @@ fn expected(
 /// nats-server is down (publishing is idempotent: `Nats-Msg-Id`).
 fn publish_slowly(
     client: async_nats::Client,
+    orders: OrderSubjects,
     replicas: usize,
     events: Vec<String>,
     over: Duration,
@@ -456,7 +463,7 @@ fn publish_slowly(
             let started = Instant::now();
             while let Err(e) = ledgerline::publish::publish(
                 &client,
-                "orders",
+                &orders,
                 replicas,
                 "chaos",
                 chunk.as_bytes(),
@@ -643,7 +650,7 @@ struct ChaosNats {
 }
 
 impl ChaosNats {
-    async fn start(nodes: usize) -> Self {
+    async fn start(nodes: usize, orders: &OrderSubjects) -> Self {
         let cluster = NatsCluster::start(nodes)
             .await
             .expect("nats-server starts (run `make tools`)");
@@ -654,7 +661,7 @@ impl ChaosNats {
             .await
             .expect("connect");
         let js = jetstream::new(client.clone());
-        ledgerline::streams::ensure_streams(&js, "orders", nodes)
+        ledgerline::streams::ensure_streams(&js, orders, nodes)
             .await
             .expect("streams");
         Self {
@@ -733,9 +740,10 @@ async fn chaos(plan: Plan) {
     eprintln!("chaos: {plan:?}\nchaos: replay with {}", plan.replay());
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
-    let mut nats = ChaosNats::start(plan.nodes).await;
+    let mut nats =
+        ChaosNats::start(plan.nodes, &OrderSubjects::new("orders", plan.partitions)).await;
     let rx = ChaosReceiver::start(rng.random()).await;
-    let registries = registries(&rx.server.url(""), plan.nodes, plan.instances > 1);
+    let registries = registries(&rx.server.url(""), &plan);
     let dir = tempfile::Builder::new()
         .prefix("ledgerline-chaos-")
         .tempdir()
@@ -777,6 +785,7 @@ async fn chaos(plan: Plan) {
     );
     let publisher = publish_slowly(
         nats.client.clone(),
+        settings.config.order_subjects(),
         plan.nodes,
         events,
         window - last_wait + action_time,

@@ -1781,7 +1781,7 @@ async fn a_reply_too_large_to_store_is_dead_lettered_not_resent_forever() {
         .expect("nats-server starts");
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
-    ledgerline::streams::ensure_streams(&js, "orders", 1)
+    ledgerline::streams::ensure_streams(&js, &"orders".into(), 1)
         .await
         .unwrap();
     let nats = Nats { server, client, js };

@@ -22,6 +22,7 @@ mod golden;
 mod inbound;
 mod layout;
 mod natsd;
+mod partitions;
 mod pipeline;
 mod properties;
 mod receiver;

@@ -330,7 +330,7 @@ async fn a_three_node_cluster_keeps_an_r3_stream_through_the_loss_of_any_one_nod
         let settings = ledgerline::config::Settings::on_loopback(&cluster.url(), "", "test.toml")?;
         let client = ledgerline::streams::connect_once(&settings.config).await?;
         let js = jetstream::new(client);
-        ledgerline::streams::ensure_streams(&js, "orders", 3).await?;
+        ledgerline::streams::ensure_streams(&js, &"orders".into(), 3).await?;
         publish_until_acked(&js, 0..50).await?;
 
         // The leader dies: the others elect one and take writes.
@@ -388,7 +388,7 @@ async fn a_repeated_event_id_published_at_once_to_a_cluster_is_a_duplicate_not_a
         }
         let summary = ledgerline::publish::publish(
             &client,
-            "orders",
+            &"orders".into(),
             3,
             "test",
             lines.as_bytes(),

@@ -71,7 +71,7 @@ fn spawn_aggregator(nats: &Nats, settings: &Settings) -> Aggregator {
     let token = CancellationToken::new();
     let task = tokio::spawn(run_aggregator(
         nats.client.clone(),
-        AggregatorOptions::new("orders", settings.ledger),
+        AggregatorOptions::new("orders".into(), settings.ledger),
         support::watch(settings),
         token.clone(),
     ));
@@ -314,7 +314,7 @@ async fn unroutable_lines_are_refused_by_publish_with_their_line_numbers() {
     let mut refused = Vec::new();
     let s = ledgerline::publish::publish(
         &nats.client,
-        "orders",
+        &"orders".into(),
         1,
         "t.ndjson",
         text.as_bytes(),
@@ -353,7 +353,7 @@ async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
                 loop {
                     match ledgerline::publish::publish(
                         &client,
-                        "orders",
+                        &"orders".into(),
                         1,
                         "test",
                         text.as_bytes(),

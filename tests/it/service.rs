@@ -531,7 +531,7 @@ async fn sigterm_under_load_then_restart_loses_nothing_and_no_secret_leaks() {
             for chunk in lines.chunks(25) {
                 ledgerline::publish::publish(
                     &client,
-                    "orders",
+                    &"orders".into(),
                     1,
                     "test",
                     chunk.join("\n").as_bytes(),

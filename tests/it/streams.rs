@@ -30,7 +30,7 @@ async fn config_of(js: &jetstream::Context, name: &str) -> stream::Config {
 #[tokio::test]
 async fn an_operators_stream_settings_survive_every_start_up() {
     let (_server, js) = server().await;
-    streams::ensure_streams(&js, "orders", 1)
+    streams::ensure_streams(&js, &"orders".into(), 1)
         .await
         .expect("created");
     // The operator keeps LEDGER for 400 days and at most 1 GiB, and says so.
@@ -42,7 +42,7 @@ async fn an_operators_stream_settings_survive_every_start_up() {
 
     // Every start-up ensures the streams again: nothing is reverted.
     for _ in 0..2 {
-        streams::ensure_streams(&js, "orders", 1)
+        streams::ensure_streams(&js, &"orders".into(), 1)
             .await
             .expect("a stream with limits is warned about, not refused");
     }
@@ -72,7 +72,7 @@ async fn a_stream_ledgerline_cannot_run_on_is_refused_named_and_left_unchanged()
     .await
     .expect("created by hand");
 
-    let err = streams::ensure_streams(&js, "orders", 1)
+    let err = streams::ensure_streams(&js, &"orders".into(), 1)
         .await
         .expect_err("ledgerline cannot replay a work queue");
     assert!(
@@ -98,7 +98,7 @@ async fn streams_are_created_with_stream_replicas_and_the_servers_refusal_is_nam
     let (_server, js) = server().await;
     // A single server keeps one replica: asking for three names the stream
     // and carries the server's reason.
-    let err = streams::ensure_streams(&js, "orders", 3)
+    let err = streams::ensure_streams(&js, &"orders".into(), 3)
         .await
         .expect_err("a single server has no room for three replicas");
     let message = err.to_string();
@@ -111,7 +111,7 @@ async fn streams_are_created_with_stream_replicas_and_the_servers_refusal_is_nam
         "nothing half-made"
     );
 
-    streams::ensure_streams(&js, "orders", 1)
+    streams::ensure_streams(&js, &"orders".into(), 1)
         .await
         .expect("one replica on one server");
     assert_eq!(config_of(&js, LEDGER_STREAM).await.num_replicas, 1);

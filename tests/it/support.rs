@@ -31,12 +31,17 @@ pub struct Nats {
 }
 
 pub async fn nats() -> Nats {
+    nats_with(&"orders".into()).await
+}
+
+/// [`nats`] with ORDERS created for `orders` (e.g. with partitions).
+pub async fn nats_with(orders: &ledgerline::streams::OrderSubjects) -> Nats {
     let server = NatsServer::start()
         .await
         .expect("nats-server starts (run `make tools`)");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = jetstream::new(client.clone());
-    ledgerline::streams::ensure_streams(&js, "orders", 1)
+    ledgerline::streams::ensure_streams(&js, orders, 1)
         .await
         .expect("streams");
     Nats { server, client, js }
@@ -355,9 +360,18 @@ pub async fn read_ledger_with_headers(
 /// Publishes the NDJSON `events` to ORDERS, as `ledgerline publish` does.
 #[allow(dead_code)]
 pub async fn publish_events(nats: &Nats, events: &str) -> ledgerline::publish::PublishSummary {
+    publish_events_to(nats, &"orders".into(), events).await
+}
+
+/// [`publish_events`] to ORDERS laid out as `orders` says.
+pub async fn publish_events_to(
+    nats: &Nats,
+    orders: &ledgerline::streams::OrderSubjects,
+    events: &str,
+) -> ledgerline::publish::PublishSummary {
     ledgerline::publish::publish(
         &nats.client,
-        "orders",
+        orders,
         1,
         "test",
         events.as_bytes(),

@@ -10,9 +10,12 @@
 //! after its work has stopped, exactly as the one-active-instance lease.
 //! On top of that, every [`TICKS_PER_TTL`]th of the TTL, [`share`]:
 //!
-//! 1. renews this instance's membership key `member.<instance>` (the
-//!    bucket's `max_age` removes the key of an instance that stopped
-//!    renewing it: the members are the instances alive within one TTL);
+//! 1. renews this instance's membership key `member.<prefix><instance>`
+//!    (`member.dispatcher.<instance>`: one set of members per kind of
+//!    share, so an instance sharing only the delivery does not count where
+//!    the order partitions are shared; the bucket's `max_age` removes the
+//!    key of an instance that stopped renewing it: the members are the
+//!    instances alive within one TTL);
 //! 2. computes the fair share ⌈keys / members⌉;
 //! 3. gives up a key it lost, one no longer wanted (a deleted or disabled
 //!    registry) and any beyond its fair share: the key's work is stopped
@@ -109,14 +112,18 @@ pub async fn share(
         instance,
         ttl,
     } = options;
-    let member_key = format!("{MEMBER_PREFIX}{instance}");
+    let members_prefix = format!("{MEMBER_PREFIX}{prefix}");
+    let member_key = format!("{members_prefix}{instance}");
     let mut held: BTreeMap<String, Held> = BTreeMap::new();
     let mut last_fair = None;
     loop {
         if let Err(e) = store.put(&member_key, instance.clone().into()).await {
             warn!(instance = %instance, error = %e, "cannot renew this instance's membership");
         }
-        let members = count_members(&store).await.unwrap_or(1).max(1);
+        let members = count_members(&store, &members_prefix)
+            .await
+            .unwrap_or(1)
+            .max(1);
         let want = wanted();
         let fair = want.len().div_ceil(members);
         if last_fair != Some((fair, members)) {
@@ -219,11 +226,12 @@ async fn hand_off(
     info!(instance, key = k, lost, "share given up");
 }
 
-/// How many instances renewed their membership within the TTL.
-async fn count_members(store: &kv::Store) -> Option<usize> {
+/// How many instances renewed their membership (keys under
+/// `members_prefix`) within the TTL.
+async fn count_members(store: &kv::Store, members_prefix: &str) -> Option<usize> {
     let keys = store.keys().await.ok()?;
     let all: Vec<String> = keys.try_collect().await.ok()?;
-    Some(all.iter().filter(|k| k.starts_with(MEMBER_PREFIX)).count())
+    Some(all.iter().filter(|k| k.starts_with(members_prefix)).count())
 }
 
 #[cfg(test)]

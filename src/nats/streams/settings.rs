@@ -87,6 +87,22 @@ pub fn review(existing: &stream::Config, wanted: &stream::Config) -> Review {
             );
         }
     }
+    if existing.subject_transform != wanted.subject_transform {
+        let show = |t: &Option<stream::SubjectTransform>| match t {
+            Some(t) => format!("`{}` → `{}`", t.source, t.destination),
+            None => "none".to_owned(),
+        };
+        r.refuse(
+            name,
+            "subject_transform",
+            format!(
+                "is {}, and order_partitions wants {}: the partitions of a stream are fixed when it is created \
+                 (set order_partitions to what the stream has, or move the events to a new stream)",
+                show(&existing.subject_transform),
+                show(&wanted.subject_transform)
+            ),
+        );
+    }
     if existing.retention != stream::RetentionPolicy::Limits {
         r.refuse(
             name,

@@ -21,6 +21,8 @@ pub struct Instances {
     events: Vec<String>,
     /// What the offline engine makes of `events`.
     postings: Vec<Posting>,
+    /// Where the instances' config keeps the events (`order_partitions`).
+    orders: ledgerline::streams::OrderSubjects,
     config: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -36,7 +38,7 @@ impl Instances {
         registries: &str,
         orders: usize,
     ) -> Instances {
-        let settings = super::settings(&nats.server, registries);
+        let settings = super::settings(&nats.server, &format!("{top}{registries}"));
         let dir = tempfile::tempdir().unwrap();
         let config = process::service_config(
             dir.path(),
@@ -49,6 +51,7 @@ impl Instances {
             receivers,
             events,
             postings,
+            orders: settings.config.order_subjects(),
             config,
             dir,
         }
@@ -78,7 +81,7 @@ impl Instances {
         first: &mut tokio::process::Child,
         what: &str,
     ) {
-        super::publish_events(nats, &self.events.join("\n")).await;
+        super::publish_events_to(nats, &self.orders, &self.events.join("\n")).await;
         let third = self.postings.len() / 3;
         self.wait_delivered(what, Duration::from_secs(60), third)
             .await;
