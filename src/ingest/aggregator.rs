@@ -615,6 +615,27 @@ impl Lane {
                     .await?);
             }
         };
+        // With partitions, the server put the event on its order's
+        // partition; one published straight on another partition's subject
+        // would be handled beside its order's owner: refused instead.
+        let orders = &self.shared.options.orders;
+        if orders.partitions() > 0 && msg.subject.as_str() != orders.stored(event.order_id.as_str())
+        {
+            let mut rejection = Rejection::new(
+                RejectReason::OrderIdMismatch,
+                "order_id",
+                format!(
+                    "stored on {}, not on its order's partition {}: publish on {} and the server picks the partition",
+                    msg.subject,
+                    orders.stored(event.order_id.as_str()),
+                    orders.publish(event.order_id.as_str())
+                ),
+            );
+            rejection.event_id = Some(event.event_id.clone());
+            return Ok(self
+                .reject(&msg.subject, &msg.payload, seq, &rejection)
+                .await?);
+        }
         let order_id = event.order_id.clone();
         let mut new_order = false;
         let mut lb = match self.cache.remove(&order_id) {

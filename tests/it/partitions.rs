@@ -211,6 +211,41 @@ async fn the_admin_api_sees_a_partitioned_orders_stream() {
     );
     assert_eq!(view["ledger"]["debit"], view["ledger"]["credit"]);
     assert_eq!(view["registries"][0]["delivery"]["status"], "delivered");
+
+    // An event published straight on another partition's subject is
+    // refused, named, not handled beside its order's owner.
+    let orders = OrderSubjects::new("orders", 3);
+    let wrong = (streams::orders::partition_of("o-astray", 3) + 1) % 3;
+    nats.js
+        .publish(
+            format!("orders.o-astray.{wrong}"),
+            support::engine::ticket_event("o-astray", 1, 2).into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
+    support::eventually(
+        "the astray event refused",
+        Duration::from_secs(10),
+        || async {
+            !support::read_ledger_with_headers(&nats.js, "ledger.rejected.order_id_mismatch")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    let refused =
+        support::read_ledger_with_headers(&nats.js, "ledger.rejected.order_id_mismatch").await;
+    let headers = refused[0].1.as_ref().expect("headers");
+    let message = headers.get(streams::H_MESSAGE).expect("a reason").as_str();
+    assert!(
+        message.contains(&format!(
+            "not on its order's partition {}",
+            orders.stored("o-astray")
+        )),
+        "{message}"
+    );
     svc.stop().await;
 }
 
