@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::ApiError;
+use crate::domain::wire::wire_names;
 use crate::events::{RejectReason, Rejection};
 use crate::mapping::{self, Plan};
 use crate::source::{SOURCE_BODY_MAX_BYTES, Source, SourceKind};
@@ -131,7 +132,8 @@ impl InboundState {
 }
 
 /// How a request ended: the `outcome` label (a fixed set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Stored,
     Duplicate,
@@ -144,21 +146,7 @@ pub enum Outcome {
     Token,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Stored => "stored",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Ignored => "ignored",
-            Outcome::Rejected => "rejected",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::NotFound => "not_found",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Token => "token",
-        }
-    }
-}
+wire_names!(Outcome);
 
 fn count(source: &str, outcome: Outcome) {
     metrics::counter!("ledgerline_inbound_requests_total",
