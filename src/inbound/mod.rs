@@ -132,7 +132,7 @@ impl InboundState {
 }
 
 /// How a request ended: the `outcome` label (a fixed set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Stored,
@@ -368,4 +368,22 @@ pub async fn serve(
         "Inbound webhook requests by source and outcome (stored, duplicate, ignored, rejected, unauthorized, rate_limited, not_found, unavailable, token)"
     );
     crate::admin::serve_router("ingest API", listener, router(state), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use strum::VariantArray;
+
+    use super::Outcome;
+
+    /// The `outcome` label's values are named by strum's rule; dashboards
+    /// and alerts know them by these names.
+    #[test]
+    fn outcome_labels_keep_their_names() {
+        let names: Vec<&str> = Outcome::VARIANTS.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            names.join(" "),
+            "stored duplicate ignored rejected unauthorized rate_limited not_found unavailable token"
+        );
+    }
 }
