@@ -63,6 +63,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::domain::wire::wire_names;
 use crate::registry::{
     AuthConfig, FieldError, Registry, RegistryConfig, RegistrySet, TargetPolicy,
 };
@@ -87,6 +88,8 @@ pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// What made a change, kept with each revision for the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum ChangedBy {
     /// The `[[registry]]` (`[[source]]`) entries of the config file, at
     /// start-up.
@@ -97,15 +100,7 @@ pub enum ChangedBy {
     Cli,
 }
 
-impl ChangedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangedBy::Config => "config",
-            ChangedBy::Api => "api",
-            ChangedBy::Cli => "cli",
-        }
-    }
-}
+wire_names!(ChangedBy);
 
 /// What a [`KvStore`] keeps: a configured item (a registry, a source) with
 /// an id, validated against a policy, holding secrets.
@@ -232,8 +227,11 @@ pub struct HistoryEntry<T: Item = RegistryConfig> {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PutOutcome {
     Created,
     Updated,
@@ -241,15 +239,7 @@ pub enum PutOutcome {
     Unchanged,
 }
 
-impl PutOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PutOutcome::Created => "created",
-            PutOutcome::Updated => "updated",
-            PutOutcome::Unchanged => "unchanged",
-        }
-    }
-}
+wire_names!(PutOutcome);
 
 /// Why a store operation failed (`kind`: `registry`, `source`). The first four are the caller's
 /// mistakes (4xx over HTTP, exit 2 or 1 in the CLI); the rest are NATS
@@ -1270,6 +1260,12 @@ pub fn fixed_registries(registries: Vec<Registry>) -> RegistryWatch {
 mod tests {
     use super::*;
     use crate::registry::config_from_toml as config;
+
+    #[test]
+    fn changes_and_outcomes_are_named_alike_everywhere() {
+        crate::domain::wire::assert_wire_names_are_serde_names::<ChangedBy>();
+        crate::domain::wire::assert_wire_names_are_serde_names::<PutOutcome>();
+    }
 
     #[test]
     fn markers_keep_the_stored_secret_and_are_refused_without_one() {

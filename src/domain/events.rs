@@ -20,6 +20,7 @@ use serde_json::Number;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::wire::wire_names;
 use crate::money::{Currency, DecimalError, parse_decimal_str};
 
 mod fast;
@@ -48,25 +49,48 @@ pub const AMOUNT_MAX_ABS: Decimal = Decimal::from_parts(0xa4c6_8000, 0x0003_8d7e
 pub type Text = Arc<str>;
 
 /// The eight input event types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+)]
 pub enum EventType {
     #[serde(rename = "order.confirmed")]
+    #[strum(serialize = "order.confirmed")]
     OrderConfirmed,
     #[serde(rename = "order.updated")]
+    #[strum(serialize = "order.updated")]
     OrderUpdated,
     #[serde(rename = "order.cancelled")]
+    #[strum(serialize = "order.cancelled")]
     OrderCancelled,
     #[serde(rename = "payment.created")]
+    #[strum(serialize = "payment.created")]
     PaymentCreated,
     #[serde(rename = "payment.updated")]
+    #[strum(serialize = "payment.updated")]
     PaymentUpdated,
     #[serde(rename = "payment.deleted")]
+    #[strum(serialize = "payment.deleted")]
     PaymentDeleted,
     #[serde(rename = "payment.written_off")]
+    #[strum(serialize = "payment.written_off")]
     PaymentWrittenOff,
     #[serde(rename = "order.redeemed")]
+    #[strum(serialize = "order.redeemed")]
     OrderRedeemed,
 }
+
+wire_names!(EventType);
 
 impl EventType {
     /// Every type, in a stable order.
@@ -81,29 +105,9 @@ impl EventType {
         EventType::OrderRedeemed,
     ];
 
-    /// The wire name, e.g. `order.confirmed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::OrderConfirmed => "order.confirmed",
-            EventType::OrderUpdated => "order.updated",
-            EventType::OrderCancelled => "order.cancelled",
-            EventType::PaymentCreated => "payment.created",
-            EventType::PaymentUpdated => "payment.updated",
-            EventType::PaymentDeleted => "payment.deleted",
-            EventType::PaymentWrittenOff => "payment.written_off",
-            EventType::OrderRedeemed => "order.redeemed",
-        }
-    }
-
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -225,6 +229,8 @@ pub struct Redemption {
 /// Why a message was refused: the stable slug of `ledger.rejected.<reason>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum RejectReason {
     /// The message is larger than [`MESSAGE_MAX_BYTES`].
     TooLarge,
@@ -269,39 +275,7 @@ pub enum RejectReason {
     Internal,
 }
 
-impl RejectReason {
-    /// The slug used in subjects and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::TooLarge => "too_large",
-            RejectReason::MalformedJson => "malformed_json",
-            RejectReason::UnknownType => "unknown_type",
-            RejectReason::MissingField => "missing_field",
-            RejectReason::InvalidField => "invalid_field",
-            RejectReason::MoneyNotString => "money_not_string",
-            RejectReason::TooManyDecimals => "too_many_decimals",
-            RejectReason::NegativeValue => "negative_value",
-            RejectReason::DiscountExceedsLine => "discount_exceeds_line",
-            RejectReason::TaxRateOutOfRange => "tax_rate_out_of_range",
-            RejectReason::UnknownCurrency => "unknown_currency",
-            RejectReason::CurrencyMismatch => "currency_mismatch",
-            RejectReason::InvalidOrderId => "invalid_order_id",
-            RejectReason::OrderIdMismatch => "order_id_mismatch",
-            RejectReason::TooManyLineItems => "too_many_line_items",
-            RejectReason::Stale => "stale",
-            RejectReason::Duplicate => "duplicate",
-            RejectReason::UnknownLineItem => "unknown_line_item",
-            RejectReason::OverRedemption => "over_redemption",
-            RejectReason::Internal => "internal",
-        }
-    }
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+wire_names!(RejectReason);
 
 /// A refused message: what, where and why, in words a producer can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -1251,41 +1225,6 @@ mod tests {
                 "occurred_at",
             ),
             (
-                |v| v["order"]["line_items"][0]["unit_price"] = json!("11.001"),
-                RejectReason::TooManyDecimals,
-                "order.line_items[0].unit_price",
-            ),
-            (
-                |v| v["order"]["line_items"][0]["quantity"] = json!(-1),
-                RejectReason::NegativeValue,
-                "order.line_items[0].quantity",
-            ),
-            (
-                |v| v["order"]["line_items"][0]["unit_price"] = json!("-1.00"),
-                RejectReason::NegativeValue,
-                "order.line_items[0].unit_price",
-            ),
-            (
-                |v| v["order"]["line_items"][0]["discount"] = json!("-1.00"),
-                RejectReason::NegativeValue,
-                "order.line_items[0].discount",
-            ),
-            (
-                |v| v["order"]["line_items"][0]["discount"] = json!("22.01"),
-                RejectReason::DiscountExceedsLine,
-                "order.line_items[0].discount",
-            ),
-            (
-                |v| v["order"]["line_items"][0]["tax_rate"] = json!("1"),
-                RejectReason::TaxRateOutOfRange,
-                "order.line_items[0].tax_rate",
-            ),
-            (
-                |v| v["order"]["line_items"][0]["tax_rate"] = json!("-0.1"),
-                RejectReason::TaxRateOutOfRange,
-                "order.line_items[0].tax_rate",
-            ),
-            (
                 |v| v["order"]["currency"] = json!("EUX"),
                 RejectReason::UnknownCurrency,
                 "order.currency",
@@ -1305,17 +1244,33 @@ mod tests {
                 RejectReason::TooManyLineItems,
                 "order.line_items",
             ),
-            (
-                |v| v["order"]["line_items"][0]["quantity"] = json!(1.5),
-                RejectReason::InvalidField,
-                "order.line_items[0].quantity",
-            ),
         ];
         for (mutate, reason, field) in cases {
             let mut v = reference_event();
             mutate(&mut v);
             let r = reject(&v);
             assert_eq!((r.reason, r.field.as_str()), (reason, field), "{r}");
+        }
+    }
+
+    #[test]
+    fn each_rule_on_a_line_item_field_has_its_reason() {
+        use RejectReason::*;
+        for (field, value, reason) in [
+            ("unit_price", json!("11.001"), TooManyDecimals),
+            ("quantity", json!(-1), NegativeValue),
+            ("unit_price", json!("-1.00"), NegativeValue),
+            ("discount", json!("-1.00"), NegativeValue),
+            ("discount", json!("22.01"), DiscountExceedsLine),
+            ("tax_rate", json!("1"), TaxRateOutOfRange),
+            ("tax_rate", json!("-0.1"), TaxRateOutOfRange),
+            ("quantity", json!(1.5), InvalidField),
+        ] {
+            let mut v = reference_event();
+            v["order"]["line_items"][0][field] = value;
+            let r = reject(&v);
+            let want = format!("order.line_items[0].{field}");
+            assert_eq!((r.reason, r.field.as_str()), (reason, want.as_str()), "{r}");
         }
     }
 

@@ -6,12 +6,12 @@
 //! from (line items, fees, payments; tax by rate ascending). The ledger always
 //! balances: Σdebit = Σcredit per currency, checked before it is returned.
 
-use std::fmt;
 use std::sync::LazyLock;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::wire::wire_names;
 use crate::events::Text;
 use crate::money::{Currency, Rounding, rate_percent_text};
 use crate::order::{OrderState, PaymentKind};
@@ -20,6 +20,8 @@ use crate::order::{OrderState, PaymentKind};
 /// the order of entries in a posting body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum EntryType {
     Cashflow,
     Receivable,
@@ -31,6 +33,8 @@ pub enum EntryType {
     WriteOff,
     DeferredRevenue,
 }
+
+wire_names!(EntryType);
 
 impl EntryType {
     pub const ALL: [EntryType; 9] = [
@@ -45,28 +49,8 @@ impl EntryType {
         EntryType::DeferredRevenue,
     ];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryType::Cashflow => "cashflow",
-            EntryType::Receivable => "receivable",
-            EntryType::RefundDue => "refund_due",
-            EntryType::Revenue => "revenue",
-            EntryType::Discount => "discount",
-            EntryType::Tax => "tax",
-            EntryType::Fee => "fee",
-            EntryType::WriteOff => "write_off",
-            EntryType::DeferredRevenue => "deferred_revenue",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-impl fmt::Display for EntryType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -85,6 +69,8 @@ pub enum TaxRounding {
 /// When a registry recognises a line's revenue (SPEC 2, 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum RevenueRecognition {
     /// All of it when the order is confirmed.
     #[default]
@@ -94,14 +80,9 @@ pub enum RevenueRecognition {
     OnRedemption,
 }
 
-impl RevenueRecognition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RevenueRecognition::OnConfirmation => "on_confirmation",
-            RevenueRecognition::OnRedemption => "on_redemption",
-        }
-    }
+wire_names!(RevenueRecognition);
 
+impl RevenueRecognition {
     /// True for the default (what a registry that does not say gets).
     pub fn is_default(&self) -> bool {
         *self == RevenueRecognition::OnConfirmation

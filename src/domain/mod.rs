@@ -9,7 +9,8 @@
 //! In flow order: [`money`] → [`events`] → [`order`] → [`ledger`] →
 //! [`posting`] (with the [`registry`] schema) → [`engine`].
 //! Beside them, inbound webhooks: the [`source`] schema, and [`inbound`]
-//! mapping a source's payloads to [`events`].
+//! mapping a source's payloads to [`events`]. [`wire`]: how enums with wire
+//! names get `as_str` and `Display` (strum, by serde's naming rule).
 
 pub mod engine;
 pub mod events;
@@ -20,3 +21,4 @@ pub mod order;
 pub mod posting;
 pub mod registry;
 pub mod source;
+pub mod wire;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
+use crate::domain::wire::wire_names;
 use crate::events::{EventType, Text};
 use crate::ledger::{Dims, EntryType, RevenueRecognition};
 use crate::money::{Currency, parse_decimal_str, rate_text};
@@ -37,6 +38,8 @@ pub const RATE_LIMIT_PER_S_MAX: u32 = 10_000;
 /// A column a registry may group entries by (SPEC 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Column {
     Currency,
     Channel,
@@ -47,6 +50,8 @@ pub enum Column {
     PaymentMethod,
     FeeKind,
 }
+
+wire_names!(Column);
 
 impl Column {
     pub const ALL: [Column; 8] = [
@@ -59,19 +64,6 @@ impl Column {
         Column::PaymentMethod,
         Column::FeeKind,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Column::Currency => "currency",
-            Column::Channel => "channel",
-            Column::ProductId => "product_id",
-            Column::OptionId => "option_id",
-            Column::UnitType => "unit_type",
-            Column::TaxRate => "tax_rate",
-            Column::PaymentMethod => "payment_method",
-            Column::FeeKind => "fee_kind",
-        }
-    }
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)

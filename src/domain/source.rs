@@ -8,10 +8,9 @@
 //! [`Secret`]s: they print and serialise as `***` (like a registry's).
 //! The mapping of payloads lives in [`crate::mapping`].
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
+use crate::domain::wire::wire_names;
 use crate::events::MESSAGE_MAX_BYTES;
 use crate::mapping::jq::JqProgram;
 use crate::money::Currency;
@@ -41,6 +40,8 @@ pub const SIGNATURE_HEADER_DEFAULT: &str = "X-Signature";
 /// What a source sends, and so how its payloads are mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum SourceKind {
     /// Marketplace order snapshots (`orders/created`, …): the
     /// subscription reference's payloads.
@@ -56,6 +57,8 @@ pub enum SourceKind {
     Jq,
 }
 
+wire_names!(SourceKind);
+
 impl SourceKind {
     pub const ALL: [SourceKind; 5] = [
         SourceKind::MarketplaceOrders,
@@ -64,23 +67,6 @@ impl SourceKind {
         SourceKind::Events,
         SourceKind::Jq,
     ];
-
-    /// The configuration name, e.g. `pos_payments`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::MarketplaceOrders => "marketplace_orders",
-            SourceKind::PosPayments => "pos_payments",
-            SourceKind::Gateway => "gateway",
-            SourceKind::Events => "events",
-            SourceKind::Jq => "jq",
-        }
-    }
-}
-
-impl fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// How a source proves who it is (SPEC 10).

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::ApiError;
+use crate::domain::wire::wire_names;
 use crate::events::{RejectReason, Rejection};
 use crate::mapping::{self, Plan};
 use crate::source::{SOURCE_BODY_MAX_BYTES, Source, SourceKind};
@@ -135,7 +136,8 @@ impl InboundState {
 }
 
 /// How a request ended: the `outcome` label (a fixed set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Stored,
     Duplicate,
@@ -148,21 +150,7 @@ pub enum Outcome {
     Token,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Stored => "stored",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Ignored => "ignored",
-            Outcome::Rejected => "rejected",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::NotFound => "not_found",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Token => "token",
-        }
-    }
-}
+wire_names!(Outcome);
 
 fn count(source: &str, outcome: Outcome) {
     metrics::counter!("ledgerline_inbound_requests_total",
@@ -384,4 +372,22 @@ pub async fn serve(
         "Inbound webhook requests by source and outcome (stored, duplicate, ignored, rejected, unauthorized, rate_limited, not_found, unavailable, token)"
     );
     crate::admin::serve_router("ingest API", listener, router(state), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use strum::VariantArray;
+
+    use super::Outcome;
+
+    /// The `outcome` label's values are named by strum's rule; dashboards
+    /// and alerts know them by these names.
+    #[test]
+    fn outcome_labels_keep_their_names() {
+        let names: Vec<&str> = Outcome::VARIANTS.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            names.join(" "),
+            "stored duplicate ignored rejected unauthorized rate_limited not_found unavailable token"
+        );
+    }
 }

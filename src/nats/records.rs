@@ -15,6 +15,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::wire::wire_names;
 use crate::posting::{GroupedEntry, Posting};
 
 /// `ledger.postings.<R>.<O>`: a posting, and the ORDERS stream sequence of
@@ -185,6 +186,8 @@ pub struct DeliveryRecord {
 /// `held`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Every posting delivered.
     Delivered,
@@ -199,17 +202,7 @@ pub enum DeliveryStatus {
     Held,
 }
 
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Retrying => "retrying",
-            DeliveryStatus::Dead => "dead",
-            DeliveryStatus::Held => "held",
-        }
-    }
-}
+wire_names!(DeliveryStatus);
 
 impl From<AttemptOutcome> for DeliveryStatus {
     fn from(o: AttemptOutcome) -> Self {
@@ -366,6 +359,11 @@ pub enum ControlRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_statuses_are_named_alike_everywhere() {
+        crate::domain::wire::assert_wire_names_are_serde_names::<DeliveryStatus>();
+    }
 
     /// Found by `cargo fuzz run records` (fuzz/corpus/records/…c440f514):
     /// a receiver's registry_data with an integer beyond u64 is kept as an

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use ledgerline::demo::dataset::{ORDERS, SEED, generate};
 
+use crate::support;
+
 #[test]
 fn the_committed_demo_dataset_is_what_the_generator_makes() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo/events.ndjson");
@@ -52,12 +54,8 @@ fn a_reduced_demo_runs_end_to_end_and_leaves_its_files() {
         console.ends_with("stopped with the demo; --keep leaves it up)"),
         "{stdout}"
     );
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with("demo: console http://127.0.0.1:")),
-        "the console is announced while the demo runs:\n{stderr}"
-    );
+    // The console is announced while the demo runs.
+    support::assert_a_line_starts_with(stderr.lines(), "demo: console http://127.0.0.1:");
     assert_eq!(value("dead letters"), "1", "{stdout}");
     assert_eq!(value("redelivered"), "1", "{stdout}");
     assert!(

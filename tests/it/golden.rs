@@ -9,7 +9,7 @@ use std::process::Output;
 use ledgerline::config::Config;
 use ledgerline::offline::{Layout, run_postings};
 
-use crate::support::process;
+use crate::support::{self, process};
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden")
@@ -101,11 +101,7 @@ fn bad_events_are_reported_one_line_each_and_the_rest_are_processed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("line ")).collect();
     assert_eq!(lines.len(), 9, "{stderr}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("line 2: event x1: order.line_items[0].unit_price:"))
-    );
+    support::assert_a_line_starts_with(&lines, "line 2: event x1: order.line_items[0].unit_price:");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
 

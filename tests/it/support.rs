@@ -458,6 +458,18 @@ pub async fn receiver(
     (rx, url)
 }
 
+/// Fails, showing every line, unless one of `lines` starts with `prefix`.
+#[track_caller]
+pub fn assert_a_line_starts_with<S: AsRef<str>>(lines: impl IntoIterator<Item = S>, prefix: &str) {
+    let lines: Vec<S> = lines.into_iter().collect();
+    let shown: Vec<&str> = lines.iter().map(AsRef::as_ref).collect();
+    assert!(
+        shown.iter().any(|l| l.starts_with(prefix)),
+        "no line starts with {prefix:?}:\n{}",
+        shown.join("\n")
+    );
+}
+
 /// Fails, naming up to five of each, when `want` and `got` do not hold
 /// the same keys; `what` says whose keys they are.
 #[allow(dead_code)]

@@ -29,7 +29,8 @@ pub mod session;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Extension, Form, Path, Query, Request, State};
+use axum::extract::{Extension, Form, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -84,6 +85,28 @@ impl Auth {
                 .with_field("csrf"),
             )),
         }
+    }
+}
+
+/// What every signed-in page starts from: the admin state and how the
+/// request was let in (put in the request by `require_auth`).
+struct SignedIn {
+    st: AdminState,
+    auth: Auth,
+}
+
+impl FromRequestParts<AdminState> for SignedIn {
+    type Rejection = <Extension<Auth> as FromRequestParts<AdminState>>::Rejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &AdminState,
+    ) -> Result<Self, Self::Rejection> {
+        let Extension(auth) = Extension::<Auth>::from_request_parts(parts, st).await?;
+        Ok(SignedIn {
+            st: st.clone(),
+            auth,
+        })
     }
 }
 
@@ -246,11 +269,7 @@ struct CsrfForm {
 }
 
 /// `POST /console/logout`.
-async fn logout(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
-    Form(f): Form<CsrfForm>,
-) -> Page {
+async fn logout(SignedIn { st, auth }: SignedIn, Form(f): Form<CsrfForm>) -> Page {
     auth.check_csrf(&st, &f.csrf)?;
     let mut resp = Redirect::to("/console/login").into_response();
     resp.headers_mut().insert(
@@ -299,7 +318,7 @@ async fn delivery_counts(st: &AdminState, now: OffsetDateTime) -> Option<(usize,
 }
 
 /// `GET /console`.
-async fn overview(State(st): State<AdminState>, Extension(auth): Extension<Auth>) -> Page {
+async fn overview(SignedIn { st, auth }: SignedIn) -> Page {
     let entries = st.store().list().await.map_err(ApiError::from)?;
     let invalid = entries
         .iter()
@@ -325,7 +344,7 @@ async fn overview(State(st): State<AdminState>, Extension(auth): Extension<Auth>
 }
 
 /// `GET /console/registries`.
-async fn registries(State(st): State<AdminState>, Extension(auth): Extension<Auth>) -> Page {
+async fn registries(SignedIn { st, auth }: SignedIn) -> Page {
     let store = st.store();
     let views: Vec<Value> = store
         .list()
@@ -344,8 +363,7 @@ struct Notice {
 
 /// `GET /console/registries/{id}`.
 async fn registry(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
+    SignedIn { st, auth }: SignedIn,
     Path(id): Path<String>,
     Query(n): Query<Notice>,
 ) -> Page {
@@ -382,8 +400,7 @@ struct EnabledForm {
 /// `POST /console/registries/{id}/enabled`: enable (`enabled=true`) or
 /// disable (`false`) a registry, as a new revision by the API.
 async fn set_enabled(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
+    SignedIn { st, auth }: SignedIn,
     Path(id): Path<String>,
     Form(f): Form<EnabledForm>,
 ) -> Page {
@@ -446,11 +463,7 @@ fn parse_status(s: &str) -> Result<Option<DeliveryStatus>, ApiError> {
 }
 
 /// `GET /console/deliveries?registry=&status=`.
-async fn deliveries(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
-    Query(q): Query<DeliveriesQuery>,
-) -> Page {
+async fn deliveries(SignedIn { st, auth }: SignedIn, Query(q): Query<DeliveriesQuery>) -> Page {
     let status = parse_status(q.status.as_deref().unwrap_or(""))?;
     let registry = q.registry.filter(|r| !r.is_empty());
     let filter = ListFilter {
@@ -485,8 +498,7 @@ async fn deliveries(
 
 /// `POST /console/registries/{id}/orders/{order_id}/redeliver`.
 async fn redeliver(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
+    SignedIn { st, auth }: SignedIn,
     Path((id, order_id)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Page {
@@ -503,11 +515,7 @@ struct FindOrder {
 
 /// `GET /console/orders?order_id=`: the order's page (the lookup form
 /// without an id).
-async fn find_order(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
-    Query(q): Query<FindOrder>,
-) -> Page {
+async fn find_order(SignedIn { st, auth }: SignedIn, Query(q): Query<FindOrder>) -> Page {
     let id = q.order_id.trim();
     if id.is_empty() {
         return Ok(pages::find_order(&auth.csrf(&st)).into_response());
@@ -520,8 +528,7 @@ async fn find_order(
 
 /// `GET /console/orders/{order_id}`.
 async fn order(
-    State(st): State<AdminState>,
-    Extension(auth): Extension<Auth>,
+    SignedIn { st, auth }: SignedIn,
     Path(order_id): Path<String>,
     Query(n): Query<Notice>,
 ) -> Page {
@@ -554,7 +561,7 @@ async fn registry_ids(st: &AdminState) -> Result<Vec<String>, ApiError> {
 }
 
 /// `GET /console/export`.
-async fn export_form(State(st): State<AdminState>, Extension(auth): Extension<Auth>) -> Page {
+async fn export_form(SignedIn { st, auth }: SignedIn) -> Page {
     let ids = registry_ids(&st).await?;
     Ok(pages::export(&auth.csrf(&st), &ids).into_response())
 }
