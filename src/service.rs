@@ -521,6 +521,40 @@ impl ActiveParts {
     }
 }
 
+impl ActiveParts {
+    /// Shares component `c`'s keys (`wanted`, read again at every review)
+    /// over the instances, one lease `<c>.<key>` each
+    /// ([`crate::lease::shares`]), and marks `c` running: what this instance
+    /// owns, and the sharing task, which ends after `shutdown` once every
+    /// owned key's work has stopped. `None` at shutdown.
+    async fn share(
+        &self,
+        c: Component,
+        wanted: impl Fn() -> BTreeSet<String> + Send + 'static,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(crate::lease::shares::OwnedKeys, tokio::task::JoinHandle<()>)>, ServiceError>
+    {
+        let Some((store, ttl)) = self.lease_bucket(shutdown).await? else {
+            return Ok(None);
+        };
+        let (owned_tx, owned) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
+        let options = crate::lease::shares::ShareOptions {
+            store,
+            prefix: format!("{}.", c.name()),
+            instance: crate::lease::instance_name(),
+            ttl,
+        };
+        let task = tokio::spawn(crate::lease::shares::share(
+            options,
+            wanted,
+            owned_tx,
+            shutdown.clone(),
+        ));
+        self.health.set(c.name(), ComponentState::Running);
+        Ok(Some((owned, task)))
+    }
+}
+
 /// The lease bucket, retried until it opens; `None` at shutdown.
 async fn lease_bucket(
     js: &jetstream::Context,
@@ -606,19 +640,8 @@ async fn run_shared_dispatcher(
     parts: ActiveParts,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let Some((store, ttl)) = parts.lease_bucket(&shutdown).await? else {
-        return Ok(());
-    };
     let Some(mut options) = parts.dispatcher_options.clone() else {
         return Ok(());
-    };
-    let (owned_tx, owned) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
-    options.shares = Some(owned);
-    let share_options = crate::lease::shares::ShareOptions {
-        store,
-        prefix: format!("{}.", Component::Dispatcher.name()),
-        instance: crate::lease::instance_name(),
-        ttl,
     };
     let registries = parts.registries.clone();
     let wanted = move || {
@@ -630,15 +653,13 @@ async fn run_shared_dispatcher(
             .map(|r| r.id().to_owned())
             .collect()
     };
-    let shares = tokio::spawn(crate::lease::shares::share(
-        share_options,
-        wanted,
-        owned_tx,
-        shutdown.clone(),
-    ));
-    parts
-        .health
-        .set(Component::Dispatcher.name(), ComponentState::Running);
+    let Some((owned, shares)) = parts
+        .share(Component::Dispatcher, wanted, &shutdown)
+        .await?
+    else {
+        return Ok(());
+    };
+    options.shares = Some(owned);
     let dispatched = run_dispatcher(
         parts.client.clone(),
         options,
@@ -665,27 +686,14 @@ async fn run_partitioned_aggregator(
     parts: ActiveParts,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let Some((store, ttl)) = parts.lease_bucket(&shutdown).await? else {
+    let partitions = parts.settings.config.order_partitions;
+    let wanted = move || (0..partitions).map(|k| format!("p{k}")).collect();
+    let Some((mut owned, shares)) = parts
+        .share(Component::Aggregator, wanted, &shutdown)
+        .await?
+    else {
         return Ok(());
     };
-    let partitions = parts.settings.config.order_partitions;
-    let (owned_tx, mut owned) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
-    let share_options = crate::lease::shares::ShareOptions {
-        store,
-        prefix: format!("{}.", Component::Aggregator.name()),
-        instance: crate::lease::instance_name(),
-        ttl,
-    };
-    let wanted = move || (0..partitions).map(|k| format!("p{k}")).collect();
-    let shares = tokio::spawn(crate::lease::shares::share(
-        share_options,
-        wanted,
-        owned_tx,
-        shutdown.clone(),
-    ));
-    parts
-        .health
-        .set(Component::Aggregator.name(), ComponentState::Running);
     let mut tasks = tokio::task::JoinSet::new();
     let mut failed = None;
     loop {

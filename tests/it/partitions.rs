@@ -6,14 +6,13 @@
 //! takes its partitions over; the books come out exactly as one instance
 //! would have written them.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::TryStreamExt;
 
 use ledgerline::streams::{self, NatsError, ORDERS_STREAM, OrderSubjects};
 
-use crate::support::{self, Nats, books};
+use crate::support::{self, books};
 
 const PARTITIONS: u32 = 4;
 const REGISTRIES: [&str; 2] = ["r1", "r2"];
@@ -71,36 +70,12 @@ async fn the_server_puts_each_order_in_the_partition_ledgerline_computes() {
     assert!(err.to_string().contains("order_partitions"), "{err}");
 }
 
-/// The pid of each partition's lease holder.
-async fn holders(nats: &Nats) -> BTreeMap<u32, u32> {
-    let mut out = BTreeMap::new();
-    for k in 0..PARTITIONS {
-        if let Some(pid) = books::lease_holder_pid(&nats.js, &format!("aggregator.p{k}")).await {
-            out.insert(k, pid);
-        }
-    }
-    out
-}
-
-/// How many partitions each of `pids` holds.
-async fn held_by(nats: &Nats, pids: &[u32]) -> Vec<usize> {
-    let h = holders(nats).await;
-    pids.iter()
-        .map(|p| h.values().filter(|v| *v == p).count())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_the_order_partitions_and_take_over_a_dead_ones() {
     const ORDERS: usize = 100;
     let nats = support::nats_with(&OrderSubjects::new("orders", PARTITIONS)).await;
     let receivers = books::receivers(REGISTRIES.len()).await;
-    let mut registries = String::from("[delivery]\nretry_schedule = [\"200ms\"]\n");
-    for (r, (_, url)) in REGISTRIES.iter().zip(&receivers) {
-        registries.push_str(&format!(
-            "[[registry]]\nid = \"{r}\"\nurl = \"{url}\"\nrate_limit_per_s = 10000\n"
-        ));
-    }
+    let registries = books::registries_toml(&REGISTRIES, &receivers);
     let instances = books::Instances::new(
         &nats,
         receivers,
@@ -108,46 +83,24 @@ async fn instances_share_the_order_partitions_and_take_over_a_dead_ones() {
         &registries,
         ORDERS,
     );
-
-    // A alone owns every partition; B joins and takes half.
-    let (mut a, _) = instances.spawn("a");
-    let pid_a = a.id().unwrap();
-    support::eventually("A owns all four", Duration::from_secs(30), || async {
-        held_by(&nats, &[pid_a]).await == vec![4]
-    })
-    .await;
-    let (b, log_b) = instances.spawn("b");
-    let pid_b = b.id().unwrap();
-    support::eventually("two each", Duration::from_secs(30), || async {
-        held_by(&nats, &[pid_a, pid_b]).await == vec![2, 2]
-    })
-    .await;
-    let b_consumers = || {
-        let log = std::fs::read_to_string(&log_b).unwrap_or_default();
-        (0..PARTITIONS)
-            .filter(|k| {
-                log.lines().any(|line| {
-                    line.contains(r#""message":"aggregator started""#)
-                        && line.contains(&format!(r#""consumer":"aggregator-p{k}""#))
-                })
+    let leases: Vec<String> = (0..PARTITIONS)
+        .map(|k| format!("aggregator.p{k}"))
+        .collect();
+    // B aggregates its two partitions through their consumers.
+    let b_aggregates = |log: &str| {
+        let started = |k: &u32| {
+            log.lines().any(|line| {
+                line.contains(r#""message":"aggregator started""#)
+                    && line.contains(&format!(r#""consumer":"aggregator-p{k}""#))
             })
-            .count()
+        };
+        (0..PARTITIONS).filter(started).count() >= 2
     };
-    support::eventually("B aggregates its two", Duration::from_secs(10), || async {
-        b_consumers() >= 2
-    })
-    .await;
-
-    // Orders flow through both; A dies; B takes every partition.
-    instances
-        .publish_and_kill_midway(&nats, &mut a, "a third delivered by both")
+    let pairs = instances
+        .two_share_then_one_takes_over(&nats, &leases, b_aggregates)
         .await;
-    support::eventually("B owns all four", Duration::from_secs(30), || async {
-        held_by(&nats, &[pid_b]).await == vec![4]
-    })
-    .await;
-    instances.all_delivered().await;
-    drop(b);
+    assert_eq!(pairs, REGISTRIES.len() * ORDERS);
+
     // One durable consumer per partition, and no unpartitioned one.
     let orders_stream = nats.js.get_stream(ORDERS_STREAM).await.unwrap();
     let names: Vec<String> = orders_stream
@@ -163,10 +116,6 @@ async fn instances_share_the_order_partitions_and_take_over_a_dead_ones() {
         .map(|k| format!("aggregator-p{k}"))
         .collect();
     assert_eq!(names, want);
-
-    // LEDGER and the receivers as one instance would have left them.
-    let pairs = instances.assert_as_one_instance(&nats).await;
-    assert_eq!(pairs, REGISTRIES.len() * ORDERS);
 }
 
 /// One instance with partitions, in process: it owns every partition,
@@ -251,19 +200,8 @@ async fn the_admin_api_sees_a_partitioned_orders_stream() {
 
 #[test]
 fn order_partitions_out_of_range_names_the_key() {
-    for (value, ok) in [("0", true), ("16", true), ("1024", true), ("1025", false)] {
-        let got = ledgerline::config::Settings::on_loopback(
-            "nats://127.0.0.1:4222",
-            &format!("order_partitions = {value}"),
-            "test.toml",
-        );
-        match (got, ok) {
-            (Ok(s), true) => assert_eq!(s.config.order_partitions.to_string(), value),
-            (Err(e), false) => {
-                let e = e.to_string();
-                assert!(e.contains("order_partitions") && e.contains("1024"), "{e}");
-            }
-            (got, _) => panic!("order_partitions = {value}: {:?}", got.map(|s| s.config)),
-        }
-    }
+    let cases = [("0", true), ("16", true), ("1024", true), ("1025", false)];
+    support::assert_key_range("order_partitions", &cases, "1024", |c| {
+        c.order_partitions.to_string()
+    });
 }

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use ledgerline::config::Settings;
 use ledgerline::natsd::NatsServer;
 use ledgerline::streams::{self, LEDGER_STREAM, NatsError, ORDERS_STREAM};
 
@@ -119,19 +118,8 @@ async fn streams_are_created_with_stream_replicas_and_the_servers_refusal_is_nam
 
 #[test]
 fn stream_replicas_out_of_range_names_the_key() {
-    for (value, ok) in [("0", false), ("1", true), ("3", true), ("6", false)] {
-        let got = Settings::on_loopback(
-            "nats://127.0.0.1:4222",
-            &format!("stream_replicas = {value}"),
-            "test.toml",
-        );
-        match (got, ok) {
-            (Ok(s), true) => assert_eq!(s.config.stream_replicas.to_string(), value),
-            (Err(e), false) => {
-                let e = e.to_string();
-                assert!(e.contains("stream_replicas") && e.contains("1 to 5"), "{e}");
-            }
-            (got, _) => panic!("stream_replicas = {value}: {:?}", got.map(|s| s.config)),
-        }
-    }
+    let cases = [("0", false), ("1", true), ("3", true), ("6", false)];
+    crate::support::assert_key_range("stream_replicas", &cases, "1 to 5", |c| {
+        c.stream_replicas.to_string()
+    });
 }

@@ -53,6 +53,33 @@ pub fn settings(server: &NatsServer, toml_text: &str) -> Settings {
     Settings::on_loopback(&server.url(), toml_text, "test.toml").expect("test config is valid")
 }
 
+/// `key = value` for each of `cases` (value, valid): a valid value is read
+/// back by `read`, an invalid one refused with an error naming `key` and
+/// `bounds`.
+#[allow(dead_code)]
+pub fn assert_key_range(
+    key: &str,
+    cases: &[(&str, bool)],
+    bounds: &str,
+    read: impl Fn(&Config) -> String,
+) {
+    for &(value, ok) in cases {
+        let got = Settings::on_loopback(
+            "nats://127.0.0.1:4222",
+            &format!("{key} = {value}"),
+            "test.toml",
+        );
+        match (got, ok) {
+            (Ok(s), true) => assert_eq!(read(&s.config), value),
+            (Err(e), false) => {
+                let e = e.to_string();
+                assert!(e.contains(key) && e.contains(bounds), "{e}");
+            }
+            (got, _) => panic!("{key} = {value}: {:?}", got.map(|s| s.config)),
+        }
+    }
+}
+
 /// A registry watch over the settings' registries.
 pub fn watch(settings: &Settings) -> RegistryWatch {
     ledgerline::registry_store::fixed_registries(settings.registries.clone())

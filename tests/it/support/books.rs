@@ -100,6 +100,74 @@ impl Instances {
     pub async fn assert_as_one_instance(&self, nats: &Nats) -> usize {
         assert_as_one_instance(nats, &self.receivers, &self.postings, 3).await
     }
+
+    /// Two instances share the leases `keys` (`dispatcher.<R>`,
+    /// `aggregator.p<k>`): A alone holds all of them; B joins and takes
+    /// half, and `b_works` finds B working on its half in B's log; orders
+    /// flow through both; A is SIGKILLed and B takes every key; every
+    /// posting is delivered. Then LEDGER and the receivers must be as one
+    /// instance would have left them: how many (registry, order) were
+    /// booked.
+    pub async fn two_share_then_one_takes_over(
+        &self,
+        nats: &Nats,
+        keys: &[String],
+        b_works: impl Fn(&str) -> bool,
+    ) -> usize {
+        let (all, half) = (keys.len(), keys.len() / 2);
+        let (mut a, _) = self.spawn("a");
+        let pid_a = a.id().unwrap();
+        super::eventually("A holds every key", Duration::from_secs(30), || async {
+            held_by(&nats.js, keys, &[pid_a]).await == vec![all]
+        })
+        .await;
+        let (b, log_b) = self.spawn("b");
+        let pid_b = b.id().unwrap();
+        super::eventually("half each", Duration::from_secs(30), || async {
+            held_by(&nats.js, keys, &[pid_a, pid_b]).await == vec![all - half, half]
+        })
+        .await;
+        super::eventually("B works on its half", Duration::from_secs(10), || async {
+            b_works(&std::fs::read_to_string(&log_b).unwrap_or_default())
+        })
+        .await;
+        self.publish_and_kill_midway(nats, &mut a, "a third delivered by both")
+            .await;
+        super::eventually("B holds every key", Duration::from_secs(30), || async {
+            held_by(&nats.js, keys, &[pid_b]).await == vec![all]
+        })
+        .await;
+        self.all_delivered().await;
+        drop(b);
+        self.assert_as_one_instance(nats).await
+    }
+}
+
+/// `[delivery]` with one 200 ms retry and a `[[registry]]` per id, each
+/// to its receiver (10,000 requests/s).
+pub fn registries_toml(ids: &[&str], receivers: &[(Receiver, String)]) -> String {
+    let mut toml = String::from("[delivery]\nretry_schedule = [\"200ms\"]\n");
+    for (r, (_, url)) in ids.iter().zip(receivers) {
+        toml.push_str(&format!(
+            "[[registry]]\nid = \"{r}\"\nurl = \"{url}\"\nrate_limit_per_s = 10000\n"
+        ));
+    }
+    toml
+}
+
+/// How many of the leases `keys` each of `pids` holds.
+pub async fn held_by(
+    js: &async_nats::jetstream::Context,
+    keys: &[String],
+    pids: &[u32],
+) -> Vec<usize> {
+    let mut holders = Vec::new();
+    for key in keys {
+        holders.extend(lease_holder_pid(js, key).await);
+    }
+    pids.iter()
+        .map(|p| holders.iter().filter(|h| *h == p).count())
+        .collect()
 }
 
 /// Versions `1..=versions` of a ticket order `o-000`, `o-001`, … each,
