@@ -720,10 +720,18 @@ async fn run_partitioned_aggregator(
             .max(crate::aggregator::LANES);
             let (client, registries) = (parts.client.clone(), parts.registries.clone());
             tasks.spawn(async move {
-                let result = run_aggregator(client, options, registries, own.active).await;
+                let result = run_aggregator(client, options, registries, own.active.clone()).await;
                 // The partition's work has stopped: its lease may go.
                 drop(guard);
-                result
+                match result {
+                    // Stopped unasked (its consumer deleted): the
+                    // partition would stay owned with nothing aggregating it.
+                    Ok(()) if !own.active.is_cancelled() => Err(ServiceError::Stopped {
+                        component: Component::Aggregator,
+                        message: format!("partition {k} stopped unasked"),
+                    }),
+                    other => other.map_err(ServiceError::from),
+                }
             });
         }
         tokio::select! {
@@ -732,7 +740,7 @@ async fn run_partitioned_aggregator(
             Some(done) = tasks.join_next() => {
                 let error = match done {
                     Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(ServiceError::from(e)),
+                    Ok(Err(e)) => Some(e),
                     Err(e) => Some(ServiceError::Stopped {
                         component: Component::Aggregator,
                         message: format!("a partition's task ended: {e}"),

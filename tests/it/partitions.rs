@@ -195,7 +195,24 @@ async fn the_admin_api_sees_a_partitioned_orders_stream() {
         )),
         "{message}"
     );
-    svc.stop().await;
+
+    // A partition's consumer deleted under it: its aggregator stops, and
+    // the instance with it (its partitions go to the others), rather than
+    // keep a partition nobody aggregates.
+    let orders_stream = nats.js.get_stream(ORDERS_STREAM).await.unwrap();
+    orders_stream
+        .delete_consumer("aggregator-p1")
+        .await
+        .expect("deleted");
+    let ended = tokio::time::timeout(Duration::from_secs(20), svc.task)
+        .await
+        .expect("the instance stops")
+        .expect("no panic");
+    let err = ended.expect_err("an error, not a clean stop");
+    assert!(
+        err.to_string().contains("partition 1 stopped unasked"),
+        "{err}"
+    );
 }
 
 #[test]
