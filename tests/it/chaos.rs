@@ -448,18 +448,28 @@ fn expected(
 // ------------------------------------------------------------------- chaos
 
 /// Publishes `events` in chunks spread over `over`, retrying a chunk while
-/// nats-server is down (publishing is idempotent: `Nats-Msg-Id`).
+/// nats-server is down (publishing is idempotent: `Nats-Msg-Id`). The last
+/// chunk waits for `last`: until the last action is under way, something
+/// is always left to book, however long the actions take on a loaded
+/// machine.
 fn publish_slowly(
     client: async_nats::Client,
     orders: OrderSubjects,
     replicas: usize,
     events: Vec<String>,
     over: Duration,
+    last: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let chunks: Vec<String> = events.chunks(PUBLISH_CHUNK).map(|c| c.join("\n")).collect();
         let pause = over / chunks.len().max(1) as u32;
-        for chunk in chunks {
+        let mut last = Some(last);
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i + 1 == chunks.len()
+                && let Some(last) = last.take()
+            {
+                let _ = last.await;
+            }
             let started = Instant::now();
             while let Err(e) = ledgerline::publish::publish(
                 &client,
@@ -783,19 +793,29 @@ async fn chaos(plan: Plan) {
         plan.nats_restarts as u64 * if plan.nodes > 1 { 2_500 } else { 1_000 }
             + plan.kills as u64 * 300,
     );
+    let (last_action, last) = tokio::sync::oneshot::channel();
     let publisher = publish_slowly(
         nats.client.clone(),
         settings.config.order_subjects(),
         plan.nodes,
         events,
         window - last_wait + action_time,
+        last,
     );
+    let mut last_action = Some(last_action);
+    let actions = schedule.len();
     let mut under_load = 0;
     for (i, (wait, action)) in schedule.into_iter().enumerate() {
         tokio::time::sleep(wait).await;
         let booked = rx.booked();
         if booked < want.len() {
             under_load += 1;
+        }
+        if i + 1 == actions
+            && let Some(go) = last_action.take()
+        {
+            // The last chunk flows while the last action strikes.
+            let _ = go.send(());
         }
         let what = match action {
             Action::KillRun => {
@@ -825,6 +845,10 @@ async fn chaos(plan: Plan) {
             started.elapsed().as_secs_f64(),
             want.len()
         );
+    }
+    if let Some(go) = last_action.take() {
+        // No action at all: nothing to wait for.
+        let _ = go.send(());
     }
     publisher.await.unwrap();
     eprintln!(
