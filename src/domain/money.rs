@@ -180,6 +180,18 @@ impl DecimalText {
 /// other (one to round, a huge one) goes through `rescale` and
 /// [`DecimalText`].
 pub fn write_on_scale(out: &mut Vec<u8>, amount: Decimal, minor_units: u32) {
+    // A zero (half of a body's amounts: the side an entry is not on) on
+    // any scale is `0` with `minor_units` zeros after the point, unsigned.
+    if amount.is_zero() && minor_units <= 4 {
+        const ZEROS: &[u8; 6] = b"0.0000";
+        let len = if minor_units == 0 {
+            1
+        } else {
+            2 + minor_units as usize
+        };
+        out.extend_from_slice(&ZEROS[..len]);
+        return;
+    }
     let scale = amount.scale();
     if scale <= minor_units && minor_units <= Decimal::MAX_SCALE {
         let m = u64::try_from(amount.mantissa().unsigned_abs()).ok();
