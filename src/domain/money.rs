@@ -180,6 +180,18 @@ impl DecimalText {
 /// other (one to round, a huge one) goes through `rescale` and
 /// [`DecimalText`].
 pub fn write_on_scale(out: &mut Vec<u8>, amount: Decimal, minor_units: u32) {
+    // A zero (half of a body's amounts: the side an entry is not on) on
+    // any scale is `0` with `minor_units` zeros after the point, unsigned.
+    if amount.is_zero() && minor_units <= 4 {
+        const ZEROS: &[u8; 6] = b"0.0000";
+        let len = if minor_units == 0 {
+            1
+        } else {
+            2 + minor_units as usize
+        };
+        out.extend_from_slice(&ZEROS[..len]);
+        return;
+    }
     let scale = amount.scale();
     if scale <= minor_units && minor_units <= Decimal::MAX_SCALE {
         let m = u64::try_from(amount.mantissa().unsigned_abs()).ok();
@@ -313,14 +325,49 @@ pub fn parse_decimal_str(s: &str) -> Result<Decimal, DecimalError> {
     if s.len() > DECIMAL_STRING_MAX_CHARS {
         return Err(DecimalError::OutOfRange(truncate(s)));
     }
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    let (int, frac) = match digits.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (digits, None),
+    let bytes = s.as_bytes();
+    let negative = bytes.first() == Some(&b'-');
+    // One pass: the digits as one integer (while it fits 19 digits), the
+    // place of the point, and whether the text is `-?[0-9]+(\.[0-9]+)?`.
+    let mut mantissa: u64 = 0;
+    let (mut digits, mut int_digits, mut point) = (0usize, 0usize, None);
+    for (i, &b) in bytes.iter().enumerate().skip(usize::from(negative)) {
+        match b {
+            b'0'..=b'9' => {
+                if digits < 19 {
+                    mantissa = mantissa * 10 + u64::from(b - b'0');
+                }
+                digits += 1;
+            }
+            b'.' if point.is_none() => {
+                point = Some(i);
+                int_digits = digits;
+            }
+            _ => return Err(DecimalError::Malformed(truncate(s))),
+        }
+    }
+    let frac_digits = match point {
+        Some(_) => digits - int_digits,
+        None => {
+            int_digits = digits;
+            0
+        }
     };
-    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(int) || frac.is_some_and(|f| !all_digits(f)) {
+    if int_digits == 0 || point.is_some() && frac_digits == 0 {
         return Err(DecimalError::Malformed(truncate(s)));
+    }
+    // At most 19 digits: the mantissa fits a `u64` (10^19 − 1 < 2^64) and
+    // the scale is at most 19, so the decimal is the digits as one integer
+    // on the fraction's scale, sign kept (a zero's too), as
+    // `from_str_exact` makes it (a property test holds the two equal).
+    if digits <= 19 {
+        return Ok(Decimal::from_parts(
+            mantissa as u32,
+            (mantissa >> 32) as u32,
+            0,
+            negative,
+            frac_digits as u32,
+        ));
     }
     Decimal::from_str_exact(s).map_err(|_| DecimalError::OutOfRange(truncate(s)))
 }
@@ -478,6 +525,27 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A decimal string is read as `from_str_exact` reads it: the same
+        /// mantissa, scale and sign (of a zero too), or the same refusal.
+        #[test]
+        fn decimal_strings_are_read_as_from_str_exact(
+            s in "-?[0-9]{0,22}(\\.[0-9]{0,22})?|-?0{1,3}(\\.0{0,20})?|-?[0-9]{19,20}|[0-9.\\-]{0,6}",
+        ) {
+            let want = if s.len() > DECIMAL_STRING_MAX_CHARS {
+                Err(())
+            } else {
+                let digits = s.strip_prefix('-').unwrap_or(&s);
+                let strict = digits.split('.').count() <= 2
+                    && digits.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                if strict { Decimal::from_str_exact(&s).map_err(|_| ()) } else { Err(()) }
+            };
+            let got = parse_decimal_str(&s);
+            proptest::prop_assert_eq!(
+                got.as_ref().map(|d| (d.mantissa(), d.scale(), d.is_sign_negative(), d.to_string())).map_err(|_| ()),
+                want.map(|d| (d.mantissa(), d.scale(), d.is_sign_negative(), d.to_string()))
+            );
+        }
+
         /// Any decimal (mantissa, scale, sign) on any scale a currency may
         /// have, and any integer.
         #[test]

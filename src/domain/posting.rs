@@ -98,9 +98,12 @@ struct KeyRef<'a> {
 /// column are equal (keys of one grouping share their `group_by`).
 impl PartialEq for KeyRef<'_> {
     fn eq(&self, other: &Self) -> bool {
+        // A description is often the same text (a tax rate's, a line's
+        // own): equal without comparing its bytes.
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
         self.entry_type == other.entry_type
             && self.ledger_code == other.ledger_code
-            && self.description == other.description
+            && same(self.description, other.description)
             && self
                 .group_by
                 .iter()
@@ -142,26 +145,46 @@ impl ValueTexts {
             ColumnValue::Currency(c) => ColumnValue::Currency(c),
             ColumnValue::Rate(r) => ColumnValue::Rate(r),
         };
-        if let Some((_, t)) = self.made.iter().find(|(k, _)| *k == owned) {
+        // A rate met before is usually the very same value (rates are
+        // normalised when parsed): its bits are compared before its value.
+        let same = |k: &ColumnValue<'_>| match (k, &owned) {
+            (ColumnValue::Rate(a), ColumnValue::Rate(b)) => {
+                a.serialize() == b.serialize() || a == b
+            }
+            (k, owned) => k == owned,
+        };
+        if let Some((_, t)) = self.made.iter().find(|(k, _)| same(k)) {
             return Text::clone(t);
         }
         let t = match owned {
-            // What `Display` writes for a currency, without the machinery.
+            // What `Display` writes, without the machinery: a currency's
+            // code, a rate normalised.
             ColumnValue::Currency(c) => Text::from(c.code()),
-            _ => Text::from(owned.to_string()),
+            ColumnValue::Rate(r) => Text::from(DecimalText::new(r.normalize()).as_str()),
+            ColumnValue::Text(t) => Text::clone(t),
         };
         self.made.push((owned, Text::clone(&t)));
         t
     }
 }
 
+/// Ledgers of at most this many entries are grouped by comparing each key
+/// with the groups' keys so far rather than through a hash map, which
+/// would cost a table and a hash per entry for an order's dozen entries.
+const GROUP_SCAN_MAX_ENTRIES: usize = 32;
+
 /// Groups a ledger as `registry` sees it. Groups keep the order in which
 /// they first appear, which follows the ledger's order (type, then source).
 pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
     let mut out: Vec<GroupedEntry> = Vec::with_capacity(ledger.entries.len());
-    let mut index: HashMap<KeyRef<'_>, usize, RandomState> =
-        HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default());
-    let mut texts = ValueTexts::default();
+    // The key of each group in `out`, borrowed from its first entry.
+    let mut keys: Vec<KeyRef<'_>> = Vec::with_capacity(ledger.entries.len());
+    let mut index: Option<HashMap<KeyRef<'_>, usize, RandomState>> = (ledger.entries.len()
+        > GROUP_SCAN_MAX_ENTRIES)
+        .then(|| HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default()));
+    let mut texts = ValueTexts {
+        made: Vec::with_capacity(4),
+    };
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
             continue;
@@ -174,20 +197,37 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
             dims: &e.dims,
             group_by: &registry.group_by,
         };
-        // One hash per entry: the slot found is the one filled.
-        match index.entry(key) {
-            Slot::Occupied(slot) => {
-                let i = *slot.get();
+        let found = match &mut index {
+            // One hash per entry: the slot found is the one filled.
+            Some(index) => match index.entry(key) {
+                Slot::Occupied(slot) => Some(*slot.get()),
+                Slot::Vacant(slot) => {
+                    slot.insert(out.len());
+                    None
+                }
+            },
+            // A scan of the keys so far, most of them of another type.
+            None => {
+                let found = keys
+                    .iter()
+                    .position(|k| k.entry_type == key.entry_type && *k == key);
+                if found.is_none() {
+                    keys.push(key);
+                }
+                found
+            }
+        };
+        match found {
+            Some(i) => {
                 out[i].amount += e.amount;
                 out[i].quantity += e.quantity;
             }
-            Slot::Vacant(slot) => {
+            None => {
                 let columns = registry
                     .group_by
                     .iter()
                     .map(|c| (*c, c.of(&e.dims).map(|v| texts.text(v))))
                     .collect();
-                slot.insert(out.len());
                 out.push(GroupedEntry {
                     key: GroupKey {
                         entry_type: e.entry_type,
