@@ -28,55 +28,55 @@ use crate::money::{Currency, parse_decimal_str};
 
 /// An event as sent: the envelope, with `order` or `payment` by type.
 #[derive(Default)]
-struct RawEvent<'a> {
-    event_id: Option<&'a str>,
-    event_type: Option<&'a str>,
-    order_id: Option<&'a str>,
-    occurred_at: Option<&'a str>,
-    order: Option<RawSnapshot<'a>>,
-    payment: Option<RawPayment<'a>>,
+pub(super) struct RawEvent<'a> {
+    pub(super) event_id: Option<&'a str>,
+    pub(super) event_type: Option<&'a str>,
+    pub(super) order_id: Option<&'a str>,
+    pub(super) occurred_at: Option<&'a str>,
+    pub(super) order: Option<RawSnapshot<'a>>,
+    pub(super) payment: Option<RawPayment<'a>>,
 }
 
 /// `order`: a snapshot as sent.
-struct RawSnapshot<'a> {
-    version: u64,
-    currency: &'a str,
-    channel: Option<&'a str>,
-    prices_include_tax: bool,
-    line_items: Vec<RawLine<'a>>,
-    fees: Option<Vec<RawFee<'a>>>,
-    payments: Option<Vec<RawPayment<'a>>>,
+pub(super) struct RawSnapshot<'a> {
+    pub(super) version: u64,
+    pub(super) currency: &'a str,
+    pub(super) channel: Option<&'a str>,
+    pub(super) prices_include_tax: bool,
+    pub(super) line_items: Vec<RawLine<'a>>,
+    pub(super) fees: Option<Vec<RawFee<'a>>>,
+    pub(super) payments: Option<Vec<RawPayment<'a>>>,
 }
 
 /// `order.line_items[i]` as sent; money and rates still text.
-struct RawLine<'a> {
-    id: &'a str,
-    product_id: Option<&'a str>,
-    option_id: Option<&'a str>,
-    unit_type: Option<&'a str>,
-    description: &'a str,
-    quantity: u64,
-    unit_price: &'a str,
-    discount: Option<&'a str>,
-    tax_rate: &'a str,
+pub(super) struct RawLine<'a> {
+    pub(super) id: &'a str,
+    pub(super) product_id: Option<&'a str>,
+    pub(super) option_id: Option<&'a str>,
+    pub(super) unit_type: Option<&'a str>,
+    pub(super) description: &'a str,
+    pub(super) quantity: u64,
+    pub(super) unit_price: &'a str,
+    pub(super) discount: Option<&'a str>,
+    pub(super) tax_rate: &'a str,
 }
 
 /// `order.fees[i]` as sent.
-struct RawFee<'a> {
-    kind: &'a str,
-    description: &'a str,
-    amount: &'a str,
-    tax_rate: &'a str,
+pub(super) struct RawFee<'a> {
+    pub(super) kind: &'a str,
+    pub(super) description: &'a str,
+    pub(super) amount: &'a str,
+    pub(super) tax_rate: &'a str,
 }
 
 /// `payment`, or `order.payments[i]`, as sent; a missing `date`
 /// and a `null` one are both `None`.
-struct RawPayment<'a> {
-    date: Option<&'a str>,
-    currency: &'a str,
-    payment_id: &'a str,
-    method: &'a str,
-    amount: &'a str,
+pub(super) struct RawPayment<'a> {
+    pub(super) date: Option<&'a str>,
+    pub(super) currency: &'a str,
+    pub(super) payment_id: &'a str,
+    pub(super) method: &'a str,
+    pub(super) amount: &'a str,
 }
 
 /// The event `bytes` hold when they are a valid event of the known shape;
@@ -85,7 +85,11 @@ pub(super) fn parse(bytes: &[u8], subject_order_id: Option<&str>) -> Option<Even
     // UTF-8 checked once for the whole message, not string by string; a
     // message that is not UTF-8 goes to the tree, which names the fault.
     let text = std::str::from_utf8(bytes).ok()?;
-    let raw = read_event(text)?;
+    event(read_event(text)?, subject_order_id)
+}
+
+/// The event `raw` holds when every value passes the tree's checks.
+pub(super) fn event(raw: RawEvent<'_>, subject_order_id: Option<&str>) -> Option<Event> {
     let event_type = super::event_type_of(raw.event_type?).ok()?;
     let body = match event_type {
         EventType::OrderConfirmed | EventType::OrderUpdated => {
