@@ -9,6 +9,8 @@
 //! it, per posting ([`SeqDeliveries`]), used by the dispatcher's views, the
 //! export, the admin API and the CLI.
 
+use std::borrow::Cow;
+
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -175,6 +177,75 @@ pub struct DeliveryRecord {
     pub at: OffsetDateTime,
 }
 
+/// A [`DeliveryRecord`] read without copying its texts out of the stored
+/// JSON (they are borrowed unless escaped): for readers that fold records
+/// ([`SeqDeliveries::apply_view`]) and never keep them, like the export.
+/// The same fields with the same types as [`DeliveryRecord`], so it accepts
+/// exactly the records that one does.
+#[derive(Debug, Deserialize)]
+pub struct DeliveryRecordView<'a> {
+    #[serde(borrow)]
+    pub registry_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub order_id: Cow<'a, str>,
+    pub seq: u64,
+    pub idempotency_key: Uuid,
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    pub duration_ms: u64,
+    #[serde(default, borrow)]
+    pub error: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub response_excerpt: Option<Cow<'a, str>>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl DeliveryRecord {
+    /// What the fold of [`SeqDeliveries`] reads of it.
+    fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            seq: self.seq,
+            attempt: self.attempt,
+            outcome: self.outcome,
+            http_status: self.http_status,
+            error: self.error.as_deref(),
+            next_attempt_at: self.next_attempt_at,
+            at: self.at,
+        }
+    }
+}
+
+impl DeliveryRecordView<'_> {
+    /// What the fold of [`SeqDeliveries`] reads of it.
+    fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            seq: self.seq,
+            attempt: self.attempt,
+            outcome: self.outcome,
+            http_status: self.http_status,
+            error: self.error.as_deref(),
+            next_attempt_at: self.next_attempt_at,
+            at: self.at,
+        }
+    }
+}
+
+/// One attempt as the fold reads it, from a record or a view of one.
+struct Attempt<'a> {
+    seq: u64,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    http_status: Option<u16>,
+    error: Option<&'a str>,
+    next_attempt_at: Option<OffsetDateTime>,
+    at: OffsetDateTime,
+}
+
 /// Where a posting (or, in `deliveries list`, an order) stands with its
 /// receiver: the one model of delivery status. Its words ([`Self::as_str`],
 /// and the same in JSON) are what users see in the export's
@@ -257,11 +328,21 @@ impl SeqDelivery {
 
     /// Applies the next attempt of this posting.
     pub fn apply(&mut self, r: &DeliveryRecord) {
+        self.apply_attempt(&r.attempt());
+    }
+
+    fn apply_attempt(&mut self, r: &Attempt<'_>) {
         self.attempts = self.attempts.saturating_add(1);
         self.highest_attempt = self.highest_attempt.max(r.attempt);
         self.status = r.outcome.into();
         self.http_status = r.http_status;
-        self.last_error.clone_from(&r.error);
+        match (r.error, &mut self.last_error) {
+            (Some(e), Some(kept)) => {
+                kept.clear();
+                kept.push_str(e);
+            }
+            (e, kept) => *kept = e.map(str::to_owned),
+        }
         self.next_attempt_at = r.next_attempt_at;
         if r.outcome == AttemptOutcome::Delivered {
             self.delivered_at = Some(r.at);
@@ -280,6 +361,15 @@ pub struct SeqDeliveries {
 impl SeqDeliveries {
     /// Folds the next record (in stream order) in.
     pub fn apply(&mut self, r: &DeliveryRecord) {
+        self.apply_attempt(&r.attempt());
+    }
+
+    /// [`Self::apply`] for a record read as a view: the same fold.
+    pub fn apply_view(&mut self, r: &DeliveryRecordView<'_>) {
+        self.apply_attempt(&r.attempt());
+    }
+
+    fn apply_attempt(&mut self, r: &Attempt<'_>) {
         let i = match self.by_seq.binary_search_by_key(&r.seq, |(s, _)| *s) {
             Ok(i) => i,
             Err(i) => {
@@ -287,7 +377,7 @@ impl SeqDeliveries {
                 i
             }
         };
-        self.by_seq[i].1.apply(r);
+        self.by_seq[i].1.apply_attempt(r);
     }
 
     /// The state of posting `seq`: pending when nothing was recorded.
