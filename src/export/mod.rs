@@ -179,6 +179,19 @@ pub fn timestamp(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// Appends [`timestamp`]`(t)` to `out`, without a `String`.
+pub fn write_timestamp(out: &mut Vec<u8>, t: OffsetDateTime) {
+    let start = out.len();
+    if t.to_offset(time::UtcOffset::UTC)
+        .format_into(out, &Rfc3339)
+        .is_err()
+    {
+        // As timestamp(): never expected (see there).
+        out.truncate(start);
+        out.extend_from_slice(t.unix_timestamp().to_string().as_bytes());
+    }
+}
+
 /// True for a valid registry id (what may appear in a subject token).
 fn is_registry_id(s: &str) -> bool {
     !s.is_empty()
