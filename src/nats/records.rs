@@ -526,6 +526,39 @@ mod tests {
         assert_eq!(s.next_attempt_at, Some(datetime!(2026-11-22 10:05:00 UTC)));
     }
 
+    /// A record read as a view folds exactly as the record does, and the
+    /// view accepts and refuses the same JSON.
+    #[test]
+    fn a_view_of_a_record_folds_as_the_record_and_reads_the_same_json() {
+        let records = [
+            attempt(1, 1, AttemptOutcome::Retrying, Some(503)),
+            attempt(1, 2, AttemptOutcome::Retrying, None),
+            attempt(1, 3, AttemptOutcome::Delivered, Some(200)),
+            attempt(2, 1, AttemptOutcome::Retrying, Some(500)),
+            attempt(2, 2, AttemptOutcome::Dead, Some(422)),
+        ];
+        let (mut whole, mut viewed) = (SeqDeliveries::default(), SeqDeliveries::default());
+        for mut r in records {
+            // An escaped text is copied, not borrowed: the same either way.
+            r.error = r.error.map(|e| format!("{e} \"quoted\" \u{e9}"));
+            r.response_excerpt = Some("<html>".into());
+            let json = serde_json::to_vec(&r).unwrap();
+            whole.apply(&serde_json::from_slice(&json).unwrap());
+            let view: DeliveryRecordView<'_> = serde_json::from_slice(&json).unwrap();
+            assert_eq!((&*view.registry_id, &*view.order_id), ("r", "o"));
+            viewed.apply_view(&view);
+        }
+        assert_eq!(viewed, whole);
+        assert!(whole.get(2).last_error.is_none());
+        for bad in [
+            r#"{"registry_id":"r","order_id":"o","seq":1,"attempt":1,"outcome":"dead","duration_ms":1,"at":"2026-11-22T10:00:00Z"}"#,
+            r#"{"registry_id":"r","order_id":"o","seq":1,"idempotency_key":"x","attempt":1,"outcome":"dead","duration_ms":1,"at":"2026-11-22T10:00:00Z"}"#,
+        ] {
+            assert!(serde_json::from_str::<DeliveryRecord>(bad).is_err());
+            assert!(serde_json::from_str::<DeliveryRecordView<'_>>(bad).is_err());
+        }
+    }
+
     /// Attempt numbers run on across rounds; a lost record leaves a gap.
     #[test]
     fn attempts_count_records_and_the_highest_number_is_kept_apart() {
