@@ -585,6 +585,19 @@ impl Posting {
         self.on_scale(amount).to_string()
     }
 
+    /// Appends what [`Posting::format`] returns to `out`, without a
+    /// `String`.
+    pub fn write_amount(&self, out: &mut Vec<u8>, amount: Decimal) {
+        match self.currency {
+            Some(c) => crate::money::write_on_scale(out, amount, c.minor_units()),
+            None => {
+                use std::io::Write as _;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{amount}");
+            }
+        }
+    }
+
     /// The amount [`Posting::format`] prints, as a `Decimal` to write
     /// without a `String`.
     fn on_scale(&self, amount: Decimal) -> Decimal {

@@ -45,17 +45,17 @@
 //! earliest transaction date, so the transactions stream out in constant
 //! memory; only the set of accounts is kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 use crate::ledger::EntryType;
 use crate::registry::Column;
 
-use super::{ExportError, Row, Sink, timestamp};
+use super::{ExportError, Row, Sink, write_timestamp};
 use crate::records::DeliveryStatus;
 
 /// The account root and name of an entry type.
@@ -162,21 +162,51 @@ pub fn unexplained_account(registry_id: &str) -> String {
 /// and tabs as C escapes (beancount unescapes them), other control
 /// characters replaced by U+FFFD.
 pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push('\u{FFFD}'),
-            c => out.push(c),
+    let mut out = Vec::with_capacity(s.len() + 2);
+    push_quoted(&mut out, s);
+    // Only whole UTF-8 characters and ASCII were appended.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`quote`]`(s)` to `out`, without a `String`.
+fn push_quoted(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        // Printable ASCII without a quote or a backslash: as it is.
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        let mut utf8 = [0u8; 4];
+        for c in s.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                c if c.is_control() => out.extend_from_slice("\u{FFFD}".as_bytes()),
+                c => out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes()),
+            }
         }
     }
-    out.push('"');
-    out
+    out.push(b'"');
+}
+
+/// Appends a metadata line: `name` and the quoted `value`.
+fn meta(t: &mut Vec<u8>, name: &str, value: &str) {
+    t.extend_from_slice(name.as_bytes());
+    push_quoted(t, value);
+    t.push(b'\n');
+}
+
+/// Appends a metadata line: `name` and the quoted [`timestamp`] of `at`
+/// (its characters never need escaping).
+fn meta_time(t: &mut Vec<u8>, name: &str, at: OffsetDateTime) {
+    t.extend_from_slice(name.as_bytes());
+    t.push(b'"');
+    write_timestamp(t, at);
+    t.extend_from_slice(b"\"\n");
 }
 
 /// Who an account was made for: two different sources must never share one.
@@ -191,7 +221,34 @@ struct AccountSource {
 pub struct BeancountSink<W: Write> {
     out: W,
     accounts: BTreeMap<String, AccountSource>,
+    /// The account of each (registry, entry type, ledger code) met so far,
+    /// checked against [`Self::accounts`] when first made: one per account,
+    /// like it.
+    made: HashMap<String, RegistryAccounts>,
     first_date: Option<Date>,
+    /// The transaction being written, reused from posting to posting.
+    buf: Vec<u8>,
+    /// Its narration, likewise.
+    narration: String,
+}
+
+/// The accounts made for one registry's entries.
+#[derive(Debug, Default)]
+struct RegistryAccounts {
+    /// Of entries without a ledger code, by entry type.
+    plain: HashMap<EntryType, String>,
+    /// Of entries with one, by entry type and code.
+    coded: HashMap<EntryType, HashMap<String, String>>,
+}
+
+impl RegistryAccounts {
+    fn get(&self, t: EntryType, ledger_code: Option<&str>) -> Option<&str> {
+        match ledger_code {
+            None => self.plain.get(&t),
+            Some(c) => self.coded.get(&t).and_then(|m| m.get(c)),
+        }
+        .map(String::as_str)
+    }
 }
 
 impl<W: Write> BeancountSink<W> {
@@ -205,12 +262,54 @@ impl<W: Write> BeancountSink<W> {
         Ok(Self {
             out,
             accounts: BTreeMap::new(),
+            made: HashMap::new(),
             first_date: None,
+            buf: Vec::with_capacity(1024),
+            narration: String::new(),
         })
     }
 
     pub fn into_inner(self) -> W {
         self.out
+    }
+
+    /// Appends the [`account`] of an entry, made (and checked by
+    /// [`Self::use_account`]) the first time it is met.
+    fn push_account(
+        &mut self,
+        out: &mut Vec<u8>,
+        registry_id: &str,
+        t: EntryType,
+        ledger_code: Option<&str>,
+    ) -> Result<(), ExportError> {
+        if let Some(acc) = self
+            .made
+            .get(registry_id)
+            .and_then(|r| r.get(t, ledger_code))
+        {
+            out.extend_from_slice(acc.as_bytes());
+            return Ok(());
+        }
+        let acc = account(registry_id, t, ledger_code);
+        self.use_account(
+            &acc,
+            AccountSource {
+                registry_id: registry_id.to_owned(),
+                kind: t.as_str(),
+                ledger_code: ledger_code.map(str::to_owned),
+            },
+        )?;
+        out.extend_from_slice(acc.as_bytes());
+        let made = self.made.entry(registry_id.to_owned()).or_default();
+        match ledger_code {
+            None => {
+                made.plain.insert(t, acc);
+            }
+            Some(c) => {
+                made.coded.entry(t).or_default().insert(c.to_owned(), acc);
+            }
+        }
+        Ok(())
     }
 
     fn use_account(&mut self, account: &str, source: AccountSource) -> Result<(), ExportError> {
@@ -254,66 +353,74 @@ impl<W: Write> Sink for BeancountSink<W> {
         } else {
             '!'
         };
-        let narration = format!(
-            "{} of order {}, posting {}",
-            p.event_type.as_str(),
-            p.order_id,
-            p.seq
-        );
-        let mut t = String::with_capacity(512 + 256 * p.entries.len());
-        use std::fmt::Write as _;
-        // Writing to a String cannot fail.
-        let _ = writeln!(t, "{date} {flag} {}", quote(&narration));
-        let key = quote(&p.idempotency_key.to_string());
-        let _ = writeln!(t, "  posting_id: {key}");
-        let _ = writeln!(t, "  idempotency_key: {key}");
-        let _ = writeln!(t, "  registry_id: {}", quote(&p.registry_id));
-        let _ = writeln!(t, "  order_id: {}", quote(p.order_id.as_str()));
+        // The transaction is written into one buffer reused from posting
+        // to posting (no allocation per line or field once it has grown).
+        // Writing into a Vec cannot fail.
+        let mut t = std::mem::take(&mut self.buf);
+        t.clear();
+        let mut narration = std::mem::take(&mut self.narration);
+        narration.clear();
+        {
+            use std::fmt::Write as _;
+            let _ = write!(
+                narration,
+                "{} of order {}, posting {}",
+                p.event_type.as_str(),
+                p.order_id,
+                p.seq
+            );
+        }
+        let _ = write!(t, "{date} {flag} ");
+        push_quoted(&mut t, &narration);
+        t.push(b'\n');
+        self.narration = narration;
+        let _ = writeln!(t, "  posting_id: \"{}\"", p.idempotency_key);
+        let _ = writeln!(t, "  idempotency_key: \"{}\"", p.idempotency_key);
+        meta(&mut t, "  registry_id: ", &p.registry_id);
+        meta(&mut t, "  order_id: ", p.order_id.as_str());
         let _ = writeln!(t, "  seq: {}", p.seq);
-        let _ = writeln!(t, "  event_id: {}", quote(&p.event_id));
-        let _ = writeln!(t, "  event_type: {}", quote(p.event_type.as_str()));
-        let _ = writeln!(t, "  occurred_at: {}", quote(&timestamp(p.occurred_at)));
-        let _ = writeln!(t, "  posted_at: {}", quote(&timestamp(row.posted_at)));
-        let _ = writeln!(t, "  delivery_status: {}", quote(d.status.as_str()));
+        meta(&mut t, "  event_id: ", &p.event_id);
+        meta(&mut t, "  event_type: ", p.event_type.as_str());
+        meta_time(&mut t, "  occurred_at: ", p.occurred_at);
+        meta_time(&mut t, "  posted_at: ", row.posted_at);
+        meta(&mut t, "  delivery_status: ", d.status.as_str());
         if let Some(at) = d.delivered_at {
-            let _ = writeln!(t, "  delivered_at: {}", quote(&timestamp(at)));
+            meta_time(&mut t, "  delivered_at: ", at);
         }
         let _ = writeln!(t, "  attempts: {}", d.attempts);
         if let Some(s) = d.http_status {
             let _ = writeln!(t, "  http_status: {s}");
         }
         if p.filtered {
-            let _ = writeln!(t, "  filtered: TRUE");
+            t.extend_from_slice(b"  filtered: TRUE\n");
         }
         if unexplained {
-            let _ = writeln!(t, "  unexplained_imbalance: TRUE");
+            t.extend_from_slice(b"  unexplained_imbalance: TRUE\n");
         }
-        let code = currency.map(|c| c.code().to_owned()).unwrap_or_default();
+        let code = currency.as_ref().map_or("", |c| c.code());
         for e in &p.entries {
-            let acc = account(
+            t.extend_from_slice(b"  ");
+            self.push_account(
+                &mut t,
                 &p.registry_id,
                 e.key.entry_type,
                 e.key.ledger_code.as_deref(),
-            );
-            self.use_account(
-                &acc,
-                AccountSource {
-                    registry_id: p.registry_id.clone(),
-                    kind: e.key.entry_type.as_str(),
-                    ledger_code: e.key.ledger_code.as_deref().map(str::to_owned),
-                },
             )?;
-            let _ = writeln!(t, "  {acc}  {} {code}", p.format(e.amount));
-            let _ = writeln!(t, "    entry_type: {}", quote(e.key.entry_type.as_str()));
-            let _ = writeln!(t, "    description: {}", quote(&e.key.description));
+            t.extend_from_slice(b"  ");
+            p.write_amount(&mut t, e.amount);
+            let _ = writeln!(t, " {code}");
+            meta(&mut t, "    entry_type: ", e.key.entry_type.as_str());
+            meta(&mut t, "    description: ", &e.key.description);
             let _ = writeln!(t, "    quantity: {}", e.quantity);
             if let Some(c) = &e.key.ledger_code {
-                let _ = writeln!(t, "    ledger_code: {}", quote(c));
+                meta(&mut t, "    ledger_code: ", c);
             }
             // Group columns; currency is already on the amount.
             for (col, v) in &e.key.columns {
                 if let (false, Some(v)) = (*col == Column::Currency, v) {
-                    let _ = writeln!(t, "    {}: {}", col.as_str(), quote(v));
+                    let _ = write!(t, "    {}: ", col.as_str());
+                    push_quoted(&mut t, v);
+                    t.push(b'\n');
                 }
             }
         }
@@ -335,10 +442,14 @@ impl<W: Write> Sink for BeancountSink<W> {
                     ledger_code: None,
                 },
             )?;
-            let _ = writeln!(t, "  {acc}  {} {code}", p.format(-sum));
+            let _ = write!(t, "  {acc}  ");
+            p.write_amount(&mut t, -sum);
+            let _ = writeln!(t, " {code}");
         }
-        t.push('\n');
-        self.out.write_all(t.as_bytes())?;
+        t.push(b'\n');
+        let written = self.out.write_all(&t);
+        self.buf = t;
+        written?;
         Ok(p.entries.len() as u64)
     }
 

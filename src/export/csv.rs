@@ -31,12 +31,14 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::ops::Range;
 
 use rust_decimal::Decimal;
 
+use crate::money;
 use crate::registry::Column;
 
-use super::{ExportError, Row, Sink, timestamp};
+use super::{ExportError, Row, Sink, write_timestamp};
 
 /// The group columns of the CSV, in header order: every column but
 /// `currency`, in [`Column::ALL`] order.
@@ -96,6 +98,15 @@ pub fn unescape_text(s: &str) -> &str {
 /// Writes the CSV.
 pub struct CsvSink<W: Write> {
     out: ::csv::Writer<W>,
+    /// The texts made for the posting at hand, reused from one to the next.
+    scratch: Vec<u8>,
+}
+
+/// Appends what `write` writes to `s`; returns where it is.
+fn put(s: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+    let start = s.len();
+    write(s);
+    start..s.len()
 }
 
 impl<W: Write> CsvSink<W> {
@@ -106,7 +117,10 @@ impl<W: Write> CsvSink<W> {
             .quote_style(::csv::QuoteStyle::Necessary)
             .from_writer(out);
         out.write_record(HEADER).map_err(csv_error)?;
-        Ok(Self { out })
+        Ok(Self {
+            out,
+            scratch: Vec::with_capacity(256),
+        })
     }
 
     /// The underlying writer (after [`Sink::finish`]).
@@ -127,21 +141,40 @@ fn csv_error(e: ::csv::Error) -> ExportError {
 impl<W: Write> Sink for CsvSink<W> {
     fn posting(&mut self, row: &Row<'_>) -> Result<u64, ExportError> {
         let p = row.posting;
-        let posting_id = p.idempotency_key.to_string();
-        let posted_at = timestamp(row.posted_at);
-        let seq = p.seq.to_string();
-        let currency = p.currency.map(|c| c.code().to_owned()).unwrap_or_default();
         let d = &row.delivery;
-        let delivered_at = d.delivered_at.map(timestamp).unwrap_or_default();
-        let attempts = d.attempts.to_string();
-        let http_status = d.http_status.map(|s| s.to_string()).unwrap_or_default();
+        // Every text the export makes for this posting (ids, times,
+        // numbers) goes into one reused buffer, its fields borrowed from
+        // it: no allocation per posting or row once it has grown.
+        let s = &mut self.scratch;
+        s.clear();
+        // Writing into a Vec cannot fail.
+        let posting_id = put(s, |s| {
+            let _ = write!(s, "{}", p.idempotency_key);
+        });
+        let posted_at = put(s, |s| write_timestamp(s, row.posted_at));
+        let seq = put(s, |s| money::write_unsigned(s, p.seq));
+        let delivered_at = put(s, |s| {
+            if let Some(at) = d.delivered_at {
+                write_timestamp(s, at);
+            }
+        });
+        let attempts = put(s, |s| money::write_unsigned(s, u64::from(d.attempts)));
+        let http_status = put(s, |s| {
+            if let Some(status) = d.http_status {
+                money::write_unsigned(s, u64::from(status));
+            }
+        });
+        let posting_end = s.len();
+        let currency = p.currency.as_ref().map_or("", |c| c.code());
         let registry_id = escape_text(&p.registry_id);
         let order_id = escape_text(p.order_id.as_str());
         let event_id = escape_text(&p.event_id);
         for e in &p.entries {
+            s.truncate(posting_end);
             let (debit, credit) = (e.amount.max(Decimal::ZERO), (-e.amount).max(Decimal::ZERO));
-            let (debit, credit) = (p.format(debit), p.format(credit));
-            let quantity = e.quantity.to_string();
+            let debit = put(s, |s| p.write_amount(s, debit));
+            let credit = put(s, |s| p.write_amount(s, credit));
+            let quantity = put(s, |s| money::write_integer(s, e.quantity));
             let groups: [Cow<'_, str>; GROUP_COLUMNS.len()] = GROUP_COLUMNS.map(|c| {
                 e.key
                     .columns
@@ -153,33 +186,34 @@ impl<W: Write> Sink for CsvSink<W> {
             });
             let ledger_code = escape_text(e.key.ledger_code.as_deref().unwrap_or(""));
             let description = escape_text(&e.key.description);
-            let head: [&str; 14] = [
-                posting_id.as_str(),
-                posted_at.as_str(),
-                &registry_id,
-                &order_id,
-                seq.as_str(),
-                &event_id,
-                p.event_type.as_str(),
-                e.key.entry_type.as_str(),
-                &ledger_code,
-                &description,
-                currency.as_str(),
-                quantity.as_str(),
-                debit.as_str(),
-                credit.as_str(),
+            let s: &[u8] = s;
+            let head: [&[u8]; 14] = [
+                &s[posting_id.clone()],
+                &s[posted_at.clone()],
+                registry_id.as_bytes(),
+                order_id.as_bytes(),
+                &s[seq.clone()],
+                event_id.as_bytes(),
+                p.event_type.as_str().as_bytes(),
+                e.key.entry_type.as_str().as_bytes(),
+                ledger_code.as_bytes(),
+                description.as_bytes(),
+                currency.as_bytes(),
+                &s[quantity],
+                &s[debit],
+                &s[credit],
             ];
-            let tail = [
-                d.status.as_str(),
-                delivered_at.as_str(),
-                attempts.as_str(),
-                http_status.as_str(),
+            let tail: [&[u8]; 4] = [
+                d.status.as_str().as_bytes(),
+                &s[delivered_at.clone()],
+                &s[attempts.clone()],
+                &s[http_status.clone()],
             ];
             debug_assert_eq!(head.len() + groups.len() + tail.len(), HEADER.len());
             // One record, its fields borrowed: no vector per entry.
             let record = head
                 .into_iter()
-                .chain(groups.iter().map(|g| &**g))
+                .chain(groups.iter().map(|g| g.as_bytes()))
                 .chain(tail);
             self.out.write_record(record).map_err(csv_error)?;
         }

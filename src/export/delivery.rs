@@ -1,11 +1,12 @@
 //! Delivery state of the postings of one order, read on its own from
 //! `ledger.deliveries.<R>.<O>`.
 //!
-//! The dispatcher appends one [`DeliveryRecord`] per attempt to the subject of
+//! The dispatcher appends one [`DeliveryRecord`](crate::records::DeliveryRecord) per attempt to the subject of
 //! the (registry, order), in attempt order, and delivers strictly FIFO per
 //! (registry, order). So everything the export needs about every posting of
 //! an order is on one subject: [`fetch_order`] reads it with the batched
-//! Direct Get client ([`crate::streams::direct`]), and folds the records into
+//! Direct Get client ([`crate::streams::direct`]), and folds the records (read
+//! as [`DeliveryRecordView`]s, borrowed from the replies) into
 //! a small per-seq summary ([`SeqDeliveries`], the one fold in
 //! [`crate::records`]). The records themselves are never kept.
 //!
@@ -19,8 +20,7 @@
 
 use std::time::Duration;
 
-use crate::records::DeliveryRecord;
-use crate::records::SeqDeliveries;
+use crate::records::{DeliveryRecordView, SeqDeliveries};
 use crate::streams::direct::{DirectGet, SharedInbox};
 use crate::streams::{LEDGER_STREAM, subjects};
 
@@ -79,7 +79,7 @@ async fn fetch_order_on(
             Ok(None) => break,
             Err(source) => return Err(ExportError::DirectGet { subject, source }),
         };
-        let record: DeliveryRecord =
+        let record: DeliveryRecordView<'_> =
             serde_json::from_slice(m.payload()).map_err(|source| ExportError::Decode {
                 stream_seq: m.seq,
                 subject: subject.clone(),
@@ -94,7 +94,7 @@ async fn fetch_order_on(
                 ),
             });
         }
-        out.apply(&record);
+        out.apply_view(&record);
     }
     out.shrink_to_fit();
     Ok(out)

@@ -36,7 +36,9 @@ use std::collections::{HashMap, VecDeque};
 use time::OffsetDateTime;
 
 use crate::posting::Posting;
-use crate::records::{DeliveryRecord, SeqDeliveries, SeqDelivery, StoredPosting};
+#[cfg(test)]
+use crate::records::DeliveryRecord;
+use crate::records::{DeliveryRecordView, SeqDeliveries, SeqDelivery, StoredPosting};
 use crate::streams::subjects;
 
 use super::ExportError;
@@ -219,15 +221,40 @@ impl Join {
             .is_some_and(|e| e.state != State::Complete)
     }
 
-    /// A delivery record of order `key` read at `stream_seq`; `None` for
-    /// one not wanted (only the position counts).
+    /// [`Self::record_view`] for a whole record (the tests build those).
+    #[cfg(test)]
     pub fn record(&mut self, key: &str, stream_seq: u64, record: Option<&DeliveryRecord>) {
+        self.fold(
+            key,
+            stream_seq,
+            record.map(|r| |d: &mut SeqDeliveries| d.apply(r)),
+        );
+    }
+
+    /// A delivery record of order `key` read at `stream_seq`, as a view
+    /// (records are folded, never kept); `None` for one not wanted (only
+    /// the position counts).
+    pub fn record_view(
+        &mut self,
+        key: &str,
+        stream_seq: u64,
+        record: Option<&DeliveryRecordView<'_>>,
+    ) {
+        self.fold(
+            key,
+            stream_seq,
+            record.map(|r| |d: &mut SeqDeliveries| d.apply_view(r)),
+        );
+    }
+
+    /// Folds a record of order `key` read at `stream_seq` in, by `apply`.
+    fn fold(&mut self, key: &str, stream_seq: u64, apply: Option<impl FnOnce(&mut SeqDeliveries)>) {
         self.advance(stream_seq);
-        let Some(record) = record else { return };
+        let Some(apply) = apply else { return };
         if let Some(e) = self.entries.get_mut(key)
             && e.state != State::Complete
         {
-            e.deliveries.apply(record);
+            apply(&mut e.deliveries);
             if e.state == State::LastAt(stream_seq) {
                 e.state = State::Complete;
             }

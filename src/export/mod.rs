@@ -51,7 +51,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::posting::Posting;
-use crate::records::{DeliveryRecord, SeqDelivery};
+use crate::records::{DeliveryRecordView, SeqDelivery};
 use crate::streams::direct::{self, SharedInbox};
 use crate::streams::{LEDGER_STREAM, subjects};
 
@@ -177,6 +177,19 @@ pub fn timestamp(t: OffsetDateTime) -> String {
         // Every UTC time between years 0 and 9999 formats; LEDGER and
         // delivery times are server clock readings, well inside.
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Appends [`timestamp`]`(t)` to `out`, without a `String`.
+pub fn write_timestamp(out: &mut Vec<u8>, t: OffsetDateTime) {
+    let start = out.len();
+    if t.to_offset(time::UtcOffset::UTC)
+        .format_into(out, &Rfc3339)
+        .is_err()
+    {
+        // As timestamp(): never expected (see there).
+        out.truncate(start);
+        out.extend_from_slice(t.unix_timestamp().to_string().as_bytes());
+    }
 }
 
 /// True for a valid registry id (what may appear in a subject token).
@@ -562,7 +575,7 @@ impl Joiner<'_> {
                 } else {
                     None
                 };
-                self.join.record(key, stream_seq, record.as_ref());
+                self.join.record_view(key, stream_seq, record.as_ref());
             }
             _ if subject.starts_with("ledger.postings.") => {
                 // Not an order's subject: what it holds says whose it is.
@@ -595,13 +608,13 @@ impl Joiner<'_> {
 }
 
 /// A delivery record of order `key` read at `stream_seq` on `subject`.
-fn decode_record(
-    payload: &[u8],
+fn decode_record<'a>(
+    payload: &'a [u8],
     subject: &str,
     key: &str,
     stream_seq: u64,
-) -> Result<DeliveryRecord, ExportError> {
-    let record: DeliveryRecord =
+) -> Result<DeliveryRecordView<'a>, ExportError> {
+    let record: DeliveryRecordView<'a> =
         serde_json::from_slice(payload).map_err(|source| ExportError::Decode {
             stream_seq,
             subject: subject.to_owned(),

@@ -9,6 +9,8 @@
 //! it, per posting ([`SeqDeliveries`]), used by the dispatcher's views, the
 //! export, the admin API and the CLI.
 
+use std::borrow::Cow;
+
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -176,6 +178,75 @@ pub struct DeliveryRecord {
     pub at: OffsetDateTime,
 }
 
+/// A [`DeliveryRecord`] read without copying its texts out of the stored
+/// JSON (they are borrowed unless escaped): for readers that fold records
+/// ([`SeqDeliveries::apply_view`]) and never keep them, like the export.
+/// The same fields with the same types as [`DeliveryRecord`], so it accepts
+/// exactly the records that one does.
+#[derive(Debug, Deserialize)]
+pub struct DeliveryRecordView<'a> {
+    #[serde(borrow)]
+    pub registry_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub order_id: Cow<'a, str>,
+    pub seq: u64,
+    pub idempotency_key: Uuid,
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    pub duration_ms: u64,
+    #[serde(default, borrow)]
+    pub error: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub response_excerpt: Option<Cow<'a, str>>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl DeliveryRecord {
+    /// What the fold of [`SeqDeliveries`] reads of it.
+    fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            seq: self.seq,
+            attempt: self.attempt,
+            outcome: self.outcome,
+            http_status: self.http_status,
+            error: self.error.as_deref(),
+            next_attempt_at: self.next_attempt_at,
+            at: self.at,
+        }
+    }
+}
+
+impl DeliveryRecordView<'_> {
+    /// What the fold of [`SeqDeliveries`] reads of it.
+    fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            seq: self.seq,
+            attempt: self.attempt,
+            outcome: self.outcome,
+            http_status: self.http_status,
+            error: self.error.as_deref(),
+            next_attempt_at: self.next_attempt_at,
+            at: self.at,
+        }
+    }
+}
+
+/// One attempt as the fold reads it, from a record or a view of one.
+struct Attempt<'a> {
+    seq: u64,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    http_status: Option<u16>,
+    error: Option<&'a str>,
+    next_attempt_at: Option<OffsetDateTime>,
+    at: OffsetDateTime,
+}
+
 /// Where a posting (or, in `deliveries list`, an order) stands with its
 /// receiver: the one model of delivery status. Its words ([`Self::as_str`],
 /// and the same in JSON) are what users see in the export's
@@ -250,11 +321,21 @@ impl SeqDelivery {
 
     /// Applies the next attempt of this posting.
     pub fn apply(&mut self, r: &DeliveryRecord) {
+        self.apply_attempt(&r.attempt());
+    }
+
+    fn apply_attempt(&mut self, r: &Attempt<'_>) {
         self.attempts = self.attempts.saturating_add(1);
         self.highest_attempt = self.highest_attempt.max(r.attempt);
         self.status = r.outcome.into();
         self.http_status = r.http_status;
-        self.last_error.clone_from(&r.error);
+        match (r.error, &mut self.last_error) {
+            (Some(e), Some(kept)) => {
+                kept.clear();
+                kept.push_str(e);
+            }
+            (e, kept) => *kept = e.map(str::to_owned),
+        }
         self.next_attempt_at = r.next_attempt_at;
         if r.outcome == AttemptOutcome::Delivered {
             self.delivered_at = Some(r.at);
@@ -273,6 +354,15 @@ pub struct SeqDeliveries {
 impl SeqDeliveries {
     /// Folds the next record (in stream order) in.
     pub fn apply(&mut self, r: &DeliveryRecord) {
+        self.apply_attempt(&r.attempt());
+    }
+
+    /// [`Self::apply`] for a record read as a view: the same fold.
+    pub fn apply_view(&mut self, r: &DeliveryRecordView<'_>) {
+        self.apply_attempt(&r.attempt());
+    }
+
+    fn apply_attempt(&mut self, r: &Attempt<'_>) {
         let i = match self.by_seq.binary_search_by_key(&r.seq, |(s, _)| *s) {
             Ok(i) => i,
             Err(i) => {
@@ -280,7 +370,7 @@ impl SeqDeliveries {
                 i
             }
         };
-        self.by_seq[i].1.apply(r);
+        self.by_seq[i].1.apply_attempt(r);
     }
 
     /// The state of posting `seq`: pending when nothing was recorded.
@@ -432,6 +522,39 @@ mod tests {
         assert_eq!(s.attempts, 2);
         assert_eq!(s.last_error.as_deref(), Some("attempt 2 failed"));
         assert_eq!(s.next_attempt_at, Some(datetime!(2026-11-22 10:05:00 UTC)));
+    }
+
+    /// A record read as a view folds exactly as the record does, and the
+    /// view accepts and refuses the same JSON.
+    #[test]
+    fn a_view_of_a_record_folds_as_the_record_and_reads_the_same_json() {
+        let records = [
+            attempt(1, 1, AttemptOutcome::Retrying, Some(503)),
+            attempt(1, 2, AttemptOutcome::Retrying, None),
+            attempt(1, 3, AttemptOutcome::Delivered, Some(200)),
+            attempt(2, 1, AttemptOutcome::Retrying, Some(500)),
+            attempt(2, 2, AttemptOutcome::Dead, Some(422)),
+        ];
+        let (mut whole, mut viewed) = (SeqDeliveries::default(), SeqDeliveries::default());
+        for mut r in records {
+            // An escaped text is copied, not borrowed: the same either way.
+            r.error = r.error.map(|e| format!("{e} \"quoted\" \u{e9}"));
+            r.response_excerpt = Some("<html>".into());
+            let json = serde_json::to_vec(&r).unwrap();
+            whole.apply(&serde_json::from_slice(&json).unwrap());
+            let view: DeliveryRecordView<'_> = serde_json::from_slice(&json).unwrap();
+            assert_eq!((&*view.registry_id, &*view.order_id), ("r", "o"));
+            viewed.apply_view(&view);
+        }
+        assert_eq!(viewed, whole);
+        assert!(whole.get(2).last_error.is_none());
+        for bad in [
+            r#"{"registry_id":"r","order_id":"o","seq":1,"attempt":1,"outcome":"dead","duration_ms":1,"at":"2026-11-22T10:00:00Z"}"#,
+            r#"{"registry_id":"r","order_id":"o","seq":1,"idempotency_key":"x","attempt":1,"outcome":"dead","duration_ms":1,"at":"2026-11-22T10:00:00Z"}"#,
+        ] {
+            assert!(serde_json::from_str::<DeliveryRecord>(bad).is_err());
+            assert!(serde_json::from_str::<DeliveryRecordView<'_>>(bad).is_err());
+        }
     }
 
     /// Attempt numbers run on across rounds; a lost record leaves a gap.
