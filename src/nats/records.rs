@@ -206,35 +206,28 @@ pub struct DeliveryRecordView<'a> {
     pub at: OffsetDateTime,
 }
 
-impl DeliveryRecord {
-    /// What the fold of [`SeqDeliveries`] reads of it.
-    fn attempt(&self) -> Attempt<'_> {
-        Attempt {
-            seq: self.seq,
-            attempt: self.attempt,
-            outcome: self.outcome,
-            http_status: self.http_status,
-            error: self.error.as_deref(),
-            next_attempt_at: self.next_attempt_at,
-            at: self.at,
+/// `attempt()`, what the fold of [`SeqDeliveries`] reads of a record, for
+/// the record and its borrowed view alike (the same fields).
+macro_rules! fold_attempt {
+    ($($record:ty),+) => {$(
+        impl $record {
+            /// What the fold of [`SeqDeliveries`] reads of it.
+            fn attempt(&self) -> Attempt<'_> {
+                Attempt {
+                    seq: self.seq,
+                    attempt: self.attempt,
+                    outcome: self.outcome,
+                    http_status: self.http_status,
+                    error: self.error.as_deref(),
+                    next_attempt_at: self.next_attempt_at,
+                    at: self.at,
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl DeliveryRecordView<'_> {
-    /// What the fold of [`SeqDeliveries`] reads of it.
-    fn attempt(&self) -> Attempt<'_> {
-        Attempt {
-            seq: self.seq,
-            attempt: self.attempt,
-            outcome: self.outcome,
-            http_status: self.http_status,
-            error: self.error.as_deref(),
-            next_attempt_at: self.next_attempt_at,
-            at: self.at,
-        }
-    }
-}
+fold_attempt!(DeliveryRecord, DeliveryRecordView<'_>);
 
 /// One attempt as the fold reads it, from a record or a view of one.
 struct Attempt<'a> {
