@@ -200,7 +200,7 @@ fn meta(t: &mut Vec<u8>, name: &str, value: &str) {
     t.push(b'\n');
 }
 
-/// Appends a metadata line: `name` and the quoted [`timestamp`] of `at`
+/// Appends a metadata line: `name` and the quoted [`timestamp`](super::timestamp) of `at`
 /// (its characters never need escaping).
 fn meta_time(t: &mut Vec<u8>, name: &str, at: OffsetDateTime) {
     t.extend_from_slice(name.as_bytes());
