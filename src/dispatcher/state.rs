@@ -15,8 +15,8 @@
 //! State is read with Direct Get (`allow_direct` is on): cheap, and on one
 //! server always current. In a cluster a replica may answer a little behind;
 //! that is safe because every write that moves an order forward (the next
-//! registry_data record) is guarded by `Nats-Expected-Last-Subject-Sequence`
-//! on the leader, and the body of posting n depends only on the stored
+//! registry_data record, and every delivery record) is guarded by
+//! `Nats-Expected-Last-Subject-Sequence` on the leader, and the body of posting n depends only on the stored
 //! registry_data of n − 1: a stale read can at worst send a posting again
 //! (or try a dead-lettered one once more) with its same key and body, never
 //! another body, never skip one.

@@ -35,7 +35,9 @@
 //! [`Worker::store_delivered`]), then the next posting; retryable → a `retrying` record naming the next
 //! attempt (schedule, jitter, `Retry-After`; dead when
 //! `max_attempts`/`max_age` end the round); permanent → alert, `dead`
-//! record, email.
+//! record, email. Every delivery record is guarded by the sequence of the
+//! order's last one: a worker with a stale state is refused and reads the
+//! order again ([`Worker::store_delivery`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -247,7 +249,8 @@ enum FindError {
 /// A record could not be stored.
 #[derive(Debug, thiserror::Error)]
 enum StoreError {
-    /// Another writer stored the order's registry_data first.
+    /// Another writer moved the order on first: a registry_data or
+    /// delivery record is stored after the last one this worker knows of.
     #[error("conflict")]
     Conflict,
     /// This instance lost its lease: it must not write.
@@ -589,6 +592,7 @@ impl Worker {
             Step::DeadLetterUnsendable { why, round } => {
                 match self.dead_letter_unsendable(&mut p, why, round).await {
                     Ok(()) => Flow::Continue(Box::new(p)),
+                    Err(StoreError::Conflict) => Flow::Reload,
                     Err(e) => {
                         warn!(error = %e, "cannot record an unsendable posting");
                         self.hand_back(Some(NATS_RETRY_DELAY)).await
@@ -614,7 +618,7 @@ impl Worker {
                     Ok(()) => Flow::Continue(Box::new(p)),
                     Err(StoreError::Conflict) => {
                         info!(registry_id = %self.registry_id(), order_id = %self.order_id,
-                              "registry_data written by another dispatcher; re-reading");
+                              "the order moved on behind this worker's back; re-reading");
                         Flow::Reload
                     }
                     Err(e) => {
@@ -936,7 +940,7 @@ impl Worker {
     ) -> Result<(), StoreError> {
         record.outcome = AttemptOutcome::Retrying;
         record.next_attempt_at = Some(at);
-        let dl_seq = self.store_delivery(&record, round).await?;
+        let dl_seq = self.store_delivery(p, &record, round).await?;
         metrics::counter!("ledgerline_deliveries_total",
             "registry" => record.registry_id.clone(), "outcome" => "retrying")
         .increment(1);
@@ -996,7 +1000,7 @@ impl Worker {
             None,
         )
         .await?;
-        let dl_seq = self.store_delivery(&record, round).await?;
+        let dl_seq = self.store_delivery(p, &record, round).await?;
         metrics::counter!("ledgerline_deliveries_total",
             "registry" => record.registry_id.clone(), "outcome" => "dead")
         .increment(1);
@@ -1077,8 +1081,17 @@ impl Worker {
     /// Stores a `retrying` or `dead` record, its pair written to the
     /// dead-letter index first ([`super::index`]: the index may name a pair
     /// whose record a crash lost, never miss one whose record is stored).
+    /// Stores a `retrying` or `dead` record of the posting `p` is at,
+    /// guarded like the `delivered` one ([`Self::store_delivered`]) by the
+    /// expected last subject sequence of the order's last delivery record:
+    /// a worker whose state is stale (a lagging replica's read, a kept
+    /// state someone else moved on) is refused ([`StoreError::Conflict`])
+    /// and reads the order again, instead of storing a failed attempt
+    /// behind a record it has not seen (a `delivered` one of the same
+    /// posting, which a stale worker would have sent again).
     async fn store_delivery(
         &self,
+        p: &Progress,
         record: &DeliveryRecord,
         round: Round,
     ) -> Result<u64, StoreError> {
@@ -1098,7 +1111,7 @@ impl Worker {
                 delivery_msg_id(record),
                 round_headers(round),
                 record,
-                None,
+                Some(p.last_delivery.as_ref().map_or(0, |l| l.stream_seq)),
             )
             .await?;
         delivery_stored(stored)

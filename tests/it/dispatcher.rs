@@ -1947,6 +1947,87 @@ async fn a_stale_kept_state_is_refused_by_the_guard_and_read_again() {
     d.stop().await;
 }
 
+/// A failed attempt is guarded like a delivery: a worker whose kept state
+/// is stale (posting 2 delivered by "another dispatcher" behind its back)
+/// sends posting 2 again, the receiver fails it, and the `retrying` record
+/// it would store lands behind posting 2's `delivered` record. The guard
+/// refuses it; the worker reads the order again and goes on with posting
+/// 3, and posting 2's `delivered` record stays its last.
+#[tokio::test]
+async fn a_stale_worker_never_stores_a_failed_attempt_behind_a_delivery() {
+    let (nats, rx, postings, mut publisher, d) = order_with_posting_1_delivered("o-lag").await;
+    let second = &postings[1];
+    let rd_subject = store_theirs_next(&nats, second).await;
+    let dl_subject = subjects::deliveries("books", "o-lag");
+    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
+    let last_dl = ledger
+        .direct_get_last_for_subject(dl_subject.as_str())
+        .await
+        .unwrap()
+        .sequence;
+    // Theirs took two attempts: its message id is not the stale worker's.
+    let theirs = DeliveryRecord {
+        registry_id: "books".to_owned(),
+        order_id: "o-lag".to_owned(),
+        seq: 2,
+        idempotency_key: second.idempotency_key,
+        attempt: 2,
+        outcome: AttemptOutcome::Delivered,
+        http_status: Some(200),
+        duration_ms: 1,
+        error: None,
+        response_excerpt: None,
+        next_attempt_at: None,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    let id = format!("delivery:{}:2", second.idempotency_key);
+    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
+    publish_acked(&nats.js, &dl_subject, &id, Some((guard, last_dl)), &theirs).await;
+    rx.set_failure(FailureMode {
+        status: Some(500),
+        ..FailureMode::default()
+    })
+    .unwrap();
+    publisher.publish(&postings[1..]).await;
+    let key = |i: usize| postings[i].idempotency_key.to_string();
+    support::eventually(
+        "posting 3 attempted and its failure stored",
+        Duration::from_secs(15),
+        || async {
+            let records: Vec<DeliveryRecord> = stored(&nats, &dl_subject).await;
+            records.iter().any(|r| r.seq == 3)
+        },
+    )
+    .await;
+    let sent: Vec<String> = rx
+        .received()
+        .into_iter()
+        .filter_map(|r| r.idempotency_key)
+        .collect();
+    assert!(
+        sent.contains(&key(1)),
+        "the stale worker sent posting 2 again"
+    );
+    let records: Vec<DeliveryRecord> = stored(&nats, &dl_subject).await;
+    let after_theirs: Vec<(u64, AttemptOutcome)> = records
+        .iter()
+        .skip_while(|r| r.seq != 2)
+        .map(|r| (r.seq, r.outcome))
+        .collect();
+    assert_eq!(
+        after_theirs.first(),
+        Some(&(2, AttemptOutcome::Delivered)),
+        "{records:?}"
+    );
+    assert!(
+        after_theirs[1..].iter().all(|(seq, _)| *seq == 3),
+        "nothing of posting 2 after its delivery: {records:?}"
+    );
+    let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
+    assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    d.stop().await;
+}
+
 /// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
 fn signal(pid: &str, signal: &str) {
     let status = std::process::Command::new("kill")
