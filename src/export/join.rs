@@ -9,8 +9,13 @@
 //! posting's records pass by after it. The join holds each posting in a
 //! window, folds the records of the held postings' orders as they pass
 //! ([`SeqDeliveries`], the same fold as everywhere else), and lets the
-//! postings go in stream order, each once its order is **complete**:
+//! postings go in stream order, each once its state at S is known:
 //!
+//! - its own `delivered` record has passed: the fold of a posting ends at
+//!   its delivery ([`SeqDelivery`]), so nothing after it can change its
+//!   row. This is how nearly every posting of a healthy ledger goes,
+//!   without a question to the server;
+//! - or its order is **complete**:
 //! - the consumer has passed the order's last delivery record at S, or the
 //!   order has none at S. Where that record lies is asked of the server
 //!   for a batch of orders at a time (one multi-last Direct Get,
@@ -26,10 +31,15 @@
 //! Whichever way, a posting's delivery state is the fold of every record of
 //! its order up to S: the same answer the per-order read gives.
 //!
+//! Where an order's last record lies is asked only for postings still
+//! held when the window is a quarter full ([`Join::should_ask`]): most
+//! postings have gone by their `delivered` record before then.
+//!
 //! Memory: at most [`JoinLimits::postings`] postings and
-//! [`JoinLimits::bytes`] of their stored JSON are held (copied out of the
-//! consumer's buffers, so nothing else is pinned), plus one small fold per
-//! order with a held posting: bounded by the limits, never by LEDGER.
+//! [`JoinLimits::bytes`] of their stored JSON are held (decoded as they
+//! are read, so nothing of the consumer's buffers is pinned), plus one
+//! small fold per order with a held posting: bounded by the limits, never
+//! by LEDGER.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -70,14 +80,17 @@ impl Default for JoinLimits {
     }
 }
 
-/// A posting read and held, not decoded yet.
+/// A posting read and held, decoded (or why not: the error is reported
+/// when the posting's turn comes, after every posting before it).
 #[derive(Debug)]
 struct Held {
     /// `<R>.<O>`: the order's key, the tail of its subjects.
     key: Box<str>,
     stream_seq: u64,
     posted_at: OffsetDateTime,
-    payload: Box<[u8]>,
+    /// Bytes of its stored JSON (what the window's byte limit counts).
+    size: usize,
+    posting: Result<Posting, serde_json::Error>,
 }
 
 /// Where the join stands on the delivery records of one order.
@@ -208,8 +221,16 @@ impl Join {
             key: key.into(),
             stream_seq,
             posted_at,
-            payload: payload.into(),
+            size: payload.len(),
+            posting: decode_posting(payload),
         });
+    }
+
+    /// True when where the held orders' last records lie is worth asking:
+    /// the window is a quarter full (by postings or bytes), so its oldest
+    /// postings' `delivered` records have not come within that distance.
+    pub fn should_ask(&self) -> bool {
+        self.window.len() >= self.limits.postings / 4 || self.bytes >= self.limits.bytes / 4
     }
 
     /// True when a delivery record of order `key` is still wanted (a
@@ -326,11 +347,15 @@ impl Join {
         let Some(h) = self.window.front() else {
             return Front::Empty;
         };
-        match self.entries.get(&h.key).map(|e| e.state) {
-            Some(State::Complete) | None => Front::Ready,
-            Some(State::Unasked) => Front::Unasked,
-            Some(State::Asked) => Front::Asked,
-            Some(State::LastAt(_)) => Front::Ahead,
+        let Some(e) = self.entries.get(&h.key) else {
+            return Front::Ready;
+        };
+        match (&h.posting, e.state) {
+            (_, State::Complete) | (Err(_), _) => Front::Ready,
+            (Ok(p), _) if e.deliveries.is_delivered(p.seq) => Front::Ready,
+            (_, State::Unasked) => Front::Unasked,
+            (_, State::Asked) => Front::Asked,
+            (_, State::LastAt(_)) => Front::Ahead,
         }
     }
 
@@ -372,8 +397,8 @@ impl Join {
         let Some(h) = self.window.pop_front() else {
             return Ok(None);
         };
-        self.bytes -= h.payload.len();
-        let posting = decode_posting(&h.payload).map_err(|source| ExportError::Decode {
+        self.bytes -= h.size;
+        let posting = h.posting.map_err(|source| ExportError::Decode {
             stream_seq: h.stream_seq,
             subject: posting_subject(&h.key),
             source,
@@ -386,8 +411,12 @@ impl Join {
             }
             None => (SeqDelivery::PENDING, 0),
         };
-        if left == 0 {
-            self.entries.remove(&h.key);
+        if left == 0
+            && let Some(e) = self.entries.remove(&h.key)
+            && e.state == State::Unasked
+        {
+            // It went by its `delivered` record before it was asked about.
+            self.unasked -= 1;
         }
         Ok(Some(Joined {
             posting,
@@ -522,6 +551,56 @@ mod tests {
         popped(&mut j, "a", 1, DeliveryStatus::Delivered, 2);
         assert!(j.is_empty());
         assert_eq!(j.front(), Front::Empty);
+    }
+
+    #[test]
+    fn a_delivered_posting_goes_at_its_delivered_record_without_a_question() {
+        let mut j = Join::new(JoinLimits::DEFAULT);
+        hold(&mut j, "a", 1, 1);
+        hold(&mut j, "a", 2, 2);
+        hold(&mut j, "b", 3, 1);
+        assert_eq!(j.unasked(), 2);
+        j.record("r.a", 4, Some(&record("a", 1, 1, AttemptOutcome::Retrying)));
+        assert_eq!(j.front(), Front::Unasked, "retrying is not final");
+        j.record(
+            "r.a",
+            5,
+            Some(&record("a", 1, 2, AttemptOutcome::Delivered)),
+        );
+        popped(&mut j, "a", 1, DeliveryStatus::Delivered, 2);
+        assert_eq!(j.front(), Front::Unasked, "a's posting 2 has no record yet");
+        j.record(
+            "r.a",
+            6,
+            Some(&record("a", 2, 1, AttemptOutcome::Delivered)),
+        );
+        popped(&mut j, "a", 2, DeliveryStatus::Delivered, 1);
+        // a left the window unasked: only b is left to ask about.
+        assert_eq!(j.unasked(), 1);
+        assert_eq!(j.questions(10), vec![Box::from("r.b")]);
+        assert_eq!(j.unasked(), 0);
+        j.answer(&[Box::from("r.b")], |_| None);
+        popped(&mut j, "b", 1, DeliveryStatus::Pending, 0);
+        assert!(j.is_empty());
+    }
+
+    #[test]
+    fn questions_are_worth_asking_from_a_quarter_full_window() {
+        let mut j = Join::new(JoinLimits {
+            postings: 8,
+            bytes: 1 << 20,
+        });
+        hold(&mut j, "a", 1, 1);
+        assert!(!j.should_ask());
+        hold(&mut j, "b", 2, 1);
+        assert!(j.should_ask(), "2 of 8 postings");
+        let size = payload("r", "a", 1).len();
+        let mut j = Join::new(JoinLimits {
+            postings: 1000,
+            bytes: 4 * size,
+        });
+        hold(&mut j, "a", 1, 1);
+        assert!(j.should_ask(), "a quarter of the bytes");
     }
 
     #[test]

@@ -452,8 +452,14 @@ impl Joiner<'_> {
 
     /// Asks where the last delivery records of the held orders lie, a
     /// batch at a time, keeping one request in flight whenever there is
-    /// anything to ask.
+    /// anything to ask, once the window is a quarter full or the consumer
+    /// has stopped reading ([`Join::should_ask`]).
     fn ask(&mut self) {
+        // While the consumer reads and the window has room, most postings
+        // go by their own `delivered` record: nothing to ask yet.
+        if self.reading == Reading::Open && !self.join.should_ask() {
+            return;
+        }
         while self.can_ask
             && self.asks.len() < ASKS_IN_FLIGHT
             && (self.join.unasked() >= ASK_BATCH

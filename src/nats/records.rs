@@ -279,14 +279,21 @@ impl From<AttemptOutcome> for DeliveryStatus {
 }
 
 /// What the delivery records of one posting add up to, folded in stream
-/// (attempt) order.
+/// (attempt) order up to its first `delivered` record: a posting once
+/// delivered stays delivered as it was. A record of it stored later (the
+/// posting sent again because a crash lost its registry_data write, with
+/// its same key and body) is kept on the stream and changes nothing here,
+/// so the state of a delivered posting is known as soon as its `delivered`
+/// record is read (the export lets a posting go there, without asking
+/// where its order's last record lies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqDelivery {
     /// The last attempt's outcome, or `Pending` without any.
     pub status: DeliveryStatus,
-    /// When the (last) successful attempt ended.
+    /// When the successful attempt ended.
     pub delivered_at: Option<OffsetDateTime>,
-    /// Number of attempts recorded (the export's `attempts` column).
+    /// Number of attempts recorded, up to the delivery (the export's
+    /// `attempts` column).
     pub attempts: u32,
     /// The highest attempt number recorded (the admin API's `attempts`):
     /// the dispatcher numbers attempts on across rounds, so this is the
@@ -318,6 +325,9 @@ impl SeqDelivery {
     }
 
     fn apply_attempt(&mut self, r: &Attempt<'_>) {
+        if self.status == DeliveryStatus::Delivered {
+            return;
+        }
         self.attempts = self.attempts.saturating_add(1);
         self.highest_attempt = self.highest_attempt.max(r.attempt);
         self.status = r.outcome.into();
@@ -372,6 +382,14 @@ impl SeqDeliveries {
             Ok(i) => self.by_seq[i].1.clone(),
             Err(_) => SeqDelivery::PENDING,
         }
+    }
+
+    /// True when posting `seq`'s `delivered` record is folded in: its
+    /// state is final ([`SeqDelivery`]).
+    pub fn is_delivered(&self, seq: u64) -> bool {
+        self.by_seq
+            .binary_search_by_key(&seq, |(s, _)| *s)
+            .is_ok_and(|i| self.by_seq[i].1.status == DeliveryStatus::Delivered)
     }
 
     /// Gives back the room kept for more postings (for a long-lived copy).
@@ -548,6 +566,32 @@ mod tests {
             assert!(serde_json::from_str::<DeliveryRecord>(bad).is_err());
             assert!(serde_json::from_str::<DeliveryRecordView<'_>>(bad).is_err());
         }
+    }
+
+    /// A posting sent again after its delivery (a crash lost its
+    /// registry_data write) stays delivered as it was, whatever the resend
+    /// gave: its `delivered` record settles it.
+    #[test]
+    fn a_delivered_posting_stays_delivered_whatever_follows() {
+        let mut d = SeqDeliveries::default();
+        d.apply(&attempt(1, 1, AttemptOutcome::Retrying, Some(503)));
+        d.apply(&attempt(1, 2, AttemptOutcome::Delivered, Some(200)));
+        let settled = d.get(1);
+        let mut late = attempt(1, 3, AttemptOutcome::Retrying, Some(500));
+        late.at = datetime!(2026-11-22 11:00:00 UTC);
+        d.apply(&late);
+        let mut again = attempt(1, 4, AttemptOutcome::Delivered, Some(201));
+        again.at = datetime!(2026-11-22 12:00:00 UTC);
+        d.apply(&again);
+        assert_eq!(d.get(1), settled);
+        assert_eq!(
+            (settled.status, settled.attempts, settled.http_status),
+            (DeliveryStatus::Delivered, 2, Some(200))
+        );
+        assert_eq!(
+            settled.delivered_at,
+            Some(datetime!(2026-11-22 10:00:00 UTC))
+        );
     }
 
     /// Attempt numbers run on across rounds; a lost record leaves a gap.

@@ -907,12 +907,24 @@ async fn the_join_gives_every_posting_its_orders_state_whatever_the_window() {
     let (subject, payload, redone) = bulk_posting("redo-1");
     publish_all(&nats.js, [(subject, payload)]).await;
     publish_all(&nats.js, [record_msg(&redone, 1, "dead", Some(422))]).await;
+    // An order delivered at once, and sent again far later (a crash lost
+    // its registry_data write): the resend's failure changes nothing.
+    let (subject, payload, again) = bulk_posting("again-1");
+    publish_all(
+        &nats.js,
+        [
+            (subject, payload),
+            record_msg(&again, 1, "delivered", Some(200)),
+        ],
+    )
+    .await;
     publish_all(&nats.js, synthetic(100, 40)).await;
     publish_all(
         &nats.js,
         [
             record_msg(&redone, 2, "retrying", Some(503)),
             record_msg(&redone, 3, "delivered", Some(200)),
+            record_msg(&again, 2, "retrying", Some(500)),
         ],
     )
     .await;
@@ -938,6 +950,10 @@ async fn the_join_gives_every_posting_its_orders_state_whatever_the_window() {
     assert_eq!(
         rows[&key(&quick)],
         ["delivered", "2026-11-22T12:00:00Z", "1", "201"]
+    );
+    assert_eq!(
+        rows[&key(&again)],
+        ["delivered", "2026-11-22T12:00:00Z", "1", "200"]
     );
     // Every status of the fixtures' records is there.
     let statuses: BTreeSet<&str> = rows.values().map(|r| r[0].as_str()).collect();
