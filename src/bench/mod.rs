@@ -436,22 +436,32 @@ fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::R
     }
     writeln!(
         f,
-        "(e) export of the {} postings (`ledgerline export --out /dev/null` as a child process; its wall time, its own peak RSS):",
+        "(e) export of the {} postings (`ledgerline export --out /dev/null` as a child process; its wall time, its own peak RSS; CPU per 1,000 postings: the export's and nats-server's):",
         s.postings
     )?;
     for e in &s.exports {
         writeln!(
             f,
-            "    {:<9} {} rows in {:.2} s: {:.0} rows/s ({:.0} postings/s), peak RSS {}",
+            "    {:<9} {} rows in {:.2} s: {:.0} rows/s ({:.0} postings/s), peak RSS {}, CPU {} + {}",
             e.format,
             e.rows,
             e.elapsed.as_secs_f64(),
             raw::rate(e.rows as usize, e.elapsed),
             raw::rate(e.postings as usize, e.elapsed),
-            mib(e.peak_rss)
+            mib(e.peak_rss),
+            per_thousand(Some(e.cpu), e.postings),
+            per_thousand(e.nats_cpu, e.postings),
         )?;
     }
     Ok(())
+}
+
+/// CPU time per 1,000 of `n`, in ms (`?` when unknown or `n` is 0).
+fn per_thousand(cpu: Option<Duration>, n: u64) -> String {
+    match cpu {
+        Some(cpu) if n > 0 => format!("{:.1} ms", cpu.as_secs_f64() * 1000.0 * 1000.0 / n as f64),
+        _ => "?".to_owned(),
+    }
 }
 
 /// `ledgerline bench`: runs it with a progress line on a TTY, prints the

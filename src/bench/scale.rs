@@ -82,6 +82,12 @@ pub struct ExportFigures {
     pub elapsed: Duration,
     /// The child's peak RSS (its summary line), in bytes.
     pub peak_rss: Option<u64>,
+    /// The child's CPU time (user + system): unlike the wall time, it
+    /// hardly depends on what else the machine runs.
+    pub cpu: Duration,
+    /// nats-server's CPU time while the child ran (`None` when it cannot
+    /// be read).
+    pub nats_cpu: Option<Duration>,
 }
 
 /// What (d) and (e) measured.
@@ -195,7 +201,14 @@ pub async fn run(
     if let Ok(f) = &mut figures
         && opts.export
     {
-        match export_all(&running.nats_url(), f.postings, progress).await {
+        match export_all(
+            &running.nats_url(),
+            running.nats_pid(),
+            f.postings,
+            progress,
+        )
+        .await
+        {
             Ok(exports) => f.exports = exports,
             Err(e) => figures = Err(e),
         }
@@ -326,6 +339,7 @@ async fn dead_list(
 /// (e): CSV, then beancount.
 async fn export_all(
     nats_url: &str,
+    nats_pid: Option<u32>,
     postings: u64,
     progress: &mut dyn FnMut(&BenchProgress),
 ) -> Result<Vec<ExportFigures>, BenchError> {
@@ -337,7 +351,7 @@ async fn export_all(
             done: 0,
             total: 0,
         });
-        out.push(export_child(nats_url, format, dir.path()).await?);
+        out.push(export_child(nats_url, nats_pid, format, dir.path()).await?);
     }
     Ok(out)
 }
@@ -345,6 +359,7 @@ async fn export_all(
 /// One `ledgerline export --format <format> --out /dev/null` child.
 async fn export_child(
     nats_url: &str,
+    nats_pid: Option<u32>,
     format: &'static str,
     dir: &Path,
 ) -> Result<ExportFigures, BenchError> {
@@ -358,6 +373,8 @@ async fn export_child(
             command.env_remove(key);
         }
     }
+    let nats_cpu = || nats_pid.and_then(usage::of_pid).map(|u| u.cpu);
+    let (children_before, nats_before) = (usage::children().cpu, nats_cpu());
     let started = Instant::now();
     let out = command
         .args([
@@ -376,6 +393,10 @@ async fn export_child(
         .await
         .map_err(err("running ledgerline export"))?;
     let elapsed = started.elapsed();
+    let cpu = usage::children().cpu.saturating_sub(children_before);
+    let nats_cpu = nats_before
+        .zip(nats_cpu())
+        .map(|(before, after)| after.saturating_sub(before));
     if !out.status.success() {
         return Err(BenchError::Step {
             what: "ledgerline export",
@@ -398,6 +419,8 @@ async fn export_child(
         rows,
         elapsed,
         peak_rss,
+        cpu,
+        nats_cpu,
     })
 }
 

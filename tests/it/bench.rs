@@ -51,6 +51,20 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
     ] {
         assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
     }
+    // Each export line ends with its CPU and nats-server's, per 1,000
+    // postings (both readable on Linux).
+    for format in ["csv", "beancount"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{format} ")))
+            .unwrap_or_else(|| panic!("no {format} line in:\n{stdout}"));
+        let (_, cpu) = line.split_once(", CPU ").expect(line);
+        let (export, nats) = cpu.split_once(" + ").expect(line);
+        for figure in [export, nats] {
+            let ms = figure.strip_suffix(" ms").expect(line);
+            assert!(ms.parse::<f64>().is_ok_and(|v| v >= 0.0), "{line}");
+        }
+    }
     let last = stdout.lines().last().unwrap_or_default();
     let ratio = last
         .strip_prefix("end-to-end/limit ratio: ")
