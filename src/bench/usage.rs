@@ -18,13 +18,14 @@ fn timeval(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
 }
 
-/// This process so far.
-pub fn own() -> Usage {
+/// `getrusage(who)`: CPU time (user + system) and peak RSS in bytes.
+fn rusage(who: libc::c_int) -> Usage {
     // SAFETY: `getrusage` only writes the struct we pass, which is zeroed
     // plain data (an all-zero `rusage` is a valid value).
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a live `rusage`; RUSAGE_SELF is always valid.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    // SAFETY: a valid pointer to a live `rusage`; `who` is one of the
+    // RUSAGE_* constants (the two callers below).
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
     if rc != 0 {
         return Usage::default();
     }
@@ -35,21 +36,19 @@ pub fn own() -> Usage {
     }
 }
 
+/// This process so far.
+pub fn own() -> Usage {
+    rusage(libc::RUSAGE_SELF)
+}
+
 /// CPU time of this process's children that have ended and been waited
 /// for (`RUSAGE_CHILDREN`): the difference around one child's run is its
 /// CPU time. Peak RSS is left out (it is the largest child's, not this
 /// one's).
 pub fn children() -> Usage {
-    // SAFETY: as in `own`: a zeroed plain-data struct, written by the call.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a live `rusage`; RUSAGE_CHILDREN is always valid.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    if rc != 0 {
-        return Usage::default();
-    }
     Usage {
-        cpu: timeval(ru.ru_utime) + timeval(ru.ru_stime),
         peak_rss: None,
+        ..rusage(libc::RUSAGE_CHILDREN)
     }
 }
 

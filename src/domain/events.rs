@@ -992,11 +992,20 @@ impl<'a> Obj<'a> {
         id_of(self.str(key)?, || self.path(key))
     }
 
-    fn opt_id<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
+    /// `read` of `key` when it is present and not `null`, else `None`.
+    fn optional<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&Self, &str) -> Result<T, Rejection>,
+    ) -> Result<Option<T>, Rejection> {
         match self.opt(key) {
-            Some(_) => self.id(key).map(Some),
+            Some(_) => read(self, key).map(Some),
             None => Ok(None),
         }
+    }
+
+    fn opt_id<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
+        self.optional(key, Self::id)
     }
 
     /// Free text of at most [`TEXT_MAX_CHARS`] (may be empty).
@@ -1005,10 +1014,7 @@ impl<'a> Obj<'a> {
     }
 
     fn opt_text<T: From<&'a str>>(&self, key: &str) -> Result<Option<T>, Rejection> {
-        match self.opt(key) {
-            Some(_) => self.text(key).map(Some),
-            None => Ok(None),
-        }
+        self.optional(key, Self::text)
     }
 
     fn bool(&self, key: &str) -> Result<bool, Rejection> {
@@ -1018,35 +1024,29 @@ impl<'a> Obj<'a> {
     }
 
     fn u64(&self, key: &str) -> Result<u64, Rejection> {
+        self.whole(key, RejectReason::InvalidField)
+    }
+
+    fn quantity(&self, key: &str) -> Result<u64, Rejection> {
+        quantity_of(self.whole(key, RejectReason::NegativeValue)?, || {
+            self.path(key)
+        })
+    }
+
+    /// A whole number; a negative one is refused for `negative`.
+    fn whole(&self, key: &str, negative: RejectReason) -> Result<u64, Rejection> {
         let v = self.req(key)?;
         if let Some(n) = v.as_i64()
             && n < 0
         {
             return Err(Rejection::new(
-                RejectReason::InvalidField,
+                negative,
                 self.path(key),
                 format!("must not be negative (got {n})"),
             ));
         }
         v.as_u64()
             .ok_or_else(|| self.wrong_type(key, "a whole number", v))
-    }
-
-    fn quantity(&self, key: &str) -> Result<u64, Rejection> {
-        let v = self.req(key)?;
-        if let Some(n) = v.as_i64()
-            && n < 0
-        {
-            return Err(Rejection::new(
-                RejectReason::NegativeValue,
-                self.path(key),
-                format!("must not be negative (got {n})"),
-            ));
-        }
-        let q = v
-            .as_u64()
-            .ok_or_else(|| self.wrong_type(key, "a whole number", v))?;
-        quantity_of(q, || self.path(key))
     }
 
     fn currency(&self, key: &str) -> Result<Currency, Rejection> {
@@ -1085,10 +1085,7 @@ impl<'a> Obj<'a> {
     }
 
     fn opt_obj(&self, key: &str) -> Result<Option<Obj<'a>>, Rejection> {
-        match self.opt(key) {
-            Some(_) => self.obj(key).map(Some),
-            None => Ok(None),
-        }
+        self.optional(key, Self::obj)
     }
 
     fn array(&self, key: &str) -> Result<Arr<'a>, Rejection> {
@@ -1103,10 +1100,7 @@ impl<'a> Obj<'a> {
     }
 
     fn opt_array(&self, key: &str) -> Result<Option<Arr<'a>>, Rejection> {
-        match self.opt(key) {
-            Some(_) => self.array(key).map(Some),
-            None => Ok(None),
-        }
+        self.optional(key, Self::array)
     }
 }
 

@@ -97,15 +97,23 @@ async fn store_theirs(nats: &Nats, posting: &Posting, guard: (HeaderName, u64)) 
 /// sequence); returns the subject.
 async fn store_theirs_next(nats: &Nats, posting: &Posting) -> String {
     let rd_subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
+    store_theirs(nats, posting, next_on(nats, &rd_subject).await).await;
+    rd_subject
+}
+
+/// The guard of a write next on `subject`: the expected last subject
+/// sequence, its last message's.
+async fn next_on(nats: &Nats, subject: &str) -> (HeaderName, u64) {
     let ledger = nats.js.get_stream("LEDGER").await.unwrap();
-    let last_rd = ledger
-        .direct_get_last_for_subject(rd_subject.as_str())
+    let last = ledger
+        .direct_get_last_for_subject(subject)
         .await
         .unwrap()
         .sequence;
-    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
-    store_theirs(nats, posting, (guard, last_rd)).await;
-    rd_subject
+    (
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last,
+    )
 }
 
 /// The dispatcher's consumer of `books`, created (or updated) with
@@ -1959,12 +1967,7 @@ async fn a_stale_worker_never_stores_a_failed_attempt_behind_a_delivery() {
     let second = &postings[1];
     let rd_subject = store_theirs_next(&nats, second).await;
     let dl_subject = subjects::deliveries("books", "o-lag");
-    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
-    let last_dl = ledger
-        .direct_get_last_for_subject(dl_subject.as_str())
-        .await
-        .unwrap()
-        .sequence;
+    let guard = next_on(&nats, &dl_subject).await;
     // Theirs took two attempts: its message id is not the stale worker's.
     let theirs = DeliveryRecord {
         registry_id: "books".to_owned(),
@@ -1981,8 +1984,7 @@ async fn a_stale_worker_never_stores_a_failed_attempt_behind_a_delivery() {
         at: time::OffsetDateTime::now_utc(),
     };
     let id = format!("delivery:{}:2", second.idempotency_key);
-    let guard = async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
-    publish_acked(&nats.js, &dl_subject, &id, Some((guard, last_dl)), &theirs).await;
+    publish_acked(&nats.js, &dl_subject, &id, Some(guard), &theirs).await;
     rx.set_failure(FailureMode {
         status: Some(500),
         ..FailureMode::default()

@@ -897,6 +897,15 @@ fn record_msg(p: &Posting, attempt: u32, outcome: &str, status: Option<u16>) -> 
     )
 }
 
+/// Publishes a posting of `order` and, right after it, its delivery
+/// answered `status`; returns the posting.
+async fn delivered_at_once(nats: &support::Nats, order: &str, status: u16) -> Posting {
+    let (subject, payload, posting) = bulk_posting(order);
+    let record = record_msg(&posting, 1, "delivered", Some(status));
+    publish_all(&nats.js, [(subject, payload), record]).await;
+    posting
+}
+
 #[tokio::test]
 async fn the_join_gives_every_posting_its_orders_state_whatever_the_window() {
     let nats = support::nats().await;
@@ -909,15 +918,7 @@ async fn the_join_gives_every_posting_its_orders_state_whatever_the_window() {
     publish_all(&nats.js, [record_msg(&redone, 1, "dead", Some(422))]).await;
     // An order delivered at once, and sent again far later (a crash lost
     // its registry_data write): the resend's failure changes nothing.
-    let (subject, payload, again) = bulk_posting("again-1");
-    publish_all(
-        &nats.js,
-        [
-            (subject, payload),
-            record_msg(&again, 1, "delivered", Some(200)),
-        ],
-    )
-    .await;
+    let again = delivered_at_once(&nats, "again-1", 200).await;
     publish_all(&nats.js, synthetic(100, 40)).await;
     publish_all(
         &nats.js,
@@ -929,15 +930,7 @@ async fn the_join_gives_every_posting_its_orders_state_whatever_the_window() {
     )
     .await;
     // And an order whose only record comes right after it.
-    let (subject, payload, quick) = bulk_posting("quick-1");
-    publish_all(
-        &nats.js,
-        [
-            (subject, payload),
-            record_msg(&quick, 1, "delivered", Some(201)),
-        ],
-    )
-    .await;
+    let quick = delivered_at_once(&nats, "quick-1", 201).await;
 
     let (reference, report) = export_csv_within(&nats, JoinLimits::DEFAULT).await;
     let snapshot = report.stats.snapshot_seq;
