@@ -250,6 +250,14 @@ fn free_port() -> Result<u16, DemoError> {
 
 /// The secret of the demo's sales-channel sources (not a real secret).
 const DEMO_CHANNEL_SECRET: &str = "demo-channel-secret-0042";
+/// The failure burst at the signed receiver lasts at least this long after
+/// the dataset is published,
+const BURST_MIN: Duration = Duration::from_secs(2);
+/// and until it has failed this many requests (so retries show),
+const BURST_FAILURES: u64 = 3;
+/// but no longer than this (a pipeline that sends nothing for so long has
+/// another problem, which the summary shows).
+const BURST_MAX: Duration = Duration::from_secs(30);
 
 /// One webhook of each source kind the demo configures, from the reference
 /// payloads of `fixtures/inbound`: (source id, topic, body).
@@ -624,7 +632,15 @@ pub async fn run_demo(
         progress(&p);
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // At least BURST_MIN, and until the burst has struck (on a loaded
+    // machine the first deliveries can come later than that), within
+    // BURST_MAX.
+    let burst = Instant::now();
+    tokio::time::sleep(BURST_MIN).await;
+    while signed.receiver.stats().failures_injected < BURST_FAILURES && burst.elapsed() < BURST_MAX
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     signed
         .receiver
         .set_failure(FailureMode::default())
