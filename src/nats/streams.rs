@@ -511,6 +511,11 @@ pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// is sent again, and how long apart.
 const IN_PROCESS_RETRIES: u32 = 50;
 const IN_PROCESS_PAUSE: Duration = Duration::from_millis(20);
+/// How often a publish that found no stream is sent again, and how long
+/// apart: a cluster answers so for a moment after a stream is created
+/// (until every server knows its subjects) and while its leader changes.
+const NO_STREAM_RETRIES: u32 = 30;
+const NO_STREAM_PAUSE: Duration = Duration::from_millis(100);
 
 /// Whether a publish was refused because a message with the same
 /// `Nats-Msg-Id` is being stored at this very moment: a clustered stream
@@ -527,9 +532,11 @@ pub fn is_duplicate_in_process(e: &jetstream::context::PublishError) -> bool {
 }
 
 /// Awaits `ack`, the ack of `message` published on `subject`; while it is
-/// a duplicate in process ([`is_duplicate_in_process`]), publishes the same
-/// message again a moment later, until the stream answers for good: stored,
-/// or a duplicate of the message that was in process then.
+/// a duplicate in process ([`is_duplicate_in_process`]), or no stream
+/// answered (a cluster's stream just created or changing leader), publishes
+/// the same message again a moment later, until the stream answers for
+/// good: stored, or a duplicate of the message that was in process then
+/// (or, after [`NO_STREAM_RETRIES`], that there is no stream).
 pub async fn ack_resolving_in_process(
     js: &jetstream::Context,
     subject: &str,
@@ -537,18 +544,28 @@ pub async fn ack_resolving_in_process(
     ack: jetstream::context::PublishAckFuture,
 ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
     let mut result = ack.await;
-    for _ in 0..IN_PROCESS_RETRIES {
-        match &result {
-            Err(e) if is_duplicate_in_process(e) => {}
+    let (mut in_process, mut no_stream) = (0, 0);
+    loop {
+        let pause = match &result {
+            Err(e) if is_duplicate_in_process(e) && in_process < IN_PROCESS_RETRIES => {
+                in_process += 1;
+                IN_PROCESS_PAUSE
+            }
+            Err(e)
+                if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                    && no_stream < NO_STREAM_RETRIES =>
+            {
+                no_stream += 1;
+                NO_STREAM_PAUSE
+            }
             _ => return result,
-        }
-        tokio::time::sleep(IN_PROCESS_PAUSE).await;
+        };
+        tokio::time::sleep(pause).await;
         result = match js.send_publish(subject.to_owned(), message.clone()).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
     }
-    result
 }
 
 /// A JetStream publish with our own headers plus a `Nats-Msg-Id` (and,

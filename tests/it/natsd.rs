@@ -407,3 +407,52 @@ async fn a_repeated_event_id_published_at_once_to_a_cluster_is_a_duplicate_not_a
     })
     .await
 }
+
+/// A publish that finds no stream (a cluster's new stream not yet known
+/// everywhere, a leader changing) is sent again for a while: it is stored
+/// once the stream answers, and refused for good only if none ever does.
+#[tokio::test]
+async fn a_publish_that_finds_no_stream_yet_is_sent_again_until_one_answers() -> Result<()> {
+    with_server(|server| async move {
+        let client = async_nats::connect(server.url()).await?;
+        let js = jetstream::new(client);
+        let message = jetstream::message::PublishMessage::build()
+            .message_id("e-1")
+            .payload(Bytes::from_static(b"{}"));
+        let ack = js.send_publish("late.one", message.clone()).await?;
+        let creator = js.clone();
+        let created = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            creator
+                .create_stream(stream::Config {
+                    name: "LATE".into(),
+                    subjects: vec!["late.>".into()],
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        });
+        let stored =
+            ledgerline::streams::ack_resolving_in_process(&js, "late.one", &message, ack).await?;
+        created.await??;
+        ensure!(stored.stream == "LATE" && !stored.duplicate, "{stored:?}");
+
+        let ack = js.send_publish("nowhere.one", message.clone()).await?;
+        let started = std::time::Instant::now();
+        let refused =
+            ledgerline::streams::ack_resolving_in_process(&js, "nowhere.one", &message, ack).await;
+        ensure!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.kind() == jetstream::context::PublishErrorKind::StreamNotFound),
+            "{refused:?}"
+        );
+        ensure!(
+            started.elapsed() >= Duration::from_secs(2),
+            "given up after {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    })
+    .await
+}
