@@ -718,16 +718,51 @@ impl NatsCluster {
     /// ready (`/healthz` answers 200 once JetStream has a meta leader, so
     /// the nodes must start together: one alone has no quorum).
     ///
+    /// As for one server, a port taken by someone else between choosing it
+    /// and the node binding it (other tests start servers too) makes the
+    /// whole cluster start again on fresh ports, up to [`START_ATTEMPTS`]
+    /// times.
+    ///
     /// # Errors
     ///
     /// As for [`NatsServer::start`]; the nodes' temp dirs are then kept so
     /// the logs named in the error exist.
     pub async fn start(n: usize) -> Result<Self, NatsdError> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(n).await {
+                Ok(cluster) => return Ok(cluster),
+                Err((e, mut nodes)) if e.is_address_in_use() && attempt < START_ATTEMPTS => {
+                    for node in &mut nodes {
+                        node.stop().await;
+                    }
+                    attempt += 1;
+                }
+                Err((e, mut nodes)) => {
+                    for node in &mut nodes {
+                        node.stop().await;
+                        node.temp.disable_cleanup(true);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`Self::start`]: the nodes, started or not, come
+    /// back with the error.
+    async fn start_once(n: usize) -> Result<Self, (NatsdError, Vec<NatsServer>)> {
         let n = n.max(1);
-        let ports = free_port_list(3 * n)?;
+        let ports = match free_port_list(3 * n) {
+            Ok(ports) => ports,
+            Err(e) => return Err((e, Vec::new())),
+        };
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
-            let mut node = NatsServer::prepare(NatsServerBuilder::default())?;
+            let mut node = match NatsServer::prepare(NatsServerBuilder::default()) {
+                Ok(node) => node,
+                Err(e) => return Err((e, nodes)),
+            };
             node.port = ports[3 * i];
             node.monitor_port = ports[3 * i + 1];
             if n > 1 {
@@ -764,13 +799,10 @@ impl NatsCluster {
                 });
             }
         }
-        if let Some(e) = failed {
-            for node in &mut nodes {
-                node.temp.disable_cleanup(true);
-            }
-            return Err(e);
+        match failed {
+            Some(e) => Err((e, nodes)),
+            None => Ok(Self { nodes }),
         }
-        Ok(Self { nodes })
     }
 
     /// Every node's client URL, comma-separated (`nats_url`, SPEC 7).
