@@ -297,8 +297,16 @@ impl Receiver {
     }
 
     /// The answer to an accepted posting: the same for a repeated key, the
-    /// order's next revision otherwise.
-    fn answer(&self, order_id: &str, key: &str, registry_data: &Value) -> (Value, bool) {
+    /// order's next revision otherwise. `record` is kept before the key
+    /// counts as answered, so whoever sees `distinct_keys` grow finds the
+    /// request in [`Self::received`].
+    fn answer(
+        &self,
+        order_id: &str,
+        key: &str,
+        registry_data: &Value,
+        mut record: Received,
+    ) -> (Value, bool) {
         let mut answers = lock(&self.inner.answers);
         let mut journals = lock(&self.inner.journals);
         let journal = journals
@@ -311,12 +319,17 @@ impl Receiver {
                 ),
                 last_answer: json!({}),
             });
+        record.status = 200;
         if let Some(a) = answers.get(key) {
             // A retry of a posting already booked: same answer. Its
             // registry_data was checked the first time.
+            record.chain_ok = Some(true);
+            self.keep(record);
             return (a.clone(), true);
         }
         let chain_ok = *registry_data == journal.last_answer;
+        record.chain_ok = Some(chain_ok);
+        self.keep(record);
         journal.revision += 1;
         let mut a = json!({"journal_id": journal.journal_id, "revision": journal.revision});
         if self.inner.status_reply.load(Ordering::Relaxed) {
@@ -413,7 +426,7 @@ async fn webhook(
         chain_ok: None,
     };
     lock(&rx.inner.stats).requests += 1;
-    let response = if matches!(signature, SignatureCheck::Missing | SignatureCheck::Invalid) {
+    let refused = if matches!(signature, SignatureCheck::Missing | SignatureCheck::Invalid) {
         lock(&rx.inner.stats).signature_failures += 1;
         refusal(StatusCode::UNAUTHORIZED, "signature missing or invalid")
     } else if signature == SignatureCheck::Stale {
@@ -427,17 +440,21 @@ async fn webhook(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         refusal(status, "simulated failure")
     } else {
-        match (&parsed, &record.order_id, &record.idempotency_key) {
+        match (
+            &parsed,
+            record.order_id.clone(),
+            record.idempotency_key.clone(),
+        ) {
             (Some(v), Some(order), Some(key)) => {
                 let registry_data = v.get("registry_data").cloned().unwrap_or(Value::Null);
-                let (answer, chain_ok) = rx.answer(order, key, &registry_data);
-                record.chain_ok = Some(chain_ok);
+                let (answer, chain_ok) = rx.answer(&order, &key, &registry_data, record);
                 let mut stats = lock(&rx.inner.stats);
                 stats.accepted += 1;
                 if !chain_ok {
                     stats.chain_breaks += 1;
                 }
-                (StatusCode::OK, Json(answer)).into_response()
+                // Kept by `answer`.
+                return (StatusCode::OK, Json(answer)).into_response();
             }
             _ => refusal(
                 StatusCode::BAD_REQUEST,
@@ -445,9 +462,9 @@ async fn webhook(
             ),
         }
     };
-    record.status = response.status().as_u16();
+    record.status = refused.status().as_u16();
     rx.keep(record);
-    response
+    refused
 }
 
 async fn received_list(State(rx): State<Receiver>) -> Json<Vec<Received>> {
@@ -478,22 +495,47 @@ async fn stats_get(State(rx): State<Receiver>) -> Json<Stats> {
 mod tests {
     use super::*;
 
+    /// A request as the handler records it, before it is answered.
+    fn request(order: &str, key: &str) -> Received {
+        Received {
+            at: OffsetDateTime::UNIX_EPOCH,
+            path: "/hooks".into(),
+            query: None,
+            headers: Vec::new(),
+            body: String::new(),
+            order_id: Some(order.into()),
+            idempotency_key: Some(key.into()),
+            signature: SignatureCheck::NotChecked,
+            status: 0,
+            chain_ok: None,
+        }
+    }
+
     #[test]
     fn answers_chain_per_order_and_repeat_for_a_repeated_key() {
         let rx = Receiver::new(None, FailureMode::default()).unwrap();
-        let (a1, ok1) = rx.answer("o-1", "k1", &json!({}));
+        let answer = |o: &str, k: &str, rd: &Value| rx.answer(o, k, rd, request(o, k));
+        let (a1, ok1) = answer("o-1", "k1", &json!({}));
         assert!(ok1);
         assert_eq!(a1["revision"], 1);
         assert_eq!(a1["journal_id"], "J-000123");
-        let (again, _) = rx.answer("o-1", "k1", &json!({}));
+        let (again, _) = answer("o-1", "k1", &json!({}));
         assert_eq!(again, a1);
-        let (a2, ok2) = rx.answer("o-1", "k2", &a1);
+        let (a2, ok2) = answer("o-1", "k2", &a1);
         assert!(ok2);
         assert_eq!(a2["revision"], 2);
-        let (_, ok3) = rx.answer("o-1", "k3", &a1);
+        let (_, ok3) = answer("o-1", "k3", &a1);
         assert!(!ok3, "posting 3 must carry the answer to posting 2");
-        let (b1, _) = rx.answer("o-2", "k4", &json!({}));
+        let (b1, _) = answer("o-2", "k4", &json!({}));
         assert_eq!(b1["journal_id"], "J-000124");
+        // Every answered request is kept, with its status and chain check,
+        // by the time its key counts.
+        let kept = rx.received();
+        assert_eq!(kept.len(), 5);
+        assert_eq!(rx.stats().distinct_keys, 4);
+        assert!(kept.iter().all(|r| r.status == 200));
+        let chain: Vec<Option<bool>> = kept.iter().map(|r| r.chain_ok).collect();
+        assert_eq!(chain, [true, true, true, false, true].map(Some));
     }
 
     #[test]
