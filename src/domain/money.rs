@@ -59,6 +59,11 @@ impl Currency {
         std::str::from_utf8(&self.code).unwrap_or("XXX")
     }
 
+    /// The currency as one number: equal for equal currencies only.
+    pub fn as_u32(&self) -> u32 {
+        u32::from_le_bytes([self.code[0], self.code[1], self.code[2], self.minor_units])
+    }
+
     /// Number of decimal places of the minor unit (EUR 2, JPY 0, BHD 3).
     pub fn minor_units(&self) -> u32 {
         u32::from(self.minor_units)
