@@ -519,13 +519,32 @@ pub fn build(
     ledger: &Ledger,
     cursor: &Cursor,
 ) -> Result<Posting, BuildError> {
+    build_grouped(registry, event, ledger, cursor, group(ledger, registry))
+}
+
+/// True when `a` and `b` group any ledger alike: [`group`] reads nothing
+/// else of a registry than its entry types, ledger code rules and group
+/// columns.
+pub fn same_grouping(a: &Registry, b: &Registry) -> bool {
+    a.group_by == b.group_by && a.entry_types == b.entry_types && a.ledger_codes == b.ledger_codes
+}
+
+/// [`build`] with `current`, the ledger as `registry` groups it
+/// (`group(ledger, registry)`), already made: registries that group alike
+/// ([`same_grouping`]) share one grouping.
+pub fn build_grouped(
+    registry: &Registry,
+    event: &Event,
+    ledger: &Ledger,
+    cursor: &Cursor,
+    current: Vec<GroupedEntry>,
+) -> Result<Posting, BuildError> {
     let out_of_range = |why| BuildError::CursorOutOfRange {
         registry_id: registry.id().to_owned(),
         order_id: event.order_id.to_string(),
         seq: cursor.seq,
         why,
     };
-    let current = group(ledger, registry);
     let entries = match registry.config.posting_mode {
         PostingMode::Full => current.clone(),
         PostingMode::Delta => difference(&current, &cursor.posted)
