@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::events::{Event, OrderId, Rejection};
 use crate::ledger::{LedgerOptions, RevenueRecognition, Unbalanced, derive, derive_with};
 use crate::order::OrderState;
-use crate::posting::{BuildError, Cursor, Posting, build};
+use crate::posting::{BuildError, Cursor, Posting, build_grouped, group, same_grouping};
 use crate::registry::Registry;
 
 /// Why an event produced no postings.
@@ -64,7 +64,11 @@ impl OrderBook {
         let ledger = derive(&state, opts)?;
         // Made once, and only when a registry recognises on redemption.
         let mut deferring = None;
-        let mut postings = Vec::new();
+        let mut postings: Vec<Posting> = Vec::new();
+        // Each registry with a posting, by the posting's index: a later one
+        // that sees the same ledger and groups it alike takes a copy of its
+        // grouping (the posting's `cumulative`) rather than grouping again.
+        let mut grouped: Vec<(&Registry, usize)> = Vec::with_capacity(registries.len());
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             if posted(r.id()) {
                 continue;
@@ -76,10 +80,24 @@ impl OrderBook {
                     None => &*deferring.insert(derive_with(&state, opts, recognition)?),
                 },
             };
-            let posting = match self.cursors.get(r.id()) {
-                Some(cursor) => build(r, event, ledger, cursor)?,
-                None => build(r, event, ledger, &Cursor::default())?,
+            let alike = grouped.iter().find(|(g, _)| {
+                g.config.revenue_recognition == r.config.revenue_recognition && same_grouping(g, r)
+            });
+            let current = match alike.and_then(|&(_, i)| postings.get(i)) {
+                Some(p) => p.cumulative.clone(),
+                None => group(ledger, r),
             };
+            let cursor = self.cursors.get(r.id());
+            let posting = build_grouped(
+                r,
+                event,
+                ledger,
+                cursor.unwrap_or(&Cursor::default()),
+                current,
+            )?;
+            if alike.is_none() {
+                grouped.push((r, postings.len()));
+            }
             crate::posting::check_size(&posting).map_err(|mut rejection| {
                 rejection.event_id = Some(event.event_id.clone());
                 rejection

@@ -687,7 +687,11 @@ fn bounded<'a, T: From<&'a str>>(
 
 /// A non-empty identifier of at most [`ID_MAX_CHARS`].
 fn id_of<'a, T: From<&'a str>>(s: &'a str, path: impl Fn() -> String) -> Result<T, Rejection> {
-    if s.trim().is_empty() {
+    // An id that begins with a visible ASCII character (every whitespace
+    // character is either at most a space or not ASCII) is not blank,
+    // without trimming it.
+    let visible = s.as_bytes().first().is_some_and(|&b| b > b' ' && b < 0x80);
+    if !visible && s.trim().is_empty() {
         return Err(Rejection::new(
             RejectReason::InvalidField,
             path(),

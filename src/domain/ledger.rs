@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::wire::wire_names;
 use crate::events::Text;
-use crate::money::{Currency, Rounding, rate_percent_text};
+use crate::money::{Currency, DecimalText, Rounding, rate_percent_text};
 use crate::order::{OrderState, PaymentKind};
 
 /// The kinds of ledger entry, in the order of SPEC 2's table (which is also
@@ -430,17 +430,23 @@ impl Ledger {
     }
 
     /// The invariant: Σdebit = Σcredit (an order has one currency).
+    /// Checked as Σamount = 0, the same (an entry's debit − credit is its
+    /// signed amount, and the sums are exact): one addition an entry; the
+    /// two sums are made only to report a failure.
     pub fn check_balanced(&self, order_id: &str) -> Result<(), Unbalanced> {
-        let (debit, credit) = self.sums();
-        if debit == credit {
-            Ok(())
-        } else {
-            Err(Unbalanced {
-                order_id: order_id.to_owned(),
-                debit,
-                credit,
-            })
+        let sum = self
+            .entries
+            .iter()
+            .fold(Decimal::ZERO, |sum, e| sum + e.amount);
+        if sum.is_zero() {
+            return Ok(());
         }
+        let (debit, credit) = self.sums();
+        Err(Unbalanced {
+            order_id: order_id.to_owned(),
+            debit,
+            credit,
+        })
     }
 }
 
@@ -474,7 +480,7 @@ fn tax_entry(texts: &mut Vec<(Decimal, Text)>, rate: Decimal, tax: Decimal, dims
     let description = match texts.iter().find(|(r, _)| *r == rate) {
         Some((_, text)) => Text::clone(text),
         None => {
-            let text = Text::from(tax_description(rate));
+            let text = tax_text(rate);
             texts.push((rate, Text::clone(&text)));
             text
         }
@@ -491,6 +497,29 @@ fn tax_entry(texts: &mut Vec<(Decimal, Text)>, rate: Decimal, tax: Decimal, dims
 /// `Tax 16%`, `Tax 7.5%`, `Tax 0%`.
 pub fn tax_description(rate: Decimal) -> String {
     format!("Tax {}%", rate_percent_text(rate))
+}
+
+/// [`tax_description`] as a [`Text`], written on the stack rather than
+/// through the formatting machinery: `Tax `, the percent as `Display`
+/// prints it normalised ([`rate_percent_text`]), `%`.
+fn tax_text(rate: Decimal) -> Text {
+    let percent = DecimalText::new((rate * Decimal::ONE_HUNDRED).normalize());
+    let percent = percent.as_bytes();
+    let mut buf = [0u8; 48];
+    let len = 4 + percent.len() + 1;
+    if len > buf.len() {
+        // Not with a rate of at most 6 decimals below 1 (checked when
+        // parsed): a few digits.
+        return Text::from(tax_description(rate));
+    }
+    buf[..4].copy_from_slice(b"Tax ");
+    buf[4..len - 1].copy_from_slice(percent);
+    buf[len - 1] = b'%';
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(text) => Text::from(text),
+        // ASCII digits, a point and a sign: never.
+        Err(_) => Text::from(tax_description(rate)),
+    }
 }
 
 /// Replaces each taxable's tax by its share of the per-rate total: the total
@@ -693,6 +722,17 @@ mod tests {
     fn tax_descriptions_show_the_percent_without_trailing_zeros() {
         assert_eq!(tax_description(dec("0.16")), "Tax 16%");
         assert_eq!(tax_description(dec("0.075")), "Tax 7.5%");
+    }
+
+    /// The tax entries' text is `tax_description`'s.
+    #[test]
+    fn tax_texts_are_the_tax_descriptions() {
+        for r in [
+            "0", "0.0", "0.16", "0.160", "0.075", "0.2", "0.05", "0.000001", "0.999999", "0.19",
+            "0.5", "0.10", "0.123456",
+        ] {
+            assert_eq!(&*tax_text(dec(r)), tax_description(dec(r)), "{r}");
+        }
     }
 
     /// A EUR order of `lines`, unpaid.

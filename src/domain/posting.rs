@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use rust_decimal::Decimal;
@@ -32,8 +33,14 @@ pub struct GroupKey {
     pub ledger_code: Option<Text>,
     pub description: Text,
     /// The registry's group columns, in its `group_by` order, with values.
-    pub columns: Vec<(Column, Option<Text>)>,
+    pub columns: Columns,
 }
+
+/// A group key's columns and their values. Shared: the groups of one
+/// grouping whose values are the same hold one list, and copying a key
+/// (a difference, a cursor) copies no list. Stored as a JSON array of
+/// `[column, value]` pairs, as a `Vec` is.
+pub type Columns = Arc<[(Column, Option<Text>)]>;
 
 /// A grouped, netted entry. Stored as one flat object (the key's fields,
 /// then quantity and amount), and read back field by field through
@@ -56,7 +63,7 @@ struct GroupedEntryFields {
     entry_type: EntryType,
     ledger_code: Option<Text>,
     description: Text,
-    columns: Vec<(Column, Option<Text>)>,
+    columns: Columns,
     quantity: i64,
     amount: Decimal,
 }
@@ -168,6 +175,89 @@ impl ValueTexts {
     }
 }
 
+/// The column lists made in one grouping, kept so that a group whose
+/// values are those of a list made before shares it: the registry's
+/// columns are often the same for many groups (the default `group_by`,
+/// the currency alone, for all of them).
+struct ColumnLists {
+    /// The [`identity`] of each value of each list kept, `width` (the
+    /// number of group columns, at least 1) a list.
+    ids: [u128; COLUMN_IDS],
+    lists: [Option<Columns>; COLUMN_LISTS_KEPT],
+    kept: usize,
+}
+
+/// At most this many lists are kept for sharing in one grouping, and
+/// their values take at most [`COLUMN_IDS`]; groups past them get lists
+/// of their own (with the same content as a shared one would have).
+const COLUMN_LISTS_KEPT: usize = 16;
+const COLUMN_IDS: usize = 64;
+/// A `group_by` names each column at most once (`Column::ALL`).
+const GROUP_COLUMNS_MAX: usize = Column::ALL.len();
+
+/// What tells a column value apart, cheaply: the same for two values only
+/// if they are equal. A text by its address (equal texts at two addresses
+/// differ here: their groups get a list each), a currency by its code, a
+/// rate by its bits; 0 for no value. The low two bits say which: a rate's
+/// low 16 bits are zero (its flags' unused half).
+fn identity(v: Option<ColumnValue<'_>>) -> u128 {
+    match v {
+        None => 0,
+        Some(ColumnValue::Text(t)) => ((Arc::as_ptr(t).cast::<u8>().addr() as u128) << 2) | 1,
+        Some(ColumnValue::Currency(c)) => (u128::from(c.as_u32()) << 2) | 2,
+        Some(ColumnValue::Rate(r)) => u128::from_le_bytes(r.serialize()) | 3,
+    }
+}
+
+impl ColumnLists {
+    fn new() -> Self {
+        Self {
+            ids: [0; COLUMN_IDS],
+            lists: [const { None }; COLUMN_LISTS_KEPT],
+            kept: 0,
+        }
+    }
+
+    /// The columns `group_by` of an entry with dimensions `dims`: a list
+    /// kept before when its values are the same ones, else a new list.
+    fn of(&mut self, group_by: &[Column], dims: &Dims, texts: &mut ValueTexts) -> Columns {
+        let make = |texts: &mut ValueTexts| -> Columns {
+            group_by
+                .iter()
+                .map(|c| (*c, c.of(dims).map(|v| texts.text(v))))
+                .collect()
+        };
+        if group_by.len() > GROUP_COLUMNS_MAX {
+            // Not a validated registry's: nothing is shared.
+            return make(texts);
+        }
+        let width = group_by.len().max(1);
+        let mut ids = [0u128; GROUP_COLUMNS_MAX];
+        for (id, c) in ids.iter_mut().zip(group_by) {
+            *id = identity(c.of(dims));
+        }
+        let ids = &ids[..width];
+        let kept = self
+            .ids
+            .chunks_exact(width)
+            .zip(&self.lists)
+            .take(self.kept);
+        for (kept_ids, list) in kept {
+            if let (true, Some(list)) = (kept_ids == ids, list) {
+                return Columns::clone(list);
+            }
+        }
+        let list = make(texts);
+        let at = self.kept * width;
+        if self.kept < COLUMN_LISTS_KEPT && at + width <= COLUMN_IDS {
+            self.ids[at..at + width].copy_from_slice(ids);
+            self.lists[self.kept] = Some(Columns::clone(&list));
+            self.kept += 1;
+        }
+        list
+    }
+}
+
 /// Ledgers of at most this many entries are grouped by comparing each key
 /// with the groups' keys so far rather than through a hash map, which
 /// would cost a table and a hash per entry for an order's dozen entries.
@@ -185,6 +275,7 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
     let mut texts = ValueTexts {
         made: Vec::with_capacity(4),
     };
+    let mut lists = ColumnLists::new();
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
             continue;
@@ -223,11 +314,7 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
                 out[i].quantity += e.quantity;
             }
             None => {
-                let columns = registry
-                    .group_by
-                    .iter()
-                    .map(|c| (*c, c.of(&e.dims).map(|v| texts.text(v))))
-                    .collect();
+                let columns = lists.of(&registry.group_by, &e.dims, &mut texts);
                 out.push(GroupedEntry {
                     key: GroupKey {
                         entry_type: e.entry_type,
@@ -432,13 +519,32 @@ pub fn build(
     ledger: &Ledger,
     cursor: &Cursor,
 ) -> Result<Posting, BuildError> {
+    build_grouped(registry, event, ledger, cursor, group(ledger, registry))
+}
+
+/// True when `a` and `b` group any ledger alike: [`group`] reads nothing
+/// else of a registry than its entry types, ledger code rules and group
+/// columns.
+pub fn same_grouping(a: &Registry, b: &Registry) -> bool {
+    a.group_by == b.group_by && a.entry_types == b.entry_types && a.ledger_codes == b.ledger_codes
+}
+
+/// [`build`] with `current`, the ledger as `registry` groups it
+/// (`group(ledger, registry)`), already made: registries that group alike
+/// ([`same_grouping`]) share one grouping.
+pub fn build_grouped(
+    registry: &Registry,
+    event: &Event,
+    ledger: &Ledger,
+    cursor: &Cursor,
+    current: Vec<GroupedEntry>,
+) -> Result<Posting, BuildError> {
     let out_of_range = |why| BuildError::CursorOutOfRange {
         registry_id: registry.id().to_owned(),
         order_id: event.order_id.to_string(),
         seq: cursor.seq,
         why,
     };
-    let current = group(ledger, registry);
     let entries = match registry.config.posting_mode {
         PostingMode::Full => current.clone(),
         PostingMode::Delta => difference(&current, &cursor.posted)
@@ -547,7 +653,7 @@ impl Posting {
             }
             out.extend_from_slice(b"{\"ledger_code\":");
             json_opt_str(&mut out, e.key.ledger_code.as_deref());
-            for (col, v) in &e.key.columns {
+            for (col, v) in e.key.columns.iter() {
                 out.extend_from_slice(column_key(*col));
                 json_opt_str(&mut out, v.as_deref());
             }
@@ -649,7 +755,7 @@ impl Serialize for WireEntry<'_> {
         let e = self.entry;
         let mut m = s.serialize_map(Some(5 + e.key.columns.len()))?;
         m.serialize_entry("ledger_code", &e.key.ledger_code)?;
-        for (col, v) in &e.key.columns {
+        for (col, v) in e.key.columns.iter() {
             m.serialize_entry(col.as_str(), v)?;
         }
         m.serialize_entry("quantity", &e.quantity)?;
@@ -825,7 +931,7 @@ mod tests {
                 entry_type: EntryType::Revenue,
                 ledger_code: None,
                 description: desc.into(),
-                columns: vec![],
+                columns: Columns::from([]),
             },
             quantity: q,
             amount: Decimal::new(a, 2),
@@ -856,10 +962,10 @@ mod tests {
         for (i, text) in texts.iter().enumerate() {
             let mut e = g(text, i as i64 - 1, [-2200, 0, 5, 123_456][i]);
             e.key.ledger_code = (i % 2 == 0).then(|| Text::from(*text));
-            e.key.columns = vec![
+            e.key.columns = Columns::from([
                 (Column::Currency, Some("EUR".into())),
                 (Column::ProductId, (i % 2 == 1).then(|| Text::from(*text))),
-            ];
+            ]);
             entries.push(e);
         }
         let mut p = posting_of(entries);
@@ -955,7 +1061,7 @@ mod tests {
         assert!(next_of(vec![], 1), "the fixture builds");
         assert!(!next_of(vec![], u64::MAX), "no posting after u64::MAX");
         let mut huge = g("A", 2, 0);
-        huge.key.columns = vec![(Column::Currency, Some("EUR".into()))];
+        huge.key.columns = Columns::from([(Column::Currency, Some("EUR".into()))]);
         huge.amount = Decimal::MAX;
         assert!(!next_of(vec![huge], 1), "a reversal out of range");
         let mut gone = g("Gone", i64::MIN, -100);

@@ -416,7 +416,7 @@ impl<W: Write> Sink for BeancountSink<W> {
                 meta(&mut t, "    ledger_code: ", c);
             }
             // Group columns; currency is already on the amount.
-            for (col, v) in &e.key.columns {
+            for (col, v) in e.key.columns.iter() {
                 if let (false, Some(v)) = (*col == Column::Currency, v) {
                     let _ = write!(t, "    {}: ", col.as_str());
                     push_quoted(&mut t, v);

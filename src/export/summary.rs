@@ -265,7 +265,7 @@ mod tests {
     use super::*;
     use crate::events::{EventType, OrderId};
     use crate::ledger::EntryType;
-    use crate::posting::{GroupKey, GroupedEntry};
+    use crate::posting::{Columns, GroupKey, GroupedEntry};
     use crate::registry::PostingMode;
     use time::macros::datetime;
     use uuid::Uuid;
@@ -289,7 +289,7 @@ mod tests {
                         entry_type: EntryType::Revenue,
                         ledger_code: None,
                         description: "x".into(),
-                        columns: vec![],
+                        columns: Columns::from([]),
                     },
                     quantity: 0,
                     amount: Decimal::new(*a, 2),

@@ -636,7 +636,7 @@ mod tests {
     use crate::events::{EventType, OrderId};
     use crate::ledger::EntryType;
     use crate::money::Currency;
-    use crate::posting::{GroupKey, GroupedEntry};
+    use crate::posting::{Columns, GroupKey, GroupedEntry};
     use crate::registry::PostingMode;
     use rust_decimal::Decimal;
     use time::macros::datetime;
@@ -657,7 +657,7 @@ mod tests {
                 entry_type: t,
                 ledger_code: Some("4000".into()),
                 description: "Museum \"General\" Admission".into(),
-                columns: vec![],
+                columns: Columns::from([]),
             },
             quantity: 2,
             amount: Decimal::new(cents, 2),

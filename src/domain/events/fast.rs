@@ -24,6 +24,7 @@ use super::{
     check_len, check_line_count, check_payment_currencies, currency_of, id_of, money_of,
     occurred_at_of, order_id_of, quantity_of, rate_of, text_of,
 };
+use crate::events::Text;
 use crate::money::{Currency, parse_decimal_str};
 
 /// An event as sent: the envelope, with `order` or `payment` by type.
@@ -510,11 +511,13 @@ fn no_path() -> String {
 fn snapshot(raw: RawSnapshot<'_>) -> Option<OrderSnapshot> {
     let currency = currency_of(raw.currency, no_path).ok()?;
     check_line_count(raw.line_items.len(), no_path).ok()?;
-    let line_items = raw
-        .line_items
-        .iter()
-        .map(|l| line(l, currency))
-        .collect::<Option<Vec<_>>>()?;
+    let mut line_items: Vec<LineItem> = Vec::with_capacity(raw.line_items.len());
+    for (i, l) in raw.line_items.iter().enumerate() {
+        // The few lines before, whose ids this one often repeats.
+        let from = i.saturating_sub(SHARED_LINES);
+        let earlier = raw.line_items[from..i].iter().zip(&line_items[from..]);
+        line_items.push(line(l, currency, earlier)?);
+    }
     let fees = match raw.fees {
         Some(fees) => {
             check_len(fees.len(), FEES_MAX, no_path).ok()?;
@@ -546,7 +549,19 @@ fn snapshot(raw: RawSnapshot<'_>) -> Option<OrderSnapshot> {
     })
 }
 
-fn line(raw: &RawLine<'_>, currency: Currency) -> Option<LineItem> {
+/// A line's product, option and unit type are shared with one of this
+/// many lines before it that sent the same text (an order's lines often
+/// share an option or a unit type), rather than allocated again.
+const SHARED_LINES: usize = 4;
+
+fn line<'a, 'l>(
+    raw: &RawLine<'a>,
+    currency: Currency,
+    earlier: impl Iterator<Item = (&'l RawLine<'a>, &'l LineItem)> + Clone,
+) -> Option<LineItem>
+where
+    'a: 'l,
+{
     let quantity = quantity_of(raw.quantity, no_path).ok()?;
     let unit_price = money(raw.unit_price, currency, false)?;
     let discount = match raw.discount {
@@ -556,9 +571,18 @@ fn line(raw: &RawLine<'_>, currency: Currency) -> Option<LineItem> {
     check_discount(quantity, unit_price, discount, currency, no_path).ok()?;
     Some(LineItem {
         id: id_of(raw.id, no_path).ok()?,
-        product_id: opt_id(raw.product_id)?,
-        option_id: opt_id(raw.option_id)?,
-        unit_type: opt_id(raw.unit_type)?,
+        product_id: shared_id(
+            raw.product_id,
+            earlier.clone().map(|(r, l)| (r.product_id, &l.product_id)),
+        )?,
+        option_id: shared_id(
+            raw.option_id,
+            earlier.clone().map(|(r, l)| (r.option_id, &l.option_id)),
+        )?,
+        unit_type: shared_id(
+            raw.unit_type,
+            earlier.map(|(r, l)| (r.unit_type, &l.unit_type)),
+        )?,
         description: text_of(raw.description, no_path).ok()?,
         quantity,
         unit_price,
@@ -590,6 +614,21 @@ fn payment(raw: RawPayment<'_>) -> Option<Payment> {
 /// `Some(None)` when absent, `None` when present and refused.
 fn opt_id<'a, T: From<&'a str>>(s: Option<&'a str>) -> Option<Option<T>> {
     s.map(|s| id_of(s, no_path)).transpose().ok()
+}
+
+/// [`opt_id`] of `s`, sharing the text an earlier line made of the same
+/// string (it passed the same check).
+fn shared_id<'a, 'l>(
+    s: Option<&'a str>,
+    mut earlier: impl Iterator<Item = (Option<&'a str>, &'l Option<Text>)>,
+) -> Option<Option<Text>> {
+    let Some(s) = s else {
+        return Some(None);
+    };
+    match earlier.find_map(|(raw, text)| text.as_ref().filter(|_| raw == Some(s))) {
+        Some(text) => Some(Some(Text::clone(text))),
+        None => opt_id(Some(s)),
+    }
 }
 
 fn opt_text<'a, T: From<&'a str>>(s: Option<&'a str>) -> Option<Option<T>> {
