@@ -385,6 +385,31 @@ proptest! {
         }
     }
 
+    /// Registries that group a ledger alike share one grouping
+    /// (`posting::same_grouping`): each still gets exactly the postings it
+    /// gets on its own.
+    #[test]
+    fn a_registry_posts_the_same_beside_others_as_alone(h in history()) {
+        let (_, together) = run(&h);
+        for alone in registries() {
+            let id = alone.id().to_owned();
+            let mut engine = Engine::new(h.options, vec![alone]);
+            let mut own = Vec::new();
+            for e in &h.events {
+                let ev = parse_event(e.to_string().as_bytes(), None).expect("generated events are valid");
+                if let Ok(ps) = engine.process(&ev) {
+                    own.extend(ps);
+                }
+            }
+            let beside: Vec<_> = together.iter().filter(|p| p.registry_id == id).collect();
+            prop_assert_eq!(
+                serde_json::to_string(&beside).unwrap(),
+                serde_json::to_string(&own).unwrap(),
+                "registry {}", id
+            );
+        }
+    }
+
     #[test]
     fn the_same_input_always_gives_byte_identical_output(h in history()) {
         let input: String = h.events.iter().map(|e| format!("{e}\n")).collect();
