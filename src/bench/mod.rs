@@ -19,6 +19,14 @@
 //! `limit = 1 / (3/publish + 2/consume + 1/post)` postings/s. The last line
 //! of the report is `end-to-end/limit ratio: 0.NN`.
 //!
+//! (c), (a) and (b) run as a round, `--rounds` times (3 by default, 1 with
+//! `--quick`): each round's ratio pairs its burst with the raw figures
+//! measured right after it, and the report shows the round whose ratio is
+//! the median, every round's ratio, and the median as its last line. One
+//! burst of a few seconds on a shared 2-CPU machine swings by ±30 %; the
+//! median of three does not follow one lucky or unlucky round. The last
+//! round also runs the paced phase, at half the median burst rate.
+//!
 //! 4. (d) [`scale`]: N distinct orders (one cheap event each) through the
 //!    pipeline to a receiver that keeps nothing: postings/s, this
 //!    process's RSS at the start, halfway and at the end, its peak, and the
@@ -58,6 +66,8 @@ use self::scale::{ScaleFigures, ScaleOptions};
 pub const ORDERS_DEFAULT: usize = 2_000;
 /// Orders of a `--quick` run.
 pub const ORDERS_QUICK: usize = 60;
+/// Rounds of (c), (a) and (b) in a full run (the report takes the median).
+pub const ROUNDS_DEFAULT: usize = 3;
 /// Raw messages and requests of a full run.
 pub const RAW_DEFAULT: usize = 50_000;
 /// Raw messages and requests of a `--quick` run.
@@ -84,11 +94,15 @@ pub struct BenchArgs {
     /// Raw JetStream messages and HTTP requests (default 50,000; 2,000 with --quick).
     #[arg(long)]
     pub raw: Option<usize>,
+    /// Rounds of (c), (a) and (b); the report shows the median round by
+    /// ratio (default 3; 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// The dispatcher's max_in_flight per registry; the raw HTTP run uses
     /// this × the 2 registries.
     #[arg(long, default_value_t = CONCURRENCY_DEFAULT)]
     pub concurrency: usize,
-    /// Seconds of the paced run at half the burst rate (0: none; default 5, 1 with --quick).
+    /// Seconds of the paced run at half the median burst rate (0: none; default 5, 1 with --quick).
     #[arg(long)]
     pub paced_seconds: Option<f64>,
     /// Distinct orders of the scale stage (d), one event and one posting
@@ -149,20 +163,15 @@ impl BenchProgress {
     }
 }
 
-/// What one run measured.
+/// One round: (c), then (a) and (b) right after it.
 #[derive(Debug, Clone)]
-pub struct BenchReport {
-    pub at: time::OffsetDateTime,
-    pub cpus: usize,
-    pub memory_bytes: Option<u64>,
+pub struct Round {
     pub pipeline: PipelineFigures,
     pub jetstream: JetStreamFigures,
     pub http: HttpFigures,
-    /// (d) and (e), unless skipped.
-    pub scale: Option<ScaleFigures>,
 }
 
-impl BenchReport {
+impl Round {
     /// Postings/s the parts allow (see the module docs).
     pub fn limit(&self) -> f64 {
         limit(
@@ -172,9 +181,37 @@ impl BenchReport {
         )
     }
 
-    /// End-to-end postings/s over [`BenchReport::limit`].
+    /// End-to-end postings/s over [`Round::limit`].
     pub fn ratio(&self) -> f64 {
         self.pipeline.postings_per_s / self.limit().max(1e-9)
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub at: time::OffsetDateTime,
+    pub cpus: usize,
+    pub memory_bytes: Option<u64>,
+    /// Every round, in the order run (at least one); the last one ran the
+    /// paced phase.
+    pub rounds: Vec<Round>,
+    /// (d) and (e), unless skipped.
+    pub scale: Option<ScaleFigures>,
+}
+
+impl BenchReport {
+    /// The round whose ratio is the median (the lower middle one for an
+    /// even count).
+    pub fn median_round(&self) -> &Round {
+        let mut order: Vec<&Round> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        order[(order.len() - 1) / 2]
+    }
+
+    /// The median of the rounds' ratios: the report's last line.
+    pub fn ratio(&self) -> f64 {
+        pipeline::median(&mut self.rounds.iter().map(Round::ratio).collect::<Vec<_>>())
     }
 }
 
@@ -214,21 +251,46 @@ pub async fn run_bench(
     let paced = args
         .paced_seconds
         .unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let rounds_n = args
+        .rounds
+        .unwrap_or(if args.quick { 1 } else { ROUNDS_DEFAULT })
+        .max(1);
     let concurrency = args.concurrency.max(1);
     let at = time::OffsetDateTime::now_utc();
-    let opts = PipelineOptions {
-        orders,
-        max_in_flight: concurrency,
-        paced: Duration::try_from_secs_f64(paced.max(0.0)).unwrap_or_default(),
-        settle_limit: Duration::from_secs(if args.quick { 120 } else { 900 }),
-    };
-    let pipeline = pipeline::run(&opts, &mut progress).await?;
-    progress(&BenchProgress::stage(
-        "(a) raw JetStream publish and consume",
-    ));
-    let jetstream = raw::jetstream(&pipeline.posting_sizes, raw_n).await?;
-    progress(&BenchProgress::stage("(b) raw HTTP POSTs"));
-    let http = raw::http(&pipeline.bodies, raw_n, concurrency * pipeline::REGISTRIES).await?;
+    let mut rounds: Vec<Round> = Vec::with_capacity(rounds_n);
+    for i in 0..rounds_n {
+        let last = i + 1 == rounds_n;
+        let opts = PipelineOptions {
+            orders,
+            max_in_flight: concurrency,
+            paced: if last {
+                Duration::try_from_secs_f64(paced.max(0.0)).unwrap_or_default()
+            } else {
+                Duration::ZERO
+            },
+            earlier_bursts: rounds.iter().map(|r| r.pipeline.postings_per_s).collect(),
+            settle_limit: Duration::from_secs(if args.quick { 120 } else { 900 }),
+        };
+        let named = |stage: &BenchProgress| {
+            let mut p = stage.clone();
+            if rounds_n > 1 {
+                p.stage = format!("round {}/{rounds_n}: {}", i + 1, p.stage);
+            }
+            p
+        };
+        let pipeline = pipeline::run(&opts, &mut |p| progress(&named(p))).await?;
+        progress(&named(&BenchProgress::stage(
+            "(a) raw JetStream publish and consume",
+        )));
+        let jetstream = raw::jetstream(&pipeline.posting_sizes, raw_n).await?;
+        progress(&named(&BenchProgress::stage("(b) raw HTTP POSTs")));
+        let http = raw::http(&pipeline.bodies, raw_n, concurrency * pipeline::REGISTRIES).await?;
+        rounds.push(Round {
+            pipeline,
+            jetstream,
+            http,
+        });
+    }
     let scale_orders = args.scale_orders.unwrap_or(if args.quick {
         SCALE_ORDERS_QUICK
     } else {
@@ -251,9 +313,7 @@ pub async fn run_bench(
         at,
         cpus: cpus(),
         memory_bytes: mem_total(),
-        pipeline,
-        jetstream,
-        http,
+        rounds,
         scale,
     })
 }
@@ -281,9 +341,11 @@ fn lat(p: &Percentiles) -> String {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = &self.pipeline;
-        let j = &self.jetstream;
-        let h = &self.http;
+        let median = self.median_round();
+        let p = &median.pipeline;
+        let j = &median.jetstream;
+        let h = &median.http;
+        let n = self.rounds.len();
         let date = self
             .at
             .format(&time::format_description::well_known::Rfc3339)
@@ -294,6 +356,17 @@ impl std::fmt::Display for BenchReport {
             self.cpus,
             mib(self.memory_bytes)
         )?;
+        if n > 1 {
+            let at = self
+                .rounds
+                .iter()
+                .position(|r| std::ptr::eq(r, median))
+                .map_or(0, |i| i + 1);
+            writeln!(
+                f,
+                "{n} rounds of (c), (a) and (b); shown: round {at}, the median by end-to-end/limit ratio"
+            )?;
+        }
         writeln!(
             f,
             "(c) pipeline end to end (aggregator + dispatcher in this process, {} registries, max_in_flight {}):",
@@ -314,15 +387,16 @@ impl std::fmt::Display for BenchReport {
             "    latency publish→receipt, burst (all published at once): {}",
             lat(&p.burst_latency)
         )?;
-        match &p.paced {
+        let paced = self.rounds.last().and_then(|r| r.pipeline.paced.as_ref());
+        match paced {
             Some(paced) => writeln!(
                 f,
-                "    latency publish→receipt, paced at half the burst rate ({:.0} events/s, {:.0} postings/s): {}",
+                "    latency publish→receipt, paced at half the median burst rate ({:.0} events/s, {:.0} postings/s): {}",
                 paced.events_per_s,
                 paced.postings_per_s,
                 lat(&paced.latency)
             )?,
-            None => writeln!(f, "    latency at half the burst rate: not run")?,
+            None => writeln!(f, "    latency at half the median burst rate: not run")?,
         }
         writeln!(
             f,
@@ -366,13 +440,40 @@ impl std::fmt::Display for BenchReport {
             j.publish_per_s,
             j.consume_per_s,
             h.per_s,
-            self.limit()
+            median.limit()
         )?;
         writeln!(
             f,
             "    (one posting ≈ 3 JetStream writes: posting, registry_data, delivery record; \
              2 consumes: the event, the dispatcher's wake-up; 1 POST)"
         )?;
+        if n > 1 {
+            let each = |fig: &dyn Fn(&Round) -> String| -> String {
+                self.rounds.iter().map(fig).collect::<Vec<_>>().join(" · ")
+            };
+            writeln!(f, "rounds, in the order run:")?;
+            writeln!(
+                f,
+                "    postings/s                {}",
+                each(&|r| format!("{:.0}", r.pipeline.postings_per_s))
+            )?;
+            writeln!(
+                f,
+                "    limit                     {}",
+                each(&|r| format!("{:.0}", r.limit()))
+            )?;
+            writeln!(
+                f,
+                "    CPU per 1,000 postings    {}",
+                each(&|r| format!("{:.3} s", r.pipeline.cpu_per_1000()))
+            )?;
+            writeln!(
+                f,
+                "    end-to-end/limit ratio    {} (median {:.2})",
+                each(&|r| format!("{:.2}", r.ratio())),
+                self.ratio()
+            )?;
+        }
         if let Some(s) = &self.scale {
             write_scale(f, s)?;
         }

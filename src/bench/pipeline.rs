@@ -5,8 +5,10 @@
 //! with its registry_data stored.
 //!
 //! Two phases on the same pipeline: a burst (every event published at
-//! once: postings/s, CPU, RSS, and the latency of a backlog), then a paced
-//! run at half the burst's rate (the latency a steady load sees).
+//! once: postings/s, CPU, RSS, and the latency of a backlog), then, when
+//! asked, a paced run at half the median burst rate of this and the
+//! earlier rounds' bursts (the latency a steady load sees; one lucky fast
+//! burst alone would pace it near saturation).
 //!
 //! Latency is per posting, from the moment its event was published to the
 //! moment the receiver accepted it: the event is found by the posting's
@@ -52,8 +54,11 @@ pub struct PipelineOptions {
     pub orders: usize,
     /// `[delivery] max_in_flight` (per registry).
     pub max_in_flight: usize,
-    /// How long the paced phase publishes.
+    /// How long the paced phase publishes (zero: no paced phase).
     pub paced: Duration,
+    /// Burst postings/s of earlier rounds: the paced phase runs at half
+    /// the median of these and this round's burst.
+    pub earlier_bursts: Vec<f64>,
     /// Longest wait for a phase to be delivered.
     pub settle_limit: Duration,
 }
@@ -736,11 +741,13 @@ pub async fn run(
     let elapsed = (burst_end - burst_started).unsigned_abs();
     let postings_per_s = postings as f64 / elapsed.as_secs_f64().max(1e-9);
 
-    // Paced, at half the burst's rate.
+    // Paced, at half the median burst rate.
     let mut paced_rate = None;
     if !opts.paced.is_zero() && postings > 0 {
         let events_per_posting = events as f64 / postings as f64;
-        let rate = (postings_per_s / 2.0 * events_per_posting).max(1.0);
+        let mut bursts = opts.earlier_bursts.clone();
+        bursts.push(postings_per_s);
+        let rate = (median(&mut bursts) / 2.0 * events_per_posting).max(1.0);
         let wanted_events = (rate * opts.paced.as_secs_f64()).ceil() as usize;
         let events_per_order = (events as f64 / opts.orders.max(1) as f64).max(1.0);
         let orders = ((wanted_events as f64 / events_per_order).ceil() as usize).max(1);
@@ -853,9 +860,28 @@ pub async fn run(
     Ok(figures)
 }
 
+/// The median of `v` (the mean of the middle two for an even count; 0
+/// when empty).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_value() {
+        assert_eq!(median(&mut []), 0.0);
+        assert_eq!(median(&mut [7.0]), 7.0);
+        assert_eq!(median(&mut [9.0, 1.0, 4.0]), 4.0);
+        assert_eq!(median(&mut [9.0, 1.0, 4.0, 2.0]), 3.0);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

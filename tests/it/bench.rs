@@ -24,7 +24,7 @@ fn bench(args: &[&str]) -> String {
 
 #[test]
 fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
-    let stdout = bench(&["--quick", "--paced-seconds", "0.5"]);
+    let stdout = bench(&["--quick", "--paced-seconds", "0.5", "--rounds", "2"]);
     for part in [
         "(a) JetStream raw",
         "async publish",
@@ -36,7 +36,9 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
         "p50 ",
         "p99 ",
         "p99.9 ",
-        "paced at half the burst rate",
+        "paced at half the median burst rate",
+        "2 rounds of (c), (a) and (b); shown: round ",
+        "rounds, in the order run:",
         "CPU per 1,000 postings",
         "peak RSS",
         "limit = 1 / (3/publish + 2/consume + 1/POST)",
@@ -76,6 +78,24 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
     );
     let value: f64 = ratio.parse().expect("a number");
     assert!(value > 0.0, "nothing was delivered: {stdout}");
+    // The last line is the median of the rounds' ratios (two rounds: their
+    // mean), each printed to two places.
+    let rounds_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("end-to-end/limit ratio    "))
+        .unwrap_or_else(|| panic!("no rounds' ratio line in:\n{stdout}"));
+    let each: Vec<f64> = rounds_line
+        .trim_start()
+        .trim_start_matches("end-to-end/limit ratio")
+        .split(" (median ")
+        .next()
+        .unwrap_or_default()
+        .split(" · ")
+        .map(|r| r.trim().parse().expect(rounds_line))
+        .collect();
+    assert_eq!(each.len(), 2, "{rounds_line}");
+    let mean = (each[0] + each[1]) / 2.0;
+    assert!((mean - value).abs() <= 0.011, "{rounds_line} vs {last}");
     // Every posting was delivered: `N orders → E events → P postings`.
     let postings: u64 = stdout
         .split(" postings delivered")
