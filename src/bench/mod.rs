@@ -407,6 +407,20 @@ impl std::fmt::Display for BenchReport {
                 .map(|c| format!("{:.2} s", c.as_secs_f64()))
                 .unwrap_or_else(|| "unknown".to_owned())
         )?;
+        if let Some(m) = p.nats_messages {
+            let per = |n: u64| n as f64 / p.postings.max(1) as f64;
+            writeln!(
+                f,
+                "    nats-server messages      {:.2} in + {:.2} out per posting ({} + {} for the burst; \
+                 the limit's model: 5 + 5, and {:.2} + {:.2} for the events published)",
+                per(m.received),
+                per(m.sent),
+                m.received,
+                m.sent,
+                per(p.events as u64),
+                per(p.events as u64)
+            )?;
+        }
         writeln!(
             f,
             "    peak RSS                  ledgerline process {} · nats-server {}",

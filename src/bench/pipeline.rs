@@ -33,7 +33,7 @@ use super::usage::{self, Usage};
 use super::{BenchError, BenchProgress, err};
 use crate::config::{Config, Settings};
 use crate::demo::{count, dataset};
-use crate::natsd::NatsServer;
+use crate::natsd::{MessageCounts, NatsServer};
 use crate::records::StoredPosting;
 use crate::secret::Secret;
 use crate::service::{Component, InProcess};
@@ -114,6 +114,9 @@ pub struct PipelineFigures {
     pub cpu_own: Duration,
     /// CPU of nats-server in the burst (`None` if it cannot be read).
     pub cpu_nats: Option<Duration>,
+    /// Messages nats-server received and sent in the burst (`None` if its
+    /// monitoring port did not answer).
+    pub nats_messages: Option<MessageCounts>,
     pub peak_rss_own: Option<u64>,
     pub peak_rss_nats: Option<u64>,
     /// Sizes of the stored postings (bytes), for the raw JetStream run.
@@ -655,6 +658,11 @@ impl Running {
         }
     }
 
+    /// The nats-server's message counts so far.
+    pub async fn nats_messages(&self) -> Option<MessageCounts> {
+        self.server.message_counts().await
+    }
+
     /// The nats-server's pid, for its CPU and memory.
     pub fn nats_pid(&self) -> Option<u32> {
         self.server.pid()
@@ -703,6 +711,7 @@ pub async fn run(
     let mut sent_at: HashMap<u64, OffsetDateTime> = HashMap::new();
     let before_own = usage::own();
     let before_nats = running.nats_pid().and_then(usage::of_pid);
+    let before_msgs = running.nats_messages().await;
     let burst_started = OffsetDateTime::now_utc();
     let events = publish_lines(
         js,
@@ -732,6 +741,7 @@ pub async fn run(
     let postings = delivered(progress, "(c) delivering the burst").await?;
     let after_own = usage::own();
     let after_nats = running.nats_pid().and_then(usage::of_pid);
+    let after_msgs = running.nats_messages().await;
     let burst_last_seq = sent_at.keys().copied().max().unwrap_or(0);
     let burst_end = receivers
         .iter()
@@ -845,6 +855,13 @@ pub async fn run(
         paced,
         cpu_own: own.cpu,
         cpu_nats: nats_cpu,
+        nats_messages: match (before_msgs, after_msgs) {
+            (Some(b), Some(a)) => Some(MessageCounts {
+                received: a.received.saturating_sub(b.received),
+                sent: a.sent.saturating_sub(b.sent),
+            }),
+            _ => None,
+        },
         peak_rss_own: own.peak_rss,
         peak_rss_nats: running
             .nats_pid()

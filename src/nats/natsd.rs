@@ -487,6 +487,20 @@ impl NatsServer {
         self.monitor_port
     }
 
+    /// Messages the server has received and sent since it started
+    /// (`/varz`'s `in_msgs` and `out_msgs`: client publishes, acks and
+    /// requests in; deliveries, replies and acks out), or `None` if the
+    /// monitoring port does not answer.
+    pub async fn message_counts(&self) -> Option<MessageCounts> {
+        let text = monitor_get(self.monitor_port, "/varz").await?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        let varz: serde_json::Value = serde_json::from_str(body).ok()?;
+        Some(MessageCounts {
+            received: varz["in_msgs"].as_u64()?,
+            sent: varz["out_msgs"].as_u64()?,
+        })
+    }
+
     /// The JetStream store directory (`-sd`).
     pub fn store_dir(&self) -> &Path {
         &self.store_dir
@@ -864,6 +878,13 @@ async fn client_port_is_ours(port: u16, name: &str) -> bool {
     let want = format!("\"server_name\":\"{name}\"");
     matches!(timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(line))
         if line.starts_with("INFO ") && line.contains(&want))
+}
+
+/// Messages a server has received and sent ([`NatsServer::message_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub received: u64,
+    pub sent: u64,
 }
 
 /// `GET /jsz` on the monitoring port names a JetStream meta leader.

@@ -40,6 +40,8 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
         "2 rounds of (c), (a) and (b); shown: round ",
         "rounds, in the order run:",
         "CPU per 1,000 postings",
+        "nats-server messages ",
+        " out per posting (",
         "peak RSS",
         "limit = 1 / (3/publish + 2/consume + 1/POST)",
         "(d) scale: 300 distinct orders",
