@@ -100,9 +100,9 @@ pub(super) fn event(raw: RawEvent<'_>, subject_order_id: Option<&str>) -> Option
             Some(o) => Some(snapshot(o)?),
             None => None,
         }),
-        EventType::PaymentDeleted => EventBody::PaymentDeleted(payment(raw.payment?)?),
+        EventType::PaymentDeleted => EventBody::PaymentDeleted(payment(raw.payment?, None)?),
         EventType::PaymentCreated | EventType::PaymentUpdated | EventType::PaymentWrittenOff => {
-            EventBody::Payment(payment(raw.payment?)?)
+            EventBody::Payment(payment(raw.payment?, None)?)
         }
         // Rare next to snapshots and payments: the tree reads it.
         EventType::OrderRedeemed => return None,
@@ -532,7 +532,7 @@ fn snapshot(raw: RawSnapshot<'_>) -> Option<OrderSnapshot> {
             check_len(payments.len(), FEES_MAX, no_path).ok()?;
             payments
                 .into_iter()
-                .map(payment)
+                .map(|p| payment(p, Some((raw.currency, currency))))
                 .collect::<Option<Vec<_>>>()?
         }
         None => Vec::new(),
@@ -600,8 +600,14 @@ fn fee(raw: &RawFee<'_>, currency: Currency) -> Option<Fee> {
     })
 }
 
-fn payment(raw: RawPayment<'_>) -> Option<Payment> {
-    let currency = currency_of(raw.currency, no_path).ok()?;
+/// A payment; `order` is the order's currency as sent and as read, taken
+/// as it is by a payment that sends the same code (reading a code looks it
+/// up in the ISO table).
+fn payment(raw: RawPayment<'_>, order: Option<(&str, Currency)>) -> Option<Payment> {
+    let currency = match order {
+        Some((code, currency)) if code == raw.currency => currency,
+        _ => currency_of(raw.currency, no_path).ok()?,
+    };
     Some(Payment {
         payment_id: id_of(raw.payment_id, no_path).ok()?,
         method: id_of(raw.method, no_path).ok()?,
