@@ -660,6 +660,11 @@ fn bounded<'a, T: From<&'a str>>(
     max: usize,
     path: impl Fn() -> String,
 ) -> Result<T, Rejection> {
+    // The usual text, printable ASCII (a character a byte, none a
+    // control character), passes both checks below at once.
+    if s.len() <= max && printable_ascii(s.as_bytes()) {
+        return Ok(T::from(s));
+    }
     // A text of at most `max` bytes has at most `max` characters; an
     // ASCII one has a control character (`char::is_control`: U+0000–U+001F,
     // U+007F–U+009F) only in a byte below 0x20 or 0x7f.
@@ -683,6 +688,26 @@ fn bounded<'a, T: From<&'a str>>(
         ));
     }
     Ok(T::from(s))
+}
+
+/// True when every byte is printable ASCII (0x20–0x7e), eight at a time.
+fn printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether a byte of `w` is zero (exact: a borrow only ever runs past
+    // a byte that is zero itself).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // Not ASCII, below 0x20 (no bit of 0xe0), or 0x7f.
+        if w & HIGH != 0 || has_zero(w & (0xe0 * ONES)) || has_zero(w ^ (0x7f * ONES)) {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 /// A non-empty identifier of at most [`ID_MAX_CHARS`].
@@ -1158,6 +1183,22 @@ mod tests {
             let want = t.chars().count() <= 4 && !t.chars().any(char::is_control);
             let got: Result<String, _> = bounded(t, 4, String::new);
             assert_eq!(got.is_ok(), want, "{t:?}");
+        }
+    }
+
+    /// Every byte at every place of a word (and of the tail) is judged as
+    /// one byte alone is.
+    #[test]
+    fn printable_ascii_is_each_byte_printable() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let want = (0x20..0x7f).contains(&b);
+                    assert_eq!(printable_ascii(&bytes), want, "{b:#x} at {at} of {len}");
+                }
+            }
         }
     }
     use serde_json::{Value, json};

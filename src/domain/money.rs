@@ -188,13 +188,14 @@ pub fn write_on_scale(out: &mut Vec<u8>, amount: Decimal, minor_units: u32) {
     // A zero (half of a body's amounts: the side an entry is not on) on
     // any scale is `0` with `minor_units` zeros after the point, unsigned.
     if amount.is_zero() && minor_units <= 4 {
-        const ZEROS: &[u8; 6] = b"0.0000";
-        let len = if minor_units == 0 {
-            1
-        } else {
-            2 + minor_units as usize
-        };
-        out.extend_from_slice(&ZEROS[..len]);
+        // Each a copy of known length (no call to copy the bytes).
+        match minor_units {
+            0 => out.push(b'0'),
+            1 => out.extend_from_slice(b"0.0"),
+            2 => out.extend_from_slice(b"0.00"),
+            3 => out.extend_from_slice(b"0.000"),
+            _ => out.extend_from_slice(b"0.0000"),
+        }
         return;
     }
     let scale = amount.scale();
@@ -229,7 +230,11 @@ const POW10: [u64; 20] = {
 
 /// Appends an integer as `Decimal::from(n)` prints it.
 pub fn write_integer(out: &mut Vec<u8>, n: i64) {
-    write_fixed(out, n < 0, n.unsigned_abs(), 0);
+    match u8::try_from(n) {
+        // One digit (most quantities of a body): the digit alone.
+        Ok(digit @ 0..=9) => out.push(b'0' + digit),
+        _ => write_fixed(out, n < 0, n.unsigned_abs(), 0),
+    }
 }
 
 /// Appends an unsigned integer as its `Display` prints it.

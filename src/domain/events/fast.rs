@@ -100,9 +100,9 @@ pub(super) fn event(raw: RawEvent<'_>, subject_order_id: Option<&str>) -> Option
             Some(o) => Some(snapshot(o)?),
             None => None,
         }),
-        EventType::PaymentDeleted => EventBody::PaymentDeleted(payment(raw.payment?)?),
+        EventType::PaymentDeleted => EventBody::PaymentDeleted(payment(raw.payment?, None)?),
         EventType::PaymentCreated | EventType::PaymentUpdated | EventType::PaymentWrittenOff => {
-            EventBody::Payment(payment(raw.payment?)?)
+            EventBody::Payment(payment(raw.payment?, None)?)
         }
         // Rare next to snapshots and payments: the tree reads it.
         EventType::OrderRedeemed => return None,
@@ -231,17 +231,48 @@ impl<'a> Reader<'a> {
         Some(n)
     }
 
-    /// An object whose members `member` reads, each after its key;
-    /// `member` answers `None` for a key it does not take (or takes
-    /// twice).
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    /// An object's key when it is one of `keys`: the name as the table
+    /// holds it. `None` for any other key, or one with an escape (the tree
+    /// reads those).
+    fn key<const N: usize>(&mut self, keys: &Keys<N>) -> Option<&'static str> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let bytes = self.text.as_bytes();
+        let Some(chunk) = bytes.get(self.at + 1..self.at + 1 + KEY_BYTES) else {
+            // Near the message's end: read as a string, then looked up.
+            let key = self.str()?;
+            return keys.names.into_iter().find(|name| *name == key);
+        };
+        let mut words = [0u64; KEY_WORDS];
+        for (w, bytes) in words.iter_mut().zip(chunk.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            *w = u64::from_le_bytes(word);
+        }
+        let i = (0..N)
+            .find(|&i| (0..KEY_WORDS).all(|k| words[k] & keys.masks[i][k] == keys.words[i][k]))?;
+        // The quotes and the name are ASCII: `at` stays at a character
+        // boundary.
+        self.at += keys.names[i].len() + 2;
+        Some(keys.names[i])
+    }
+
+    /// An object whose members `member` reads, each after its key, one of
+    /// `keys`; `member` answers `None` for a key it does not take (or
+    /// takes twice), and any other key gives `None`.
+    fn object<const N: usize>(
+        &mut self,
+        keys: &Keys<N>,
+        mut member: impl FnMut(&mut Self, &'static str) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
         loop {
-            let key = self.str()?;
+            let key = self.key(keys)?;
             self.eat(b':')?;
             member(self, key)?;
             match self.peek()? {
@@ -313,6 +344,82 @@ fn special(w: u64) -> u64 {
         | zero(w ^ (u64::from(b'\\') * ONES))
 }
 
+/// The member names an object of the event may have, each with what
+/// reads it from the message by comparing words: its bytes and closing
+/// quote, and which bytes of the words are its. A key is one of them
+/// exactly when the bytes after its opening quote begin with one's name
+/// and quote (a name holds no quote or backslash, so that quote ends the
+/// key), without scanning the key and then matching its text.
+struct Keys<const N: usize> {
+    names: [&'static str; N],
+    words: [[u64; KEY_WORDS]; N],
+    masks: [[u64; KEY_WORDS]; N],
+}
+
+/// The bytes compared for a key: a name and its quote fit.
+const KEY_BYTES: usize = 24;
+const KEY_WORDS: usize = KEY_BYTES / 8;
+
+impl<const N: usize> Keys<N> {
+    const fn new(names: [&'static str; N]) -> Self {
+        let mut words = [[0u64; KEY_WORDS]; N];
+        let mut masks = [[0u64; KEY_WORDS]; N];
+        let mut i = 0;
+        while i < N {
+            let name = names[i].as_bytes();
+            assert!(name.len() < KEY_BYTES, "a key name and its quote fit");
+            let mut j = 0;
+            while j <= name.len() {
+                let b = if j < name.len() { name[j] } else { b'"' };
+                assert!(
+                    j == name.len() || (b != b'"' && b != b'\\' && b >= 0x20),
+                    "a key name needs no escape"
+                );
+                words[i][j / 8] |= (b as u64) << (8 * (j % 8));
+                masks[i][j / 8] |= 0xff << (8 * (j % 8));
+                j += 1;
+            }
+            i += 1;
+        }
+        Self {
+            names,
+            words,
+            masks,
+        }
+    }
+}
+
+const EVENT_KEYS: Keys<6> = Keys::new([
+    "event_id",
+    "type",
+    "order_id",
+    "occurred_at",
+    "order",
+    "payment",
+]);
+const SNAPSHOT_KEYS: Keys<7> = Keys::new([
+    "version",
+    "currency",
+    "channel",
+    "prices_include_tax",
+    "line_items",
+    "fees",
+    "payments",
+]);
+const LINE_KEYS: Keys<9> = Keys::new([
+    "id",
+    "product_id",
+    "option_id",
+    "unit_type",
+    "description",
+    "quantity",
+    "unit_price",
+    "discount",
+    "tax_rate",
+]);
+const FEE_KEYS: Keys<4> = Keys::new(["kind", "description", "amount", "tax_rate"]);
+const PAYMENT_KEYS: Keys<5> = Keys::new(["date", "currency", "payment_id", "method", "amount"]);
+
 /// Marks field `bit` of an object as read: `None` when it already was
 /// (a key given twice: the tree takes the last one).
 fn first(seen: &mut u16, bit: u16) -> Option<()> {
@@ -326,7 +433,7 @@ fn read_event(text: &str) -> Option<RawEvent<'_>> {
     let mut r = Reader { text, at: 0 };
     let mut raw = RawEvent::default();
     let mut seen = 0;
-    r.object(|r, key| {
+    r.object(&EVENT_KEYS, |r, key| {
         let (bit, slot) = match key {
             "event_id" => (1, &mut raw.event_id),
             "type" => (2, &mut raw.event_type),
@@ -367,7 +474,7 @@ fn read_snapshot<'a>(r: &mut Reader<'a>) -> Option<RawSnapshot<'a>> {
     let (mut version, mut currency, mut channel, mut incl) = (None, None, None, None);
     let (mut lines, mut fees, mut payments) = (None, None, None);
     let mut seen = 0;
-    r.object(|r, key| {
+    r.object(&SNAPSHOT_KEYS, |r, key| {
         match key {
             "version" => {
                 first(&mut seen, 1)?;
@@ -417,7 +524,7 @@ fn read_line<'a>(r: &mut Reader<'a>) -> Option<RawLine<'a>> {
     let (mut description, mut quantity, mut unit_price) = (None, None, None);
     let (mut discount, mut tax_rate) = (None, None);
     let mut seen = 0;
-    r.object(|r, key| {
+    r.object(&LINE_KEYS, |r, key| {
         let (bit, slot) = match key {
             "id" => (1, &mut id),
             "product_id" => (2, &mut product_id),
@@ -456,7 +563,7 @@ fn read_line<'a>(r: &mut Reader<'a>) -> Option<RawLine<'a>> {
 fn read_fee<'a>(r: &mut Reader<'a>) -> Option<RawFee<'a>> {
     let (mut kind, mut description, mut amount, mut tax_rate) = (None, None, None, None);
     let mut seen = 0;
-    r.object(|r, key| {
+    r.object(&FEE_KEYS, |r, key| {
         let (bit, slot) = match key {
             "kind" => (1, &mut kind),
             "description" => (2, &mut description),
@@ -480,7 +587,7 @@ fn read_payment<'a>(r: &mut Reader<'a>) -> Option<RawPayment<'a>> {
     let (mut date, mut currency, mut payment_id, mut method, mut amount) =
         (None, None, None, None, None);
     let mut seen = 0;
-    r.object(|r, key| {
+    r.object(&PAYMENT_KEYS, |r, key| {
         let (bit, slot) = match key {
             "date" => (1, &mut date),
             "currency" => (2, &mut currency),
@@ -532,7 +639,7 @@ fn snapshot(raw: RawSnapshot<'_>) -> Option<OrderSnapshot> {
             check_len(payments.len(), FEES_MAX, no_path).ok()?;
             payments
                 .into_iter()
-                .map(payment)
+                .map(|p| payment(p, Some((raw.currency, currency))))
                 .collect::<Option<Vec<_>>>()?
         }
         None => Vec::new(),
@@ -600,8 +707,14 @@ fn fee(raw: &RawFee<'_>, currency: Currency) -> Option<Fee> {
     })
 }
 
-fn payment(raw: RawPayment<'_>) -> Option<Payment> {
-    let currency = currency_of(raw.currency, no_path).ok()?;
+/// A payment; `order` is the order's currency as sent and as read, taken
+/// as it is by a payment that sends the same code (reading a code looks it
+/// up in the ISO table).
+fn payment(raw: RawPayment<'_>, order: Option<(&str, Currency)>) -> Option<Payment> {
+    let currency = match order {
+        Some((code, currency)) if code == raw.currency => currency,
+        _ => currency_of(raw.currency, no_path).ok()?,
+    };
     Some(Payment {
         payment_id: id_of(raw.payment_id, no_path).ok()?,
         method: id_of(raw.method, no_path).ok()?,
@@ -642,4 +755,44 @@ fn money(s: &str, currency: Currency, signed: bool) -> Option<Decimal> {
 
 fn rate(s: &str) -> Option<Decimal> {
     rate_of(parse_decimal_str(s).ok()?, no_path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key is read as the table's name exactly when it is that name,
+    /// with enough of the message after it for the words and without
+    /// (near the end, where it is read as a string).
+    #[test]
+    fn keys_are_read_as_exactly_their_names() {
+        let names = LINE_KEYS.names;
+        for tail in ["", ":1}", ":1,\"padding_to_pass_the_words\":2}"] {
+            for (i, name) in names.iter().enumerate() {
+                let text = format!("\"{name}\"{tail}");
+                let mut r = Reader { text: &text, at: 0 };
+                assert_eq!(r.key(&LINE_KEYS), Some(names[i]), "{text}");
+                assert_eq!(r.at, name.len() + 2, "{text}");
+                for other in [
+                    format!("\"{name}x\"{tail}"),
+                    format!("\"{}\"{tail}", &name[..name.len() - 1]),
+                    format!("\"{name}\\\"\"{tail}"),
+                    format!("\"x{name}\"{tail}"),
+                    format!("{name}\"{tail}"),
+                ] {
+                    let mut r = Reader {
+                        text: &other,
+                        at: 0,
+                    };
+                    assert_eq!(r.key(&LINE_KEYS), None, "{other}");
+                }
+            }
+        }
+        let mut r = Reader {
+            text: " \n\"id\" :",
+            at: 0,
+        };
+        assert_eq!(r.key(&LINE_KEYS), Some("id"));
+        assert_eq!(r.peek(), Some(b':'));
+    }
 }
