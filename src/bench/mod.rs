@@ -444,6 +444,11 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
+            "    guarded async publish     {:.0} msg/s (Nats-Msg-Id and Nats-Expected-Last-Subject-Sequence on each, as the pipeline writes; not in the limit)",
+            j.guarded_publish_per_s
+        )?;
+        writeln!(
+            f,
             "(b) HTTP raw, {} POSTs of {} B mean (the postings' bodies), concurrency {}:",
             h.requests, h.mean_bytes, h.concurrency
         )?;
@@ -460,6 +465,13 @@ impl std::fmt::Display for BenchReport {
             f,
             "    (one posting ≈ 3 JetStream writes: posting, registry_data, delivery record; \
              2 consumes: the event, the dispatcher's wake-up; 1 POST)"
+        )?;
+        let guarded = limit(j.guarded_publish_per_s, j.consume_per_s, h.per_s);
+        writeln!(
+            f,
+            "    (with the guarded publish rate for the 3 writes it would be {guarded:.0} postings/s, a ratio of {:.2}: \
+             the pipeline's writes all carry the guards)",
+            p.postings_per_s / guarded.max(1e-9)
         )?;
         if n > 1 {
             let each = |fig: &dyn Fn(&Round) -> String| -> String {

@@ -34,6 +34,11 @@ pub struct JetStreamFigures {
     pub publish_per_s: f64,
     /// Pull consume + explicit ack, messages/s.
     pub consume_per_s: f64,
+    /// Async publish as the pipeline writes: each message with a unique
+    /// `Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence` = its
+    /// subject's last sequence, messages/s. Not in the limit (the issue
+    /// defines it by the plain figures); it shows what the guards cost.
+    pub guarded_publish_per_s: f64,
 }
 
 /// Raw HTTP rate.
@@ -96,6 +101,7 @@ pub async fn jetstream(sizes: &[usize], count: usize) -> Result<JetStreamFigures
         ack.await.map_err(err("raw publish ack"))?;
     }
     let publish_took = started.elapsed();
+    let guarded_publish_per_s = guarded_publish(&js, &payloads, count).await?;
 
     let consumer: consumer::PullConsumer = bench
         .create_consumer(consumer::pull::Config {
@@ -134,7 +140,64 @@ pub async fn jetstream(sizes: &[usize], count: usize) -> Result<JetStreamFigures
         mean_bytes: sizes.iter().sum::<usize>() / sizes.len(),
         publish_per_s: rate(count, publish_took),
         consume_per_s: rate(consumed, consume_took),
+        guarded_publish_per_s,
     })
+}
+
+/// `count` async publishes of `payloads` to a stream of their own, over
+/// [`SUBJECTS`] subjects, each guarded as the pipeline guards its writes:
+/// a unique `Nats-Msg-Id` (the server's duplicate window checks it) and
+/// `Nats-Expected-Last-Subject-Sequence` = the subject's last sequence
+/// (known: the ack of a subject's previous message, [`SUBJECTS`]
+/// publishes back, is awaited before, as the window is smaller).
+async fn guarded_publish(
+    js: &jetstream::Context,
+    payloads: &[Bytes],
+    count: usize,
+) -> Result<f64, BenchError> {
+    const _: () = assert!(PUBLISH_WINDOW < SUBJECTS);
+    js.create_stream(stream::Config {
+        name: "BENCH_GUARDED".to_owned(),
+        subjects: vec!["guarded.>".to_owned()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(err("creating the guarded raw stream"))?;
+    let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("guarded.{i}")).collect();
+    let mut last_seq = vec![0u64; SUBJECTS];
+    let started = Instant::now();
+    let mut window: VecDeque<(usize, PublishAckFuture)> = VecDeque::with_capacity(PUBLISH_WINDOW);
+    for i in 0..count {
+        if window.len() >= PUBLISH_WINDOW
+            && let Some((s, ack)) = window.pop_front()
+        {
+            last_seq[s] = ack.await.map_err(err("guarded publish ack"))?.sequence;
+        }
+        let s = i % SUBJECTS;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("raw-{i}").as_str(),
+        );
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            last_seq[s].to_string().as_str(),
+        );
+        let ack = js
+            .publish_with_headers(
+                subjects[s].clone(),
+                headers,
+                payloads[i % payloads.len()].clone(),
+            )
+            .await
+            .map_err(err("guarded publish"))?;
+        window.push_back((s, ack));
+    }
+    for (_, ack) in window {
+        ack.await.map_err(err("guarded publish ack"))?;
+    }
+    Ok(rate(count, started.elapsed()))
 }
 
 /// A minimal receiver on loopback: every POST to `/hooks` is counted and

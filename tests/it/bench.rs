@@ -29,6 +29,8 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
         "(a) JetStream raw",
         "async publish",
         "pull consume + ack",
+        "guarded async publish ",
+        "with the guarded publish rate for the 3 writes it would be ",
         "(b) HTTP raw",
         "(c) pipeline end to end",
         "postings delivered with registry_data stored",
