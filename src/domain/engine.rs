@@ -64,7 +64,7 @@ impl OrderBook {
         let ledger = derive(&state, opts)?;
         // Made once, and only when a registry recognises on redemption.
         let mut deferring = None;
-        let mut postings: Vec<Posting> = Vec::new();
+        let mut postings: Vec<Posting> = Vec::with_capacity(registries.len());
         // Each registry with a posting, by the posting's index: a later one
         // that sees the same ledger and groups it alike takes a copy of its
         // grouping (the posting's `cumulative`) rather than grouping again.
