@@ -139,9 +139,10 @@ impl Hash for KeyRef<'_> {
 }
 
 /// The texts of the column values that are not held as text by the ledger
-/// (currencies and rates), made once per grouping and shared by its groups.
+/// (currencies and rates), made once per event ([`group_with`]; once per
+/// grouping through [`group`]) and shared by the groups of its groupings.
 #[derive(Default)]
-struct ValueTexts {
+pub struct ValueTexts {
     made: Vec<(ColumnValue<'static>, Text)>,
 }
 
@@ -266,15 +267,23 @@ const GROUP_SCAN_MAX_ENTRIES: usize = 32;
 /// Groups a ledger as `registry` sees it. Groups keep the order in which
 /// they first appear, which follows the ledger's order (type, then source).
 pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
+    group_with(ledger, registry, &mut ValueTexts::default())
+}
+
+/// [`group`], taking the texts of currencies and rates from `texts` (made
+/// there when met for the first time): the groupings of one event share
+/// them.
+pub fn group_with(
+    ledger: &Ledger,
+    registry: &Registry,
+    texts: &mut ValueTexts,
+) -> Vec<GroupedEntry> {
     let mut out: Vec<GroupedEntry> = Vec::with_capacity(ledger.entries.len());
     // The key of each group in `out`, borrowed from its first entry.
     let mut keys: Vec<KeyRef<'_>> = Vec::with_capacity(ledger.entries.len());
     let mut index: Option<HashMap<KeyRef<'_>, usize, RandomState>> = (ledger.entries.len()
         > GROUP_SCAN_MAX_ENTRIES)
         .then(|| HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default()));
-    let mut texts = ValueTexts {
-        made: Vec::with_capacity(4),
-    };
     let mut lists = ColumnLists::new();
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
@@ -314,7 +323,7 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
                 out[i].quantity += e.quantity;
             }
             None => {
-                let columns = lists.of(&registry.group_by, &e.dims, &mut texts);
+                let columns = lists.of(&registry.group_by, &e.dims, texts);
                 out.push(GroupedEntry {
                     key: GroupKey {
                         entry_type: e.entry_type,
@@ -424,10 +433,11 @@ pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
         }
     };
     let mut at = 0;
-    for part in parts.into_iter().chain([seq]) {
+    for part in parts {
         name[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
+    name[at..].copy_from_slice(seq);
     Uuid::new_v5(&Uuid::NAMESPACE_URL, name)
 }
 
@@ -1117,6 +1127,58 @@ mod tests {
         let current = group(&ledger, &registry);
         assert!(!current.is_empty());
         build(&registry, &event, &ledger, &Cursor { seq, posted }).is_ok()
+    }
+
+    /// Groupings that share their value texts (`group_with`, as a plan
+    /// groups) are the groupings made alone (`group`), in any order, and
+    /// share the texts of equal values.
+    #[test]
+    fn groupings_sharing_value_texts_are_the_groupings_alone() {
+        let registries: Vec<_> = [
+            "group_by = [\"currency\", \"tax_rate\", \"product_id\"]",
+            "group_by = [\"tax_rate\", \"currency\"]",
+            "",
+        ]
+        .iter()
+        .map(|g| {
+            let toml =
+                format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{g}\n");
+            toml::from_str::<crate::registry::RegistryConfig>(&toml)
+                .unwrap()
+                .validate(&crate::registry::TargetPolicy::default())
+                .unwrap()
+        })
+        .collect();
+        let event = crate::events::parse_event(
+            br#"{"event_id":"e1","type":"order.confirmed","order_id":"o-1","occurred_at":"2026-11-22T10:00:00Z","order":{"version":1,"currency":"EUR","prices_include_tax":true,"line_items":[{"id":"l1","product_id":"p","description":"A","quantity":2,"unit_price":"11.00","tax_rate":"0.16"},{"id":"l2","product_id":"q","description":"B","quantity":1,"unit_price":"3.10","tax_rate":"0.075"},{"id":"l3","product_id":"p","description":"C","quantity":1,"unit_price":"5.00","tax_rate":"0.160"}],"payments":[{"payment_id":"p1","method":"card","amount":"5.00","currency":"EUR"}]}}"#,
+            None,
+        )
+        .unwrap();
+        let mut state = crate::order::OrderState::new(event.order_id.clone());
+        state.apply(&event).unwrap();
+        let ledger = crate::ledger::derive(&state, &Default::default()).unwrap();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
+            let mut texts = ValueTexts::default();
+            let mut currency_texts: Vec<Text> = Vec::new();
+            for i in order {
+                let shared = group_with(&ledger, &registries[i], &mut texts);
+                assert_eq!(shared, group(&ledger, &registries[i]), "{order:?} {i}");
+                currency_texts.extend(shared.iter().flat_map(|g| {
+                    g.key
+                        .columns
+                        .iter()
+                        .filter(|(c, _)| *c == Column::Currency)
+                        .flat_map(|(_, v)| v.clone())
+                }));
+            }
+            assert!(currency_texts.len() > 1);
+            assert!(
+                currency_texts
+                    .iter()
+                    .all(|t| Arc::ptr_eq(t, &currency_texts[0])),
+                "{order:?}"
+            );
+        }
     }
 
     /// Found with the `records` fuzz target (an input made for its
