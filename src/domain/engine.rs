@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::events::{Event, OrderId, Rejection};
 use crate::ledger::{LedgerOptions, RevenueRecognition, Unbalanced, derive, derive_with};
 use crate::order::OrderState;
-use crate::posting::{BuildError, Cursor, Posting, build_grouped, group, same_grouping};
+use crate::posting::{
+    BuildError, Cursor, Posting, ValueTexts, build_grouped, group_with, same_grouping,
+};
 use crate::registry::Registry;
 
 /// Why an event produced no postings.
@@ -64,11 +66,13 @@ impl OrderBook {
         let ledger = derive(&state, opts)?;
         // Made once, and only when a registry recognises on redemption.
         let mut deferring = None;
-        let mut postings: Vec<Posting> = Vec::new();
+        let mut postings: Vec<Posting> = Vec::with_capacity(registries.len());
         // Each registry with a posting, by the posting's index: a later one
         // that sees the same ledger and groups it alike takes a copy of its
         // grouping (the posting's `cumulative`) rather than grouping again.
         let mut grouped: Vec<(&Registry, usize)> = Vec::with_capacity(registries.len());
+        // The texts of currencies and rates, made once for all groupings.
+        let mut texts = ValueTexts::default();
         for r in registries.iter().filter(|r| r.subscribes(event.event_type)) {
             if posted(r.id()) {
                 continue;
@@ -85,7 +89,7 @@ impl OrderBook {
             });
             let current = match alike.and_then(|&(_, i)| postings.get(i)) {
                 Some(p) => p.cumulative.clone(),
-                None => group(ledger, r),
+                None => group_with(ledger, r, &mut texts),
             };
             let cursor = self.cursors.get(r.id());
             let posting = build_grouped(

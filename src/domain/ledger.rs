@@ -306,7 +306,7 @@ pub fn derive_with(
         if !disc.is_zero() {
             discount.push(Entry {
                 entry_type: EntryType::Discount,
-                description: Text::from(format!("Discount: {}", l.description)),
+                description: discount_text(&l.description),
                 quantity: 0,
                 amount: disc,
                 dims: dims.clone(),
@@ -494,6 +494,24 @@ fn tax_entry(texts: &mut Vec<(Decimal, Text)>, rate: Decimal, tax: Decimal, dims
     }
 }
 
+/// `Discount: ` and a line's description, as
+/// `format!("Discount: {description}")` writes it, on the stack when it
+/// fits (a description of usual length): one allocation, the text's.
+fn discount_text(description: &str) -> Text {
+    const PREFIX: &str = "Discount: ";
+    let mut buf = [0u8; 128];
+    let len = PREFIX.len() + description.len();
+    if let Some(text) = buf.get_mut(..len) {
+        text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        text[PREFIX.len()..].copy_from_slice(description.as_bytes());
+        // Two texts one after the other: always UTF-8.
+        if let Ok(text) = std::str::from_utf8(text) {
+            return Text::from(text);
+        }
+    }
+    Text::from(format!("{PREFIX}{description}"))
+}
+
 /// `Tax 16%`, `Tax 7.5%`, `Tax 0%`.
 pub fn tax_description(rate: Decimal) -> String {
     format!("Tax {}%", rate_percent_text(rate))
@@ -565,6 +583,20 @@ fn allocate_per_rate(items: &mut [Taxable], currency: Currency, rounding: Roundi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discount_texts_are_the_formatted_ones() {
+        for len in [0, 1, 100, 117, 118, 119, 200] {
+            for unit in ["a", "é", "\"", "🎟"] {
+                let description = unit.repeat(len);
+                assert_eq!(
+                    &*discount_text(&description),
+                    format!("Discount: {description}"),
+                    "{len} {unit}"
+                );
+            }
+        }
+    }
     use crate::events::{OrderId, parse_event};
     use serde_json::json;
     use std::str::FromStr;

@@ -71,8 +71,10 @@ pub struct OrderState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redemptions: Vec<RedemptionRecord>,
     /// Event ids applied, oldest first (bounded by [`APPLIED_EVENT_IDS_MAX`]).
+    /// Shared texts: the next state's copy of the list (one per event)
+    /// copies no id.
     #[serde(default)]
-    pub applied_event_ids: Vec<String>,
+    pub applied_event_ids: Vec<Text>,
 }
 
 impl OrderState {
@@ -105,7 +107,7 @@ impl OrderState {
 
     /// True once `event_id` has been applied to this order.
     pub fn has_applied(&self, event_id: &str) -> bool {
-        self.applied_event_ids.iter().any(|e| e == event_id)
+        self.applied_event_ids.iter().any(|e| &**e == event_id)
     }
 
     /// Applies `event`, or refuses it and changes nothing.
@@ -139,7 +141,7 @@ impl OrderState {
             fees,
             payments: self.payments.clone(),
             redemptions: self.redemptions.clone(),
-            applied_event_ids: self.applied_event_ids.clone(),
+            applied_event_ids: with_room_for_one(&self.applied_event_ids),
         };
         next.change(event);
         Ok(next)
@@ -270,7 +272,8 @@ impl OrderState {
             }
             EventBody::Redemption(r) => self.set_redemption(r),
         }
-        self.applied_event_ids.push(event.event_id.clone());
+        self.applied_event_ids
+            .push(Text::from(event.event_id.as_str()));
         if self.applied_event_ids.len() > APPLIED_EVENT_IDS_MAX {
             self.applied_event_ids.remove(0);
         }
@@ -324,6 +327,14 @@ impl OrderState {
             .chain(self.fees.iter().map(|f| f.tax_rate))
             .collect()
     }
+}
+
+/// A copy of `ids` with room for the one id an applied event adds (the
+/// copy grows no further before it is kept).
+fn with_room_for_one(ids: &[Text]) -> Vec<Text> {
+    let mut copy = Vec::with_capacity(ids.len() + 1);
+    copy.extend_from_slice(ids);
+    copy
 }
 
 /// Replaces the element `same` picks with `record`, or appends it: records

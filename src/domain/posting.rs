@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::events::{Event, EventType, OrderId, Text};
 use crate::ledger::{Dims, EntryType, Ledger};
-use crate::money::{Currency, DecimalText, write_integer, write_on_scale, write_unsigned};
+use crate::money::{Currency, DecimalText, write_integer, write_on_scale};
 use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
 /// The key entries are grouped and netted by. Its texts are shared with
@@ -139,9 +139,10 @@ impl Hash for KeyRef<'_> {
 }
 
 /// The texts of the column values that are not held as text by the ledger
-/// (currencies and rates), made once per grouping and shared by its groups.
+/// (currencies and rates), made once per event ([`group_with`]; once per
+/// grouping through [`group`]) and shared by the groups of its groupings.
 #[derive(Default)]
-struct ValueTexts {
+pub struct ValueTexts {
     made: Vec<(ColumnValue<'static>, Text)>,
 }
 
@@ -266,15 +267,23 @@ const GROUP_SCAN_MAX_ENTRIES: usize = 32;
 /// Groups a ledger as `registry` sees it. Groups keep the order in which
 /// they first appear, which follows the ledger's order (type, then source).
 pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
+    group_with(ledger, registry, &mut ValueTexts::default())
+}
+
+/// [`group`], taking the texts of currencies and rates from `texts` (made
+/// there when met for the first time): the groupings of one event share
+/// them.
+pub fn group_with(
+    ledger: &Ledger,
+    registry: &Registry,
+    texts: &mut ValueTexts,
+) -> Vec<GroupedEntry> {
     let mut out: Vec<GroupedEntry> = Vec::with_capacity(ledger.entries.len());
     // The key of each group in `out`, borrowed from its first entry.
     let mut keys: Vec<KeyRef<'_>> = Vec::with_capacity(ledger.entries.len());
     let mut index: Option<HashMap<KeyRef<'_>, usize, RandomState>> = (ledger.entries.len()
         > GROUP_SCAN_MAX_ENTRIES)
         .then(|| HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default()));
-    let mut texts = ValueTexts {
-        made: Vec::with_capacity(4),
-    };
     let mut lists = ColumnLists::new();
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
@@ -314,7 +323,7 @@ pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
                 out[i].quantity += e.quantity;
             }
             None => {
-                let columns = lists.of(&registry.group_by, &e.dims, &mut texts);
+                let columns = lists.of(&registry.group_by, &e.dims, texts);
                 out.push(GroupedEntry {
                     key: GroupKey {
                         entry_type: e.entry_type,
@@ -402,15 +411,55 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
 /// URL namespace of `ledgerline:<R>:<O>:<n>` (SPEC 4).
 pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
     // The name's bytes as `format!("ledgerline:{registry_id}:{order_id}:{seq}")`
-    // writes them, without the formatting machinery.
-    let mut name = Vec::with_capacity(32 + registry_id.len() + order_id.len());
-    name.extend_from_slice(b"ledgerline:");
-    name.extend_from_slice(registry_id.as_bytes());
-    name.push(b':');
-    name.extend_from_slice(order_id.as_bytes());
-    name.push(b':');
-    write_unsigned(&mut name, seq);
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, &name)
+    // writes them, without the formatting machinery, on the stack when
+    // they fit (an id of usual length): no allocation per posting.
+    let parts = [
+        b"ledgerline:".as_slice(),
+        registry_id.as_bytes(),
+        b":",
+        order_id.as_bytes(),
+        b":",
+    ];
+    let mut digits = [0u8; U64_DIGITS_MAX];
+    let seq = unsigned_digits(&mut digits, seq);
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + seq.len();
+    let mut on_stack = [0u8; KEY_NAME_ON_STACK];
+    let mut on_heap = Vec::new();
+    let name: &mut [u8] = match on_stack.get_mut(..len) {
+        Some(name) => name,
+        None => {
+            on_heap.resize(len, 0);
+            &mut on_heap
+        }
+    };
+    let mut at = 0;
+    for part in parts {
+        name[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    name[at..].copy_from_slice(seq);
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name)
+}
+
+/// An idempotency key's name of at most this many bytes is written on the
+/// stack.
+const KEY_NAME_ON_STACK: usize = 128;
+/// The decimal digits of `u64::MAX`.
+const U64_DIGITS_MAX: usize = 20;
+
+/// The decimal digits of `n` (what `n.to_string()` writes), at the end of
+/// `buf`.
+fn unsigned_digits(buf: &mut [u8; U64_DIGITS_MAX], mut n: u64) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        // A remainder below 10: the cast loses nothing.
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
 }
 
 /// What a registry has been sent for an order so far.
@@ -918,6 +967,18 @@ mod tests {
                 Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
             );
         }
+        // Names around the stack buffer's size (written on the heap past it).
+        for len in [0, 1, 60, 80, 90, 91, 92, 93, 120, 200, 1000] {
+            let order = "o".repeat(len);
+            for seq in [0, 7, 10, 99_999, u64::MAX] {
+                let name = format!("ledgerline:reg:{order}:{seq}");
+                assert_eq!(
+                    idempotency_key("reg", &order, seq),
+                    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()),
+                    "{len} {seq}"
+                );
+            }
+        }
         assert_eq!(
             Uuid::NAMESPACE_URL.to_string(),
             "6ba7b811-9dad-11d1-80b4-00c04fd430c8"
@@ -1066,6 +1127,58 @@ mod tests {
         let current = group(&ledger, &registry);
         assert!(!current.is_empty());
         build(&registry, &event, &ledger, &Cursor { seq, posted }).is_ok()
+    }
+
+    /// Groupings that share their value texts (`group_with`, as a plan
+    /// groups) are the groupings made alone (`group`), in any order, and
+    /// share the texts of equal values.
+    #[test]
+    fn groupings_sharing_value_texts_are_the_groupings_alone() {
+        let registries: Vec<_> = [
+            "group_by = [\"currency\", \"tax_rate\", \"product_id\"]",
+            "group_by = [\"tax_rate\", \"currency\"]",
+            "",
+        ]
+        .iter()
+        .map(|g| {
+            let toml =
+                format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{g}\n");
+            toml::from_str::<crate::registry::RegistryConfig>(&toml)
+                .unwrap()
+                .validate(&crate::registry::TargetPolicy::default())
+                .unwrap()
+        })
+        .collect();
+        let event = crate::events::parse_event(
+            br#"{"event_id":"e1","type":"order.confirmed","order_id":"o-1","occurred_at":"2026-11-22T10:00:00Z","order":{"version":1,"currency":"EUR","prices_include_tax":true,"line_items":[{"id":"l1","product_id":"p","description":"A","quantity":2,"unit_price":"11.00","tax_rate":"0.16"},{"id":"l2","product_id":"q","description":"B","quantity":1,"unit_price":"3.10","tax_rate":"0.075"},{"id":"l3","product_id":"p","description":"C","quantity":1,"unit_price":"5.00","tax_rate":"0.160"}],"payments":[{"payment_id":"p1","method":"card","amount":"5.00","currency":"EUR"}]}}"#,
+            None,
+        )
+        .unwrap();
+        let mut state = crate::order::OrderState::new(event.order_id.clone());
+        state.apply(&event).unwrap();
+        let ledger = crate::ledger::derive(&state, &Default::default()).unwrap();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
+            let mut texts = ValueTexts::default();
+            let mut currency_texts: Vec<Text> = Vec::new();
+            for i in order {
+                let shared = group_with(&ledger, &registries[i], &mut texts);
+                assert_eq!(shared, group(&ledger, &registries[i]), "{order:?} {i}");
+                currency_texts.extend(shared.iter().flat_map(|g| {
+                    g.key
+                        .columns
+                        .iter()
+                        .filter(|(c, _)| *c == Column::Currency)
+                        .flat_map(|(_, v)| v.clone())
+                }));
+            }
+            assert!(currency_texts.len() > 1);
+            assert!(
+                currency_texts
+                    .iter()
+                    .all(|t| Arc::ptr_eq(t, &currency_texts[0])),
+                "{order:?}"
+            );
+        }
     }
 
     /// Found with the `records` fuzz target (an input made for its
