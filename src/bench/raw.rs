@@ -68,15 +68,7 @@ pub async fn jetstream(sizes: &[usize], count: usize) -> Result<JetStreamFigures
         .await
         .map_err(err("connecting to the raw nats-server"))?;
     let js = jetstream::new(client.clone());
-    let bench = js
-        .create_stream(stream::Config {
-            name: "BENCH".to_owned(),
-            subjects: vec!["bench.>".to_owned()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(err("creating the raw stream"))?;
+    let bench = file_stream(&js, "BENCH", "bench.>").await?;
     let payloads: Vec<Bytes> = sizes.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect();
     let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("bench.{i}")).collect();
 
@@ -144,6 +136,22 @@ pub async fn jetstream(sizes: &[usize], count: usize) -> Result<JetStreamFigures
     })
 }
 
+/// A file-stored stream `name` of `subjects`, on the raw nats-server.
+async fn file_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> Result<stream::Stream, BenchError> {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects.to_owned()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(err("creating a raw stream"))
+}
+
 /// `count` async publishes of `payloads` to a stream of their own, over
 /// [`SUBJECTS`] subjects, each guarded as the pipeline guards its writes:
 /// a unique `Nats-Msg-Id` (the server's duplicate window checks it) and
@@ -156,14 +164,7 @@ async fn guarded_publish(
     count: usize,
 ) -> Result<f64, BenchError> {
     const _: () = assert!(PUBLISH_WINDOW < SUBJECTS);
-    js.create_stream(stream::Config {
-        name: "BENCH_GUARDED".to_owned(),
-        subjects: vec!["guarded.>".to_owned()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(err("creating the guarded raw stream"))?;
+    file_stream(js, "BENCH_GUARDED", "guarded.>").await?;
     let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("guarded.{i}")).collect();
     let mut last_seq = vec![0u64; SUBJECTS];
     let started = Instant::now();

@@ -692,22 +692,14 @@ fn bounded<'a, T: From<&'a str>>(
 
 /// True when every byte is printable ASCII (0x20–0x7e), eight at a time.
 fn printable_ascii(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Whether a byte of `w` is zero (exact: a borrow only ever runs past
-    // a byte that is zero itself).
-    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        // Not ASCII, below 0x20 (no bit of 0xe0), or 0x7f.
-        if w & HIGH != 0 || has_zero(w & (0xe0 * ONES)) || has_zero(w ^ (0x7f * ONES)) {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|b| (0x20..0x7f).contains(b))
+    use super::swar::{HIGH, has_zero, splat};
+    // A word is out when a byte is not ASCII, below 0x20 (no bit of 0xe0)
+    // or 0x7f.
+    !super::swar::any(
+        bytes,
+        |w| w & HIGH != 0 || has_zero(w & splat(0xe0)) || has_zero(w ^ splat(0x7f)),
+        |b| !(0x20..0x7f).contains(&b),
+    )
 }
 
 /// A non-empty identifier of at most [`ID_MAX_CHARS`].
@@ -1190,17 +1182,12 @@ mod tests {
     /// one byte alone is.
     #[test]
     fn printable_ascii_is_each_byte_printable() {
-        for len in 0..20 {
-            for at in 0..len {
-                for b in 0..=255u8 {
-                    let mut bytes = vec![b'a'; len];
-                    bytes[at] = b;
-                    let want = (0x20..0x7f).contains(&b);
-                    assert_eq!(printable_ascii(&bytes), want, "{b:#x} at {at} of {len}");
-                }
-            }
-        }
+        super::super::swar::check_each_byte_at_each_place(
+            |bytes| !printable_ascii(bytes),
+            |b| !(0x20..0x7f).contains(&b),
+        );
     }
+
     use serde_json::{Value, json};
 
     fn reference_event() -> Value {

@@ -11,6 +11,8 @@
 //! Beside them, inbound webhooks: the [`source`] schema, and [`inbound`]
 //! mapping a source's payloads to [`events`]. [`wire`]: how enums with wire
 //! names get `as_str` and `Display` (strum, by serde's naming rule).
+//! `swar`: byte scans eight at a time, for the parser's and the body
+//! writer's text checks.
 
 pub mod engine;
 pub mod events;
@@ -21,4 +23,5 @@ pub mod order;
 pub mod posting;
 pub mod registry;
 pub mod source;
+pub(crate) mod swar;
 pub mod wire;

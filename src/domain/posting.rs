@@ -916,27 +916,12 @@ fn escape(out: &mut Vec<u8>, bytes: &[u8]) {
 /// True when a byte of `bytes` must be escaped in a JSON string (a control
 /// character, `"` or `\`), looked at eight bytes at a time.
 fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Whether a byte of `w` is zero (exact: a borrow only ever runs past
-    // a byte that is zero itself).
-    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        if has_zero(w & (0xe0 * ONES))
-            || has_zero(w ^ (u64::from(b'"') * ONES))
-            || has_zero(w ^ (u64::from(b'\\') * ONES))
-        {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    use super::swar::{has_zero, splat};
+    super::swar::any(
+        bytes,
+        |w| has_zero(w & splat(0xe0)) || has_zero(w ^ splat(b'"')) || has_zero(w ^ splat(b'\\')),
+        |b| b < 0x20 || b == b'"' || b == b'\\',
+    )
 }
 
 /// `s` as a JSON string, or `null`.
@@ -1097,16 +1082,9 @@ mod tests {
     /// Every byte at every place of a word (and of the tail) is seen.
     #[test]
     fn needs_escape_finds_each_byte_that_must_be_escaped() {
-        for len in 0..20 {
-            for at in 0..len {
-                for b in 0..=255u8 {
-                    let mut bytes = vec![b'a'; len];
-                    bytes[at] = b;
-                    let want = b < 0x20 || b == b'"' || b == b'\\';
-                    assert_eq!(needs_escape(&bytes), want, "{b:#x} at {at} of {len}");
-                }
-            }
-        }
+        super::super::swar::check_each_byte_at_each_place(needs_escape, |b| {
+            b < 0x20 || b == b'"' || b == b'\\'
+        });
     }
 
     fn next_of(posted: Vec<GroupedEntry>, seq: u64) -> bool {
