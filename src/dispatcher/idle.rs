@@ -17,8 +17,9 @@
 //! state can at worst send a posting again with its same key and body
 //! (the same argument as a lagging replica's read, see [`super::state`]).
 //!
-//! Bounded: at most [`IDLE_ORDERS_MAX`] orders per registry (oldest
-//! forgotten first), and an order whose registry_data is larger than
+//! Bounded: at most [`IDLE_ORDERS_MAX`] orders per registry (the one kept
+//! longest ago forgotten first; an order put again is as new as its last
+//! put), and an order whose registry_data is larger than
 //! [`IDLE_REGISTRY_DATA_MAX_BYTES`] is not kept (it is read back instead).
 
 use std::collections::{HashMap, VecDeque};
@@ -53,9 +54,21 @@ pub(crate) struct IdleOrders {
 
 #[derive(Default)]
 struct Inner {
-    by_order: HashMap<String, Progress>,
-    /// Insertion order, for eviction; may name orders taken since.
-    order: VecDeque<String>,
+    /// Order → (its state, the stamp of the put that kept it).
+    by_order: HashMap<String, (Progress, u64)>,
+    /// (order, stamp) in put order, for eviction. A name whose stamp is
+    /// not its entry's (the order was taken, or put again since) is stale:
+    /// it evicts nothing.
+    order: VecDeque<(String, u64)>,
+    /// The next put's stamp.
+    next_stamp: u64,
+}
+
+impl Inner {
+    /// Whether `(key, stamp)` names the state kept now.
+    fn is_live(&self, key: &str, stamp: u64) -> bool {
+        self.by_order.get(key).is_some_and(|(_, s)| *s == stamp)
+    }
 }
 
 impl Drop for Inner {
@@ -72,7 +85,7 @@ impl IdleOrders {
 
     /// Takes the kept state of `order_id`, if any.
     pub fn take(&self, order_id: &str) -> Option<Progress> {
-        let p = self.lock().by_order.remove(order_id);
+        let p = self.lock().by_order.remove(order_id).map(|(p, _)| p);
         if p.is_some() {
             KEPT.fetch_sub(1, Ordering::Relaxed);
         }
@@ -87,24 +100,28 @@ impl IdleOrders {
             return;
         }
         let mut inner = self.lock();
+        let stamp = inner.next_stamp;
+        inner.next_stamp += 1;
         let key = p.order_id.clone();
-        if inner.by_order.insert(key.clone(), p).is_none() {
+        if inner.by_order.insert(key.clone(), (p, stamp)).is_none() {
             KEPT.fetch_add(1, Ordering::Relaxed);
-            inner.order.push_back(key);
         }
+        inner.order.push_back((key, stamp));
         while inner.by_order.len() > IDLE_ORDERS_MAX {
-            let Some(oldest) = inner.order.pop_front() else {
+            let Some((oldest, stamp)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.by_order.remove(&oldest).is_some() {
+            if inner.is_live(&oldest, stamp) {
+                inner.by_order.remove(&oldest);
                 KEPT.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        // Names of taken orders linger in `order`; drop them when they
-        // outnumber the live entries, so it stays bounded too.
+        // Stale names linger in `order`; drop them when they outnumber the
+        // live entries, so it stays bounded too.
         if inner.order.len() > 2 * IDLE_ORDERS_MAX {
-            let Inner { by_order, order } = &mut *inner;
-            order.retain(|k| by_order.contains_key(k));
+            let mut order = std::mem::take(&mut inner.order);
+            order.retain(|(k, stamp)| inner.is_live(k, *stamp));
+            inner.order = order;
         }
     }
 
@@ -198,6 +215,26 @@ mod tests {
         let (live, names) = idle.len();
         assert!(live <= IDLE_ORDERS_MAX);
         assert!(names <= 2 * IDLE_ORDERS_MAX + 1, "{names}");
+    }
+
+    /// An order taken and put again is as new as its last put: the name
+    /// its first put left in the eviction list does not evict it.
+    #[test]
+    fn an_order_put_again_is_evicted_by_its_last_put_not_its_first() {
+        let idle = IdleOrders::default();
+        idle.put(progress("again", 1, json!({})));
+        idle.take("again");
+        for i in 0..IDLE_ORDERS_MAX - 1 {
+            idle.put(progress(&format!("o{i}"), 1, json!({})));
+        }
+        idle.put(progress("again", 2, json!({})));
+        assert_eq!(idle.len().0, IDLE_ORDERS_MAX);
+        // One more: the oldest *live* state goes (o0), not "again".
+        idle.put(progress("new", 1, json!({})));
+        assert_eq!(idle.len().0, IDLE_ORDERS_MAX);
+        assert_eq!(idle.take("o0"), None, "the oldest put is forgotten");
+        assert_eq!(idle.take("again").map(|p| p.delivered_seq), Some(2));
+        assert!(idle.take("o1").is_some());
     }
 
     #[test]
