@@ -201,11 +201,11 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    /// The round whose ratio is the median (the lower middle one for an
-    /// even count).
-    pub fn median_round(&self) -> &Round {
-        let mut order: Vec<&Round> = self.rounds.iter().collect();
-        order.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    /// The index of the round whose ratio is the median (the lower middle
+    /// one for an even count).
+    pub fn median_round(&self) -> usize {
+        let mut order: Vec<usize> = (0..self.rounds.len()).collect();
+        order.sort_by(|&a, &b| self.rounds[a].ratio().total_cmp(&self.rounds[b].ratio()));
         order[(order.len() - 1) / 2]
     }
 
@@ -341,7 +341,8 @@ fn lat(p: &Percentiles) -> String {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let median = self.median_round();
+        let at = self.median_round();
+        let median = &self.rounds[at];
         let p = &median.pipeline;
         let j = &median.jetstream;
         let h = &median.http;
@@ -357,14 +358,10 @@ impl std::fmt::Display for BenchReport {
             mib(self.memory_bytes)
         )?;
         if n > 1 {
-            let at = self
-                .rounds
-                .iter()
-                .position(|r| std::ptr::eq(r, median))
-                .map_or(0, |i| i + 1);
             writeln!(
                 f,
-                "{n} rounds of (c), (a) and (b); shown: round {at}, the median by end-to-end/limit ratio"
+                "{n} rounds of (c), (a) and (b); shown: round {}, the median by end-to-end/limit ratio",
+                at + 1
             )?;
         }
         writeln!(

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::events::{Event, EventType, OrderId, Text};
 use crate::ledger::{Dims, EntryType, Ledger};
-use crate::money::{Currency, DecimalText, write_integer, write_on_scale};
+use crate::money::{Currency, DecimalText, write_integer, write_on_scale, write_unsigned};
 use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
 /// The key entries are grouped and netted by. Its texts are shared with
@@ -411,55 +411,15 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
 /// URL namespace of `ledgerline:<R>:<O>:<n>` (SPEC 4).
 pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
     // The name's bytes as `format!("ledgerline:{registry_id}:{order_id}:{seq}")`
-    // writes them, without the formatting machinery, on the stack when
-    // they fit (an id of usual length): no allocation per posting.
-    let parts = [
-        b"ledgerline:".as_slice(),
-        registry_id.as_bytes(),
-        b":",
-        order_id.as_bytes(),
-        b":",
-    ];
-    let mut digits = [0u8; U64_DIGITS_MAX];
-    let seq = unsigned_digits(&mut digits, seq);
-    let len = parts.iter().map(|p| p.len()).sum::<usize>() + seq.len();
-    let mut on_stack = [0u8; KEY_NAME_ON_STACK];
-    let mut on_heap = Vec::new();
-    let name: &mut [u8] = match on_stack.get_mut(..len) {
-        Some(name) => name,
-        None => {
-            on_heap.resize(len, 0);
-            &mut on_heap
-        }
-    };
-    let mut at = 0;
-    for part in parts {
-        name[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    name[at..].copy_from_slice(seq);
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, name)
-}
-
-/// An idempotency key's name of at most this many bytes is written on the
-/// stack.
-const KEY_NAME_ON_STACK: usize = 128;
-/// The decimal digits of `u64::MAX`.
-const U64_DIGITS_MAX: usize = 20;
-
-/// The decimal digits of `n` (what `n.to_string()` writes), at the end of
-/// `buf`.
-fn unsigned_digits(buf: &mut [u8; U64_DIGITS_MAX], mut n: u64) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        // A remainder below 10: the cast loses nothing.
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[start..];
-        }
-    }
+    // writes them, without the formatting machinery.
+    let mut name = Vec::with_capacity(32 + registry_id.len() + order_id.len());
+    name.extend_from_slice(b"ledgerline:");
+    name.extend_from_slice(registry_id.as_bytes());
+    name.push(b':');
+    name.extend_from_slice(order_id.as_bytes());
+    name.push(b':');
+    write_unsigned(&mut name, seq);
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, &name)
 }
 
 /// What a registry has been sent for an order so far.
