@@ -685,6 +685,61 @@ impl Posting {
         Ok(out)
     }
 
+    /// The posting as its stored JSON object has it, without the braces
+    /// (`"registry_id":…,"cumulative":[…]`): the bytes serde writes for
+    /// these fields (the tests hold `{` + them + `}` equal to
+    /// `serde_json::to_vec(self)`), written straight into `out`, each text
+    /// escaped as serde_json escapes it. The aggregator stores every
+    /// posting through this ([`crate::records::StoredPostingRef::to_json`]),
+    /// its cumulative entries included: serde's `flatten` and its map
+    /// serialiser cost more than the rest of the event's work.
+    ///
+    /// Fails only when `occurred_at` has no RFC 3339 form (a year outside
+    /// 0–9999, an offset with seconds), as serde's `rfc3339` fails; every
+    /// parsed event's has one.
+    pub fn write_json_fields(&self, out: &mut Vec<u8>) -> Result<(), time::error::Format> {
+        out.extend_from_slice(b"\"registry_id\":");
+        json_str(out, &self.registry_id);
+        out.extend_from_slice(b",\"order_id\":");
+        json_str(out, self.order_id.as_str());
+        out.extend_from_slice(b",\"seq\":");
+        write_unsigned(out, self.seq);
+        out.extend_from_slice(b",\"idempotency_key\":\"");
+        let mut uuid = Uuid::encode_buffer();
+        let uuid = self.idempotency_key.hyphenated().encode_lower(&mut uuid);
+        out.extend_from_slice(uuid.as_bytes());
+        out.extend_from_slice(b"\",\"event_id\":");
+        json_str(out, &self.event_id);
+        out.extend_from_slice(b",\"event_type\":\"");
+        out.extend_from_slice(self.event_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"occurred_at\":\"");
+        self.occurred_at
+            .format_into(out, &time::format_description::well_known::Rfc3339)?;
+        out.extend_from_slice(match self.mode {
+            PostingMode::Delta => b"\",\"mode\":\"delta\",\"currency\":",
+            PostingMode::Full => b"\",\"mode\":\"full\",\"currency\":",
+        });
+        match self.currency {
+            Some(c) => json_str(out, c.code()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(if self.filtered {
+            b",\"filtered\":true,\"entries\":"
+        } else {
+            b",\"filtered\":false,\"entries\":"
+        });
+        write_grouped_entries(out, &self.entries);
+        out.extend_from_slice(b",\"cumulative\":");
+        write_grouped_entries(out, &self.cumulative);
+        Ok(())
+    }
+
+    /// Room for [`Posting::write_json_fields`]' bytes of a typical posting
+    /// (more is grown into, as a `Vec` does).
+    pub fn json_capacity(&self) -> usize {
+        STORED_BYTES_FIXED + STORED_BYTES_PER_ENTRY * (self.entries.len() + self.cumulative.len())
+    }
+
     /// The debit and credit the wire shows for `e`, on the currency's scale.
     fn wire_amounts(&self, e: &GroupedEntry) -> (Decimal, Decimal) {
         let (debit, credit) = signed_parts(e.amount);
@@ -813,6 +868,47 @@ fn column_key(c: Column) -> &'static [u8] {
         Column::FeeKind => b",\"fee_kind\":",
     }
 }
+
+/// Appends `entries` as the JSON array serde writes for them: each a flat
+/// object of the key's fields (`entry_type`, `ledger_code`, `description`,
+/// `columns` as `[column, value]` pairs), then `quantity` and `amount` (its
+/// `Display` text as a string, as rust_decimal serialises it).
+fn write_grouped_entries(out: &mut Vec<u8>, entries: &[GroupedEntry]) {
+    out.push(b'[');
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"entry_type\":\"");
+        out.extend_from_slice(e.key.entry_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"ledger_code\":");
+        json_opt_str(out, e.key.ledger_code.as_deref());
+        out.extend_from_slice(b",\"description\":");
+        json_str(out, &e.key.description);
+        out.extend_from_slice(b",\"columns\":[");
+        for (j, (col, v)) in e.key.columns.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"[\"");
+            out.extend_from_slice(col.as_str().as_bytes());
+            out.extend_from_slice(b"\",");
+            json_opt_str(out, v.as_deref());
+            out.push(b']');
+        }
+        out.extend_from_slice(b"],\"quantity\":");
+        write_integer(out, e.quantity);
+        out.extend_from_slice(b",\"amount\":\"");
+        out.extend_from_slice(DecimalText::new(e.amount).as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.push(b']');
+}
+
+/// Room for a stored posting's own fields (ids, key, timestamp, flags).
+const STORED_BYTES_FIXED: usize = 384;
+/// Room for one typical stored entry (keys, columns, amount, description).
+const STORED_BYTES_PER_ENTRY: usize = 160;
 
 /// Room for a body's order id, registry_data `{}` and idempotency key.
 const BODY_BYTES_FIXED: usize = 256;
@@ -1012,6 +1108,93 @@ mod tests {
             p.body_json(&Value::Null).unwrap(),
             serde_json::to_vec(&p.body(&Value::Null)).unwrap()
         );
+    }
+
+    /// The stored JSON written by hand is serde's, byte for byte: every
+    /// text a producer can send, every amount sign, size and scale
+    /// (negative zero included), codes, columns and currency absent or
+    /// present, both modes, filtered or not, a timestamp with an offset and
+    /// nanoseconds, empty and long lists, every entry type.
+    #[test]
+    fn stored_json_is_the_serialised_posting() {
+        let all_ascii: String = (0u8..128).map(char::from).collect();
+        let texts = [
+            all_ascii.as_str(),
+            "",
+            "Ticket \"A\" \\ 10 € ✓",
+            "\u{7f}\u{80}\u{2028}",
+        ];
+        let amounts = [
+            Decimal::new(-2200, 2),
+            Decimal::ZERO,
+            -Decimal::new(0, 3),
+            Decimal::new(5, 0),
+            Decimal::new(123_456_789, 7),
+            Decimal::MAX,
+            Decimal::MIN,
+        ];
+        let mut entries = Vec::new();
+        for (i, amount) in amounts.into_iter().enumerate() {
+            let text = texts[i % texts.len()];
+            let mut e = g(text, [i as i64 - 3, i64::MIN, i64::MAX][i % 3], 0);
+            e.amount = amount;
+            e.key.entry_type = EntryType::ALL[i % EntryType::ALL.len()];
+            e.key.ledger_code = (i % 2 == 0).then(|| Text::from(text));
+            e.key.columns = Columns::from_iter(
+                Column::ALL
+                    .iter()
+                    .take(i)
+                    .enumerate()
+                    .map(|(j, &c)| (c, (j % 2 == 0).then(|| Text::from(text)))),
+            );
+            entries.push(e);
+        }
+        let mut p = posting_of(entries.clone());
+        p.cumulative = entries.into_iter().rev().collect();
+        let stamps = [
+            OffsetDateTime::UNIX_EPOCH,
+            time::macros::datetime!(2026-11-29 10:43:32.123_456_789 +05:30),
+            time::macros::datetime!(9999-12-31 23:59:59.5 -11:00),
+        ];
+        for (i, stamp) in stamps.into_iter().enumerate() {
+            p.occurred_at = stamp;
+            p.registry_id = texts[i].to_owned();
+            p.event_id = texts[(i + 1) % texts.len()].to_owned();
+            p.seq = [0, 7, u64::MAX][i];
+            for currency in [
+                None,
+                Currency::parse("EUR").ok(),
+                Currency::parse("BHD").ok(),
+            ] {
+                p.currency = currency;
+                for (mode, filtered) in [(PostingMode::Delta, false), (PostingMode::Full, true)] {
+                    (p.mode, p.filtered) = (mode, filtered);
+                    let mut mine = vec![b'{'];
+                    p.write_json_fields(&mut mine).unwrap();
+                    mine.push(b'}');
+                    assert_eq!(
+                        String::from_utf8(mine).unwrap(),
+                        serde_json::to_string(&p).unwrap()
+                    );
+                }
+            }
+        }
+        p.entries.clear();
+        p.cumulative.clear();
+        let mut mine = vec![b'{'];
+        p.write_json_fields(&mut mine).unwrap();
+        mine.push(b'}');
+        assert_eq!(mine, serde_json::to_vec(&p).unwrap());
+    }
+
+    /// A timestamp RFC 3339 cannot show (an offset with seconds) fails
+    /// as serde's `rfc3339` does.
+    #[test]
+    fn stored_json_of_an_offset_with_seconds_fails_as_serde_does() {
+        let mut p = posting_of(vec![]);
+        p.occurred_at = time::macros::datetime!(2026-01-01 0:00 +01:00:30);
+        assert!(serde_json::to_vec(&p).is_err());
+        assert!(p.write_json_fields(&mut Vec::new()).is_err());
     }
 
     /// Each column's key is its name as serde_json writes a string.

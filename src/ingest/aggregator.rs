@@ -916,8 +916,9 @@ impl Lane {
             previous_subject_seq: previous,
             posting,
         };
-        let payload =
-            serde_json::to_vec(&stored).map_err(|e| transient("encoding a posting", e))?;
+        let payload = stored
+            .to_json()
+            .map_err(|e| transient("encoding a posting", e))?;
         let mut headers = HeaderMap::new();
         headers.insert(H_KIND, "posting");
         let msg = streams::guarded_message(

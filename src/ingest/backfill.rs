@@ -334,7 +334,7 @@ impl Job<'_> {
             previous_subject_seq: 0,
             posting: &posting,
         };
-        let payload = serde_json::to_vec(&stored).map_err(|e| nats("encoding")(e.into()))?;
+        let payload = stored.to_json().map_err(|e| nats("encoding")(e.into()))?;
         let mut headers = HeaderMap::new();
         headers.insert(H_KIND, "posting");
         headers.insert(H_BACKFILL, "true");

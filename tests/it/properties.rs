@@ -22,6 +22,7 @@ use ledgerline::ledger::{
 use ledgerline::money::{Currency, Rounding};
 use ledgerline::order::OrderState;
 use ledgerline::posting::{GroupKey, group};
+use ledgerline::records::StoredPostingRef;
 use ledgerline::registry::{Registry, RegistryConfig, TargetPolicy};
 
 fn cases() -> u32 {
@@ -339,6 +340,15 @@ proptest! {
             for d in [&Value::Null, &data] {
                 prop_assert_eq!(p.body_json(d).unwrap(), serde_json::to_vec(&p.body(d)).unwrap());
             }
+        }
+    }
+
+    #[test]
+    fn the_aggregators_stored_bytes_are_the_serialised_stored_posting(h in history(), seqs in (any::<u64>(), any::<u64>())) {
+        let (_, postings) = run(&h);
+        for p in &postings {
+            let stored = StoredPostingRef { source_seq: seqs.0, previous_subject_seq: seqs.1, posting: p };
+            prop_assert_eq!(stored.to_json().unwrap(), serde_json::to_vec(&stored).unwrap());
         }
     }
 
