@@ -12,11 +12,13 @@
 //! mapping a source's payloads to [`events`]. [`wire`]: how enums with wire
 //! names get `as_str` and `Display` (strum, by serde's naming rule).
 //! `swar`: byte scans eight at a time, for the parser's and the body
-//! writer's text checks.
+//! writer's text checks. `json_reader`: the typed JSON reader of the
+//! event parser and of a stored posting's fast read.
 
 pub mod engine;
 pub mod events;
 pub mod inbound;
+pub(crate) mod json_reader;
 pub mod ledger;
 pub mod money;
 pub mod order;

@@ -20,6 +20,8 @@ use uuid::Uuid;
 use crate::domain::wire::wire_names;
 use crate::posting::{GroupedEntry, Posting};
 
+mod fast;
+
 /// `ledger.postings.<R>.<O>`: a posting, and the ORDERS stream sequence of
 /// the event that produced it (so a restarted aggregator knows whether an
 /// event was already posted).
@@ -141,7 +143,21 @@ impl StoredPosting {
     /// grouped ledger, often larger than the posting itself; left empty):
     /// for readers that send or list postings (the dispatcher, the export),
     /// not for those that build the next one.
+    ///
+    /// A record as the aggregator writes it is read straight from its
+    /// bytes (`fast`); any other (an escape in a text, a field the reader
+    /// does not know, a fault) by serde, which names what is wrong.
     pub fn read_without_cumulative(payload: &[u8]) -> Result<StoredPosting, serde_json::Error> {
+        match fast::read_without_cumulative(payload) {
+            Some(read) => Ok(read),
+            None => Self::read_without_cumulative_by_serde(payload),
+        }
+    }
+
+    /// [`StoredPosting::read_without_cumulative`] through serde alone.
+    pub fn read_without_cumulative_by_serde(
+        payload: &[u8],
+    ) -> Result<StoredPosting, serde_json::Error> {
         serde_json::from_slice::<StoredPostingFields<IgnoredAny>>(payload).map(StoredPosting::from)
     }
 }

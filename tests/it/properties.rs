@@ -22,7 +22,7 @@ use ledgerline::ledger::{
 use ledgerline::money::{Currency, Rounding};
 use ledgerline::order::OrderState;
 use ledgerline::posting::{GroupKey, group};
-use ledgerline::records::StoredPostingRef;
+use ledgerline::records::{StoredPosting, StoredPostingRef};
 use ledgerline::registry::{Registry, RegistryConfig, TargetPolicy};
 
 fn cases() -> u32 {
@@ -344,11 +344,17 @@ proptest! {
     }
 
     #[test]
-    fn the_aggregators_stored_bytes_are_the_serialised_stored_posting(h in history(), seqs in (any::<u64>(), any::<u64>())) {
+    fn the_aggregators_stored_bytes_are_serdes_and_read_back_as_serde_reads_them(h in history(), seqs in (any::<u64>(), any::<u64>())) {
         let (_, postings) = run(&h);
         for p in &postings {
             let stored = StoredPostingRef { source_seq: seqs.0, previous_subject_seq: seqs.1, posting: p };
-            prop_assert_eq!(stored.to_json().unwrap(), serde_json::to_vec(&stored).unwrap());
+            let bytes = stored.to_json().unwrap();
+            prop_assert_eq!(&bytes, &serde_json::to_vec(&stored).unwrap());
+            // And the dispatcher reads them back as serde does.
+            prop_assert_eq!(
+                StoredPosting::read_without_cumulative(&bytes).unwrap(),
+                StoredPosting::read_without_cumulative_by_serde(&bytes).unwrap()
+            );
         }
     }
 
