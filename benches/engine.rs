@@ -18,7 +18,8 @@
 //! and serde, as the admin view and `postings` embed them), the stored
 //! records (`stored_3_postings` as the aggregator writes them by hand,
 //! `stored_serde_3_postings` the same bytes through serde, and the
-//! dispatcher's and a rebuild's reads of them) and signing (one body,
+//! dispatcher's read of them, straight and through serde alone, and a
+//! rebuild's) and signing (one body,
 //! HMAC-SHA256).
 //!
 //! The allocator is mimalloc, as in the `ledgerline` binary (`src/main.rs`).
@@ -214,6 +215,14 @@ fn bench(c: &mut Criterion) {
             black_box(&stored)
                 .iter()
                 .map(|s| StoredPosting::read_without_cumulative(s).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    g.bench_function("read_3_stored_postings_without_cumulative_by_serde", |b| {
+        b.iter(|| {
+            black_box(&stored)
+                .iter()
+                .map(|s| StoredPosting::read_without_cumulative_by_serde(s).unwrap())
                 .collect::<Vec<_>>()
         })
     });

@@ -257,7 +257,9 @@ mod tests {
         GroupedEntry {
             key: GroupKey {
                 entry_type: EntryType::ALL[i % EntryType::ALL.len()],
-                ledger_code: i.is_multiple_of(2).then(|| Text::from(format!("{i}-{text}"))),
+                ledger_code: i
+                    .is_multiple_of(2)
+                    .then(|| Text::from(format!("{i}-{text}"))),
                 description: Text::from(format!("{text} {i}")),
                 // Runs of equal lists (shared by the reader), then others.
                 columns: Column::ALL
