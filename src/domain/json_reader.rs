@@ -61,8 +61,8 @@ impl<'a> Reader<'a> {
         loop {
             match *bytes.get(self.at)? {
                 b'"' => break,
-                // An escape (the tree reads it) or a control character
-                // (not JSON: the tree names it).
+                // An escape (the fallback reads it) or a control character
+                // (not JSON: the fallback names it).
                 b'\\' | 0x00..=0x1f => return None,
                 _ => self.at += 1,
             }
@@ -132,7 +132,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An object's key when it is one of `keys`: the name as the table
-    /// holds it. `None` for any other key, or one with an escape (the tree
+    /// holds it. `None` for any other key, or one with an escape (the fallback
     /// reads those).
     pub(crate) fn key<const N: usize>(&mut self, keys: &Keys<N>) -> Option<&'static str> {
         if self.peek()? != b'"' {
@@ -187,7 +187,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An array of what `item` reads; at most `max` items are read (more
-    /// is the tree's to refuse).
+    /// is the fallback's to read or refuse).
     pub(crate) fn array<T>(
         &mut self,
         max: usize,
@@ -276,7 +276,7 @@ fn special(w: u64) -> u64 {
         | zero(w ^ (u64::from(b'\\') * ONES))
 }
 
-/// The member names an object of the event may have, each with what
+/// The member names an object of one shape may have, each with what
 /// reads it from the message by comparing words: its bytes and closing
 /// quote, and which bytes of the words are its. A key is one of them
 /// exactly when the bytes after its opening quote begin with one's name
@@ -322,7 +322,7 @@ impl<const N: usize> Keys<N> {
 }
 
 /// Marks field `bit` of an object as read: `None` when it already was
-/// (a key given twice: the tree takes the last one).
+/// (a key given twice: serde refuses it, or a tree takes the last one).
 pub(crate) fn first(seen: &mut u16, bit: u16) -> Option<()> {
     let once = *seen & bit == 0;
     *seen |= bit;
