@@ -837,15 +837,28 @@ impl Posting {
         let uuid = self.idempotency_key.hyphenated().encode_lower(&mut uuid);
         out.extend_from_slice(uuid.as_bytes());
         out.extend_from_slice(b"\",\"ledger_entries\":[");
+        // Where the previous entry's code and columns were written: an
+        // entry with the same code and list (by address: the groups of a
+        // grouping share them) copies those bytes.
+        let mut previous: Option<(&GroupKey, std::ops::Range<usize>)> = None;
         for (i, e) in self.entries.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"ledger_code\":");
-            json_opt_str(&mut out, e.key.ledger_code.as_deref());
-            for (col, v) in e.key.columns.iter() {
-                out.extend_from_slice(column_key(*col));
-                json_opt_str(&mut out, v.as_deref());
+            match &previous {
+                Some((p, written)) if same_code_and_columns(p, &e.key) => {
+                    out.extend_from_within(written.clone());
+                }
+                _ => {
+                    let start = out.len();
+                    out.extend_from_slice(b"{\"ledger_code\":");
+                    json_opt_str(&mut out, e.key.ledger_code.as_deref());
+                    for (col, v) in e.key.columns.iter() {
+                        out.extend_from_slice(column_key(*col));
+                        json_opt_str(&mut out, v.as_deref());
+                    }
+                    previous = Some((&e.key, start..out.len()));
+                }
             }
             out.extend_from_slice(b",\"quantity\":");
             write_integer(&mut out, e.quantity);
@@ -965,6 +978,18 @@ impl Serialize for AsText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(DecimalText::new(self.0).as_str())
     }
+}
+
+/// True when `a` and `b` hold their ledger code and column list at one
+/// address each (or have no code): their wire bytes up to the quantity
+/// are the same.
+fn same_code_and_columns(a: &GroupKey, b: &GroupKey) -> bool {
+    let same_code = match (&a.ledger_code, &b.ledger_code) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    same_code && Arc::ptr_eq(&a.columns, &b.columns)
 }
 
 /// (debit, credit) of a signed amount: `amount.max(0)` and
@@ -1242,6 +1267,21 @@ mod tests {
                 (Column::ProductId, (i % 2 == 1).then(|| Text::from(*text))),
             ]);
             entries.push(e);
+        }
+        // Entries sharing their code and list with the one before (their
+        // bytes are copied), or only one of them, or equal copies of them.
+        let shared = entries.clone();
+        for (i, e) in shared.iter().enumerate() {
+            let mut same = g("shares", 2, 100 * i as i64);
+            same.key.ledger_code = e.key.ledger_code.clone();
+            same.key.columns = Columns::clone(&e.key.columns);
+            let mut code_only = same.clone();
+            code_only.key.columns = Columns::from(&*e.key.columns);
+            let mut list_only = same.clone();
+            list_only.key.ledger_code = e.key.ledger_code.as_deref().map(Text::from);
+            let mut other = same.clone();
+            other.key.ledger_code = Some("other".into());
+            entries.extend([same.clone(), same, code_only, list_only, other]);
         }
         let mut p = posting_of(entries);
         let data = [
