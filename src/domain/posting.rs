@@ -863,16 +863,38 @@ impl Posting {
             out.extend_from_slice(b",\"quantity\":");
             write_integer(&mut out, e.quantity);
             let (debit, credit) = signed_parts(e.amount);
-            out.extend_from_slice(b",\"debit\":\"");
-            self.write_on_scale(&mut out, debit);
-            out.extend_from_slice(b"\",\"credit\":\"");
-            self.write_on_scale(&mut out, credit);
-            out.extend_from_slice(b"\",\"description\":\"");
+            // The side an entry is not on is a zero: written with the
+            // keys around it in one copy.
+            match self.zero_text(debit) {
+                Some(zero) => out.extend_from_slice(zero.debit_then_credit),
+                None => {
+                    out.extend_from_slice(b",\"debit\":\"");
+                    self.write_on_scale(&mut out, debit);
+                    out.extend_from_slice(b"\",\"credit\":\"");
+                }
+            }
+            match self.zero_text(credit) {
+                Some(zero) => out.extend_from_slice(zero.credit_then_description),
+                None => {
+                    self.write_on_scale(&mut out, credit);
+                    out.extend_from_slice(b"\",\"description\":\"");
+                }
+            }
             json_escaped(&mut out, &e.key.description);
             out.extend_from_slice(b"\"}");
         }
         out.extend_from_slice(b"]}");
         Ok(out)
+    }
+
+    /// The bytes around a zero `amount` in a wire entry, when it is one and
+    /// the currency's zero has a constant text (`write_on_scale`'s own:
+    /// `0` and up to four zeros after the point, unsigned).
+    fn zero_text(&self, amount: Decimal) -> Option<&'static ZeroText> {
+        let minor_units = self.currency?.minor_units();
+        ZERO_TEXTS
+            .get(minor_units as usize)
+            .filter(|_| amount.is_zero())
     }
 
     /// The debit and credit the wire shows for `e`, on the currency's scale.
@@ -1000,6 +1022,38 @@ fn signed_parts(amount: Decimal) -> (Decimal, Decimal) {
     let part = |d: Decimal| if below_zero(d) { Decimal::ZERO } else { d };
     (part(amount), part(-amount))
 }
+
+/// A zero amount of a currency with `minor_units` ≤ 4 (the index of
+/// [`ZERO_TEXTS`]) in a wire entry, with the keys around it.
+struct ZeroText {
+    /// `,"debit":"0.00","credit":"`.
+    debit_then_credit: &'static [u8],
+    /// `0.00","description":"`.
+    credit_then_description: &'static [u8],
+}
+
+const ZERO_TEXTS: [ZeroText; 5] = [
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0\",\"credit\":\"",
+        credit_then_description: b"0\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.0\",\"credit\":\"",
+        credit_then_description: b"0.0\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.00\",\"credit\":\"",
+        credit_then_description: b"0.00\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.000\",\"credit\":\"",
+        credit_then_description: b"0.000\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.0000\",\"credit\":\"",
+        credit_then_description: b"0.0000\",\"description\":\"",
+    },
+];
 
 /// A column's key in a wire entry, with the comma before it and the colon
 /// after: `,"currency":` (the names need no escaping).
@@ -1304,6 +1358,25 @@ mod tests {
             p.body_json(&Value::Null).unwrap(),
             serde_json::to_vec(&p.body(&Value::Null)).unwrap()
         );
+    }
+
+    /// Each zero text is the zero `write_on_scale` writes for its minor
+    /// units, with the keys around it.
+    #[test]
+    fn zero_texts_are_the_written_zeros() {
+        for (minor_units, z) in ZERO_TEXTS.iter().enumerate() {
+            let mut zero = Vec::new();
+            write_on_scale(&mut zero, Decimal::ZERO, minor_units as u32);
+            let zero = String::from_utf8(zero).unwrap();
+            assert_eq!(
+                z.debit_then_credit,
+                format!(",\"debit\":\"{zero}\",\"credit\":\"").as_bytes()
+            );
+            assert_eq!(
+                z.credit_then_description,
+                format!("{zero}\",\"description\":\"").as_bytes()
+            );
+        }
     }
 
     /// Each column's key is its name as serde_json writes a string.
