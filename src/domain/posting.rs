@@ -153,10 +153,15 @@ struct KeyRef<'a> {
 impl PartialEq for KeyRef<'_> {
     fn eq(&self, other: &Self) -> bool {
         // A description is often the same text (a tax rate's, a line's
-        // own): equal without comparing its bytes.
+        // own), a ledger code the same rule's: equal without comparing
+        // their bytes.
         let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        let same_code = match (self.ledger_code, other.ledger_code) {
+            (Some(a), Some(b)) => same(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
         self.entry_type == other.entry_type
-            && self.ledger_code == other.ledger_code
+            && same_code
             && same(self.description, other.description)
             && self
                 .group_by
