@@ -87,11 +87,11 @@ impl OrderBook {
             let alike = grouped.iter().find(|(g, _)| {
                 g.config.revenue_recognition == r.config.revenue_recognition && same_grouping(g, r)
             });
+            let cursor = self.cursors.get(r.id());
             let current = match alike.and_then(|&(_, i)| postings.get(i)) {
                 Some(p) => p.cumulative.clone(),
-                None => group_with(ledger, r, &mut texts),
+                None => group_with(ledger, r, &mut texts, cursor.map_or(&[], |c| &c.posted)),
             };
-            let cursor = self.cursors.get(r.id());
             let posting = build_grouped(
                 r,
                 event,

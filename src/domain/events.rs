@@ -114,9 +114,12 @@ impl EventType {
 }
 
 /// An order id: `[A-Za-z0-9_-]{1,128}`, so it is always a safe subject token.
+/// A shared text: the order's state and each of its postings hold a copy
+/// of the one parsed, not an allocation each (compared, ordered, hashed
+/// and serialised as the string).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct OrderId(String);
+pub struct OrderId(Text);
 
 impl OrderId {
     /// Checks the pattern `[A-Za-z0-9_-]{1,128}`.
@@ -125,7 +128,7 @@ impl OrderId {
             && s.len() <= 128
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        ok.then(|| Self(s.to_owned()))
+        ok.then(|| Self(Text::from(s)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -1161,6 +1164,31 @@ impl<'a> Item<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An order id is its string: serialised, read back, shown, ordered
+    /// and hashed as it; a copy shares the text.
+    #[test]
+    fn order_ids_are_their_strings() {
+        use std::hash::BuildHasher as _;
+        let ids = ["o-1", "o-10", "O_2", "a"].map(|s| OrderId::parse(s).unwrap());
+        let state = foldhash::fast::RandomState::default();
+        for a in &ids {
+            assert_eq!(
+                serde_json::to_string(a).unwrap(),
+                serde_json::to_string(a.as_str()).unwrap()
+            );
+            let back: OrderId = serde_json::from_str(&serde_json::to_string(a).unwrap()).unwrap();
+            assert_eq!(&back, a);
+            assert_eq!(a.to_string(), a.as_str());
+            assert_eq!(format!("{a:?}"), format!("OrderId({:?})", a.as_str()));
+            assert_eq!(state.hash_one(a), state.hash_one(a.as_str().to_owned()));
+            assert!(Arc::ptr_eq(&a.clone().0, &a.0));
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.as_str().cmp(b.as_str()));
+                assert_eq!(a == b, a.as_str() == b.as_str());
+            }
+        }
+    }
 
     /// `bounded` refuses exactly what counting characters and looking
     /// for `char::is_control` in every character refuses, ASCII or not.

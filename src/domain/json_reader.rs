@@ -26,6 +26,13 @@ impl<'a> Reader<'a> {
     /// The next byte that is not JSON whitespace, not consumed.
     pub(crate) fn peek(&mut self) -> Option<u8> {
         let bytes = self.text.as_bytes();
+        // The usual case, no whitespace (all of it is at most b' '): one
+        // comparison.
+        if let Some(&b) = bytes.get(self.at)
+            && b > b' '
+        {
+            return Some(b);
+        }
         while let Some(&b) = bytes.get(self.at) {
             if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
                 return Some(b);

@@ -244,36 +244,65 @@ pub fn write_unsigned(out: &mut Vec<u8>, n: u64) {
 
 /// Appends `-` when `negative`, then the digits of `mantissa` with a point
 /// `scale` digits from the right and at least one digit before it: what
-/// `Decimal`'s `Display` prints for that sign, mantissa and scale.
+/// `Decimal`'s `Display` prints for that sign, mantissa and scale. Digits
+/// are written two at a time (one division by 100 for two).
 fn write_fixed(out: &mut Vec<u8>, negative: bool, mantissa: u64, scale: u32) {
     // A sign, 28 decimals, a point and the 20 digits of a u64.
     let mut buf = [0u8; 56];
     let mut start = buf.len();
     let mut m = mantissa;
-    let mut push = |b: u8| {
-        start -= 1;
-        buf[start] = b;
+    // The two digits of `n` (< 100) before `start`.
+    let pair = |buf: &mut [u8; 56], start: &mut usize, n: u64| {
+        // n < 100: its two digits are at 2n in the table.
+        let at = 2 * n as usize;
+        *start -= 2;
+        buf[*start..*start + 2].copy_from_slice(&DIGIT_PAIRS[at..at + 2]);
     };
-    for _ in 0..scale {
+    let mut decimals = scale;
+    while decimals >= 2 {
+        pair(&mut buf, &mut start, m % 100);
+        m /= 100;
+        decimals -= 2;
+    }
+    if decimals == 1 {
+        start -= 1;
         // m % 10 < 10.
-        push(b'0' + (m % 10) as u8);
+        buf[start] = b'0' + (m % 10) as u8;
         m /= 10;
     }
     if scale > 0 {
-        push(b'.');
+        start -= 1;
+        buf[start] = b'.';
     }
-    loop {
-        push(b'0' + (m % 10) as u8);
-        m /= 10;
-        if m == 0 {
-            break;
-        }
+    while m >= 100 {
+        pair(&mut buf, &mut start, m % 100);
+        m /= 100;
+    }
+    if m >= 10 {
+        pair(&mut buf, &mut start, m);
+    } else {
+        start -= 1;
+        // m < 10.
+        buf[start] = b'0' + m as u8;
     }
     if negative {
-        push(b'-');
+        start -= 1;
+        buf[start] = b'-';
     }
     out.extend_from_slice(&buf[start..]);
 }
+
+/// `00` … `99`: the two digits of each number below 100, at twice it.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        t[2 * n] = b'0' + (n / 10) as u8;
+        t[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    t
+};
 
 /// The lowest decimal digit of `m` as ASCII, dividing `m` by ten (in 64
 /// bits when it fits: every amount of an order does).
@@ -605,6 +634,25 @@ mod tests {
             let mut out = Vec::new();
             write_on_scale(&mut out, dec("-0.5"), c.minor_units());
             assert_eq!(String::from_utf8(out).unwrap(), c.format(dec("-0.5")));
+        }
+        // Every number of digits, odd and even (digits go two at a time),
+        // on every scale.
+        for k in 0..20 {
+            let p = 10u64.pow(k);
+            for n in [p - 1, p, p + 1, p.saturating_mul(10) - 1] {
+                let mut out = Vec::new();
+                write_unsigned(&mut out, n);
+                assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+                for minor_units in 0..=4 {
+                    for d in [Decimal::from(n), -Decimal::from(n)] {
+                        for scale in 0..=minor_units {
+                            let mut d = d;
+                            d.set_scale(scale).unwrap();
+                            assert_eq!(written(d, minor_units), formatted(d, minor_units), "{d:?}");
+                        }
+                    }
+                }
+            }
         }
         for n in [0, 1, -1, 9, 10, -10, 1234, i64::MAX, i64::MIN] {
             let mut out = Vec::new();

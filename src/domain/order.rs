@@ -113,7 +113,7 @@ impl OrderState {
     /// Applies `event`, or refuses it and changes nothing.
     pub fn apply(&mut self, event: &Event) -> Result<(), Rejection> {
         self.check(event)?;
-        self.change(event);
+        self.change(event, None);
         Ok(())
     }
 
@@ -143,7 +143,7 @@ impl OrderState {
             redemptions: self.redemptions.clone(),
             applied_event_ids: with_room_for_one(&self.applied_event_ids),
         };
-        next.change(event);
+        next.change(event, Some((&self.line_items, &self.fees)));
         Ok(next)
     }
 
@@ -243,15 +243,17 @@ impl OrderState {
         Ok(())
     }
 
-    /// Applies `event`, which [`OrderState::check`] accepted.
-    fn change(&mut self, event: &Event) {
+    /// Applies `event`, which [`OrderState::check`] accepted. A snapshot's
+    /// lines and fees keep the texts of the lines and fees `before` it
+    /// (these, when `None`) where they are equal.
+    fn change(&mut self, event: &Event, before: Option<(&[LineItem], &[Fee])>) {
         match &event.body {
             EventBody::Snapshot(s) => {
-                self.apply_snapshot(s);
+                self.apply_snapshot(s, before);
                 self.cancelled = false;
             }
             EventBody::Cancel(Some(s)) => {
-                self.apply_snapshot(s);
+                self.apply_snapshot(s, before);
                 self.cancelled = true;
             }
             EventBody::Cancel(None) => {
@@ -286,13 +288,15 @@ impl OrderState {
         }
     }
 
-    fn apply_snapshot(&mut self, s: &OrderSnapshot) {
+    fn apply_snapshot(&mut self, s: &OrderSnapshot, before: Option<(&[LineItem], &[Fee])>) {
         self.currency = Some(s.currency);
-        self.channel = s.channel.clone();
+        self.channel = kept_opt(&s.channel, &self.channel);
         self.prices_include_tax = s.prices_include_tax;
         self.version = Some(s.version);
-        self.line_items = s.line_items.clone();
-        self.fees = s.fees.clone();
+        let (lines, fees) = before.unwrap_or((&self.line_items, &self.fees));
+        let (lines, fees) = (kept_lines(&s.line_items, lines), kept_fees(&s.fees, fees));
+        self.line_items = lines;
+        self.fees = fees;
         for p in &s.payments {
             self.set_payment(p, PaymentKind::Paid);
         }
@@ -310,13 +314,24 @@ impl OrderState {
     }
 
     fn set_payment(&mut self, p: &Payment, kind: PaymentKind) {
-        let record = PaymentRecord {
-            payment_id: p.payment_id.clone(),
-            method: p.method.clone(),
-            amount: p.amount,
-            kind,
-        };
-        upsert(&mut self.payments, record, |r| r.payment_id == p.payment_id);
+        match self
+            .payments
+            .iter_mut()
+            .find(|r| r.payment_id == p.payment_id)
+        {
+            // The record's own id (equal) and method, when equal, are kept.
+            Some(r) => {
+                r.method = kept(&p.method, &r.method);
+                r.amount = p.amount;
+                r.kind = kind;
+            }
+            None => self.payments.push(PaymentRecord {
+                payment_id: p.payment_id.clone(),
+                method: p.method.clone(),
+                amount: p.amount,
+                kind,
+            }),
+        }
     }
 
     /// Distinct tax rates in use, ascending.
@@ -337,6 +352,62 @@ fn with_room_for_one(ids: &[Text]) -> Vec<Text> {
     copy
 }
 
+/// `new`, as the text `old` holds when the two are equal: texts kept from
+/// one state to the next (a line's, a payment's) stay one allocation, so
+/// the keys grouped from them are compared by address
+/// (`posting::GroupKey`'s `==`) and their column lists are reused.
+fn kept(new: &Text, old: &Text) -> Text {
+    if **new == **old {
+        Text::clone(old)
+    } else {
+        Text::clone(new)
+    }
+}
+
+/// [`kept`] of optional texts.
+fn kept_opt(new: &Option<Text>, old: &Option<Text>) -> Option<Text> {
+    match (new, old) {
+        (Some(new), Some(old)) => Some(kept(new, old)),
+        (new, _) => new.clone(),
+    }
+}
+
+/// A copy of a snapshot's `lines`, each with the texts (but the id) of the
+/// line at its place `before` where they are equal (an update usually keeps its lines
+/// in place); equal to `lines` (`==`).
+fn kept_lines(lines: &[LineItem], before: &[LineItem]) -> Vec<LineItem> {
+    let kept_line = |(i, l): (usize, &LineItem)| match before.get(i) {
+        // The id is not kept: no key is grouped by it.
+        Some(b) => LineItem {
+            id: Text::clone(&l.id),
+            product_id: kept_opt(&l.product_id, &b.product_id),
+            option_id: kept_opt(&l.option_id, &b.option_id),
+            unit_type: kept_opt(&l.unit_type, &b.unit_type),
+            description: kept(&l.description, &b.description),
+            quantity: l.quantity,
+            unit_price: l.unit_price,
+            discount: l.discount,
+            tax_rate: l.tax_rate,
+        },
+        None => l.clone(),
+    };
+    lines.iter().enumerate().map(kept_line).collect()
+}
+
+/// [`kept_lines`] for fees.
+fn kept_fees(fees: &[Fee], before: &[Fee]) -> Vec<Fee> {
+    let kept_fee = |(i, f): (usize, &Fee)| match before.get(i) {
+        Some(b) => Fee {
+            kind: kept(&f.kind, &b.kind),
+            description: kept(&f.description, &b.description),
+            amount: f.amount,
+            tax_rate: f.tax_rate,
+        },
+        None => f.clone(),
+    };
+    fees.iter().enumerate().map(kept_fee).collect()
+}
+
 /// Replaces the element `same` picks with `record`, or appends it: records
 /// kept by id, in order of first appearance.
 fn upsert<T>(list: &mut Vec<T>, record: T, same: impl Fn(&T) -> bool) {
@@ -351,6 +422,7 @@ mod tests {
     use super::*;
     use crate::events::parse_event;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn ev(v: serde_json::Value) -> Event {
         parse_event(v.to_string().as_bytes(), None).unwrap()
@@ -375,6 +447,102 @@ mod tests {
 
     fn state() -> OrderState {
         OrderState::new(OrderId::parse("o1").unwrap())
+    }
+
+    /// A snapshot keeps the texts of the lines (but their ids), fees, channel and payments
+    /// before it where they are equal (one allocation, not a copy), takes
+    /// its own where they differ, and is the state the snapshot alone
+    /// gives: equal, and stored as the same JSON.
+    #[test]
+    fn snapshots_keep_the_equal_texts_of_the_state_before() {
+        let order = |version: u64, lines: serde_json::Value, fees: serde_json::Value| {
+            ev(json!({
+                "event_id": format!("e{version}"), "type": "order.updated", "order_id": "o1",
+                "occurred_at": "2026-11-22T10:00:00Z",
+                "order": {"version": version, "currency": "EUR", "channel": "web",
+                    "prices_include_tax": true, "line_items": lines, "fees": fees,
+                    "payments": [{"payment_id": "p1", "method": if version < 3 { "card" } else { "cash" },
+                                  "amount": "1.00", "currency": "EUR"}]}
+            }))
+        };
+        let line = |id: &str, product: Option<&str>, desc: &str, q: u64| {
+            json!({"id": id, "product_id": product, "option_id": "std", "unit_type": "adult",
+                   "description": desc, "quantity": q, "unit_price": "10.00", "tax_rate": "0.16"})
+        };
+        let fee = |kind: &str, desc: &str| json!({"kind": kind, "description": desc, "amount": "2.00", "tax_rate": "0"});
+        let events = [
+            order(
+                1,
+                json!([line("l1", Some("p"), "A", 1), line("l2", None, "B", 1)]),
+                json!([fee("shipping", "Ship")]),
+            ),
+            // The same texts, other quantities.
+            order(
+                2,
+                json!([line("l1", Some("p"), "A", 2), line("l2", None, "B", 3)]),
+                json!([fee("shipping", "Ship")]),
+            ),
+            // Texts changed, a line and a fee more, another method.
+            order(
+                3,
+                json!([
+                    line("l1", Some("q"), "A", 2),
+                    line("l2", Some("p"), "C", 3),
+                    line("l3", None, "A", 1)
+                ]),
+                json!([fee("shipping", "Other"), fee("handling", "H")]),
+            ),
+            // Lines in another order, fewer of them.
+            order(4, json!([line("l3", None, "A", 1)]), json!([])),
+        ];
+        let same = |a: &Text, b: &Text| Arc::ptr_eq(a, b);
+        let mut s = state();
+        for e in &events {
+            let before = s.clone();
+            let next = s.applied(e).unwrap();
+            let mut alone = s.clone();
+            alone.line_items.clear();
+            alone.fees.clear();
+            alone.apply(e).unwrap();
+            let mut applied = s.clone();
+            applied.apply(e).unwrap();
+            for got in [&next, &applied] {
+                assert_eq!(got, &alone);
+                assert_eq!(
+                    serde_json::to_string(got).unwrap(),
+                    serde_json::to_string(&alone).unwrap()
+                );
+                for (l, b) in got.line_items.iter().zip(&before.line_items) {
+                    let texts = [
+                        (l.product_id.as_ref(), b.product_id.as_ref()),
+                        (l.option_id.as_ref(), b.option_id.as_ref()),
+                        (l.unit_type.as_ref(), b.unit_type.as_ref()),
+                        (Some(&l.description), Some(&b.description)),
+                    ];
+                    for (t, b) in texts {
+                        if let (Some(t), Some(b)) = (t, b) {
+                            assert_eq!(same(t, b), t == b, "{t} {b}");
+                        }
+                    }
+                }
+                for (f, b) in got.fees.iter().zip(&before.fees) {
+                    assert_eq!(same(&f.kind, &b.kind), f.kind == b.kind);
+                    assert_eq!(
+                        same(&f.description, &b.description),
+                        f.description == b.description
+                    );
+                }
+                if let (Some(c), Some(b)) = (&got.channel, &before.channel) {
+                    assert!(same(c, b));
+                }
+                for (p, b) in got.payments.iter().zip(&before.payments) {
+                    assert!(same(&p.payment_id, &b.payment_id));
+                    assert_eq!(same(&p.method, &b.method), p.method == b.method);
+                }
+            }
+            s = next;
+        }
+        assert_eq!(&*s.payments[0].method, "cash");
     }
 
     /// `applied` is `apply` on a copy, for every kind of event, accepted

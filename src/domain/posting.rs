@@ -27,13 +27,60 @@ use crate::registry::{Column, ColumnValue, PostingMode, Registry};
 
 /// The key entries are grouped and netted by. Its texts are shared with
 /// the ledger they come from (and with the order's state), never copied.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub struct GroupKey {
     pub entry_type: EntryType,
     pub ledger_code: Option<Text>,
     pub description: Text,
     /// The registry's group columns, in its `group_by` order, with values.
     pub columns: Columns,
+}
+
+/// Equal when each field is equal, as a derived `PartialEq` says; a text
+/// or a column list held at one address is equal without its bytes being
+/// compared (`Arc<str>`'s `==` compares the bytes even of one allocation).
+/// A key and the cursor's key it is netted against often share them: the
+/// registry's ledger codes, the ledger's own descriptions, and texts kept
+/// from the previous event.
+impl PartialEq for GroupKey {
+    fn eq(&self, other: &Self) -> bool {
+        let same_list = |a: &Columns, b: &Columns| {
+            Arc::ptr_eq(a, b)
+                || a.len() == b.len()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|((c, x), (d, y))| c == d && same_opt_text(x, y))
+        };
+        self.entry_type == other.entry_type
+            && same_opt_text(&self.ledger_code, &other.ledger_code)
+            && same_text(&self.description, &other.description)
+            && same_list(&self.columns, &other.columns)
+    }
+}
+
+/// Hashes the fields in order, as a derived `Hash` does (equal keys hash
+/// equally: equality is the fields').
+impl Hash for GroupKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.entry_type.hash(h);
+        self.ledger_code.hash(h);
+        self.description.hash(h);
+        self.columns.hash(h);
+    }
+}
+
+/// `a == b`, without comparing the bytes of one allocation.
+fn same_text(a: &Text, b: &Text) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// [`same_text`] of optional texts.
+fn same_opt_text(a: &Option<Text>, b: &Option<Text>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same_text(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// A group key's columns and their values. Shared: the groups of one
@@ -106,10 +153,15 @@ struct KeyRef<'a> {
 impl PartialEq for KeyRef<'_> {
     fn eq(&self, other: &Self) -> bool {
         // A description is often the same text (a tax rate's, a line's
-        // own): equal without comparing its bytes.
+        // own), a ledger code the same rule's: equal without comparing
+        // their bytes.
         let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        let same_code = match (self.ledger_code, other.ledger_code) {
+            (Some(a), Some(b)) => same(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
         self.entry_type == other.entry_type
-            && self.ledger_code == other.ledger_code
+            && same_code
             && same(self.description, other.description)
             && self
                 .group_by
@@ -141,38 +193,79 @@ impl Hash for KeyRef<'_> {
 /// The texts of the column values that are not held as text by the ledger
 /// (currencies and rates), made once per event ([`group_with`]; once per
 /// grouping through [`group`]) and shared by the groups of its groupings.
+/// A text equal to one of the groups posted before (a cursor's, offered
+/// by [`group_with`]) is that one rather than a new one: the next
+/// difference compares it by address, and the column lists holding it
+/// can be the cursor's.
 #[derive(Default)]
-pub struct ValueTexts {
+pub struct ValueTexts<'a> {
     made: Vec<(ColumnValue<'static>, Text)>,
+    /// Currency and rate texts of the groups posted before, by address.
+    offered: [Option<&'a Text>; TEXTS_OFFERED_MAX],
 }
 
-impl ValueTexts {
+/// At most this many texts posted before are offered for reuse (currency
+/// and rate texts: an order has one currency and a few rates).
+const TEXTS_OFFERED_MAX: usize = 8;
+
+impl<'a> ValueTexts<'a> {
+    /// Offers `t`, a currency's or a rate's text posted before, for reuse.
+    fn offer(&mut self, t: &'a Text) {
+        for slot in &mut self.offered {
+            match slot {
+                Some(o) if Arc::ptr_eq(o, t) => return,
+                Some(_) => {}
+                None => {
+                    *slot = Some(t);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A text of `s`: one offered when equal, else a new one.
+    fn offered_or_new(&self, s: &str) -> Text {
+        let offered = self.offered.iter().map_while(|o| *o);
+        match offered.into_iter().find(|o| ***o == *s) {
+            Some(o) => Text::clone(o),
+            None => Text::from(s),
+        }
+    }
+
     fn text(&mut self, v: ColumnValue<'_>) -> Text {
+        Text::clone(self.text_ref(v))
+    }
+
+    /// [`ValueTexts::text`], borrowed.
+    fn text_ref<'s>(&'s mut self, v: ColumnValue<'s>) -> &'s Text {
         let owned = match v {
-            ColumnValue::Text(t) => return Text::clone(t),
+            ColumnValue::Text(t) => return t,
             ColumnValue::Currency(c) => ColumnValue::Currency(c),
             ColumnValue::Rate(r) => ColumnValue::Rate(r),
         };
         // A rate met before is usually the very same value (rates are
         // normalised when parsed): its bits are compared before its value.
         let same = |k: &ColumnValue<'_>| match (k, &owned) {
+            // Two rates of one scale are equal exactly when their bits
+            // are, but for a zero's sign.
             (ColumnValue::Rate(a), ColumnValue::Rate(b)) => {
-                a.serialize() == b.serialize() || a == b
+                a.serialize() == b.serialize() || (a.scale() != b.scale() || a.is_zero()) && a == b
             }
             (k, owned) => k == owned,
         };
-        if let Some((_, t)) = self.made.iter().find(|(k, _)| same(k)) {
-            return Text::clone(t);
+        if let Some(i) = self.made.iter().position(|(k, _)| same(k)) {
+            return &self.made[i].1;
         }
         let t = match owned {
             // What `Display` writes, without the machinery: a currency's
             // code, a rate normalised.
-            ColumnValue::Currency(c) => Text::from(c.code()),
-            ColumnValue::Rate(r) => Text::from(DecimalText::new(r.normalize()).as_str()),
+            ColumnValue::Currency(c) => self.offered_or_new(c.code()),
+            ColumnValue::Rate(r) => self.offered_or_new(DecimalText::new(r.normalize()).as_str()),
             ColumnValue::Text(t) => Text::clone(t),
         };
-        self.made.push((owned, Text::clone(&t)));
-        t
+        let i = self.made.len();
+        self.made.push((owned, t));
+        &self.made[i].1
     }
 }
 
@@ -180,12 +273,20 @@ impl ValueTexts {
 /// values are those of a list made before shares it: the registry's
 /// columns are often the same for many groups (the default `group_by`,
 /// the currency alone, for all of them).
-struct ColumnLists {
+struct ColumnLists<'a> {
     /// The [`identity`] of each value of each list kept, `width` (the
     /// number of group columns, at least 1) a list.
     ids: [u128; COLUMN_IDS],
     lists: [Option<Columns>; COLUMN_LISTS_KEPT],
     kept: usize,
+    /// The distinct lists of the groups posted before (the cursor's): a
+    /// new list that would hold the same texts (by address) is one of
+    /// them instead.
+    posted: [Option<&'a Columns>; COLUMN_LISTS_KEPT],
+    posted_len: usize,
+    /// Where the next look among `posted` starts: after the last found
+    /// (a grouping meets its lists in the order of the last one).
+    posted_next: usize,
 }
 
 /// At most this many lists are kept for sharing in one grouping, and
@@ -210,18 +311,50 @@ fn identity(v: Option<ColumnValue<'_>>) -> u128 {
     }
 }
 
-impl ColumnLists {
+impl<'a> ColumnLists<'a> {
     fn new() -> Self {
         Self {
             ids: [0; COLUMN_IDS],
             lists: [const { None }; COLUMN_LISTS_KEPT],
             kept: 0,
+            posted: [None; COLUMN_LISTS_KEPT],
+            posted_len: 0,
+            posted_next: 0,
         }
     }
 
+    /// Keeps the distinct lists of `posted` (the groups posted before)
+    /// for reuse, and offers their currency and rate texts to `texts`.
+    fn keep_posted(&mut self, posted: &'a [GroupedEntry], texts: &mut ValueTexts<'a>) {
+        let mut n = 0;
+        for g in posted {
+            let list = &g.key.columns;
+            if n == COLUMN_LISTS_KEPT {
+                break;
+            }
+            // Neighbours often share a list: the last one is looked at first.
+            let seen = self.posted[..n]
+                .iter()
+                .rev()
+                .any(|p| p.is_some_and(|p| Arc::ptr_eq(p, list)));
+            if seen {
+                continue;
+            }
+            self.posted[n] = Some(list);
+            n += 1;
+            for (c, v) in list.iter() {
+                if let (Column::Currency | Column::TaxRate, Some(t)) = (c, v) {
+                    texts.offer(t);
+                }
+            }
+        }
+        self.posted_len = n;
+    }
+
     /// The columns `group_by` of an entry with dimensions `dims`: a list
-    /// kept before when its values are the same ones, else a new list.
-    fn of(&mut self, group_by: &[Column], dims: &Dims, texts: &mut ValueTexts) -> Columns {
+    /// kept before when its values are the same ones, else a posted list
+    /// holding the same texts, else a new list.
+    fn of(&mut self, group_by: &[Column], dims: &Dims, texts: &mut ValueTexts<'a>) -> Columns {
         let make = |texts: &mut ValueTexts| -> Columns {
             group_by
                 .iter()
@@ -248,7 +381,10 @@ impl ColumnLists {
                 return Columns::clone(list);
             }
         }
-        let list = make(texts);
+        let list = match self.posted_with(group_by, dims, texts) {
+            Some(list) => list,
+            None => make(texts),
+        };
         let at = self.kept * width;
         if self.kept < COLUMN_LISTS_KEPT && at + width <= COLUMN_IDS {
             self.ids[at..at + width].copy_from_slice(ids);
@@ -256,6 +392,48 @@ impl ColumnLists {
             self.kept += 1;
         }
         list
+    }
+}
+
+impl<'a> ColumnLists<'a> {
+    /// The posted list holding the texts (by address) that the columns
+    /// `group_by` of `dims` have (`texts` gives those of currencies and
+    /// rates), if any. `group_by` is at most [`GROUP_COLUMNS_MAX`] long.
+    fn posted_with(
+        &mut self,
+        group_by: &[Column],
+        dims: &Dims,
+        texts: &mut ValueTexts<'a>,
+    ) -> Option<Columns> {
+        let n = self.posted_len;
+        if n == 0 {
+            return None;
+        }
+        let addr = |t: &Text| Arc::as_ptr(t).cast::<u8>().addr();
+        let mut addrs = [0usize; GROUP_COLUMNS_MAX];
+        for (a, c) in addrs.iter_mut().zip(group_by) {
+            *a = c.of(dims).map_or(0, |v| addr(texts.text_ref(v)));
+        }
+        let addrs = &addrs[..group_by.len()];
+        let same = |list: &Columns| {
+            list.len() == addrs.len()
+                && list
+                    .iter()
+                    .zip(group_by.iter().zip(addrs))
+                    .all(|((c, t), (d, a))| c == d && t.as_ref().map_or(0, addr) == *a)
+        };
+        let mut i = self.posted_next;
+        for _ in 0..n {
+            if i >= n {
+                i = 0;
+            }
+            if let Some(list) = self.posted[i].filter(|l| same(l)) {
+                self.posted_next = i + 1;
+                return Some(Columns::clone(list));
+            }
+            i += 1;
+        }
+        None
     }
 }
 
@@ -267,16 +445,19 @@ const GROUP_SCAN_MAX_ENTRIES: usize = 32;
 /// Groups a ledger as `registry` sees it. Groups keep the order in which
 /// they first appear, which follows the ledger's order (type, then source).
 pub fn group(ledger: &Ledger, registry: &Registry) -> Vec<GroupedEntry> {
-    group_with(ledger, registry, &mut ValueTexts::default())
+    group_with(ledger, registry, &mut ValueTexts::default(), &[])
 }
 
 /// [`group`], taking the texts of currencies and rates from `texts` (made
 /// there when met for the first time): the groupings of one event share
-/// them.
-pub fn group_with(
+/// them. A column list or a currency's or rate's text equal to one of
+/// `posted` (the registry's cursor: the groups posted before) is that one,
+/// so the difference from `posted` compares them by address.
+pub fn group_with<'a>(
     ledger: &Ledger,
     registry: &Registry,
-    texts: &mut ValueTexts,
+    texts: &mut ValueTexts<'a>,
+    posted: &'a [GroupedEntry],
 ) -> Vec<GroupedEntry> {
     let mut out: Vec<GroupedEntry> = Vec::with_capacity(ledger.entries.len());
     // The key of each group in `out`, borrowed from its first entry.
@@ -285,6 +466,7 @@ pub fn group_with(
         > GROUP_SCAN_MAX_ENTRIES)
         .then(|| HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default()));
     let mut lists = ColumnLists::new();
+    lists.keep_posted(posted, texts);
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
             continue;
@@ -660,24 +842,49 @@ impl Posting {
         let uuid = self.idempotency_key.hyphenated().encode_lower(&mut uuid);
         out.extend_from_slice(uuid.as_bytes());
         out.extend_from_slice(b"\",\"ledger_entries\":[");
+        // Where the previous entry's code and columns were written: an
+        // entry with the same code and list (by address: the groups of a
+        // grouping share them) copies those bytes.
+        let mut previous: Option<(&GroupKey, std::ops::Range<usize>)> = None;
         for (i, e) in self.entries.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"ledger_code\":");
-            json_opt_str(&mut out, e.key.ledger_code.as_deref());
-            for (col, v) in e.key.columns.iter() {
-                out.extend_from_slice(column_key(*col));
-                json_opt_str(&mut out, v.as_deref());
+            match &previous {
+                Some((p, written)) if same_code_and_columns(p, &e.key) => {
+                    out.extend_from_within(written.clone());
+                }
+                _ => {
+                    let start = out.len();
+                    out.extend_from_slice(b"{\"ledger_code\":");
+                    json_opt_str(&mut out, e.key.ledger_code.as_deref());
+                    for (col, v) in e.key.columns.iter() {
+                        out.extend_from_slice(column_key(*col));
+                        json_opt_str(&mut out, v.as_deref());
+                    }
+                    previous = Some((&e.key, start..out.len()));
+                }
             }
             out.extend_from_slice(b",\"quantity\":");
             write_integer(&mut out, e.quantity);
             let (debit, credit) = signed_parts(e.amount);
-            out.extend_from_slice(b",\"debit\":\"");
-            self.write_on_scale(&mut out, debit);
-            out.extend_from_slice(b"\",\"credit\":\"");
-            self.write_on_scale(&mut out, credit);
-            out.extend_from_slice(b"\",\"description\":\"");
+            // The side an entry is not on is a zero: written with the
+            // keys around it in one copy.
+            match self.zero_text(debit) {
+                Some(zero) => out.extend_from_slice(zero.debit_then_credit),
+                None => {
+                    out.extend_from_slice(b",\"debit\":\"");
+                    self.write_on_scale(&mut out, debit);
+                    out.extend_from_slice(b"\",\"credit\":\"");
+                }
+            }
+            match self.zero_text(credit) {
+                Some(zero) => out.extend_from_slice(zero.credit_then_description),
+                None => {
+                    self.write_on_scale(&mut out, credit);
+                    out.extend_from_slice(b"\",\"description\":\"");
+                }
+            }
             json_escaped(&mut out, &e.key.description);
             out.extend_from_slice(b"\"}");
         }
@@ -738,6 +945,16 @@ impl Posting {
     /// (more is grown into, as a `Vec` does).
     pub fn json_capacity(&self) -> usize {
         STORED_BYTES_FIXED + STORED_BYTES_PER_ENTRY * (self.entries.len() + self.cumulative.len())
+    }
+
+    /// The bytes around a zero `amount` in a wire entry, when it is one and
+    /// the currency's zero has a constant text (`write_on_scale`'s own:
+    /// `0` and up to four zeros after the point, unsigned).
+    fn zero_text(&self, amount: Decimal) -> Option<&'static ZeroText> {
+        let minor_units = self.currency?.minor_units();
+        ZERO_TEXTS
+            .get(minor_units as usize)
+            .filter(|_| amount.is_zero())
     }
 
     /// The debit and credit the wire shows for `e`, on the currency's scale.
@@ -845,6 +1062,18 @@ impl Serialize for AsText {
     }
 }
 
+/// True when `a` and `b` hold their ledger code and column list at one
+/// address each (or have no code): their wire bytes up to the quantity
+/// are the same.
+fn same_code_and_columns(a: &GroupKey, b: &GroupKey) -> bool {
+    let same_code = match (&a.ledger_code, &b.ledger_code) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    same_code && Arc::ptr_eq(&a.columns, &b.columns)
+}
+
 /// (debit, credit) of a signed amount: `amount.max(0)` and
 /// `(-amount).max(0)`, each the amount itself or `Decimal::ZERO` (`max`
 /// keeps `self` unless it is less: a negative zero stays as it is).
@@ -853,6 +1082,38 @@ fn signed_parts(amount: Decimal) -> (Decimal, Decimal) {
     let part = |d: Decimal| if below_zero(d) { Decimal::ZERO } else { d };
     (part(amount), part(-amount))
 }
+
+/// A zero amount of a currency with `minor_units` ≤ 4 (the index of
+/// [`ZERO_TEXTS`]) in a wire entry, with the keys around it.
+struct ZeroText {
+    /// `,"debit":"0.00","credit":"`.
+    debit_then_credit: &'static [u8],
+    /// `0.00","description":"`.
+    credit_then_description: &'static [u8],
+}
+
+const ZERO_TEXTS: [ZeroText; 5] = [
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0\",\"credit\":\"",
+        credit_then_description: b"0\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.0\",\"credit\":\"",
+        credit_then_description: b"0.0\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.00\",\"credit\":\"",
+        credit_then_description: b"0.00\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.000\",\"credit\":\"",
+        credit_then_description: b"0.000\",\"description\":\"",
+    },
+    ZeroText {
+        debit_then_credit: b",\"debit\":\"0.0000\",\"credit\":\"",
+        credit_then_description: b"0.0000\",\"description\":\"",
+    },
+];
 
 /// A column's key in a wire entry, with the comma before it and the colon
 /// after: `,"currency":` (the names need no escaping).
@@ -1057,6 +1318,81 @@ mod tests {
         }
     }
 
+    /// A key's equality is its fields' (texts by their bytes), whether
+    /// the two keys share their texts and lists or hold copies of them.
+    #[test]
+    fn group_keys_are_equal_exactly_when_their_fields_are() {
+        let eur = Text::from("EUR");
+        let shared = Columns::from([(Column::Currency, Some(Text::clone(&eur)))]);
+        let lists = [
+            Columns::clone(&shared),
+            Columns::clone(&shared),
+            Columns::from([(Column::Currency, Some(Text::from("EUR")))]),
+            Columns::from([(Column::Currency, Some(eur))]),
+            Columns::from([(Column::Currency, Some(Text::from("USD")))]),
+            Columns::from([(Column::Currency, None)]),
+            Columns::from([(Column::ProductId, Some(Text::from("EUR")))]),
+            Columns::from([]),
+            Columns::from([
+                (Column::Currency, Some(Text::from("EUR"))),
+                (Column::TaxRate, None),
+            ]),
+        ];
+        let desc = Text::from("Ticket");
+        let descs = [
+            Text::clone(&desc),
+            desc,
+            Text::from("Ticket"),
+            Text::from("Tick"),
+        ];
+        let code = Text::from("200");
+        let codes = [
+            None,
+            Some(Text::clone(&code)),
+            Some(code),
+            Some(Text::from("200")),
+            Some(Text::from("820")),
+        ];
+        let mut keys = Vec::new();
+        for entry_type in [EntryType::Revenue, EntryType::Tax] {
+            for ledger_code in &codes {
+                for description in &descs {
+                    for columns in &lists {
+                        keys.push(GroupKey {
+                            entry_type,
+                            ledger_code: ledger_code.clone(),
+                            description: Text::clone(description),
+                            columns: Columns::clone(columns),
+                        });
+                    }
+                }
+            }
+        }
+        let fields = |k: &GroupKey| {
+            (
+                k.entry_type,
+                k.ledger_code.as_deref().map(str::to_owned),
+                k.description.to_string(),
+                k.columns
+                    .iter()
+                    .map(|(c, v)| (*c, v.as_deref().map(str::to_owned)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a == b, fields(a) == fields(b), "{a:?} {b:?}");
+            }
+        }
+        use std::hash::BuildHasher as _;
+        let state = RandomState::default();
+        for a in &keys {
+            for b in keys.iter().filter(|b| *b == a) {
+                assert_eq!(state.hash_one(a), state.hash_one(b), "{a:?} {b:?}");
+            }
+        }
+    }
+
     #[test]
     fn differences_reverse_what_is_gone_and_drop_what_did_not_change() {
         let posted = vec![g("A", 2, -2200), g("B", 2, -1600)];
@@ -1086,6 +1422,21 @@ mod tests {
                 (Column::ProductId, (i % 2 == 1).then(|| Text::from(*text))),
             ]);
             entries.push(e);
+        }
+        // Entries sharing their code and list with the one before (their
+        // bytes are copied), or only one of them, or equal copies of them.
+        let shared = entries.clone();
+        for (i, e) in shared.iter().enumerate() {
+            let mut same = g("shares", 2, 100 * i as i64);
+            same.key.ledger_code = e.key.ledger_code.clone();
+            same.key.columns = Columns::clone(&e.key.columns);
+            let mut code_only = same.clone();
+            code_only.key.columns = Columns::from(&*e.key.columns);
+            let mut list_only = same.clone();
+            list_only.key.ledger_code = e.key.ledger_code.as_deref().map(Text::from);
+            let mut other = same.clone();
+            other.key.ledger_code = Some("other".into());
+            entries.extend([same.clone(), same, code_only, list_only, other]);
         }
         let mut p = posting_of(entries);
         let data = [
@@ -1197,6 +1548,25 @@ mod tests {
         assert!(p.write_json_fields(&mut Vec::new()).is_err());
     }
 
+    /// Each zero text is the zero `write_on_scale` writes for its minor
+    /// units, with the keys around it.
+    #[test]
+    fn zero_texts_are_the_written_zeros() {
+        for (minor_units, z) in ZERO_TEXTS.iter().enumerate() {
+            let mut zero = Vec::new();
+            write_on_scale(&mut zero, Decimal::ZERO, minor_units as u32);
+            let zero = String::from_utf8(zero).unwrap();
+            assert_eq!(
+                z.debit_then_credit,
+                format!(",\"debit\":\"{zero}\",\"credit\":\"").as_bytes()
+            );
+            assert_eq!(
+                z.credit_then_description,
+                format!("{zero}\",\"description\":\"").as_bytes()
+            );
+        }
+    }
+
     /// Each column's key is its name as serde_json writes a string.
     #[test]
     fn column_keys_are_the_serialised_names() {
@@ -1282,7 +1652,7 @@ mod tests {
             let mut texts = ValueTexts::default();
             let mut currency_texts: Vec<Text> = Vec::new();
             for i in order {
-                let shared = group_with(&ledger, &registries[i], &mut texts);
+                let shared = group_with(&ledger, &registries[i], &mut texts, &[]);
                 assert_eq!(shared, group(&ledger, &registries[i]), "{order:?} {i}");
                 currency_texts.extend(shared.iter().flat_map(|g| {
                     g.key
@@ -1299,6 +1669,106 @@ mod tests {
                     .all(|t| Arc::ptr_eq(t, &currency_texts[0])),
                 "{order:?}"
             );
+        }
+    }
+
+    /// A grouping after a cursor (`group_with`'s `posted`, as a plan
+    /// groups) is the grouping made alone, stored as the same JSON; a list
+    /// whose texts are the cursor's (texts kept from the state before) is
+    /// the cursor's list, and a currency's or rate's text the cursor's.
+    #[test]
+    fn groupings_after_a_cursor_are_the_groupings_alone() {
+        let registries: Vec<_> = [
+            "group_by = [\"currency\", \"tax_rate\", \"product_id\"]",
+            "group_by = [\"tax_rate\", \"payment_method\", \"currency\"]",
+            "group_by = []",
+            "",
+        ]
+        .iter()
+        .map(|g| {
+            let toml =
+                format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{g}\n");
+            toml::from_str::<crate::registry::RegistryConfig>(&toml)
+                .unwrap()
+                .validate(&crate::registry::TargetPolicy::default())
+                .unwrap()
+        })
+        .collect();
+        let event = |version: u64, product: &str, rate: &str, currency: &str| {
+            let json = format!(
+                r#"{{"event_id":"e{version}","type":"order.updated","order_id":"o-1","occurred_at":"2026-11-22T10:00:00Z","order":{{"version":{version},"currency":"{currency}","prices_include_tax":true,"line_items":[{{"id":"l1","product_id":"p","description":"A","quantity":{version},"unit_price":"11.00","tax_rate":"0.16"}},{{"id":"l2","product_id":"{product}","description":"B","quantity":1,"unit_price":"3.10","tax_rate":"{rate}"}},{{"id":"l3","product_id":"p","description":"C","quantity":1,"unit_price":"5.00","tax_rate":"0.160"}}],"payments":[{{"payment_id":"p1","method":"card","amount":"5.00","currency":"{currency}"}}]}}}}"#
+            );
+            crate::events::parse_event(json.as_bytes(), None).unwrap()
+        };
+        let updates = [
+            event(2, "q", "0.075", "EUR"),
+            event(3, "q", "0.075", "EUR"),
+            event(4, "p", "0.075", "EUR"),
+            event(5, "p", "0.2", "EUR"),
+        ];
+        let mut first = crate::order::OrderState::new(OrderId::parse("o-1").unwrap());
+        first.apply(&event(1, "q", "0.075", "EUR")).unwrap();
+        let mut usd = crate::order::OrderState::new(OrderId::parse("o-1").unwrap());
+        usd.apply(&event(1, "q", "0.075", "USD")).unwrap();
+        let opts = Default::default();
+        for r in &registries {
+            for start in [&first, &usd] {
+                let mut state = start.clone();
+                let mut posted = group(&crate::ledger::derive(&state, &opts).unwrap(), r);
+                for e in &updates {
+                    if state.currency != Some(Currency::parse("EUR").unwrap()) {
+                        // Another order's cursor: nothing in common but its texts.
+                        state = first.clone();
+                    }
+                    let next = state.applied(e).unwrap();
+                    let ledger = crate::ledger::derive(&next, &opts).unwrap();
+                    let got = group_with(&ledger, r, &mut ValueTexts::default(), &posted);
+                    let alone = group(&ledger, r);
+                    assert_eq!(got, alone);
+                    assert_eq!(
+                        serde_json::to_string(&got).unwrap(),
+                        serde_json::to_string(&alone).unwrap()
+                    );
+                    for g in &got {
+                        let cols = |c: &Columns| {
+                            c.iter()
+                                .map(|(c, v)| (*c, v.as_deref().map(str::to_owned)))
+                                .collect::<Vec<_>>()
+                        };
+                        let equal = posted
+                            .iter()
+                            .filter(|p| cols(&p.key.columns) == cols(&g.key.columns));
+                        let addr = |c: &Columns| {
+                            c.iter()
+                                .map(|(c, v)| (*c, v.as_ref().map(|t| Arc::as_ptr(t).cast::<u8>())))
+                                .collect::<Vec<_>>()
+                        };
+                        // Same texts by address: the very list.
+                        for p in equal {
+                            if addr(&p.key.columns) == addr(&g.key.columns) {
+                                assert!(Arc::ptr_eq(&p.key.columns, &g.key.columns));
+                            }
+                        }
+                        for (c, v) in g.key.columns.iter() {
+                            let Some(v) = v
+                                .as_ref()
+                                .filter(|_| matches!(c, Column::Currency | Column::TaxRate))
+                            else {
+                                continue;
+                            };
+                            let posted_text = posted
+                                .iter()
+                                .flat_map(|p| p.key.columns.iter())
+                                .find(|(d, w)| d == c && w.as_deref() == Some(&**v));
+                            if let Some((_, Some(w))) = posted_text {
+                                assert!(Arc::ptr_eq(v, w), "{c:?} {v}");
+                            }
+                        }
+                    }
+                    posted = got;
+                    state = next;
+                }
+            }
         }
     }
 
