@@ -1401,18 +1401,26 @@ mod tests {
         assert_eq!(d, vec![g("C", 1, -500), g("B", -2, 1600)]);
     }
 
+    /// Texts that test a writer's escaping against serde_json's: every
+    /// ASCII byte (each control character, the quote, the backslash),
+    /// nothing, quotes beside non-ASCII, and characters serde_json writes
+    /// as they are (DEL, a C1 control, the line separator).
+    fn awkward_texts() -> [String; 4] {
+        [
+            (0u8..128).map(char::from).collect(),
+            String::new(),
+            "Ticket \"A\" \\ 10 € ✓".into(),
+            "\u{7f}\u{80}\u{2028}".into(),
+        ]
+    }
+
     /// The dispatcher's bytes are serde's, for every text a producer can
     /// send (quotes, backslashes, each control character, non-ASCII),
     /// every amount sign and scale, codes and columns absent or present.
     #[test]
     fn body_bytes_are_the_serialised_body() {
-        let all_ascii: String = (0u8..128).map(char::from).collect();
-        let texts = [
-            all_ascii.as_str(),
-            "",
-            "Ticket \"A\" \\ 10 € ✓",
-            "\u{7f}\u{80}\u{2028}",
-        ];
+        let texts = awkward_texts();
+        let texts = texts.each_ref().map(String::as_str);
         let mut entries = Vec::new();
         for (i, text) in texts.iter().enumerate() {
             let mut e = g(text, i as i64 - 1, [-2200, 0, 5, 123_456][i]);
@@ -1468,13 +1476,8 @@ mod tests {
     /// nanoseconds, empty and long lists, every entry type.
     #[test]
     fn stored_json_is_the_serialised_posting() {
-        let all_ascii: String = (0u8..128).map(char::from).collect();
-        let texts = [
-            all_ascii.as_str(),
-            "",
-            "Ticket \"A\" \\ 10 € ✓",
-            "\u{7f}\u{80}\u{2028}",
-        ];
+        let texts = awkward_texts();
+        let texts = texts.each_ref().map(String::as_str);
         let amounts = [
             Decimal::new(-2200, 2),
             Decimal::ZERO,
@@ -1631,14 +1634,7 @@ mod tests {
             "",
         ]
         .iter()
-        .map(|g| {
-            let toml =
-                format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{g}\n");
-            toml::from_str::<crate::registry::RegistryConfig>(&toml)
-                .unwrap()
-                .validate(&crate::registry::TargetPolicy::default())
-                .unwrap()
-        })
+        .map(grouped_by)
         .collect();
         let event = crate::events::parse_event(
             br#"{"event_id":"e1","type":"order.confirmed","order_id":"o-1","occurred_at":"2026-11-22T10:00:00Z","order":{"version":1,"currency":"EUR","prices_include_tax":true,"line_items":[{"id":"l1","product_id":"p","description":"A","quantity":2,"unit_price":"11.00","tax_rate":"0.16"},{"id":"l2","product_id":"q","description":"B","quantity":1,"unit_price":"3.10","tax_rate":"0.075"},{"id":"l3","product_id":"p","description":"C","quantity":1,"unit_price":"5.00","tax_rate":"0.160"}],"payments":[{"payment_id":"p1","method":"card","amount":"5.00","currency":"EUR"}]}}"#,
@@ -1672,6 +1668,17 @@ mod tests {
         }
     }
 
+    /// A registry `r` for every event type with `group_by` set by `line`
+    /// (a TOML line, or nothing for the default).
+    fn grouped_by(line: &&str) -> Registry {
+        let toml =
+            format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{line}\n");
+        toml::from_str::<crate::registry::RegistryConfig>(&toml)
+            .unwrap()
+            .validate(&crate::registry::TargetPolicy::default())
+            .unwrap()
+    }
+
     /// A grouping after a cursor (`group_with`'s `posted`, as a plan
     /// groups) is the grouping made alone, stored as the same JSON; a list
     /// whose texts are the cursor's (texts kept from the state before) is
@@ -1685,14 +1692,7 @@ mod tests {
             "",
         ]
         .iter()
-        .map(|g| {
-            let toml =
-                format!("id = \"r\"\nurl = \"https://a.example\"\nevent_types = [\"*\"]\n{g}\n");
-            toml::from_str::<crate::registry::RegistryConfig>(&toml)
-                .unwrap()
-                .validate(&crate::registry::TargetPolicy::default())
-                .unwrap()
-        })
+        .map(grouped_by)
         .collect();
         let event = |version: u64, product: &str, rate: &str, currency: &str| {
             let json = format!(
