@@ -28,7 +28,7 @@ use super::error::ApiError;
 use crate::dispatcher::index::{DeliveryIndex, INDEXED};
 use crate::dispatcher::state::{OrderDeliveries, Progress};
 use crate::dispatcher::status::{RedeliverOutcome, StatusError, check_pairs, request_redeliver};
-use crate::events::{OrderId, parse_event};
+use crate::events::{OrderId, Text, parse_event};
 use crate::ledger::derive;
 use crate::ledger::{Entry, LedgerOptions};
 use crate::money::Currency;
@@ -278,7 +278,7 @@ fn ledger_view(
 }
 
 /// One ledger entry, with the dimensions it has.
-fn entry_view(e: &Entry, currency: Currency) -> Value {
+fn entry_view(e: &Entry<'_>, currency: Currency) -> Value {
     let f = |d| currency.format(d);
     let mut v = json!({
         "entry_type": e.entry_type.as_str(),
@@ -288,19 +288,20 @@ fn entry_view(e: &Entry, currency: Currency) -> Value {
         "credit": f(e.credit()),
     });
     let d = &e.dims;
+    let text = |t: Option<&Text>| t.map(|t| t.to_string());
     let dims = [
-        ("channel", d.channel.clone()),
-        ("product_id", d.product_id.clone()),
-        ("option_id", d.option_id.clone()),
-        ("unit_type", d.unit_type.clone()),
-        ("tax_rate", d.tax_rate.map(|r| rate_text(r).into())),
-        ("payment_method", d.payment_method.clone()),
-        ("fee_kind", d.fee_kind.clone()),
+        ("channel", text(d.channel)),
+        ("product_id", text(d.product_id)),
+        ("option_id", text(d.option_id)),
+        ("unit_type", text(d.unit_type)),
+        ("tax_rate", d.tax_rate.map(rate_text)),
+        ("payment_method", text(d.payment_method)),
+        ("fee_kind", text(d.fee_kind)),
     ];
     if let Value::Object(m) = &mut v {
         for (k, val) in dims {
             if let Some(val) = val {
-                m.insert(k.into(), Value::String(val.to_string()));
+                m.insert(k.into(), Value::String(val));
             }
         }
     }

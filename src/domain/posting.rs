@@ -44,18 +44,21 @@ pub struct GroupKey {
 /// from the previous event.
 impl PartialEq for GroupKey {
     fn eq(&self, other: &Self) -> bool {
-        let same_list = |a: &Columns, b: &Columns| {
-            Arc::ptr_eq(a, b)
-                || a.len() == b.len()
-                    && a.iter()
-                        .zip(b.iter())
-                        .all(|((c, x), (d, y))| c == d && same_opt_text(x, y))
-        };
         self.entry_type == other.entry_type
             && same_opt_text(&self.ledger_code, &other.ledger_code)
             && same_text(&self.description, &other.description)
-            && same_list(&self.columns, &other.columns)
+            && same_columns(&self.columns, &other.columns)
     }
+}
+
+/// `a == b` of column lists, without comparing the bytes of one list or
+/// text.
+fn same_columns(a: &Columns, b: &Columns) -> bool {
+    Arc::ptr_eq(a, b)
+        || a.len() == b.len()
+            && a.iter()
+                .zip(b.iter())
+                .all(|((c, x), (d, y))| c == d && same_opt_text(x, y))
 }
 
 /// Hashes the fields in order, as a derived `Hash` does (equal keys hash
@@ -89,6 +92,12 @@ fn same_opt_text(a: &Option<Text>, b: &Option<Text>) -> bool {
 /// `[column, value]` pairs, as a `Vec` is.
 pub type Columns = Arc<[(Column, Option<Text>)]>;
 
+/// A group key as entries hold it: shared, so that copying an entry (into
+/// a difference, a posting's `cumulative`, a cursor) or dropping one costs
+/// one reference count rather than one per text, and a key equal to one
+/// posted before is that one (compared by address).
+pub type SharedKey = Arc<GroupKey>;
+
 /// A grouped, netted entry. Stored as one flat object (the key's fields,
 /// then quantity and amount), and read back field by field through
 /// [`GroupedEntryFields`]: serde's `flatten` would first buffer each entry
@@ -98,7 +107,7 @@ pub type Columns = Arc<[(Column, Option<Text>)]>;
 #[serde(from = "GroupedEntryFields")]
 pub struct GroupedEntry {
     #[serde(flatten)]
-    pub key: GroupKey,
+    pub key: SharedKey,
     pub quantity: i64,
     /// Signed: debit positive, credit negative.
     pub amount: Decimal,
@@ -118,12 +127,12 @@ struct GroupedEntryFields {
 impl From<GroupedEntryFields> for GroupedEntry {
     fn from(f: GroupedEntryFields) -> Self {
         Self {
-            key: GroupKey {
+            key: Arc::new(GroupKey {
                 entry_type: f.entry_type,
                 ledger_code: f.ledger_code,
                 description: f.description,
                 columns: f.columns,
-            },
+            }),
             quantity: f.quantity,
             amount: f.amount,
         }
@@ -144,7 +153,7 @@ struct KeyRef<'a> {
     entry_type: EntryType,
     ledger_code: Option<&'a str>,
     description: &'a str,
-    dims: &'a Dims,
+    dims: &'a Dims<'a>,
     group_by: &'a [Column],
 }
 
@@ -354,7 +363,7 @@ impl<'a> ColumnLists<'a> {
     /// The columns `group_by` of an entry with dimensions `dims`: a list
     /// kept before when its values are the same ones, else a posted list
     /// holding the same texts, else a new list.
-    fn of(&mut self, group_by: &[Column], dims: &Dims, texts: &mut ValueTexts<'a>) -> Columns {
+    fn of(&mut self, group_by: &[Column], dims: &Dims<'_>, texts: &mut ValueTexts<'a>) -> Columns {
         let make = |texts: &mut ValueTexts| -> Columns {
             group_by
                 .iter()
@@ -402,7 +411,7 @@ impl<'a> ColumnLists<'a> {
     fn posted_with(
         &mut self,
         group_by: &[Column],
-        dims: &Dims,
+        dims: &Dims<'_>,
         texts: &mut ValueTexts<'a>,
     ) -> Option<Columns> {
         let n = self.posted_len;
@@ -467,6 +476,7 @@ pub fn group_with<'a>(
         .then(|| HashMap::with_capacity_and_hasher(ledger.entries.len(), RandomState::default()));
     let mut lists = ColumnLists::new();
     lists.keep_posted(posted, texts);
+    let mut posted_keys = PostedKeys { posted, next: 0 };
     for e in &ledger.entries {
         if !registry.includes(e.entry_type) {
             continue;
@@ -506,13 +516,17 @@ pub fn group_with<'a>(
             }
             None => {
                 let columns = lists.of(&registry.group_by, &e.dims, texts);
-                out.push(GroupedEntry {
-                    key: GroupKey {
+                let key = match posted_keys.find(e.entry_type, code, &e.description, &columns) {
+                    Some(key) => SharedKey::clone(key),
+                    None => Arc::new(GroupKey {
                         entry_type: e.entry_type,
                         ledger_code: code.cloned(),
                         description: Text::clone(&e.description),
                         columns,
-                    },
+                    }),
+                };
+                out.push(GroupedEntry {
+                    key,
                     quantity: e.quantity,
                     amount: e.amount,
                 });
@@ -521,6 +535,48 @@ pub fn group_with<'a>(
     }
     out.retain(|g| !g.is_zero());
     out
+}
+
+/// The keys of the groups posted before (a cursor's), looked up by value
+/// so that a group equal to a posted one shares its key.
+struct PostedKeys<'a> {
+    posted: &'a [GroupedEntry],
+    /// Where the next look starts: after the last key found (a grouping
+    /// meets its groups in the order of the last one).
+    next: usize,
+}
+
+impl<'a> PostedKeys<'a> {
+    /// The posted key equal to the key of these parts, if any.
+    fn find(
+        &mut self,
+        entry_type: EntryType,
+        ledger_code: Option<&Text>,
+        description: &Text,
+        columns: &Columns,
+    ) -> Option<&'a SharedKey> {
+        let n = self.posted.len();
+        let mut i = self.next;
+        for _ in 0..n {
+            if i >= n {
+                i = 0;
+            }
+            let k = &self.posted[i].key;
+            if k.entry_type == entry_type
+                && same_text(&k.description, description)
+                && match (&k.ledger_code, ledger_code) {
+                    (Some(a), Some(b)) => same_text(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                }
+                && same_columns(&k.columns, columns)
+            {
+                self.next = i + 1;
+                return Some(k);
+            }
+            i += 1;
+        }
+        None
+    }
 }
 
 /// `current − posted` per group key: current groups in their order, then
@@ -553,7 +609,7 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
     }
     // Key → index of its last posted entry (the one a repeated key, only
     // in a corrupt stored posting, is netted against).
-    let mut posted_index: HashMap<&GroupKey, usize, RandomState> =
+    let mut posted_index: HashMap<&SharedKey, usize, RandomState> =
         HashMap::with_capacity_and_hasher(posted.len(), RandomState::default());
     posted_index.extend(posted.iter().enumerate().map(|(i, g)| (&g.key, i)));
     // Which of those a current group has: the rest are reversed below.
@@ -1312,7 +1368,8 @@ mod tests {
                 ledger_code: None,
                 description: desc.into(),
                 columns: Columns::from([]),
-            },
+            }
+            .into(),
             quantity: q,
             amount: Decimal::new(a, 2),
         }
@@ -1424,8 +1481,8 @@ mod tests {
         let mut entries = Vec::new();
         for (i, text) in texts.iter().enumerate() {
             let mut e = g(text, i as i64 - 1, [-2200, 0, 5, 123_456][i]);
-            e.key.ledger_code = (i % 2 == 0).then(|| Text::from(*text));
-            e.key.columns = Columns::from([
+            Arc::make_mut(&mut e.key).ledger_code = (i % 2 == 0).then(|| Text::from(*text));
+            Arc::make_mut(&mut e.key).columns = Columns::from([
                 (Column::Currency, Some("EUR".into())),
                 (Column::ProductId, (i % 2 == 1).then(|| Text::from(*text))),
             ]);
@@ -1436,14 +1493,15 @@ mod tests {
         let shared = entries.clone();
         for (i, e) in shared.iter().enumerate() {
             let mut same = g("shares", 2, 100 * i as i64);
-            same.key.ledger_code = e.key.ledger_code.clone();
-            same.key.columns = Columns::clone(&e.key.columns);
+            Arc::make_mut(&mut same.key).ledger_code = e.key.ledger_code.clone();
+            Arc::make_mut(&mut same.key).columns = Columns::clone(&e.key.columns);
             let mut code_only = same.clone();
-            code_only.key.columns = Columns::from(&*e.key.columns);
+            Arc::make_mut(&mut code_only.key).columns = Columns::from(&*e.key.columns);
             let mut list_only = same.clone();
-            list_only.key.ledger_code = e.key.ledger_code.as_deref().map(Text::from);
+            Arc::make_mut(&mut list_only.key).ledger_code =
+                e.key.ledger_code.as_deref().map(Text::from);
             let mut other = same.clone();
-            other.key.ledger_code = Some("other".into());
+            Arc::make_mut(&mut other.key).ledger_code = Some("other".into());
             entries.extend([same.clone(), same, code_only, list_only, other]);
         }
         let mut p = posting_of(entries);
@@ -1492,9 +1550,9 @@ mod tests {
             let text = texts[i % texts.len()];
             let mut e = g(text, [i as i64 - 3, i64::MIN, i64::MAX][i % 3], 0);
             e.amount = amount;
-            e.key.entry_type = EntryType::ALL[i % EntryType::ALL.len()];
-            e.key.ledger_code = (i % 2 == 0).then(|| Text::from(text));
-            e.key.columns = Columns::from_iter(
+            Arc::make_mut(&mut e.key).entry_type = EntryType::ALL[i % EntryType::ALL.len()];
+            Arc::make_mut(&mut e.key).ledger_code = (i % 2 == 0).then(|| Text::from(text));
+            Arc::make_mut(&mut e.key).columns = Columns::from_iter(
                 Column::ALL
                     .iter()
                     .take(i)
@@ -1730,6 +1788,10 @@ mod tests {
                         serde_json::to_string(&alone).unwrap()
                     );
                     for g in &got {
+                        // A group equal to a posted one holds its very key.
+                        if let Some(p) = posted.iter().find(|p| *p.key == *g.key) {
+                            assert!(Arc::ptr_eq(&p.key, &g.key), "{:?}", g.key);
+                        }
                         let cols = |c: &Columns| {
                             c.iter()
                                 .map(|(c, v)| (*c, v.as_deref().map(str::to_owned)))
@@ -1782,11 +1844,12 @@ mod tests {
         assert!(next_of(vec![], 1), "the fixture builds");
         assert!(!next_of(vec![], u64::MAX), "no posting after u64::MAX");
         let mut huge = g("A", 2, 0);
-        huge.key.columns = Columns::from([(Column::Currency, Some("EUR".into()))]);
+        Arc::make_mut(&mut huge.key).columns =
+            Columns::from([(Column::Currency, Some("EUR".into()))]);
         huge.amount = Decimal::MAX;
         assert!(!next_of(vec![huge], 1), "a reversal out of range");
         let mut gone = g("Gone", i64::MIN, -100);
-        gone.key.entry_type = EntryType::Discount;
+        Arc::make_mut(&mut gone.key).entry_type = EntryType::Discount;
         assert!(!next_of(vec![gone], 1), "a quantity that cannot be negated");
         let mut a = g("X", 0, 0);
         a.amount = Decimal::MAX;

@@ -71,25 +71,25 @@ impl Column {
 
     /// The entry's value for this column, as text; `None` where the column
     /// does not apply to the entry.
-    pub fn value(self, d: &Dims) -> Option<String> {
+    pub fn value(self, d: &Dims<'_>) -> Option<String> {
         self.of(d).map(|v| v.to_string())
     }
 
     /// The entry's value for this column without copying it; `None` where
     /// the column does not apply to the entry.
-    pub fn of(self, d: &Dims) -> Option<ColumnValue<'_>> {
+    pub fn of<'a>(self, d: &Dims<'a>) -> Option<ColumnValue<'a>> {
         let text = match self {
             Column::Currency => return d.currency.map(ColumnValue::Currency),
             // Rates are normalised when parsed, so equal rates are equal here.
             Column::TaxRate => return d.tax_rate.map(ColumnValue::Rate),
-            Column::Channel => &d.channel,
-            Column::ProductId => &d.product_id,
-            Column::OptionId => &d.option_id,
-            Column::UnitType => &d.unit_type,
-            Column::PaymentMethod => &d.payment_method,
-            Column::FeeKind => &d.fee_kind,
+            Column::Channel => d.channel,
+            Column::ProductId => d.product_id,
+            Column::OptionId => d.option_id,
+            Column::UnitType => d.unit_type,
+            Column::PaymentMethod => d.payment_method,
+            Column::FeeKind => d.fee_kind,
         };
-        text.as_ref().map(ColumnValue::Text)
+        text.map(ColumnValue::Text)
     }
 }
 
@@ -408,7 +408,7 @@ pub struct CodeRule {
 }
 
 impl CodeRule {
-    pub fn matches(&self, entry_type: EntryType, dims: &Dims) -> bool {
+    pub fn matches(&self, entry_type: EntryType, dims: &Dims<'_>) -> bool {
         self.entry_type.is_none_or(|t| t == entry_type)
             && self
                 .conditions
@@ -450,12 +450,12 @@ impl Registry {
     }
 
     /// The ledger code of an entry: the first rule that matches, else none.
-    pub fn ledger_code(&self, t: EntryType, dims: &Dims) -> Option<&str> {
+    pub fn ledger_code(&self, t: EntryType, dims: &Dims<'_>) -> Option<&str> {
         self.code_rule(t, dims).map(|r| &*r.code)
     }
 
     /// The rule that gives an entry its ledger code: the first that matches.
-    pub fn code_rule(&self, t: EntryType, dims: &Dims) -> Option<&CodeRule> {
+    pub fn code_rule(&self, t: EntryType, dims: &Dims<'_>) -> Option<&CodeRule> {
         self.ledger_codes.iter().find(|r| r.matches(t, dims))
     }
 }
@@ -1116,12 +1116,13 @@ mod tests {
             },
         ];
         let r = r.validate(&policy()).unwrap();
+        let (museum, zoo) = (Text::from("museum"), Text::from("zoo"));
         let museum = Dims {
-            product_id: Some("museum".into()),
+            product_id: Some(&museum),
             ..Dims::default()
         };
         let other = Dims {
-            product_id: Some("zoo".into()),
+            product_id: Some(&zoo),
             ..Dims::default()
         };
         let tax16 = Dims {

@@ -290,7 +290,8 @@ mod tests {
                         ledger_code: None,
                         description: "x".into(),
                         columns: Columns::from([]),
-                    },
+                    }
+                    .into(),
                     quantity: 0,
                     amount: Decimal::new(*a, 2),
                 })

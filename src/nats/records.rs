@@ -691,7 +691,8 @@ mod tests {
                 ledger_code: Some("4000".into()),
                 description: "Museum \"General\" Admission".into(),
                 columns: Columns::from([]),
-            },
+            }
+            .into(),
             quantity: 2,
             amount: Decimal::new(cents, 2),
         }

@@ -409,7 +409,8 @@ ledger_codes = [{ entry_type = "revenue", code = "=1+1" }]
     // directly: the export must carry whatever LEDGER holds.
     for e in &mut ps[0].entries {
         if let Some(i) = e.key.description.strip_prefix("placeholder ") {
-            e.key.description = HOSTILE_DESCRIPTIONS[i.parse::<usize>().unwrap()].into();
+            std::sync::Arc::make_mut(&mut e.key).description =
+                HOSTILE_DESCRIPTIONS[i.parse::<usize>().unwrap()].into();
         }
     }
     ps

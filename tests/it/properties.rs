@@ -21,7 +21,7 @@ use ledgerline::ledger::{
 };
 use ledgerline::money::{Currency, Rounding};
 use ledgerline::order::OrderState;
-use ledgerline::posting::{GroupKey, group};
+use ledgerline::posting::{SharedKey, group};
 use ledgerline::records::{StoredPosting, StoredPostingRef};
 use ledgerline::registry::{Registry, RegistryConfig, TargetPolicy};
 
@@ -255,7 +255,7 @@ proptest! {
         let Some(b) = book(&engine) else { return Ok(()) };
         for r in registries().iter().filter(|r| r.id() != "full") {
             let ledger = derive_with(&b.state, &h.options, r.config.revenue_recognition).unwrap();
-            let mut sums: HashMap<GroupKey, (i64, Decimal)> = HashMap::new();
+            let mut sums: HashMap<SharedKey, (i64, Decimal)> = HashMap::new();
             for p in postings.iter().filter(|p| p.registry_id == r.id()) {
                 for e in &p.entries {
                     let s = sums.entry(e.key.clone()).or_default();
@@ -264,14 +264,14 @@ proptest! {
                 }
             }
             sums.retain(|_, (q, a)| *q != 0 || !a.is_zero());
-            let want: HashMap<GroupKey, (i64, Decimal)> = group(&ledger, r)
+            let want: HashMap<SharedKey, (i64, Decimal)> = group(&ledger, r)
                 .into_iter()
                 .map(|g| (g.key, (g.quantity, g.amount)))
                 .collect();
             // What a registry was sent adds up to what its last posting says
             // was posted so far…
             if let Some(last) = postings.iter().rfind(|p| p.registry_id == r.id()) {
-                let cumulative: HashMap<GroupKey, (i64, Decimal)> =
+                let cumulative: HashMap<SharedKey, (i64, Decimal)> =
                     last.cumulative.iter().map(|g| (g.key.clone(), (g.quantity, g.amount))).collect();
                 prop_assert_eq!(&sums, &cumulative, "registry {}", r.id());
             }
@@ -584,7 +584,7 @@ fn check_recognition(
     let later = derive_with(state, options, RevenueRecognition::OnRedemption).unwrap();
     let (d, c) = later.sums();
     prop_assert_eq!(d, c);
-    let others = |l: &Ledger| -> Vec<_> {
+    fn others<'a>(l: &Ledger<'a>) -> Vec<ledgerline::ledger::Entry<'a>> {
         l.entries
             .iter()
             .filter(|e| {
@@ -595,7 +595,7 @@ fn check_recognition(
             })
             .cloned()
             .collect()
-    };
+    }
     prop_assert_eq!(others(&later), others(&now));
     let (q_now, revenue) = revenue_of(&now, EntryType::Revenue);
     let (q_recognised, recognised) = revenue_of(&later, EntryType::Revenue);

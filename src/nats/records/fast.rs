@@ -15,6 +15,7 @@
 //! mutated byte by byte.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use time::OffsetDateTime;
@@ -236,12 +237,12 @@ fn entry(r: &mut Reader<'_>, last: &mut Option<Columns>) -> Option<GroupedEntry>
         return None;
     }
     Some(GroupedEntry {
-        key: GroupKey {
+        key: Arc::new(GroupKey {
             entry_type: entry_type?,
             ledger_code,
             description: description?,
             columns: columns?,
-        },
+        }),
         quantity,
         amount: amount?,
     })
@@ -267,7 +268,8 @@ mod tests {
                     .take(i / 3 % 4)
                     .map(|&c| (c, (i % 3 != 1).then(|| Text::from("EUR"))))
                     .collect(),
-            },
+            }
+            .into(),
             quantity: [0, -3, 7, i64::MIN, i64::MAX][i % 5],
             amount: [
                 Decimal::new(-2200, 2),
