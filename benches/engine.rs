@@ -8,6 +8,8 @@
 //! `OrderBook::commit`. `engine/event_to_3_stored_postings` is the
 //! aggregator's share: the same with each posting encoded as the
 //! `StoredPosting` it publishes instead of the bodies.
+//! `engine/event_to_3_postings_with_bodies_after_1000_events` is the whole
+//! path on an order with a long history (1,000 events applied before).
 //! `engine/event_to_1_delta_posting_with_body` is the whole path for one
 //! `delta` registry, the typical subscription. The `stage/…` benches time
 //! each step alone on the same event, so a change shows where it moved the
@@ -100,6 +102,20 @@ fn bench(c: &mut Criterion) {
     g.bench_function("event_to_3_postings_with_bodies", |b| {
         b.iter_batched(
             || book.clone(),
+            |book| whole(book, &registries),
+            BatchSize::SmallInput,
+        )
+    });
+    // The same event on an order that has seen 1,000 events before: the
+    // cost of a long order's history (its applied event ids).
+    let mut long = book.clone();
+    long.state.applied_event_ids = (0..1000)
+        .map(|i| format!("earlier-{i}").into())
+        .chain(long.state.applied_event_ids.iter().cloned())
+        .collect();
+    g.bench_function("event_to_3_postings_with_bodies_after_1000_events", |b| {
+        b.iter_batched(
+            || long.clone(),
             |book| whole(book, &registries),
             BatchSize::SmallInput,
         )

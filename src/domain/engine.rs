@@ -62,7 +62,9 @@ impl OrderBook {
         opts: &LedgerOptions,
         posted: impl Fn(&str) -> bool,
     ) -> Result<Plan, ApplyError> {
-        let state = self.state.applied(event)?;
+        // The new state's applied ids are this event's only: `commit`
+        // moves the earlier ones over rather than each event copying them.
+        let state = self.state.applied_without_earlier_ids(event)?;
         let ledger = derive(&state, opts)?;
         // Made once, and only when a registry recognises on redemption.
         let mut deferring = None;
@@ -115,7 +117,7 @@ impl OrderBook {
     /// state, once its postings are stored: each posting's `cumulative`
     /// becomes its registry's cursor.
     pub fn commit(&mut self, plan: Plan) {
-        self.state = plan.state;
+        self.keep_state(plan.state);
         for p in plan.postings {
             let cursor = Cursor {
                 seq: p.seq,
@@ -123,6 +125,12 @@ impl OrderBook {
             };
             self.set_cursor(p.registry_id, cursor);
         }
+    }
+
+    /// Makes `state`, planned on this book's state, the book's state.
+    fn keep_state(&mut self, mut state: OrderState) {
+        state.take_applied_event_ids(&mut self.state);
+        self.state = state;
     }
 
     fn set_cursor(&mut self, registry_id: String, cursor: Cursor) {
@@ -143,7 +151,7 @@ impl OrderBook {
         opts: &LedgerOptions,
     ) -> Result<Vec<Posting>, ApplyError> {
         let plan = self.plan(event, registries, opts, |_| false)?;
-        self.state = plan.state;
+        self.keep_state(plan.state);
         for p in &plan.postings {
             self.set_cursor(p.registry_id.clone(), p.cursor());
         }

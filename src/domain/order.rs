@@ -114,6 +114,7 @@ impl OrderState {
     pub fn apply(&mut self, event: &Event) -> Result<(), Rejection> {
         self.check(event)?;
         self.change(event, None);
+        self.trim_applied_event_ids();
         Ok(())
     }
 
@@ -121,6 +122,42 @@ impl OrderState {
     /// [`OrderState::apply`] makes of a copy, without copying the lines
     /// and fees a snapshot replaces anyway.
     pub fn applied(&self, event: &Event) -> Result<OrderState, Rejection> {
+        let mut next = self.applied_but_ids(event, with_room_for_one(&self.applied_event_ids))?;
+        next.trim_applied_event_ids();
+        Ok(next)
+    }
+
+    /// [`OrderState::applied`] with `applied_event_ids` holding only
+    /// `event`'s id: [`OrderState::take_applied_event_ids`] moves the
+    /// earlier ones over once the state is kept, so a long order's ids
+    /// are not copied (nor their reference counts taken) for each event.
+    pub(crate) fn applied_without_earlier_ids(
+        &self,
+        event: &Event,
+    ) -> Result<OrderState, Rejection> {
+        self.applied_but_ids(event, Vec::with_capacity(1))
+    }
+
+    /// Puts `earlier`'s ids (the state this one was applied to) before
+    /// this state's own, then keeps the last [`APPLIED_EVENT_IDS_MAX`].
+    pub(crate) fn take_applied_event_ids(&mut self, earlier: &mut OrderState) {
+        let mut ids = std::mem::take(&mut earlier.applied_event_ids);
+        ids.append(&mut self.applied_event_ids);
+        self.applied_event_ids = ids;
+        self.trim_applied_event_ids();
+    }
+
+    fn trim_applied_event_ids(&mut self) {
+        let over = self
+            .applied_event_ids
+            .len()
+            .saturating_sub(APPLIED_EVENT_IDS_MAX);
+        self.applied_event_ids.drain(..over);
+    }
+
+    /// [`OrderState::applied`] with `ids` for its applied event ids (the
+    /// event's id is added to them, untrimmed).
+    fn applied_but_ids(&self, event: &Event, ids: Vec<Text>) -> Result<OrderState, Rejection> {
         self.check(event)?;
         // A snapshot or a cancellation sets the lines and fees: they are
         // not copied only to be replaced.
@@ -141,7 +178,7 @@ impl OrderState {
             fees,
             payments: self.payments.clone(),
             redemptions: self.redemptions.clone(),
-            applied_event_ids: with_room_for_one(&self.applied_event_ids),
+            applied_event_ids: ids,
         };
         next.change(event, Some((&self.line_items, &self.fees)));
         Ok(next)
@@ -276,9 +313,6 @@ impl OrderState {
         }
         self.applied_event_ids
             .push(Text::from(event.event_id.as_str()));
-        if self.applied_event_ids.len() > APPLIED_EVENT_IDS_MAX {
-            self.applied_event_ids.remove(0);
-        }
     }
 
     fn check_currency(&self, c: Currency) -> Result<(), String> {
@@ -578,6 +612,39 @@ mod tests {
             }
         }
         assert_eq!(s.applied_event_ids.len(), 8, "four were refused");
+    }
+
+    /// The book's way (the new state holds its event's id only, the earlier
+    /// ids are moved over when it is kept) gives the state `apply` does,
+    /// past the bound too: the last `APPLIED_EVENT_IDS_MAX` ids, oldest
+    /// first; an id dropped from them is applied again, a kept one refused.
+    #[test]
+    fn applied_ids_are_moved_not_copied_and_stay_bounded() {
+        let pay = |i: usize| payment(&format!("p{i}"), "payment.created", "pay", "1.00", "EUR");
+        let mut book = state();
+        let mut alone = state();
+        let last = APPLIED_EVENT_IDS_MAX + 3;
+        for i in 1..=last {
+            let e = pay(i);
+            let mut next = book.applied_without_earlier_ids(&e).unwrap();
+            assert_eq!(next.applied_event_ids.len(), 1);
+            next.take_applied_event_ids(&mut book);
+            book = next;
+            alone.apply(&e).unwrap();
+        }
+        assert_eq!(book, alone);
+        assert_eq!(book.applied_event_ids.len(), APPLIED_EVENT_IDS_MAX);
+        assert_eq!(&*book.applied_event_ids[0], "p4");
+        assert_eq!(
+            &*book.applied_event_ids[APPLIED_EVENT_IDS_MAX - 1],
+            format!("p{last}")
+        );
+        assert!(book.applied(&pay(3)).is_ok(), "p3 was dropped from the ids");
+        let r = book.applied(&pay(4)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Duplicate);
+        let after = book.applied(&pay(3)).unwrap();
+        assert_eq!(after.applied_event_ids.len(), APPLIED_EVENT_IDS_MAX);
+        assert_eq!(&*after.applied_event_ids[0], "p5");
     }
 
     #[test]
