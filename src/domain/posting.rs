@@ -647,17 +647,29 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
 
 /// The idempotency key of posting `seq` of (registry, order): UUIDv5 in the
 /// URL namespace of `ledgerline:<R>:<O>:<n>` (SPEC 4).
+///
+/// `Uuid::new_v5`'s value (the tests hold the two equal), hashed with the
+/// `sha1` crate, which uses the CPU's SHA instructions where it has them
+/// (a third of the time of `uuid`'s portable SHA-1 here): three keys an
+/// event were 6 % of the engine's work.
 pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
+    use sha1::{Digest, Sha1};
     // The name's bytes as `format!("ledgerline:{registry_id}:{order_id}:{seq}")`
-    // writes them, without the formatting machinery.
-    let mut name = Vec::with_capacity(32 + registry_id.len() + order_id.len());
-    name.extend_from_slice(b"ledgerline:");
-    name.extend_from_slice(registry_id.as_bytes());
-    name.push(b':');
-    name.extend_from_slice(order_id.as_bytes());
-    name.push(b':');
-    write_unsigned(&mut name, seq);
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, &name)
+    // writes them, without the formatting machinery, after the namespace's.
+    let mut digits = Vec::with_capacity(20);
+    write_unsigned(&mut digits, seq);
+    let mut sha = Sha1::new();
+    sha.update(Uuid::NAMESPACE_URL.as_bytes());
+    sha.update(b"ledgerline:");
+    sha.update(registry_id.as_bytes());
+    sha.update(b":");
+    sha.update(order_id.as_bytes());
+    sha.update(b":");
+    sha.update(&digits);
+    let digest = sha.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// What a registry has been sent for an order so far.
