@@ -515,14 +515,16 @@ pub fn group_with<'a>(
                 out[i].quantity += e.quantity;
             }
             None => {
-                let columns = lists.of(&registry.group_by, &e.dims, texts);
-                let key = match posted_keys.find(e.entry_type, code, &e.description, &columns) {
+                let posted_key = posted_keys.find(e.entry_type, code, &e.description, |list| {
+                    same_values(list, &registry.group_by, &e.dims, texts)
+                });
+                let key = match posted_key {
                     Some(key) => SharedKey::clone(key),
                     None => Arc::new(GroupKey {
                         entry_type: e.entry_type,
                         ledger_code: code.cloned(),
                         description: Text::clone(&e.description),
-                        columns,
+                        columns: lists.of(&registry.group_by, &e.dims, texts),
                     }),
                 };
                 out.push(GroupedEntry {
@@ -547,13 +549,14 @@ struct PostedKeys<'a> {
 }
 
 impl<'a> PostedKeys<'a> {
-    /// The posted key equal to the key of these parts, if any.
+    /// The posted key equal to the key of these parts, if any: its
+    /// columns are those `columns` says are the same.
     fn find(
         &mut self,
         entry_type: EntryType,
         ledger_code: Option<&Text>,
         description: &Text,
-        columns: &Columns,
+        mut columns: impl FnMut(&Columns) -> bool,
     ) -> Option<&'a SharedKey> {
         let n = self.posted.len();
         let mut i = self.next;
@@ -568,7 +571,7 @@ impl<'a> PostedKeys<'a> {
                     (Some(a), Some(b)) => same_text(a, b),
                     (a, b) => a.is_none() && b.is_none(),
                 }
-                && same_columns(&k.columns, columns)
+                && columns(&k.columns)
             {
                 self.next = i + 1;
                 return Some(k);
@@ -577,6 +580,28 @@ impl<'a> PostedKeys<'a> {
         }
         None
     }
+}
+
+/// True when `list` is the list of columns `group_by` with the values of
+/// `dims` (as [`ColumnLists::of`] would make it): each column in its
+/// place, each value the same text (currencies' and rates' texts from
+/// `texts`).
+fn same_values(
+    list: &Columns,
+    group_by: &[Column],
+    dims: &Dims<'_>,
+    texts: &mut ValueTexts<'_>,
+) -> bool {
+    list.len() == group_by.len()
+        && list.iter().zip(group_by).all(|((c, v), d)| {
+            c == d
+                && match (d.of(dims), v) {
+                    (None, None) => true,
+                    (Some(ColumnValue::Text(t)), Some(v)) => same_text(t, v),
+                    (Some(value), Some(v)) => same_text(texts.text_ref(value), v),
+                    _ => false,
+                }
+        })
 }
 
 /// `current − posted` per group key: current groups in their order, then
