@@ -9,7 +9,9 @@
 //! aggregator's share: the same with each posting encoded as the
 //! `StoredPosting` it publishes instead of the bodies.
 //! `engine/event_to_3_postings_with_bodies_after_1000_events` is the whole
-//! path on an order with a long history (1,000 events applied before).
+//! path on an order with a long history (1,000 events applied before);
+//! `engine/first_event_to_3_postings_with_bodies` on an order's first
+//! event (no cursor: every group is new).
 //! `engine/event_to_1_delta_posting_with_body` is the whole path for one
 //! `delta` registry, the typical subscription. The `stage/…` benches time
 //! each step alone on the same event, so a change shows where it moved the
@@ -94,8 +96,8 @@ fn bench(c: &mut Criterion) {
     // the timed loop (≈ 15 % of the time spent zeroing pages), a cost no
     // running aggregator or dispatcher has. The book is kept (criterion
     // drops it after the batch): an order's book lives on.
-    let whole = |mut book: OrderBook, registries: &[Registry]| {
-        let ev = parse_event(black_box(&update), Some("bench-order")).unwrap();
+    let whole = |mut book: OrderBook, registries: &[Registry], event: &[u8]| {
+        let ev = parse_event(black_box(event), Some("bench-order")).unwrap();
         let plan = book.plan(&ev, registries, &opts, |_| false).unwrap();
         let bodies: Vec<Vec<u8>> = plan
             .postings
@@ -110,7 +112,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("event_to_3_postings_with_bodies", |b| {
         b.iter_batched(
             || book.clone(),
-            |book| whole(book, &registries),
+            |book| whole(book, &registries, &update),
             BatchSize::SmallInput,
         )
     });
@@ -124,14 +126,24 @@ fn bench(c: &mut Criterion) {
     g.bench_function("event_to_3_postings_with_bodies_after_1000_events", |b| {
         b.iter_batched(
             || long.clone(),
-            |book| whole(book, &registries),
+            |book| whole(book, &registries, &update),
+            BatchSize::SmallInput,
+        )
+    });
+    // An order's first event: no cursor, every group new.
+    let fresh = OrderBook::new(OrderId::parse("bench-order").unwrap());
+    let first = snapshot(1, "e1");
+    g.bench_function("first_event_to_3_postings_with_bodies", |b| {
+        b.iter_batched(
+            || fresh.clone(),
+            |book| whole(book, &registries, &first),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("event_to_1_delta_posting_with_body", |b| {
         b.iter_batched(
             || book.clone(),
-            |book| whole(book, &registries[..1]),
+            |book| whole(book, &registries[..1], &update),
             BatchSize::SmallInput,
         )
     });
