@@ -674,9 +674,9 @@ pub fn difference(current: &[GroupedEntry], posted: &[GroupedEntry]) -> Option<V
 /// URL namespace of `ledgerline:<R>:<O>:<n>` (SPEC 4).
 ///
 /// `Uuid::new_v5`'s value (the tests hold the two equal), hashed with the
-/// `sha1` crate, which uses the CPU's SHA instructions where it has them
-/// (a third of the time of `uuid`'s portable SHA-1 here): three keys an
-/// event were 6 % of the engine's work.
+/// `sha1` crate, which uses the CPU's SHA instructions where it has them:
+/// with `uuid`'s portable SHA-1, an event's three keys were 6 % of the
+/// engine's instructions.
 pub fn idempotency_key(registry_id: &str, order_id: &str, seq: u64) -> Uuid {
     use sha1::{Digest, Sha1};
     // The name's bytes as `format!("ledgerline:{registry_id}:{order_id}:{seq}")`
