@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::wire::wire_names;
 use crate::events::Text;
+use crate::events::{Fee, LineItem};
 use crate::money::{Currency, DecimalText, Rounding, rate_percent_text};
 use crate::order::{OrderState, PaymentKind};
 
@@ -248,16 +249,12 @@ pub fn derive_with<'a>(
         allocate_per_rate(&mut taxables, currency, opts.rounding);
     }
 
-    let mut totals = Totals::default();
+    // Each line's revenue and discount (both ex tax when prices include
+    // it), each fee's amount ex tax, and the totals, first: the
+    // receivable, second in the ledger, needs them all.
     let lines = state.line_items.len();
-    let mut revenue = Vec::with_capacity(lines);
-    let mut deferred = Vec::new();
-    let mut discount = Vec::with_capacity(lines);
-    let mut tax_by_item: Vec<(Decimal, Entry)> = Vec::with_capacity(items);
-    // One description per rate, shared by its tax entries.
-    let mut tax_texts: Vec<(Decimal, Text)> = Vec::new();
-    let mut fees = Vec::with_capacity(state.fees.len());
-
+    let mut totals = Totals::default();
+    let mut amounts: Vec<(Decimal, Decimal)> = Vec::with_capacity(items);
     for (l, t) in state.line_items.iter().zip(&taxables) {
         let gross = Decimal::from(l.quantity) * l.unit_price;
         let (rev, disc) = if incl {
@@ -267,129 +264,73 @@ pub fn derive_with<'a>(
         } else {
             (gross, l.discount)
         };
-        let dims = Dims {
-            product_id: l.product_id.as_ref(),
-            option_id: l.option_id.as_ref(),
-            unit_type: l.unit_type.as_ref(),
-            tax_rate: Some(l.tax_rate),
-            ..base
-        };
         totals.revenue += rev;
         totals.discount += disc;
         totals.tax += t.tax;
-        // Quantities are bounded by QUANTITY_MAX at parse time, far below
-        // i64::MAX.
-        let quantity = |q: u64| i64::try_from(q).unwrap_or(i64::MAX);
-        match recognition {
-            RevenueRecognition::OnConfirmation => revenue.push(Entry {
-                entry_type: EntryType::Revenue,
-                description: Text::clone(&l.description),
-                quantity: quantity(l.quantity),
-                amount: -rev,
-                dims,
-            }),
-            RevenueRecognition::OnRedemption => {
-                let redeemed = state.redeemed(&l.id).min(l.quantity);
-                let recognised = recognised_share(rev, redeemed, l.quantity, round);
-                revenue.push(Entry {
-                    entry_type: EntryType::Revenue,
-                    description: Text::clone(&l.description),
-                    quantity: quantity(redeemed),
-                    amount: -recognised,
-                    dims,
-                });
-                deferred.push(Entry {
-                    entry_type: EntryType::DeferredRevenue,
-                    description: Text::from(format!("Deferred Revenue: {}", l.description)),
-                    quantity: quantity(l.quantity - redeemed),
-                    amount: recognised - rev,
-                    dims,
-                });
-            }
-        }
-        // A zero discount says nothing (dropped below with every empty
-        // entry): its description is not even written.
-        if !disc.is_zero() {
-            discount.push(Entry {
-                entry_type: EntryType::Discount,
-                description: discount_text(&l.description),
-                quantity: 0,
-                amount: disc,
-                dims,
-            });
-        }
-        tax_by_item.push((t.rate, tax_entry(&mut tax_texts, t.rate, t.tax, dims)));
+        amounts.push((rev, disc));
     }
-    for (f, t) in state.fees.iter().zip(&taxables[state.line_items.len()..]) {
+    for (f, t) in state.fees.iter().zip(&taxables[lines..]) {
         let fee_ex = if incl { f.amount - t.tax } else { f.amount };
-        let dims = Dims {
-            tax_rate: Some(f.tax_rate),
-            fee_kind: Some(&f.kind),
-            ..base
-        };
         totals.fees += fee_ex;
         totals.tax += t.tax;
-        fees.push(Entry {
-            entry_type: EntryType::Fee,
-            description: Text::clone(&f.description),
-            quantity: 0,
-            amount: -fee_ex,
-            dims,
-        });
-        tax_by_item.push((t.rate, tax_entry(&mut tax_texts, t.rate, t.tax, dims)));
+        amounts.push((fee_ex, Decimal::ZERO));
     }
-    // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
-    tax_by_item.sort_by_key(|(rate, _)| *rate);
-
-    let mut cashflow = Vec::with_capacity(state.payments.len());
-    let mut write_off = Vec::new();
     for p in &state.payments {
-        let dims = Dims {
-            payment_method: Some(&p.method),
-            ..base
-        };
-        let (list, total, entry_type, description) = match p.kind {
-            PaymentKind::Paid => (
-                &mut cashflow,
-                &mut totals.paid,
-                EntryType::Cashflow,
-                &CASHFLOW,
-            ),
-            PaymentKind::WrittenOff => (
-                &mut write_off,
-                &mut totals.written_off,
-                EntryType::WriteOff,
-                &WRITE_OFF,
-            ),
-        };
-        *total += p.amount;
-        list.push(Entry {
-            entry_type,
-            description: Text::clone(description),
-            quantity: 0,
-            amount: p.amount,
-            dims,
-        });
+        match p.kind {
+            PaymentKind::Paid => totals.paid += p.amount,
+            PaymentKind::WrittenOff => totals.written_off += p.amount,
+        }
     }
-
     // total = Σrevenue − Σdiscount + Σtax + Σfees, with fees ex tax: their
     // tax is already in Σtax.
     totals.total = totals.revenue - totals.discount + totals.tax + totals.fees;
     totals.outstanding = totals.total - totals.paid - totals.written_off;
 
-    // Every entry in one allocation: cashflow, receivable or refund due,
-    // then the rest in table order.
+    let line_dims = |l: &'a LineItem| Dims {
+        product_id: l.product_id.as_ref(),
+        option_id: l.option_id.as_ref(),
+        unit_type: l.unit_type.as_ref(),
+        tax_rate: Some(l.tax_rate),
+        ..base
+    };
+    let fee_dims = |f: &'a Fee| Dims {
+        tax_rate: Some(f.tax_rate),
+        fee_kind: Some(&f.kind),
+        ..base
+    };
+    let payments = |kind: PaymentKind, entry_type: EntryType, description: &'static Text| {
+        state
+            .payments
+            .iter()
+            .filter(move |p| p.kind == kind)
+            .map(move |p| Entry {
+                entry_type,
+                description: Text::clone(description),
+                quantity: 0,
+                amount: p.amount,
+                dims: Dims {
+                    payment_method: Some(&p.method),
+                    ..base
+                },
+            })
+    };
+    // Quantities are bounded by QUANTITY_MAX at parse time, far below
+    // i64::MAX.
+    let quantity = |q: u64| i64::try_from(q).unwrap_or(i64::MAX);
+    let redeeming = recognition == RevenueRecognition::OnRedemption;
+
+    // Every entry written once, in the ledger's order: cashflow,
+    // receivable or refund due, revenue, discount, tax, fees, write-off,
+    // deferred revenue.
     let mut entries = Vec::with_capacity(
-        cashflow.len()
+        state.payments.len()
             + 1
-            + revenue.len()
-            + discount.len()
-            + tax_by_item.len()
-            + fees.len()
-            + write_off.len()
-            + deferred.len(),
+            + 2 * lines
+            + items
+            + state.fees.len()
+            + lines * usize::from(redeeming),
     );
-    entries.extend(cashflow);
+    entries.extend(payments(PaymentKind::Paid, EntryType::Cashflow, &CASHFLOW));
     if totals.outstanding > Decimal::ZERO {
         entries.push(Entry {
             entry_type: EntryType::Receivable,
@@ -407,12 +348,71 @@ pub fn derive_with<'a>(
             dims: base,
         });
     }
-    entries.extend(revenue);
-    entries.extend(discount);
-    entries.extend(tax_by_item.into_iter().map(|(_, e)| e));
-    entries.extend(fees);
-    entries.extend(write_off);
-    entries.extend(deferred);
+    for (l, &(rev, _)) in state.line_items.iter().zip(&amounts) {
+        let (units, recognised) = if redeeming {
+            let redeemed = state.redeemed(&l.id).min(l.quantity);
+            (redeemed, recognised_share(rev, redeemed, l.quantity, round))
+        } else {
+            (l.quantity, rev)
+        };
+        entries.push(Entry {
+            entry_type: EntryType::Revenue,
+            description: Text::clone(&l.description),
+            quantity: quantity(units),
+            amount: -recognised,
+            dims: line_dims(l),
+        });
+    }
+    for (l, &(_, disc)) in state.line_items.iter().zip(&amounts) {
+        // A zero discount says nothing (dropped below with every empty
+        // entry): its description is not even written.
+        if !disc.is_zero() {
+            entries.push(Entry {
+                entry_type: EntryType::Discount,
+                description: discount_text(&l.description),
+                quantity: 0,
+                amount: disc,
+                dims: line_dims(l),
+            });
+        }
+    }
+    // One description per rate, shared by its tax entries.
+    let mut tax_texts: Vec<(Decimal, Text)> = Vec::new();
+    let taxed = state.line_items.iter().map(line_dims);
+    let taxed = taxed.chain(state.fees.iter().map(fee_dims));
+    let tax_start = entries.len();
+    for (dims, t) in taxed.zip(&taxables) {
+        entries.push(tax_entry(&mut tax_texts, t.rate, t.tax, dims));
+    }
+    // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
+    entries[tax_start..].sort_by_key(|e| e.dims.tax_rate);
+    for (f, &(fee_ex, _)) in state.fees.iter().zip(&amounts[lines..]) {
+        entries.push(Entry {
+            entry_type: EntryType::Fee,
+            description: Text::clone(&f.description),
+            quantity: 0,
+            amount: -fee_ex,
+            dims: fee_dims(f),
+        });
+    }
+    entries.extend(payments(
+        PaymentKind::WrittenOff,
+        EntryType::WriteOff,
+        &WRITE_OFF,
+    ));
+    if redeeming {
+        for (l, &(rev, _)) in state.line_items.iter().zip(&amounts) {
+            let redeemed = state.redeemed(&l.id).min(l.quantity);
+            let recognised = recognised_share(rev, redeemed, l.quantity, round);
+            entries.push(Entry {
+                entry_type: EntryType::DeferredRevenue,
+                description: Text::from(format!("Deferred Revenue: {}", l.description)),
+                quantity: quantity(l.quantity - redeemed),
+                amount: recognised - rev,
+                dims: line_dims(l),
+            });
+        }
+    }
     // An entry with no amount and no quantity says nothing.
     entries.retain(|e| !e.amount.is_zero() || e.quantity != 0);
 
