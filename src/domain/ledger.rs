@@ -186,6 +186,18 @@ struct Taxable {
     tax: Decimal,
 }
 
+/// What a line or a fee comes to in the ledger, before its entries.
+struct Amounts {
+    /// A line's revenue, a fee's amount: ex tax when prices include it.
+    net: Decimal,
+    /// A line's discount (ex tax when prices include it); 0 for a fee.
+    discount: Decimal,
+    /// The units and the share of `net` recognised as revenue: all of them
+    /// on confirmation, the redeemed ones' on redemption.
+    recognised_units: u64,
+    recognised: Decimal,
+}
+
 /// Derives the ledger of `state`, revenue recognised on confirmation.
 /// Balanced by construction; checked anyway.
 pub fn derive<'a>(state: &'a OrderState, opts: &LedgerOptions) -> Result<Ledger<'a>, Unbalanced> {
@@ -249,12 +261,12 @@ pub fn derive_with<'a>(
         allocate_per_rate(&mut taxables, currency, opts.rounding);
     }
 
-    // Each line's revenue and discount (both ex tax when prices include
-    // it), each fee's amount ex tax, and the totals, first: the
+    // Each line's and fee's amounts, and the totals, first: the
     // receivable, second in the ledger, needs them all.
     let lines = state.line_items.len();
+    let redeeming = recognition == RevenueRecognition::OnRedemption;
     let mut totals = Totals::default();
-    let mut amounts: Vec<(Decimal, Decimal)> = Vec::with_capacity(items);
+    let mut amounts: Vec<Amounts> = Vec::with_capacity(items);
     for (l, t) in state.line_items.iter().zip(&taxables) {
         let gross = Decimal::from(l.quantity) * l.unit_price;
         let (rev, disc) = if incl {
@@ -267,13 +279,29 @@ pub fn derive_with<'a>(
         totals.revenue += rev;
         totals.discount += disc;
         totals.tax += t.tax;
-        amounts.push((rev, disc));
+        let (recognised_units, recognised) = if redeeming {
+            let redeemed = state.redeemed(&l.id).min(l.quantity);
+            (redeemed, recognised_share(rev, redeemed, l.quantity, round))
+        } else {
+            (l.quantity, rev)
+        };
+        amounts.push(Amounts {
+            net: rev,
+            discount: disc,
+            recognised_units,
+            recognised,
+        });
     }
     for (f, t) in state.fees.iter().zip(&taxables[lines..]) {
         let fee_ex = if incl { f.amount - t.tax } else { f.amount };
         totals.fees += fee_ex;
         totals.tax += t.tax;
-        amounts.push((fee_ex, Decimal::ZERO));
+        amounts.push(Amounts {
+            net: fee_ex,
+            discount: Decimal::ZERO,
+            recognised_units: 0,
+            recognised: fee_ex,
+        });
     }
     for p in &state.payments {
         match p.kind {
@@ -317,7 +345,6 @@ pub fn derive_with<'a>(
     // Quantities are bounded by QUANTITY_MAX at parse time, far below
     // i64::MAX.
     let quantity = |q: u64| i64::try_from(q).unwrap_or(i64::MAX);
-    let redeeming = recognition == RevenueRecognition::OnRedemption;
 
     // Every entry written once, in the ledger's order: cashflow,
     // receivable or refund due, revenue, discount, tax, fees, write-off,
@@ -348,30 +375,24 @@ pub fn derive_with<'a>(
             dims: base,
         });
     }
-    for (l, &(rev, _)) in state.line_items.iter().zip(&amounts) {
-        let (units, recognised) = if redeeming {
-            let redeemed = state.redeemed(&l.id).min(l.quantity);
-            (redeemed, recognised_share(rev, redeemed, l.quantity, round))
-        } else {
-            (l.quantity, rev)
-        };
+    for (l, a) in state.line_items.iter().zip(&amounts) {
         entries.push(Entry {
             entry_type: EntryType::Revenue,
             description: Text::clone(&l.description),
-            quantity: quantity(units),
-            amount: -recognised,
+            quantity: quantity(a.recognised_units),
+            amount: -a.recognised,
             dims: line_dims(l),
         });
     }
-    for (l, &(_, disc)) in state.line_items.iter().zip(&amounts) {
+    for (l, a) in state.line_items.iter().zip(&amounts) {
         // A zero discount says nothing (dropped below with every empty
         // entry): its description is not even written.
-        if !disc.is_zero() {
+        if !a.discount.is_zero() {
             entries.push(Entry {
                 entry_type: EntryType::Discount,
                 description: discount_text(&l.description),
                 quantity: 0,
-                amount: disc,
+                amount: a.discount,
                 dims: line_dims(l),
             });
         }
@@ -386,12 +407,12 @@ pub fn derive_with<'a>(
     }
     // Rates ascending; within a rate, lines then fees (a stable sort keeps it).
     entries[tax_start..].sort_by_key(|e| e.dims.tax_rate);
-    for (f, &(fee_ex, _)) in state.fees.iter().zip(&amounts[lines..]) {
+    for (f, a) in state.fees.iter().zip(&amounts[lines..]) {
         entries.push(Entry {
             entry_type: EntryType::Fee,
             description: Text::clone(&f.description),
             quantity: 0,
-            amount: -fee_ex,
+            amount: -a.net,
             dims: fee_dims(f),
         });
     }
@@ -401,14 +422,12 @@ pub fn derive_with<'a>(
         &WRITE_OFF,
     ));
     if redeeming {
-        for (l, &(rev, _)) in state.line_items.iter().zip(&amounts) {
-            let redeemed = state.redeemed(&l.id).min(l.quantity);
-            let recognised = recognised_share(rev, redeemed, l.quantity, round);
+        for (l, a) in state.line_items.iter().zip(&amounts) {
             entries.push(Entry {
                 entry_type: EntryType::DeferredRevenue,
                 description: Text::from(format!("Deferred Revenue: {}", l.description)),
-                quantity: quantity(l.quantity - redeemed),
-                amount: recognised - rev,
+                quantity: quantity(l.quantity - a.recognised_units),
+                amount: a.recognised - a.net,
                 dims: line_dims(l),
             });
         }
