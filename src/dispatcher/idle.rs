@@ -22,13 +22,13 @@
 //! put), and an order whose registry_data is larger than
 //! [`IDLE_REGISTRY_DATA_MAX_BYTES`] is not kept (it is read back instead).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use super::state::Progress;
+use crate::fifo::FifoMap;
 
 /// Orders kept per registry.
 pub const IDLE_ORDERS_MAX: usize = 4_096;
@@ -47,52 +47,46 @@ pub fn kept_orders() -> usize {
 }
 
 /// Caught-up orders' [`Progress`], shared by a registry's workers.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct IdleOrders {
     inner: Arc<Mutex<Inner>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Order → (its state, the stamp of the put that kept it).
-    by_order: HashMap<String, (Progress, u64)>,
-    /// (order, stamp) in put order, for eviction. A name whose stamp is
-    /// not its entry's (the order was taken, or put again since) is stale:
-    /// it evicts nothing.
-    order: VecDeque<(String, u64)>,
-    /// The next put's stamp.
-    next_stamp: u64,
-}
-
-impl Inner {
-    /// Whether `(key, stamp)` names the state kept now.
-    fn is_live(&self, key: &str, stamp: u64) -> bool {
-        self.by_order.get(key).is_some_and(|(_, s)| *s == stamp)
+impl Default for IdleOrders {
+    fn default() -> Self {
+        IdleOrders {
+            inner: Arc::new(Mutex::new(Inner(FifoMap::new(IDLE_ORDERS_MAX)))),
+        }
     }
 }
 
+/// The states by order id; the one put longest ago is forgotten first.
+struct Inner(FifoMap<String, Progress>);
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        KEPT.fetch_sub(self.by_order.len(), Ordering::Relaxed);
+        KEPT.fetch_sub(self.0.len(), Ordering::Relaxed);
     }
 }
 
 impl IdleOrders {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Plain data: valid whatever a panicking holder did.
+        // A panic elsewhere while holding the lock leaves the map whole
+        // (every change is one call on it), so its data stays usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the kept state of `order_id`, if any.
+    /// Takes the kept state of `order_id`, if any (it is gone after).
     pub fn take(&self, order_id: &str) -> Option<Progress> {
-        let p = self.lock().by_order.remove(order_id).map(|(p, _)| p);
+        let p = self.lock().0.remove(order_id);
         if p.is_some() {
             KEPT.fetch_sub(1, Ordering::Relaxed);
         }
         p
     }
 
-    /// Keeps `p` (the state of a caught-up order) for its next worker.
+    /// Keeps `p` (the state of an order whose worker ended caught up), as
+    /// the newest put, unless its registry_data is too large.
     pub fn put(&self, p: Progress) {
         if estimated_size(&p.registry_data, IDLE_REGISTRY_DATA_MAX_BYTES)
             > IDLE_REGISTRY_DATA_MAX_BYTES
@@ -100,39 +94,25 @@ impl IdleOrders {
             return;
         }
         let mut inner = self.lock();
-        let stamp = inner.next_stamp;
-        inner.next_stamp += 1;
-        let key = p.order_id.clone();
-        if inner.by_order.insert(key.clone(), (p, stamp)).is_none() {
-            KEPT.fetch_add(1, Ordering::Relaxed);
-        }
-        inner.order.push_back((key, stamp));
-        while inner.by_order.len() > IDLE_ORDERS_MAX {
-            let Some((oldest, stamp)) = inner.order.pop_front() else {
-                break;
-            };
-            if inner.is_live(&oldest, stamp) {
-                inner.by_order.remove(&oldest);
-                KEPT.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        // Stale names linger in `order`; drop them when they outnumber the
-        // live entries, so it stays bounded too.
-        if inner.order.len() > 2 * IDLE_ORDERS_MAX {
-            let mut order = std::mem::take(&mut inner.order);
-            order.retain(|(k, stamp)| inner.is_live(k, *stamp));
-            inner.order = order;
+        let before = inner.0.len();
+        // Taken out first, so a state put again is as new as its last put.
+        inner.0.remove(&p.order_id);
+        inner.0.insert(p.order_id.clone(), p);
+        let after = inner.0.len();
+        if after > before {
+            KEPT.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            KEPT.fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> (usize, usize) {
         let inner = self.lock();
-        (inner.by_order.len(), inner.order.len())
+        (inner.0.len(), inner.0.queued())
     }
 }
 
-/// A cheap upper estimate of `v`'s JSON size, stopping once past `limit`.
 fn estimated_size(v: &Value, limit: usize) -> usize {
     let mut total = 0;
     let mut stack = vec![v];
