@@ -46,9 +46,15 @@
 //! (g) [`instances`], on its own with `--instances 1,2,3`: for each count,
 //! that many instances sharing the order partitions and the delivery (`order_partitions`, `share_registries`) on a
 //! 3-node cluster with R3 streams: postings/s and CPU per count.
+//!
+//! (h) [`long`], on its own with `--long-orders N`: N events on the same
+//! 500 orders, round robin, through the pipeline: postings/s in each fifth
+//! and the last fifth's over the second's, so a cost that grows with the
+//! service's age shows.
 
 pub mod flood;
 pub mod instances;
+pub mod long;
 pub mod pipeline;
 pub mod raw;
 pub mod scale;
@@ -119,6 +125,11 @@ pub struct BenchArgs {
     /// --orders orders each (default 2,000; 60 with --quick).
     #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
     pub instances: Option<Vec<usize>>,
+    /// Runs only the long-lived orders stage (h): this many events (e.g.
+    /// 100000) on the same 500 orders, round robin; postings/s in each
+    /// fifth, so a cost that grows with the service's age shows.
+    #[arg(long, value_name = "EVENTS")]
+    pub long_orders: Option<usize>,
 }
 
 /// Why the bench could not run.
@@ -658,6 +669,26 @@ pub fn cli(args: BenchArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("ledgerline bench --instances: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(events) = args.long_orders {
+        let settle_limit = Duration::from_secs(120 + events as u64 / 200);
+        let result = rt.block_on(long::run(
+            events,
+            args.concurrency.max(1),
+            settle_limit,
+            &mut show,
+        ));
+        bar.finish_and_clear();
+        return match result {
+            Ok(figures) => {
+                println!("{figures}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ledgerline bench --long-orders: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -253,6 +253,11 @@ impl Minimal {
         self.accepted.load(Ordering::Relaxed)
     }
 
+    /// The count behind [`Minimal::accepted`], for a task of its own.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.accepted.clone()
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.server.await;

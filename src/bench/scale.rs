@@ -155,7 +155,7 @@ pub fn scale_event(i: usize) -> String {
     )
 }
 
-fn scale_settings(
+pub(super) fn scale_settings(
     nats_url: &str,
     receiver_url: &str,
     max_in_flight: usize,
@@ -166,7 +166,7 @@ fn scale_settings(
 
 /// The caches of this process that hold orders, with their bounds for
 /// `registries` registries.
-fn caches(registries: usize) -> Vec<CacheSize> {
+pub(super) fn caches(registries: usize) -> Vec<CacheSize> {
     vec![
         CacheSize {
             name: "aggregator order books",

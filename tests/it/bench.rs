@@ -140,3 +140,43 @@ fn bench_instances_runs_each_count_on_a_cluster() {
         assert!(line.contains("postings/s"), "{line}");
     }
 }
+
+/// `--long-orders 1500`: the same 500 orders, 3 events each, round robin;
+/// every event posts once and every posting is delivered, and the report
+/// has a rate for each fifth and the aggregator's cache holding all 500
+/// orders.
+#[test]
+fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
+    let stdout = bench(&["--long-orders", "1500"]);
+    let head = stdout
+        .lines()
+        .find(|l| l.starts_with("(h) long-lived orders: 500 orders, 1500 events"))
+        .unwrap_or_else(|| panic!("no (h) line in:\n{stdout}"));
+    assert!(
+        head.contains("→ 1500 postings delivered to 1 registry"),
+        "{head}"
+    );
+    let fifths = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("postings/s, each fifth"))
+        .unwrap_or_else(|| panic!("no fifths in:\n{stdout}"));
+    let rates: Vec<f64> = fifths
+        .split(" (")
+        .next()
+        .unwrap_or_default()
+        .split(" · ")
+        .map(|r| r.trim().parse().expect(fifths))
+        .collect();
+    assert_eq!(rates.len(), 5, "{fifths}");
+    assert!(rates.iter().all(|r| *r > 0.0), "{fifths}");
+    assert!(stdout.contains("last fifth / second fifth "), "{stdout}");
+    // Every book stays cached (500 is under the bound); the dispatcher's
+    // states are kept as each order's last worker ends, just after its
+    // last ack, so that count is not asserted exactly.
+    assert!(
+        stdout.contains("aggregator order books 500 (bound 10000)")
+            && stdout.contains("dispatcher caught-up orders ")
+            && stdout.contains(" (bound 4096)"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,277 @@
+//! (h) long-lived orders, on its own with `--long-orders N`: the same
+//! orders receiving event after event, as a running service sees them.
+//!
+//! The other stages give each order a few events; a cost that grows with
+//! what the service has handled since it started (a list that is never
+//! trimmed, a scan over history) does not show there. Here
+//! [`LONG_ORDERS`] orders, few enough that every cache holds them all, are
+//! confirmed, then updated again and again, round robin (one more ticket
+//! each time, so every event posts a delta), N events in all, through the
+//! service in this process to one registry whose receiver keeps nothing
+//! (as in (d)). Reported: the delivery rate in each fifth of the postings
+//! and the last fifth's over the second's (the first includes the start;
+//! a rate that falls from fifth to fifth is such a cost), this process's RSS at the start, the end and its
+//! peak, and the caches that hold orders.
+//!
+//! Session 14 found such a cost in the aggregator's book cache
+//! ([`crate::fifo::FifoMap`]: its line of keys grew by one key per event
+//! and each event swept it); this stage is the end-to-end check that it,
+//! or its like, is not back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::pipeline::{Running, publish_events, settle};
+use super::raw::Minimal;
+use super::scale::{CacheSize, REGISTRY, caches, scale_settings};
+use super::{BenchError, BenchProgress, mib, usage};
+use crate::natsd::NatsServer;
+
+/// Orders of the stage: under every cache's bound (the aggregator's books,
+/// the dispatcher's caught-up orders), so each order's state stays in
+/// memory from its first event to its last.
+pub const LONG_ORDERS: usize = 500;
+
+/// What (h) measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongFigures {
+    pub orders: usize,
+    pub events: usize,
+    /// Postings stored, every one delivered.
+    pub postings: u64,
+    /// From the first publish to the last delivery seen.
+    pub elapsed: Duration,
+    /// Postings/s in each fifth of the deliveries, in order.
+    pub fifths: Vec<f64>,
+    /// This process's RSS at the start and the end, and its peak during
+    /// the stage.
+    pub rss: [Option<u64>; 2],
+    pub peak: Option<u64>,
+    pub caches: Vec<CacheSize>,
+}
+
+impl LongFigures {
+    /// The last fifth's rate over the second's (the first includes the
+    /// start); `None` without both.
+    pub fn last_over_second(&self) -> Option<f64> {
+        match (self.fifths.get(1), self.fifths.last()) {
+            (Some(second), Some(last)) if self.fifths.len() > 2 && *second > 0.0 => {
+                Some(last / second)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Event `round` (0: the `order.confirmed`) of long-lived order `order`:
+/// version `round + 1`, with `round + 1` tickets on its one line; the
+/// payment comes with the confirmation.
+pub fn long_event(order: usize, round: usize) -> String {
+    let version = round + 1;
+    let (kind, payments) = if round == 0 {
+        (
+            "order.confirmed",
+            r#","payments":[{"payment_id":"p1","method":"card","amount":"11.60","currency":"EUR"}]"#,
+        )
+    } else {
+        ("order.updated", "")
+    };
+    format!(
+        concat!(
+            r#"{{"event_id":"long-{order}-{version}","type":"{kind}","order_id":"long-{order:05}","#,
+            r#""occurred_at":"2026-11-28T10:00:00Z","order":{{"version":{version},"currency":"EUR","#,
+            r#""channel":"direct","prices_include_tax":true,"line_items":[{{"id":"l1","#,
+            r#""product_id":"museum","option_id":"standard","unit_type":"adult","#,
+            r#""description":"Museum General Admission","quantity":{version},"unit_price":"11.60","#,
+            r#""discount":"0.00","tax_rate":"0.16"}}],"fees":[]{payments}}}}}"#
+        ),
+        order = order,
+        version = version,
+        kind = kind,
+        payments = payments,
+    )
+}
+
+/// Runs (h): `events` events over [`LONG_ORDERS`] orders (fewer orders
+/// when there are fewer events).
+pub async fn run(
+    events: usize,
+    max_in_flight: usize,
+    settle_limit: Duration,
+    progress: &mut dyn FnMut(&BenchProgress),
+) -> Result<LongFigures, BenchError> {
+    let events = events.max(1);
+    let orders = LONG_ORDERS.min(events);
+    let receiver = Minimal::start().await?;
+    progress(&BenchProgress::stage(
+        "(h) starting nats-server and the pipeline",
+    ));
+    let server = NatsServer::start().await?;
+    let settings = scale_settings(&server.url(), &receiver.url, max_in_flight)?;
+    let mut running = Running::start(server, settings, &[REGISTRY]).await?;
+    let figures = measure(events, orders, settle_limit, &running, &receiver, progress).await;
+    progress(&BenchProgress::stage("(h) stopping"));
+    running.stop_service().await;
+    running.stop().await;
+    receiver.stop().await;
+    figures
+}
+
+async fn measure(
+    events: usize,
+    orders: usize,
+    settle_limit: Duration,
+    running: &Running,
+    receiver: &Minimal,
+    progress: &mut dyn FnMut(&BenchProgress),
+) -> Result<LongFigures, BenchError> {
+    usage::reset_peak_rss();
+    let rss_start = usage::current_rss();
+    let started = Instant::now();
+    // When the deliveries passed each fifth of the events (one posting
+    // each), sampled every 10 ms while the stage runs.
+    let accepted = receiver.counter();
+    let sampler = tokio::spawn(fifth_times(accepted.clone(), events as u64, started));
+    let lines = (0..events).map(|i| long_event(i % orders, i / orders));
+    let published = publish_events(
+        &running.js,
+        &running.prefix,
+        lines,
+        events,
+        None,
+        |_, _| {},
+        progress,
+        "(h) publishing long-lived orders' events",
+    )
+    .await;
+    let postings = match published {
+        Ok(_) => {
+            settle(
+                &running.js,
+                &running.ledger,
+                &super::pipeline::aggregator_consumers(0),
+                &[REGISTRY],
+                &|| accepted.load(Ordering::Relaxed),
+                settle_limit,
+                progress,
+                "(h) delivering long-lived orders' postings",
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let elapsed = started.elapsed();
+    sampler.abort();
+    let times = sampler.await.unwrap_or_default();
+    let postings = postings?;
+    let fifth = events as f64 / 5.0;
+    let mut fifths = Vec::new();
+    let mut before = Duration::ZERO;
+    for at in times {
+        fifths.push(fifth / (at - before).as_secs_f64().max(1e-9));
+        before = at;
+    }
+    Ok(LongFigures {
+        orders,
+        events,
+        postings,
+        elapsed,
+        fifths,
+        rss: [rss_start, usage::current_rss()],
+        peak: usage::peak_rss(),
+        caches: caches(1),
+    })
+}
+
+/// The times (since `started`) at which `accepted` reached each fifth of
+/// `total`; returns once it reached all of `total`.
+async fn fifth_times(accepted: Arc<AtomicU64>, total: u64, started: Instant) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(5);
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    while times.len() < 5 {
+        ticks.tick().await;
+        let now = accepted.load(Ordering::Relaxed);
+        while times.len() < 5 && now * 5 >= total * (times.len() as u64 + 1) {
+            times.push(started.elapsed());
+        }
+    }
+    times
+}
+
+impl std::fmt::Display for LongFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "(h) long-lived orders: {} orders, {} events (each order confirmed, then updated, round robin) → {} postings delivered to 1 registry in {:.1} s",
+            self.orders,
+            self.events,
+            self.postings,
+            self.elapsed.as_secs_f64()
+        )?;
+        let fifths: Vec<String> = self.fifths.iter().map(|r| format!("{r:.0}")).collect();
+        writeln!(
+            f,
+            "    postings/s, each fifth    {} (the first fifth includes the start)",
+            fifths.join(" · ")
+        )?;
+        match self.last_over_second() {
+            Some(r) => writeln!(
+                f,
+                "    last fifth / second fifth {r:.2} (a cost that grows with what the service has handled shows as a falling rate)"
+            )?,
+            None => writeln!(f, "    last fifth / second fifth unknown")?,
+        }
+        writeln!(
+            f,
+            "    RSS of this process       start {} · end {} · peak {}",
+            mib(self.rss[0]),
+            mib(self.rss[1]),
+            mib(self.peak)
+        )?;
+        let caches: Vec<String> = self
+            .caches
+            .iter()
+            .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
+            .collect();
+        write!(f, "    caches at the end         {}", caches.join(" · "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_long_event_is_valid_and_adds_one_ticket() {
+        for round in [0, 1, 199] {
+            let line = long_event(7, round);
+            crate::events::parse_event(line.as_bytes(), Some("long-00007"))
+                .unwrap_or_else(|r| panic!("{line}: {r:?}"));
+            let (order_id, event_id) = crate::publish::route(line.as_bytes()).expect("routable");
+            assert_eq!(order_id.to_string(), "long-00007");
+            assert_eq!(event_id, format!("long-7-{}", round + 1));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["order"]["version"], round as u64 + 1);
+            assert_eq!(v["order"]["line_items"][0]["quantity"], round as u64 + 1);
+            assert_eq!(v["order"]["payments"].is_array(), round == 0);
+        }
+    }
+
+    #[test]
+    fn the_ratio_is_the_last_fifth_over_the_second() {
+        let mut f = LongFigures {
+            orders: 1,
+            events: 5,
+            postings: 5,
+            elapsed: Duration::from_secs(1),
+            fifths: vec![100.0, 90.0, 80.0, 70.0, 50.0],
+            rss: [None, None],
+            peak: None,
+            caches: Vec::new(),
+        };
+        assert_eq!(f.last_over_second(), Some(50.0 / 90.0));
+        f.fifths.truncate(2);
+        assert_eq!(f.last_over_second(), None);
+    }
+}
