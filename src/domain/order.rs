@@ -607,7 +607,7 @@ mod tests {
                 let id = format!("e{probe}");
                 assert_eq!(
                     ids.contains(&id),
-                    ids.iter().any(|e| &**e == id),
+                    ids.iter().any(|e| **e == *id),
                     "step {step}, {id}"
                 );
             }
