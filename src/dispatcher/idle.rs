@@ -71,8 +71,7 @@ impl Drop for Inner {
 
 impl IdleOrders {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic elsewhere while holding the lock leaves the map whole
-        // (every change is one call on it), so its data stays usable.
+        // Plain data: valid whatever a panicking holder did.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -113,6 +112,7 @@ impl IdleOrders {
     }
 }
 
+/// A cheap upper estimate of `v`'s JSON size, stopping once past `limit`.
 fn estimated_size(v: &Value, limit: usize) -> usize {
     let mut total = 0;
     let mut stack = vec![v];

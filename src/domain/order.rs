@@ -28,7 +28,9 @@ pub const APPLIED_EVENT_IDS_MAX: usize = 10_000;
 /// service's CPU at 600 ids an order and grew with every event up to
 /// [`APPLIED_EVENT_IDS_MAX`]. Read-only as a slice (`Deref`); changed only
 /// through its methods, which keep the index in step. On the wire (serde)
-/// it is the list of ids, as before.
+/// it is the list of ids, as before. The index costs about 16 bytes an id
+/// beside the id's own ≈ 40; ids crafted to share a hash only bring back
+/// the scan, bounded as before.
 #[derive(Debug, Clone, Default)]
 pub struct AppliedIds {
     ids: Vec<Text>,
@@ -78,7 +80,8 @@ impl AppliedIds {
         }
     }
 
-    /// A copy with room for one more id.
+    /// A copy with room for the one id an applied event adds (the copy
+    /// grows no further before it is kept).
     fn copy_with_room_for_one(&self) -> AppliedIds {
         let mut ids = Vec::with_capacity(self.ids.len() + 1);
         ids.extend_from_slice(&self.ids);
@@ -135,7 +138,7 @@ impl<'de> Deserialize<'de> for AppliedIds {
 
 /// The index's keys are hashes already: they are used as they are.
 #[derive(Default)]
-pub struct U64Hasher(u64);
+struct U64Hasher(u64);
 
 impl Hasher for U64Hasher {
     fn finish(&self) -> u64 {
@@ -506,8 +509,6 @@ impl OrderState {
     }
 }
 
-/// A copy of `ids` with room for the one id an applied event adds (the
-/// copy grows no further before it is kept).
 /// `new`, as the text `old` holds when the two are equal: texts kept from
 /// one state to the next (a line's, a payment's) stay one allocation, so
 /// the keys grouped from them are compared by address
