@@ -132,7 +132,7 @@ async fn measure(
     // When the deliveries passed each fifth of the events (one posting
     // each), sampled every 10 ms while the stage runs.
     let accepted = receiver.counter();
-    let sampler = tokio::spawn(fifth_times(accepted.clone(), events as u64, started));
+    let mut sampler = tokio::spawn(fifth_times(accepted.clone(), events as u64, started));
     let lines = (0..events).map(|i| long_event(i % orders, i / orders));
     let published = publish_events(
         &running.js,
@@ -162,9 +162,22 @@ async fn measure(
         Err(e) => Err(e),
     };
     let elapsed = started.elapsed();
-    sampler.abort();
-    let times = sampler.await.unwrap_or_default();
-    let postings = postings?;
+    let postings = match postings {
+        Ok(p) => p,
+        Err(e) => {
+            sampler.abort();
+            return Err(e);
+        }
+    };
+    // Every posting is delivered: the sampler's next tick sees the last
+    // fifth.
+    let times = match tokio::time::timeout(Duration::from_secs(2), &mut sampler).await {
+        Ok(Ok(times)) => times,
+        _ => {
+            sampler.abort();
+            Vec::new()
+        }
+    };
     let fifth = events as f64 / 5.0;
     let mut fifths = Vec::new();
     let mut before = Duration::ZERO;
