@@ -242,12 +242,11 @@ impl std::fmt::Display for LongFigures {
             mib(self.rss[1]),
             mib(self.peak)
         )?;
-        let caches: Vec<String> = self
-            .caches
-            .iter()
-            .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
-            .collect();
-        write!(f, "    caches at the end         {}", caches.join(" · "))
+        write!(
+            f,
+            "    caches at the end         {}",
+            super::scale::caches_line(&self.caches)
+        )
     }
 }
 

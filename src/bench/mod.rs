@@ -550,12 +550,11 @@ fn write_scale(f: &mut std::fmt::Formatter<'_>, s: &ScaleFigures) -> std::fmt::R
         "    (aggregator, dispatcher, publisher and a minimal receiver that keeps nothing) · nats-server peak {}",
         mib(m.nats_peak)
     )?;
-    let caches: Vec<String> = m
-        .caches
-        .iter()
-        .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
-        .collect();
-    writeln!(f, "    caches at the end         {}", caches.join(" · "))?;
+    writeln!(
+        f,
+        "    caches at the end         {}",
+        scale::caches_line(&m.caches)
+    )?;
     if let Some(d) = &s.dead_list {
         writeln!(
             f,
@@ -625,16 +624,10 @@ pub fn cli(args: BenchArgs) -> ExitCode {
         indicatif::ProgressBar::hidden()
     };
     if let Some(requests) = args.flood {
-        return match rt.block_on(flood::run(requests)) {
-            Ok(figures) => {
-                println!("{figures}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ledgerline bench --flood: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return report(
+            rt.block_on(flood::run(requests)),
+            "ledgerline bench --flood",
+        );
     }
     let mut last_stage = String::new();
     let mut show = |p: &BenchProgress| {
@@ -662,16 +655,7 @@ pub fn cli(args: BenchArgs) -> ExitCode {
             &mut show,
         ));
         bar.finish_and_clear();
-        return match result {
-            Ok(figures) => {
-                println!("{figures}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ledgerline bench --instances: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return report(result, "ledgerline bench --instances");
     }
     if let Some(events) = args.long_orders {
         let settle_limit = Duration::from_secs(120 + events as u64 / 200);
@@ -682,26 +666,26 @@ pub fn cli(args: BenchArgs) -> ExitCode {
             &mut show,
         ));
         bar.finish_and_clear();
-        return match result {
-            Ok(figures) => {
-                println!("{figures}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ledgerline bench --long-orders: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return report(result, "ledgerline bench --long-orders");
     }
     let result = rt.block_on(run_bench(&args, &mut show));
     bar.finish_and_clear();
+    report(result, "ledgerline bench")
+}
+
+/// Prints a stage's figures (exit 0), or what stopped it, after `what`
+/// (exit 1).
+fn report<F: std::fmt::Display, E: std::fmt::Display>(
+    result: Result<F, E>,
+    what: &str,
+) -> ExitCode {
     match result {
-        Ok(report) => {
-            println!("{report}");
+        Ok(figures) => {
+            println!("{figures}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ledgerline bench: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -164,6 +164,15 @@ pub(super) fn scale_settings(
     bench_config(nats_url, max_in_flight, &[registry])
 }
 
+/// `caches` for the report: `name entries (bound b) · …`.
+pub(super) fn caches_line(caches: &[CacheSize]) -> String {
+    let caches: Vec<String> = caches
+        .iter()
+        .map(|c| format!("{} {} (bound {})", c.name, c.entries, c.bound))
+        .collect();
+    caches.join(" · ")
+}
+
 /// The caches of this process that hold orders, with their bounds for
 /// `registries` registries.
 pub(super) fn caches(registries: usize) -> Vec<CacheSize> {
