@@ -28,9 +28,10 @@ pub const APPLIED_EVENT_IDS_MAX: usize = 10_000;
 /// service's CPU at 600 ids an order and grew with every event up to
 /// [`APPLIED_EVENT_IDS_MAX`]. Read-only as a slice (`Deref`); changed only
 /// through its methods, which keep the index in step. On the wire (serde)
-/// it is the list of ids, as before. The index costs about 16 bytes an id
-/// beside the id's own ≈ 40; ids crafted to share a hash only bring back
-/// the scan, bounded as before.
+/// it is the list of ids, as before. The index adds 18–36 bytes an id (a
+/// hash and a count an entry, at the map's load factor) to the id's own
+/// ≈ 50–80; ids crafted to share a hash only bring back the scan, bounded
+/// as before.
 #[derive(Debug, Clone, Default)]
 pub struct AppliedIds {
     ids: Vec<Text>,
