@@ -8,9 +8,11 @@
 //! confirmed, then updated again and again, round robin (one more ticket
 //! each time, so every event posts a delta), N events in all, through the
 //! service in this process to one registry whose receiver keeps nothing
-//! (as in (d)). Reported: the delivery rate in each fifth of the postings
-//! and the last fifth's over the second's (the first includes the start;
-//! a rate that falls from fifth to fifth is such a cost), this process's RSS at the start, the end and its
+//! (as in (d)). Reported: the delivery rate and the CPU per 1,000 postings
+//! (this process's and nats-server's) in each fifth of the postings, and
+//! the last fifth's rate over the second's (the first includes the start;
+//! a rate that falls, or a CPU cost that rises, from fifth to fifth is
+//! such a cost), this process's RSS at the start, the end and its
 //! peak, and the caches that hold orders.
 //!
 //! Session 14 found such a cost in the aggregator's book cache
@@ -44,6 +46,10 @@ pub struct LongFigures {
     pub elapsed: Duration,
     /// Postings/s in each fifth of the deliveries, in order.
     pub fifths: Vec<f64>,
+    /// CPU seconds per 1,000 postings in each fifth: this process's, and
+    /// nats-server's (`None` when it cannot be read). Unlike the rates,
+    /// these hardly move with what else the machine runs.
+    pub fifths_cpu: Vec<(f64, Option<f64>)>,
     /// This process's RSS at the start and the end, and its peak during
     /// the stage.
     pub rss: [Option<u64>; 2],
@@ -132,7 +138,13 @@ async fn measure(
     // When the deliveries passed each fifth of the events (one posting
     // each), sampled every 10 ms while the stage runs.
     let accepted = receiver.counter();
-    let mut sampler = tokio::spawn(fifth_times(accepted.clone(), events as u64, started));
+    let nats_pid = running.nats_pid();
+    let mut sampler = tokio::spawn(fifth_marks(
+        accepted.clone(),
+        events as u64,
+        started,
+        nats_pid,
+    ));
     let lines = (0..events).map(|i| long_event(i % orders, i / orders));
     let published = publish_events(
         &running.js,
@@ -171,19 +183,25 @@ async fn measure(
     };
     // Every posting is delivered: the sampler's next tick sees the last
     // fifth.
-    let times = match tokio::time::timeout(Duration::from_secs(2), &mut sampler).await {
-        Ok(Ok(times)) => times,
+    let marks = match tokio::time::timeout(Duration::from_secs(2), &mut sampler).await {
+        Ok(Ok(marks)) => marks,
         _ => {
             sampler.abort();
             Vec::new()
         }
     };
     let fifth = events as f64 / 5.0;
+    let per_1000 = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / fifth.max(1.0);
     let mut fifths = Vec::new();
-    let mut before = Duration::ZERO;
-    for at in times {
-        fifths.push(fifth / (at - before).as_secs_f64().max(1e-9));
-        before = at;
+    let mut fifths_cpu = Vec::new();
+    for pair in marks.windows(2) {
+        let (from, to) = (&pair[0], &pair[1]);
+        fifths.push(fifth / (to.at - from.at).as_secs_f64().max(1e-9));
+        let nats = match (from.nats_cpu, to.nats_cpu) {
+            (Some(a), Some(b)) => Some(per_1000(b.saturating_sub(a))),
+            _ => None,
+        };
+        fifths_cpu.push((per_1000(to.own_cpu.saturating_sub(from.own_cpu)), nats));
     }
     Ok(LongFigures {
         orders,
@@ -191,25 +209,49 @@ async fn measure(
         postings,
         elapsed,
         fifths,
+        fifths_cpu,
         rss: [rss_start, usage::current_rss()],
         peak: usage::peak_rss(),
         caches: caches(1),
     })
 }
 
-/// The times (since `started`) at which `accepted` reached each fifth of
-/// `total`; returns once it reached all of `total`.
-async fn fifth_times(accepted: Arc<AtomicU64>, total: u64, started: Instant) -> Vec<Duration> {
-    let mut times = Vec::with_capacity(5);
+/// When the deliveries passed a point, and the CPU spent by then.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// Since the stage started.
+    at: Duration,
+    own_cpu: Duration,
+    nats_cpu: Option<Duration>,
+}
+
+fn mark(started: Instant, nats_pid: Option<u32>) -> Mark {
+    Mark {
+        at: started.elapsed(),
+        own_cpu: usage::own().cpu,
+        nats_cpu: nats_pid.and_then(usage::of_pid).map(|u| u.cpu),
+    }
+}
+
+/// A mark at the start, then one as `accepted` reaches each fifth of
+/// `total` (sampled every 10 ms); returns once it reached all of `total`.
+async fn fifth_marks(
+    accepted: Arc<AtomicU64>,
+    total: u64,
+    started: Instant,
+    nats_pid: Option<u32>,
+) -> Vec<Mark> {
+    let mut marks = Vec::with_capacity(6);
+    marks.push(mark(started, nats_pid));
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
-    while times.len() < 5 {
+    while marks.len() < 6 {
         ticks.tick().await;
         let now = accepted.load(Ordering::Relaxed);
-        while times.len() < 5 && now * 5 >= total * (times.len() as u64 + 1) {
-            times.push(started.elapsed());
+        while marks.len() < 6 && now * 5 >= total * marks.len() as u64 {
+            marks.push(mark(started, nats_pid));
         }
     }
-    times
+    marks
 }
 
 impl std::fmt::Display for LongFigures {
@@ -227,6 +269,19 @@ impl std::fmt::Display for LongFigures {
             f,
             "    postings/s, each fifth    {} (the first fifth includes the start)",
             fifths.join(" · ")
+        )?;
+        let cpu: Vec<String> = self
+            .fifths_cpu
+            .iter()
+            .map(|(own, nats)| match nats {
+                Some(n) => format!("{own:.3} + {n:.3}"),
+                None => format!("{own:.3} + ?"),
+            })
+            .collect();
+        writeln!(
+            f,
+            "    CPU s per 1,000 postings  {} (this process + nats-server, each fifth)",
+            cpu.join(" · ")
         )?;
         match self.last_over_second() {
             Some(r) => writeln!(
@@ -278,6 +333,7 @@ mod tests {
             postings: 5,
             elapsed: Duration::from_secs(1),
             fifths: vec![100.0, 90.0, 80.0, 70.0, 50.0],
+            fifths_cpu: Vec::new(),
             rss: [None, None],
             peak: None,
             caches: Vec::new(),

@@ -143,8 +143,8 @@ fn bench_instances_runs_each_count_on_a_cluster() {
 
 /// `--long-orders 1500`: the same 500 orders, 3 events each, round robin;
 /// every event posts once and every posting is delivered, and the report
-/// has a rate for each fifth and the aggregator's cache holding all 500
-/// orders.
+/// has a rate and the CPU per 1,000 postings for each fifth, and the
+/// aggregator's cache holding all 500 orders.
 #[test]
 fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
     let stdout = bench(&["--long-orders", "1500"]);
@@ -170,6 +170,23 @@ fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
     assert_eq!(rates.len(), 5, "{fifths}");
     assert!(rates.iter().all(|r| *r > 0.0), "{fifths}");
     assert!(stdout.contains("last fifth / second fifth "), "{stdout}");
+    // CPU per 1,000 postings in each fifth: this process's + nats-server's.
+    let cpu = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("CPU s per 1,000 postings"))
+        .unwrap_or_else(|| panic!("no CPU line in:\n{stdout}"));
+    let pairs: Vec<&str> = cpu
+        .split(" (")
+        .next()
+        .unwrap_or_default()
+        .split(" · ")
+        .collect();
+    assert_eq!(pairs.len(), 5, "{cpu}");
+    for pair in pairs {
+        let (own, nats) = pair.trim().split_once(" + ").expect(cpu);
+        assert!(own.parse::<f64>().is_ok_and(|v| v > 0.0), "{cpu}");
+        assert!(nats.parse::<f64>().is_ok_and(|v| v >= 0.0), "{cpu}");
+    }
     // Every book stays cached (500 is under the bound); the dispatcher's
     // states are kept as each order's last worker ends, just after its
     // last ack, so that count is not asserted exactly.
