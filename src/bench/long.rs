@@ -13,7 +13,7 @@
 //! the last fifth's rate over the second's (the first includes the start;
 //! a rate that falls, or a CPU cost that rises, from fifth to fifth is
 //! such a cost), this process's RSS at the start, the end and its
-//! peak, and the caches that hold orders.
+//! peak, nats-server's peak, and the caches that hold orders.
 //!
 //! Session 14 found such a cost in the aggregator's book cache
 //! ([`crate::fifo::FifoMap`]: its line of keys grew by one key per event
@@ -54,6 +54,9 @@ pub struct LongFigures {
     /// the stage.
     pub rss: [Option<u64>; 2],
     pub peak: Option<u64>,
+    /// nats-server's peak RSS (`None` when it cannot be read): it holds,
+    /// among the rest, every message id of the streams' duplicate window.
+    pub nats_peak: Option<u64>,
     pub caches: Vec<CacheSize>,
 }
 
@@ -212,6 +215,7 @@ async fn measure(
         fifths_cpu,
         rss: [rss_start, usage::current_rss()],
         peak: usage::peak_rss(),
+        nats_peak: nats_pid.and_then(usage::of_pid).and_then(|u| u.peak_rss),
         caches: caches(1),
     })
 }
@@ -292,10 +296,11 @@ impl std::fmt::Display for LongFigures {
         }
         writeln!(
             f,
-            "    RSS of this process       start {} · end {} · peak {}",
+            "    RSS of this process       start {} · end {} · peak {} · nats-server peak {}",
             mib(self.rss[0]),
             mib(self.rss[1]),
-            mib(self.peak)
+            mib(self.peak),
+            mib(self.nats_peak)
         )?;
         write!(
             f,
@@ -336,6 +341,7 @@ mod tests {
             fifths_cpu: Vec::new(),
             rss: [None, None],
             peak: None,
+            nats_peak: None,
             caches: Vec::new(),
         };
         assert_eq!(f.last_over_second(), Some(50.0 / 90.0));

@@ -187,6 +187,7 @@ fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
         assert!(own.parse::<f64>().is_ok_and(|v| v > 0.0), "{cpu}");
         assert!(nats.parse::<f64>().is_ok_and(|v| v >= 0.0), "{cpu}");
     }
+    assert!(stdout.contains(" · nats-server peak "), "{stdout}");
     // Every book stays cached (500 is under the bound); the dispatcher's
     // states are kept as each order's last worker ends, just after its
     // last ack, so that count is not asserted exactly.
