@@ -149,35 +149,33 @@ async fn measure(
         nats_pid,
     ));
     let lines = (0..events).map(|i| long_event(i % orders, i / orders));
-    let published = publish_events(
-        &running.js,
-        &running.prefix,
-        lines,
-        events,
-        None,
-        |_, _| {},
-        progress,
-        "(h) publishing long-lived orders' events",
-    )
+    let delivered = async {
+        publish_events(
+            &running.js,
+            &running.prefix,
+            lines,
+            events,
+            None,
+            |_, _| {},
+            progress,
+            "(h) publishing long-lived orders' events",
+        )
+        .await?;
+        settle(
+            &running.js,
+            &running.ledger,
+            &super::pipeline::aggregator_consumers(0),
+            &[REGISTRY],
+            &|| accepted.load(Ordering::Relaxed),
+            settle_limit,
+            progress,
+            "(h) delivering long-lived orders' postings",
+        )
+        .await
+    }
     .await;
-    let postings = match published {
-        Ok(_) => {
-            settle(
-                &running.js,
-                &running.ledger,
-                &super::pipeline::aggregator_consumers(0),
-                &[REGISTRY],
-                &|| accepted.load(Ordering::Relaxed),
-                settle_limit,
-                progress,
-                "(h) delivering long-lived orders' postings",
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
     let elapsed = started.elapsed();
-    let postings = match postings {
+    let postings = match delivered {
         Ok(p) => p,
         Err(e) => {
             sampler.abort();
