@@ -35,17 +35,6 @@ impl<K: Hash + Eq + Clone, V> FifoMap<K, V> {
         }
     }
 
-    /// An empty map of at most `max` entries, with room for all of them
-    /// allocated up front.
-    pub fn with_capacity(max: usize) -> Self {
-        Self {
-            max,
-            map: HashMap::with_capacity(max + 1),
-            order: VecDeque::with_capacity(2 * max + 2),
-            next_generation: 0,
-        }
-    }
-
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
