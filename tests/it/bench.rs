@@ -22,6 +22,17 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
+/// The figures of a report line's value: `a · b · c (a remark)` → a, b, c.
+fn figures(value: &str) -> Vec<&str> {
+    value
+        .split(" (")
+        .next()
+        .unwrap_or_default()
+        .split(" · ")
+        .map(str::trim)
+        .collect()
+}
+
 #[test]
 fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
     let stdout = bench(&["--quick", "--paced-seconds", "0.5", "--rounds", "2"]);
@@ -88,15 +99,14 @@ fn bench_quick_reports_every_figure_and_ends_with_the_ratio() {
         .lines()
         .find(|l| l.trim_start().starts_with("end-to-end/limit ratio    "))
         .unwrap_or_else(|| panic!("no rounds' ratio line in:\n{stdout}"));
-    let each: Vec<f64> = rounds_line
-        .trim_start()
-        .trim_start_matches("end-to-end/limit ratio")
-        .split(" (median ")
-        .next()
-        .unwrap_or_default()
-        .split(" · ")
-        .map(|r| r.trim().parse().expect(rounds_line))
-        .collect();
+    let each: Vec<f64> = figures(
+        rounds_line
+            .trim_start()
+            .trim_start_matches("end-to-end/limit ratio"),
+    )
+    .iter()
+    .map(|r| r.parse().expect(rounds_line))
+    .collect();
     assert_eq!(each.len(), 2, "{rounds_line}");
     let mean = (each[0] + each[1]) / 2.0;
     assert!((mean - value).abs() <= 0.011, "{rounds_line} vs {last}");
@@ -160,12 +170,9 @@ fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("postings/s, each fifth"))
         .unwrap_or_else(|| panic!("no fifths in:\n{stdout}"));
-    let rates: Vec<f64> = fifths
-        .split(" (")
-        .next()
-        .unwrap_or_default()
-        .split(" · ")
-        .map(|r| r.trim().parse().expect(fifths))
+    let rates: Vec<f64> = figures(fifths)
+        .iter()
+        .map(|r| r.parse().expect(fifths))
         .collect();
     assert_eq!(rates.len(), 5, "{fifths}");
     assert!(rates.iter().all(|r| *r > 0.0), "{fifths}");
@@ -175,15 +182,10 @@ fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("CPU s per 1,000 postings"))
         .unwrap_or_else(|| panic!("no CPU line in:\n{stdout}"));
-    let pairs: Vec<&str> = cpu
-        .split(" (")
-        .next()
-        .unwrap_or_default()
-        .split(" · ")
-        .collect();
+    let pairs = figures(cpu);
     assert_eq!(pairs.len(), 5, "{cpu}");
     for pair in pairs {
-        let (own, nats) = pair.trim().split_once(" + ").expect(cpu);
+        let (own, nats) = pair.split_once(" + ").expect(cpu);
         assert!(own.parse::<f64>().is_ok_and(|v| v > 0.0), "{cpu}");
         assert!(nats.parse::<f64>().is_ok_and(|v| v >= 0.0), "{cpu}");
     }
