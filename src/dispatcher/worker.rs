@@ -277,14 +277,6 @@ enum StoreError {
         #[source]
         source: IndexError,
     },
-    /// The record a duplicate ack points at could not be read back.
-    #[error("re-reading {subject} #{stream_seq}: {source}")]
-    Reread {
-        subject: String,
-        stream_seq: u64,
-        #[source]
-        source: DirectGetError,
-    },
 }
 
 /// Why a worker stopped before deciding: its wake-ups are handed back.
@@ -524,9 +516,9 @@ impl Worker {
     /// Then nothing of the order has been attempted (postings go strictly
     /// in order, and no one was handed posting 1 before), so its state is
     /// [`Progress::new`] without reading LEDGER. Should records exist all
-    /// the same (the consumer was created anew), the registry_data record's
-    /// expected last subject sequence (0) or the attempt record's message
-    /// id refuses the write, and the order is read again
+    /// the same (the consumer was created anew), the expected last subject
+    /// sequence (0) of the registry_data record or of the attempt record
+    /// refuses the write, and the order is read again
     /// ([`Flow::Reload`]); what was sent is posting 1 with its one key and
     /// body (it carries `{}`), so the receiver sees the same request again.
     fn first_posting_first_delivery(&self) -> bool {
@@ -846,12 +838,11 @@ impl Worker {
         let rd_subject = subjects::registry_data(&posting.registry_id, posting.order_id.as_str());
         let rd_sent = self
             .send_bytes(
-                rd_subject.clone(),
+                rd_subject,
                 "registry_data",
-                format!("registry_data:{}", posting.idempotency_key),
+                Guard::After(p.registry_data_stream_seq),
                 rd_headers,
                 payload,
-                Some(p.registry_data_stream_seq),
             )
             .await?;
         let dl_previous = p.last_delivery.as_ref().map_or(0, |l| l.stream_seq);
@@ -861,19 +852,16 @@ impl Worker {
             .send_bytes(
                 subjects::deliveries(&record.registry_id, &record.order_id),
                 "delivery",
-                delivery_msg_id(&record),
+                Guard::After(dl_previous),
                 round_headers(round),
                 dl_payload,
-                Some(dl_previous),
             )
             .await?;
         // Both are on the wire: their acks come back in one round trip.
         let rd_ack = rd_sent.await;
         let dl_ack = dl_sent.await;
-        let rd_seq = self
-            .registry_data_stored(stored(rd_ack)?, rd_subject, &rd_record)
-            .await?;
-        let dl_seq = delivery_stored(stored(dl_ack)?)?;
+        let rd_seq = stored(rd_ack)?;
+        let dl_seq = stored(dl_ack)?;
         // A posting that had failed before leaves the dead-letter index
         // (one that never failed was never in it: nothing to write). A
         // failure here leaves a stale key, which readers check and skip.
@@ -994,10 +982,12 @@ impl Worker {
         self.publish(
             subjects::alerts(&record.registry_id),
             "alert",
-            format!("alert:{}:{}", record.idempotency_key, record.attempt),
+            Guard::MsgId(format!(
+                "alert:{}:{}",
+                record.idempotency_key, record.attempt
+            )),
             HeaderMap::new(),
             &alert,
-            None,
         )
         .await?;
         let dl_seq = self.store_delivery(p, &record, round).await?;
@@ -1045,39 +1035,6 @@ impl Worker {
         self.dead_letter(p, record, round, None, 0).await
     }
 
-    /// The stream sequence of the registry_data `record` whose write was
-    /// acked as `stored` on `subject`.
-    async fn registry_data_stored(
-        &self,
-        stored: Stored,
-        subject: String,
-        record: &RegistryDataRecord,
-    ) -> Result<u64, StoreError> {
-        if !stored.duplicate {
-            return Ok(stored.seq);
-        }
-        // A duplicate ack says a record with this message id is already
-        // stored, not that it is ours: another dispatcher may have stored
-        // its own reply for this posting. Trust it only if what is stored
-        // is what this attempt would store; otherwise re-read the order.
-        let theirs = self
-            .shared
-            .ledger
-            .direct_get(stored.seq)
-            .await
-            .map_err(|source| StoreError::Reread {
-                subject,
-                stream_seq: stored.seq,
-                source,
-            })?;
-        match serde_json::from_slice::<RegistryDataRecord>(&theirs.payload) {
-            Ok(r) if r.seq == record.seq && r.registry_data == record.registry_data => {
-                Ok(stored.seq)
-            }
-            _ => Err(StoreError::Conflict),
-        }
-    }
-
     /// Stores a `retrying` or `dead` record, its pair written to the
     /// dead-letter index first ([`super::index`]: the index may name a pair
     /// whose record a crash lost, never miss one whose record is stored).
@@ -1104,40 +1061,30 @@ impl Worker {
             .mark(status, &record.registry_id, &record.order_id, record.seq)
             .await
             .map_err(|source| StoreError::Index { source })?;
-        let stored = self
-            .publish(
-                subjects::deliveries(&record.registry_id, &record.order_id),
-                "delivery",
-                delivery_msg_id(record),
-                round_headers(round),
-                record,
-                Some(p.last_delivery.as_ref().map_or(0, |l| l.stream_seq)),
-            )
-            .await?;
-        delivery_stored(stored)
+        self.publish(
+            subjects::deliveries(&record.registry_id, &record.order_id),
+            "delivery",
+            Guard::After(p.last_delivery.as_ref().map_or(0, |l| l.stream_seq)),
+            round_headers(round),
+            record,
+        )
+        .await
     }
 
-    /// Publishes a LEDGER record and waits for the stream to store it.
+    /// Publishes a LEDGER record and waits for the stream to store it;
+    /// returns its stream sequence.
     async fn publish<T: serde::Serialize>(
         &self,
         subject: String,
         kind: &str,
-        msg_id: String,
+        guard: Guard,
         headers: HeaderMap,
         record: &T,
-        expected_last_subject_seq: Option<u64>,
-    ) -> Result<Stored, StoreError> {
+    ) -> Result<u64, StoreError> {
         let payload =
             serde_json::to_vec(record).map_err(|source| StoreError::Serialise { source })?;
         let sent = self
-            .send_bytes(
-                subject,
-                kind,
-                msg_id,
-                headers,
-                payload,
-                expected_last_subject_seq,
-            )
+            .send_bytes(subject, kind, guard, headers, payload)
             .await?;
         stored(sent.await)
     }
@@ -1148,22 +1095,21 @@ impl Worker {
         &self,
         subject: String,
         kind: &str,
-        msg_id: String,
+        guard: Guard,
         mut headers: HeaderMap,
         payload: Vec<u8>,
-        expected_last_subject_seq: Option<u64>,
     ) -> Result<PublishAckFuture, StoreError> {
         self.target
             .fence
             .check()
             .map_err(|source| StoreError::Fenced { source })?;
         headers.insert(H_KIND, kind);
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        if let Some(seq) = expected_last_subject_seq {
-            headers.insert(
+        match guard {
+            Guard::After(seq) => headers.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 seq.to_string().as_str(),
-            );
+            ),
+            Guard::MsgId(id) => headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str()),
         }
         self.shared
             .js
@@ -1173,31 +1119,36 @@ impl Worker {
     }
 }
 
-/// What the stream answered to a record's write.
-fn stored(ack: Result<PublishAck, PublishError>) -> Result<Stored, StoreError> {
+/// What makes a LEDGER write safe to send again: exactly one guard.
+///
+/// The order's own records (registry_data, delivery records) are written
+/// [`Guard::After`] the last record the worker read or wrote on their
+/// subject: a write sent twice (an ack lost, a second dispatcher with the
+/// same state) or from a stale state is refused by the stream
+/// ([`StoreError::Conflict`]), and the worker reads the order again. They
+/// carry no `Nats-Msg-Id`: the guard already refuses every repeat, and a
+/// duplicate ack would only say that *some* record with that id is
+/// stored, not that it is this one. Writes on a subject the worker does
+/// not follow (alerts) carry a message id instead, so a repeat within the
+/// stream's duplicate window is stored once.
+#[derive(Debug, Clone)]
+enum Guard {
+    /// `Nats-Expected-Last-Subject-Sequence`: the subject's last record is
+    /// at this LEDGER sequence (0: the subject is empty).
+    After(u64),
+    /// `Nats-Msg-Id`.
+    MsgId(String),
+}
+
+/// The LEDGER sequence a record's write was stored at, or why not. A
+/// duplicate ack (only a [`Guard::MsgId`] write can get one) names the
+/// record stored before with the same id.
+fn stored(ack: Result<PublishAck, PublishError>) -> Result<u64, StoreError> {
     match ack {
-        Ok(a) => Ok(Stored {
-            seq: a.sequence,
-            duplicate: a.duplicate,
-        }),
+        Ok(a) => Ok(a.sequence),
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Conflict),
         Err(source) => Err(StoreError::Publish { source }),
     }
-}
-
-/// The stream sequence of a delivery record acked as `stored`.
-fn delivery_stored(stored: Stored) -> Result<u64, StoreError> {
-    // Someone already recorded this attempt number: what is stored is
-    // theirs, so read the order again rather than assume it is ours.
-    if stored.duplicate {
-        return Err(StoreError::Conflict);
-    }
-    Ok(stored.seq)
-}
-
-/// The message id of a delivery record: one per attempt of a posting.
-fn delivery_msg_id(record: &DeliveryRecord) -> String {
-    format!("delivery:{}:{}", record.idempotency_key, record.attempt)
 }
 
 /// The headers of a delivery record naming its round.
@@ -1230,14 +1181,6 @@ fn too_large_reason(size: usize, max: usize) -> String {
         "the reply was accepted but cannot be kept as registry_data: it is {size} bytes \
          when stored and NATS takes at most {max}; the receiver should answer with less"
     )
-}
-
-/// Where a record was stored; `duplicate` when the stream already had a
-/// record with its message id (and `seq` is that record's).
-#[derive(Debug, Clone, Copy)]
-struct Stored {
-    seq: u64,
-    duplicate: bool,
 }
 
 /// The record of attempt `round` of `posting`, as if delivered (settling

@@ -77,7 +77,8 @@ async fn publish_acked(
 }
 
 /// Stores registry_data for `posting` as another dispatcher would (`{"by":
-/// "the other dispatcher"}`, the worker's message id), with `guard`.
+/// "the other dispatcher"}`, with the message id older dispatchers gave
+/// it), with `guard`.
 async fn store_theirs(nats: &Nats, posting: &Posting, guard: (HeaderName, u64)) {
     let theirs = RegistryDataRecord {
         registry_id: posting.registry_id.clone(),
@@ -483,6 +484,22 @@ async fn each_posting_carries_the_registry_data_the_previous_reply_returned() {
     let seqs: Vec<u64> = rd.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(rd[2].registry_data["revision"], 3);
+    // The order's own records are guarded by their subject's last
+    // sequence alone: no entry of theirs in nats-server's duplicate window.
+    let ledger = nats.js.get_stream("LEDGER").await.unwrap();
+    for subject in [
+        "ledger.registry_data.books.o-chain",
+        "ledger.deliveries.books.o-chain",
+    ] {
+        let (mut from, mut records) = (1, 0);
+        while let Some(m) = next_on_subject(&ledger, subject, from).await.unwrap() {
+            from = m.sequence + 1;
+            records += 1;
+            let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID);
+            assert_eq!(id, None, "{subject} #{}", m.sequence);
+        }
+        assert_eq!(records, 3, "{subject}");
+    }
     let rows = all_deliveries(&nats).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(
@@ -1692,13 +1709,15 @@ async fn a_reply_nested_too_deep_dead_letters_its_posting_and_wedges_nothing() {
 
 /// Reliability defect 10: with two dispatchers overlapping, both can send
 /// posting n and each get its own reply; posting n + 1 must carry the
-/// registry_data that is *stored*, whoever stored it. On one server the
-/// expected-last-subject-sequence guard already refuses the second write
-/// (this test pins that outcome); in a cluster the leader's duplicate check
-/// answers first with a *duplicate* ack, which the worker used to take as
-/// "mine is stored" and now takes as "re-read what is stored".
+/// registry_data that is *stored*, whoever stored it. The other one's
+/// record is stored first (with the message id dispatchers once gave it);
+/// ours, guarded by the expected last subject sequence, is refused, and the
+/// worker reads the order again. (When the worker's records carried a
+/// message id, a cluster's leader answered such a write with a *duplicate*
+/// ack, which the worker once took as "mine is stored"; they carry none
+/// now, so only the guard answers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_registry_data_ack_is_not_taken_as_our_own_write() {
+async fn registry_data_stored_by_another_dispatcher_is_what_the_next_posting_carries() {
     let nats = support::nats().await;
     let server = Scripted::start(|req, _| Reply::Respond {
         status: 200,
