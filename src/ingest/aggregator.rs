@@ -78,12 +78,20 @@ use crate::ledger::LedgerOptions;
 use crate::posting::{Cursor, Posting};
 use crate::records::{StoredPosting, StoredPostingRef};
 use crate::registry_store::RegistryWatch;
+use crate::streams::direct::DirectGet;
 use crate::streams::{
-    self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, OrderSubjects, subjects,
+    self, H_EVENT_ID, H_FIELD, H_KIND, H_MESSAGE, H_REASON, H_SOURCE, ORDERS_STREAM, OrderSubjects,
+    subjects,
 };
 
 /// Durable consumer name on ORDERS.
 pub const CONSUMER: &str = "aggregator";
+/// Most bytes of an order's events asked for in one round trip when its
+/// book is rebuilt (the server pages the rest).
+const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+/// How long a rebuild waits for each reply before it counts as a transient
+/// failure (the order waits and is tried again).
+const REPLAY_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lanes (concurrent orders). Each lane applies its orders' events one at a
 /// time, in stream order.
 pub const LANES: usize = 16;
@@ -835,19 +843,21 @@ impl Lane {
             lb.regs.insert(r.id().to_owned(), meta);
         }
         let subject = self.shared.options.orders.stored(order_id.as_str());
-        let (mut next, mut folded, mut caught_up) = (1, 0u64, 0u64);
-        loop {
-            let found = streams::next_on_subject(&self.shared.orders, &subject, next).await;
-            let Some(m) = found.map_err(|e| transient("replaying the order's events", e))? else {
-                break;
-            };
-            if m.sequence >= before {
-                break;
-            }
-            next = m.sequence + 1;
-            match parse_event(&m.payload, Some(order_id.as_str())) {
-                Ok(ev) if m.sequence > ack_floor => {
-                    self.handle_event(&mut lb, &ev, m.sequence, &subject, &m.payload)
+        // The order's earlier events, up to a page of them per round trip
+        // (not one each: a long-lived order's rebuild stays cheap).
+        let client = self.shared.js.client();
+        let mut earlier = DirectGet::new(&client, ORDERS_STREAM, &subject, REPLAY_REPLY_TIMEOUT)
+            .max_bytes(REPLAY_PAGE_BYTES)
+            .up_to_seq(before.saturating_sub(1));
+        let (mut folded, mut caught_up) = (0u64, 0u64);
+        while let Some(m) = earlier
+            .next()
+            .await
+            .map_err(|e| transient("replaying the order's events", e))?
+        {
+            match parse_event(m.payload(), Some(order_id.as_str())) {
+                Ok(ev) if m.seq > ack_floor => {
+                    self.handle_event(&mut lb, &ev, m.seq, &subject, m.payload())
                         .await?;
                     caught_up += 1;
                 }
@@ -857,13 +867,13 @@ impl Lane {
                     let _ = lb.book.state.apply(&ev);
                     folded += 1;
                 }
-                Err(rejection) if m.sequence > ack_floor => {
-                    self.reject(&subject, &m.payload, m.sequence, &rejection)
+                Err(rejection) if m.seq > ack_floor => {
+                    self.reject(&subject, m.payload(), m.seq, &rejection)
                         .await?;
                 }
                 Err(_) => {}
             }
-            lb.last_seq = m.sequence;
+            lb.last_seq = m.seq;
         }
         debug!(order_id = %order_id, folded, caught_up, "rebuilt order book from its subject");
         Ok(lb)

@@ -635,3 +635,46 @@ async fn an_aggregator_started_while_nats_is_down_waits_for_it_then_posts() {
     wait_for(&ledger, subjects::POSTINGS_ALL, want).await;
     aggregator.stop().await;
 }
+
+/// A restarted aggregator rebuilds a long-lived order from its own
+/// history, read a page (≤ 256 events) per round trip: every page must be
+/// folded. Here 300 events of one order (interleaved with another order's)
+/// are handled by one aggregator; a second one, its cache empty, gets a
+/// stale update (version 280: refused only if the fold reached past the
+/// first page) and then version 301, which must post exactly what the
+/// offline engine posts for the whole history.
+#[tokio::test]
+async fn a_rebuilt_order_folds_every_page_of_its_history() {
+    const VERSIONS: u64 = 300;
+    let (nats, settings) = nats_and_settings().await;
+    let mut history = String::new();
+    for v in 1..=VERSIONS {
+        history.push_str(&engine::ticket_event("o-long", v, (v % 7) as u32 + 1));
+        history.push('\n');
+        if v % 30 == 0 {
+            history.push_str(&engine::ticket_event("o-other", v / 30, v as u32 / 30));
+            history.push('\n');
+        }
+    }
+    let first = spawn_aggregator(&nats, &settings);
+    support::publish_events(&nats, &history).await;
+    let ledger = ledger_stream(&nats).await;
+    let want = offline(&settings, &history);
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
+    first.stop().await;
+
+    let mut stale: Value = serde_json::from_str(&engine::ticket_event("o-long", 280, 1)).unwrap();
+    stale["event_id"] = json!("o-long-late-280");
+    let later = format!(
+        "{stale}\n{}\n",
+        engine::ticket_event("o-long", VERSIONS + 1, 9)
+    );
+    support::publish_events(&nats, &later).await;
+    let second = spawn_aggregator(&nats, &settings);
+    let want = offline(&settings, &format!("{history}{later}"));
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
+    wait_for(&ledger, "ledger.rejected.stale", 1).await;
+    assert_eq!(support::stored_postings(&nats.js).await, want);
+    assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 1);
+    second.stop().await;
+}

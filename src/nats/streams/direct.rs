@@ -24,8 +24,9 @@
 //! The reader stops at a stream sequence (`up_to_seq`, a snapshot), after a
 //! number of messages (`limit`), or after [`PAGES_MAX`] requests; each reply
 //! is awaited at most `reply_timeout`. Used by the export (delivery records
-//! of an order) and the admin API (an order's events, postings and delivery
-//! records). Requests and replies are parsed by pure functions
+//! of an order), the admin API (an order's events, postings and delivery
+//! records), the aggregator (an order's events, when its book is rebuilt)
+//! and `registry backfill`. Requests and replies are parsed by pure functions
 //! ([`request`], [`classify`]), unit-tested here; the exchange with a server
 //! is covered by the export and admin integration tests.
 
