@@ -15,6 +15,12 @@
 //! such a cost), this process's RSS at the start, the end and its
 //! peak, nats-server's peak, and the caches that hold orders.
 //!
+//! Then the service is restarted on the same nats-server (every cache
+//! empty) and each order gets one more event: each is rebuilt from its
+//! own history (the aggregator replays the order's events, the dispatcher
+//! reads its delivery state), so the time until those postings are
+//! delivered is what a restart costs per long-lived order.
+//!
 //! Session 14 found such a cost in the aggregator's book cache
 //! ([`crate::fifo::FifoMap`]: its line of keys grew by one key per event
 //! and each event swept it); this stage is the end-to-end check that it,
@@ -58,6 +64,21 @@ pub struct LongFigures {
     /// among the rest, every message id of the streams' duplicate window.
     pub nats_peak: Option<u64>,
     pub caches: Vec<CacheSize>,
+    /// After the restart: one more event per order, each order rebuilt.
+    pub restart: Option<Restart>,
+}
+
+/// What one more event per order cost after the service restarted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restart {
+    /// Orders, each with one more event (and posting).
+    pub orders: usize,
+    /// Events each order had before (the history a rebuild reads).
+    pub history: usize,
+    /// From the first publish to the last delivery.
+    pub elapsed: Duration,
+    /// CPU seconds of this process and of nats-server meanwhile.
+    pub cpu: (f64, Option<f64>),
 }
 
 impl LongFigures {
@@ -118,8 +139,17 @@ pub async fn run(
     ));
     let server = NatsServer::start().await?;
     let settings = scale_settings(&server.url(), &receiver.url, max_in_flight)?;
-    let mut running = Running::start(server, settings, &[REGISTRY]).await?;
-    let figures = measure(events, orders, settle_limit, &running, &receiver, progress).await;
+    let mut running = Running::start(server, settings.clone(), &[REGISTRY]).await?;
+    let mut figures = measure(events, orders, settle_limit, &running, &receiver, progress).await;
+    if let Ok(f) = &mut figures {
+        progress(&BenchProgress::stage("(h) restarting the service"));
+        f.restart = match running.restart_service(&settings).await {
+            Ok(()) => {
+                Some(restart(events, orders, settle_limit, &running, &receiver, progress).await?)
+            }
+            Err(e) => return Err(e),
+        };
+    }
     progress(&BenchProgress::stage("(h) stopping"));
     running.stop_service().await;
     running.stop().await;
@@ -215,6 +245,62 @@ async fn measure(
         peak: usage::peak_rss(),
         nats_peak: nats_pid.and_then(usage::of_pid).and_then(|u| u.peak_rss),
         caches: caches(1),
+        restart: None,
+    })
+}
+
+/// After [`Running::restart_service`]: the next event of each of the
+/// `orders` orders that received `events` round robin, published at once,
+/// timed until every posting is delivered.
+async fn restart(
+    events: usize,
+    orders: usize,
+    settle_limit: Duration,
+    running: &Running,
+    receiver: &Minimal,
+    progress: &mut dyn FnMut(&BenchProgress),
+) -> Result<Restart, BenchError> {
+    let accepted = receiver.counter();
+    let nats_pid = running.nats_pid();
+    let before = mark(Instant::now(), nats_pid);
+    let started = Instant::now();
+    let lines = (events..events + orders).map(|i| long_event(i % orders, i / orders));
+    publish_events(
+        &running.js,
+        &running.prefix,
+        lines,
+        orders,
+        None,
+        |_, _| {},
+        progress,
+        "(h) publishing one more event per order",
+    )
+    .await?;
+    settle(
+        &running.js,
+        &running.ledger,
+        &super::pipeline::aggregator_consumers(0),
+        &[REGISTRY],
+        &|| accepted.load(Ordering::Relaxed),
+        settle_limit,
+        progress,
+        "(h) rebuilding the orders and delivering their postings",
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let after = mark(Instant::now(), nats_pid);
+    let nats = match (before.nats_cpu, after.nats_cpu) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+        _ => None,
+    };
+    Ok(Restart {
+        orders,
+        history: events / orders.max(1),
+        elapsed,
+        cpu: (
+            after.own_cpu.saturating_sub(before.own_cpu).as_secs_f64(),
+            nats,
+        ),
     })
 }
 
@@ -304,7 +390,20 @@ impl std::fmt::Display for LongFigures {
             f,
             "    caches at the end         {}",
             super::scale::caches_line(&self.caches)
-        )
+        )?;
+        if let Some(r) = &self.restart {
+            let nats = r.cpu.1.map_or("?".to_owned(), |n| format!("{n:.2}"));
+            write!(
+                f,
+                "\n    after a restart           {} orders' next event (each order rebuilt from its {} events) delivered in {:.2} s: {:.0} orders/s, CPU {:.2} s + {nats} s (this process + nats-server)",
+                r.orders,
+                r.history,
+                r.elapsed.as_secs_f64(),
+                r.orders as f64 / r.elapsed.as_secs_f64().max(1e-9),
+                r.cpu.0,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -341,6 +440,7 @@ mod tests {
             peak: None,
             nats_peak: None,
             caches: Vec::new(),
+            restart: None,
         };
         assert_eq!(f.last_over_second(), Some(50.0 / 90.0));
         f.fifths.truncate(2);

@@ -673,6 +673,19 @@ impl Running {
         self.server.url()
     }
 
+    /// Stops the service and starts it again with `settings` on the same
+    /// nats-server: every in-memory state (caches, consumers' pulls) is
+    /// gone, as after a restart of `ledgerline run`.
+    pub async fn restart_service(&mut self, settings: &Settings) -> Result<(), BenchError> {
+        self.stop_service().await;
+        let components = [Component::Aggregator, Component::Dispatcher];
+        let pipeline = InProcess::start(settings, &components).await?;
+        self.js = pipeline.js.clone();
+        self.ledger = pipeline.ledger.clone();
+        self.pipeline = Some(pipeline);
+        Ok(())
+    }
+
     /// Stops the service (the nats-server keeps running).
     pub async fn stop_service(&mut self) {
         if let Some(pipeline) = self.pipeline.take() {
