@@ -123,3 +123,42 @@ fn stream_replicas_out_of_range_names_the_key() {
         c.stream_replicas.to_string()
     });
 }
+
+/// A batched Direct Get with a page limit in bytes still returns a message
+/// larger than the limit (alone in its page) and goes on after it: a
+/// reader that stopped there would miss the rest of the subject (an
+/// order's events, when the aggregator rebuilds its book).
+#[tokio::test]
+async fn a_message_larger_than_a_page_is_read_and_so_is_what_follows() {
+    let (server, js) = server().await;
+    streams::ensure_streams(&js, &"orders".into(), 1)
+        .await
+        .unwrap();
+    let sizes = [100, 300 * 1024, 100, 200, 300 * 1024, 100];
+    for (i, size) in sizes.iter().enumerate() {
+        let body = vec![b'a' + i as u8; *size];
+        js.publish("orders.big", body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut reader = streams::direct::DirectGet::new(
+        &client,
+        ORDERS_STREAM,
+        "orders.big",
+        Duration::from_secs(5),
+    )
+    .max_bytes(64 * 1024);
+    let mut got = Vec::new();
+    while let Some(m) = reader.next().await.unwrap() {
+        got.push((m.payload().len(), m.payload()[0]));
+    }
+    let want: Vec<(usize, u8)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, b'a' + i as u8))
+        .collect();
+    assert_eq!(got, want);
+}
