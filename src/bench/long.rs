@@ -140,16 +140,21 @@ pub async fn run(
     let server = NatsServer::start().await?;
     let settings = scale_settings(&server.url(), &receiver.url, max_in_flight)?;
     let mut running = Running::start(server, settings.clone(), &[REGISTRY]).await?;
-    let mut figures = measure(events, orders, settle_limit, &running, &receiver, progress).await;
-    if let Ok(f) = &mut figures {
-        progress(&BenchProgress::stage("(h) restarting the service"));
-        f.restart = match running.restart_service(&settings).await {
-            Ok(()) => {
-                Some(restart(events, orders, settle_limit, &running, &receiver, progress).await?)
+    let figures = match measure(events, orders, settle_limit, &running, &receiver, progress).await {
+        Ok(mut f) => {
+            progress(&BenchProgress::stage("(h) restarting the service"));
+            let restarted = async {
+                running.restart_service(&settings).await?;
+                restart(events, orders, settle_limit, &running, &receiver, progress).await
             }
-            Err(e) => return Err(e),
-        };
-    }
+            .await;
+            restarted.map(|r| {
+                f.restart = Some(r);
+                f
+            })
+        }
+        Err(e) => Err(e),
+    };
     progress(&BenchProgress::stage("(h) stopping"));
     running.stop_service().await;
     running.stop().await;
@@ -178,31 +183,18 @@ async fn measure(
         started,
         nats_pid,
     ));
-    let lines = (0..events).map(|i| long_event(i % orders, i / orders));
-    let delivered = async {
-        publish_events(
-            &running.js,
-            &running.prefix,
-            lines,
-            events,
-            None,
-            |_, _| {},
-            progress,
+    let delivered = publish_and_settle(
+        running,
+        &accepted,
+        0..events,
+        orders,
+        settle_limit,
+        progress,
+        [
             "(h) publishing long-lived orders' events",
-        )
-        .await?;
-        settle(
-            &running.js,
-            &running.ledger,
-            &super::pipeline::aggregator_consumers(0),
-            &[REGISTRY],
-            &|| accepted.load(Ordering::Relaxed),
-            settle_limit,
-            progress,
             "(h) delivering long-lived orders' postings",
-        )
-        .await
-    }
+        ],
+    )
     .await;
     let elapsed = started.elapsed();
     let postings = match delivered {
@@ -264,27 +256,17 @@ async fn restart(
     let nats_pid = running.nats_pid();
     let before = mark(Instant::now(), nats_pid);
     let started = Instant::now();
-    let lines = (events..events + orders).map(|i| long_event(i % orders, i / orders));
-    publish_events(
-        &running.js,
-        &running.prefix,
-        lines,
+    publish_and_settle(
+        running,
+        &accepted,
+        events..events + orders,
         orders,
-        None,
-        |_, _| {},
-        progress,
-        "(h) publishing one more event per order",
-    )
-    .await?;
-    settle(
-        &running.js,
-        &running.ledger,
-        &super::pipeline::aggregator_consumers(0),
-        &[REGISTRY],
-        &|| accepted.load(Ordering::Relaxed),
         settle_limit,
         progress,
-        "(h) rebuilding the orders and delivering their postings",
+        [
+            "(h) publishing one more event per order",
+            "(h) rebuilding the orders and delivering their postings",
+        ],
     )
     .await?;
     let elapsed = started.elapsed();
@@ -302,6 +284,45 @@ async fn restart(
             nats,
         ),
     })
+}
+
+/// Publishes events `range` of the round robin over `orders` orders
+/// ([`long_event`]), then waits until every posting stored is delivered
+/// (`accepted` counts the receiver's); returns the postings stored.
+/// `stages` names the two steps for the progress line.
+async fn publish_and_settle(
+    running: &Running,
+    accepted: &AtomicU64,
+    range: std::ops::Range<usize>,
+    orders: usize,
+    settle_limit: Duration,
+    progress: &mut dyn FnMut(&BenchProgress),
+    stages: [&str; 2],
+) -> Result<u64, BenchError> {
+    let count = range.len();
+    let lines = range.map(|i| long_event(i % orders, i / orders));
+    publish_events(
+        &running.js,
+        &running.prefix,
+        lines,
+        count,
+        None,
+        |_, _| {},
+        progress,
+        stages[0],
+    )
+    .await?;
+    settle(
+        &running.js,
+        &running.ledger,
+        &super::pipeline::aggregator_consumers(0),
+        &[REGISTRY],
+        &|| accepted.load(Ordering::Relaxed),
+        settle_limit,
+        progress,
+        stages[1],
+    )
+    .await
 }
 
 /// When the deliveries passed a point, and the CPU spent by then.
