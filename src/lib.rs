@@ -87,5 +87,5 @@ pub use dispatcher::{notify, signing};
 pub use domain::inbound as mapping;
 pub use domain::{engine, events, ledger, money, order, posting, registry, source};
 pub use export::verify;
-pub use ingest::{aggregator, backfill, publish};
+pub use ingest::{aggregator, backfill, publish, snapshots};
 pub use nats::{lease, natsd, records, streams};

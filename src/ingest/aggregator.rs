@@ -71,6 +71,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::snapshots::{self, Snapshots};
 use crate::engine::{ApplyError, OrderBook};
 use crate::events::{Event, OrderId, RejectReason, Rejection, parse_event};
 use crate::lease::Fence;
@@ -260,6 +261,14 @@ pub async fn run_aggregator(
         return Ok(());
     };
 
+    let snapshots = match Snapshots::open(&js, &orders, options.stream_replicas).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(bucket = snapshots::BUCKET, error = %e,
+                  "cannot open the order snapshots; rebuilt orders replay all their events");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         js: js.clone(),
         consumer: consumer.clone(),
@@ -270,6 +279,7 @@ pub async fn run_aggregator(
         registries,
         shutdown: shutdown.clone(),
         overtaken: Overtaken::default(),
+        snapshots,
     });
     // Everything delivered before this instance started may come back in
     // any order; deliveries to this reader come in stream order unless
@@ -447,6 +457,9 @@ struct Shared {
     registries: RegistryWatch,
     shutdown: CancellationToken,
     overtaken: Overtaken,
+    /// Order state snapshots ([`snapshots`]); `None` when the bucket could
+    /// not be opened (rebuilds then replay every event).
+    snapshots: Option<Snapshots>,
 }
 
 /// The highest ORDERS sequence that may have been delivered to someone else
@@ -483,6 +496,9 @@ struct LaneBook {
     /// ORDERS sequence of the last event handled (applied or rejected).
     last_seq: u64,
     regs: HashMap<String, RegMeta>,
+    /// Events handled since the order's last snapshot was taken (or the
+    /// book was built): one is taken at [`snapshots::EVERY`].
+    since_snapshot: u32,
 }
 
 impl LaneBook {
@@ -491,6 +507,7 @@ impl LaneBook {
             book: OrderBook::new(order_id.clone()),
             last_seq: 0,
             regs: HashMap::new(),
+            since_snapshot: 0,
         }
     }
 }
@@ -684,6 +701,13 @@ impl Lane {
             // this book lacks the later events, so do not keep it.
             return Ok(());
         }
+        lb.since_snapshot += 1;
+        if lb.since_snapshot >= snapshots::EVERY {
+            lb.since_snapshot = 0;
+            if let Some(snapshots) = &self.shared.snapshots {
+                snapshots.save(&order_id, lb.last_seq, &lb.book.state);
+            }
+        }
         self.cache.insert(order_id, lb);
         Ok(())
     }
@@ -843,11 +867,23 @@ impl Lane {
             lb.regs.insert(r.id().to_owned(), meta);
         }
         let subject = self.shared.options.orders.stored(order_id.as_str());
-        // The order's earlier events, up to a page of them per round trip
-        // (not one each: a long-lived order's rebuild stays cheap).
+        // From the order's latest snapshot below `before`, if any: its
+        // state is the fold of every event up to its sequence.
+        let snapshot = match &self.shared.snapshots {
+            Some(s) => s.load(order_id, before).await,
+            None => None,
+        };
+        let from_snapshot = snapshot.as_ref().map(|(seq, _)| *seq);
+        if let Some((seq, state)) = snapshot {
+            lb.book.state = state;
+            lb.last_seq = seq;
+        }
+        // The order's earlier events (after the snapshot), up to a page of
+        // them per round trip (not one each).
         let client = self.shared.js.client();
         let mut earlier = DirectGet::new(&client, ORDERS_STREAM, &subject, REPLAY_REPLY_TIMEOUT)
             .max_bytes(REPLAY_PAGE_BYTES)
+            .from_seq(lb.last_seq + 1)
             .up_to_seq(before.saturating_sub(1));
         let (mut folded, mut caught_up) = (0u64, 0u64);
         while let Some(m) = earlier
@@ -875,7 +911,7 @@ impl Lane {
             }
             lb.last_seq = m.seq;
         }
-        debug!(order_id = %order_id, folded, caught_up, "rebuilt order book from its subject");
+        debug!(order_id = %order_id, ?from_snapshot, folded, caught_up, "rebuilt order book from its subject");
         Ok(lb)
     }
 
@@ -1109,6 +1145,7 @@ mod tests {
             book: OrderBook::new(id.clone()),
             last_seq: 1,
             regs: HashMap::new(),
+            since_snapshot: 0,
         };
         (id, lb)
     }

@@ -5,3 +5,4 @@
 pub mod aggregator;
 pub mod backfill;
 pub mod publish;
+pub mod snapshots;

@@ -332,13 +332,38 @@ async fn unroutable_lines_are_refused_by_publish_with_their_line_numbers() {
 
 #[tokio::test]
 async fn killed_aggregators_and_a_restarted_server_lose_and_double_nothing() {
+    killed_three_times_and_a_server_restart(engine::many_events(150)).await;
+}
+
+/// The same with long-lived orders: 4 orders of 120 events each, round
+/// robin, so books are rebuilt from snapshots (every 64 events) taken by
+/// the instances that were killed.
+#[tokio::test]
+async fn killed_aggregators_rebuilding_long_orders_from_snapshots_lose_and_double_nothing() {
+    let mut events = String::new();
+    for v in 1..=120u64 {
+        for o in 0..4 {
+            events.push_str(&engine::ticket_event(
+                &format!("o-long-{o}"),
+                v,
+                (v % 6) as u32 + 1,
+            ));
+            events.push('\n');
+        }
+    }
+    killed_three_times_and_a_server_restart(events).await;
+}
+
+/// Publishes `events` in slices while the aggregator (a process) is killed
+/// three times and nats-server restarted once; then every posting must be
+/// stored once, as the offline engine computes it, and `verify` pass.
+async fn killed_three_times_and_a_server_restart(events: String) {
     let mut nats = support::nats().await;
     let settings = support::settings(&nats.server, CONFIG);
     let dir = tempfile::tempdir().unwrap();
     let config_path = process::config_file(dir.path(), &nats.server.url(), CONFIG);
     let aggregator = process::run("warn").only("aggregator");
     let log = dir.path().join("aggregator.log");
-    let events = engine::many_events(150);
     let want = offline(&settings, &events);
 
     let mut agg = aggregator.spawn(&config_path, &log);
@@ -662,6 +687,12 @@ async fn a_rebuilt_order_folds_every_page_of_its_history() {
     let want = offline(&settings, &history);
     wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
     first.stop().await;
+    // Without the order's snapshots (a cache, deletable at any time) the
+    // rebuild replays the whole history.
+    nats.js
+        .delete_key_value(ledgerline::snapshots::BUCKET)
+        .await
+        .unwrap();
 
     let mut stale: Value = serde_json::from_str(&engine::ticket_event("o-long", 280, 1)).unwrap();
     stale["event_id"] = json!("o-long-late-280");
@@ -676,5 +707,76 @@ async fn a_rebuilt_order_folds_every_page_of_its_history() {
     wait_for(&ledger, "ledger.rejected.stale", 1).await;
     assert_eq!(support::stored_postings(&nats.js).await, want);
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 1);
+    second.stop().await;
+}
+
+/// Every 64 events a lane stores its order's state in the KV bucket
+/// `ledgerline_books`; a rebuild starts from that snapshot and replays only
+/// the events after it. Proved by deleting the order's events up to the
+/// snapshot (its payment among them) before a second aggregator, its cache
+/// empty, gets a stale update and the next version: it refuses the one
+/// and posts for the other exactly what the offline engine posts for the
+/// whole history, the payment included.
+#[tokio::test]
+async fn a_rebuilt_order_starts_from_its_snapshot_and_replays_what_follows() {
+    const VERSIONS: u64 = 150;
+    let (nats, settings) = nats_and_settings().await;
+    let mut history = String::new();
+    for v in 1..=VERSIONS {
+        history.push_str(&engine::ticket_event("o-snap", v, (v % 5) as u32 + 1));
+        history.push('\n');
+        if v == 1 {
+            let payment = json!({"event_id": "o-snap-pay", "type": "payment.created",
+                "order_id": "o-snap", "occurred_at": "2026-11-22T11:00:00Z",
+                "payment": {"payment_id": "p1", "method": "card", "amount": "10.00", "currency": "EUR"}});
+            history.push_str(&format!("{payment}\n"));
+        }
+        if v % 20 == 0 {
+            history.push_str(&engine::ticket_event("o-side", v / 20, 2));
+            history.push('\n');
+        }
+    }
+    let first = spawn_aggregator(&nats, &settings);
+    support::publish_events(&nats, &history).await;
+    let ledger = ledger_stream(&nats).await;
+    let want = offline(&settings, &history);
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
+    first.stop().await;
+
+    // The latest snapshot: after the order's 128th event (the payment is
+    // its second), version 127.
+    let books = nats
+        .js
+        .get_key_value(ledgerline::snapshots::BUCKET)
+        .await
+        .unwrap();
+    let entry = books.get("o-snap").await.unwrap().expect("a snapshot");
+    let snapshot: ledgerline::snapshots::Snapshot = serde_json::from_slice(&entry).unwrap();
+    assert_eq!(snapshot.state.version, Some(127));
+    assert_eq!(snapshot.state.payments.len(), 1);
+    let orders = nats.js.get_stream(streams::ORDERS_STREAM).await.unwrap();
+    let mut deleted = 0;
+    while let Some(m) = streams::next_on_subject(&orders, "orders.o-snap", 1)
+        .await
+        .unwrap()
+        .filter(|m| m.sequence <= snapshot.orders_seq)
+    {
+        orders.delete_message(m.sequence).await.unwrap();
+        deleted += 1;
+    }
+    assert_eq!(deleted, 128);
+
+    let mut stale: Value = serde_json::from_str(&engine::ticket_event("o-snap", 140, 1)).unwrap();
+    stale["event_id"] = json!("o-snap-late-140");
+    let later = format!(
+        "{stale}\n{}\n",
+        engine::ticket_event("o-snap", VERSIONS + 1, 4)
+    );
+    support::publish_events(&nats, &later).await;
+    let second = spawn_aggregator(&nats, &settings);
+    let want = offline(&settings, &format!("{history}{later}"));
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
+    wait_for(&ledger, "ledger.rejected.stale", 1).await;
+    assert_eq!(support::stored_postings(&nats.js).await, want);
     second.stop().await;
 }

@@ -398,6 +398,12 @@ impl DirectGet {
         self
     }
 
+    /// Reading starts at stream sequence `seq` (default 1).
+    pub fn from_seq(mut self, seq: u64) -> Self {
+        self.from_seq = seq.max(1);
+        self
+    }
+
     /// Nothing stored after stream sequence `seq` is read.
     pub fn up_to_seq(mut self, seq: u64) -> Self {
         self.up_to_seq = seq;
