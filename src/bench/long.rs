@@ -16,9 +16,10 @@
 //! peak, nats-server's peak, and the caches that hold orders.
 //!
 //! Then the service is restarted on the same nats-server (every cache
-//! empty) and each order gets one more event: each is rebuilt from its
-//! own history (the aggregator replays the order's events, the dispatcher
-//! reads its delivery state), so the time until those postings are
+//! empty) and each order gets one more event: each book is rebuilt (the
+//! aggregator starts from the order's latest snapshot, taken every 64
+//! events, and replays the events after it; the dispatcher reads the
+//! order's delivery state), so the time until those postings are
 //! delivered is what a restart costs per long-lived order.
 //!
 //! Session 14 found such a cost in the aggregator's book cache
@@ -73,7 +74,7 @@ pub struct LongFigures {
 pub struct Restart {
     /// Orders, each with one more event (and posting).
     pub orders: usize,
-    /// Events each order had before (the history a rebuild reads).
+    /// Events each order had before the restart.
     pub history: usize,
     /// From the first publish to the last delivery.
     pub elapsed: Duration,
@@ -416,7 +417,7 @@ impl std::fmt::Display for LongFigures {
             let nats = r.cpu.1.map_or("?".to_owned(), |n| format!("{n:.2}"));
             write!(
                 f,
-                "\n    after a restart           {} orders' next event (each order rebuilt from its {} events) delivered in {:.2} s: {:.0} orders/s, CPU {:.2} s + {nats} s (this process + nats-server)",
+                "\n    after a restart           {} orders' next event (each order's book rebuilt: {} events, a snapshot every 64) delivered in {:.2} s: {:.0} orders/s, CPU {:.2} s + {nats} s (this process + nats-server)",
                 r.orders,
                 r.history,
                 r.elapsed.as_secs_f64(),

@@ -199,14 +199,14 @@ fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
             && stdout.contains(" (bound 4096)"),
         "{stdout}"
     );
-    // Restarted, each order gets one more event and is rebuilt from its 3.
+    // Restarted, each order gets one more event and its book is rebuilt.
     let restart = stdout
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("after a restart"))
         .unwrap_or_else(|| panic!("no restart line in:\n{stdout}"));
     assert!(
         restart.contains(
-            "500 orders' next event (each order rebuilt from its 3 events) delivered in "
+            "500 orders' next event (each order's book rebuilt: 3 events, a snapshot every 64) delivered in "
         ),
         "{restart}"
     );
