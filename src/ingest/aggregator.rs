@@ -874,6 +874,9 @@ impl Lane {
             None => None,
         };
         let from_snapshot = snapshot.as_ref().map(|(seq, _)| *seq);
+        metrics::counter!("ledgerline_books_rebuilt_total",
+            "from" => if from_snapshot.is_some() { "snapshot" } else { "start" })
+        .increment(1);
         if let Some((seq, state)) = snapshot {
             lb.book.state = state;
             lb.last_seq = seq;

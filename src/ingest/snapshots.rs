@@ -88,7 +88,10 @@ impl Snapshots {
         replicas: usize,
     ) -> Result<Self, async_nats::Error> {
         let kv = match js.get_key_value(BUCKET).await {
-            Ok(store) => store,
+            Ok(store) => {
+                crate::streams::settings::warn_bucket_replicas(&store, replicas).await;
+                store
+            }
             Err(_) => {
                 js.create_key_value(kv::Config {
                     bucket: BUCKET.to_owned(),
@@ -121,6 +124,8 @@ impl Snapshots {
             Ok(bytes) if bytes.len() <= MAX_BYTES => bytes,
             Ok(bytes) => {
                 debug!(order_id = %order, size = bytes.len(), "order snapshot too large; not stored");
+                metrics::counter!("ledgerline_book_snapshots_total", "outcome" => "too_large")
+                    .increment(1);
                 return;
             }
             Err(e) => {
@@ -130,9 +135,14 @@ impl Snapshots {
         };
         let (kv, key) = (self.kv.clone(), order.as_str().to_owned());
         tokio::spawn(async move {
-            if let Err(e) = kv.put(&key, bytes.into()).await {
-                debug!(order_id = %key, error = %e, "order snapshot not stored");
-            }
+            let outcome = match kv.put(&key, bytes.into()).await {
+                Ok(_) => "stored",
+                Err(e) => {
+                    debug!(order_id = %key, error = %e, "order snapshot not stored");
+                    "failed"
+                }
+            };
+            metrics::counter!("ledgerline_book_snapshots_total", "outcome" => outcome).increment(1);
         });
     }
 
