@@ -681,12 +681,7 @@ async fn a_rebuilt_order_folds_every_page_of_its_history() {
             history.push('\n');
         }
     }
-    let first = spawn_aggregator(&nats, &settings);
-    support::publish_events(&nats, &history).await;
-    let ledger = ledger_stream(&nats).await;
-    let want = offline(&settings, &history);
-    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
-    first.stop().await;
+    let ledger = handled_by_an_aggregator_then_stopped(&nats, &settings, &history).await;
     // Without the order's snapshots (a cache, deletable at any time) the
     // rebuild replays the whole history.
     nats.js
@@ -694,20 +689,9 @@ async fn a_rebuilt_order_folds_every_page_of_its_history() {
         .await
         .unwrap();
 
-    let mut stale: Value = serde_json::from_str(&engine::ticket_event("o-long", 280, 1)).unwrap();
-    stale["event_id"] = json!("o-long-late-280");
-    let later = format!(
-        "{stale}\n{}\n",
-        engine::ticket_event("o-long", VERSIONS + 1, 9)
-    );
-    support::publish_events(&nats, &later).await;
-    let second = spawn_aggregator(&nats, &settings);
-    let want = offline(&settings, &format!("{history}{later}"));
-    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
-    wait_for(&ledger, "ledger.rejected.stale", 1).await;
-    assert_eq!(support::stored_postings(&nats.js).await, want);
+    let next = engine::ticket_event("o-long", VERSIONS + 1, 9);
+    stale_and_next_to_a_second_aggregator(&nats, &settings, &history, ("o-long", 280), &next).await;
     assert_eq!(count(&ledger, subjects::REJECTED_ALL).await, 1);
-    second.stop().await;
 }
 
 /// Every 64 events a lane stores its order's state in the KV bucket
@@ -736,12 +720,7 @@ async fn a_rebuilt_order_starts_from_its_snapshot_and_replays_what_follows() {
             history.push('\n');
         }
     }
-    let first = spawn_aggregator(&nats, &settings);
-    support::publish_events(&nats, &history).await;
-    let ledger = ledger_stream(&nats).await;
-    let want = offline(&settings, &history);
-    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
-    first.stop().await;
+    handled_by_an_aggregator_then_stopped(&nats, &settings, &history).await;
 
     // The latest snapshot: after the order's 128th event (the payment is
     // its second), version 127.
@@ -766,15 +745,45 @@ async fn a_rebuilt_order_starts_from_its_snapshot_and_replays_what_follows() {
     }
     assert_eq!(deleted, 128);
 
-    let mut stale: Value = serde_json::from_str(&engine::ticket_event("o-snap", 140, 1)).unwrap();
-    stale["event_id"] = json!("o-snap-late-140");
-    let later = format!(
-        "{stale}\n{}\n",
-        engine::ticket_event("o-snap", VERSIONS + 1, 4)
-    );
-    support::publish_events(&nats, &later).await;
-    let second = spawn_aggregator(&nats, &settings);
-    let want = offline(&settings, &format!("{history}{later}"));
+    let next = engine::ticket_event("o-snap", VERSIONS + 1, 4);
+    stale_and_next_to_a_second_aggregator(&nats, &settings, &history, ("o-snap", 140), &next).await;
+}
+
+/// Publishes `history` to a fresh aggregator, waits until it has stored
+/// every posting the offline engine computes, stops it; returns LEDGER.
+async fn handled_by_an_aggregator_then_stopped(
+    nats: &Nats,
+    settings: &Settings,
+    history: &str,
+) -> Stream {
+    let first = spawn_aggregator(nats, settings);
+    support::publish_events(nats, history).await;
+    let ledger = ledger_stream(nats).await;
+    let want = offline(settings, history);
+    wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
+    first.stop().await;
+    ledger
+}
+
+/// After [`handled_by_an_aggregator_then_stopped`]: publishes a stale
+/// update of `order` (its `version` again, under a new event id) and then
+/// `next`, and starts a second aggregator, its cache empty. The stale one
+/// must be refused and every posting be what the offline engine computes
+/// for the whole history.
+async fn stale_and_next_to_a_second_aggregator(
+    nats: &Nats,
+    settings: &Settings,
+    history: &str,
+    (order, version): (&str, u64),
+    next: &str,
+) {
+    let mut stale: Value = serde_json::from_str(&engine::ticket_event(order, version, 1)).unwrap();
+    stale["event_id"] = json!(format!("{order}-late-{version}"));
+    let later = format!("{stale}\n{next}\n");
+    support::publish_events(nats, &later).await;
+    let second = spawn_aggregator(nats, settings);
+    let ledger = ledger_stream(nats).await;
+    let want = offline(settings, &format!("{history}{later}"));
     wait_for(&ledger, subjects::POSTINGS_ALL, want.len() as u64).await;
     wait_for(&ledger, "ledger.rejected.stale", 1).await;
     assert_eq!(support::stored_postings(&nats.js).await, want);
