@@ -80,6 +80,9 @@ pub struct Restart {
     pub elapsed: Duration,
     /// CPU seconds of this process and of nats-server meanwhile.
     pub cpu: (f64, Option<f64>),
+    /// Books the aggregator rebuilt meanwhile: from a snapshot, from the
+    /// order's first event.
+    pub rebuilt: (u64, u64),
 }
 
 impl LongFigures {
@@ -256,6 +259,7 @@ async fn restart(
     let accepted = receiver.counter();
     let nats_pid = running.nats_pid();
     let before = mark(Instant::now(), nats_pid);
+    let rebuilt_before = crate::aggregator::rebuilt_books();
     let started = Instant::now();
     publish_and_settle(
         running,
@@ -272,6 +276,7 @@ async fn restart(
     .await?;
     let elapsed = started.elapsed();
     let after = mark(Instant::now(), nats_pid);
+    let rebuilt_after = crate::aggregator::rebuilt_books();
     let nats = match (before.nats_cpu, after.nats_cpu) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
         _ => None,
@@ -283,6 +288,10 @@ async fn restart(
         cpu: (
             after.own_cpu.saturating_sub(before.own_cpu).as_secs_f64(),
             nats,
+        ),
+        rebuilt: (
+            rebuilt_after.0.saturating_sub(rebuilt_before.0),
+            rebuilt_after.1.saturating_sub(rebuilt_before.1),
         ),
     })
 }
@@ -417,12 +426,14 @@ impl std::fmt::Display for LongFigures {
             let nats = r.cpu.1.map_or("?".to_owned(), |n| format!("{n:.2}"));
             write!(
                 f,
-                "\n    after a restart           {} orders' next event (each order's book rebuilt: {} events, a snapshot every 64) delivered in {:.2} s: {:.0} orders/s, CPU {:.2} s + {nats} s (this process + nats-server)",
+                "\n    after a restart           {} orders' next event (each order's book rebuilt: {} events, a snapshot every 64) delivered in {:.2} s: {:.0} orders/s, CPU {:.2} s + {nats} s (this process + nats-server); books rebuilt {}, {} of them from a snapshot",
                 r.orders,
                 r.history,
                 r.elapsed.as_secs_f64(),
                 r.orders as f64 / r.elapsed.as_secs_f64().max(1e-9),
                 r.cpu.0,
+                r.rebuilt.0 + r.rebuilt.1,
+                r.rebuilt.0,
             )?;
         }
         Ok(())

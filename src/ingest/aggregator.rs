@@ -113,6 +113,21 @@ pub fn cached_books() -> usize {
     BOOKS_CACHED.load(Ordering::Relaxed)
 }
 
+/// Books rebuilt in this process: from a snapshot, from the order's first
+/// event (see [`rebuilt_books`]).
+static BOOKS_REBUILT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Order books rebuilt by every aggregator in this process so far: (from a
+/// snapshot, replaying every event). `ledgerline bench` reports them after
+/// its restart of long-lived orders; `/metrics` has them as
+/// `ledgerline_books_rebuilt_total`.
+pub fn rebuilt_books() -> (u64, u64) {
+    (
+        BOOKS_REBUILT[0].load(Ordering::Relaxed),
+        BOOKS_REBUILT[1].load(Ordering::Relaxed),
+    )
+}
+
 /// Backoff between attempts at a transiently failing event: first, cap.
 pub const RETRY_FIRST: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -874,6 +889,7 @@ impl Lane {
             None => None,
         };
         let from_snapshot = snapshot.as_ref().map(|(seq, _)| *seq);
+        BOOKS_REBUILT[usize::from(from_snapshot.is_none())].fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ledgerline_books_rebuilt_total",
             "from" => if from_snapshot.is_some() { "snapshot" } else { "start" })
         .increment(1);

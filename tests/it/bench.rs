@@ -210,4 +210,9 @@ fn bench_long_orders_delivers_every_event_and_reports_each_fifth() {
         ),
         "{restart}"
     );
+    // Each order's book rebuilt once, none from a snapshot (3 < 64 events).
+    assert!(
+        restart.ends_with("books rebuilt 500, 0 of them from a snapshot"),
+        "{restart}"
+    );
 }
