@@ -42,6 +42,10 @@ pub const EVERY: u32 = 64;
 pub const MAX_BYTES: usize = 512 * 1024;
 /// The format written, and the only one read.
 pub const FORMAT: u32 = 1;
+/// How long the bucket keeps a snapshot (its `max_age` when created): an
+/// order idle for longer is rebuilt from its start, and the bucket does not
+/// grow with every long-lived order there ever was.
+pub const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a rebuild waits for the snapshot before replaying without it.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -81,7 +85,8 @@ pub struct Snapshots {
 
 impl Snapshots {
     /// Opens the bucket, creating it (file storage, `replicas`, one value
-    /// per key) when it is missing; an existing bucket is used as it is.
+    /// per key, kept [`KEEP`]) when it is missing; an existing bucket is
+    /// used as it is.
     pub async fn open(
         js: &jetstream::Context,
         orders: &Stream,
@@ -98,6 +103,7 @@ impl Snapshots {
                     description: "ledgerline: order state snapshots (a cache: may be deleted)"
                         .to_owned(),
                     history: 1,
+                    max_age: KEEP,
                     storage: jetstream::stream::StorageType::File,
                     num_replicas: replicas.max(1),
                     ..Default::default()
