@@ -144,12 +144,18 @@ pub async fn run(
     let server = NatsServer::start().await?;
     let settings = scale_settings(&server.url(), &receiver.url, max_in_flight)?;
     let mut running = Running::start(server, settings.clone(), &[REGISTRY]).await?;
-    let figures = match measure(events, orders, settle_limit, &running, &receiver, progress).await {
+    let stage = Stage {
+        events,
+        orders,
+        settle_limit,
+        receiver: &receiver,
+    };
+    let figures = match measure(&stage, &running, progress).await {
         Ok(mut f) => {
             progress(&BenchProgress::stage("(h) restarting the service"));
             let restarted = async {
                 running.restart_service(&settings).await?;
-                restart(events, orders, settle_limit, &running, &receiver, progress).await
+                restart(&stage, &running, progress).await
             }
             .await;
             restarted.map(|r| {
@@ -166,14 +172,26 @@ pub async fn run(
     figures
 }
 
-async fn measure(
+/// What each step of (h) works with: `events` events over `orders`
+/// orders, round robin, to `receiver`.
+struct Stage<'a> {
     events: usize,
     orders: usize,
     settle_limit: Duration,
+    receiver: &'a Minimal,
+}
+
+async fn measure(
+    stage: &Stage<'_>,
     running: &Running,
-    receiver: &Minimal,
     progress: &mut dyn FnMut(&BenchProgress),
 ) -> Result<LongFigures, BenchError> {
+    let Stage {
+        events,
+        orders,
+        receiver,
+        ..
+    } = *stage;
     usage::reset_peak_rss();
     let rss_start = usage::current_rss();
     let started = Instant::now();
@@ -188,11 +206,10 @@ async fn measure(
         nats_pid,
     ));
     let delivered = publish_and_settle(
+        stage,
         running,
         &accepted,
         0..events,
-        orders,
-        settle_limit,
         progress,
         [
             "(h) publishing long-lived orders' events",
@@ -249,24 +266,26 @@ async fn measure(
 /// `orders` orders that received `events` round robin, published at once,
 /// timed until every posting is delivered.
 async fn restart(
-    events: usize,
-    orders: usize,
-    settle_limit: Duration,
+    stage: &Stage<'_>,
     running: &Running,
-    receiver: &Minimal,
     progress: &mut dyn FnMut(&BenchProgress),
 ) -> Result<Restart, BenchError> {
+    let Stage {
+        events,
+        orders,
+        receiver,
+        ..
+    } = *stage;
     let accepted = receiver.counter();
     let nats_pid = running.nats_pid();
     let before = mark(Instant::now(), nats_pid);
     let rebuilt_before = crate::aggregator::rebuilt_books();
     let started = Instant::now();
     publish_and_settle(
+        stage,
         running,
         &accepted,
         events..events + orders,
-        orders,
-        settle_limit,
         progress,
         [
             "(h) publishing one more event per order",
@@ -296,19 +315,23 @@ async fn restart(
     })
 }
 
-/// Publishes events `range` of the round robin over `orders` orders
-/// ([`long_event`]), then waits until every posting stored is delivered
-/// (`accepted` counts the receiver's); returns the postings stored.
-/// `stages` names the two steps for the progress line.
+/// Publishes events `range` of the stage's round robin ([`long_event`]),
+/// then waits until every posting stored is delivered (`accepted` counts
+/// the receiver's); returns the postings stored. `stages` names the two
+/// steps for the progress line.
 async fn publish_and_settle(
+    stage: &Stage<'_>,
     running: &Running,
     accepted: &AtomicU64,
     range: std::ops::Range<usize>,
-    orders: usize,
-    settle_limit: Duration,
     progress: &mut dyn FnMut(&BenchProgress),
     stages: [&str; 2],
 ) -> Result<u64, BenchError> {
+    let Stage {
+        orders,
+        settle_limit,
+        ..
+    } = *stage;
     let count = range.len();
     let lines = range.map(|i| long_event(i % orders, i / orders));
     publish_events(
