@@ -380,17 +380,9 @@ impl<T: Item> KvStore<T> {
             bucket: T::BUCKET,
             source: e,
         };
-        let kv = match js.get_key_value(T::BUCKET).await {
-            Ok(kv) => {
-                crate::streams::settings::warn_bucket_replicas(&kv, replicas).await;
-                kv
-            }
-            Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => js
-                .create_key_value(item_bucket_config::<T>(replicas))
-                .await
-                .map_err(|e| bucket_err(e.into()))?,
-            Err(e) => return Err(bucket_err(e.into())),
-        };
+        let kv = crate::streams::settings::open_bucket(js, item_bucket_config::<T>(replicas))
+            .await
+            .map_err(bucket_err)?;
         Ok(Self {
             kv,
             js: js.clone(),

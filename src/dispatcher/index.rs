@@ -39,7 +39,7 @@ pub const INDEXED: [DeliveryStatus; 2] = [DeliveryStatus::Dead, DeliveryStatus::
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("cannot open the {BUCKET} bucket: {0}")]
-    Open(#[source] async_nats::jetstream::context::CreateKeyValueError),
+    Open(#[source] async_nats::Error),
     #[error("cannot open the {BUCKET} bucket's stream: {0}")]
     Stream(#[source] async_nats::jetstream::context::GetStreamError),
     #[error("cannot write {key} to {BUCKET}: {source}")]
@@ -74,23 +74,17 @@ impl DeliveryIndex {
     /// Opens the bucket, creating it (with `replicas`) when it is missing;
     /// an existing bucket's settings are never changed.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, IndexError> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(store) => {
-                crate::streams::settings::warn_bucket_replicas(&store, replicas).await;
-                store
-            }
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    description: "ledgerline: (registry, order) pairs dead or retrying".to_owned(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(IndexError::Open)?,
+        let config = kv::Config {
+            bucket: BUCKET.to_owned(),
+            description: "ledgerline: (registry, order) pairs dead or retrying".to_owned(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            ..Default::default()
         };
+        let kv = crate::streams::settings::open_bucket(js, config)
+            .await
+            .map_err(IndexError::Open)?;
         Self::with(js, kv).await
     }
 

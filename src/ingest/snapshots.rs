@@ -92,25 +92,16 @@ impl Snapshots {
         orders: &Stream,
         replicas: usize,
     ) -> Result<Self, async_nats::Error> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(store) => {
-                crate::streams::settings::warn_bucket_replicas(&store, replicas).await;
-                store
-            }
-            Err(_) => {
-                js.create_key_value(kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    description: "ledgerline: order state snapshots (a cache: may be deleted)"
-                        .to_owned(),
-                    history: 1,
-                    max_age: KEEP,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    ..Default::default()
-                })
-                .await?
-            }
+        let config = kv::Config {
+            bucket: BUCKET.to_owned(),
+            description: "ledgerline: order state snapshots (a cache: may be deleted)".to_owned(),
+            history: 1,
+            max_age: KEEP,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            ..Default::default()
         };
+        let kv = crate::streams::settings::open_bucket(js, config).await?;
         Ok(Snapshots {
             kv,
             orders_created: created(orders),

@@ -52,7 +52,7 @@ pub const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("cannot open the {BUCKET} bucket: {0}")]
-    Bucket(#[source] jetstream::context::CreateKeyValueError),
+    Bucket(#[source] async_nats::Error),
     #[error("the lease TTL {ttl:?} is too short: it must be at least {min:?}")]
     TtlTooShort { ttl: Duration, min: Duration },
 }
@@ -135,24 +135,18 @@ pub async fn bucket(
     if ttl < min {
         return Err(LeaseError::TtlTooShort { ttl, min });
     }
-    match js.get_key_value(BUCKET).await {
-        Ok(store) => {
-            crate::streams::settings::warn_bucket_replicas(&store, replicas).await;
-            Ok(store)
-        }
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_owned(),
-                description: "ledgerline: which instance is active (fencing lease)".to_owned(),
-                history: 1,
-                max_age: ttl,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas.max(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(LeaseError::Bucket),
-    }
+    let config = kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "ledgerline: which instance is active (fencing lease)".to_owned(),
+        history: 1,
+        max_age: ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    };
+    crate::streams::settings::open_bucket(js, config)
+        .await
+        .map_err(LeaseError::Bucket)
 }
 
 impl Lease {

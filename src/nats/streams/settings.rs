@@ -190,9 +190,30 @@ pub fn review(existing: &stream::Config, wanted: &stream::Config) -> Review {
     r
 }
 
+/// Opens the KV bucket `config.bucket`, creating it with `config` when it
+/// is missing. An existing bucket is used as it is (the operator's
+/// settings), with a warning when its replica count is not
+/// `config.num_replicas` ([`warn_bucket_replicas`]).
+pub async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, async_nats::Error> {
+    use async_nats::jetstream::context::KeyValueErrorKind;
+    match js.get_key_value(config.bucket.as_str()).await {
+        Ok(kv) => {
+            warn_bucket_replicas(&kv, config.num_replicas).await;
+            Ok(kv)
+        }
+        Err(e) if e.kind() == KeyValueErrorKind::GetBucket => {
+            Ok(js.create_key_value(config).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Logs a bucket kept with another replica count than `stream_replicas`
 /// (it is left as it is: the operator's setting).
-pub async fn warn_bucket_replicas(kv: &async_nats::jetstream::kv::Store, replicas: usize) {
+async fn warn_bucket_replicas(kv: &async_nats::jetstream::kv::Store, replicas: usize) {
     if let Ok(status) = kv.status().await {
         let has = status.info.config.num_replicas.max(1);
         if has != replicas.max(1) {
