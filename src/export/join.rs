@@ -3,8 +3,8 @@
 //! [`super`], feeds it what it reads and writes what it lets go).
 //!
 //! The export reads the postings and the delivery records of the exported
-//! registries with one ordered consumer, in stream order, up to the
-//! snapshot S. Every delivery record of a posting is stored after the
+//! registries in stream order up to the snapshot S (two ordered consumers,
+//! merged: [`super::read`]). Every delivery record of a posting is stored after the
 //! posting (the dispatcher attempts only what it has read), so all of a
 //! posting's records pass by after it. The join holds each posting in a
 //! window, folds the records of the held postings' orders as they pass
@@ -193,13 +193,16 @@ impl Join {
         self.position = self.position.max(stream_seq);
     }
 
-    /// Holds posting of order `key` (`<R>.<O>`) read at `stream_seq`.
+    /// Holds the posting of order `key` (`<R>.<O>`) read at `stream_seq`:
+    /// `size` bytes of stored JSON, decoded (by [`decode_posting`]) into
+    /// `posting`.
     pub fn posting(
         &mut self,
         key: &str,
         stream_seq: u64,
         posted_at: OffsetDateTime,
-        payload: &[u8],
+        size: usize,
+        posting: Result<Posting, serde_json::Error>,
     ) {
         self.advance(stream_seq);
         match self.entries.get_mut(key) {
@@ -216,13 +219,13 @@ impl Join {
                 self.unasked += 1;
             }
         }
-        self.bytes += payload.len();
+        self.bytes += size;
         self.window.push_back(Held {
             key: key.into(),
             stream_seq,
             posted_at,
-            size: payload.len(),
-            posting: decode_posting(payload),
+            size,
+            posting,
         });
     }
 
@@ -505,11 +508,13 @@ mod tests {
     }
 
     fn hold(j: &mut Join, order: &str, stream_seq: u64, seq: u64) {
+        let payload = payload("r", order, seq);
         j.posting(
             &format!("r.{order}"),
             stream_seq,
             AT,
-            &payload("r", order, seq),
+            payload.len(),
+            decode_posting(&payload),
         );
     }
 
@@ -742,7 +747,8 @@ mod tests {
     #[test]
     fn a_posting_on_another_orders_subject_is_an_integrity_error() {
         let mut j = Join::new(JoinLimits::DEFAULT);
-        j.posting("r.b", 7, AT, &payload("r", "a", 1));
+        let payload = payload("r", "a", 1);
+        j.posting("r.b", 7, AT, payload.len(), decode_posting(&payload));
         j.read_all();
         let e = j.pop().unwrap_err();
         assert_eq!(

@@ -7,14 +7,15 @@
 //! 1. **Snapshot.** The LEDGER stream's last sequence is read first; nothing
 //!    written after it is exported, postings or delivery records, so an
 //!    export taken while the pipeline runs is still one consistent instant.
-//! 2. **Postings and delivery records, in order.** One ordered consumer
-//!    (ephemeral, no acks, flow controlled by the client) reads
-//!    `ledger.postings.>` and `ledger.deliveries.>` (or
-//!    `ledger.{postings,deliveries}.<R>.>` per `--registry`) from the
-//!    start, or from `--from` by start time, in stream order, which is
-//!    posting order. `posted_at` is each posting message's LEDGER
-//!    timestamp. It stops at the snapshot, when nothing is pending, or at
-//!    `--to` (half open: `from <= posted_at < to`).
+//! 2. **Postings and delivery records, in order** ([`read`]). Two ordered
+//!    consumers (ephemeral, no acks, flow controlled by the client), read
+//!    side by side, one on `ledger.postings.>` and one on
+//!    `ledger.deliveries.>` (or `ledger.{postings,deliveries}.<R>.>` per
+//!    `--registry`), from the start or from `--from` by start time; their
+//!    messages are merged back into stream order, which is posting order.
+//!    `posted_at` is each posting message's LEDGER timestamp. Reading stops
+//!    at the snapshot, when nothing is pending, or at `--to` (half open:
+//!    `from <= posted_at < to`).
 //! 3. **Join** ([`join`]). Every delivery record of a posting is stored
 //!    after it, so each posting waits in a bounded window while its
 //!    order's records pass by and are folded; it goes, in stream order,
@@ -28,7 +29,8 @@
 //! 4. **Write** each posting as CSV rows ([`csv`]) or a beancount transaction
 //!    ([`beancount`]) and add it to the [`summary`].
 //!
-//! What is in memory at once: the consumer's batch, the join's window
+//! What is in memory at once: each consumer's batch and what its reader has
+//! handed over ([`read::QUEUED_BATCHES`]), the join's window
 //! ([`JoinLimits`]: postings held, and one small fold per order of them),
 //! the answers in flight and one line per (registry, currency): bounded by
 //! constants, never by the size of the stream.
@@ -37,6 +39,7 @@ pub mod beancount;
 pub mod csv;
 pub mod delivery;
 pub mod join;
+pub mod read;
 pub mod summary;
 pub mod verify;
 
@@ -46,7 +49,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -63,9 +65,9 @@ use summary::{RunStats, Summary};
 /// How long to wait for the next posting while the server says more are
 /// pending, before calling the export stalled.
 pub const NEXT_POSTING_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest batch the ordered consumer asks for at once, in messages.
+/// Largest batch each ordered consumer asks for at once, in messages.
 pub const CONSUMER_BATCH_MESSAGES: i64 = 1024;
-/// Largest batch the ordered consumer asks for at once, in bytes.
+/// Largest batch each ordered consumer asks for at once, in bytes.
 pub const CONSUMER_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Output format.
@@ -345,37 +347,6 @@ impl Input<'_> {
             None => consumer::DeliverPolicy::All,
         }
     }
-
-    /// How many postings the export will read at most (those stored after
-    /// the snapshot included): the progress bar's length. An ephemeral
-    /// consumer on the postings alone, asked and deleted.
-    async fn postings_pending(&self) -> Result<u64, ExportError> {
-        let mut c = self
-            .ledger
-            .create_consumer(consumer::pull::Config {
-                filter_subjects: self
-                    .filter_subjects()
-                    .into_iter()
-                    .filter(|s| s.starts_with("ledger.postings."))
-                    .collect(),
-                deliver_policy: self.deliver_policy(),
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(10),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| ExportError::Consumer { source })?;
-        let info = c
-            .info()
-            .await
-            .map_err(|e| ExportError::Read { source: e.into() })?;
-        let pending = info.num_pending;
-        let name = info.name.clone();
-        // Left alone, it would go after its inactive threshold anyway.
-        let _ = self.ledger.delete_consumer(&name).await;
-        Ok(pending)
-    }
 }
 
 /// Delivery records' last sequences asked for in one request.
@@ -407,7 +378,7 @@ type Answer = (
 /// One export's reading and joining.
 struct Joiner<'a> {
     input: &'a Input<'a>,
-    messages: consumer::pull::Ordered,
+    messages: read::Merged,
     join: Join,
     inbox: SharedInbox,
     asks: tokio::task::JoinSet<Answer>,
@@ -549,23 +520,12 @@ impl Joiner<'_> {
 
     /// Reads one message and hands it to the join.
     async fn read_one(&mut self) -> Result<(), ExportError> {
-        let (snapshot_seq, to) = (self.input.snapshot_seq, self.input.opts.to);
-        let msg = match tokio::time::timeout(NEXT_POSTING_TIMEOUT, self.messages.next()).await {
-            Err(_) => return Err(ExportError::Stalled(NEXT_POSTING_TIMEOUT)),
-            Ok(None) => {
-                self.all_read();
-                return Ok(());
-            }
-            Ok(Some(Err(e))) => return Err(ExportError::Read { source: e.into() }),
-            Ok(Some(Ok(m))) => m,
-        };
-        let info = msg.info().map_err(|source| ExportError::Read { source })?;
-        let (stream_seq, pending, at) = (info.stream_sequence, info.pending, info.published);
-        if stream_seq > snapshot_seq {
+        let Some(msg) = self.messages.next().await? else {
             self.all_read();
             return Ok(());
-        }
-        if to.is_some_and(|to| at >= to) {
+        };
+        let (stream_seq, at) = (msg.stream_seq, msg.published);
+        if self.input.opts.to.is_some_and(|to| at >= to) {
             // LEDGER timestamps grow with the sequence (JetStream's own
             // start-time lookups rely on it): no posting after this one
             // is before --to.
@@ -574,7 +534,13 @@ impl Joiner<'_> {
         }
         let subject = msg.subject.as_str();
         match join::order_key(subject) {
-            Some(("postings", key)) => self.join.posting(key, stream_seq, at, &msg.payload),
+            Some(("postings", key)) => {
+                let posting = msg
+                    .posting
+                    .unwrap_or_else(|| join::decode_posting(&msg.payload));
+                self.join
+                    .posting(key, stream_seq, at, msg.payload.len(), posting)
+            }
             Some(("deliveries", key)) => {
                 let record = if self.join.wants(key) {
                     Some(decode_record(&msg.payload, subject, key, stream_seq)?)
@@ -600,9 +566,6 @@ impl Joiner<'_> {
                 });
             }
             _ => self.join.skipped(stream_seq),
-        }
-        if pending == 0 || stream_seq == snapshot_seq {
-            self.all_read();
         }
         Ok(())
     }
@@ -649,28 +612,25 @@ async fn run(input: &Input<'_>, sink: &mut dyn Sink) -> Result<ExportReport, Exp
         peak_rss_bytes: None,
     };
     if input.snapshot_seq > 0 {
-        let consumer = input
-            .ledger
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: input.filter_subjects(),
-                deliver_policy: input.deliver_policy(),
-                max_batch: CONSUMER_BATCH_MESSAGES,
-                max_bytes: CONSUMER_BATCH_BYTES,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| ExportError::Consumer { source })?;
-        let pending = consumer.cached_info().num_pending;
+        let (posting_filters, record_filters) = input
+            .filter_subjects()
+            .into_iter()
+            .partition(|s| s.starts_with("ledger.postings."));
+        let messages = read::Merged::open(
+            input.ledger,
+            posting_filters,
+            record_filters,
+            input.deliver_policy(),
+            input.snapshot_seq,
+        )
+        .await?;
+        let pending = messages.postings_pending;
         let bar = if input.opts.progress && pending > 0 {
-            progress_bar(input.postings_pending().await?)
+            progress_bar(pending)
         } else {
             indicatif::ProgressBar::hidden()
         };
         if pending > 0 {
-            let messages = consumer
-                .messages()
-                .await
-                .map_err(|e| ExportError::Read { source: e.into() })?;
             let inbox =
                 SharedInbox::new(input.client)
                     .await
