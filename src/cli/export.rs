@@ -21,6 +21,7 @@ pub fn export(args: ExportArgs) -> Result<Exit, CliError> {
             ExportFormat::Beancount => Format::Beancount,
         },
         progress: std::io::stderr().is_terminal(),
+        records_connection: None,
     };
     if let Err(e) = opts.validate() {
         return Ok(report_usage(e));
@@ -28,6 +29,10 @@ pub fn export(args: ExportArgs) -> Result<Exit, CliError> {
     let output = Output::create(&args.out).map_err(CliError::file("creating", &args.out))?;
     let writer = output.writer().map_err(CliError::Output)?;
     let report = with_nats(&settings.config, async |client| {
+        let opts = ExportOptions {
+            records_connection: Some(crate::streams::connect_once(&settings.config).await?),
+            ..opts
+        };
         Ok(crate::export::export(&client, &opts, writer).await?)
     })?;
     output

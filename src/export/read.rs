@@ -113,16 +113,17 @@ pub struct Merged {
 
 impl Merged {
     /// Creates the two consumers (postings on `posting_filters`, delivery
-    /// records on `record_filters`, both from `deliver`) and starts reading.
+    /// records on `record_filters`, both from `deliver`), on LEDGER as
+    /// opened on the connection each is read by, and starts reading.
     pub async fn open(
-        ledger: &Stream,
+        [postings_ledger, records_ledger]: [&Stream; 2],
         posting_filters: Vec<String>,
         record_filters: Vec<String>,
         deliver: DeliverPolicy,
         snapshot_seq: u64,
     ) -> Result<Merged, ExportError> {
         let mut readers = JoinSet::new();
-        let mut open = async |filters, postings| {
+        let mut open = async |ledger: &Stream, filters, postings| {
             let consumer = ledger
                 .create_consumer(consumer::pull::OrderedConfig {
                     filter_subjects: filters,
@@ -151,8 +152,8 @@ impl Merged {
             };
             Ok::<_, ExportError>((side, pending))
         };
-        let (postings, postings_pending) = open(posting_filters, true).await?;
-        let (records, _) = open(record_filters, false).await?;
+        let (postings, postings_pending) = open(postings_ledger, posting_filters, true).await?;
+        let (records, _) = open(records_ledger, record_filters, false).await?;
         Ok(Merged {
             postings,
             records,

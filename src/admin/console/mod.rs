@@ -613,6 +613,8 @@ async fn export_download(State(st): State<AdminState>, Query(q): Query<ExportQue
         to: parse_day("to", &q.to)?,
         format,
         progress: false,
+        // One registry's file, for a browser: the service's own connection.
+        records_connection: None,
     };
     // The export's future is not `Send` (it was written for the CLI's
     // `block_on`): it runs on a blocking thread of this runtime.
