@@ -21,6 +21,12 @@
 //! snapshot existed when the consumer was created), or at once when the
 //! consumer had nothing pending. Memory: at most [`QUEUED_BATCHES`] batches
 //! of [`READ_BATCH`] messages per side wait for the caller.
+//!
+//! A side whose consumer fails (nats-server restarted, the connection was
+//! lost: its ephemeral consumer is gone) reads on from a new one that
+//! starts after the last message it handed over, so nothing is read twice
+//! or skipped; it gives up after [`NEXT_POSTING_TIMEOUT`] of failed
+//! attempts.
 
 use std::collections::VecDeque;
 
@@ -31,6 +37,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use tracing::{debug, warn};
+
 use crate::posting::Posting;
 
 use super::join;
@@ -40,6 +48,10 @@ use super::{CONSUMER_BATCH_BYTES, CONSUMER_BATCH_MESSAGES, ExportError, NEXT_POS
 pub const READ_BATCH: usize = 256;
 /// Batches a reader task may have handed over and not yet taken.
 pub const QUEUED_BATCHES: usize = 4;
+/// First pause before a failed consumer is opened again; it doubles up to
+/// [`REOPEN_PAUSE_MAX`], for up to [`NEXT_POSTING_TIMEOUT`] in all.
+pub const REOPEN_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+pub const REOPEN_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One message read from LEDGER.
 #[derive(Debug)]
@@ -123,28 +135,18 @@ impl Merged {
         snapshot_seq: u64,
     ) -> Result<Merged, ExportError> {
         let mut readers = JoinSet::new();
-        let mut open = async |ledger: &Stream, filters, postings| {
-            let consumer = ledger
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subjects: filters,
-                    deliver_policy: deliver,
-                    max_batch: CONSUMER_BATCH_MESSAGES,
-                    max_bytes: CONSUMER_BATCH_BYTES,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|source| ExportError::Consumer { source })?;
-            let pending = consumer.cached_info().num_pending;
-            if pending == 0 {
+        let mut start = async |ledger: &Stream, filters, postings| {
+            let source = Source {
+                ledger: ledger.clone(),
+                filters,
+                deliver,
+            };
+            let Some((messages, pending)) = source.open(None).await? else {
                 return Ok((Side::ended(), 0));
-            }
-            let messages = consumer
-                .messages()
-                .await
-                .map_err(|e| ExportError::Read { source: e.into() })?;
+            };
             let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
             let (spare_tx, spare_rx) = mpsc::channel(QUEUED_BATCHES + 2);
-            readers.spawn(read(messages, snapshot_seq, postings, tx, spare_rx));
+            readers.spawn(read(messages, source, snapshot_seq, postings, tx, spare_rx));
             let side = Side {
                 rx: Some(rx),
                 spare: Some(spare_tx),
@@ -152,8 +154,8 @@ impl Merged {
             };
             Ok::<_, ExportError>((side, pending))
         };
-        let (postings, postings_pending) = open(postings_ledger, posting_filters, true).await?;
-        let (records, _) = open(records_ledger, record_filters, false).await?;
+        let (postings, postings_pending) = start(postings_ledger, posting_filters, true).await?;
+        let (records, _) = start(records_ledger, record_filters, false).await?;
         Ok(Merged {
             postings,
             records,
@@ -177,16 +179,86 @@ impl Merged {
     }
 }
 
+/// What one side reads: LEDGER (on the side's connection), its filters,
+/// and where it starts.
+struct Source {
+    ledger: Stream,
+    filters: Vec<String>,
+    deliver: DeliverPolicy,
+}
+
+impl Source {
+    /// An ordered consumer from the start, or after stream sequence
+    /// `after`, and how many messages it has pending; `None` when it has
+    /// none.
+    async fn open(
+        &self,
+        after: Option<u64>,
+    ) -> Result<Option<(consumer::pull::Ordered, u64)>, ExportError> {
+        let consumer = self
+            .ledger
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subjects: self.filters.clone(),
+                deliver_policy: match after {
+                    Some(seq) => DeliverPolicy::ByStartSequence {
+                        start_sequence: seq + 1,
+                    },
+                    None => self.deliver,
+                },
+                max_batch: CONSUMER_BATCH_MESSAGES,
+                max_bytes: CONSUMER_BATCH_BYTES,
+                ..Default::default()
+            })
+            .await
+            .map_err(|source| ExportError::Consumer { source })?;
+        let pending = consumer.cached_info().num_pending;
+        if pending == 0 {
+            return Ok(None);
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ExportError::Read { source: e.into() })?;
+        Ok(Some((messages, pending)))
+    }
+
+    /// After the consumer failed (the server restarted, a connection
+    /// dropped), a new one after stream sequence `after`: tried again with
+    /// a growing pause for up to [`NEXT_POSTING_TIMEOUT`], then `failure`
+    /// is given up with. `None` when nothing is left to read.
+    async fn reopen(
+        &self,
+        after: Option<u64>,
+        failure: ExportError,
+    ) -> Result<Option<consumer::pull::Ordered>, ExportError> {
+        warn!(error = %failure, ?after, "export: reading LEDGER failed; resuming on a new consumer");
+        let deadline = tokio::time::Instant::now() + NEXT_POSTING_TIMEOUT;
+        let mut pause = REOPEN_PAUSE_MIN;
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.open(after).await {
+                Ok(opened) => return Ok(opened.map(|(messages, _)| messages)),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => debug!(error = %e, "export: LEDGER not readable yet"),
+            }
+            pause = (pause * 2).min(REOPEN_PAUSE_MAX);
+        }
+    }
+}
+
 /// Reads one consumer's messages up to the snapshot and hands them over,
 /// what has arrived at once (up to [`READ_BATCH`]), decoding postings when
 /// `postings`. Batches are taken from `spare` when there are any.
 async fn read(
     mut messages: consumer::pull::Ordered,
+    source: Source,
     snapshot_seq: u64,
     postings: bool,
     tx: mpsc::Sender<Batch>,
     mut spare: mpsc::Receiver<Vec<Read>>,
 ) {
+    // The stream sequence of the last message handed over.
+    let mut last_read = None;
     loop {
         let first = match tokio::time::timeout(NEXT_POSTING_TIMEOUT, messages.next()).await {
             Err(_) => {
@@ -201,24 +273,28 @@ async fn read(
         let mut batch = spare.try_recv().unwrap_or_default();
         batch.clear();
         batch.reserve(READ_BATCH);
-        // `Some(None)`: this side has ended; `Some(Some(e))`: it failed.
-        let mut end = None;
+        let mut end = End::No;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match step(msg, snapshot_seq, postings) {
                 Step::Keep(read, last) => {
+                    last_read = Some(read.stream_seq);
                     batch.push(read);
                     if last {
-                        end = Some(None);
+                        end = End::Done;
                         break;
                     }
                 }
                 Step::Past => {
-                    end = Some(None);
+                    end = End::Done;
+                    break;
+                }
+                Step::Broken(e) => {
+                    end = End::Broken(e);
                     break;
                 }
                 Step::Failed(e) => {
-                    end = Some(Some(e));
+                    end = End::Failed(e);
                     break;
                 }
             }
@@ -231,14 +307,32 @@ async fn read(
             return;
         }
         match end {
-            None => {}
-            Some(None) => return,
-            Some(Some(e)) => {
+            End::No => {}
+            End::Done => return,
+            End::Broken(e) => match source.reopen(last_read, e).await {
+                Ok(Some(reopened)) => messages = reopened,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            },
+            End::Failed(e) => {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
         }
     }
+}
+
+/// Whether a reader's batch ended its side.
+enum End {
+    No,
+    /// Everything up to the snapshot is read.
+    Done,
+    /// The consumer failed: read on from a new one.
+    Broken(ExportError),
+    Failed(ExportError),
 }
 
 /// What one message read means for its side.
@@ -247,6 +341,9 @@ enum Step {
     Keep(Read, bool),
     /// It is past the snapshot: the side has ended before it.
     Past,
+    /// The consumer failed (a server restart, a lost connection).
+    Broken(ExportError),
+    /// The message cannot be read.
     Failed(ExportError),
 }
 
@@ -257,7 +354,7 @@ fn step(
 ) -> Step {
     let msg = match msg {
         Ok(m) => m,
-        Err(e) => return Step::Failed(ExportError::Read { source: e.into() }),
+        Err(e) => return Step::Broken(ExportError::Read { source: e.into() }),
     };
     let (stream_seq, pending, published) = match msg.info() {
         Ok(i) => (i.stream_sequence, i.pending, i.published),
