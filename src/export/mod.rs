@@ -634,7 +634,18 @@ async fn run(input: &Input<'_>, sink: &mut dyn Sink) -> Result<ExportReport, Exp
             .into_iter()
             .partition(|s| s.starts_with("ledger.postings."));
         let messages = read::Merged::open(
-            [input.ledger, input.records_ledger],
+            [
+                (input.ledger, input.client.statistics()),
+                (
+                    input.records_ledger,
+                    input
+                        .opts
+                        .records_connection
+                        .as_ref()
+                        .unwrap_or(input.client)
+                        .statistics(),
+                ),
+            ],
             posting_filters,
             record_filters,
             input.deliver_policy(),

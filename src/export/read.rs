@@ -26,9 +26,15 @@
 //! lost: its ephemeral consumer is gone) reads on from a new one that
 //! starts after the last message it handed over, so nothing is read twice
 //! or skipped; it gives up after [`NEXT_POSTING_TIMEOUT`] of failed
-//! attempts.
+//! attempts. A reader waiting for messages looks every
+//! [`RECONNECT_CHECK`] whether its connection was re-established (the
+//! client itself would notice the lost consumer only after two missed
+//! heartbeats, ≈ 15 s).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
@@ -48,10 +54,13 @@ use super::{CONSUMER_BATCH_BYTES, CONSUMER_BATCH_MESSAGES, ExportError, NEXT_POS
 pub const READ_BATCH: usize = 256;
 /// Batches a reader task may have handed over and not yet taken.
 pub const QUEUED_BATCHES: usize = 4;
+/// While waiting for messages, how often a reader looks whether its
+/// connection was re-established (its consumer is then read on anew).
+pub const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// First pause before a failed consumer is opened again; it doubles up to
 /// [`REOPEN_PAUSE_MAX`], for up to [`NEXT_POSTING_TIMEOUT`] in all.
-pub const REOPEN_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(100);
-pub const REOPEN_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+pub const REOPEN_PAUSE_MIN: Duration = Duration::from_millis(100);
+pub const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// One message read from LEDGER.
 #[derive(Debug)]
@@ -128,16 +137,17 @@ impl Merged {
     /// records on `record_filters`, both from `deliver`), on LEDGER as
     /// opened on the connection each is read by, and starts reading.
     pub async fn open(
-        [postings_ledger, records_ledger]: [&Stream; 2],
+        [postings_ledger, records_ledger]: [(&Stream, Arc<async_nats::Statistics>); 2],
         posting_filters: Vec<String>,
         record_filters: Vec<String>,
         deliver: DeliverPolicy,
         snapshot_seq: u64,
     ) -> Result<Merged, ExportError> {
         let mut readers = JoinSet::new();
-        let mut start = async |ledger: &Stream, filters, postings| {
+        let mut start = async |(ledger, connection): (&Stream, _), filters, postings| {
             let source = Source {
                 ledger: ledger.clone(),
+                connection,
                 filters,
                 deliver,
             };
@@ -183,11 +193,18 @@ impl Merged {
 /// and where it starts.
 struct Source {
     ledger: Stream,
+    /// The connection's statistics: a reconnection shows in `connects`.
+    connection: Arc<async_nats::Statistics>,
     filters: Vec<String>,
     deliver: DeliverPolicy,
 }
 
 impl Source {
+    /// How many times the side's connection has been established.
+    fn connects(&self) -> u64 {
+        self.connection.connects.load(Ordering::Relaxed)
+    }
+
     /// An ordered consumer from the start, or after stream sequence
     /// `after`, and how many messages it has pending; `None` when it has
     /// none.
@@ -259,17 +276,32 @@ async fn read(
 ) {
     // The stream sequence of the last message handed over.
     let mut last_read = None;
+    // The connection's count of connections when the consumer was made.
+    let mut connects = source.connects();
     loop {
-        let first = match tokio::time::timeout(NEXT_POSTING_TIMEOUT, messages.next()).await {
-            Err(_) => {
-                let _ = tx
-                    .send(Err(ExportError::Stalled(NEXT_POSTING_TIMEOUT)))
-                    .await;
-                return;
+        let mut waited = Duration::ZERO;
+        let first = loop {
+            match tokio::time::timeout(RECONNECT_CHECK, messages.next()).await {
+                Ok(next) => break next,
+                Err(_) if source.connects() != connects => {
+                    // Reconnected, maybe to a restarted server that no
+                    // longer has the ephemeral consumer: the client would
+                    // notice only after two missed heartbeats.
+                    break Some(Err(consumer::pull::OrderedError::with_source(
+                        consumer::pull::OrderedErrorKind::Other,
+                        "the connection to NATS was re-established",
+                    )));
+                }
+                Err(_) if waited >= NEXT_POSTING_TIMEOUT => {
+                    let _ = tx
+                        .send(Err(ExportError::Stalled(NEXT_POSTING_TIMEOUT)))
+                        .await;
+                    return;
+                }
+                Err(_) => waited += RECONNECT_CHECK,
             }
-            Ok(None) => return,
-            Ok(Some(m)) => m,
         };
+        let Some(first) = first else { return };
         let mut batch = spare.try_recv().unwrap_or_default();
         batch.clear();
         batch.reserve(READ_BATCH);
@@ -310,7 +342,10 @@ async fn read(
             End::No => {}
             End::Done => return,
             End::Broken(e) => match source.reopen(last_read, e).await {
-                Ok(Some(reopened)) => messages = reopened,
+                Ok(Some(reopened)) => {
+                    messages = reopened;
+                    connects = source.connects();
+                }
                 Ok(None) => return,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
