@@ -239,10 +239,11 @@ impl Source {
         Ok(Some((messages, pending)))
     }
 
-    /// After the consumer failed (the server restarted, a connection
-    /// dropped), a new one after stream sequence `after`: tried again with
-    /// a growing pause for up to [`NEXT_POSTING_TIMEOUT`], then `failure`
-    /// is given up with. `None` when nothing is left to read.
+    /// After the consumer failed with `failure` (logged: the server
+    /// restarted, a connection dropped), a new one after stream sequence
+    /// `after`: tried again with a growing pause for up to
+    /// [`NEXT_POSTING_TIMEOUT`], then the last attempt's error is returned.
+    /// `None` when nothing is left to read.
     async fn reopen(
         &self,
         after: Option<u64>,
