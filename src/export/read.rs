@@ -46,6 +46,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::posting::Posting;
+use crate::streams::direct::RECONNECT_CHECK;
 
 use super::join;
 use super::{CONSUMER_BATCH_BYTES, CONSUMER_BATCH_MESSAGES, ExportError, NEXT_POSTING_TIMEOUT};
@@ -54,9 +55,6 @@ use super::{CONSUMER_BATCH_BYTES, CONSUMER_BATCH_MESSAGES, ExportError, NEXT_POS
 pub const READ_BATCH: usize = 256;
 /// Batches a reader task may have handed over and not yet taken.
 pub const QUEUED_BATCHES: usize = 4;
-/// While waiting for messages, how often a reader looks whether its
-/// connection was re-established (its consumer is then read on anew).
-pub const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// First pause before a failed consumer is opened again; it doubles up to
 /// [`REOPEN_PAUSE_MAX`], for up to [`NEXT_POSTING_TIMEOUT`] in all.
 pub const REOPEN_PAUSE_MIN: Duration = Duration::from_millis(100);

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::config::TestConfig;
 use crate::support::engine::{self, ticket_event};
+use crate::support::process::{signal, stop_process};
 use crate::support::scripted::{Reply, Scripted, reply};
 use crate::support::{self, Nats, process};
 
@@ -2047,41 +2048,6 @@ async fn a_stale_worker_never_stores_a_failed_attempt_behind_a_delivery() {
     let rd: Vec<RegistryDataRecord> = stored(&nats, &rd_subject).await;
     assert_eq!(rd.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
     d.stop().await;
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
-fn signal(pid: &str, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, pid])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
-/// Stops process `pid` (SIGSTOP) and returns once every one of its
-/// threads is stopped. `kill` returns as soon as the signal is queued; the
-/// process stops when one of its threads takes it, and on a loaded machine
-/// its other threads can go on serving for milliseconds until then (seen:
-/// nats-server storing two records after `kill -STOP` had returned).
-fn stop_process(pid: &str) {
-    signal(pid, "-STOP");
-    let tasks = format!("/proc/{pid}/task");
-    let started = std::time::Instant::now();
-    let all_stopped = || {
-        std::fs::read_dir(&tasks).unwrap().all(|t| {
-            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
-            // The state is the field after the command's closing parenthesis.
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-        })
-    };
-    while !all_stopped() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "process {pid} did not stop within 10 s of SIGSTOP"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Performance (issue 12) opened a window: a delivered attempt's

@@ -162,3 +162,88 @@ async fn a_message_larger_than_a_page_is_read_and_so_is_what_follows() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// Direct Gets whose requests are lost with a nats-server (sent while it
+/// is paused, then it is killed and started again on the same store) are
+/// asked again once the client has reconnected, and read what a quiet read
+/// does: the paged read of a subject and the multi-last question the
+/// export asks. (Before, each waited for a reply that could not come and
+/// failed after its timeout.)
+#[tokio::test]
+async fn direct_gets_lost_in_a_nats_restart_are_asked_again() {
+    use ledgerline::streams::direct::{DirectGet, SharedInbox, last_sequences};
+
+    let (mut server, js) = server().await;
+    streams::ensure_streams(&js, &"orders".into(), 1)
+        .await
+        .unwrap();
+    let (one, other) = ("ledger.deliveries.r.one", "ledger.deliveries.r.other");
+    for i in 0..600 {
+        let subject = if i % 3 == 2 { other } else { one };
+        js.publish(subject, format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let want: Vec<String> = (0..600)
+        .filter(|i| i % 3 != 2)
+        .map(|i| i.to_string())
+        .collect();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let inbox = SharedInbox::new(&client).await.unwrap();
+    let timeout = Duration::from_secs(30);
+
+    let pid = server.pid().expect("running").to_string();
+    crate::support::process::stop_process(&pid);
+    let read = tokio::spawn({
+        let (client, inbox) = (client.clone(), inbox.clone());
+        async move {
+            let mut reader =
+                DirectGet::new(&client, LEDGER_STREAM, one, timeout).shared_inbox(&inbox);
+            let mut got = Vec::new();
+            while let Some(m) = reader.next().await? {
+                got.push(String::from_utf8_lossy(m.payload()).into_owned());
+            }
+            Ok::<_, streams::direct::DirectGetError>(got)
+        }
+    });
+    let own_inbox = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut reader = DirectGet::new(&client, LEDGER_STREAM, other, timeout);
+            let mut n = 0;
+            while reader.next().await?.is_some() {
+                n += 1;
+            }
+            Ok::<_, streams::direct::DirectGetError>(n)
+        }
+    });
+    let last = tokio::spawn(async move {
+        last_sequences(&client, &inbox, LEDGER_STREAM, &[one, other], 600, timeout).await
+    });
+    // The requests are written to the paused server's socket, then lost
+    // with it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    server.kill().await;
+    server.restart().await.unwrap();
+
+    let got = read.await.unwrap().expect("the paged read");
+    assert_eq!(got, want);
+    assert_eq!(
+        own_inbox.await.unwrap().expect("the read on its own inbox"),
+        200
+    );
+    let mut last = last.await.unwrap().expect("the multi-last question");
+    last.sort();
+    assert_eq!(
+        last,
+        vec![(one.to_owned(), 600 - 1), (other.to_owned(), 600)],
+        "the last sequence of each subject"
+    );
+    assert!(
+        started.elapsed() < timeout,
+        "asked again after the reconnection, not after the {timeout:?} timeout"
+    );
+}

@@ -23,7 +23,14 @@
 //!
 //! The reader stops at a stream sequence (`up_to_seq`, a snapshot), after a
 //! number of messages (`limit`), or after [`PAGES_MAX`] requests; each reply
-//! is awaited at most `reply_timeout`. Used by the export (delivery records
+//! is awaited at most `reply_timeout`. A request whose connection is
+//! re-established while its replies are awaited (a nats-server restart, a
+//! dropped connection) is sent again at once from where the replies had
+//! got to: the request or its replies may have been lost with the old
+//! connection, and a read changes nothing, so asking twice is safe (a late
+//! reply to the first asking goes nowhere: each asking has its own reply
+//! subject). Without that, a reply lost in a restart failed the read after
+//! `reply_timeout`. Used by the export (delivery records
 //! of an order), the admin API (an order's events, postings and delivery
 //! records), the aggregator (an order's events, when its book is rebuilt)
 //! and `registry backfill`. Requests and replies are parsed by pure functions
@@ -40,6 +47,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Most messages asked for in one request: a few round trips for an order
 /// with hundreds of records, and a reply burst the client buffers easily.
@@ -47,6 +55,10 @@ pub const BATCH_MESSAGES: usize = 256;
 /// Most requests for one read (× [`BATCH_MESSAGES`] messages): a bound so a
 /// corrupt or endlessly growing subject cannot keep a reader busy forever.
 pub const PAGES_MAX: usize = 100_000;
+
+/// How often a reader waiting for a reply looks whether its connection
+/// was re-established (then it asks again at once).
+pub const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
 /// Header of a reply: the message's stream sequence.
 const H_SEQUENCE: &str = "Nats-Sequence";
@@ -162,7 +174,9 @@ pub async fn last_sequences(
     let mut out = Vec::with_capacity(subjects.len());
     let mut from_seq = 1;
     for _ in 0..PAGES_MAX {
-        let (reply_subject, mut replies) = inbox.open();
+        let (reply_subject, registration) = inbox.open();
+        let mut replies = Replies::Shared(registration);
+        let sent = Sent::now(client);
         client
             .publish_with_reply(
                 api_subject.clone(),
@@ -172,10 +186,12 @@ pub async fn last_sequences(
             .await
             .map_err(DirectGetError::Request)?;
         loop {
-            let message = tokio::time::timeout(reply_timeout, replies.rx.recv())
-                .await
-                .map_err(|_| DirectGetError::Timeout(reply_timeout))?
-                .ok_or(DirectGetError::Closed)?;
+            let Waited::Reply(message) =
+                wait_reply(client, &mut replies, sent, reply_timeout).await?
+            else {
+                // Asked again from after the last subject answered.
+                break;
+            };
             match classify(&message)? {
                 Reply::NotFound => return Ok(out),
                 Reply::EndOfBatch { pending: 0 } => return Ok(out),
@@ -339,6 +355,58 @@ impl Replies {
     }
 }
 
+/// When a request went out: how many times its connection had been
+/// established then.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    connects: u64,
+}
+
+impl Sent {
+    fn now(client: &Client) -> Sent {
+        Sent {
+            connects: connects(client),
+        }
+    }
+}
+
+/// How many times `client`'s connection has been established.
+fn connects(client: &Client) -> u64 {
+    client.statistics().connects.load(Ordering::Relaxed)
+}
+
+/// What waiting for a reply gave.
+enum Waited {
+    Reply(Message),
+    /// The connection was re-established since the request went out: ask
+    /// again.
+    Reconnected,
+}
+
+/// The next reply to the request `sent`, waiting at most `reply_timeout`,
+/// and looking every [`RECONNECT_CHECK`] whether the connection was
+/// re-established since the request went out.
+async fn wait_reply(
+    client: &Client,
+    replies: &mut Replies,
+    sent: Sent,
+    reply_timeout: Duration,
+) -> Result<Waited, DirectGetError> {
+    let deadline = Instant::now() + reply_timeout;
+    loop {
+        let check = deadline.min(Instant::now() + RECONNECT_CHECK);
+        match tokio::time::timeout_at(check, replies.next()).await {
+            Ok(Some(message)) => return Ok(Waited::Reply(message)),
+            Ok(None) => return Err(DirectGetError::Closed),
+            Err(_) if connects(client) != sent.connects => return Ok(Waited::Reconnected),
+            Err(_) if Instant::now() >= deadline => {
+                return Err(DirectGetError::Timeout(reply_timeout));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Reads every message of a subject, page by page: call [`DirectGet::next`]
 /// until it answers `None`.
 #[derive(Debug)]
@@ -352,8 +420,8 @@ pub struct DirectGet {
     limit: usize,
     /// Where the next request starts.
     from_seq: u64,
-    /// The replies of the request in flight.
-    replies: Option<Replies>,
+    /// The replies of the request in flight, and when it was sent.
+    replies: Option<(Replies, Sent)>,
     /// Where replies arrive, when shared.
     inbox: Option<SharedInbox>,
     /// The last message of the current page.
@@ -423,15 +491,19 @@ impl DirectGet {
                 self.finish();
                 return Ok(None);
             }
-            let mut replies = match self.replies.take() {
-                Some(replies) => replies,
+            let (mut replies, sent) = match self.replies.take() {
+                Some(in_flight) => in_flight,
                 None => self.send_request().await?,
             };
-            let message = tokio::time::timeout(self.reply_timeout, replies.next())
-                .await
-                .map_err(|_| DirectGetError::Timeout(self.reply_timeout))?
-                .ok_or(DirectGetError::Closed)?;
-            self.replies = Some(replies);
+            let waited = wait_reply(&self.client, &mut replies, sent, self.reply_timeout).await?;
+            let Waited::Reply(message) = waited else {
+                // Asked again from after the last message read.
+                if let Some(last) = self.page_last_seq {
+                    self.next_page_from(last);
+                }
+                continue;
+            };
+            self.replies = Some((replies, sent));
             match classify(&message)? {
                 Reply::NotFound => self.finish(),
                 Reply::EndOfBatch { pending } => match self.page_last_seq {
@@ -457,7 +529,7 @@ impl DirectGet {
     }
 
     /// Sends the request of the next page and returns its replies.
-    async fn send_request(&mut self) -> Result<Replies, DirectGetError> {
+    async fn send_request(&mut self) -> Result<(Replies, Sent), DirectGetError> {
         if self.pages == PAGES_MAX {
             return Err(DirectGetError::TooManyPages(PAGES_MAX));
         }
@@ -478,6 +550,7 @@ impl DirectGet {
             }
         };
         let batch = BATCH_MESSAGES.min(self.limit - self.read);
+        let sent = Sent::now(&self.client);
         self.client
             .publish_with_reply(
                 self.api_subject.clone(),
@@ -487,7 +560,7 @@ impl DirectGet {
             .await
             .map_err(DirectGetError::Request)?;
         self.page_last_seq = None;
-        Ok(replies)
+        Ok((replies, sent))
     }
 
     fn next_page_from(&mut self, last_seq: u64) {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use super::ADMIN_TOKEN;
 
@@ -218,5 +219,40 @@ impl Cli {
         let rows: Vec<String> = lines.collect();
         assert_eq!(rows.len(), n, "{out}");
         rows
+    }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+pub fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Stops process `pid` (SIGSTOP) and returns once every one of its
+/// threads is stopped. `kill` returns as soon as the signal is queued; the
+/// process stops when one of its threads takes it, and on a loaded machine
+/// its other threads can go on serving for milliseconds until then (seen:
+/// nats-server storing two records after `kill -STOP` had returned).
+pub fn stop_process(pid: &str) {
+    signal(pid, "-STOP");
+    let tasks = format!("/proc/{pid}/task");
+    let started = std::time::Instant::now();
+    let all_stopped = || {
+        std::fs::read_dir(&tasks).unwrap().all(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            // The state is the field after the command's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    };
+    while !all_stopped() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "process {pid} did not stop within 10 s of SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
