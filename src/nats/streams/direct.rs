@@ -420,7 +420,7 @@ pub struct DirectGet {
     limit: usize,
     /// Where the next request starts.
     from_seq: u64,
-    /// The replies of the request in flight, and when it was sent.
+    /// The replies of the request in flight, and its connection then.
     replies: Option<(Replies, Sent)>,
     /// Where replies arrive, when shared.
     inbox: Option<SharedInbox>,
