@@ -162,6 +162,12 @@ pub fn multi_last_request(subjects: &[&str], up_to_seq: u64, from_seq: u64) -> B
 /// requests only when the server cuts the answer at its byte limit).
 /// Subjects without a message up to `up_to_seq` are left out. A server
 /// before 2.11 (no `multi_last`) answers [`DirectGetError::Status`] 408.
+///
+/// `up_to_seq` must be a sequence the stream has reached (the export's
+/// snapshot is its last sequence when it starts): nats-server 2.15.1
+/// answers "404 No Results" for every subject when it lies far beyond the
+/// stream's last sequence (seen with `u64::MAX`, and with 400,000 on a
+/// stream of 300,000 messages; the last sequence + 1 is still answered).
 pub async fn last_sequences(
     client: &Client,
     inbox: &SharedInbox,
